@@ -1,0 +1,33 @@
+/**
+ * One VM description, rendered by each VMM backend (QEMU microvm, Firecracker).
+ * A backend turns it into a command line or API calls; nothing here is VMM-specific.
+ */
+export interface DriveSpec {
+  id: string;
+  /** Host path of the file or block device. */
+  path: string;
+  readOnly: boolean;
+  /** Drive 0 is the root device. */
+  isRoot: boolean;
+}
+
+export interface ShareSpec {
+  /** virtio-fs tag the guest mounts. */
+  tag: string;
+  /** Host directory shared through virtiofsd. */
+  source: string;
+}
+
+export interface VmSpec {
+  /** Uncompressed vmlinux (ELF) to boot. */
+  kernelPath: string;
+  initrdPath?: string;
+  /** Kernel command line (console, root=, init= and the guest init's own options). */
+  cmdline: string;
+  memoryMiB: number;
+  vcpus: number;
+  drives: DriveSpec[];
+  shares: ShareSpec[];
+  /** Directory for the VM's sockets, logs and console output; owned by the run. */
+  stateDir: string;
+}
