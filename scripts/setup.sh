@@ -22,6 +22,7 @@ APT_PACKAGES=(
   kmod                # modinfo/depmod for the guest modules
   lz4 xz-utils        # guest kernel decompression
   util-linux iproute2 # losetup, mount, ip
+  rsync               # copies rw mounts back to the host after a VM exits
   gcc libc6-dev make  # the static guest init
 )
 
