@@ -17,6 +17,7 @@ APT_PACKAGES=(
   umoci               # builds OCI layouts for the multi-layer test image
   docker-registry     # a real OCI registry on 127.0.0.1 for tests
   skopeo              # loads images into that registry
+  apache2-utils       # htpasswd -B: bcrypt users for the registry basic-auth tests
   zstd                # zstd layers
   cpio                # initramfs
   kmod                # modinfo/depmod for the guest modules

@@ -1,0 +1,299 @@
+// A real OCI registry for tests: Debian's docker-registry (distribution 2.8) on 127.0.0.1, plus
+// helpers to build small OCI layouts by hand and load them into it with skopeo.
+import { type ChildProcess, spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { exec } from "../../src/util/exec.js";
+
+export interface RegistryOptions {
+  /** "basic": htpasswd (bcrypt) auth with `users`; default "none". */
+  auth?: "none" | "basic";
+  /** user -> password for basic auth; default { kindling: "secret" }. */
+  users?: Record<string, string>;
+  /** How long to wait for /v2/ to answer; default 20 s. */
+  startTimeoutMs?: number;
+}
+
+export interface TestRegistry {
+  /** "127.0.0.1:PORT" */
+  host: string;
+  /** "http://127.0.0.1:PORT" */
+  url: string;
+  /** The registry's filesystem storage root (docker/registry/v2/... lives below it). */
+  dataDir: string;
+  auth: "none" | "basic";
+  /** user -> password when auth is "basic". */
+  users: Record<string, string>;
+  /** Kills the registry and removes its temp dir; safe to call twice. */
+  stop(): Promise<void>;
+}
+
+// Registries still running when the test process exits (e.g. a crash between before and after hooks).
+const live = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of live) child.kill("SIGKILL");
+});
+
+/** A port free right now on 127.0.0.1 (the kernel picks it; racy but retried by startRegistry). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startRegistry(opts: RegistryOptions = {}): Promise<TestRegistry> {
+  let lastErr: unknown;
+  // Another process may grab the port between freePort() and the registry's bind: retry.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await startOnce(opts);
+    } catch (err) {
+      lastErr = err;
+      if (!String(err).includes("address already in use")) throw err;
+    }
+  }
+  throw lastErr;
+}
+
+async function startOnce(opts: RegistryOptions): Promise<TestRegistry> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "kindling-registry-"));
+  const dataDir = path.join(dir, "data");
+  const users = opts.users ?? { kindling: "secret" };
+  let child: ChildProcess | undefined;
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    if (child) await killAndWait(child);
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    await mkdir(dataDir);
+    const port = await freePort();
+    const host = `127.0.0.1:${port}`;
+    let auth = "";
+    if (opts.auth === "basic") {
+      const lines: string[] = [];
+      for (const [user, pass] of Object.entries(users)) {
+        // bcrypt is the only hash distribution's htpasswd backend accepts.
+        const { stdout } = await exec("htpasswd", ["-Bbn", user, pass]);
+        lines.push(stdout.trim());
+      }
+      await writeFile(path.join(dir, "htpasswd"), `${lines.join("\n")}\n`);
+      auth = `auth:\n  htpasswd:\n    realm: kindling-test\n    path: ${path.join(dir, "htpasswd")}\n`;
+    }
+    const config = [
+      "version: 0.1",
+      "log:",
+      "  level: info",
+      "  accesslog:",
+      "    disabled: true",
+      "storage:",
+      "  filesystem:",
+      `    rootdirectory: ${dataDir}`,
+      "  delete:",
+      "    enabled: true",
+      "  maintenance:",
+      "    uploadpurging:",
+      "      enabled: false",
+      "http:",
+      `  addr: ${host}`,
+      `  secret: ${randomBytes(16).toString("hex")}`,
+      auth,
+    ].join("\n");
+    const configPath = path.join(dir, "config.yml");
+    await writeFile(configPath, config);
+
+    const logPath = path.join(dir, "registry.log");
+    const log: Buffer[] = [];
+    child = spawn("/usr/bin/docker-registry", ["serve", configPath], { stdio: ["ignore", "pipe", "pipe"] });
+    live.add(child);
+    const exited = new Promise<number | null>((resolve) => child!.once("exit", (code) => resolve(code)));
+    const onData = (d: Buffer) => {
+      log.push(d);
+      if (log.length > 200) log.splice(0, 100); // keep the tail only
+    };
+    child.stdout!.on("data", onData);
+    child.stderr!.on("data", onData);
+    child.on("error", (err) => log.push(Buffer.from(String(err))));
+
+    const deadline = Date.now() + (opts.startTimeoutMs ?? 20_000);
+    let exitCode: number | null | undefined;
+    void exited.then((code) => {
+      exitCode = code;
+    });
+    for (;;) {
+      if (exitCode !== undefined) {
+        await writeFile(logPath, Buffer.concat(log)).catch(() => {});
+        throw new Error(`docker-registry exited (${exitCode}) before serving: ${tail(log)}`);
+      }
+      if (Date.now() > deadline) throw new Error(`docker-registry did not answer on ${host}: ${tail(log)}`);
+      try {
+        const res = await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) });
+        await res.body?.cancel();
+        if (res.status === 200 || res.status === 401) break;
+      } catch {
+        // not listening yet
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return { host, url: `http://${host}`, dataDir, auth: opts.auth ?? "none", users, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+function tail(log: Buffer[]): string {
+  return Buffer.concat(log).toString().trim().split("\n").slice(-5).join("\n");
+}
+
+async function killAndWait(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) {
+    live.delete(child);
+    return;
+  }
+  const done = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 3000);
+  await done;
+  clearTimeout(timer);
+  live.delete(child);
+}
+
+/** Where the registry keeps a blob's bytes (to corrupt it in a test). */
+export function registryBlobPath(reg: Pick<TestRegistry, "dataDir">, digest: string): string {
+  const hex = digest.replace(/^sha256:/, "");
+  return path.join(reg.dataDir, "docker/registry/v2/blobs/sha256", hex.slice(0, 2), hex, "data");
+}
+
+/**
+ * Copies `oci:layoutDir:tag` to `HOST/repo:destTag` with skopeo, keeping digests and all platforms
+ * of an index. Returns the pushed reference.
+ */
+export async function loadOciLayout(
+  reg: TestRegistry,
+  layoutDir: string,
+  tag: string,
+  repo: string,
+  destTag = tag,
+): Promise<string> {
+  const ref = `${reg.host}/${repo}:${destTag}`;
+  const args = ["copy", "--quiet", "--all", "--preserve-digests", "--dest-tls-verify=false"];
+  const [user] = Object.keys(reg.users);
+  if (reg.auth === "basic" && user !== undefined) args.push("--dest-creds", `${user}:${reg.users[user]}`);
+  args.push(`oci:${layoutDir}:${tag}`, `docker://${ref}`);
+  await exec("skopeo", args);
+  return ref;
+}
+
+// ---- Building OCI layouts by hand (quicker than umoci, and allows zstd / uncompressed layers) ----
+
+export const MT = {
+  ociManifest: "application/vnd.oci.image.manifest.v1+json",
+  ociIndex: "application/vnd.oci.image.index.v1+json",
+  ociConfig: "application/vnd.oci.image.config.v1+json",
+  layerTar: "application/vnd.oci.image.layer.v1.tar",
+  layerGzip: "application/vnd.oci.image.layer.v1.tar+gzip",
+  layerZstd: "application/vnd.oci.image.layer.v1.tar+zstd",
+} as const;
+
+export interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  platform?: { architecture: string; os: string; variant?: string };
+  annotations?: Record<string, string>;
+}
+
+export function sha256(data: Buffer | string): string {
+  return `sha256:${createHash("sha256").update(data).digest("hex")}`;
+}
+
+/** An OCI image layout being written: add blobs, manifests, then tag them into index.json. */
+export class OciLayoutWriter {
+  private readonly tags: Descriptor[] = [];
+  constructor(readonly dir: string) {}
+
+  static async create(dir: string): Promise<OciLayoutWriter> {
+    await mkdir(path.join(dir, "blobs", "sha256"), { recursive: true });
+    await writeFile(path.join(dir, "oci-layout"), '{"imageLayoutVersion":"1.0.0"}');
+    return new OciLayoutWriter(dir);
+  }
+
+  async blob(data: Buffer | string, mediaType: string): Promise<Descriptor> {
+    const buf = typeof data === "string" ? Buffer.from(data) : data;
+    const digest = sha256(buf);
+    await writeFile(path.join(this.dir, "blobs", "sha256", digest.slice(7)), buf);
+    return { mediaType, digest, size: buf.length };
+  }
+
+  /** An image manifest for `layers` (already-encoded blobs with their media types) and a config. */
+  async image(
+    layers: { data: Buffer; mediaType: string }[],
+    config: { architecture?: string; os?: string; config?: Record<string, unknown> } = {},
+  ): Promise<Descriptor> {
+    const layerDescs: Descriptor[] = [];
+    for (const l of layers) layerDescs.push(await this.blob(l.data, l.mediaType));
+    const cfg = {
+      architecture: config.architecture ?? "amd64",
+      os: config.os ?? "linux",
+      config: config.config ?? {},
+      // diff_ids would be the uncompressed digests; registries and our client don't check them.
+      rootfs: { type: "layers", diff_ids: layerDescs.map((d) => d.digest) },
+    };
+    const cfgDesc = await this.blob(JSON.stringify(cfg), MT.ociConfig);
+    const manifest = { schemaVersion: 2, mediaType: MT.ociManifest, config: cfgDesc, layers: layerDescs };
+    const desc = await this.blob(JSON.stringify(manifest), MT.ociManifest);
+    return { ...desc, platform: { architecture: cfg.architecture, os: cfg.os } };
+  }
+
+  async index(manifests: Descriptor[]): Promise<Descriptor> {
+    const idx = { schemaVersion: 2, mediaType: MT.ociIndex, manifests };
+    return this.blob(JSON.stringify(idx), MT.ociIndex);
+  }
+
+  /** Records `desc` under `tag` and (re)writes index.json. */
+  async tag(desc: Descriptor, tag: string): Promise<void> {
+    const { platform: _platform, ...plain } = desc;
+    this.tags.push({ ...plain, annotations: { "org.opencontainers.image.ref.name": tag } });
+    await writeFile(
+      path.join(this.dir, "index.json"),
+      JSON.stringify({ schemaVersion: 2, mediaType: MT.ociIndex, manifests: this.tags }),
+    );
+  }
+}
+
+/** A tar (uncompressed) of a directory's contents, made by GNU tar. */
+export async function tarDir(dir: string): Promise<Buffer> {
+  const out = path.join(os.tmpdir(), `kindling-tar-${process.pid}-${randomBytes(4).toString("hex")}.tar`);
+  try {
+    await exec("tar", ["--sort=name", "--owner=0", "--group=0", "-C", dir, "-cf", out, "."]);
+    return await readFile(out);
+  } finally {
+    await rm(out, { force: true });
+  }
+}
+
+/** zstd-compresses a buffer with the zstd CLI (Node 20's zlib has no zstd). */
+export async function zstdCompress(data: Buffer): Promise<Buffer> {
+  const base = path.join(os.tmpdir(), `kindling-zst-${process.pid}-${randomBytes(4).toString("hex")}`);
+  try {
+    await writeFile(base, data);
+    await exec("zstd", ["-q", "-3", base, "-o", `${base}.zst`]);
+    return await readFile(`${base}.zst`);
+  } finally {
+    await rm(base, { force: true });
+    await rm(`${base}.zst`, { force: true });
+  }
+}
