@@ -3,6 +3,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import http from "node:http";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -179,7 +180,7 @@ export function registryBlobPath(reg: Pick<TestRegistry, "dataDir">, digest: str
 
 /**
  * Copies `oci:layoutDir:tag` to `HOST/repo:destTag` with skopeo, keeping digests and all platforms
- * of an index. Returns the pushed reference.
+ * of an index (or converting to Docker schema 2 with format "v2s2"). Returns the pushed reference.
  */
 export async function loadOciLayout(
   reg: TestRegistry,
@@ -187,14 +188,101 @@ export async function loadOciLayout(
   tag: string,
   repo: string,
   destTag = tag,
+  opts: { format?: "v2s2" } = {},
 ): Promise<string> {
   const ref = `${reg.host}/${repo}:${destTag}`;
-  const args = ["copy", "--quiet", "--all", "--preserve-digests", "--dest-tls-verify=false"];
+  const args = ["copy", "--quiet", "--dest-tls-verify=false"];
+  args.push(...(opts.format ? ["--format", opts.format] : ["--all", "--preserve-digests"]));
   const [user] = Object.keys(reg.users);
   if (reg.auth === "basic" && user !== undefined) args.push("--dest-creds", `${user}:${reg.users[user]}`);
   args.push(`oci:${layoutDir}:${tag}`, `docker://${ref}`);
   await exec("skopeo", args);
   return ref;
+}
+
+export interface BearerProxy {
+  /** "127.0.0.1:PORT": use it as the registry host. */
+  host: string;
+  /** Every query string the token endpoint received. */
+  tokenRequests: URLSearchParams[];
+  /** Authorization headers the token endpoint received ("" when anonymous). */
+  tokenAuth: string[];
+  stop(): Promise<void>;
+}
+
+/**
+ * A token-auth front for a test registry, like Docker Hub's: without a valid bearer token it answers
+ * 401 + `WWW-Authenticate: Bearer realm=...,service=...,scope=...`; GET /token issues one (also
+ * anonymously, or only with `requireUser` Basic credentials); authorized requests are forwarded.
+ */
+export async function startBearerProxy(
+  reg: TestRegistry,
+  opts: { requireUser?: { user: string; password: string }; service?: string } = {},
+): Promise<BearerProxy> {
+  const service = opts.service ?? "kindling-test-registry";
+  const tokens = new Set<string>();
+  const tokenRequests: URLSearchParams[] = [];
+  const tokenAuth: string[] = [];
+  const [regHost, regPort] = reg.host.split(":");
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? "/", "http://x");
+    if (url.pathname === "/token") {
+      tokenRequests.push(url.searchParams);
+      const auth = req.headers.authorization ?? "";
+      tokenAuth.push(auth);
+      const want = opts.requireUser;
+      if (want && auth !== `Basic ${Buffer.from(`${want.user}:${want.password}`).toString("base64")}`) {
+        res.writeHead(401).end();
+        return;
+      }
+      if (url.searchParams.get("service") !== service) {
+        res.writeHead(400).end("wrong service");
+        return;
+      }
+      const token = randomBytes(12).toString("hex");
+      tokens.add(token);
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ token, expires_in: 300 }));
+      return;
+    }
+    const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
+    if (!bearer || !tokens.has(bearer)) {
+      const repo = /^\/v2\/(.+?)\/(?:manifests|blobs|tags)\//.exec(url.pathname)?.[1];
+      const scope = repo ? `,scope="repository:${repo}:pull"` : "";
+      req.resume();
+      res.writeHead(401, {
+        "www-authenticate": `Bearer realm="http://${host}/token",service="${service}"${scope}`,
+        "content-type": "application/json",
+      });
+      res.end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}');
+      return;
+    }
+    // Keep the Host header: the registry then builds upload Locations that point back at us.
+    const headers = { ...req.headers };
+    delete headers.authorization;
+    const up = http.request(
+      { host: regHost, port: Number(regPort), method: req.method, path: req.url, headers },
+      (upRes) => {
+        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+        upRes.pipe(res);
+      },
+    );
+    up.on("error", () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const addr = server.address();
+  const host = `127.0.0.1:${typeof addr === "object" && addr ? addr.port : 0}`;
+  return {
+    host,
+    tokenRequests,
+    tokenAuth,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
 }
 
 // ---- Building OCI layouts by hand (quicker than umoci, and allows zstd / uncompressed layers) ----

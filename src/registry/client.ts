@@ -1,0 +1,336 @@
+import { KindlingError } from "../util/errors.js";
+import { type Challenge, parseTokenResponse, parseWwwAuthenticate, type Token } from "./auth.js";
+import { type Credentials, findCredentials } from "./credentials.js";
+import { apiHost } from "./reference.js";
+
+export interface ClientOptions {
+  registry: string;
+  repository: string;
+  /** Plain HTTP instead of HTTPS. */
+  insecure: boolean;
+  /** "pull" or "pull,push": the scope asked of a token server. */
+  actions?: string;
+  /** undefined: look them up (env, auth file); null: anonymous. */
+  credentials?: Credentials | null;
+  /** Time allowed for each attempt to get response headers; default 30 s. */
+  timeoutMs?: number;
+  /** Time a response body may stall before the attempt fails; default 60 s. */
+  idleTimeoutMs?: number;
+  /** Attempts for transient failures (network, timeout, 429, 5xx); default 4. */
+  attempts?: number;
+}
+
+export interface RequestOptions {
+  method?: string;
+  headers?: Record<string, string>;
+  body?: Buffer;
+  signal?: AbortSignal;
+  /** Statuses returned to the caller rather than thrown (default: 2xx only). */
+  okStatus?: number[];
+  /** Overrides the client's timeoutMs for this request. */
+  timeoutMs?: number;
+}
+
+/** A response plus the timer that guards its body; call done() once the body is consumed. */
+export interface Reply {
+  res: Response;
+  /** Call on every body chunk: restarts the stall timer. */
+  alive(): void;
+  /** Stops the stall timer. */
+  done(): void;
+}
+
+const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+
+/** Failure that another attempt may cure (network error, our own timeout, 429/5xx). */
+class TransientError extends Error {}
+
+/**
+ * Talks to one repository of one registry: builds URLs, authenticates (Basic, or Bearer tokens from
+ * the realm named by WWW-Authenticate), retries transient failures and bounds every wait.
+ */
+export class RegistryClient {
+  readonly registry: string;
+  readonly repository: string;
+  readonly base: string;
+  private readonly actions: string;
+  private credentials: Credentials | null | undefined;
+  private readonly timeoutMs: number;
+  private readonly idleTimeoutMs: number;
+  private readonly attempts: number;
+  /** Set once the registry told us how it wants to be authenticated. */
+  private challenge: Challenge | undefined;
+  private token: Token | undefined;
+
+  constructor(opts: ClientOptions) {
+    this.registry = opts.registry;
+    this.repository = opts.repository;
+    this.base = `${opts.insecure ? "http" : "https"}://${apiHost(opts.registry)}`;
+    this.actions = opts.actions ?? "pull";
+    this.credentials = opts.credentials;
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.idleTimeoutMs = opts.idleTimeoutMs ?? 60_000;
+    this.attempts = Math.max(1, opts.attempts ?? 4);
+  }
+
+  /** "registry 127.0.0.1:5000 (repository foo)" style prefix for messages. */
+  get where(): string {
+    return `registry ${this.registry}`;
+  }
+
+  /** URL of an API path under /v2/<repository>/ (or an absolute/relative URL the registry gave). */
+  url(pathOrUrl: string): string {
+    if (/^https?:\/\//.test(pathOrUrl)) return pathOrUrl;
+    if (pathOrUrl.startsWith("/")) return `${this.base}${pathOrUrl}`;
+    return `${this.base}/v2/${this.repository}/${pathOrUrl}`;
+  }
+
+  /**
+   * Sends a request; retries transient failures with backoff; answers 401 by authenticating once.
+   * Throws KindlingError for any status not 2xx nor in okStatus, naming the status and the URL.
+   */
+  async request(pathOrUrl: string, opts: RequestOptions = {}): Promise<Reply> {
+    const url = this.url(pathOrUrl);
+    const method = opts.method ?? "GET";
+    let lastErr: unknown;
+    for (let attempt = 1; attempt <= this.attempts; attempt++) {
+      if (attempt > 1) await sleep(backoffMs(attempt), opts.signal);
+      try {
+        return await this.authenticated(url, method, opts);
+      } catch (err) {
+        if (!(err instanceof TransientError)) throw err;
+        lastErr = err;
+      }
+    }
+    throw new KindlingError(
+      `${this.where}: ${method} ${url} failed after ${this.attempts} attempts: ${(lastErr as Error).message}`,
+    );
+  }
+
+  /** One attempt, plus one re-send after answering a 401 challenge. */
+  private async authenticated(url: string, method: string, opts: RequestOptions): Promise<Reply> {
+    let reply = await this.send(url, method, opts, await this.authorization(opts.signal));
+    if (reply.res.status === 401) {
+      const header = reply.res.headers.get("www-authenticate") ?? "";
+      await discard(reply);
+      const challenges = parseWwwAuthenticate(header);
+      const chosen =
+        challenges.find((c) => c.scheme === "bearer") ?? challenges.find((c) => c.scheme === "basic");
+      if (!chosen) {
+        throw new KindlingError(
+          `${this.where} returned 401 for ${method} ${url} without a usable WWW-Authenticate challenge ("${header}")`,
+        );
+      }
+      this.challenge = chosen;
+      this.token = undefined;
+      reply = await this.send(url, method, opts, await this.authorization(opts.signal));
+      if (reply.res.status === 401) {
+        await discard(reply);
+        const creds = await this.creds();
+        throw new KindlingError(
+          creds
+            ? `${this.where} returned 401 for ${method} ${url}: check credentials (from ${creds.source})`
+            : `${this.where} returned 401 for ${method} ${url}: it requires credentials; set KINDLING_REGISTRY_USER and KINDLING_REGISTRY_PASSWORD or add "${this.registry}" to the auth file`,
+        );
+      }
+    }
+    const { status } = reply.res;
+    if ((status >= 200 && status < 300) || opts.okStatus?.includes(status)) return reply;
+    const detail = await errorDetail(reply);
+    if (RETRY_STATUS.has(status)) throw new TransientError(`status ${status}${detail}`);
+    const hint =
+      status === 403
+        ? ": access denied, check credentials and permissions"
+        : status === 404
+          ? ": not found"
+          : "";
+    throw new KindlingError(`${this.where} returned ${status} for ${method} ${url}${hint}${detail}`);
+  }
+
+  /** The fetch itself, with a header timeout and a body stall timer. */
+  private async send(url: string, method: string, opts: RequestOptions, auth?: string): Promise<Reply> {
+    const ctl = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, ctl.signal]) : ctl.signal;
+    let timedOut = false;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (ms: number) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        timedOut = true;
+        ctl.abort(new TransientError(`no answer within ${ms / 1000} s`));
+      }, ms);
+    };
+    arm(opts.timeoutMs ?? this.timeoutMs);
+    const headers: Record<string, string> = { "user-agent": "kindling/0.1", ...opts.headers };
+    if (auth) headers.authorization = auth;
+    let res: Response;
+    try {
+      // Buffer is a Uint8Array at runtime; the DOM typings just do not say so.
+      const body = opts.body as Uint8Array<ArrayBuffer> | undefined;
+      res = await fetch(url, { method, headers, body, signal, redirect: "follow" });
+    } catch (err) {
+      clearTimeout(timer);
+      if (opts.signal?.aborted) throw opts.signal.reason ?? err;
+      if (timedOut)
+        throw new TransientError(`no answer within ${(opts.timeoutMs ?? this.timeoutMs) / 1000} s`);
+      const msg = networkMessage(err, this.base);
+      // TLS mismatches and forbidden ports do not go away by retrying.
+      if (/--insecure|bad port/.test(msg)) throw new KindlingError(`${this.where}: ${method} ${url}: ${msg}`);
+      throw new TransientError(msg);
+    }
+    arm(this.idleTimeoutMs);
+    return {
+      res,
+      alive: () => arm(this.idleTimeoutMs),
+      done: () => clearTimeout(timer),
+    };
+  }
+
+  private async creds(): Promise<Credentials | undefined> {
+    if (this.credentials === undefined) this.credentials = (await findCredentials(this.registry)) ?? null;
+    return this.credentials ?? undefined;
+  }
+
+  /** The Authorization header for the challenge we know about (none before the first 401). */
+  private async authorization(signal?: AbortSignal): Promise<string | undefined> {
+    const ch = this.challenge;
+    if (!ch) return undefined;
+    const creds = await this.creds();
+    if (ch.scheme === "basic") {
+      return creds ? basic(creds) : undefined;
+    }
+    if (!this.token || this.token.expiresAt <= Date.now())
+      this.token = await this.fetchToken(ch, creds, signal);
+    return `Bearer ${this.token.token}`;
+  }
+
+  /** Docker token flow: GET realm?service=..&scope=.., with Basic credentials when we have them. */
+  private async fetchToken(
+    ch: Challenge,
+    creds: Credentials | undefined,
+    signal?: AbortSignal,
+  ): Promise<Token> {
+    const realm = ch.params.realm;
+    if (!realm) throw new KindlingError(`${this.where} sent a Bearer challenge without a realm`);
+    let tokenUrl: URL;
+    try {
+      tokenUrl = new URL(realm);
+    } catch {
+      throw new KindlingError(`${this.where} sent a Bearer realm that is not a URL: "${realm}"`);
+    }
+    if (ch.params.service) tokenUrl.searchParams.set("service", ch.params.service);
+    const ours = `repository:${this.repository}:`;
+    const scopes = new Set([ours + this.actions]);
+    // Also ask for what the challenge names, unless our own scope already covers it.
+    for (const s of (ch.params.scope ?? "").split(" ")) {
+      const covered =
+        s.startsWith(ours) &&
+        s
+          .slice(ours.length)
+          .split(",")
+          .every((a) => this.actions.includes(a));
+      if (s && !covered) scopes.add(s);
+    }
+    for (const s of scopes) tokenUrl.searchParams.append("scope", s);
+    const headers: Record<string, string> = { "user-agent": "kindling/0.1" };
+    if (creds) headers.authorization = basic(creds);
+    let lastErr = "";
+    for (let attempt = 1; attempt <= this.attempts; attempt++) {
+      if (attempt > 1) await sleep(backoffMs(attempt), signal);
+      const timeout = AbortSignal.timeout(this.timeoutMs);
+      let res: Response;
+      try {
+        res = await fetch(tokenUrl, {
+          headers,
+          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+        });
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason ?? err;
+        lastErr = timeout.aborted ? "timed out" : networkMessage(err, tokenUrl.origin);
+        continue;
+      }
+      if (RETRY_STATUS.has(res.status)) {
+        await res.body?.cancel();
+        lastErr = `status ${res.status}`;
+        continue;
+      }
+      if (res.status === 401 || res.status === 403) {
+        await res.body?.cancel();
+        throw new KindlingError(
+          `token server ${tokenUrl.origin} for ${this.where} returned ${res.status}: check credentials` +
+            (creds ? ` (from ${creds.source})` : " (none were found; anonymous access was refused)"),
+        );
+      }
+      if (!res.ok) {
+        await res.body?.cancel();
+        throw new KindlingError(`token server ${tokenUrl.origin} for ${this.where} returned ${res.status}`);
+      }
+      const token = parseTokenResponse(await res.json().catch(() => undefined));
+      if (!token) throw new KindlingError(`token server ${tokenUrl.origin} for ${this.where} sent no token`);
+      return token;
+    }
+    throw new KindlingError(`token server ${tokenUrl.origin} for ${this.where} failed: ${lastErr}`);
+  }
+}
+
+function basic(creds: Credentials): string {
+  return `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString("base64")}`;
+}
+
+/** Reads and drops a body so the connection can be reused. */
+export async function discard(reply: Reply): Promise<void> {
+  try {
+    await reply.res.body?.cancel();
+  } finally {
+    reply.done();
+  }
+}
+
+/** The registry's JSON error ("MANIFEST_UNKNOWN: manifest unknown"), for messages. */
+async function errorDetail(reply: Reply): Promise<string> {
+  try {
+    const text = (await reply.res.text()).slice(0, 2000);
+    try {
+      const body = JSON.parse(text) as { errors?: { code?: string; message?: string }[] };
+      const msgs = (body.errors ?? []).map((e) => [e.code, e.message].filter(Boolean).join(": "));
+      if (msgs.length > 0) return ` (${msgs.join("; ")})`;
+    } catch {
+      // not JSON
+    }
+    return text.trim() ? ` (${text.trim().slice(0, 200)})` : "";
+  } catch {
+    return "";
+  } finally {
+    reply.done();
+  }
+}
+
+function networkMessage(err: unknown, base: string): string {
+  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+  const code = cause?.code ?? cause?.message ?? (err as Error).message;
+  // An HTTPS client talking to an HTTP registry sees a TLS protocol error.
+  const hint =
+    base.startsWith("https:") && /EPROTO|SSL|TLS|wrong version/i.test(`${code} ${cause?.message}`)
+      ? " (is it a plain-HTTP registry? use --insecure)"
+      : "";
+  return `cannot reach ${base}: ${code}${hint}`;
+}
+
+function backoffMs(attempt: number): number {
+  return Math.min(200 * 2 ** (attempt - 2), 5000) * (0.75 + Math.random() / 2);
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

@@ -1,0 +1,199 @@
+import type { ImageRecord } from "../image/types.js";
+import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type Digest } from "../store/types.js";
+import { KindlingError } from "../util/errors.js";
+import { progress } from "../util/progress.js";
+import {
+  KINDLING_ARTIFACT_TYPE,
+  KINDLING_CHUNK_MEDIA_TYPE,
+  KINDLING_CONFIG_MEDIA_TYPE,
+  type KindlingConfig,
+} from "./artifact.js";
+import { discard, RegistryClient } from "./client.js";
+import { type Descriptor, MEDIA, sha256Digest } from "./manifest.js";
+import { formatReference, parseReference } from "./reference.js";
+
+export interface PushImage {
+  record: ImageRecord;
+  /** The block index blob; its sha256 is record.digest. */
+  index: Buffer;
+  readChunk(digest: Digest): Promise<Buffer>;
+}
+
+export interface PushOptions {
+  insecure: boolean;
+  signal?: AbortSignal;
+  quiet?: boolean;
+  /** Blobs uploaded at once; default 4. */
+  concurrency?: number;
+}
+
+/**
+ * Uploads a converted image as an OCI artifact: config (RunConfig), the block index, then every
+ * distinct chunk as its own blob. The chunks are listed as layers so registry garbage collection
+ * keeps them, and so any worker can fetch them by digest.
+ */
+export async function pushKindlingImage(
+  ref: string,
+  opts: PushOptions,
+  image: PushImage,
+): Promise<{ manifestDigest: Digest }> {
+  const parsed = parseReference(ref);
+  if (parsed.tag && parsed.digest) {
+    throw new KindlingError(`push to ${ref}: give a tag or a digest, not both`);
+  }
+  const client = new RegistryClient({ ...parsed, insecure: opts.insecure, actions: "pull,push" });
+  const indexDigest = sha256Digest(image.index);
+  if (indexDigest !== image.record.digest) {
+    throw new KindlingError(
+      `image ${image.record.name}: its index blob hashes to ${indexDigest}, not the recorded ${image.record.digest}`,
+    );
+  }
+  const index = parseIndex(image.index, image.record.name);
+
+  const config: KindlingConfig = {
+    digest: indexDigest,
+    blockSize: image.record.blockSize,
+    runConfig: image.record.config,
+  };
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const configDesc: Descriptor = {
+    mediaType: KINDLING_CONFIG_MEDIA_TYPE,
+    digest: sha256Digest(configBytes),
+    size: configBytes.length,
+  };
+
+  // Distinct chunks in first-use order (a block image repeats chunks, e.g. runs of zeros).
+  const chunks = new Map<Digest, number>();
+  for (const c of index.chunks) if (!chunks.has(c.digest)) chunks.set(c.digest, c.length);
+  const chunkDescs: Descriptor[] = [...chunks].map(([digest, size]) => ({
+    mediaType: KINDLING_CHUNK_MEDIA_TYPE,
+    digest,
+    size,
+  }));
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: MEDIA.ociManifest,
+    artifactType: KINDLING_ARTIFACT_TYPE,
+    config: configDesc,
+    layers: [
+      { mediaType: BLOCK_INDEX_MEDIA_TYPE, digest: indexDigest, size: image.index.length },
+      ...chunkDescs,
+    ],
+    annotations: { "org.opencontainers.image.title": image.record.name },
+  };
+
+  const total = configBytes.length + image.index.length + [...chunks.values()].reduce((a, b) => a + b, 0);
+  const bar = opts.quiet ? undefined : progress(`push ${formatReference(parsed)}`, total);
+  let done = 0;
+  let skipped = 0;
+  const tick = (n: number) => {
+    done += n;
+    bar?.update(done);
+  };
+
+  const uploads: { digest: Digest; size: number; read: () => Promise<Buffer> }[] = [
+    { digest: configDesc.digest as Digest, size: configBytes.length, read: async () => configBytes },
+    { digest: indexDigest, size: image.index.length, read: async () => image.index },
+    ...chunkDescs.map((d) => ({
+      digest: d.digest as Digest,
+      size: d.size,
+      read: () => image.readChunk(d.digest as Digest),
+    })),
+  ];
+  await eachLimited(uploads, opts.concurrency ?? 4, opts.signal, async (u, signal) => {
+    if (await blobExists(client, u.digest, signal)) {
+      skipped++;
+    } else {
+      const data = await u.read();
+      if (data.length !== u.size || sha256Digest(data) !== u.digest) {
+        throw new KindlingError(
+          `chunk ${u.digest} of image ${image.record.name} is corrupted in the local store`,
+        );
+      }
+      await uploadBlob(client, u.digest, data, signal);
+    }
+    tick(u.size);
+  });
+
+  const body = Buffer.from(JSON.stringify(manifest));
+  const manifestDigest = sha256Digest(body);
+  const target = parsed.tag ?? parsed.digest!;
+  if (parsed.digest && parsed.digest !== manifestDigest) {
+    throw new KindlingError(
+      `push to ${ref}: the manifest's digest is ${manifestDigest}, not ${parsed.digest}`,
+    );
+  }
+  const reply = await client.request(`manifests/${target}`, {
+    method: "PUT",
+    headers: { "content-type": MEDIA.ociManifest },
+    body,
+    signal: opts.signal,
+  });
+  const echoed = reply.res.headers.get("docker-content-digest");
+  await discard(reply);
+  if (echoed && echoed !== manifestDigest) {
+    throw new KindlingError(`${client.where} stored the manifest as ${echoed}, expected ${manifestDigest}`);
+  }
+  bar?.done(`${uploads.length} blobs, ${skipped} already there`);
+  return { manifestDigest };
+}
+
+function parseIndex(buf: Buffer, name: string): BlockIndex {
+  try {
+    const index = JSON.parse(buf.toString("utf8")) as BlockIndex;
+    if (Array.isArray(index.chunks)) return index;
+  } catch {
+    // reported below
+  }
+  throw new KindlingError(`image ${name}: its block index is not valid JSON with a chunks list`);
+}
+
+async function blobExists(client: RegistryClient, digest: Digest, signal?: AbortSignal): Promise<boolean> {
+  const reply = await client.request(`blobs/${digest}`, { method: "HEAD", okStatus: [404], signal });
+  await discard(reply);
+  return reply.res.status !== 404;
+}
+
+/** Monolithic upload: POST opens a session, one PUT with ?digest= sends the bytes and closes it. */
+async function uploadBlob(client: RegistryClient, digest: Digest, data: Buffer, signal?: AbortSignal) {
+  const start = await client.request("blobs/uploads/", { method: "POST", signal, okStatus: [202] });
+  const location = start.res.headers.get("location");
+  await discard(start);
+  if (!location) throw new KindlingError(`${client.where} opened an upload for ${digest} without a Location`);
+  const url = new URL(location, `${client.base}/`);
+  url.searchParams.set("digest", digest);
+  const put = await client.request(url.toString(), {
+    method: "PUT",
+    headers: { "content-type": "application/octet-stream" },
+    body: data,
+    signal,
+  });
+  await discard(put);
+}
+
+/** Runs fn over items, at most `limit` at once; the first failure stops the rest. */
+async function eachLimited<T>(
+  items: T[],
+  limit: number,
+  outer: AbortSignal | undefined,
+  fn: (item: T, signal: AbortSignal) => Promise<void>,
+): Promise<void> {
+  const ctl = new AbortController();
+  const signal = outer ? AbortSignal.any([outer, ctl.signal]) : ctl.signal;
+  let firstError: unknown;
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length && !signal.aborted) {
+      const item = items[next++]!;
+      try {
+        await fn(item, signal);
+      } catch (err) {
+        firstError ??= err;
+        ctl.abort();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, () => worker()));
+  if (outer?.aborted) throw outer.reason;
+  if (firstError !== undefined) throw firstError;
+}

@@ -1,0 +1,217 @@
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import type { ImageRecord, RunConfig } from "../src/image/types.js";
+import { KINDLING_ARTIFACT_TYPE, KINDLING_CHUNK_MEDIA_TYPE } from "../src/registry/artifact.js";
+import { RegistryChunkSource } from "../src/registry/chunks.js";
+import { MANIFEST_ACCEPT } from "../src/registry/manifest.js";
+import { pullFromRegistry } from "../src/registry/pull.js";
+import { pushKindlingImage } from "../src/registry/push.js";
+import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type Digest } from "../src/store/types.js";
+import { KindlingError } from "../src/util/errors.js";
+import { startRegistry, type TestRegistry } from "./helpers/registry.js";
+
+// Push of a converted image as an OCI artifact, pull of it as "kindling", lazy chunk fetches.
+
+const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}` as Digest;
+
+/** A fake converted image: 4 chunks, one repeated (as zero runs are in real block images). */
+function fakeImage(name: string) {
+  const size = 64 * 1024;
+  const distinct = [randomBytes(size), randomBytes(size), Buffer.alloc(size), randomBytes(1000)];
+  const order = [0, 2, 1, 2, 3];
+  const store = new Map<Digest, Buffer>(distinct.map((b) => [sha(b), b]));
+  let offset = 0;
+  const chunks = order.map((i) => {
+    const b = distinct[i]!;
+    const ref = { offset, length: b.length, digest: sha(b) };
+    offset += b.length;
+    return ref;
+  });
+  const index: BlockIndex = {
+    mediaType: BLOCK_INDEX_MEDIA_TYPE,
+    format: "squashfs",
+    blockSize: offset,
+    blockDigest: sha(Buffer.concat(order.map((i) => distinct[i]!))),
+    chunking: { algorithm: "fixed", avgSize: size },
+    chunks,
+  };
+  const indexBytes = Buffer.from(JSON.stringify(index));
+  const config: RunConfig = {
+    entrypoint: ["/bin/sh"],
+    cmd: ["-c", "true"],
+    env: ["A=1"],
+    workingDir: "/",
+    user: "0",
+  };
+  const record: ImageRecord = {
+    name,
+    digest: sha(indexBytes),
+    blockSize: offset,
+    config,
+    origin: { kind: "local" },
+    created: new Date().toISOString(),
+  };
+  const reads: Digest[] = [];
+  return {
+    store,
+    reads,
+    image: {
+      record,
+      index: indexBytes,
+      readChunk: async (d: Digest) => {
+        reads.push(d);
+        const b = store.get(d);
+        if (!b) throw new Error(`no chunk ${d}`);
+        return b;
+      },
+    },
+  };
+}
+
+let reg: TestRegistry;
+let tmpDir: string;
+before(async () => {
+  process.env.KINDLING_AUTH_FILE = "/nonexistent/kindling-auth.json";
+  tmpDir = await mkdtemp(path.join(os.tmpdir(), "kindling-push-"));
+  reg = await startRegistry();
+});
+after(async () => {
+  await reg?.stop();
+  if (tmpDir) await rm(tmpDir, { recursive: true, force: true });
+});
+
+describe("pushKindlingImage", () => {
+  test("pushes an artifact docker-registry accepts; pulling it fetches config + index only", async () => {
+    const fake = fakeImage("app");
+    const ref = `${reg.host}/kindling/app:v1`;
+    const { manifestDigest } = await pushKindlingImage(ref, { insecure: true, quiet: true }, fake.image);
+    assert.equal(fake.reads.length, 4, "each distinct chunk is read once");
+
+    // What the registry stores: an OCI manifest with the artifact type, index first, distinct chunks.
+    const res = await fetch(`${reg.url}/v2/kindling/app/manifests/v1`, {
+      headers: { accept: MANIFEST_ACCEPT },
+    });
+    assert.equal(res.headers.get("docker-content-digest"), manifestDigest);
+    const manifest = (await res.json()) as {
+      artifactType: string;
+      layers: { mediaType: string; digest: string }[];
+    };
+    assert.equal(manifest.artifactType, KINDLING_ARTIFACT_TYPE);
+    assert.equal(manifest.layers[0]!.mediaType, BLOCK_INDEX_MEDIA_TYPE);
+    assert.equal(manifest.layers[0]!.digest, fake.image.record.digest);
+    assert.deepEqual(
+      manifest.layers.slice(1).map((l) => l.mediaType),
+      Array(4).fill(KINDLING_CHUNK_MEDIA_TYPE),
+    );
+
+    const pulled = await pullFromRegistry(ref, { insecure: true, tmpDir, quiet: true });
+    assert.equal(pulled.kind, "kindling");
+    if (pulled.kind !== "kindling") return;
+    assert.equal(pulled.manifestDigest, manifestDigest);
+    assert.deepEqual(pulled.index, fake.image.index);
+    assert.equal(pulled.indexDigest, fake.image.record.digest);
+    assert.deepEqual(pulled.runConfig, fake.image.record.config);
+    assert.deepEqual(pulled.origin, {
+      kind: "registry",
+      registry: reg.host,
+      repository: "kindling/app",
+      reference: "v1",
+      insecure: true,
+    });
+    assert.deepEqual(await readdir(tmpDir), [], "no layers were downloaded");
+
+    // Another worker fetches chunks lazily from the origin.
+    const source = new RegistryChunkSource(pulled.origin);
+    assert.equal(source.description, `registry ${reg.host}/kindling/app`);
+    for (const [digest, bytes] of fake.store) {
+      assert.deepEqual(await source.fetch(digest, bytes.length), bytes);
+    }
+  });
+
+  test("pushing again uploads nothing new and gives the same manifest digest", async () => {
+    const fake = fakeImage("again");
+    const ref = `${reg.host}/kindling/again:v1`;
+    const first = await pushKindlingImage(ref, { insecure: true, quiet: true }, fake.image);
+    fake.reads.length = 0;
+    const second = await pushKindlingImage(
+      `${reg.host}/kindling/again:v2`,
+      { insecure: true, quiet: true },
+      fake.image,
+    );
+    assert.equal(second.manifestDigest, first.manifestDigest);
+    assert.deepEqual(fake.reads, [], "existing blobs are skipped after a HEAD");
+  });
+
+  test("a chunk that does not match its digest in the local store is refused", async () => {
+    const fake = fakeImage("bad");
+    const [victim] = fake.store.keys();
+    fake.store.set(victim!, randomBytes(10));
+    await assert.rejects(
+      pushKindlingImage(`${reg.host}/kindling/bad:v1`, { insecure: true, quiet: true }, fake.image),
+      (err: Error) => err instanceof KindlingError && err.message.includes(victim!),
+    );
+  });
+});
+
+describe("RegistryChunkSource", () => {
+  test("a missing chunk is an error naming the status and the digest", async () => {
+    const source = new RegistryChunkSource({
+      kind: "registry",
+      registry: reg.host,
+      repository: "kindling/app",
+      reference: "v1",
+      insecure: true,
+    });
+    const missing = sha(Buffer.from("never pushed"));
+    await assert.rejects(
+      source.fetch(missing, 12),
+      (err: Error) =>
+        err instanceof KindlingError && err.message.includes("404") && err.message.includes(missing),
+    );
+  });
+
+  describe("against a registry that never answers", () => {
+    let server: Server;
+    let host: string;
+    const sockets = new Set<Socket>();
+    before(async () => {
+      server = createServer((s) => {
+        sockets.add(s);
+        s.on("error", () => {});
+      });
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      const addr = server.address();
+      host = `127.0.0.1:${typeof addr === "object" && addr ? addr.port : 0}`;
+    });
+    after(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    });
+    const origin = () =>
+      ({ kind: "registry", registry: host, repository: "x/y", reference: "v1", insecure: true }) as const;
+
+    test("each attempt times out, bounded", async () => {
+      const source = new RegistryChunkSource(origin(), { timeoutMs: 200, attempts: 2 });
+      const t0 = Date.now();
+      await assert.rejects(source.fetch(sha(Buffer.from("a")), 1), /no answer within 0.2 s/);
+      assert.ok(Date.now() - t0 < 3000);
+    });
+
+    test("an AbortSignal stops a fetch in flight", async () => {
+      const source = new RegistryChunkSource(origin(), { timeoutMs: 10_000 });
+      const ctl = new AbortController();
+      setTimeout(() => ctl.abort(), 100);
+      const t0 = Date.now();
+      await assert.rejects(
+        source.fetch(sha(Buffer.from("a")), 1, ctl.signal),
+        (err: Error) => err.name === "AbortError",
+      );
+      assert.ok(Date.now() - t0 < 2000);
+    });
+  });
+});
