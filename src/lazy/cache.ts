@@ -1,0 +1,187 @@
+import { type FileHandle, open, readFile, stat } from "node:fs/promises";
+import type { BlockIndex, ChunkRef, ChunkSource } from "../store/types.js";
+import { writeFileAtomic } from "../util/atomic.js";
+import type { KindlingHome } from "../util/home.js";
+import { chunksIn } from "./chunkmap.js";
+import { fetchVerified, Limiter } from "./fetch.js";
+import { ByteLru } from "./lru.js";
+import type { FetchPolicy, LazyStats } from "./types.js";
+
+export interface CacheOptions {
+  policy: FetchPolicy;
+  memoryCacheBytes: number;
+  fetchConcurrency: number;
+  log?: (msg: string) => void;
+}
+
+type Loaded = { data: Buffer; fetched: boolean };
+
+const MAX_FDS = 128;
+
+/**
+ * The read side of one lazy image: chunks come from memory, then from the on-disk chunk cache
+ * ($KINDLING_HOME/blobs/sha256, shared by every image and container), then from the source,
+ * verified before use. Concurrent loads of one digest share one promise.
+ */
+export class ChunkCache {
+  readonly stats: LazyStats;
+  private readonly lru: ByteLru<string>;
+  private readonly inflight = new Map<string, Promise<Loaded>>();
+  private readonly fds = new Map<string, FileHandle>();
+  private readonly limiter: Limiter;
+
+  constructor(
+    private readonly home: KindlingHome,
+    readonly index: BlockIndex,
+    private readonly source: ChunkSource,
+    private readonly opts: CacheOptions,
+    digest: string,
+  ) {
+    this.lru = new ByteLru(opts.memoryCacheBytes);
+    this.limiter = new Limiter(opts.fetchConcurrency);
+    this.stats = {
+      digest,
+      blockSize: index.blockSize,
+      bytesFetched: 0,
+      chunksFetched: 0,
+      bytesServed: 0,
+      reads: 0,
+      cacheHits: 0,
+      cacheMisses: 0,
+      fetchErrors: 0,
+      verifyFailures: 0,
+      readErrors: 0,
+      readaheadChunks: 0,
+      prefetch: { state: "pending", chunks: 0, bytes: 0 },
+      updated: new Date().toISOString(),
+    };
+  }
+
+  /**
+   * Fills target with bytes [pos, pos+len) of the block image; returns how many (0 past EOF).
+   * `whole` asks to pull whole chunks into memory (sequential readers); otherwise a small read of
+   * a chunk on disk is a pread from a kept-open fd.
+   */
+  async read(target: Buffer, pos: number, len: number, whole: boolean): Promise<number> {
+    const n = Math.max(0, Math.min(len, this.index.blockSize - pos));
+    if (n === 0) return 0;
+    this.stats.reads++;
+    await Promise.all(chunksIn(this.index, pos, n).map((i) => this.copyChunk(i, target, pos, n, whole)));
+    this.stats.bytesServed += n;
+    return n;
+  }
+
+  private async copyChunk(i: number, target: Buffer, pos: number, n: number, whole: boolean): Promise<void> {
+    const c = this.index.chunks[i];
+    const start = Math.max(pos, c.offset);
+    const end = Math.min(pos + n, c.offset + c.length);
+    const dst = start - pos;
+    const mem = this.lru.get(c.digest);
+    if (mem) {
+      this.stats.cacheHits++;
+      mem.copy(target, dst, start - c.offset, end - c.offset);
+      return;
+    }
+    if (!whole && end - start < c.length / 4 && !this.inflight.has(c.digest)) {
+      const fd = await this.fd(c);
+      if (fd) {
+        this.stats.cacheHits++;
+        const { bytesRead } = await fd.read(target, dst, end - start, start - c.offset);
+        if (bytesRead !== end - start) throw new Error(`short read of cached chunk ${c.digest}`);
+        return;
+      }
+    }
+    const { data, fetched } = await this.load(c);
+    if (fetched) this.stats.cacheMisses++;
+    else this.stats.cacheHits++;
+    data.copy(target, dst, start - c.offset, end - c.offset);
+  }
+
+  /** An open fd of a chunk in the disk cache, or null if it is not there (or has the wrong size). */
+  private async fd(c: ChunkRef): Promise<FileHandle | null> {
+    const have = this.fds.get(c.digest);
+    if (have) return have;
+    let fh: FileHandle;
+    try {
+      fh = await open(this.home.blobPath(c.digest), "r");
+    } catch {
+      return null;
+    }
+    if ((await fh.stat()).size !== c.length) {
+      await fh.close();
+      return null;
+    }
+    const raced = this.fds.get(c.digest);
+    if (raced) {
+      await fh.close();
+      return raced;
+    }
+    this.fds.set(c.digest, fh);
+    if (this.fds.size > MAX_FDS) {
+      const [k, old] = this.fds.entries().next().value as [string, FileHandle];
+      this.fds.delete(k);
+      // A read may still be using it: close a little later.
+      setTimeout(() => void old.close().catch(() => {}), 5000).unref();
+    }
+    return fh;
+  }
+
+  /** Makes chunk i local (disk and memory) without serving it: readahead and prefetch. */
+  async warm(i: number): Promise<boolean> {
+    const c = this.index.chunks[i];
+    if (this.lru.get(c.digest)) return false;
+    const { fetched } = await this.load(c);
+    return fetched;
+  }
+
+  /** Whether the chunk is on disk or in memory already (no fetch needed). */
+  async isLocal(i: number): Promise<boolean> {
+    const c = this.index.chunks[i];
+    if (this.lru.get(c.digest) || this.fds.has(c.digest)) return true;
+    try {
+      return (await stat(this.home.blobPath(c.digest))).size === c.length;
+    } catch {
+      return false;
+    }
+  }
+
+  private load(c: ChunkRef): Promise<Loaded> {
+    let p = this.inflight.get(c.digest);
+    if (!p) {
+      p = this.loadOnce(c).finally(() => this.inflight.delete(c.digest));
+      this.inflight.set(c.digest, p);
+    }
+    return p;
+  }
+
+  private async loadOnce(c: ChunkRef): Promise<Loaded> {
+    const file = this.home.blobPath(c.digest);
+    try {
+      const data = await readFile(file);
+      if (data.length === c.length) {
+        this.lru.set(c.digest, data);
+        return { data, fetched: false };
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
+    const data = await fetchVerified(this.source, c, this.opts.policy, this.limiter, {
+      onAttemptError: (err, verify) => {
+        this.stats.fetchErrors++;
+        if (verify) this.stats.verifyFailures++;
+        this.opts.log?.(`fetch ${c.digest}: ${err instanceof Error ? err.message : String(err)}`);
+      },
+    });
+    this.stats.chunksFetched++;
+    this.stats.bytesFetched += data.length;
+    this.lru.set(c.digest, data);
+    // Only verified bytes reach the shared cache; a failed write still serves this reader.
+    await writeFileAtomic(file, data).catch((err) => this.opts.log?.(`cache write ${file}: ${err}`));
+    return { data, fetched: true };
+  }
+
+  async close(): Promise<void> {
+    for (const fh of this.fds.values()) await fh.close().catch(() => {});
+    this.fds.clear();
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * The lazy image daemon: one process per LazyImage, serving its block image over FUSE. It runs
+ * apart from the CLI so a CLI blocked in synchronous work never deadlocks on its own mount, and so
+ * it can be killed. Usage: node daemon.js <dir>   (dir holds config.json; see types.ts)
+ */
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import type { ChunkSource } from "../store/types.js";
+import { writeFileAtomic } from "../util/atomic.js";
+import { exec } from "../util/exec.js";
+import { KindlingHome } from "../util/home.js";
+import { ChunkCache } from "./cache.js";
+import { mountBlockFile } from "./fusefs.js";
+import { prefetchTables } from "./prefetch.js";
+import { processStartTime } from "./proc.js";
+import { Readahead } from "./readahead.js";
+import { autoSource, IpcChunkSource, send } from "./sources.js";
+import { writeStats } from "./stats.js";
+import type { DaemonConfig, DaemonState, ParentMessage } from "./types.js";
+
+const dir = process.argv[2];
+const log = (msg: string) => process.stderr.write(`${new Date().toISOString()} ${msg}\n`);
+
+async function main(): Promise<void> {
+  const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
+  const home = new KindlingHome(cfg.home);
+  const source: ChunkSource =
+    cfg.source === "ipc"
+      ? new IpcChunkSource(`source of process ${cfg.owner}`)
+      : await autoSource(home, cfg.record.origin, cfg.policy);
+  const cache = new ChunkCache(
+    home,
+    cfg.index,
+    source,
+    {
+      policy: cfg.policy,
+      memoryCacheBytes: cfg.memoryCacheBytes,
+      fetchConcurrency: cfg.fetchConcurrency,
+      log,
+    },
+    cfg.record.digest,
+  );
+  const readahead = new Readahead(cache, cfg.readaheadChunks, log);
+
+  let written = "";
+  const flush = async () => {
+    written = JSON.stringify({ ...cache.stats, updated: "" });
+    cache.stats.updated = new Date().toISOString();
+    await writeStats(home, cfg.id, cache.stats).catch((err) => log(`stats: ${err}`));
+  };
+  let stopping = false;
+  const stop = async (why: string) => {
+    if (stopping) return;
+    stopping = true;
+    log(`stopping: ${why}`);
+    await flush();
+    await exec("fusermount", ["-uz", cfg.mountpoint], { allowFailure: true });
+    await cache.close();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+  process.on("SIGHUP", () => {}); // a detached daemon outlives its terminal
+  if (!cfg.detached) process.on("disconnect", () => void stop("owner disconnected"));
+  process.on("message", (m: ParentMessage) => {
+    if (m.t === "stats") {
+      cache.stats.updated = new Date().toISOString();
+      send({ t: "stats", id: m.id, stats: cache.stats });
+    } else if (m.t === "stop") void stop("asked to stop");
+  });
+
+  await mountBlockFile({
+    mountpoint: cfg.mountpoint,
+    fileName: cfg.fileName,
+    cache,
+    readahead,
+    opTimeoutMs: cfg.policy.deadlineMs + 5000,
+    log,
+  });
+  const state: DaemonState = {
+    pid: process.pid,
+    startTime: (await processStartTime(process.pid)) ?? "",
+    mountpoint: cfg.mountpoint,
+    digest: cfg.record.digest,
+    detached: cfg.detached,
+  };
+  await writeFileAtomic(path.join(dir, "state.json"), `${JSON.stringify(state)}\n`);
+  await flush();
+  send({ t: "ready", pid: process.pid, path: path.join(cfg.mountpoint, cfg.fileName) });
+  log(`serving ${cfg.record.name} (${cfg.record.digest}) at ${cfg.mountpoint}`);
+
+  // Counters reach `image inspect` through the stats file; write it when they change.
+  setInterval(() => {
+    if (JSON.stringify({ ...cache.stats, updated: "" }) !== written) void flush();
+  }, 1000).unref();
+  if (cfg.prefetch) {
+    prefetchTables(cache)
+      .then(() => {
+        log(`prefetch ${cache.stats.prefetch.state}: ${cache.stats.prefetch.chunks} chunks`);
+      })
+      .catch((err) => log(`prefetch failed: ${err instanceof Error ? err.message : err}`));
+  } else cache.stats.prefetch.state = "skipped";
+}
+
+main().catch((err) => {
+  const message = err instanceof Error ? err.message : String(err);
+  log(`fatal: ${message}`);
+  send({ t: "fatal", message });
+  setTimeout(() => process.exit(1), 50);
+});

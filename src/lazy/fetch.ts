@@ -1,0 +1,126 @@
+import type { ChunkRef, ChunkSource, Digest } from "../store/types.js";
+import type { FetchPolicy } from "./types.js";
+
+/** A chunk could not be fetched and verified within its deadline; readers get EIO. */
+export class ChunkFetchError extends Error {
+  override name = "ChunkFetchError";
+}
+
+export const DEFAULT_POLICY: FetchPolicy = {
+  deadlineMs: 30_000,
+  attemptTimeoutMs: 10_000,
+  retries: 3,
+  backoffMs: 100,
+};
+
+/** The fetch policy from the environment, overridden by explicit options. */
+export function policyFrom(opts: Partial<FetchPolicy> = {}, env = process.env): FetchPolicy {
+  const num = (name: string, dflt: number) => {
+    const v = Number(env[name]);
+    return env[name] !== undefined && Number.isFinite(v) && v >= 0 ? v : dflt;
+  };
+  const deadlineMs = opts.deadlineMs ?? num("KINDLING_FETCH_TIMEOUT_MS", DEFAULT_POLICY.deadlineMs);
+  return {
+    deadlineMs,
+    attemptTimeoutMs:
+      opts.attemptTimeoutMs ??
+      num("KINDLING_FETCH_ATTEMPT_TIMEOUT_MS", Math.min(DEFAULT_POLICY.attemptTimeoutMs, deadlineMs)),
+    retries: opts.retries ?? num("KINDLING_FETCH_RETRIES", DEFAULT_POLICY.retries),
+    backoffMs: opts.backoffMs ?? DEFAULT_POLICY.backoffMs,
+  };
+}
+
+/** sha256 off the event loop (WebCrypto hashes on the thread pool). */
+export async function sha256Hex(data: Uint8Array): Promise<string> {
+  const d = await crypto.subtle.digest(
+    "SHA-256",
+    new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength),
+  );
+  return Buffer.from(d).toString("hex");
+}
+
+/** Counts concurrent source fetches; waiting callers are served in order. */
+export class Limiter {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+  constructor(private readonly max: number) {}
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.active >= this.max) await new Promise<void>((r) => this.waiting.push(r));
+    this.active++;
+    try {
+      return await fn();
+    } finally {
+      this.active--;
+      this.waiting.shift()?.();
+    }
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Rejects when `signal` aborts, even if `p` never settles (a source may ignore its signal). */
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
+export interface FetchHooks {
+  onAttemptError?(err: unknown, verify: boolean): void;
+}
+
+/**
+ * Fetches one chunk and checks its length and sha256 before returning it. Each attempt is bounded
+ * by attemptTimeoutMs, all of them together by deadlineMs; then it throws ChunkFetchError.
+ */
+export async function fetchVerified(
+  source: ChunkSource,
+  ref: Pick<ChunkRef, "digest" | "length">,
+  policy: FetchPolicy,
+  limiter: Limiter,
+  hooks: FetchHooks = {},
+): Promise<Buffer> {
+  const deadline = new AbortController();
+  const timer = setTimeout(
+    () => deadline.abort(new Error(`no verified copy within ${policy.deadlineMs} ms`)),
+    policy.deadlineMs,
+  );
+  const end = Date.now() + policy.deadlineMs;
+  let last: unknown = new Error("no attempt made");
+  try {
+    for (let attempt = 0; attempt <= policy.retries && !deadline.signal.aborted; attempt++) {
+      if (attempt > 0) {
+        const pause = Math.min(policy.backoffMs * 2 ** (attempt - 1), end - Date.now());
+        if (pause > 0) await raceAbort(sleep(pause), deadline.signal).catch(() => {});
+        if (deadline.signal.aborted) break;
+      }
+      let verifyFailed = false;
+      try {
+        return await raceAbort(
+          limiter.run(async () => {
+            const timeout = Math.max(1, Math.min(policy.attemptTimeoutMs, end - Date.now()));
+            const signal = AbortSignal.any([deadline.signal, AbortSignal.timeout(timeout)]);
+            const got = await raceAbort(source.fetch(ref.digest as Digest, ref.length, signal), signal);
+            const data = Buffer.isBuffer(got) ? got : Buffer.from(got);
+            if (data.length !== ref.length || `sha256:${await sha256Hex(data)}` !== ref.digest) {
+              verifyFailed = true;
+              throw new Error(`got ${data.length} bytes that do not match ${ref.digest}`);
+            }
+            return data;
+          }),
+          deadline.signal,
+        );
+      } catch (err) {
+        last = err;
+        hooks.onAttemptError?.(err, verifyFailed);
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  const why = last instanceof Error ? last.message : String(last);
+  throw new ChunkFetchError(`chunk ${ref.digest} from ${source.description}: ${why}`);
+}

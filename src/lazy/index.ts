@@ -1,0 +1,216 @@
+/**
+ * Lazy image files: each image's block image as a read-only file on a FUSE mount, served by a
+ * daemon process that fetches chunks on first read. See docs/lazy.md.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdir, open, readFile, rm } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import type { ImageRecord } from "../image/types.js";
+import type { BlockIndex, ChunkSource, Digest } from "../store/types.js";
+import { writeFileAtomic } from "../util/atomic.js";
+import { errorMessage, KindlingError } from "../util/errors.js";
+import type { KindlingHome } from "../util/home.js";
+import { validateIndex } from "./chunkmap.js";
+import { policyFrom } from "./fetch.js";
+import { cleanupStaleImageMounts } from "./mount.js";
+import { releaseFuseMount } from "./mountinfo.js";
+import { cleanupStaleDaemons, daemonDir, stopDaemon } from "./stale.js";
+import { readStatsFile } from "./stats.js";
+import type { DaemonConfig, DaemonMessage, LazyOptions, LazyStats, ParentMessage } from "./types.js";
+
+export { mountImage, umountImage } from "./mount.js";
+export { type ImageLazyStats, imageStats } from "./stats.js";
+export type { FetchPolicy, LazyOptions, LazyStats } from "./types.js";
+
+export interface LazyImage {
+  /** The read-only block image file on the FUSE mount. */
+  readonly path: string;
+  /** The daemon serving it. */
+  readonly pid: number;
+  /** mnt/<id>: the daemon's directory (mountpoint fs/, config, state, log). */
+  readonly dir: string;
+  stats(): Promise<LazyStats>;
+  /** Unmounts and stops the daemon (a stuck one is aborted and killed). Safe to call twice. */
+  close(): Promise<void>;
+}
+
+export const DAEMON_JS = fileURLToPath(new URL("./daemon.js", import.meta.url));
+const READY_TIMEOUT_MS = 20_000;
+
+/**
+ * Starts a daemon that serves `record`'s block image as a read-only file. With source "auto" the
+ * daemon fetches from the local store or the image's registry itself; with a ChunkSource object,
+ * fetches are served by this process over IPC (so this process's event loop must stay free while
+ * the file is read).
+ */
+export async function openLazyImage(
+  home: KindlingHome,
+  record: ImageRecord,
+  index: BlockIndex,
+  source: ChunkSource | "auto",
+  opts: LazyOptions = {},
+): Promise<LazyImage> {
+  try {
+    validateIndex(index);
+  } catch (err) {
+    throw new KindlingError(`image ${record.name}: ${errorMessage(err)}`);
+  }
+  if (index.blockSize !== record.blockSize) {
+    throw new KindlingError(
+      `image ${record.name}: index says ${index.blockSize} bytes, record ${record.blockSize}`,
+    );
+  }
+  home.ensure();
+  await cleanupStale(home).catch(() => {});
+  if (source !== "auto" && opts.detached) {
+    throw new KindlingError(
+      "a detached lazy image needs source 'auto' (nothing serves IPC fetches once we exit)",
+    );
+  }
+
+  const id = randomBytes(8).toString("hex");
+  const dir = daemonDir(home, id);
+  const mountpoint = path.join(dir, "fs");
+  await mkdir(mountpoint, { recursive: true });
+  const cfg: DaemonConfig = {
+    home: home.root,
+    id,
+    dir,
+    mountpoint,
+    fileName: "image.sqfs",
+    record,
+    index,
+    source: source === "auto" ? "auto" : "ipc",
+    policy: policyFrom(opts),
+    memoryCacheBytes: opts.memoryCacheBytes ?? 64 << 20,
+    readaheadChunks: opts.readaheadChunks ?? 4,
+    prefetch: opts.prefetch ?? true,
+    fetchConcurrency: opts.fetchConcurrency ?? 8,
+    detached: opts.detached ?? false,
+    owner: process.pid,
+  };
+  await writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(cfg));
+
+  const logFile = path.join(dir, "daemon.log");
+  const logFd = await open(logFile, "a");
+  let child: ChildProcess;
+  try {
+    child = spawn(process.execPath, [DAEMON_JS, dir], {
+      stdio: ["ignore", logFd.fd, logFd.fd, "ipc"],
+      serialization: "advanced",
+      detached: cfg.detached,
+    });
+  } finally {
+    await logFd.close();
+  }
+  // Neither the daemon nor its channel keeps this process alive; an attached daemon exits with us.
+  child.unref();
+  child.channel?.unref();
+  if (source !== "auto") serveFetches(child, source);
+
+  let filePath: string;
+  try {
+    filePath = await waitReady(child);
+  } catch (err) {
+    child.kill("SIGKILL");
+    await releaseFuseMount(mountpoint).catch(() => {});
+    const tail = (await readFile(logFile, "utf8").catch(() => "")).trim().split("\n").slice(-5).join("\n");
+    await rm(dir, { recursive: true, force: true }).catch(() => {});
+    throw new KindlingError(
+      `lazy image daemon for ${record.name} failed to start: ${errorMessage(err)}${tail ? `\n${tail}` : ""}`,
+    );
+  }
+  if (cfg.detached) child.disconnect();
+  const pid = child.pid!;
+
+  let closed: Promise<void> | undefined;
+  let nextStatsId = 1;
+  return {
+    path: filePath,
+    pid,
+    dir,
+    async stats(): Promise<LazyStats> {
+      if (child.connected) {
+        const id = nextStatsId++;
+        const got = await new Promise<LazyStats | null>((resolve) => {
+          const timer = setTimeout(() => done(null), 2000);
+          const onMsg = (m: DaemonMessage) => m.t === "stats" && m.id === id && done(m.stats);
+          const done = (s: LazyStats | null) => {
+            clearTimeout(timer);
+            child.off("message", onMsg);
+            resolve(s);
+          };
+          child.on("message", onMsg);
+          child.send({ t: "stats", id } satisfies ParentMessage, (err) => err && done(null));
+        });
+        if (got) return got;
+      }
+      const s = await readStatsFile(home, record.digest, id);
+      if (!s) throw new KindlingError(`no stats for lazy image ${record.name} (daemon ${pid})`);
+      return s;
+    },
+    close(): Promise<void> {
+      closed ??= stopDaemon(home, id);
+      return closed;
+    },
+  };
+}
+
+function waitReady(child: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => finish(new Error(`not ready within ${READY_TIMEOUT_MS} ms`)),
+      READY_TIMEOUT_MS,
+    );
+    const onMsg = (m: DaemonMessage) => {
+      if (m.t === "ready") finish(null, m.path);
+      else if (m.t === "fatal") finish(new Error(m.message));
+    };
+    const onExit = (code: number | null, sig: string | null) =>
+      finish(new Error(`daemon exited (${sig ?? `status ${code}`}) before it was ready`));
+    const onError = (err: Error) => finish(err);
+    const finish = (err: Error | null, p?: string) => {
+      clearTimeout(timer);
+      child.off("message", onMsg).off("exit", onExit).off("error", onError);
+      if (err) reject(err);
+      else resolve(p!);
+    };
+    child.on("message", onMsg).on("exit", onExit).on("error", onError);
+  });
+}
+
+/** Serves the daemon's fetches from an in-process source; the daemon verifies what it gets. */
+function serveFetches(child: ChildProcess, source: ChunkSource): void {
+  const aborts = new Map<number, AbortController>();
+  const reply = (m: ParentMessage) => {
+    if (child.connected) child.send(m, () => {});
+  };
+  child.on("message", (m: DaemonMessage) => {
+    if (m.t === "abort") {
+      aborts.get(m.id)?.abort(new Error("timed out"));
+      return;
+    }
+    if (m.t !== "fetch") return;
+    const ac = new AbortController();
+    aborts.set(m.id, ac);
+    Promise.resolve()
+      .then(() => source.fetch(m.digest as Digest, m.length, ac.signal))
+      .then(
+        (data) => !ac.signal.aborted && reply({ t: "chunk", id: m.id, data }),
+        (err) => !ac.signal.aborted && reply({ t: "error", id: m.id, message: errorMessage(err) }),
+      )
+      .finally(() => aborts.delete(m.id));
+  });
+}
+
+/**
+ * Releases what dead processes left in this home: image mounts (squashfs mount, loop device)
+ * and lazy daemons' FUSE mounts (aborted and detached) and directories. Returns what it released.
+ */
+export async function cleanupStale(home: KindlingHome): Promise<string[]> {
+  const released = await cleanupStaleImageMounts(home);
+  released.push(...(await cleanupStaleDaemons(home)));
+  return released;
+}

@@ -1,0 +1,128 @@
+import { createHash } from "node:crypto";
+import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
+import path from "node:path";
+import type { ImageRecord } from "../image/types.js";
+import type { BlockIndex } from "../store/types.js";
+import { writeFileAtomic } from "../util/atomic.js";
+import { errorMessage, KindlingError } from "../util/errors.js";
+import { exec } from "../util/exec.js";
+import type { KindlingHome } from "../util/home.js";
+import { openLazyImage } from "./index.js";
+import { lazyUnmount, mountAt } from "./mountinfo.js";
+import { isSameProcess, processStartTime } from "./proc.js";
+import { stopDaemon } from "./stale.js";
+
+/** run/mounts/<hash of DIR>.json: what `image mount` set up, so `image umount` (or cleanup) can undo it. */
+export interface ImageMountRecord {
+  dir: string;
+  image: string;
+  digest: string;
+  loop: string;
+  /** The lazy daemon (detached) and its directory id under mnt/. */
+  pid: number;
+  startTime: string;
+  id: string;
+  file: string;
+  created: string;
+}
+
+const recordsDir = (home: KindlingHome) => path.join(home.runs, "mounts");
+const recordPath = (home: KindlingHome, dir: string) =>
+  path.join(recordsDir(home), `${createHash("sha256").update(dir).digest("hex").slice(0, 32)}.json`);
+
+async function readRecord(file: string): Promise<ImageMountRecord | null> {
+  try {
+    return JSON.parse(await readFile(file, "utf8")) as ImageMountRecord;
+  } catch {
+    return null;
+  }
+}
+
+/** Detaches a loop device, but only if it is still backed by our lazy file. */
+async function detachLoop(loop: string, file: string): Promise<void> {
+  const r = await exec("losetup", ["-n", "-O", "BACK-FILE", loop], { allowFailure: true });
+  if (r.code !== 0 || r.stdout.trim().replace(/ \(deleted\)$/, "") !== file) return;
+  await exec("losetup", ["-d", loop], { allowFailure: true });
+}
+
+/**
+ * `kindling image mount N DIR`: the image's files, read-only, at DIR. Lazy file -> read-only loop
+ * device -> squashfs mount. The daemon and the loop device outlive this process.
+ */
+export async function mountImage(
+  home: KindlingHome,
+  record: ImageRecord,
+  index: BlockIndex,
+  dir: string,
+): Promise<void> {
+  const target = path.resolve(dir);
+  const recFile = recordPath(home, target);
+  const old = await readRecord(recFile);
+  if (old && (await mountAt(target)))
+    throw new KindlingError(`${target} already has image ${old.image} mounted`);
+  if (await mountAt(target)) throw new KindlingError(`${target} is already a mountpoint`);
+  await mkdir(target, { recursive: true });
+  if (!(await stat(target)).isDirectory()) throw new KindlingError(`${target} is not a directory`);
+
+  const lazy = await openLazyImage(home, record, index, "auto", { detached: true });
+  let loop = "";
+  try {
+    loop = (await exec("losetup", ["-r", "--direct-io=on", "--show", "-f", lazy.path])).stdout.trim();
+    await exec("mount", ["-t", "squashfs", "-o", "ro", loop, target]);
+    const rec: ImageMountRecord = {
+      dir: target,
+      image: record.name,
+      digest: record.digest,
+      loop,
+      pid: lazy.pid,
+      startTime: (await processStartTime(lazy.pid)) ?? "",
+      id: path.basename(lazy.dir),
+      file: lazy.path,
+      created: new Date().toISOString(),
+    };
+    await mkdir(recordsDir(home), { recursive: true });
+    await writeFileAtomic(recFile, `${JSON.stringify(rec, null, 2)}\n`);
+  } catch (err) {
+    if (await mountAt(target)) await lazyUnmount(target);
+    if (loop) await detachLoop(loop, lazy.path);
+    await lazy.close();
+    throw new KindlingError(`cannot mount image ${record.name} at ${target}: ${errorMessage(err)}`);
+  }
+}
+
+async function release(home: KindlingHome, rec: ImageMountRecord, lazy: boolean): Promise<void> {
+  const m = await mountAt(rec.dir);
+  if (m && m.source === rec.loop) {
+    if (lazy) await lazyUnmount(rec.dir);
+    else {
+      const r = await exec("umount", [rec.dir], { allowFailure: true });
+      if (r.code !== 0) {
+        throw new KindlingError(`cannot unmount ${rec.dir}: ${r.stderr.trim() || `umount status ${r.code}`}`);
+      }
+    }
+  }
+  await detachLoop(rec.loop, rec.file);
+  await stopDaemon(home, rec.id);
+  await rm(recordPath(home, rec.dir), { force: true });
+}
+
+/** `kindling image umount DIR`: unmounts, detaches the loop device, stops the daemon. */
+export async function umountImage(home: KindlingHome, dir: string): Promise<void> {
+  const target = path.resolve(dir);
+  const rec = await readRecord(recordPath(home, target));
+  if (!rec) throw new KindlingError(`${target} is not an image mounted with 'kindling image mount'`);
+  await release(home, rec, false);
+}
+
+/** Image mounts whose daemon died: detach the mount and the loop device, drop the record. */
+export async function cleanupStaleImageMounts(home: KindlingHome): Promise<string[]> {
+  const released: string[] = [];
+  for (const f of await readdir(recordsDir(home)).catch(() => [] as string[])) {
+    if (!f.endsWith(".json")) continue;
+    const rec = await readRecord(path.join(recordsDir(home), f));
+    if (!rec || (await isSameProcess(rec.pid, rec.startTime))) continue;
+    await release(home, rec, true).catch(() => {});
+    released.push(rec.dir);
+  }
+  return released;
+}

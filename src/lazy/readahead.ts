@@ -1,0 +1,46 @@
+import type { ChunkCache } from "./cache.js";
+import { chunkAt } from "./chunkmap.js";
+
+/**
+ * Detects sequential reading and warms the next chunks in the background. Reads arrive from
+ * several FUSE threads (and a loop device issues them in parallel), so "sequential" tolerates
+ * small reorderings: a read starting within `slack` of where the previous one ended.
+ */
+export class Readahead {
+  private nextPos = -1;
+  private streak = 0;
+  private readonly slack = 1 << 20;
+  private readonly warming = new Set<number>();
+
+  constructor(
+    private readonly cache: ChunkCache,
+    private readonly window: number,
+    private readonly log: (msg: string) => void,
+  ) {}
+
+  /** Records a read; returns whether the reader looks sequential. */
+  observe(pos: number, len: number): boolean {
+    const seq = this.nextPos >= 0 && Math.abs(pos - this.nextPos) <= this.slack;
+    this.streak = seq ? this.streak + 1 : 0;
+    this.nextPos = pos + len;
+    if (this.streak >= 2 && this.window > 0) this.ahead(pos + len);
+    return this.streak >= 2;
+  }
+
+  private ahead(from: number): void {
+    const first = chunkAt(this.cache.index, Math.min(from, this.cache.index.blockSize - 1));
+    if (first < 0) return;
+    const last = Math.min(first + this.window, this.cache.index.chunks.length - 1);
+    for (let i = first + 1; i <= last; i++) {
+      if (this.warming.has(i)) continue;
+      this.warming.add(i);
+      this.cache
+        .warm(i)
+        .then((fetched) => {
+          if (fetched) this.cache.stats.readaheadChunks++;
+        })
+        .catch((err) => this.log(`readahead of chunk ${i}: ${err instanceof Error ? err.message : err}`))
+        .finally(() => this.warming.delete(i));
+    }
+  }
+}

@@ -1,0 +1,79 @@
+import { readdir, readFile, rm, stat } from "node:fs/promises";
+import path from "node:path";
+import type { KindlingHome } from "../util/home.js";
+import { isDisconnected, mountAt, readMountinfo, releaseFuseMount } from "./mountinfo.js";
+import { isSameProcess, signal, waitExit } from "./proc.js";
+import type { DaemonConfig, DaemonState } from "./types.js";
+
+async function readJson<T>(file: string): Promise<T | null> {
+  try {
+    return JSON.parse(await readFile(file, "utf8")) as T;
+  } catch {
+    return null;
+  }
+}
+
+export const daemonDir = (home: KindlingHome, id: string) => path.join(home.mounts, id);
+const isDaemonId = (name: string) => /^[0-9a-f]{16}$/.test(name);
+
+/**
+ * Stops a daemon and releases its FUSE mount and directory: TERM first; a daemon that does not
+ * exit in time is stuck, so its connection is aborted (freeing its readers) and it is killed.
+ */
+export async function stopDaemon(home: KindlingHome, id: string, graceMs = 5000): Promise<void> {
+  const dir = daemonDir(home, id);
+  const state = await readJson<DaemonState>(path.join(dir, "state.json"));
+  const mountpoint = path.join(dir, "fs");
+  if (state && (await isSameProcess(state.pid, state.startTime))) {
+    signal(state.pid, "SIGTERM");
+    if (!(await waitExit(state.pid, graceMs, state.startTime))) {
+      await releaseFuseMount(mountpoint);
+      signal(state.pid, "SIGKILL");
+      await waitExit(state.pid, 2000, state.startTime);
+    }
+  }
+  await releaseFuseMount(mountpoint);
+  if (!(await mountAt(mountpoint))) await rm(dir, { recursive: true, force: true });
+}
+
+/** Whether the daemon in mnt/<id> is gone (or cut off from its mount) and its leftovers can go. */
+async function isStale(home: KindlingHome, id: string): Promise<boolean> {
+  const dir = daemonDir(home, id);
+  const state = await readJson<DaemonState>(path.join(dir, "state.json"));
+  if (!state) {
+    // Still starting? Give a daemon whose owner lives a minute to write its state.
+    const cfg = await readJson<DaemonConfig>(path.join(dir, "config.json"));
+    const age =
+      Date.now() -
+      (await stat(dir)
+        .then((s) => s.mtimeMs)
+        .catch(() => 0));
+    return !(cfg && age < 60_000 && (await isSameProcess(cfg.owner)));
+  }
+  if (!(await isSameProcess(state.pid, state.startTime))) return true;
+  return isDisconnected(state.mountpoint);
+}
+
+/**
+ * Releases lazy daemons' leftovers in this home whose processes are gone: FUSE mounts (aborted,
+ * then detached), their directories, and image mounts (squashfs mount, loop device). Returns what
+ * it released, for messages.
+ */
+export async function cleanupStaleDaemons(home: KindlingHome): Promise<string[]> {
+  const released: string[] = [];
+  const ids = (await readdir(home.mounts).catch(() => [] as string[])).filter(isDaemonId);
+  for (const id of ids) {
+    if (!(await isStale(home, id))) continue;
+    await stopDaemon(home, id, 1000);
+    released.push(daemonDir(home, id));
+  }
+  // FUSE mounts of ours whose directory bookkeeping is gone.
+  const prefix = `${home.mounts}${path.sep}`;
+  for (const m of await readMountinfo()) {
+    if (m.fstype !== "fuse.kindling" || !m.mountpoint.startsWith(prefix)) continue;
+    if (!(await isDisconnected(m.mountpoint))) continue;
+    await releaseFuseMount(m.mountpoint);
+    released.push(m.mountpoint);
+  }
+  return released;
+}

@@ -1,0 +1,88 @@
+import { mkdir, readdir, readFile } from "node:fs/promises";
+import path from "node:path";
+import { writeFileAtomic } from "../util/atomic.js";
+import type { KindlingHome } from "../util/home.js";
+import type { LazyStats } from "./types.js";
+
+const hexOf = (digest: string) => digest.replace(/^sha256:/, "");
+
+/** mnt/stats/<image hex>/: one JSON file per daemon that served the image; kept after it exits. */
+export function statsDir(home: KindlingHome, digest: string): string {
+  return path.join(home.mounts, "stats", hexOf(digest));
+}
+
+export async function writeStats(home: KindlingHome, id: string, stats: LazyStats): Promise<void> {
+  const dir = statsDir(home, stats.digest);
+  await mkdir(dir, { recursive: true });
+  await writeFileAtomic(path.join(dir, `${id}.json`), `${JSON.stringify(stats)}\n`);
+}
+
+export async function readStatsFile(
+  home: KindlingHome,
+  digest: string,
+  id: string,
+): Promise<LazyStats | null> {
+  try {
+    return JSON.parse(await readFile(path.join(statsDir(home, digest), `${id}.json`), "utf8")) as LazyStats;
+  } catch {
+    return null;
+  }
+}
+
+export interface ImageLazyStats {
+  digest: string;
+  /** Daemons (past and present) that served this image. */
+  daemons: number;
+  bytesFetched: number;
+  chunksFetched: number;
+  bytesServed: number;
+  reads: number;
+  cacheHits: number;
+  cacheMisses: number;
+  fetchErrors: number;
+  verifyFailures: number;
+  readErrors: number;
+}
+
+/** Lazy-read counters of one image, summed over every daemon that served it (for `image inspect`). */
+export async function imageStats(home: KindlingHome, digest: string): Promise<ImageLazyStats> {
+  const sum: ImageLazyStats = {
+    digest,
+    daemons: 0,
+    bytesFetched: 0,
+    chunksFetched: 0,
+    bytesServed: 0,
+    reads: 0,
+    cacheHits: 0,
+    cacheMisses: 0,
+    fetchErrors: 0,
+    verifyFailures: 0,
+    readErrors: 0,
+  };
+  const dir = statsDir(home, digest);
+  const files = await readdir(dir).catch(() => [] as string[]);
+  for (const f of files) {
+    if (!f.endsWith(".json") || f.startsWith(".")) continue;
+    let s: LazyStats;
+    try {
+      s = JSON.parse(await readFile(path.join(dir, f), "utf8")) as LazyStats;
+    } catch {
+      continue;
+    }
+    sum.daemons++;
+    for (const k of [
+      "bytesFetched",
+      "chunksFetched",
+      "bytesServed",
+      "reads",
+      "cacheHits",
+      "cacheMisses",
+      "fetchErrors",
+      "verifyFailures",
+      "readErrors",
+    ] as const) {
+      sum[k] += s[k] ?? 0;
+    }
+  }
+  return sum;
+}

@@ -1,0 +1,44 @@
+/** Helpers for tests and benchmarks: a block index made here, without the image pipeline. */
+import { createHash } from "node:crypto";
+import { mkdir, writeFile } from "node:fs/promises";
+import type { ImageRecord } from "../image/types.js";
+import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type ChunkRef, type Digest } from "../store/types.js";
+import type { KindlingHome } from "../util/home.js";
+
+const sha = (b: Uint8Array): Digest => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+
+/** Cuts `data` into fixed-size chunks; writes them to the home's blobs unless `store` is false. */
+export async function indexBytes(
+  home: KindlingHome,
+  data: Buffer,
+  chunkSize: number,
+  store = true,
+): Promise<{ index: BlockIndex; record: ImageRecord; chunks: Map<string, Buffer> }> {
+  const chunks: ChunkRef[] = [];
+  const bytes = new Map<string, Buffer>();
+  await mkdir(home.blobs, { recursive: true });
+  for (let off = 0; off < data.length; off += chunkSize) {
+    const part = data.subarray(off, Math.min(off + chunkSize, data.length));
+    const digest = sha(part);
+    chunks.push({ offset: off, length: part.length, digest });
+    bytes.set(digest, Buffer.from(part));
+    if (store) await writeFile(home.blobPath(digest), part);
+  }
+  const index: BlockIndex = {
+    mediaType: BLOCK_INDEX_MEDIA_TYPE,
+    format: "squashfs",
+    blockSize: data.length,
+    blockDigest: sha(data),
+    chunking: { algorithm: "fixed", avgSize: chunkSize },
+    chunks,
+  };
+  const record: ImageRecord = {
+    name: "test",
+    digest: sha(Buffer.from(JSON.stringify(index))),
+    blockSize: data.length,
+    config: { entrypoint: [], cmd: [], env: [], workingDir: "/", user: "" },
+    origin: { kind: "local" },
+    created: new Date().toISOString(),
+  };
+  return { index, record, chunks: bytes };
+}

@@ -1,0 +1,98 @@
+import type { ImageRecord } from "../image/types.js";
+import type { BlockIndex } from "../store/types.js";
+
+/** Counters of one lazy image daemon; summed per image by imageStats(). */
+export interface LazyStats {
+  digest: string;
+  blockSize: number;
+  /** Bytes fetched (and verified) from the chunk source: what the store or registry had to send. */
+  bytesFetched: number;
+  chunksFetched: number;
+  /** Bytes returned to readers of the lazy file. */
+  bytesServed: number;
+  reads: number;
+  /** Chunk lookups served from memory or the on-disk chunk cache. */
+  cacheHits: number;
+  /** Chunk lookups that needed the source (including readers that joined an in-flight fetch). */
+  cacheMisses: number;
+  /** Failed fetch attempts (timeouts, source errors) and digest mismatches. */
+  fetchErrors: number;
+  verifyFailures: number;
+  /** Reads answered with an error (EIO). */
+  readErrors: number;
+  readaheadChunks: number;
+  prefetch: { state: "pending" | "running" | "done" | "skipped" | "failed"; chunks: number; bytes: number };
+  /** ISO time these counters were taken. */
+  updated: string;
+}
+
+/** Bounds on fetching one chunk: each attempt has a timeout; all attempts share one deadline. */
+export interface FetchPolicy {
+  /** Total time a read may wait for one chunk before it gets EIO (KINDLING_FETCH_TIMEOUT_MS). */
+  deadlineMs: number;
+  /** Time one attempt may take (KINDLING_FETCH_ATTEMPT_TIMEOUT_MS). */
+  attemptTimeoutMs: number;
+  /** Attempts after the first (KINDLING_FETCH_RETRIES). */
+  retries: number;
+  /** First backoff between attempts; doubles each retry. */
+  backoffMs: number;
+}
+
+export interface LazyOptions extends Partial<FetchPolicy> {
+  /** Bytes of hot chunks kept in the daemon's memory (default 64 MiB). */
+  memoryCacheBytes?: number;
+  /** Chunks fetched ahead of a sequential reader (default 4). */
+  readaheadChunks?: number;
+  /** Prefetch chunk 0 and the SquashFS tables at mount (default true). */
+  prefetch?: boolean;
+  /** Source fetches running at once (default 8). */
+  fetchConcurrency?: number;
+  /** Keep the daemon running after this process exits (image mount). */
+  detached?: boolean;
+}
+
+/** What the API hands the daemon (written to <dir>/config.json). */
+export interface DaemonConfig {
+  home: string;
+  id: string;
+  /** mnt/<id>: holds config.json, state.json, daemon.log and the FUSE mountpoint fs/. */
+  dir: string;
+  mountpoint: string;
+  fileName: string;
+  record: ImageRecord;
+  index: BlockIndex;
+  /** "auto": the daemon opens the store or registry itself; "ipc": the parent serves fetches. */
+  source: "auto" | "ipc";
+  policy: FetchPolicy;
+  memoryCacheBytes: number;
+  readaheadChunks: number;
+  prefetch: boolean;
+  fetchConcurrency: number;
+  detached: boolean;
+  /** Pid of the process that asked for this image. */
+  owner: number;
+}
+
+/** Written by the daemon once its mount is up; used to find and release it later. */
+export interface DaemonState {
+  pid: number;
+  /** Process start time (from /proc/<pid>/stat), so a reused pid is not mistaken for the daemon. */
+  startTime: string;
+  mountpoint: string;
+  digest: string;
+  detached: boolean;
+}
+
+/** Messages over the IPC channel between the API and the daemon. */
+export type DaemonMessage =
+  | { t: "ready"; pid: number; path: string }
+  | { t: "fatal"; message: string }
+  | { t: "fetch"; id: number; digest: string; length: number }
+  | { t: "abort"; id: number }
+  | { t: "stats"; id: number; stats: LazyStats };
+
+export type ParentMessage =
+  | { t: "chunk"; id: number; data: Uint8Array }
+  | { t: "error"; id: number; message: string }
+  | { t: "stats"; id: number }
+  | { t: "stop" };
