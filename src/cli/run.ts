@@ -1,5 +1,46 @@
 import type { Command } from "commander";
+import { resolveImage } from "../runtime/image.js";
+import { runContainer, type StopReason } from "../runtime/lifecycle.js";
+import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
+import { getRuntime } from "../runtime/registry.js";
+import { KindlingHome } from "../util/home.js";
+
+const collect = (value: string, previous: string[]) => [...previous, value];
 
 export function registerRunCommand(program: Command): void {
-  program.command("run").description("Run a container from an image");
+  program
+    .command("run")
+    .description("Run a container from an image; exits with the process's status (125: kindling failed)")
+    .argument("<image>", "image name, or the path of a SquashFS file")
+    .argument("[command...]", "command and arguments (after --), replacing the image's CMD")
+    .option("--runtime <name>", "runc | runsc | qemu | firecracker", "runc")
+    .option("--rootfs <strategy>", "lazy | squashfs | copy | virtiofs", "lazy")
+    .option("-v, --volume <SRC:DST[:ro]>", "bind mount a host path (repeatable)", collect, [])
+    .option("-e, --env <K=V>", "set an environment variable; K alone copies ours (repeatable)", collect, [])
+    .option("-w, --workdir <dir>", "working directory inside the container")
+    .option("-u, --user <uid[:gid]>", "user (and group) to run as")
+    .option("--memory <MiB>", "memory limit in MiB")
+    .option("--cpus <n>", "CPU limit, e.g. 1 or 0.5")
+    .option("--timeout <seconds>", "stop the container after this many seconds")
+    .option("--stop-timeout <seconds>", "seconds between TERM and KILL when stopping", "10")
+    .option("--hostname <name>", "host name inside the container")
+    .option("--entrypoint <cmd>", "replace the image's ENTRYPOINT (a program, or a JSON array)")
+    .option("-i, --interactive", "pass our stdin to the process")
+    .action(async (image: string, command: string[], flags: RawRunFlags) => {
+      const home = new KindlingHome();
+      const options = await parseRunOptions(image, command, flags);
+      const runtime = getRuntime(options.runtime, options.rootfs);
+      const handle = runContainer({ home, options, image: await resolveImage(home, image), runtime });
+      // Ours, not main.ts's: stop the container (TERM, grace, KILL), then exit with its status.
+      const signals: StopReason[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+      const onSignal = (s: NodeJS.Signals) => handle.stop(s as StopReason);
+      for (const s of signals) process.on(s, onSignal);
+      try {
+        const result = await handle.result;
+        if (result.message) process.stderr.write(`kindling: ${result.message}\n`);
+        process.exitCode = result.status;
+      } finally {
+        for (const s of signals) process.off(s, onSignal);
+      }
+    });
 }

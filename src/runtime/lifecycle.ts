@@ -1,0 +1,129 @@
+import { mkdir } from "node:fs/promises";
+import type { Readable } from "node:stream";
+import { errorMessage, KindlingError } from "../util/errors.js";
+import type { KindlingHome } from "../util/home.js";
+import { Scope } from "../util/scope.js";
+import { cleanupStaleRuns, RunDir } from "./rundir.js";
+import { signalNumber } from "./status.js";
+import type { Container, ExitStatus, ResolvedImage, RunOptions, RunStdio, Runtime } from "./types.js";
+
+export interface RunRequest {
+  home: KindlingHome;
+  options: RunOptions;
+  image: ResolvedImage;
+  runtime: Runtime;
+  /** Default: stdout and stderr inherited; stdin inherited with -i, else /dev/null. */
+  stdio?: Partial<RunStdio>;
+  /** Kindling's own notices (stopping, timeout, cleanup problems). Default: stderr. */
+  notify?: (message: string) => void;
+}
+
+/** Why kindling stopped the container, if it did. */
+export type StopReason = "timeout" | "SIGINT" | "SIGTERM" | "SIGHUP";
+
+export interface RunResult extends ExitStatus {
+  id: string;
+  stoppedBy?: StopReason;
+}
+
+export interface StartedRun {
+  id: string;
+  stdout: Readable | null;
+  stderr: Readable | null;
+}
+
+export interface RunHandle {
+  /** Resolves once the process runs, with its piped streams (null where not piped). */
+  started: Promise<StartedRun>;
+  /** Resolves after the container ended and everything it held was released. */
+  result: Promise<RunResult>;
+  /**
+   * Stops the container: TERM, then KILL after the grace period; a second stop kills at once.
+   * Before the process started, it is not started at all.
+   */
+  stop(reason: StopReason): void;
+}
+
+/**
+ * Runs one container through its runtime: clean up dead runs, make the run dir, prepare, start,
+ * wait (with --timeout and stop requests), and release everything on every path.
+ */
+export function runContainer(req: RunRequest): RunHandle {
+  const notify = req.notify ?? ((m: string) => process.stderr.write(`kindling: ${m}\n`));
+  const stdio: RunStdio = {
+    stdin: req.options.interactive ? "inherit" : "ignore",
+    stdout: "inherit",
+    stderr: "inherit",
+    ...req.stdio,
+  };
+  let container: Container | undefined;
+  let stopReason: StopReason | undefined;
+  let killTimer: NodeJS.Timeout | undefined;
+  let resolveStarted!: (v: StartedRun) => void;
+  let rejectStarted!: (err: unknown) => void;
+  const started = new Promise<StartedRun>((res, rej) => {
+    resolveStarted = res;
+    rejectStarted = rej;
+  });
+  started.catch(() => {}); // callers that only await `result` need not handle it
+
+  const kill = (signal: "TERM" | "KILL") => {
+    container?.kill(signal).catch((err) => notify(`cannot send ${signal}: ${errorMessage(err)}`));
+  };
+
+  const stop = (reason: StopReason) => {
+    if (stopReason !== undefined) {
+      // Asked again (a second Ctrl-C): no more grace.
+      if (container) kill("KILL");
+      return;
+    }
+    stopReason = reason;
+    if (!container) return; // not started: prepare finishes, then nothing starts
+    const grace = req.options.stopGraceSeconds;
+    notify(
+      `${reason === "timeout" ? `timeout after ${req.options.timeoutSeconds}s` : reason}: stopping container ${container.id} (TERM, KILL after ${grace}s)`,
+    );
+    kill("TERM");
+    killTimer = setTimeout(() => {
+      notify(`container ${container!.id} did not stop within ${grace}s: sending KILL`);
+      kill("KILL");
+    }, grace * 1000);
+  };
+
+  const result = Scope.with(async (scope): Promise<RunResult> => {
+    await mkdir(req.home.runs, { recursive: true });
+    const stale = await cleanupStaleRuns(req.home);
+    for (const e of stale.errors) notify(`cleanup of a dead run: ${e}`);
+
+    await req.runtime.checkHost();
+    const runDir = await RunDir.create(req.home, scope, req.runtime.name, req.image.name);
+    const prepared = await req.runtime.prepare(
+      { id: runDir.id, runDir, image: req.image, options: req.options, stdio },
+      scope,
+    );
+    scope.defer(`container ${runDir.id}`, () => prepared.delete());
+    if (stopReason !== undefined) {
+      // Stopped before it ran: report as a shell would for the signal kindling received.
+      const signal = stopReason === "timeout" ? "SIGTERM" : stopReason;
+      rejectStarted(new KindlingError(`stopped (${stopReason}) before the container started`));
+      return { id: runDir.id, status: 128 + signalNumber(signal), signal, stoppedBy: stopReason };
+    }
+    const streams = await prepared.start();
+    container = prepared;
+    resolveStarted({ id: runDir.id, ...streams });
+
+    const timeout =
+      req.options.timeoutSeconds === undefined
+        ? undefined
+        : setTimeout(() => stop("timeout"), req.options.timeoutSeconds * 1000);
+    try {
+      const status = await prepared.wait();
+      return { id: runDir.id, ...status, stoppedBy: stopReason };
+    } finally {
+      clearTimeout(timeout);
+      clearTimeout(killTimer);
+    }
+  });
+  result.catch((err) => rejectStarted(err));
+  return { started, result, stop };
+}

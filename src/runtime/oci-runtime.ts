@@ -1,0 +1,224 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { fstatSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import type { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import { KindlingError } from "../util/errors.js";
+import { exec } from "../util/exec.js";
+import type { Scope } from "../util/scope.js";
+import { hostNofileLimit } from "./hostlimits.js";
+import { buildOciSpec } from "./oci.js";
+import { buildProcessSpec } from "./process.js";
+import { mountOverlayRootfs } from "./rootfs.js";
+import type { RunDir } from "./rundir.js";
+import { exitStatusOf } from "./status.js";
+import type { Container, ExitStatus, PrepareRequest, RunStdio, Runtime, VolumeSpec } from "./types.js";
+import { readUserDb } from "./users.js";
+import { findBinary } from "./which.js";
+
+/** What differs between OCI runtimes that take a bundle: the binary and its global flags. */
+export interface OciFlavor {
+  name: "runc" | "runsc";
+  /** Flags before the subcommand, besides --root and --log. */
+  globalArgs: string[];
+  /** What to tell the user when the binary is missing. */
+  installHint: string;
+  /**
+   * gVisor writes to a regular file it is handed as stdout/stderr at its own offset from 0,
+   * overwriting what the file held (`(echo a; kindling run ...) > f` lost "a"): relay those.
+   */
+  relayFileStdio: boolean;
+}
+
+export const RUNC: OciFlavor = { name: "runc", globalArgs: [], installHint: "apt-get install runc", relayFileStdio: false };
+
+/** gVisor: ptrace is the platform that works here (kvm hangs under PVM); no network, like runc's empty netns. */
+export const RUNSC: OciFlavor = {
+  name: "runsc",
+  globalArgs: ["--platform=ptrace", "--network=none"],
+  installHint: "apt-get install runsc",
+  relayFileStdio: true,
+};
+
+/**
+ * runc and runsc: the rootfs is an overlay on the image's SquashFS (see rootfs.ts), the process is
+ * described by an OCI bundle, and `<runtime> run` runs it in the foreground, so its exit status is
+ * the container's.
+ */
+export class OciRuntime implements Runtime {
+  private binary?: string;
+
+  constructor(private readonly flavor: OciFlavor) {}
+
+  get name(): "runc" | "runsc" {
+    return this.flavor.name;
+  }
+
+  async checkHost(): Promise<void> {
+    this.binary = await findBinary(this.flavor.name);
+    if (!this.binary) {
+      throw new KindlingError(
+        `--runtime ${this.flavor.name}: ${this.flavor.name} is not installed (${this.flavor.installHint})`,
+      );
+    }
+  }
+
+  async prepare(req: PrepareRequest, scope: Scope): Promise<Container> {
+    if (!this.binary) await this.checkHost();
+    const { runDir, options, image } = req;
+    const bundle = runDir.file("bundle");
+    const rootfs = await mountOverlayRootfs(runDir, scope, image.blockImage, `${bundle}/rootfs`);
+    const hostname = options.hostname ?? req.id;
+    const proc = buildProcessSpec(image.config, options, await readUserDb(rootfs.merged), hostname);
+    const spec = buildOciSpec({
+      process: proc,
+      rootfs: "rootfs",
+      volumes: options.volumes,
+      extraBinds: await writeEtcFiles(runDir, hostname),
+      memoryMiB: options.memoryMiB,
+      cpus: options.cpus,
+      nofile: await hostNofileLimit(),
+      cgroupsPath: `/kindling/${req.id}`,
+    });
+    await writeFile(`${bundle}/config.json`, `${JSON.stringify(spec, null, 2)}\n`);
+    return new OciContainer(this.flavor, this.binary!, req.id, runDir, bundle, req.stdio, scope);
+  }
+}
+
+function isRegularFile(fd: number): boolean {
+  try {
+    return fstatSync(fd).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** /etc/hosts and /etc/hostname naming the container, as Docker provides them (writable, per run). */
+async function writeEtcFiles(runDir: RunDir, hostname: string): Promise<VolumeSpec[]> {
+  const dir = runDir.file("etc");
+  await mkdir(dir, { recursive: true });
+  await writeFile(`${dir}/hostname`, `${hostname}\n`);
+  await writeFile(
+    `${dir}/hosts`,
+    `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t${hostname}\n`,
+  );
+  return ["hosts", "hostname"].map((f) => ({
+    source: `${dir}/${f}`,
+    destination: `/etc/${f}`,
+    readOnly: false,
+  }));
+}
+
+class OciContainer implements Container {
+  private child?: ChildProcess;
+  private exited?: Promise<ExitStatus>;
+  private readonly root: string;
+  private readonly logFile: string;
+
+  constructor(
+    private readonly flavor: OciFlavor,
+    private readonly binary: string,
+    readonly id: string,
+    private readonly runDir: RunDir,
+    private readonly bundle: string,
+    private readonly stdio: RunStdio,
+    private readonly scope: Scope,
+  ) {
+    // A runtime state root per run: containers of different homes or runs never see each other.
+    this.root = runDir.file("state");
+    this.logFile = runDir.file("runtime.log");
+  }
+
+  /** Only `run` logs to the log file: the errors found there are then the run's own. */
+  private globalArgs(log = false): string[] {
+    const logArgs = log ? ["--log", this.logFile, "--log-format", "json"] : [];
+    return ["--root", this.root, ...logArgs, ...this.flavor.globalArgs];
+  }
+
+  async start(): Promise<{ stdout: Readable | null; stderr: Readable | null }> {
+    await this.runDir.hold(this.scope, {
+      kind: "oci-container",
+      binary: this.binary,
+      root: this.root,
+      id: this.id,
+    });
+    const { stdin } = this.stdio;
+    const relayOut = this.flavor.relayFileStdio && this.stdio.stdout === "inherit" && isRegularFile(1);
+    const relayErr = this.flavor.relayFileStdio && this.stdio.stderr === "inherit" && isRegularFile(2);
+    const stdout = relayOut ? "pipe" : this.stdio.stdout;
+    const stderr = relayErr ? "pipe" : this.stdio.stderr;
+    const child = spawn(this.binary, [...this.globalArgs(true), "run", "--bundle", this.bundle, this.id], {
+      cwd: this.bundle,
+      stdio: [stdin, stdout, stderr],
+      // Its own process group: a terminal's Ctrl-C reaches kindling only, which then stops the
+      // container its way (TERM, grace, KILL). An interactive terminal session stays in the
+      // foreground group so the process can read the terminal.
+      detached: !(stdin === "inherit" && process.stdin.isTTY),
+    });
+    this.child = child;
+    if (relayOut) child.stdout!.pipe(process.stdout, { end: false });
+    if (relayErr) child.stderr!.pipe(process.stderr, { end: false });
+    this.exited = new Promise((resolve, reject) => {
+      child.on("error", (err) => reject(new KindlingError(`cannot start ${this.binary}: ${err.message}`)));
+      child.on("close", (code, signal) => {
+        this.runtimeError().then((failure) => {
+          if (failure) {
+            // As with Docker: a command that cannot be found is 127, one that cannot be run 126.
+            const notFound =
+              /exec: .*(executable file not found|no such file or directory)|error finding executable/i;
+            if (notFound.test(failure)) resolve({ status: 127, message: failure });
+            else if (/exec: .*permission denied/i.test(failure)) resolve({ status: 126, message: failure });
+            else reject(new KindlingError(`${this.flavor.name} failed: ${failure}`));
+          } else resolve(exitStatusOf(code, signal));
+        }, reject);
+      });
+    });
+    // The caller awaits wait(); keep an early failure from being an unhandled rejection meanwhile.
+    this.exited.catch(() => {});
+    return { stdout: relayOut ? null : child.stdout, stderr: relayErr ? null : child.stderr };
+  }
+
+  wait(): Promise<ExitStatus> {
+    if (!this.exited) return Promise.reject(new Error("container not started"));
+    return this.exited;
+  }
+
+  /** The runtime's own last error, if it logged one: then the status is its, not the process's. */
+  private async runtimeError(): Promise<string | undefined> {
+    let text = "";
+    try {
+      text = await readFile(this.logFile, "utf8");
+    } catch {
+      return undefined;
+    }
+    let last: string | undefined;
+    for (const line of text.split("\n")) {
+      try {
+        const entry = JSON.parse(line) as { level?: string; msg?: string };
+        if (entry.level === "error" || entry.level === "fatal") last = entry.msg;
+      } catch {
+        // not JSON (a panic trace): ignore
+      }
+    }
+    return last;
+  }
+
+  private running(): boolean {
+    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  async kill(signal: "TERM" | "KILL" | "INT" | "HUP"): Promise<void> {
+    // Right after spawn the container may not exist yet: retry while the runtime is still running.
+    for (let attempt = 0; this.running(); attempt++) {
+      const r = await exec(this.binary, [...this.globalArgs(), "kill", this.id, signal], {
+        allowFailure: true,
+      });
+      if (r.code === 0 || attempt >= 100) return;
+      await sleep(50);
+    }
+  }
+
+  async delete(): Promise<void> {
+    await exec(this.binary, ["--root", this.root, "delete", "--force", this.id], { allowFailure: true });
+  }
+}

@@ -1,0 +1,181 @@
+import { stat } from "node:fs/promises";
+import { availableParallelism } from "node:os";
+import path from "node:path";
+import { KindlingError } from "../util/errors.js";
+import {
+  ROOTFS_STRATEGIES,
+  type RootfsStrategy,
+  RUNTIME_NAMES,
+  type RunOptions,
+  type RuntimeName,
+  type UserSpec,
+  type VolumeSpec,
+} from "./types.js";
+
+/** The `kindling run` flags as commander hands them over: strings, unchecked. */
+export interface RawRunFlags {
+  runtime?: string;
+  rootfs?: string;
+  volume?: string[];
+  env?: string[];
+  workdir?: string;
+  user?: string;
+  memory?: string;
+  cpus?: string;
+  timeout?: string;
+  stopTimeout?: string;
+  hostname?: string;
+  entrypoint?: string;
+  interactive?: boolean;
+}
+
+export const DEFAULT_STOP_GRACE_SECONDS = 10;
+
+/** Checks every flag and returns RunOptions, or throws a KindlingError naming the bad flag. */
+export async function parseRunOptions(
+  image: string,
+  command: string[],
+  flags: RawRunFlags,
+  hostEnv: NodeJS.ProcessEnv = process.env,
+): Promise<RunOptions> {
+  if (!image) throw new KindlingError("run: an IMAGE is required");
+  const volumes: VolumeSpec[] = [];
+  for (const v of flags.volume ?? []) volumes.push(await parseVolume(v));
+  const seen = new Set<string>();
+  for (const v of volumes) {
+    if (seen.has(v.destination)) throw new KindlingError(`-v: ${v.destination} is mounted twice`);
+    seen.add(v.destination);
+  }
+  return {
+    runtime: oneOf("--runtime", flags.runtime ?? "runc", RUNTIME_NAMES) as RuntimeName,
+    rootfs: oneOf("--rootfs", flags.rootfs ?? "lazy", ROOTFS_STRATEGIES) as RootfsStrategy,
+    image,
+    command,
+    entrypoint: flags.entrypoint === undefined ? undefined : parseEntrypoint(flags.entrypoint),
+    volumes,
+    env: (flags.env ?? []).flatMap((e) => parseEnv(e, hostEnv)),
+    workdir: flags.workdir === undefined ? undefined : containerPath("-w", flags.workdir),
+    user: flags.user === undefined ? undefined : parseUserFlag(flags.user),
+    memoryMiB: flags.memory === undefined ? undefined : parseMemory(flags.memory),
+    cpus: flags.cpus === undefined ? undefined : parseCpus(flags.cpus),
+    timeoutSeconds: flags.timeout === undefined ? undefined : seconds("--timeout", flags.timeout),
+    stopGraceSeconds:
+      flags.stopTimeout === undefined
+        ? DEFAULT_STOP_GRACE_SECONDS
+        : seconds("--stop-timeout", flags.stopTimeout, true),
+    hostname: flags.hostname === undefined ? undefined : parseHostname(flags.hostname),
+    interactive: flags.interactive ?? false,
+  };
+}
+
+function oneOf(flag: string, value: string, allowed: readonly string[]): string {
+  if (!allowed.includes(value)) {
+    throw new KindlingError(`${flag}: unknown value "${value}" (expected one of: ${allowed.join(", ")})`);
+  }
+  return value;
+}
+
+/** `SRC:DST[:ro|rw]`. SRC must exist: a missing SRC is a typo more often than a wish to create it. */
+export async function parseVolume(spec: string): Promise<VolumeSpec> {
+  const parts = spec.split(":");
+  if (parts.length < 2 || parts.length > 3 || parts.some((p) => p === "")) {
+    throw new KindlingError(`-v ${spec}: expected SRC:DST or SRC:DST:ro (paths may not contain ":")`);
+  }
+  const [src, dst, mode = "rw"] = parts;
+  if (mode !== "ro" && mode !== "rw") {
+    throw new KindlingError(`-v ${spec}: unknown mode "${mode}" (expected ro or rw)`);
+  }
+  // A bare name would be a named volume in Docker; Kindling has none, so say so instead of guessing.
+  if (!path.isAbsolute(src) && !src.startsWith(".")) {
+    throw new KindlingError(`-v ${spec}: SRC must be a host path (absolute, or relative starting with ".")`);
+  }
+  const source = path.resolve(src);
+  try {
+    await stat(source);
+  } catch {
+    throw new KindlingError(`-v ${spec}: source ${source} does not exist`);
+  }
+  const destination = containerPath(`-v ${spec}: DST`, dst);
+  if (destination === "/") throw new KindlingError(`-v ${spec}: DST cannot be /`);
+  return { source, destination, readOnly: mode === "ro" };
+}
+
+/** An absolute path inside the container, normalized; ".." may not climb out of it. */
+function containerPath(what: string, p: string): string {
+  if (!p.startsWith("/")) throw new KindlingError(`${what} must be an absolute path, got "${p}"`);
+  if (p.includes("\0")) throw new KindlingError(`${what} contains a NUL byte`);
+  return path.posix.normalize(p).replace(/(.)\/+$/, "$1");
+}
+
+/** `K=V` as given; `K` alone takes K from kindling's environment and is dropped if unset (Docker does so). */
+export function parseEnv(e: string, hostEnv: NodeJS.ProcessEnv): string[] {
+  const eq = e.indexOf("=");
+  const key = eq < 0 ? e : e.slice(0, eq);
+  if (!/^[^=\0\s]+$/.test(key)) throw new KindlingError(`-e ${e}: expected K=V with a non-empty name K`);
+  if (eq >= 0) return [e];
+  const v = hostEnv[key];
+  return v === undefined ? [] : [`${key}=${v}`];
+}
+
+/** `-u UID[:GID]`; names (as in an image's USER) are accepted and resolved in the image later. */
+export function parseUserFlag(u: string): UserSpec {
+  const m = /^([^:\s]+)(?::([^:\s]+))?$/.exec(u);
+  if (!m) throw new KindlingError(`-u ${u}: expected UID[:GID]`);
+  for (const part of [m[1], m[2]]) {
+    if (part !== undefined && /^\d+$/.test(part) && Number(part) > 0xfffffffe) {
+      throw new KindlingError(`-u ${u}: ${part} is out of range`);
+    }
+  }
+  return { user: m[1], group: m[2] };
+}
+
+function parseMemory(s: string): number {
+  if (!/^\d+$/.test(s) || Number(s) < 4) {
+    throw new KindlingError(`--memory ${s}: expected a whole number of MiB, at least 4`);
+  }
+  return Number(s);
+}
+
+function parseCpus(s: string): number {
+  const n = Number(s);
+  if (!/^\d+(\.\d+)?$/.test(s) || !(n >= 0.01)) {
+    throw new KindlingError(`--cpus ${s}: expected a number of CPUs such as 1 or 0.5`);
+  }
+  const max = availableParallelism();
+  if (n > max) throw new KindlingError(`--cpus ${s}: this host has only ${max} CPUs`);
+  return n;
+}
+
+function seconds(flag: string, s: string, zeroOk = false): number {
+  const n = Number(s);
+  if (!/^\d+(\.\d+)?$/.test(s) || !(zeroOk ? n >= 0 : n > 0)) {
+    throw new KindlingError(`${flag} ${s}: expected a number of seconds${zeroOk ? "" : " above 0"}`);
+  }
+  return n;
+}
+
+/** RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens. */
+function parseHostname(h: string): string {
+  const label = /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/;
+  if (h.length > 253 || !h.split(".").every((l) => label.test(l))) {
+    throw new KindlingError(`--hostname ${h}: not a valid host name`);
+  }
+  return h;
+}
+
+/** `--entrypoint` takes one program, or a JSON array for a program with arguments. */
+function parseEntrypoint(s: string): string[] {
+  if (s.startsWith("[")) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(s);
+    } catch {
+      throw new KindlingError(`--entrypoint ${s}: not a valid JSON array`);
+    }
+    if (!Array.isArray(parsed) || !parsed.every((x) => typeof x === "string")) {
+      throw new KindlingError(`--entrypoint ${s}: expected a JSON array of strings`);
+    }
+    return parsed;
+  }
+  return s === "" ? [] : [s];
+}

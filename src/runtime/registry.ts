@@ -1,0 +1,33 @@
+import { KindlingError } from "../util/errors.js";
+import { OciRuntime, RUNC, RUNSC } from "./oci-runtime.js";
+import type { RootfsStrategy, Runtime, RuntimeName } from "./types.js";
+
+/** A runtime and the rootfs strategies it supports (the first is its default). */
+export interface RuntimeEntry {
+  create(): Runtime;
+  rootfs: readonly RootfsStrategy[];
+}
+
+/**
+ * The runtimes `kindling run --runtime` dispatches to. To add one (qemu, firecracker): implement
+ * Runtime (prepare returns a Container with start/wait/kill/delete; hold every host resource in the
+ * RunDir) and put it here.
+ */
+const RUNTIMES: Record<RuntimeName, RuntimeEntry | undefined> = {
+  runc: { create: () => new OciRuntime(RUNC), rootfs: ["lazy"] },
+  runsc: { create: () => new OciRuntime(RUNSC), rootfs: ["lazy"] },
+  qemu: undefined,
+  firecracker: undefined,
+};
+
+/** The runtime for `--runtime name --rootfs strategy`, or a KindlingError saying why not. */
+export function getRuntime(name: RuntimeName, rootfs: RootfsStrategy): Runtime {
+  const entry = RUNTIMES[name];
+  if (!entry) throw new KindlingError(`--runtime ${name} is not implemented yet`);
+  if (!entry.rootfs.includes(rootfs)) {
+    throw new KindlingError(
+      `--rootfs ${rootfs} does not apply to --runtime ${name} (it supports: ${entry.rootfs.join(", ")})`,
+    );
+  }
+  return entry.create();
+}

@@ -1,0 +1,62 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { exec } from "../util/exec.js";
+import { detachLoop } from "./loop.js";
+import { unmount } from "./mounts.js";
+import { isProcessAlive } from "./procstat.js";
+
+/**
+ * Something a run holds on the host, as recorded in its owner.json. A live run releases it through
+ * its Scope; a run that died is released from this record by cleanupStaleRuns. To add a kind (a VMM
+ * process, a tap device...), add it here and to releaseResource.
+ */
+export type Resource =
+  | { kind: "mount"; target: string }
+  | { kind: "loop"; device: string; file: string }
+  | { kind: "oci-container"; binary: string; root: string; id: string }
+  | { kind: "process"; pid: number; startTime: number; name: string };
+
+export function describeResource(r: Resource): string {
+  switch (r.kind) {
+    case "mount":
+      return `mount ${r.target}`;
+    case "loop":
+      return `loop device ${r.device} (${r.file})`;
+    case "oci-container":
+      return `${r.binary} container ${r.id}`;
+    case "process":
+      return `${r.name} (pid ${r.pid})`;
+  }
+}
+
+/** Releases one resource; releasing one that is already gone is not an error. */
+export async function releaseResource(r: Resource): Promise<void> {
+  switch (r.kind) {
+    case "mount":
+      return unmount(r.target);
+    case "loop":
+      return detachLoop(r.device, r.file);
+    case "oci-container":
+      return deleteOciContainer(r.binary, r.root, r.id);
+    case "process":
+      return killProcess(r.pid, r.startTime);
+  }
+}
+
+/** Kills the container's processes and deletes its state; `delete --force` alone does both. */
+async function deleteOciContainer(binary: string, root: string, id: string): Promise<void> {
+  const r = await exec(binary, ["--root", root, "delete", "--force", id], { allowFailure: true });
+  if (r.code !== 0 && !/does not exist|not exist|no such/i.test(r.stderr)) {
+    throw new Error(`${binary} delete --force ${id} failed: ${r.stderr.trim()}`);
+  }
+}
+
+async function killProcess(pid: number, startTime: number): Promise<void> {
+  for (let i = 0; i < 50 && (await isProcessAlive(pid, startTime)); i++) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      return;
+    }
+    await sleep(20);
+  }
+}

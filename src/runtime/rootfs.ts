@@ -1,0 +1,71 @@
+import { mkdir, stat } from "node:fs/promises";
+import { KindlingError } from "../util/errors.js";
+import type { Scope } from "../util/scope.js";
+import { attachLoop } from "./loop.js";
+import { mount } from "./mounts.js";
+import type { RunDir } from "./rundir.js";
+import type { BlockImageProvider } from "./types.js";
+
+/** A block image that is a plain file (a SquashFS built by a test, or a fully local image). */
+export class FileBlockImage implements BlockImageProvider {
+  constructor(readonly file: string) {}
+  get description(): string {
+    return this.file;
+  }
+  async open(): Promise<{ path: string; close(): Promise<void> }> {
+    try {
+      if (!(await stat(this.file)).isFile()) throw new Error("not a file");
+    } catch {
+      throw new KindlingError(`block image ${this.file} is not a readable file`);
+    }
+    return { path: this.file, close: async () => {} };
+  }
+}
+
+/** The directories of an overlay rootfs inside a run dir. */
+export interface OverlayRootfs {
+  /** The merged directory: the container's root. */
+  merged: string;
+  /** The writable layer: what the container changed. */
+  upper: string;
+}
+
+/**
+ * lower = the image's SquashFS, read-only, through a read-only loop device on the block image file;
+ * upper/work = per-container directories in the run dir; merged = `mergedDir`. Each step is held by
+ * the run dir (owner.json) and released by `scope`, in reverse.
+ */
+export async function mountOverlayRootfs(
+  runDir: RunDir,
+  scope: Scope,
+  blockImage: BlockImageProvider,
+  mergedDir: string,
+): Promise<OverlayRootfs> {
+  const lower = runDir.file("lower");
+  const upper = runDir.file("upper");
+  const work = runDir.file("work");
+  // overlayfs splits its options on "," and lowerdir on ":": such paths cannot be passed.
+  if (/[,:]/.test(runDir.path)) {
+    throw new KindlingError(`KINDLING_HOME path ${runDir.path} must not contain "," or ":" (overlayfs)`);
+  }
+  await Promise.all([lower, upper, work, mergedDir].map((d) => mkdir(d, { recursive: true })));
+
+  const image = await blockImage.open();
+  scope.defer(`block image ${blockImage.description}`, () => image.close());
+
+  const device = await attachLoop(image.path);
+  await runDir.hold(scope, { kind: "loop", device, file: image.path });
+
+  await runDir.hold(scope, { kind: "mount", target: lower });
+  try {
+    await mount("squashfs", device, lower, "ro");
+  } catch (err) {
+    throw new KindlingError(
+      `cannot mount the image ${blockImage.description} as SquashFS: ${(err as Error).message}`,
+    );
+  }
+
+  await runDir.hold(scope, { kind: "mount", target: mergedDir });
+  await mount("overlay", "overlay", mergedDir, `lowerdir=${lower},upperdir=${upper},workdir=${work}`);
+  return { merged: mergedDir, upper };
+}

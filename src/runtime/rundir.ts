@@ -1,0 +1,204 @@
+import { randomBytes } from "node:crypto";
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
+import path from "node:path";
+import { writeFileAtomic } from "../util/atomic.js";
+import { errorMessage } from "../util/errors.js";
+import type { KindlingHome } from "../util/home.js";
+import type { Scope } from "../util/scope.js";
+import { mountsUnder, unmount } from "./mounts.js";
+import { isProcessAlive, processStartTime } from "./procstat.js";
+import { describeResource, type Resource, releaseResource } from "./resources.js";
+
+/** $KINDLING_HOME/run/<id>/owner.json: who owns the run and what it holds, for cleanup after a crash. */
+export interface OwnerRecord {
+  id: string;
+  pid: number;
+  /** With pid, identifies the owner even after pid reuse. */
+  startTime: number;
+  runtime: string;
+  image: string;
+  created: string;
+  /** In the order acquired; released in reverse. */
+  resources: Resource[];
+}
+
+export const OWNER_FILE = "owner.json";
+
+/** A fresh container id: short, unique on this host, valid for runc and as a host name. */
+export function newRunId(): string {
+  return randomBytes(6).toString("hex");
+}
+
+/**
+ * One run's directory. Every resource is recorded in owner.json before (or, when its name is only
+ * known afterwards, right after) it is acquired, so a run that dies can be cleaned up by the next.
+ */
+export class RunDir {
+  private record: OwnerRecord;
+  private writing: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly path: string,
+    record: OwnerRecord,
+  ) {
+    this.record = record;
+  }
+
+  get id(): string {
+    return this.record.id;
+  }
+
+  /**
+   * Creates run/<id>/ with its owner.json; `scope` removes the directory last. It is made under a
+   * temporary name and renamed, so no other run ever sees a run dir without an owner.
+   */
+  static async create(home: KindlingHome, scope: Scope, runtime: string, image: string): Promise<RunDir> {
+    const id = newRunId();
+    const dir = path.join(home.runs, id);
+    const tmp = path.join(home.runs, `.new-${id}`);
+    const record: OwnerRecord = {
+      id,
+      pid: process.pid,
+      startTime: (await processStartTime(process.pid)) ?? 0,
+      runtime,
+      image,
+      created: new Date().toISOString(),
+      resources: [],
+    };
+    await mkdir(tmp, { recursive: true });
+    await writeFileAtomic(path.join(tmp, OWNER_FILE), `${JSON.stringify(record, null, 2)}\n`);
+    await rename(tmp, dir);
+    const runDir = new RunDir(dir, record);
+    scope.defer(`run dir ${dir}`, () => removeRunDir(dir));
+    return runDir;
+  }
+
+  file(...parts: string[]): string {
+    return path.join(this.path, ...parts);
+  }
+
+  /** Records `resource` in owner.json and makes `scope` release it (then drop it from the record). */
+  async hold(scope: Scope, resource: Resource): Promise<void> {
+    this.record.resources.push(resource);
+    await this.save();
+    scope.defer(describeResource(resource), async () => {
+      await releaseResource(resource);
+      this.record.resources = this.record.resources.filter((r) => r !== resource);
+      await this.save();
+    });
+  }
+
+  private save(): Promise<void> {
+    // Serialized: overlapping atomic writes could otherwise publish an older record last.
+    const json = `${JSON.stringify(this.record, null, 2)}\n`;
+    this.writing = this.writing.then(() => writeFileAtomic(this.file(OWNER_FILE), json));
+    return this.writing;
+  }
+}
+
+/** Removes a run dir, but never through a mount: a leftover mount is reported, not emptied. */
+async function removeRunDir(dir: string): Promise<void> {
+  const left = await mountsUnder(dir);
+  if (left.length > 0) {
+    throw new Error(`not removing ${dir}: still mounted at ${left.map((m) => m.mountPoint).join(", ")}`);
+  }
+  await rm(dir, { recursive: true, force: true });
+}
+
+export interface CleanupReport {
+  /** Run ids whose leftovers were released. */
+  cleaned: string[];
+  /** Problems that left something behind. */
+  errors: string[];
+}
+
+/**
+ * Releases what dead runs left behind (their owner is gone): containers, mounts, loop devices,
+ * processes, and the directory. Runs whose owner lives are not touched. Safe to call concurrently.
+ */
+export async function cleanupStaleRuns(home: KindlingHome): Promise<CleanupReport> {
+  const report: CleanupReport = { cleaned: [], errors: [] };
+  let entries: string[];
+  try {
+    entries = await readdir(home.runs);
+  } catch {
+    return report;
+  }
+  for (const name of entries) {
+    const dir = path.join(home.runs, name);
+    try {
+      if (name.startsWith(".new-")) {
+        // A run dir being created: stale only if its creator left it long ago.
+        if (Date.now() - (await stat(dir)).mtimeMs > 60_000) await removeRunDir(dir);
+        continue;
+      }
+      if (name.startsWith(".")) continue;
+      const owner = await readOwner(dir);
+      if (owner && (await isProcessAlive(owner.pid, owner.startTime))) continue;
+      if (!(await claim(dir))) continue;
+      await releaseStaleRun(dir, owner, report);
+    } catch (err) {
+      report.errors.push(`${name}: ${errorMessage(err)}`);
+    }
+  }
+  return report;
+}
+
+async function readOwner(dir: string): Promise<OwnerRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(path.join(dir, OWNER_FILE), "utf8")) as OwnerRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Takes the right to clean a dead run: one cleaner at a time, even across processes. */
+async function claim(dir: string): Promise<boolean> {
+  const lock = path.join(dir, "reaper.lock");
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await open(lock, "wx");
+      await fh.writeFile(`${process.pid} ${(await processStartTime(process.pid)) ?? 0}\n`);
+      await fh.close();
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return false; // removed meanwhile
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const [pid, start] = (await readFile(lock, "utf8").catch(() => "0 0")).trim().split(" ").map(Number);
+      if (pid > 0 && (await isProcessAlive(pid, start))) return false;
+      await unlink(lock).catch(() => {}); // its cleaner died too: take over
+    }
+  }
+  return false;
+}
+
+async function releaseStaleRun(
+  dir: string,
+  owner: OwnerRecord | undefined,
+  report: CleanupReport,
+): Promise<void> {
+  let ok = true;
+  for (const r of [...(owner?.resources ?? [])].reverse()) {
+    try {
+      await releaseResource(r);
+    } catch (err) {
+      ok = false;
+      report.errors.push(`${path.basename(dir)}: ${describeResource(r)}: ${errorMessage(err)}`);
+    }
+  }
+  // Mounts the record missed (a crash between mount and record) are found in mountinfo.
+  for (const m of await mountsUnder(dir)) {
+    try {
+      await unmount(m.mountPoint);
+    } catch (err) {
+      ok = false;
+      report.errors.push(`${path.basename(dir)}: umount ${m.mountPoint}: ${errorMessage(err)}`);
+    }
+  }
+  if (!ok) {
+    await unlink(path.join(dir, "reaper.lock")).catch(() => {});
+    return;
+  }
+  await removeRunDir(dir);
+  report.cleaned.push(path.basename(dir));
+}

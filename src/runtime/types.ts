@@ -1,0 +1,124 @@
+import type { Readable } from "node:stream";
+import type { RunConfig } from "../image/types.js";
+import type { Scope } from "../util/scope.js";
+import type { RunDir } from "./rundir.js";
+
+/** Every runtime `kindling run --runtime` names; VM runtimes are dispatched but not implemented yet. */
+export const RUNTIME_NAMES = ["runc", "runsc", "qemu", "firecracker"] as const;
+export type RuntimeName = (typeof RUNTIME_NAMES)[number];
+
+export const ROOTFS_STRATEGIES = ["lazy", "squashfs", "copy", "virtiofs"] as const;
+export type RootfsStrategy = (typeof ROOTFS_STRATEGIES)[number];
+
+/** One `-v SRC:DST[:ro]`: SRC is an existing absolute host path, DST an absolute container path. */
+export interface VolumeSpec {
+  source: string;
+  destination: string;
+  readOnly: boolean;
+}
+
+/** `-u UID[:GID]` or the image's USER: names are resolved against the image's /etc/passwd later. */
+export interface UserSpec {
+  user: string;
+  group?: string;
+}
+
+/** The validated `kindling run` flags. Everything here is checked; runtimes may trust it. */
+export interface RunOptions {
+  runtime: RuntimeName;
+  rootfs: RootfsStrategy;
+  image: string;
+  /** Arguments after `--`: replace the image's CMD (the ENTRYPOINT stays, as with Docker). */
+  command: string[];
+  /** `--entrypoint`: replaces the image's ENTRYPOINT and drops its CMD (as with Docker). */
+  entrypoint?: string[];
+  volumes: VolumeSpec[];
+  /** `-e` in order, already resolved to K=V (`-e K` takes K from kindling's own environment). */
+  env: string[];
+  workdir?: string;
+  user?: UserSpec;
+  memoryMiB?: number;
+  cpus?: number;
+  /** Seconds before the container is stopped (TERM, then KILL after stopGraceSeconds). */
+  timeoutSeconds?: number;
+  /** Seconds between TERM and KILL when stopping (timeout, Ctrl-C). */
+  stopGraceSeconds: number;
+  hostname?: string;
+  /** `-i`: pass kindling's stdin to the process (otherwise it reads /dev/null). */
+  interactive: boolean;
+}
+
+/** The process to run, after merging the image config with the flags. */
+export interface ProcessSpec {
+  args: string[];
+  env: string[];
+  cwd: string;
+  uid: number;
+  gid: number;
+  additionalGids: number[];
+  hostname: string;
+}
+
+/** Where a block image file (a SquashFS) comes from: the lazy FUSE file, or a plain file in tests. */
+export interface BlockImageProvider {
+  /** A description for errors and owner.json. */
+  readonly description: string;
+  open(): Promise<{ path: string; close(): Promise<void> }>;
+}
+
+/** An image, resolved: its run config and its block image. */
+export interface ResolvedImage {
+  name: string;
+  config: RunConfig;
+  blockImage: BlockImageProvider;
+}
+
+/** How the container's stdio is wired: inherit kindling's, pipe (caller reads), or /dev/null. */
+export type StdioMode = "inherit" | "pipe" | "ignore";
+export interface RunStdio {
+  stdin: StdioMode;
+  stdout: StdioMode;
+  stderr: StdioMode;
+}
+
+/** What a runtime gets to prepare one container. */
+export interface PrepareRequest {
+  id: string;
+  runDir: RunDir;
+  image: ResolvedImage;
+  options: RunOptions;
+  stdio: RunStdio;
+}
+
+/** How a container ended. `status` is what `kindling run` exits with. */
+export interface ExitStatus {
+  status: number;
+  /** Set when the process died of a signal (status = 128 + n). */
+  signal?: NodeJS.Signals;
+  /** A message for the user when the runtime, not the process, decided the status (e.g. 127). */
+  message?: string;
+}
+
+/**
+ * One container of a runtime, in the spirit of beta9's pkg/runtime: prepare (done by the Runtime,
+ * everything acquired is registered in the scope), then start / wait / kill / delete.
+ */
+export interface Container {
+  readonly id: string;
+  /** Starts the process; returns its piped streams (null where not piped). */
+  start(): Promise<{ stdout: Readable | null; stderr: Readable | null }>;
+  /** Resolves when the process has ended; rejects with a KindlingError if the runtime failed. */
+  wait(): Promise<ExitStatus>;
+  /** Sends a signal to the process; a container that already ended is not an error. */
+  kill(signal: "TERM" | "KILL" | "INT" | "HUP"): Promise<void>;
+  /** Releases the container (idempotent); the scope calls it too. */
+  delete(): Promise<void>;
+}
+
+export interface Runtime {
+  readonly name: RuntimeName;
+  /** Throws a KindlingError naming what this host lacks (binary, device) to run it. */
+  checkHost(): Promise<void>;
+  /** Builds the rootfs and whatever the runtime needs; everything acquired is released by `scope`. */
+  prepare(req: PrepareRequest, scope: Scope): Promise<Container>;
+}
