@@ -30,7 +30,12 @@ export interface OciFlavor {
   relayFileStdio: boolean;
 }
 
-export const RUNC: OciFlavor = { name: "runc", globalArgs: [], installHint: "apt-get install runc", relayFileStdio: false };
+export const RUNC: OciFlavor = {
+  name: "runc",
+  globalArgs: [],
+  installHint: "apt-get install runc",
+  relayFileStdio: false,
+};
 
 /** gVisor: ptrace is the platform that works here (kvm hangs under PVM); no network, like runc's empty netns. */
 export const RUNSC: OciFlavor = {
