@@ -17,6 +17,8 @@ export interface CacheOptions {
 type Loaded = { data: Buffer; fetched: boolean };
 
 const MAX_FDS = 128;
+/** How long a chunk that could not be fetched fails at once, without a new fetch. */
+const FAILURE_TTL_MS = 2000;
 
 /**
  * The read side of one lazy image: chunks come from memory, then from the on-disk chunk cache
@@ -29,6 +31,7 @@ export class ChunkCache {
   private readonly inflight = new Map<string, Promise<Loaded>>();
   private readonly fds = new Map<string, FileHandle>();
   private readonly limiter: Limiter;
+  private readonly failed = new Map<string, { err: unknown; until: number }>();
 
   constructor(
     private readonly home: KindlingHome,
@@ -147,10 +150,18 @@ export class ChunkCache {
 
   private load(c: ChunkRef): Promise<Loaded> {
     let p = this.inflight.get(c.digest);
-    if (!p) {
-      p = this.loadOnce(c).finally(() => this.inflight.delete(c.digest));
-      this.inflight.set(c.digest, p);
-    }
+    if (p) return p;
+    // The kernel retries a failed page read at once; answer it from the recent failure instead of
+    // waiting out a second deadline.
+    const failed = this.failed.get(c.digest);
+    if (failed && failed.until > Date.now()) return Promise.reject(failed.err);
+    p = this.loadOnce(c)
+      .catch((err) => {
+        this.failed.set(c.digest, { err, until: Date.now() + FAILURE_TTL_MS });
+        throw err;
+      })
+      .finally(() => this.inflight.delete(c.digest));
+    this.inflight.set(c.digest, p);
     return p;
   }
 

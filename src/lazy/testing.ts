@@ -7,18 +7,22 @@ import type { KindlingHome } from "../util/home.js";
 
 const sha = (b: Uint8Array): Digest => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
-/** Cuts `data` into fixed-size chunks; writes them to the home's blobs unless `store` is false. */
+/**
+ * Cuts `data` into chunks (sizes cycle through `chunkSizes`, so they may vary); writes them to
+ * the home's blobs unless `store` is false.
+ */
 export async function indexBytes(
   home: KindlingHome,
   data: Buffer,
-  chunkSize: number,
+  chunkSizes: number | number[],
   store = true,
 ): Promise<{ index: BlockIndex; record: ImageRecord; chunks: Map<string, Buffer> }> {
   const chunks: ChunkRef[] = [];
   const bytes = new Map<string, Buffer>();
   await mkdir(home.blobs, { recursive: true });
-  for (let off = 0; off < data.length; off += chunkSize) {
-    const part = data.subarray(off, Math.min(off + chunkSize, data.length));
+  const sizes = typeof chunkSizes === "number" ? [chunkSizes] : chunkSizes;
+  for (let off = 0, i = 0; off < data.length; off += sizes[i++ % sizes.length]) {
+    const part = data.subarray(off, Math.min(off + sizes[i % sizes.length], data.length));
     const digest = sha(part);
     chunks.push({ offset: off, length: part.length, digest });
     bytes.set(digest, Buffer.from(part));
@@ -29,7 +33,7 @@ export async function indexBytes(
     format: "squashfs",
     blockSize: data.length,
     blockDigest: sha(data),
-    chunking: { algorithm: "fixed", avgSize: chunkSize },
+    chunking: { algorithm: sizes.length > 1 ? "fastcdc" : "fixed", avgSize: sizes[0] },
     chunks,
   };
   const record: ImageRecord = {

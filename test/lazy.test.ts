@@ -1,0 +1,216 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { after, before, test } from "node:test";
+import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
+import { readMountinfo } from "../src/lazy/mountinfo.js";
+import { indexBytes } from "../src/lazy/testing.js";
+import type { ChunkSource, Digest } from "../src/store/types.js";
+import { KindlingHome } from "../src/util/home.js";
+
+let home: KindlingHome;
+before(async () => {
+  home = new KindlingHome(await mkdtemp("/tmp/kindling-lazy-test-")).ensure();
+});
+after(async () => {
+  await cleanupStale(home);
+  const left = (await readMountinfo()).filter((m) => m.mountpoint.startsWith(home.root));
+  await rm(home.root, { recursive: true, force: true });
+  assert.deepEqual(left, [], "nothing of ours stays mounted");
+});
+
+async function pread(file: string, pos: number, len: number): Promise<Buffer> {
+  const fh = await open(file, "r");
+  try {
+    const buf = Buffer.alloc(len);
+    const { bytesRead } = await fh.read(buf, 0, len, pos);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** A source serving chunks from memory, counting fetches per digest; `mode` injects faults. */
+function memorySource(chunks: Map<string, Buffer>, mode: "ok" | "corrupt" | "hang" = "ok", delayMs = 0) {
+  const calls = new Map<string, number>();
+  const source: ChunkSource = {
+    description: `memory (${mode})`,
+    async fetch(digest: Digest) {
+      calls.set(digest, (calls.get(digest) ?? 0) + 1);
+      if (mode === "hang") return new Promise<Buffer>(() => {});
+      if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
+      const data = chunks.get(digest);
+      if (!data) throw new Error(`no chunk ${digest}`);
+      if (mode === "corrupt") {
+        const bad = Buffer.from(data);
+        bad[0] ^= 0xff;
+        return bad;
+      }
+      return data;
+    },
+  };
+  return { source, calls };
+}
+
+test("reads through the lazy file equal the image bytes (variable chunks, boundaries, EOF)", async () => {
+  const data = randomBytes((3 << 20) + 12345);
+  const { index, record } = await indexBytes(home, data, [64 << 10, 100_000, 300_001]);
+  const lazy = await openLazyImage(home, record, index, "auto");
+  try {
+    const fh = await open(lazy.path, "r");
+    try {
+      assert.equal((await fh.stat()).size, data.length);
+      const check = async (pos: number, len: number) => {
+        const buf = Buffer.alloc(len);
+        const { bytesRead } = await fh.read(buf, 0, len, pos);
+        const want = data.subarray(pos, Math.min(pos + len, data.length));
+        assert.equal(bytesRead, want.length, `length at ${pos}+${len}`);
+        assert.ok(buf.subarray(0, bytesRead).equals(want), `bytes at ${pos}+${len}`);
+      };
+      for (const c of index.chunks) {
+        await check(Math.max(0, c.offset - 7), 14); // across each boundary
+        await check(c.offset, c.length); // exactly one chunk
+      }
+      for (let i = 0; i < 200; i++) {
+        await check(Math.floor(Math.random() * data.length), 1 + Math.floor(Math.random() * 300_000));
+      }
+      await check(data.length - 100, 4096); // short read at EOF
+      await check(data.length, 4096); // at EOF
+      await check(data.length + 1_000_000, 10); // past EOF
+    } finally {
+      await fh.close();
+    }
+    assert.ok((await readFile(lazy.path)).equals(data));
+    await assert.rejects(open(lazy.path, "r+"), /EROFS|EACCES/);
+    const s = await lazy.stats();
+    assert.equal(s.bytesFetched, 0, "every chunk was local");
+    assert.ok(s.bytesServed > 0 && s.cacheHits > 0);
+  } finally {
+    await lazy.close();
+  }
+  assert.ok(!existsSync(lazy.dir), "close removes the daemon's directory");
+});
+
+test("concurrent readers of a missing chunk cause one fetch, verified and cached", async () => {
+  const data = randomBytes(2 << 20);
+  const { index, record, chunks } = await indexBytes(home, data, 256 << 10, false);
+  const { source, calls } = memorySource(chunks, "ok", 300);
+  const lazy = await openLazyImage(home, record, index, source, { prefetch: false, readaheadChunks: 0 });
+  try {
+    const target = index.chunks[3];
+    const offsets = Array.from({ length: 8 }, (_, i) => target.offset + i * 4096 * 7);
+    const got = await Promise.all(offsets.map((o) => pread(lazy.path, o, 4096)));
+    got.forEach((b, i) => void assert.ok(b.equals(data.subarray(offsets[i], offsets[i] + 4096))));
+    assert.equal(calls.get(target.digest), 1, "one fetch of the chunk");
+    assert.ok(existsSync(home.blobPath(target.digest)), "the verified chunk is in the cache");
+    const s = await lazy.stats();
+    assert.equal(
+      s.chunksFetched,
+      [...calls.values()].reduce((a, b) => a + b, 0),
+    );
+    assert.ok(s.cacheMisses >= 1 && s.bytesFetched >= target.length);
+  } finally {
+    await lazy.close();
+  }
+});
+
+test("a corrupted chunk gives EIO within the deadline and is never cached", async () => {
+  const data = randomBytes(1 << 20);
+  const { index, record, chunks } = await indexBytes(home, data, 256 << 10, false);
+  const { source, calls } = memorySource(chunks, "corrupt");
+  const policy = { deadlineMs: 3000, attemptTimeoutMs: 1000, retries: 2, backoffMs: 50 };
+  const lazy = await openLazyImage(home, record, index, source, {
+    ...policy,
+    prefetch: false,
+    readaheadChunks: 0,
+  });
+  try {
+    const t0 = Date.now();
+    await assert.rejects(pread(lazy.path, 300_000, 4096), /EIO/);
+    assert.ok(Date.now() - t0 < policy.deadlineMs + 2000, `EIO after ${Date.now() - t0} ms`);
+    const target = index.chunks[1];
+    assert.equal(calls.get(target.digest), 3, "first attempt and two retries");
+    for (const c of index.chunks) assert.ok(!existsSync(home.blobPath(c.digest)), "nothing corrupt cached");
+    const s = await lazy.stats();
+    assert.ok(s.verifyFailures >= 3 && s.readErrors >= 1 && s.chunksFetched === 0);
+  } finally {
+    await lazy.close();
+  }
+});
+
+test("a source that hangs gives EIO within the configured deadline", async () => {
+  const data = randomBytes(1 << 20);
+  const { index, record, chunks } = await indexBytes(home, data, 256 << 10, false);
+  const { source } = memorySource(chunks, "hang");
+  const lazy = await openLazyImage(home, record, index, source, {
+    deadlineMs: 2000,
+    attemptTimeoutMs: 700,
+    retries: 5,
+    prefetch: false,
+  });
+  try {
+    const t0 = Date.now();
+    await assert.rejects(pread(lazy.path, 0, 4096), /EIO/);
+    const took = Date.now() - t0;
+    assert.ok(took >= 1000 && took < 4000, `EIO after ${took} ms`);
+  } finally {
+    await lazy.close();
+  }
+});
+
+test("a killed daemon gives readers an error, and the next open cleans its stale mount", async () => {
+  const data = randomBytes(1 << 20);
+  const { index, record } = await indexBytes(home, data, 128 << 10);
+  const first = await openLazyImage(home, record, index, "auto");
+  let second: Awaited<ReturnType<typeof openLazyImage>> | undefined;
+  try {
+    assert.ok((await pread(first.path, 0, 4096)).equals(data.subarray(0, 4096)));
+    const fh = await open(first.path, "r");
+    process.kill(first.pid, "SIGKILL");
+    await new Promise((r) => setTimeout(r, 200));
+    const t0 = Date.now();
+    await assert.rejects(fh.read(Buffer.alloc(4096), 0, 4096, 700_000), /ENOTCONN|EIO|ECONNABORTED/);
+    await fh.close().catch(() => {});
+    await assert.rejects(open(first.path, "r"), /ENOTCONN/);
+    assert.ok(Date.now() - t0 < 2000, "no hang");
+    const stale = `${first.dir}/fs`;
+    assert.ok(
+      (await readMountinfo()).some((m) => m.mountpoint === stale),
+      "the dead mount is still there",
+    );
+
+    second = await openLazyImage(home, record, index, "auto");
+    assert.ok(!(await readMountinfo()).some((m) => m.mountpoint === stale), "stale mount released");
+    assert.ok(!existsSync(first.dir), "stale directory removed");
+    assert.ok((await pread(second.path, 700_000, 4096)).equals(data.subarray(700_000, 704_096)));
+  } finally {
+    await first.close();
+    await second?.close();
+  }
+});
+
+test("a hung daemon is aborted on close: its readers get an error, not a hang", async () => {
+  const data = randomBytes(1 << 20);
+  const { index, record } = await indexBytes(home, data, 128 << 10);
+  const lazy = await openLazyImage(home, record, index, "auto");
+  try {
+    process.kill(lazy.pid, "SIGSTOP");
+    const reading = pread(lazy.path, 500_000, 4096).then(
+      () => null,
+      (err: Error) => err,
+    );
+    const t0 = Date.now();
+    await lazy.close();
+    assert.match(String(await reading), /ENOTCONN|ECONNABORTED|EIO/);
+    assert.ok(Date.now() - t0 < 10_000);
+    assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(lazy.dir)));
+  } finally {
+    try {
+      process.kill(lazy.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+    await lazy.close();
+  }
+});
