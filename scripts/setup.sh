@@ -19,6 +19,7 @@ APT_PACKAGES=(
   skopeo              # loads images into that registry
   apache2-utils       # htpasswd -B: bcrypt users for the registry basic-auth tests
   zstd                # zstd layers
+  attr                # setfattr: xattrs (security.capability) when applying layers
   cpio                # initramfs
   kmod                # modinfo/depmod for the guest modules
   lz4 xz-utils        # guest kernel decompression

@@ -1,5 +1,178 @@
 import type { Command } from "commander";
+import { exportImage } from "../image/export.js";
+import { importImage } from "../image/import.js";
+import { removeImage } from "../image/remove.js";
+import { readBlockIndex } from "../store/blockindex.js";
+import { listImages, loadImage } from "../store/catalog.js";
+import { localBytes } from "../store/local.js";
+import { KindlingError } from "../util/errors.js";
+import { KindlingHome } from "../util/home.js";
+import { fmtBytes } from "../util/progress.js";
+
+function home(): KindlingHome {
+  return new KindlingHome();
+}
+
+/** The fields `image inspect --json` prints (DESIGN.md: digest, blockSize, localBytes at least). */
+async function describe(h: KindlingHome, name: string) {
+  const record = await loadImage(h, name);
+  let chunkCount: number | null = null;
+  let local: number | null = null;
+  let chunking: unknown = null;
+  let blockDigest: string | null = null;
+  try {
+    const index = await readBlockIndex(h, record.digest);
+    chunkCount = index.chunks.length;
+    local = await localBytes(h, index);
+    chunking = index.chunking;
+    blockDigest = index.blockDigest;
+  } catch {
+    // index missing (should not happen): report what the record says
+  }
+  return {
+    name: record.name,
+    digest: record.digest,
+    blockSize: record.blockSize,
+    blockDigest,
+    localBytes: local,
+    chunkCount,
+    chunking,
+    config: record.config,
+    origin: record.origin,
+    created: record.created,
+  };
+}
 
 export function registerImageCommands(program: Command): void {
-  program.command("image").description("Import, pull, push, list, inspect, export, mount and remove images");
+  const image = program
+    .command("image")
+    .description("Import, pull, push, list, inspect, export, mount and remove images");
+
+  image
+    .command("import")
+    .description("import an OCI image layout dir, a docker-save archive or a rootfs tar")
+    .argument("<path>", "the image: <path>[:tag]")
+    .option("--name <name>", "name of the image (default: the file name, plus the tag)")
+    .action(async (spec: string, opts: { name?: string }) => {
+      const name =
+        opts.name ??
+        spec
+          .split("/")
+          .filter(Boolean)
+          .at(-1)!
+          .replace(/\.tar(\.gz|\.zst)?$/, "");
+      const rec = await importImage(home(), spec, { name });
+      process.stdout.write(`${rec.name} ${rec.digest} (${rec.format}, ${fmtBytes(rec.blockSize)})\n`);
+    });
+
+  image
+    .command("pull")
+    .description("pull an image (or a pushed Kindling image: index only, chunks lazily) from a registry")
+    .argument("<ref>", "registry reference")
+    .option("--insecure", "plain HTTP", false)
+    .action(async (ref: string, opts: { insecure: boolean }) => {
+      const { pullImage } = await import("../image/registry.js");
+      const rec = await pullImage(home(), ref, { insecure: opts.insecure });
+      process.stdout.write(`${rec.name} ${rec.digest}\n`);
+    });
+
+  image
+    .command("push")
+    .description("push a converted image (block index + chunks) to a registry as an OCI artifact")
+    .argument("<name>", "image name")
+    .argument("<ref>", "registry reference")
+    .option("--insecure", "plain HTTP", false)
+    .action(async (name: string, ref: string, opts: { insecure: boolean }) => {
+      const { pushImage } = await import("../image/registry.js");
+      const res = await pushImage(home(), name, ref, { insecure: opts.insecure });
+      process.stdout.write(`${ref} ${res.manifestDigest}\n`);
+    });
+
+  image
+    .command("ls")
+    .description("list images")
+    .option("--json", "JSON output", false)
+    .action(async (opts: { json: boolean }) => {
+      const images = await listImages(home());
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(images, null, 2)}\n`);
+        return;
+      }
+      const rows = images.map((r) => [r.name, r.digest.slice(7, 19), fmtBytes(r.blockSize), r.origin.kind]);
+      const w = [4, 6, 4, 6].map((min, i) => Math.max(min, ...rows.map((r) => r[i]!.length)));
+      const line = (r: string[]) =>
+        `${r
+          .map((c, i) => c.padEnd(w[i]!))
+          .join("  ")
+          .trimEnd()}\n`;
+      process.stdout.write(line(["NAME", "DIGEST", "SIZE", "ORIGIN"]));
+      for (const r of rows) process.stdout.write(line(r));
+    });
+
+  image
+    .command("inspect")
+    .description("show an image's digest, sizes, chunks, run config and origin")
+    .argument("<name>", "image name")
+    .option("--json", "JSON output", false)
+    .action(async (name: string, opts: { json: boolean }) => {
+      const d = await describe(home(), name);
+      if (opts.json) process.stdout.write(`${JSON.stringify(d, null, 2)}\n`);
+      else {
+        for (const [k, v] of Object.entries(d)) {
+          process.stdout.write(`${k}: ${typeof v === "object" ? JSON.stringify(v) : v}\n`);
+        }
+      }
+    });
+
+  image
+    .command("export")
+    .description("write the image's flattened filesystem as a tar")
+    .argument("<name>", "image name")
+    .requiredOption("-o, --output <file>", "tar file to write")
+    .action(async (name: string, opts: { output: string }) => {
+      await exportImage(home(), name, opts.output);
+    });
+
+  image
+    .command("rm")
+    .description("remove images; chunks no other image uses are deleted")
+    .argument("<names...>", "image names")
+    .action(async (names: string[]) => {
+      const h = home();
+      for (const name of names) {
+        const freed = await removeImage(h, name);
+        process.stdout.write(`removed ${name} (freed ${freed.blobs} blobs, ${fmtBytes(freed.bytes)})\n`);
+      }
+    });
+
+  image
+    .command("mount")
+    .description("mount an image's files read-only at DIR (lazily loaded)")
+    .argument("<name>", "image name")
+    .argument("<dir>", "mountpoint")
+    .action(async (name: string, dir: string) => {
+      const h = home();
+      const record = await loadImage(h, name);
+      const index = await readBlockIndex(h, record.digest);
+      const lazy = await loadLazy();
+      await lazy.mountImage(h, record, index, dir);
+    });
+
+  image
+    .command("umount")
+    .description("unmount what `image mount` mounted")
+    .argument("<dir>", "mountpoint")
+    .action(async (dir: string) => {
+      const lazy = await loadLazy();
+      await lazy.umountImage(home(), dir);
+    });
+}
+
+/** The lazy FUSE file (src/lazy) is another component; loaded on demand so the rest works without it. */
+async function loadLazy(): Promise<typeof import("../lazy/index.js")> {
+  try {
+    return await import("../lazy/index.js");
+  } catch (err) {
+    throw new KindlingError(`image mount needs the lazy image component: ${(err as Error).message}`);
+  }
 }

@@ -1,0 +1,57 @@
+import { KindlingError } from "../util/errors.js";
+import { exec } from "../util/exec.js";
+
+/** How the block image is compressed; chosen by measurement (docs/image-pipeline.md, bench/compressors.ts). */
+export interface SquashfsOptions {
+  compressor: "zstd" | "gzip" | "lz4" | "xz" | "lzo" | "none";
+  level?: number;
+  /** Data block size in bytes (mksquashfs -b). */
+  blockSize?: number;
+}
+
+export const DEFAULT_SQUASHFS: SquashfsOptions = { compressor: "zstd", level: 3, blockSize: 128 * 1024 };
+
+/** The mksquashfs arguments for `opts`; shared by the builder and the benchmark. */
+export function mksquashfsArgs(src: string, out: string, opts: SquashfsOptions = DEFAULT_SQUASHFS): string[] {
+  const args = [
+    src,
+    out,
+    "-noappend",
+    // Determinism: a fixed filesystem time, and the same layout whatever the machine.
+    "-mkfs-time",
+    "0",
+    "-processors",
+    "2",
+    "-no-progress",
+    "-quiet",
+    "-b",
+    String(opts.blockSize ?? 128 * 1024),
+  ];
+  if (opts.compressor === "none") args.push("-noI", "-noD", "-noF", "-noX");
+  else {
+    args.push("-comp", opts.compressor);
+    if (opts.level !== undefined) {
+      args.push(
+        opts.compressor === "lz4" ? "-Xhc" : "-Xcompression-level",
+        ...(opts.compressor === "lz4" ? [] : [String(opts.level)]),
+      );
+    }
+  }
+  return args;
+}
+
+/**
+ * Builds a deterministic SquashFS image of `src`: the same tree (contents, owners, modes, mtimes,
+ * xattrs) gives the same bytes. mtimes are kept from the layers; only the superblock time is fixed.
+ */
+export async function buildSquashfs(
+  src: string,
+  out: string,
+  opts: SquashfsOptions = DEFAULT_SQUASHFS,
+): Promise<void> {
+  try {
+    await exec("mksquashfs", mksquashfsArgs(src, out, opts));
+  } catch (err) {
+    throw new KindlingError(`building the block image failed: ${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,270 @@
+import { constants } from "node:fs";
+import {
+  chmod,
+  chown,
+  lchown,
+  link,
+  lstat,
+  lutimes,
+  mkdir,
+  open,
+  readdir,
+  rm,
+  symlink,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
+import path from "node:path";
+import type { Readable } from "node:stream";
+import { KindlingError } from "../util/errors.js";
+import { exec } from "../util/exec.js";
+import { cleanEntryPath, resolveInRoot } from "./securejoin.js";
+import { type TarEntry, tarReader } from "./tar.js";
+
+const WHITEOUT = ".wh.";
+const OPAQUE = ".wh..wh..opq";
+
+/** Escapes a path for `setfattr --restore` (getfattr's dump format: octal escapes). */
+function dumpQuote(p: string): string {
+  let s = "";
+  for (const byte of Buffer.from(p)) {
+    s +=
+      byte <= 0x20 || byte >= 0x7f || byte === 0x5c || byte === 0x3d
+        ? `\\${byte.toString(8).padStart(3, "0")}`
+        : String.fromCharCode(byte);
+  }
+  return s;
+}
+
+/**
+ * Applies image layers, in order, to a directory tree: the union filesystem a container would see,
+ * materialized. One instance per image; call finish() after the last layer.
+ */
+export class LayerApplier {
+  /** mtimes of directories by relative path; applied last, since writing into a dir changes it. */
+  private readonly dirMtimes = new Map<string, number>();
+  private pendingXattrs: { abs: string; xattrs: Map<string, Buffer> }[] = [];
+  private layerNo = 0;
+
+  constructor(readonly root: string) {}
+
+  /** Applies one decompressed layer tar. `label` names the layer in errors. */
+  async apply(stream: Readable | AsyncIterable<Buffer>, label = `layer ${this.layerNo + 1}`): Promise<void> {
+    this.layerNo++;
+    const touched = new Set<string>(); // relative paths written by this layer (and their parents)
+    const opaque: string[] = [];
+    const tar = tarReader(stream as AsyncIterable<Buffer>);
+    for (;;) {
+      const e = await tar.next();
+      if (!e) break;
+      try {
+        await this.applyEntry(e, tar, touched, opaque);
+      } catch (err) {
+        if (err instanceof KindlingError) throw new KindlingError(`${label}: ${err.message}`);
+        throw new KindlingError(`${label}: tar entry ${JSON.stringify(e.name)}: ${(err as Error).message}`);
+      }
+    }
+    await this.flushXattrs();
+    // Opaque dirs hide lower layers' content only: entries this layer wrote there stay.
+    for (const dir of opaque) await this.clearLower(dir, touched);
+  }
+
+  private async applyEntry(
+    e: TarEntry,
+    tar: ReturnType<typeof tarReader>,
+    touched: Set<string>,
+    opaque: string[],
+  ): Promise<void> {
+    const parts = cleanEntryPath(e.name, e.name);
+    const base = parts.at(-1);
+    const markTouched = (rel: string[]) => {
+      for (let i = 1; i <= rel.length; i++) touched.add(rel.slice(0, i).join("/"));
+    };
+
+    if (base?.startsWith(WHITEOUT)) {
+      const parent = await resolveInRoot(this.root, parts.slice(0, -1), {
+        followFinal: true,
+        create: true,
+        entry: e.name,
+      });
+      if (base === OPAQUE) opaque.push(parent.join("/"));
+      else if (!base.startsWith(`${WHITEOUT}${WHITEOUT}`)) {
+        const victim = [...parent, base.slice(WHITEOUT.length)];
+        await this.remove(victim);
+      }
+      return;
+    }
+
+    if (parts.length === 0) {
+      // The root itself ("./"): only its metadata.
+      if (e.type !== "dir")
+        throw new KindlingError(`tar entry ${JSON.stringify(e.name)}: the root must be a directory`);
+      await this.setMeta(this.root, e, false);
+      this.dirMtimes.set("", e.mtime);
+      return;
+    }
+
+    const parent = await resolveInRoot(this.root, parts.slice(0, -1), {
+      followFinal: true,
+      create: true,
+      entry: e.name,
+    });
+    const rel = [...parent, base!];
+    const abs = path.join(this.root, ...rel);
+    markTouched(rel);
+
+    let existing: Awaited<ReturnType<typeof lstat>> | null = null;
+    try {
+      existing = await lstat(abs);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
+
+    if (e.type === "dir" && existing?.isDirectory()) {
+      await this.setMeta(abs, e, false);
+      this.dirMtimes.set(rel.join("/"), e.mtime);
+      this.queueXattrs(abs, e);
+      return;
+    }
+
+    let linkTarget: string | undefined;
+    if (e.type === "hardlink") {
+      const tparts = cleanEntryPath(e.linkname, e.name);
+      const t = await resolveInRoot(this.root, tparts, { followFinal: false, entry: e.name });
+      linkTarget = path.join(this.root, ...t);
+      if (linkTarget === abs) return; // a link to itself: nothing to do
+      let st: Awaited<ReturnType<typeof lstat>>;
+      try {
+        st = await lstat(linkTarget);
+      } catch {
+        throw new KindlingError(
+          `tar entry ${JSON.stringify(e.name)}: hard link target ${JSON.stringify(e.linkname)} does not exist in the image`,
+        );
+      }
+      if (st.isDirectory()) {
+        throw new KindlingError(`tar entry ${JSON.stringify(e.name)}: hard link to a directory`);
+      }
+    }
+
+    if (existing) await this.remove(rel);
+
+    switch (e.type) {
+      case "dir":
+        await mkdir(abs);
+        await this.setMeta(abs, e, false);
+        this.dirMtimes.set(rel.join("/"), e.mtime);
+        break;
+      case "file": {
+        // O_EXCL|O_NOFOLLOW: we just removed whatever was there; never write through a link.
+        const fh = await open(
+          abs,
+          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+          0o600,
+        );
+        try {
+          await tar.readData(async (b) => {
+            let off = 0;
+            while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+          });
+          await fh.chown(e.uid, e.gid);
+          await fh.chmod(e.mode); // after chown, which clears setuid/setgid
+          await fh.utimes(e.mtime, e.mtime);
+        } finally {
+          await fh.close();
+        }
+        break;
+      }
+      case "symlink":
+        await symlink(e.linkname, abs);
+        await this.setMeta(abs, e, true);
+        break;
+      case "hardlink":
+        await link(linkTarget!, abs);
+        break;
+      case "char":
+      case "block":
+      case "fifo": {
+        const kind = e.type === "char" ? "c" : e.type === "block" ? "b" : "p";
+        const args = ["-m", (e.mode & 0o7777).toString(8), abs, kind];
+        if (kind !== "p") args.push(String(e.devmajor), String(e.devminor));
+        await exec("mknod", args);
+        await this.setMeta(abs, e, false);
+        break;
+      }
+    }
+    this.queueXattrs(abs, e);
+  }
+
+  private async setMeta(abs: string, e: TarEntry, isLink: boolean): Promise<void> {
+    if (isLink) {
+      await lchown(abs, e.uid, e.gid);
+      await lutimes(abs, e.mtime, e.mtime);
+      return;
+    }
+    await chown(abs, e.uid, e.gid);
+    await chmod(abs, e.mode);
+    await utimes(abs, e.mtime, e.mtime);
+  }
+
+  private queueXattrs(abs: string, e: TarEntry): void {
+    if (e.xattrs.size > 0) this.pendingXattrs.push({ abs, xattrs: e.xattrs });
+  }
+
+  /** Sets the queued xattrs with one setfattr run (Node has no xattr API). */
+  private async flushXattrs(): Promise<void> {
+    if (this.pendingXattrs.length === 0) return;
+    const lines: string[] = [];
+    for (const { abs, xattrs } of this.pendingXattrs) {
+      lines.push(`# file: ${dumpQuote(abs)}`);
+      for (const [k, v] of xattrs) lines.push(`${dumpQuote(k)}=0s${v.toString("base64")}`);
+      lines.push("");
+    }
+    this.pendingXattrs = [];
+    const dump = path.join(path.dirname(this.root), `.xattrs-${process.pid}-${this.layerNo}`);
+    await writeFile(dump, `${lines.join("\n")}\n`);
+    try {
+      await exec("setfattr", ["-h", `--restore=${dump}`]);
+    } finally {
+      await rm(dump, { force: true });
+    }
+  }
+
+  /** Removes a path (recursively), never following a symlink out. */
+  private async remove(rel: string[]): Promise<void> {
+    // Pending xattrs may name paths below this one; set them before they go away.
+    await this.flushXattrs();
+    const key = rel.join("/");
+    await rm(path.join(this.root, ...rel), { recursive: true, force: true });
+    for (const k of this.dirMtimes.keys()) if (k === key || k.startsWith(`${key}/`)) this.dirMtimes.delete(k);
+  }
+
+  /** Deletes from `dir` everything this layer did not write. */
+  private async clearLower(dir: string, touched: Set<string>): Promise<void> {
+    const abs = path.join(this.root, dir);
+    let names: string[];
+    try {
+      names = await readdir(abs);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      const rel = dir ? `${dir}/${name}` : name;
+      if (!touched.has(rel)) await this.remove(rel.split("/"));
+      else if ((await lstat(path.join(abs, name))).isDirectory()) await this.clearLower(rel, touched);
+    }
+  }
+
+  /** Sets every directory's mtime, deepest first, so the tree does not depend on when it was built. */
+  async finish(): Promise<void> {
+    await this.flushXattrs();
+    const walk = async (rel: string): Promise<void> => {
+      const abs = rel ? path.join(this.root, rel) : this.root;
+      for (const d of await readdir(abs, { withFileTypes: true })) {
+        if (d.isDirectory()) await walk(rel ? `${rel}/${d.name}` : d.name);
+      }
+      const t = this.dirMtimes.get(rel) ?? 0;
+      await utimes(abs, t, t);
+    };
+    await walk("");
+  }
+}

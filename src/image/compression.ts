@@ -1,0 +1,102 @@
+import { spawn } from "node:child_process";
+import { createReadStream } from "node:fs";
+import { open } from "node:fs/promises";
+import { PassThrough, type Readable } from "node:stream";
+import { createGunzip } from "node:zlib";
+import { KindlingError } from "../util/errors.js";
+
+export type Compression = "gzip" | "zstd" | "none";
+
+/** Decides by magic bytes, not by media type or file name: both lie in the wild. */
+export function detectCompression(head: Buffer): Compression {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return "gzip";
+  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return "zstd";
+  return "none";
+}
+
+/** A byte range of a file: a whole layer blob, or a member of an uncompressed outer tar. */
+export interface FileRange {
+  path: string;
+  start?: number;
+  /** Exclusive. */
+  end?: number;
+}
+
+export interface OpenedLayer {
+  compression: Compression;
+  /** The decompressed tar stream. */
+  stream: Readable;
+  /** Resolves once the decompressor exited cleanly; rejects with what went wrong. */
+  finished(): Promise<void>;
+}
+
+async function readHead(range: FileRange): Promise<Buffer> {
+  const fh = await open(range.path, "r");
+  try {
+    const want = Math.min(4, (range.end ?? Number.MAX_SAFE_INTEGER) - (range.start ?? 0));
+    const b = Buffer.alloc(Math.max(want, 0));
+    const { bytesRead } = await fh.read(b, 0, b.length, range.start ?? 0);
+    return b.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Opens a layer for reading, decompressed. `onRead` sees the compressed bytes (for progress).
+ * gzip is decoded in-process; zstd by the zstd program (Node 20 has no zstd).
+ */
+export async function openLayer(range: FileRange, onRead?: (n: number) => void): Promise<OpenedLayer> {
+  const compression = detectCompression(await readHead(range));
+  const raw = createReadStream(range.path, {
+    start: range.start,
+    end: range.end === undefined ? undefined : range.end - 1,
+    highWaterMark: 1 << 20,
+  });
+  if (onRead) raw.on("data", (b) => onRead(b.length));
+  if (compression === "none") {
+    const done = new Promise<void>((resolve, reject) => {
+      raw.on("end", resolve);
+      raw.on("error", reject);
+    });
+    return { compression, stream: raw, finished: () => done };
+  }
+  if (compression === "gzip") {
+    const gunzip = createGunzip();
+    raw.on("error", (e) => gunzip.destroy(e));
+    raw.pipe(gunzip);
+    const done = new Promise<void>((resolve, reject) => {
+      gunzip.on("end", resolve);
+      gunzip.on("error", (e) => reject(new KindlingError(`layer ${range.path}: gzip: ${e.message}`)));
+    });
+    done.catch(() => {});
+    return { compression, stream: gunzip, finished: () => done };
+  }
+  const child = spawn("zstd", ["-dc", "--no-progress"], { stdio: ["pipe", "pipe", "pipe"] });
+  const errs: Buffer[] = [];
+  child.stderr.on("data", (d: Buffer) => errs.push(d));
+  child.stdin.on("error", () => {});
+  raw.pipe(child.stdin);
+  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  child.stdout.pipe(out);
+  const done = new Promise<void>((resolve, reject) => {
+    child.on("error", (e: NodeJS.ErrnoException) =>
+      reject(e.code === "ENOENT" ? new KindlingError("zstd is not installed (run scripts/setup.sh)") : e),
+    );
+    child.on("close", (code, signal) =>
+      code === 0
+        ? resolve()
+        : reject(
+            new KindlingError(
+              `layer ${range.path}: zstd -d failed (${signal ?? code}): ${Buffer.concat(errs).toString().trim()}`,
+            ),
+          ),
+    );
+  });
+  done.catch(() => {});
+  return {
+    compression,
+    stream: out,
+    finished: () => done,
+  };
+}

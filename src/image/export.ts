@@ -1,0 +1,77 @@
+import { createHash } from "node:crypto";
+import { mkdtemp, open, rename, rm } from "node:fs/promises";
+import path from "node:path";
+import { readBlockIndex } from "../store/blockindex.js";
+import { loadImage } from "../store/catalog.js";
+import { LocalChunkSource } from "../store/local.js";
+import type { ChunkSource } from "../store/types.js";
+import { tempPathFor } from "../util/atomic.js";
+import { KindlingError } from "../util/errors.js";
+import { exec } from "../util/exec.js";
+import type { KindlingHome } from "../util/home.js";
+import { progress } from "../util/progress.js";
+
+/** Reassembles an image's block image from its chunks (each verified) into `out`. */
+export async function writeBlockImage(
+  home: KindlingHome,
+  name: string,
+  out: string,
+  source: ChunkSource = new LocalChunkSource(home),
+  show = true,
+): Promise<void> {
+  const record = await loadImage(home, name);
+  const index = await readBlockIndex(home, record.digest);
+  const bar = show ? progress(`assembling ${name}`, index.blockSize) : { update() {}, done() {} };
+  const fh = await open(out, "w");
+  try {
+    for (const c of index.chunks) {
+      const bytes = await source.fetch(c.digest, c.length);
+      if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` !== c.digest) {
+        throw new KindlingError(`chunk ${c.digest} from ${source.description} is corrupt`);
+      }
+      await fh.write(bytes, 0, bytes.length, c.offset);
+      bar.update(c.offset + c.length);
+    }
+  } finally {
+    await fh.close();
+  }
+  bar.done();
+}
+
+/**
+ * `image export`: the image's flattened filesystem as a tar (owners numeric, modes, links, device
+ * nodes, xattrs, mtimes kept). The block image is unpacked with unsquashfs, then tarred by GNU tar.
+ */
+export async function exportImage(
+  home: KindlingHome,
+  name: string,
+  outFile: string,
+  show = true,
+): Promise<void> {
+  home.ensure();
+  const work = await mkdtemp(path.join(home.tmp, "export-"));
+  const dest = path.resolve(outFile);
+  const tmpOut = tempPathFor(dest);
+  try {
+    const img = path.join(work, "image.squashfs");
+    await writeBlockImage(home, name, img, undefined, show);
+    const root = path.join(work, "root");
+    await exec("unsquashfs", ["-no-progress", "-quiet", "-d", root, img]);
+    await rm(img, { force: true });
+    await exec("tar", [
+      "-C",
+      root,
+      "--numeric-owner",
+      "--xattrs",
+      "--xattrs-include=*",
+      "--sort=name",
+      "-cf",
+      tmpOut,
+      ".",
+    ]);
+    await rename(tmpOut, dest);
+  } finally {
+    await rm(tmpOut, { force: true });
+    await rm(work, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,93 @@
+import { createWriteStream } from "node:fs";
+import { mkdtemp, open, rm, stat } from "node:fs/promises";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
+import { KindlingError } from "../util/errors.js";
+import type { KindlingHome } from "../util/home.js";
+import { indexTar } from "./archive.js";
+import { buildImage } from "./build.js";
+import { detectCompression, openLayer } from "./compression.js";
+import { type ResolvedImage, resolveDockerArchive, resolveOciLayout } from "./manifest.js";
+import { dirFiles, tarFiles } from "./source.js";
+import type { ImageRecord } from "./types.js";
+
+export type ImportFormat = "oci-layout" | "docker-archive" | "oci-archive" | "rootfs-tar";
+
+/** Splits "<path>[:tag]": the tag is taken only if the whole string is not itself an existing path. */
+export async function parseImportSpec(spec: string): Promise<{ path: string; tag?: string }> {
+  const exists = (p: string) =>
+    stat(p).then(
+      () => true,
+      () => false,
+    );
+  if (await exists(spec)) return { path: spec };
+  const i = spec.lastIndexOf(":");
+  if (i > 0 && !spec.slice(i + 1).includes("/") && (await exists(spec.slice(0, i)))) {
+    return { path: spec.slice(0, i), tag: spec.slice(i + 1) };
+  }
+  throw new KindlingError(`${spec}: no such file or directory`);
+}
+
+export interface ImportOptions {
+  name: string;
+  progress?: boolean;
+}
+
+/** Imports an OCI layout dir, a docker-save archive (old or OCI style) or a plain rootfs tar. */
+export async function importImage(
+  home: KindlingHome,
+  spec: string,
+  opts: ImportOptions,
+): Promise<ImageRecord & { format: ImportFormat }> {
+  const { path: src, tag } = await parseImportSpec(spec);
+  home.ensure();
+  const work = await mkdtemp(path.join(home.tmp, "import-"));
+  try {
+    let resolved: ResolvedImage;
+    let format: ImportFormat;
+    if ((await stat(src)).isDirectory()) {
+      const files = dirFiles(src);
+      if (!(await files.has("index.json"))) {
+        throw new KindlingError(`${src}: not an OCI image layout (no index.json)`);
+      }
+      resolved = await resolveOciLayout(files, tag);
+      format = "oci-layout";
+    } else {
+      // Archives are read in place by offset, which needs an uncompressed tar.
+      let tarPath = src;
+      const head = Buffer.alloc(4);
+      const fh = await open(src, "r");
+      await fh.read(head, 0, 4, 0).finally(() => fh.close());
+      if (detectCompression(head) !== "none") {
+        tarPath = path.join(work, "archive.tar");
+        const opened = await openLayer({ path: src });
+        await pipeline(opened.stream, createWriteStream(tarPath));
+        await opened.finished();
+      }
+      const index = await indexTar(tarPath);
+      const files = tarFiles(index);
+      if (await files.has("manifest.json")) {
+        resolved = await resolveDockerArchive(files, tag);
+        format = "docker-archive";
+      } else if ((await files.has("index.json")) && (await files.has("oci-layout"))) {
+        resolved = await resolveOciLayout(files, tag);
+        format = "oci-archive";
+      } else {
+        if (tag !== undefined)
+          throw new KindlingError(`${src}: a plain rootfs tar has no tags (got :${tag})`);
+        resolved = { configJson: null, layers: [{ path: tarPath }] };
+        format = "rootfs-tar";
+      }
+    }
+    const record = await buildImage(home, {
+      name: opts.name,
+      layers: resolved.layers,
+      configJson: resolved.configJson,
+      origin: { kind: "local" },
+      progress: opts.progress,
+    });
+    return { ...record, format };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}

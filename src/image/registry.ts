@@ -1,0 +1,80 @@
+import { pullFromRegistry } from "../registry/pull.js";
+import { pushKindlingImage } from "../registry/push.js";
+import { putBlob, readBlob } from "../store/blobs.js";
+import { decodeBlockIndex } from "../store/blockindex.js";
+import { loadImage, saveImage } from "../store/catalog.js";
+import { LocalChunkSource } from "../store/local.js";
+import { withStoreLock } from "../store/lock.js";
+import type { Digest } from "../store/types.js";
+import type { KindlingHome } from "../util/home.js";
+import { buildImage } from "./build.js";
+import type { ImageRecord } from "./types.js";
+
+/**
+ * `image pull`: a container image is converted here (buildImage); a Kindling artifact (pushed by
+ * `image push`) brings only its block index, and its chunks are fetched lazily from the registry.
+ * The image is recorded under the reference as typed and as normalized.
+ */
+export async function pullImage(
+  home: KindlingHome,
+  ref: string,
+  opts: { insecure: boolean; progress?: boolean; signal?: AbortSignal },
+): Promise<ImageRecord> {
+  home.ensure();
+  const res = await pullFromRegistry(ref, {
+    insecure: opts.insecure,
+    tmpDir: home.tmp,
+    signal: opts.signal,
+    quiet: opts.progress === false,
+  });
+  const names = [...new Set([ref, res.reference])];
+  let record: ImageRecord;
+  if (res.kind === "image") {
+    try {
+      record = await buildImage(home, {
+        name: names[0]!,
+        layers: res.layers.map((l) => ({ path: l.path })),
+        configJson: res.configJson,
+        origin: { kind: "local" },
+        progress: opts.progress,
+      });
+    } finally {
+      await res.dispose();
+    }
+    for (const alias of names.slice(1)) await saveImage(home, { ...record, name: alias });
+    return record;
+  }
+  const index = decodeBlockIndex(res.index, res.indexDigest);
+  record = {
+    name: names[0]!,
+    digest: res.indexDigest,
+    blockSize: index.blockSize,
+    config: res.runConfig,
+    origin: res.origin,
+    created: new Date().toISOString(),
+  };
+  const rec = record;
+  await withStoreLock(home, async () => {
+    await putBlob(home, res.index, res.indexDigest);
+    for (const name of names) await saveImage(home, { ...rec, name });
+  });
+  return record;
+}
+
+/** `image push`: uploads the converted image (index + chunks) as an OCI artifact. */
+export async function pushImage(
+  home: KindlingHome,
+  name: string,
+  ref: string,
+  opts: { insecure: boolean; progress?: boolean; signal?: AbortSignal },
+): Promise<{ manifestDigest: Digest }> {
+  const record = await loadImage(home, name);
+  const index = await readBlob(home, record.digest, "block index");
+  const chunks = new Map(decodeBlockIndex(index, record.digest).chunks.map((c) => [c.digest, c.length]));
+  const local = new LocalChunkSource(home);
+  return pushKindlingImage(
+    ref,
+    { insecure: opts.insecure, signal: opts.signal, quiet: opts.progress === false },
+    { record, index, readChunk: (d: Digest) => local.fetch(d, chunks.get(d) ?? -1) },
+  );
+}

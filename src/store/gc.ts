@@ -1,0 +1,38 @@
+import { readdir, rm, stat } from "node:fs/promises";
+import path from "node:path";
+import type { KindlingHome } from "../util/home.js";
+import { readBlob } from "./blobs.js";
+import { decodeBlockIndex } from "./blockindex.js";
+import { listImages } from "./catalog.js";
+
+/**
+ * Deletes blobs no image references: an image keeps its index blob and every chunk the index names.
+ * Must run under the store lock (withStoreLock), like image commits. Returns what it freed.
+ */
+export async function collectGarbage(home: KindlingHome): Promise<{ blobs: number; bytes: number }> {
+  const live = new Set<string>();
+  for (const rec of await listImages(home)) {
+    live.add(rec.digest.slice(7));
+    let bytes: Buffer;
+    try {
+      bytes = await readBlob(home, rec.digest, "block index");
+    } catch {
+      continue; // a lazily pulled image whose index went missing: nothing more to keep
+    }
+    for (const c of decodeBlockIndex(bytes, rec.digest).chunks) live.add(c.digest.slice(7));
+  }
+  let blobs = 0;
+  let freed = 0;
+  for (const d of await readdir(home.blobs, { withFileTypes: true })) {
+    if (!/^[0-9a-f]{64}$/.test(d.name) || live.has(d.name)) continue;
+    const p = path.join(home.blobs, d.name);
+    const size = await stat(p).then(
+      (s) => s.size,
+      () => 0,
+    );
+    await rm(p, { force: true });
+    blobs++;
+    freed += size;
+  }
+  return { blobs, bytes: freed };
+}
