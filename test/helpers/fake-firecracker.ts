@@ -1,0 +1,378 @@
+/**
+ * A test double for the firecracker binary: the only fake Kindling's tests use, because Firecracker
+ * cannot run on the development host (no binary, and /dev/kvm there is PVM). It behaves like
+ * firecracker v1.16.1 where Kindling depends on it:
+ * - parses firecracker's flags (--api-sock, --id, --config-file, --version, ...), rejects unknown ones;
+ * - serves the API on the Unix socket and validates every body against the official schema
+ *   (firecracker-v1.16.1.yaml), answering 400 {"fault_message": ...} as Firecracker does, plus the checks
+ *   Firecracker makes beyond the schema (ids, path/body id match, files exist, pre-boot only);
+ * - on InstanceStart (or right away with --config-file) it "boots": prints console lines, and implements
+ *   the hybrid vsock host side: listens on uds_path, answers "CONNECT <port>\n" with "OK <n>\n";
+ * - guest-side endpoints are Unix sockets the test controls, in $FAKE_FC_GUEST_DIR:
+ *     host-initiated CONNECT <p> is bridged to <dir>/listen_<p>.sock (closed if nothing listens there);
+ *     for each port in $FAKE_FC_GUEST_CONNECT the "guest" connects to <uds_path>_<p> and bridges it to
+ *     <dir>/connect_<p>.sock;
+ * - SendCtrlAltDel makes the "guest" reboot, so the process exits 0 (unless $FAKE_FC_IGNORE_CAD=1).
+ * Failure modes for tests: $FAKE_FC_EXIT_EARLY="code:message" (exit before the socket exists),
+ * $FAKE_FC_START_FAULT="message" (InstanceStart answers 400), $FAKE_FC_CRASH_AFTER_START="code:message".
+ * Every request is appended as a JSON line to $FAKE_FC_RECORD when set.
+ * Run without arguments (as `node --test dist/test/` does with every file under test/) it does nothing.
+ */
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import { loadFirecrackerSchema } from "../../src/vm/firecracker/schema.js";
+
+const VERSION = "1.16.1";
+
+// Flags of firecracker v1.16.1 (`firecracker --help`): those that take a value, and switches.
+const VALUE_FLAGS = new Set([
+  "--api-sock",
+  "--id",
+  "--config-file",
+  "--level",
+  "--log-path",
+  "--module",
+  "--metrics-path",
+  "--seccomp-filter",
+  "--start-time-us",
+  "--start-time-cpu-us",
+  "--parent-cpu-time-us",
+  "--http-api-max-payload-size",
+  "--mmds-size-limit",
+  "--metadata",
+  "--describe-snapshot",
+]);
+const SWITCHES = new Set([
+  "--no-api",
+  "--no-seccomp",
+  "--boot-timer",
+  "--show-level",
+  "--show-log-origin",
+  "--enable-pci",
+  "--version",
+  "--snapshot-version",
+  "--help",
+]);
+
+function parseArgs(argv: string[]): Map<string, string | true> {
+  const out = new Map<string, string | true>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (VALUE_FLAGS.has(a)) {
+      if (i + 1 >= argv.length) die(1, `Arguments parsing error: Argument ${a.slice(2)} requires a value.`);
+      out.set(a, argv[++i]);
+    } else if (SWITCHES.has(a)) out.set(a, true);
+    else
+      die(
+        1,
+        `Arguments parsing error: Found argument '${a}' which wasn't expected, or isn't valid in this context.`,
+      );
+  }
+  return out;
+}
+
+function die(code: number, message: string): never {
+  process.stderr.write(`${message}\n`);
+  process.exit(code);
+}
+
+type Body = Record<string, unknown>;
+
+interface State {
+  started: boolean;
+  bootSource?: Body;
+  machine?: Body;
+  drives: Map<string, Body>;
+  vsock?: Body;
+  logger?: Body;
+  metrics?: Body;
+}
+
+const argv = process.argv.slice(2);
+if (argv.length > 0) await main(parseArgs(argv));
+
+async function main(flags: Map<string, string | true>): Promise<void> {
+  if (flags.has("--version")) {
+    process.stdout.write(`Firecracker v${VERSION}\n`);
+    return;
+  }
+  const early = process.env.FAKE_FC_EXIT_EARLY;
+  if (early) {
+    const [code, ...msg] = early.split(":");
+    die(Number(code), msg.join(":"));
+  }
+  const schema = await loadFirecrackerSchema();
+  const id = (flags.get("--id") as string | undefined) ?? "anonymous-instance";
+  if (!/^[A-Za-z0-9-]{1,64}$/.test(id)) die(1, `Invalid instance ID: ${id}`);
+  const apiSock = (flags.get("--api-sock") as string | undefined) ?? "/run/firecracker.socket";
+  const record = (entry: unknown) => {
+    if (process.env.FAKE_FC_RECORD) appendFileSync(process.env.FAKE_FC_RECORD, `${JSON.stringify(entry)}\n`);
+  };
+  record({ argv });
+  const state: State = { started: false, drives: new Map() };
+  const cleanups: (() => void)[] = [];
+
+  const fault = (status: number, message: string) => ({ status, body: { fault_message: message } });
+
+  /** One request, as Firecracker's API server handles it: schema, then its own checks, then the effect. */
+  const handle = (method: string, url: string, body: unknown): { status: number; body?: unknown } => {
+    if (method === "GET") {
+      if (url === "/")
+        return {
+          status: 200,
+          body: {
+            app_name: "Firecracker",
+            id,
+            state: state.started ? "Running" : "Not started",
+            vmm_version: VERSION,
+          },
+        };
+      if (url === "/version") return { status: 200, body: { firecracker_version: VERSION } };
+      if (url === "/machine-config")
+        return { status: 200, body: state.machine ?? { vcpu_count: 1, mem_size_mib: 128, smt: false } };
+      if (url === "/vm/config") return { status: 200, body: fullConfig(state) };
+      return fault(400, `Invalid request method and/or path: ${method} ${url}.`);
+    }
+    if (body === undefined && method === "PUT") return fault(400, "Empty request body.");
+    const errors = schema.checkRequest(method, url, body);
+    if (errors.length > 0) {
+      // Firecracker reports serde's deserialization error; ours names the same field.
+      return fault(
+        400,
+        `An error occurred when deserializing the json body of a request: ${errors.join("; ")}`,
+      );
+    }
+    const b = body as Body;
+    if (method === "PUT" && url === "/actions") return action(b.action_type as string);
+    if (state.started)
+      return fault(400, "The requested operation is not supported after starting the microVM.");
+    if (method === "PUT" && url.startsWith("/drives/")) {
+      const pathId = decodeURIComponent(url.slice("/drives/".length));
+      if (pathId !== b.drive_id)
+        return fault(400, "The id from the path does not match the id from the body!");
+      const err = checkDrive(b, state);
+      return err ? fault(400, err) : ok(() => state.drives.set(pathId, b));
+    }
+    switch (url) {
+      case "/boot-source":
+        if (!existsSync(b.kernel_image_path as string))
+          return fault(400, `Cannot open kernel image: No such file or directory (os error 2)`);
+        if (b.initrd_path && !existsSync(b.initrd_path as string))
+          return fault(400, `Cannot open initrd file: No such file or directory (os error 2)`);
+        return ok(() => (state.bootSource = b));
+      case "/machine-config":
+        return ok(() => (state.machine = b));
+      case "/vsock":
+        return ok(() => (state.vsock = b));
+      case "/logger":
+        if (state.logger) return fault(400, "Reinitialization of logger not allowed.");
+        if (!existsSync(b.log_path as string))
+          return fault(400, `Failed to open target file: No such file or directory (os error 2)`);
+        appendFileSync(
+          b.log_path as string,
+          `${new Date().toISOString()} [${id}:main] Running Firecracker v${VERSION} (test double)\n`,
+        );
+        return ok(() => (state.logger = b));
+      case "/metrics":
+        if (!existsSync(b.metrics_path as string))
+          return fault(400, `Failed to open target file: No such file or directory (os error 2)`);
+        return ok(() => (state.metrics = b));
+      default:
+        return fault(400, `The test double does not implement ${method} ${url}`);
+    }
+  };
+
+  const action = (type: string): { status: number; body?: unknown } => {
+    if (type === "FlushMetrics") {
+      if (!state.metrics) return fault(400, "The metrics system is not initialized.");
+      appendFileSync(
+        state.metrics.metrics_path as string,
+        `${JSON.stringify({ utc_timestamp_ms: Date.now() })}\n`,
+      );
+      return { status: 204 };
+    }
+    if (type === "SendCtrlAltDel") {
+      if (!state.started)
+        return fault(400, "The requested operation is not supported before starting the microVM.");
+      if (process.env.FAKE_FC_IGNORE_CAD !== "1") setTimeout(() => reboot(), 50);
+      return { status: 204 };
+    }
+    if (state.started)
+      return fault(400, "The requested operation is not supported after starting the microVM.");
+    if (!state.bootSource)
+      return fault(400, "Start microvm error: Cannot start microvm without kernel configuration.");
+    const startFault = process.env.FAKE_FC_START_FAULT;
+    if (startFault) return fault(400, `Start microvm error: ${startFault}`);
+    boot();
+    return { status: 204 };
+  };
+
+  const boot = () => {
+    state.started = true;
+    process.stdout.write(`[    0.000000] Linux version 6.1.0 (fake guest of the Firecracker test double)\n`);
+    process.stdout.write(`[    0.000001] Command line: ${state.bootSource?.boot_args ?? ""}\n`);
+    if (state.vsock) startVsock(state.vsock.uds_path as string);
+    const crash = process.env.FAKE_FC_CRASH_AFTER_START;
+    if (crash) {
+      const [code, ...msg] = crash.split(":");
+      setTimeout(() => die(Number(code), msg.join(":")), 100);
+    }
+  };
+
+  const reboot = () => {
+    process.stdout.write("reboot: Restarting system\n");
+    for (const c of cleanups) c();
+    process.exit(0);
+  };
+
+  /** The host side of hybrid vsock, with the guest side played by sockets in $FAKE_FC_GUEST_DIR. */
+  const startVsock = (uds: string) => {
+    if (existsSync(uds)) die(1, `Error creating vsock device: Address in use (os error 98): ${uds}`);
+    const guestDir = process.env.FAKE_FC_GUEST_DIR ?? "";
+    let nextHostPort = 1 << 30;
+    const server = net.createServer((host) => {
+      let buf = "";
+      const onData = (d: Buffer) => {
+        buf += d.toString("latin1");
+        const nl = buf.indexOf("\n");
+        if (nl < 0) return;
+        host.off("data", onData);
+        host.pause();
+        const m = /^CONNECT (\d+)$/.exec(buf.slice(0, nl));
+        if (!m) return void host.destroy();
+        const guest = net.connect(`${guestDir}/listen_${m[1]}.sock`);
+        guest.once("error", () => host.destroy()); // nothing listens on that port: Firecracker just closes
+        guest.once("connect", () => {
+          host.write(`OK ${nextHostPort++}\n`);
+          const rest = Buffer.from(buf.slice(nl + 1), "latin1");
+          if (rest.length > 0) guest.write(rest);
+          bridge(host, guest);
+        });
+      };
+      host.on("data", onData);
+      host.on("error", () => {});
+    });
+    server.listen(uds);
+    for (const port of (process.env.FAKE_FC_GUEST_CONNECT ?? "").split(",").filter(Boolean)) {
+      connectFromGuest(`${uds}_${port}`, `${guestDir}/connect_${port}.sock`);
+    }
+  };
+
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const text = Buffer.concat(chunks).toString();
+      let body: unknown;
+      let result: { status: number; body?: unknown };
+      try {
+        body = text ? JSON.parse(text) : undefined;
+        result = handle(req.method ?? "GET", req.url ?? "/", body);
+      } catch (err) {
+        result = fault(
+          400,
+          `An error occurred when deserializing the json body of a request: ${(err as Error).message}`,
+        );
+      }
+      record({ method: req.method, path: req.url, body, status: result.status });
+      res.writeHead(result.status, result.body ? { "Content-Type": "application/json" } : {});
+      res.end(result.body ? JSON.stringify(result.body) : undefined);
+    });
+  });
+  if (existsSync(apiSock))
+    die(1, `Failed to open the API socket at: ${apiSock}. Check that it is not already used.`);
+
+  const configFile = flags.get("--config-file");
+  if (typeof configFile === "string") {
+    const config = JSON.parse(readFileSync(configFile, "utf8")) as Body;
+    const errors = schema.check("FullVmConfiguration", config);
+    if (errors.length > 0) die(1, `Configuration for VMM from one single json failed: ${errors.join("; ")}`);
+    for (const [key, def] of [
+      ["boot-source", "BootSource"],
+      ["machine-config", "MachineConfiguration"],
+      ["vsock", "Vsock"],
+      ["logger", "Logger"],
+      ["metrics", "Metrics"],
+    ]) {
+      if (config[key] === undefined) continue;
+      const path = `/${key}`;
+      const r = handle("PUT", path, config[key]);
+      if (r.status >= 300)
+        die(
+          1,
+          `Configuration for VMM from one single json failed: ${def}: ${(r.body as { fault_message: string }).fault_message}`,
+        );
+    }
+    for (const d of (config.drives as Body[] | undefined) ?? []) {
+      const r = handle("PUT", `/drives/${d.drive_id as string}`, d);
+      if (r.status >= 300)
+        die(
+          1,
+          `Configuration for VMM from one single json failed: Drive: ${(r.body as { fault_message: string }).fault_message}`,
+        );
+    }
+    writeFileSync(`${configFile}.seen`, "");
+    record({ config });
+  }
+  if (!flags.has("--no-api")) await new Promise<void>((resolve) => server.listen(apiSock, resolve));
+  if (typeof configFile === "string") {
+    const r = action("InstanceStart");
+    if (r.status >= 300) die(1, (r.body as { fault_message: string }).fault_message);
+  }
+}
+
+function ok(effect: () => unknown): { status: number } {
+  effect();
+  return { status: 204 };
+}
+
+function checkDrive(b: Body, state: State): string | undefined {
+  if (!/^[A-Za-z0-9_]{1,64}$/.test(b.drive_id as string))
+    return "Invalid ID: characters must be alphanumeric or underscore.";
+  if (b.path_on_host === undefined || b.is_read_only === undefined)
+    return "Unable to create the block device: virtio-block needs path_on_host and is_read_only.";
+  if (!existsSync(b.path_on_host as string))
+    return `Unable to create the block device: No such file or directory (os error 2)`;
+  if (b.is_root_device) {
+    for (const [other, d] of state.drives) {
+      if (d.is_root_device && other !== b.drive_id) return "A root block device already exists!";
+    }
+  }
+  return undefined;
+}
+
+function fullConfig(state: State): Body {
+  // Root first, then the others in insertion order: the order the guest sees them.
+  const drives = [...state.drives.values()];
+  return {
+    "boot-source": state.bootSource,
+    "machine-config": state.machine,
+    drives: [...drives.filter((d) => d.is_root_device), ...drives.filter((d) => !d.is_root_device)],
+    vsock: state.vsock,
+  };
+}
+
+function bridge(a: net.Socket, b: net.Socket): void {
+  a.pipe(b);
+  b.pipe(a);
+  a.on("error", () => b.destroy());
+  b.on("error", () => a.destroy());
+  a.on("close", () => b.destroy());
+  b.on("close", () => a.destroy());
+}
+
+/** A guest-initiated connection: Firecracker connects to <uds>_<port>; retried while the host is not listening. */
+function connectFromGuest(hostPath: string, guestPath: string, attempt = 0): void {
+  const host = net.connect(hostPath);
+  const retry = () => {
+    if (attempt < 50) setTimeout(() => connectFromGuest(hostPath, guestPath, attempt + 1), 100);
+  };
+  host.once("error", retry);
+  host.once("connect", () => {
+    host.off("error", retry);
+    const guest = net.connect(guestPath);
+    guest.once("error", () => host.destroy());
+    guest.once("connect", () => bridge(host, guest));
+  });
+}
