@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { gzipSync } from "node:zlib";
+import { RegistryChunkSource } from "../src/registry/chunks.js";
 import { pullFromRegistry } from "../src/registry/pull.js";
 import { KindlingError } from "../src/util/errors.js";
 import {
@@ -212,5 +214,106 @@ describe("pullFromRegistry", () => {
       (err: Error) => err.name === "AbortError",
     );
     assert.deepEqual(await readdir(tmpDir), []);
+  });
+});
+
+/** A front for the registry whose `plan` decides, per request, to fail with 503, stall mid-body or forward. */
+async function startFlaky(plan: (method: string, path: string, seen: number) => "503" | "stall" | "forward") {
+  const seen = new Map<string, number>();
+  const [host, port] = reg.host.split(":");
+  const server = http.createServer((req, res) => {
+    const key = `${req.method} ${req.url}`;
+    const n = (seen.get(key) ?? 0) + 1;
+    seen.set(key, n);
+    const what = plan(req.method ?? "GET", req.url ?? "/", n);
+    if (what === "503") {
+      req.resume();
+      res.writeHead(503).end("try later");
+      return;
+    }
+    const up = http.request(
+      { host, port: Number(port), method: req.method, path: req.url, headers: req.headers },
+      (upRes) => {
+        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+        if (what === "forward") {
+          upRes.pipe(res);
+          return;
+        }
+        // Send about half of the body, then go silent with the connection open.
+        const half = Number(upRes.headers["content-length"] ?? 0) / 2;
+        let sent = 0;
+        upRes.on("data", (d: Buffer) => {
+          if (sent < half) res.write(d.subarray(0, Math.max(0, Math.min(d.length, half - sent))));
+          sent += d.length;
+        });
+      },
+    );
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const addr = server.address();
+  return {
+    host: `127.0.0.1:${typeof addr === "object" && addr ? addr.port : 0}`,
+    seen,
+    stop: () => {
+      server.closeAllConnections();
+      return new Promise((r) => server.close(r));
+    },
+  };
+}
+
+describe("transient failures", () => {
+  test("a 503 on the manifest and a layer body that stalls mid-way are retried", async () => {
+    const stalled = layerBlobs[0]!;
+    const flaky = await startFlaky((method, url, n) => {
+      if (n > 1 || method !== "GET") return "forward";
+      if (url.includes("/manifests/")) return "503";
+      if (url.endsWith(sha256(stalled.data))) return "stall";
+      return "forward";
+    });
+    try {
+      const r = await pullFromRegistry(`${flaky.host}/test/layers:layers`, {
+        insecure: true,
+        tmpDir,
+        quiet: true,
+        timeoutMs: 500,
+      });
+      assert.equal(r.kind, "image");
+      if (r.kind !== "image") return;
+      assert.deepEqual(await readFile(r.layers[0]!.path), stalled.data);
+      await r.dispose();
+      assert.equal(flaky.seen.get(`GET /v2/test/layers/blobs/${sha256(stalled.data)}`), 2);
+      assert.equal(flaky.seen.get("GET /v2/test/layers/manifests/layers"), 2);
+    } finally {
+      await flaky.stop();
+    }
+  });
+
+  test("RegistryChunkSource retries a 503 and gives up with the status after its attempts", async () => {
+    const blob = layerBlobs[1]!;
+    const flaky = await startFlaky((_m, url, n) =>
+      url.includes("blobs") && (n === 1 || url.includes("0000")) ? "503" : "forward",
+    );
+    try {
+      const origin = {
+        kind: "registry",
+        registry: flaky.host,
+        repository: "test/layers",
+        reference: "layers",
+        insecure: true,
+      } as const;
+      const source = new RegistryChunkSource(origin, { attempts: 2 });
+      assert.deepEqual(
+        await source.fetch(sha256(blob.data) as `sha256:${string}`, blob.data.length),
+        blob.data,
+      );
+      const never = `sha256:${"0".repeat(64)}` as const;
+      await assert.rejects(
+        source.fetch(never, 10),
+        (err: Error) => /503/.test(err.message) && err.message.includes(never),
+      );
+    } finally {
+      await flaky.stop();
+    }
   });
 });

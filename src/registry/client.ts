@@ -29,6 +29,8 @@ export interface RequestOptions {
   okStatus?: number[];
   /** Overrides the client's timeoutMs for this request. */
   timeoutMs?: number;
+  /** Overrides the client's attempts (1 for requests that cannot simply be re-sent). */
+  attempts?: number;
 }
 
 /** A response plus the timer that guards its body; call done() once the body is consumed. */
@@ -43,7 +45,31 @@ export interface Reply {
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 
 /** Failure that another attempt may cure (network error, our own timeout, 429/5xx). */
-class TransientError extends Error {}
+class TransientError extends Error {
+  constructor(
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A registry said no, or could not be reached. `status` is the HTTP status when there was one;
+ * `transient` means retries ran out on failures that may pass (network, timeouts, 429, 5xx).
+ */
+export class RegistryError extends KindlingError {
+  constructor(
+    message: string,
+    readonly status: number | undefined,
+    readonly transient: boolean,
+    /** The registry's error codes ("MANIFEST_UNKNOWN", "BLOB_UPLOAD_UNKNOWN"). */
+    readonly codes: string[] = [],
+  ) {
+    super(message, "EREGISTRY");
+    this.name = "RegistryError";
+  }
+}
 
 /**
  * Talks to one repository of one registry: builds URLs, authenticates (Basic, or Bearer tokens from
@@ -61,6 +87,8 @@ export class RegistryClient {
   /** Set once the registry told us how it wants to be authenticated. */
   private challenge: Challenge | undefined;
   private token: Token | undefined;
+  /** A token fetch in flight, shared by concurrent requests. */
+  private tokenPending: Promise<Token> | undefined;
 
   constructor(opts: ClientOptions) {
     this.registry = opts.registry;
@@ -87,13 +115,14 @@ export class RegistryClient {
 
   /**
    * Sends a request; retries transient failures with backoff; answers 401 by authenticating once.
-   * Throws KindlingError for any status not 2xx nor in okStatus, naming the status and the URL.
+   * Throws RegistryError for any status not 2xx nor in okStatus, naming the status and the URL.
    */
   async request(pathOrUrl: string, opts: RequestOptions = {}): Promise<Reply> {
     const url = this.url(pathOrUrl);
     const method = opts.method ?? "GET";
-    let lastErr: unknown;
-    for (let attempt = 1; attempt <= this.attempts; attempt++) {
+    const attempts = Math.max(1, opts.attempts ?? this.attempts);
+    let lastErr: TransientError | undefined;
+    for (let attempt = 1; attempt <= attempts; attempt++) {
       if (attempt > 1) await sleep(backoffMs(attempt), opts.signal);
       try {
         return await this.authenticated(url, method, opts);
@@ -102,14 +131,17 @@ export class RegistryClient {
         lastErr = err;
       }
     }
-    throw new KindlingError(
-      `${this.where}: ${method} ${url} failed after ${this.attempts} attempts: ${(lastErr as Error).message}`,
+    const tries = attempts > 1 ? ` after ${attempts} attempts` : "";
+    throw new RegistryError(
+      `${this.where}: ${method} ${url} failed${tries}: ${lastErr!.message}`,
+      lastErr!.status,
+      true,
     );
   }
 
   /** One attempt, plus one re-send after answering a 401 challenge. */
   private async authenticated(url: string, method: string, opts: RequestOptions): Promise<Reply> {
-    let reply = await this.send(url, method, opts, await this.authorization(opts.signal));
+    let reply = await this.send(url, method, opts, await this.authorization());
     if (reply.res.status === 401) {
       const header = reply.res.headers.get("www-authenticate") ?? "";
       await discard(reply);
@@ -117,34 +149,43 @@ export class RegistryClient {
       const chosen =
         challenges.find((c) => c.scheme === "bearer") ?? challenges.find((c) => c.scheme === "basic");
       if (!chosen) {
-        throw new KindlingError(
+        throw new RegistryError(
           `${this.where} returned 401 for ${method} ${url} without a usable WWW-Authenticate challenge ("${header}")`,
+          401,
+          false,
         );
       }
       this.challenge = chosen;
       this.token = undefined;
-      reply = await this.send(url, method, opts, await this.authorization(opts.signal));
+      reply = await this.send(url, method, opts, await this.authorization());
       if (reply.res.status === 401) {
         await discard(reply);
         const creds = await this.creds();
-        throw new KindlingError(
+        throw new RegistryError(
           creds
             ? `${this.where} returned 401 for ${method} ${url}: check credentials (from ${creds.source})`
             : `${this.where} returned 401 for ${method} ${url}: it requires credentials; set KINDLING_REGISTRY_USER and KINDLING_REGISTRY_PASSWORD or add "${this.registry}" to the auth file`,
+          401,
+          false,
         );
       }
     }
     const { status } = reply.res;
     if ((status >= 200 && status < 300) || opts.okStatus?.includes(status)) return reply;
-    const detail = await errorDetail(reply);
-    if (RETRY_STATUS.has(status)) throw new TransientError(`status ${status}${detail}`);
+    const { text, codes } = await errorDetail(reply);
+    if (RETRY_STATUS.has(status)) throw new TransientError(`status ${status}${text}`, status);
     const hint =
       status === 403
         ? ": access denied, check credentials and permissions"
         : status === 404
           ? ": not found"
           : "";
-    throw new KindlingError(`${this.where} returned ${status} for ${method} ${url}${hint}${detail}`);
+    throw new RegistryError(
+      `${this.where} returned ${status} for ${method} ${url}${hint}${text}`,
+      status,
+      false,
+      codes,
+    );
   }
 
   /** The fetch itself, with a header timeout and a body stall timer. */
@@ -175,7 +216,9 @@ export class RegistryClient {
         throw new TransientError(`no answer within ${(opts.timeoutMs ?? this.timeoutMs) / 1000} s`);
       const msg = networkMessage(err, this.base);
       // TLS mismatches and forbidden ports do not go away by retrying.
-      if (/--insecure|bad port/.test(msg)) throw new KindlingError(`${this.where}: ${method} ${url}: ${msg}`);
+      if (/--insecure|bad port/.test(msg)) {
+        throw new RegistryError(`${this.where}: ${method} ${url}: ${msg}`, undefined, false);
+      }
       throw new TransientError(msg);
     }
     arm(this.idleTimeoutMs);
@@ -192,15 +235,21 @@ export class RegistryClient {
   }
 
   /** The Authorization header for the challenge we know about (none before the first 401). */
-  private async authorization(signal?: AbortSignal): Promise<string | undefined> {
+  private async authorization(): Promise<string | undefined> {
     const ch = this.challenge;
     if (!ch) return undefined;
     const creds = await this.creds();
     if (ch.scheme === "basic") {
       return creds ? basic(creds) : undefined;
     }
-    if (!this.token || this.token.expiresAt <= Date.now())
-      this.token = await this.fetchToken(ch, creds, signal);
+    if (!this.token || this.token.expiresAt <= Date.now()) {
+      // Many chunk fetches start at once; one token request serves them all.
+      // Not bound to one caller's signal: its abort must not fail the others (timeouts bound it).
+      this.tokenPending ??= this.fetchToken(ch, creds).finally(() => {
+        this.tokenPending = undefined;
+      });
+      this.token = await this.tokenPending;
+    }
     return `Bearer ${this.token.token}`;
   }
 
@@ -286,20 +335,25 @@ export async function discard(reply: Reply): Promise<void> {
   }
 }
 
-/** The registry's JSON error ("MANIFEST_UNKNOWN: manifest unknown"), for messages. */
-async function errorDetail(reply: Reply): Promise<string> {
+/** The registry's JSON error ("MANIFEST_INVALID: manifest invalid: http: request body too large"). */
+async function errorDetail(reply: Reply): Promise<{ text: string; codes: string[] }> {
   try {
-    const text = (await reply.res.text()).slice(0, 2000);
+    const raw = (await reply.res.text()).slice(0, 2000);
     try {
-      const body = JSON.parse(text) as { errors?: { code?: string; message?: string }[] };
-      const msgs = (body.errors ?? []).map((e) => [e.code, e.message].filter(Boolean).join(": "));
-      if (msgs.length > 0) return ` (${msgs.join("; ")})`;
+      const body = JSON.parse(raw) as { errors?: { code?: string; message?: string; detail?: unknown }[] };
+      const errors = body.errors ?? [];
+      const msgs = errors.map((e) =>
+        [e.code, e.message, typeof e.detail === "string" ? e.detail.trim() : undefined]
+          .filter(Boolean)
+          .join(": "),
+      );
+      if (msgs.length > 0) return { text: ` (${msgs.join("; ")})`, codes: errors.map((e) => e.code ?? "") };
     } catch {
       // not JSON
     }
-    return text.trim() ? ` (${text.trim().slice(0, 200)})` : "";
+    return { text: raw.trim() ? ` (${raw.trim().slice(0, 200)})` : "", codes: [] };
   } catch {
-    return "";
+    return { text: "", codes: [] };
   } finally {
     reply.done();
   }

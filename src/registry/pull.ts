@@ -51,6 +51,8 @@ export interface PullOptions {
   quiet?: boolean;
   /** Layers downloaded at once; default 3. */
   concurrency?: number;
+  /** Per-attempt bound on waiting for headers and on a stalled body; default 30 s / 60 s. */
+  timeoutMs?: number;
 }
 
 /**
@@ -60,7 +62,12 @@ export interface PullOptions {
 export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<PullResult> {
   const parsed = parseReference(ref);
   const reference = formatReference(parsed);
-  const client = new RegistryClient({ ...parsed, insecure: opts.insecure });
+  const client = new RegistryClient({
+    ...parsed,
+    insecure: opts.insecure,
+    timeoutMs: opts.timeoutMs,
+    idleTimeoutMs: opts.timeoutMs,
+  });
   const { manifest, digest: manifestDigest } = await fetchImageManifest(
     client,
     manifestReference(parsed),

@@ -8,7 +8,7 @@ import {
   KINDLING_CONFIG_MEDIA_TYPE,
   type KindlingConfig,
 } from "./artifact.js";
-import { discard, RegistryClient } from "./client.js";
+import { discard, RegistryClient, RegistryError } from "./client.js";
 import { type Descriptor, MEDIA, sha256Digest } from "./manifest.js";
 import { formatReference, parseReference } from "./reference.js";
 
@@ -25,6 +25,8 @@ export interface PushOptions {
   quiet?: boolean;
   /** Blobs uploaded at once; default 4. */
   concurrency?: number;
+  /** Per-attempt bound on waiting for an answer; default 30 s. */
+  timeoutMs?: number;
 }
 
 /**
@@ -41,7 +43,12 @@ export async function pushKindlingImage(
   if (parsed.tag && parsed.digest) {
     throw new KindlingError(`push to ${ref}: give a tag or a digest, not both`);
   }
-  const client = new RegistryClient({ ...parsed, insecure: opts.insecure, actions: "pull,push" });
+  const client = new RegistryClient({
+    ...parsed,
+    insecure: opts.insecure,
+    actions: "pull,push",
+    timeoutMs: opts.timeoutMs,
+  });
   const indexDigest = sha256Digest(image.index);
   if (indexDigest !== image.record.digest) {
     throw new KindlingError(
@@ -82,6 +89,15 @@ export async function pushKindlingImage(
     annotations: { "org.opencontainers.image.title": image.record.name },
   };
 
+  const body = Buffer.from(JSON.stringify(manifest));
+  // docker-registry (distribution 2.8) refuses manifest bodies over 4 MiB: say so before uploading.
+  if (body.length > MAX_MANIFEST_BYTES) {
+    throw new KindlingError(
+      `image ${image.record.name} has ${chunks.size} distinct chunks: its manifest would be ${body.length} bytes, ` +
+        `more than the ${MAX_MANIFEST_BYTES} registries accept; convert it with larger chunks`,
+    );
+  }
+
   const total = configBytes.length + image.index.length + [...chunks.values()].reduce((a, b) => a + b, 0);
   const bar = opts.quiet ? undefined : progress(`push ${formatReference(parsed)}`, total);
   let done = 0;
@@ -115,7 +131,6 @@ export async function pushKindlingImage(
     tick(u.size);
   });
 
-  const body = Buffer.from(JSON.stringify(manifest));
   const manifestDigest = sha256Digest(body);
   const target = parsed.tag ?? parsed.digest!;
   if (parsed.digest && parsed.digest !== manifestDigest) {
@@ -154,8 +169,27 @@ async function blobExists(client: RegistryClient, digest: Digest, signal?: Abort
   return reply.res.status !== 404;
 }
 
-/** Monolithic upload: POST opens a session, one PUT with ?digest= sends the bytes and closes it. */
+const MAX_MANIFEST_BYTES = 4 << 20;
+
+/**
+ * Monolithic upload: POST opens a session, one PUT with ?digest= sends the bytes and closes it. A
+ * failed PUT may leave the session unusable, so a retry starts over with a new POST.
+ */
 async function uploadBlob(client: RegistryClient, digest: Digest, data: Buffer, signal?: AbortSignal) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await uploadOnce(client, digest, data, signal);
+    } catch (err) {
+      const again =
+        err instanceof RegistryError &&
+        (err.transient || err.codes.includes("BLOB_UPLOAD_UNKNOWN")) &&
+        attempt < 3;
+      if (!again || signal?.aborted) throw err;
+    }
+  }
+}
+
+async function uploadOnce(client: RegistryClient, digest: Digest, data: Buffer, signal?: AbortSignal) {
   const start = await client.request("blobs/uploads/", { method: "POST", signal, okStatus: [202] });
   const location = start.res.headers.get("location");
   await discard(start);
@@ -167,6 +201,7 @@ async function uploadBlob(client: RegistryClient, digest: Digest, data: Buffer, 
     headers: { "content-type": "application/octet-stream" },
     body: data,
     signal,
+    attempts: 1,
   });
   await discard(put);
 }
