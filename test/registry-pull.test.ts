@@ -220,12 +220,14 @@ describe("pullFromRegistry", () => {
 /** A front for the registry whose `plan` decides, per request, to fail with 503, stall mid-body or forward. */
 async function startFlaky(plan: (method: string, path: string, seen: number) => "503" | "stall" | "forward") {
   const seen = new Map<string, number>();
+  const ranges: string[] = [];
   const [host, port] = reg.host.split(":");
   const server = http.createServer((req, res) => {
     const key = `${req.method} ${req.url}`;
     const n = (seen.get(key) ?? 0) + 1;
     seen.set(key, n);
     const what = plan(req.method ?? "GET", req.url ?? "/", n);
+    if (req.headers.range) ranges.push(req.headers.range);
     if (what === "503") {
       req.resume();
       res.writeHead(503).end("try later");
@@ -255,6 +257,7 @@ async function startFlaky(plan: (method: string, path: string, seen: number) => 
   return {
     host: `127.0.0.1:${typeof addr === "object" && addr ? addr.port : 0}`,
     seen,
+    ranges,
     stop: () => {
       server.closeAllConnections();
       return new Promise((r) => server.close(r));
@@ -263,7 +266,7 @@ async function startFlaky(plan: (method: string, path: string, seen: number) => 
 }
 
 describe("transient failures", () => {
-  test("a 503 on the manifest and a layer body that stalls mid-way are retried", async () => {
+  test("a 503 on the manifest is retried; a layer body that stalls mid-way resumes with Range", async () => {
     const stalled = layerBlobs[0]!;
     const flaky = await startFlaky((method, url, n) => {
       if (n > 1 || method !== "GET") return "forward";
@@ -284,6 +287,8 @@ describe("transient failures", () => {
       await r.dispose();
       assert.equal(flaky.seen.get(`GET /v2/test/layers/blobs/${sha256(stalled.data)}`), 2);
       assert.equal(flaky.seen.get("GET /v2/test/layers/manifests/layers"), 2);
+      assert.equal(flaky.ranges.length, 1);
+      assert.match(flaky.ranges[0]!, /^bytes=[1-9]\d*-$/);
     } finally {
       await flaky.stop();
     }

@@ -1,6 +1,6 @@
-import { createHash } from "node:crypto";
-import { createWriteStream } from "node:fs";
-import { rename, rm } from "node:fs/promises";
+import { createHash, type Hash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { rename, rm, stat } from "node:fs/promises";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
@@ -9,7 +9,7 @@ import { tempPathFor } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { RegistryClient, Reply } from "./client.js";
 
-/** Thrown when the bytes do not hash to the digest asked for: never retried. */
+/** Thrown when the bytes do not hash to the digest asked for. */
 export class DigestMismatchError extends KindlingError {
   constructor(message: string) {
     super(message, "EDIGEST");
@@ -18,14 +18,15 @@ export class DigestMismatchError extends KindlingError {
 
 export interface DownloadOptions {
   signal?: AbortSignal;
-  /** Called with the bytes received so far for this blob (restarts from 0 on a retry). */
+  /** Called with the bytes of this blob on disk so far. */
   onBytes?: (received: number) => void;
-  /** Attempts when the body stalls or breaks mid-way; default 3. */
+  /** Attempts when the body stalls or breaks mid-way; default 4. */
   attempts?: number;
 }
 
 /**
- * Streams blob `digest` of `size` bytes to `dest`, hashing as it goes. The file appears only when
+ * Streams blob `digest` of `size` bytes to `dest`, hashing as it goes. A body that breaks or stalls
+ * resumes where it stopped (HTTP Range) when the registry allows it. The file appears only when
  * complete and verified; on any failure nothing is left behind.
  */
 export async function downloadBlob(
@@ -35,25 +36,63 @@ export async function downloadBlob(
   dest: string,
   opts: DownloadOptions = {},
 ): Promise<void> {
-  const attempts = opts.attempts ?? 3;
-  for (let attempt = 1; ; attempt++) {
-    const tmp = tempPathFor(dest);
-    try {
-      const reply = await client.request(`blobs/${digest}`, { signal: opts.signal });
-      await pipeline(
-        bodyStream(reply),
-        verifier(client, digest, size, reply, opts.onBytes),
-        createWriteStream(tmp, { flags: "wx" }),
-      );
-      await rename(tmp, dest);
-      return;
-    } catch (err) {
-      await rm(tmp, { force: true });
-      if (err instanceof KindlingError || opts.signal?.aborted || attempt >= attempts)
-        throw wrap(err, client, digest);
-      opts.onBytes?.(0);
+  const attempts = opts.attempts ?? 4;
+  const tmp = tempPathFor(dest);
+  let resumedOnce = false;
+  try {
+    for (let attempt = 1; ; attempt++) {
+      // Re-hash what is already on disk rather than trust a hash that may be ahead of the file.
+      const have = await fileSize(tmp);
+      const hash = createHash("sha256");
+      if (have > 0) for await (const part of createReadStream(tmp)) hash.update(part as Buffer);
+      const headers: Record<string, string> = have > 0 ? { range: `bytes=${have}-` } : {};
+      try {
+        const reply = await client.request(`blobs/${digest}`, { signal: opts.signal, headers });
+        const resumed = have > 0 && reply.res.status === 206 && rangeStart(reply) === have;
+        resumedOnce ||= resumed;
+        await pipeline(
+          bodyStream(reply),
+          verifier(
+            client,
+            digest,
+            size,
+            reply,
+            resumed ? have : 0,
+            resumed ? hash : createHash("sha256"),
+            opts.onBytes,
+          ),
+          createWriteStream(tmp, { flags: resumed ? "a" : "w" }),
+        );
+        await rename(tmp, dest);
+        return;
+      } catch (err) {
+        if (opts.signal?.aborted || attempt >= attempts) throw wrap(err, client, digest);
+        if (err instanceof DigestMismatchError && resumedOnce) {
+          // A resumed download that does not verify gets one clean retry from byte 0.
+          await rm(tmp, { force: true });
+          resumedOnce = false;
+          continue;
+        }
+        if (err instanceof KindlingError) throw err;
+      }
     }
+  } finally {
+    await rm(tmp, { force: true });
   }
+}
+
+async function fileSize(file: string): Promise<number> {
+  try {
+    return (await stat(file)).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** The first byte of a 206 answer ("Content-Range: bytes 100-199/200"). */
+function rangeStart(reply: Reply): number | undefined {
+  const m = /^bytes (\d+)-/.exec(reply.res.headers.get("content-range") ?? "");
+  return m ? Number(m[1]) : undefined;
 }
 
 /** Fetches a small blob (config, index) into memory and verifies it. */
@@ -120,10 +159,11 @@ function verifier(
   digest: Digest,
   size: number,
   reply: Reply,
+  start: number,
+  hash: Hash,
   onBytes?: (n: number) => void,
 ): Transform {
-  const hash = createHash("sha256");
-  let received = 0;
+  let received = start;
   const mismatch = (actual: string) =>
     new DigestMismatchError(
       `blob ${digest} from ${client.where}/${client.repository} has digest ${actual} (${received} bytes, expected ${size}): corrupted in the registry or in transit`,
