@@ -114,16 +114,33 @@ export async function fetchBlobVerified(
 
 /**
  * Fetches a blob into one Buffer without verifying it (the caller does). Reading more than
- * `maxBytes` fails, so a broken registry cannot exhaust memory.
+ * `maxBytes` fails, so a broken registry cannot exhaust memory. A body that breaks or stalls is
+ * fetched again, up to the client's attempts.
  */
 export async function fetchBlob(
   client: RegistryClient,
   digest: Digest,
   maxBytes: number,
   signal?: AbortSignal,
-  timeoutMs?: number,
 ): Promise<Buffer> {
-  const reply = await client.request(`blobs/${digest}`, { signal, timeoutMs });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fetchBlobOnce(client, digest, maxBytes, signal);
+    } catch (err) {
+      if (err instanceof KindlingError || signal?.aborted || attempt >= client.attempts) {
+        throw wrap(err, client, digest);
+      }
+    }
+  }
+}
+
+async function fetchBlobOnce(
+  client: RegistryClient,
+  digest: Digest,
+  maxBytes: number,
+  signal?: AbortSignal,
+): Promise<Buffer> {
+  const reply = await client.request(`blobs/${digest}`, { signal });
   const parts: Buffer[] = [];
   let received = 0;
   try {
@@ -137,8 +154,6 @@ export async function fetchBlob(
       }
       parts.push(b);
     }
-  } catch (err) {
-    throw wrap(err, client, digest);
   } finally {
     reply.done();
   }

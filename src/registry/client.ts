@@ -83,7 +83,8 @@ export class RegistryClient {
   private credentials: Credentials | null | undefined;
   private readonly timeoutMs: number;
   private readonly idleTimeoutMs: number;
-  private readonly attempts: number;
+  /** Attempts for transient failures (also used by callers that re-read a broken body). */
+  readonly attempts: number;
   /** Set once the registry told us how it wants to be authenticated. */
   private challenge: Challenge | undefined;
   private token: Token | undefined;
@@ -194,14 +195,14 @@ export class RegistryClient {
     const signal = opts.signal ? AbortSignal.any([opts.signal, ctl.signal]) : ctl.signal;
     let timedOut = false;
     let timer: NodeJS.Timeout | undefined;
-    const arm = (ms: number) => {
+    const arm = (ms: number, what: string) => {
       clearTimeout(timer);
       timer = setTimeout(() => {
         timedOut = true;
-        ctl.abort(new TransientError(`no answer within ${ms / 1000} s`));
+        ctl.abort(new TransientError(`${what} within ${ms / 1000} s`));
       }, ms);
     };
-    arm(opts.timeoutMs ?? this.timeoutMs);
+    arm(opts.timeoutMs ?? this.timeoutMs, "no answer");
     const headers: Record<string, string> = { "user-agent": "kindling/0.1", ...opts.headers };
     if (auth) headers.authorization = auth;
     let res: Response;
@@ -221,10 +222,11 @@ export class RegistryClient {
       }
       throw new TransientError(msg);
     }
-    arm(this.idleTimeoutMs);
+    const stalled = "response body stalled: no data";
+    arm(this.idleTimeoutMs, stalled);
     return {
       res,
-      alive: () => arm(this.idleTimeoutMs),
+      alive: () => arm(this.idleTimeoutMs, stalled),
       done: () => clearTimeout(timer),
     };
   }
