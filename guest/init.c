@@ -1,2 +1,922 @@
-/* Placeholder until the guest init lands. */
-int main(void) { return 0; }
+/*
+ * kindling-init: PID 1 and agent of a Kindling microVM. One static program, no other files needed.
+ *
+ * Stage 1 (from the initramfs): mount /proc /sys /dev, load the modules listed by the host, mount the
+ * root drive read-only. Stage 2 (the design note's guest setup): writable layer (tmpfs or scratch disk),
+ * overlay with the root as lower, switch into it. Then the agent: a framed binary protocol over a
+ * virtio-serial port (QEMU) or AF_VSOCK (Firecracker) that configures mounts and runs processes.
+ * The wire format is documented in docs/guest.md; keep the two in sync.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <dirent.h>
+#include <net/if.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/magic.h>
+#include <linux/vm_sockets.h>
+
+#define PROTO_VERSION 1
+#define HDR_LEN 12
+#define MAX_PAYLOAD (1u << 20)
+#define CHUNK (64u * 1024)
+#define OUT_WINDOW (256u * 1024)
+#define MAX_PROCS 64
+
+enum {
+  T_READY = 0x01, T_CONFIGURE = 0x10, T_CONFIGURED = 0x11, T_START = 0x20, T_STARTED = 0x21,
+  T_STDOUT = 0x22, T_STDERR = 0x23, T_STDIN_CREDIT = 0x24, T_EXITED = 0x25, T_STDIN = 0x26,
+  T_STDIN_EOF = 0x27, T_SIGNAL = 0x28, T_OUTPUT_CREDIT = 0x29, T_FAILED = 0x2f, T_POWEROFF = 0x30,
+};
+
+/* ------------------------------------------------------------------ logging and small helpers */
+
+static long uptime_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Every line starts with the same marker so the host can find the stage a failed boot reached. */
+static void logmsg(const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = snprintf(buf, sizeof buf, "kindling-init: [%ld ms] ", uptime_ms());
+  vsnprintf(buf + n, sizeof buf - n, fmt, ap);
+  va_end(ap);
+  size_t len = strlen(buf);
+  if (len < sizeof buf - 1) buf[len++] = '\n';
+  if (write(2, buf, len) < 0) { /* no console: nothing else to tell */ }
+}
+
+static void power_off(void) __attribute__((noreturn));
+
+/* A setup failure: say why on the console, then end the VM (exiting PID 1 would panic the kernel). */
+static void fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void fatal(const char *fmt, ...) {
+  char buf[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  logmsg("FATAL: %s", buf);
+  power_off();
+}
+
+static char cmdline[4096];
+static bool debug_on;
+static bool halt_reboot;
+
+/* Value of a kindling.* option on the kernel command line, or def. */
+static const char *opt(const char *name, const char *def) {
+  static char val[256];
+  size_t nlen = strlen(name);
+  for (char *p = cmdline; *p;) {
+    while (*p == ' ' || *p == '\n') p++;
+    char *end = p + strcspn(p, " \n");
+    if (strncmp(p, name, nlen) == 0 && p[nlen] == '=') {
+      size_t vlen = (size_t)(end - (p + nlen + 1));
+      if (vlen >= sizeof val) vlen = sizeof val - 1;
+      memcpy(val, p + nlen + 1, vlen);
+      val[vlen] = 0;
+      return val;
+    }
+    p = end;
+  }
+  return def;
+}
+
+static void read_cmdline(void) {
+  int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t n = read(fd, cmdline, sizeof cmdline - 1);
+  close(fd);
+  cmdline[n > 0 ? n : 0] = 0;
+  debug_on = strcmp(opt("kindling.debug", "0"), "1") == 0;
+  halt_reboot = strcmp(opt("kindling.halt", "poweroff"), "reboot") == 0;
+}
+
+static int mkdir_p(const char *path, mode_t mode) {
+  char tmp[4096];
+  if (strlen(path) >= sizeof tmp) return errno = ENAMETOOLONG, -1;
+  strcpy(tmp, path);
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    if (mkdir(tmp, mode) < 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  if (mkdir(tmp, mode) < 0 && errno != EEXIST) return -1;
+  return 0;
+}
+
+static void must_mount(const char *src, const char *dst, const char *type, unsigned long fl, const char *data) {
+  mkdir_p(dst, 0755);
+  if (mount(src, dst, type, fl, data) < 0) fatal("mount %s on %s (%s): %s", src, dst, type, strerror(errno));
+}
+
+/* Drives appear asynchronously after their driver loads: poll for the node (devtmpfs creates it). */
+static bool wait_for_path(const char *path, int timeout_ms) {
+  struct stat st;
+  for (int waited = 0; stat(path, &st) < 0; waited += 5) {
+    if (waited >= timeout_ms) return false;
+    usleep(5000);
+  }
+  return true;
+}
+
+/* ------------------------------------------------------------------ stage 1: modules and root */
+
+static void load_modules(void) {
+  FILE *f = fopen("/kindling/modules", "re");
+  if (!f) return; /* a kernel with everything built in needs none */
+  char line[512];
+  int count = 0;
+  while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = 0;
+    if (!line[0]) continue;
+    int fd = open(line, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fatal("open module %s: %s", line, strerror(errno));
+    /* EEXIST: built in or already loaded, which is what we wanted anyway. */
+    if (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST)
+      fatal("load module %s: %s", line, strerror(errno));
+    close(fd);
+    count++;
+  }
+  fclose(f);
+  logmsg("loaded %d modules", count);
+}
+
+/* Mount a block device trying each file system type of a comma list ("auto" = squashfs,ext4). */
+static int mount_block(const char *dev, const char *dst, const char *types, unsigned long fl, const char *data) {
+  char list[128];
+  snprintf(list, sizeof list, "%s", strcmp(types, "auto") == 0 || !*types ? "squashfs,ext4" : types);
+  int err = EINVAL;
+  for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    /* squashfs is read-only by nature; the kernel refuses it rw */
+    unsigned long f = strcmp(t, "squashfs") == 0 ? fl | MS_RDONLY : fl;
+    if (mount(dev, dst, t, f, data) == 0) return 0;
+    err = errno;
+  }
+  errno = err;
+  return -1;
+}
+
+static void stage1(void) {
+  logmsg("stage1: initramfs");
+  must_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  must_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  must_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+  read_cmdline();
+  load_modules();
+  const char *root = opt("kindling.root", "/dev/vda");
+  if (!wait_for_path(root, 10000)) fatal("root drive %s did not appear", root);
+  mkdir_p("/mnt/lower", 0755);
+  char types[64];
+  snprintf(types, sizeof types, "%s", opt("kindling.rootfstype", "auto"));
+  if (mount_block(root, "/mnt/lower", types, MS_RDONLY, NULL) < 0)
+    fatal("mount root %s (%s): %s", root, types, strerror(errno));
+  logmsg("stage1: root %s mounted read-only", root);
+}
+
+/* ------------------------------------------------------------------ stage 2: overlay and switch */
+
+/* The writable layer: tmpfs with an optional size limit, or an ext4 scratch drive. */
+static void mount_writable(const char *dir) {
+  const char *scratch = opt("kindling.scratch", "");
+  if (*scratch) {
+    if (!wait_for_path(scratch, 10000)) fatal("scratch drive %s did not appear", scratch);
+    must_mount(scratch, dir, "ext4", MS_NOATIME, NULL);
+  } else {
+    char data[96] = "mode=0755";
+    const char *size = opt("kindling.tmpfs_size", "");
+    if (*size) snprintf(data, sizeof data, "mode=0755,size=%s", size);
+    must_mount("tmpfs", dir, "tmpfs", 0, data);
+  }
+  char upper[256], work[256];
+  snprintf(upper, sizeof upper, "%s/upper", dir);
+  snprintf(work, sizeof work, "%s/work", dir);
+  if (mkdir_p(upper, 0755) < 0 || mkdir_p(work, 0755) < 0) fatal("mkdir in %s: %s", dir, strerror(errno));
+}
+
+static void mount_overlay(const char *lower, const char *rw, const char *merged) {
+  char data[1024];
+  snprintf(data, sizeof data, "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, rw, rw);
+  must_mount("overlay", merged, "overlay", 0, data);
+}
+
+static void move_to(const char *from, const char *to) {
+  mkdir_p(to, 0755);
+  if (mount(from, to, NULL, MS_MOVE, NULL) < 0) fatal("move %s to %s: %s", from, to, strerror(errno));
+}
+
+/* Free the initramfs' memory: delete its files, not crossing into other mounts (like switch_root). */
+static void remove_tree(int dirfd, dev_t rootdev) {
+  DIR *d = fdopendir(dirfd);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d));) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    struct stat st;
+    if (fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != rootdev) continue;
+    if (S_ISDIR(st.st_mode)) {
+      int sub = openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (sub >= 0) remove_tree(sub, rootdev);
+      unlinkat(dirfd, e->d_name, AT_REMOVEDIR);
+    } else {
+      unlinkat(dirfd, e->d_name, 0);
+    }
+  }
+  closedir(d);
+}
+
+/*
+ * From an initramfs: pivot_root(2) refuses the kernel's rootfs as the old root (EINVAL), so do what
+ * switch_root does: move /proc /sys /dev, free the initramfs, move the new root onto / and chroot.
+ */
+static void switch_from_initramfs(const char *newroot) {
+  char path[256];
+  const char *mounts[] = {"/proc", "/sys", "/dev"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(path, sizeof path, "%s%s", newroot, mounts[i]);
+    move_to(mounts[i], path);
+  }
+  struct stat st;
+  if (stat("/", &st) == 0) remove_tree(open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC), st.st_dev);
+  if (chdir(newroot) < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
+    fatal("switch to %s: %s", newroot, strerror(errno));
+}
+
+/* Root mounted by the kernel (no initramfs): the design note's pivot_root, then detach the old root. */
+static void pivot_into(const char *newroot) {
+  char old[300];
+  snprintf(old, sizeof old, "%.256s/.oldroot", newroot);
+  mkdir_p(old, 0700);
+  if (chdir(newroot) < 0 || syscall(SYS_pivot_root, ".", ".oldroot") < 0 || chroot(".") < 0 || chdir("/") < 0)
+    fatal("pivot_root into %s: %s", newroot, strerror(errno));
+  move_to("/.oldroot/proc", "/proc");
+  move_to("/.oldroot/sys", "/sys");
+  move_to("/.oldroot/dev", "/dev");
+  if (umount2("/.oldroot", MNT_DETACH) < 0) logmsg("detach old root: %s", strerror(errno));
+  rmdir("/.oldroot");
+}
+
+static bool root_is_initramfs(void) {
+  struct statfs sf;
+  return statfs("/", &sf) == 0 && (sf.f_type == RAMFS_MAGIC || sf.f_type == TMPFS_MAGIC);
+}
+
+static void loopback_up(void) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  strcpy(ifr.ifr_name, "lo");
+  if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
+    logmsg("loopback: %s", strerror(errno));
+  } else {
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) logmsg("loopback up: %s", strerror(errno));
+  }
+  if (s >= 0) close(s);
+}
+
+static void stage2(bool from_initramfs) {
+  logmsg("stage2: overlay (%s)", *opt("kindling.scratch", "") ? "scratch disk" : "tmpfs");
+  if (from_initramfs) {
+    mount_writable("/mnt/rw");
+    mount_overlay("/mnt/lower", "/mnt/rw", "/mnt/root");
+    switch_from_initramfs("/mnt/root");
+  } else {
+    /* The root is read-only: a small tmpfs gives us somewhere to create the mount points. */
+    const char *stage = access("/mnt", F_OK) == 0 ? "/mnt" : "/tmp";
+    must_mount("tmpfs", stage, "tmpfs", 0, "mode=0755,size=1m");
+    char rw[256], merged[256];
+    snprintf(rw, sizeof rw, "%s/rw", stage);
+    snprintf(merged, sizeof merged, "%s/root", stage);
+    mkdir_p(rw, 0755);
+    mkdir_p(merged, 0755);
+    mount_writable(rw);
+    mount_overlay("/", rw, merged);
+    pivot_into(merged);
+  }
+  mkdir_p("/dev/pts", 0755);
+  mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
+  mkdir_p("/dev/shm", 01777);
+  mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+  loopback_up();
+  logmsg("stage2: root is the overlay");
+}
+
+/* ------------------------------------------------------------------ the channel and framing */
+
+static int chan = -1;
+static bool host_spoke; /* the host has sent a frame: stop repeating READY */
+
+static void write_all(int fd, const void *buf, size_t len) {
+  const uint8_t *p = buf;
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+      poll(&pfd, 1, 100);
+      continue;
+    }
+    if (n <= 0) {
+      logmsg("channel write failed: %s", strerror(errno));
+      power_off();
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+}
+
+static void put_u32(uint8_t *p, uint32_t v) {
+  p[0] = v & 0xff, p[1] = (v >> 8) & 0xff, p[2] = (v >> 16) & 0xff, p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get_u32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* One frame, header and payload in a single write so frames never interleave. */
+static void send_frame(uint8_t type, uint32_t id, const void *payload, size_t len) {
+  static uint8_t buf[HDR_LEN + CHUNK + 64];
+  if (len > CHUNK + 64) len = CHUNK + 64;
+  put_u32(buf, (uint32_t)len);
+  buf[4] = PROTO_VERSION;
+  buf[5] = type;
+  buf[6] = buf[7] = 0;
+  put_u32(buf + 8, id);
+  if (len) memcpy(buf + HDR_LEN, payload, len);
+  write_all(chan, buf, HDR_LEN + len);
+}
+
+/* A payload of u32s and byte strings (u32 length + bytes). */
+struct out { uint8_t data[1024]; size_t len; };
+static void out_u32(struct out *o, uint32_t v) {
+  if (o->len + 4 <= sizeof o->data) put_u32(o->data + o->len, v), o->len += 4;
+}
+static void out_bytes(struct out *o, const char *s) {
+  size_t n = strlen(s);
+  if (n > sizeof o->data - o->len - 4) n = sizeof o->data - o->len - 4;
+  out_u32(o, (uint32_t)n);
+  memcpy(o->data + o->len, s, n);
+  o->len += n;
+}
+
+static void send_failed(uint32_t id, int err, const char *fmt, ...) {
+  char msg[600];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  struct out o = {.len = 0};
+  out_u32(&o, (uint32_t)err);
+  out_bytes(&o, msg);
+  send_frame(T_FAILED, id, o.data, o.len);
+}
+
+static void send_ready(void) {
+  struct utsname u;
+  uname(&u);
+  struct out o = {.len = 0};
+  out_u32(&o, PROTO_VERSION);
+  out_bytes(&o, u.release);
+  send_frame(T_READY, 0, o.data, o.len);
+}
+
+/* Bounds-checked reader of a payload: any overrun sets err and yields zeros. */
+struct in { const uint8_t *p; size_t left; bool err; };
+static uint32_t in_u32(struct in *r) {
+  if (r->left < 4) return r->err = true, 0;
+  uint32_t v = get_u32(r->p);
+  r->p += 4, r->left -= 4;
+  return v;
+}
+
+/* A byte string copied out with a NUL added; user data containing NUL is refused (execve cannot carry it). */
+static char *in_str(struct in *r) {
+  uint32_t n = in_u32(r);
+  if (r->err || n > r->left || memchr(r->p, 0, n)) return r->err = true, NULL;
+  char *s = malloc(n + 1);
+  if (!s) return r->err = true, NULL;
+  memcpy(s, r->p, n);
+  s[n] = 0;
+  r->p += n, r->left -= n;
+  return s;
+}
+
+/* "/dev/vportNpM" of the virtio-serial port named kindling.agent (no udev here to make the symlink). */
+static bool find_vport(char *dev, size_t size) {
+  DIR *d = opendir("/sys/class/virtio-ports");
+  if (!d) return false;
+  bool found = false;
+  for (struct dirent *e; !found && (e = readdir(d));) {
+    if (e->d_name[0] == '.') continue;
+    char path[300], name[64] = "";
+    snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, name, sizeof name - 1);
+    close(fd);
+    name[n > 0 ? n : 0] = 0;
+    name[strcspn(name, "\n")] = 0;
+    if (strcmp(name, "kindling.agent") == 0) {
+      snprintf(dev, size, "/dev/%.32s", e->d_name);
+      found = true;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+/* Firecracker: connect to the host (CID 2); its hybrid vsock delivers us to <uds_path>_<port>. */
+static int vsock_connect(unsigned port) {
+  for (int attempt = 0;; attempt++) {
+    int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) fatal("vsock socket: %s", strerror(errno));
+    struct sockaddr_vm addr = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = port};
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) == 0) return s;
+    if (attempt % 50 == 0) logmsg("agent: vsock connect to port %u: %s (retrying)", port, strerror(errno));
+    close(s);
+    usleep(attempt < 100 ? 20000 : 200000);
+  }
+}
+
+static void open_channel(void) {
+  const char *kind = opt("kindling.agent", "auto");
+  char dev[64];
+  bool want_serial = strcmp(kind, "virtio-serial") == 0;
+  bool serial = false;
+  /* the port's node appears shortly after virtio_console binds: give it a moment when asked for */
+  for (int i = 0; i < (want_serial ? 400 : 1) && !(serial = find_vport(dev, sizeof dev)); i++) usleep(5000);
+  if (serial && strcmp(kind, "vsock") != 0) {
+    if (!wait_for_path(dev, 5000)) fatal("agent port %s did not appear", dev);
+    chan = open(dev, O_RDWR | O_CLOEXEC);
+    if (chan < 0) fatal("open %s: %s", dev, strerror(errno));
+    logmsg("agent: virtio-serial %s", dev);
+  } else if (want_serial) {
+    fatal("no virtio-serial port named kindling.agent");
+  } else {
+    unsigned port = (unsigned)strtoul(opt("kindling.agent_port", "1024"), NULL, 10);
+    chan = vsock_connect(port);
+    logmsg("agent: vsock port %u", port);
+  }
+}
+
+/* ------------------------------------------------------------------ processes */
+
+struct stream { int fd; uint32_t credit; uint8_t type; };
+struct proc {
+  bool used, exited;
+  uint32_t id, status, sig;
+  pid_t pid;
+  struct stream out, err;
+  int in_fd;             /* write end of the process's stdin pipe, -1 when none or closed */
+  uint8_t *inbuf;        /* stdin bytes received but not yet written to the pipe */
+  size_t inlen;
+  bool in_eof;           /* host sent STDIN_EOF: close once inbuf is written */
+};
+static struct proc procs[MAX_PROCS];
+static pid_t first_pid; /* signals PID 1 receives go to the first process */
+
+static struct proc *find_proc(uint32_t id) {
+  for (int i = 0; i < MAX_PROCS; i++)
+    if (procs[i].used && procs[i].id == id) return &procs[i];
+  return NULL;
+}
+
+static void close_fd(int *fd) {
+  if (*fd >= 0) close(*fd);
+  *fd = -1;
+}
+
+static void free_proc(struct proc *p) {
+  close_fd(&p->out.fd);
+  close_fd(&p->err.fd);
+  close_fd(&p->in_fd);
+  free(p->inbuf);
+  memset(p, 0, sizeof *p);
+  p->out.fd = p->err.fd = p->in_fd = -1;
+}
+
+/*
+ * Move output from a pipe to the host while the stream has credit. After the process has exited, an
+ * empty pipe ends the stream even if an orphan still holds it open: orphans must not delay EXITED.
+ */
+static void pump(struct proc *p, struct stream *s) {
+  static uint8_t buf[CHUNK];
+  while (s->fd >= 0 && s->credit > 0) {
+    size_t want = s->credit < CHUNK ? s->credit : CHUNK;
+    ssize_t n = read(s->fd, buf, want);
+    if (n > 0) {
+      send_frame(s->type, p->id, buf, (size_t)n);
+      s->credit -= (uint32_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0 || errno != EAGAIN || p->exited) close_fd(&s->fd);
+    return;
+  }
+}
+
+static void try_finish(struct proc *p) {
+  if (!p->exited) return;
+  pump(p, &p->out);
+  pump(p, &p->err);
+  if (p->out.fd >= 0 || p->err.fd >= 0) return; /* waiting for credit */
+  uint8_t pl[8];
+  put_u32(pl, p->status);
+  put_u32(pl + 4, p->sig);
+  send_frame(T_EXITED, p->id, pl, sizeof pl);
+  free_proc(p);
+}
+
+static void reap(void) {
+  int st;
+  for (pid_t pid; (pid = waitpid(-1, &st, WNOHANG)) > 0;) {
+    for (int i = 0; i < MAX_PROCS; i++) {
+      struct proc *p = &procs[i];
+      if (!p->used || p->pid != pid) continue;
+      p->exited = true;
+      p->sig = WIFSIGNALED(st) ? (uint32_t)WTERMSIG(st) : 0;
+      p->status = WIFSIGNALED(st) ? 128 + p->sig : (uint32_t)WEXITSTATUS(st);
+      if (debug_on) logmsg("process %u (pid %d) exited: %u", p->id, pid, p->status);
+      try_finish(p);
+    }
+    /* anything else was an orphan re-parented to us: reaping it is all it needs */
+  }
+}
+
+struct start_req { uint32_t flags, uid, gid; char *cwd; char **argv; char **envp; };
+
+static void free_strv(char **v) {
+  for (char **p = v; p && *p; p++) free(*p);
+  free(v);
+}
+
+static char **in_strv(struct in *r) {
+  uint32_t n = in_u32(r);
+  if (r->err || n > r->left / 4) return r->err = true, NULL;
+  char **v = calloc(n + 1, sizeof *v);
+  for (uint32_t i = 0; v && i < n && !r->err; i++) v[i] = in_str(r);
+  if (!v || r->err) free_strv(v), v = NULL, r->err = true;
+  return v;
+}
+
+/* The child side of START: never returns; errors go back to the parent through errpipe. */
+static void exec_child(struct start_req *q, int in_rd, int out_wr, int err_wr, int errpipe) {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  signal(SIGPIPE, SIG_DFL);
+  setsid();
+  int step = 0;
+  if (dup2(in_rd, 0) < 0 || dup2(out_wr, 1) < 0 || dup2(err_wr, 2) < 0) goto fail;
+  step = 1;
+  if (chdir(*q->cwd ? q->cwd : "/") < 0) goto fail;
+  step = 2;
+  if (setgroups(0, NULL) < 0 || setgid(q->gid) < 0 || setuid(q->uid) < 0) goto fail;
+  step = 3;
+  /* execvpe searches the caller's PATH: give it the process's own */
+  const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  for (char **e = q->envp; *e; e++)
+    if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
+  setenv("PATH", path, 1);
+  execvpe(q->argv[0], q->argv, q->envp);
+fail:;
+  int info[2] = {step, errno};
+  if (write(errpipe, info, sizeof info) < 0) { /* parent gone: nothing to report to */ }
+  _exit(127);
+}
+
+static int nonblock(int fd) {
+  return fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+static void start_process(uint32_t id, struct in *r) {
+  struct start_req q = {0};
+  q.flags = in_u32(r), q.uid = in_u32(r), q.gid = in_u32(r);
+  q.cwd = in_str(r);
+  q.argv = in_strv(r);
+  q.envp = in_strv(r);
+  struct proc *p = NULL;
+  for (int i = 0; i < MAX_PROCS && !p; i++)
+    if (!procs[i].used) p = &procs[i];
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, ep[2] = {-1, -1};
+  if (r->err || !q.argv || !q.argv[0]) {
+    send_failed(id, EINVAL, "malformed START (arguments and env must not contain NUL bytes)");
+  } else if (find_proc(id) || !p) {
+    send_failed(id, EBUSY, find_proc(id) ? "process id %u in use" : "too many processes", id);
+  } else if ((q.flags & 1 ? pipe2(in, O_CLOEXEC) : (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC))) < 0 ||
+             pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) {
+    send_failed(id, errno, "pipe: %s", strerror(errno));
+  } else {
+    pid_t pid = fork();
+    if (pid == 0) exec_child(&q, in[0], out[1], err[1], ep[1]);
+    close_fd(&ep[1]);
+    int info[2] = {0, 0};
+    ssize_t n = pid < 0 ? -1 : read(ep[0], info, sizeof info);
+    static const char *steps[] = {"set up stdio", "chdir to", "set uid/gid for", "execute"};
+    if (pid < 0) {
+      send_failed(id, errno, "fork: %s", strerror(errno));
+    } else if (n == (ssize_t)sizeof info) {
+      /* the child reports why it could not exec; it exits 127 and is reaped as an unknown pid */
+      const char *what = info[0] == 1 ? q.cwd : q.argv[0];
+      send_failed(id, info[1], "cannot %s %s: %s", steps[info[0] & 3], what, strerror(info[1]));
+    } else {
+      memset(p, 0, sizeof *p);
+      p->used = true, p->id = id, p->pid = pid;
+      p->out = (struct stream){out[0], OUT_WINDOW, T_STDOUT};
+      p->err = (struct stream){err[0], OUT_WINDOW, T_STDERR};
+      p->in_fd = q.flags & 1 ? in[1] : -1;
+      out[0] = err[0] = in[1] = -1;
+      nonblock(p->out.fd), nonblock(p->err.fd);
+      if (p->in_fd >= 0) nonblock(p->in_fd);
+      if (!first_pid) first_pid = pid;
+      uint8_t pl[4];
+      put_u32(pl, (uint32_t)pid);
+      send_frame(T_STARTED, id, pl, 4);
+    }
+  }
+  int *fds[] = {&in[0], &in[1], &out[0], &out[1], &err[0], &err[1], &ep[0], &ep[1]};
+  for (int i = 0; i < 8; i++) close_fd(fds[i]);
+  free(q.cwd);
+  free_strv(q.argv);
+  free_strv(q.envp);
+}
+
+static void stdin_data(struct proc *p, const uint8_t *data, size_t len) {
+  if (!p || p->in_fd < 0) {
+    if (p) { /* stdin already closed: acknowledge so the host never waits on credit */
+      uint8_t pl[4];
+      put_u32(pl, (uint32_t)len);
+      send_frame(T_STDIN_CREDIT, p->id, pl, 4);
+    }
+    return;
+  }
+  uint8_t *nb = realloc(p->inbuf, p->inlen + len);
+  if (!nb) return;
+  memcpy(nb + p->inlen, data, len);
+  p->inbuf = nb;
+  p->inlen += len;
+}
+
+/* Write pending stdin into the pipe; credit back what was written (or dropped because the reader left). */
+static void flush_stdin(struct proc *p) {
+  size_t done = 0;
+  while (done < p->inlen) {
+    ssize_t n = write(p->in_fd, p->inbuf + done, p->inlen - done);
+    if (n > 0) done += (size_t)n;
+    else if (n < 0 && errno == EINTR) continue;
+    else if (n < 0 && errno == EAGAIN) break;
+    else { done = p->inlen; close_fd(&p->in_fd); } /* EPIPE: the process closed its stdin */
+  }
+  if (done) {
+    memmove(p->inbuf, p->inbuf + done, p->inlen - done);
+    p->inlen -= done;
+    uint8_t pl[4];
+    put_u32(pl, (uint32_t)done);
+    send_frame(T_STDIN_CREDIT, p->id, pl, 4);
+  }
+  if (p->inlen == 0 && p->in_eof) close_fd(&p->in_fd);
+}
+
+/* ------------------------------------------------------------------ configure (mounts, hostname) */
+
+static int do_mount(uint32_t kind, const char *src, const char *dst, const char *type, const char *data,
+                    uint32_t flags) {
+  unsigned long fl = flags & 1 ? MS_RDONLY : 0;
+  if (dst[0] != '/' || mkdir_p(dst, 0755) < 0) return errno ? errno : EINVAL;
+  int rc;
+  if (kind == 1) {
+    if (!wait_for_path(src, 5000)) return ENOENT;
+    rc = mount_block(src, dst, type, fl, *data ? data : NULL);
+  } else if (kind == 2) {
+    rc = mount(src, dst, "virtiofs", fl, *data ? data : NULL);
+  } else if (kind == 3) {
+    rc = mount("tmpfs", dst, "tmpfs", fl, *data ? data : NULL);
+  } else {
+    return EINVAL;
+  }
+  return rc < 0 ? errno : 0;
+}
+
+static void configure(struct in *r) {
+  char *hostname = in_str(r);
+  uint32_t n = in_u32(r);
+  int err = 0;
+  char msg[600] = "";
+  if (hostname && *hostname && sethostname(hostname, strlen(hostname)) < 0)
+    err = errno, snprintf(msg, sizeof msg, "sethostname: %s", strerror(errno));
+  for (uint32_t i = 0; i < n && !r->err && !err; i++) {
+    uint32_t kind = in_u32(r);
+    char *src = in_str(r), *dst = in_str(r), *type = in_str(r), *data = in_str(r);
+    uint32_t flags = in_u32(r);
+    if (!r->err && (err = do_mount(kind, src, dst, type, data, flags)))
+      snprintf(msg, sizeof msg, "mount %s on %s (%s): %s", src, dst, kind == 2 ? "virtiofs" : type, strerror(err));
+    else if (debug_on && !r->err)
+      logmsg("mounted %s on %s", src, dst);
+    free(src), free(dst), free(type), free(data);
+  }
+  if (r->err && !err) err = EINVAL, snprintf(msg, sizeof msg, "malformed CONFIGURE");
+  free(hostname);
+  if (err) logmsg("configure: %s", msg);
+  struct out o = {.len = 0};
+  out_u32(&o, (uint32_t)err);
+  out_bytes(&o, msg);
+  send_frame(T_CONFIGURED, 0, o.data, o.len);
+}
+
+/* ------------------------------------------------------------------ power off */
+
+static void power_off(void) {
+  logmsg("poweroff");
+  kill(-1, SIGTERM);
+  for (int i = 0; i < 50 && waitpid(-1, NULL, WNOHANG) >= 0; i++) usleep(10000);
+  kill(-1, SIGKILL);
+  while (waitpid(-1, NULL, WNOHANG) > 0) {}
+  sync();
+  reboot(halt_reboot ? RB_AUTOBOOT : RB_POWER_OFF);
+  for (;;) pause(); /* if the VMM cannot power off, at least never exit PID 1 */
+}
+
+/* ------------------------------------------------------------------ the event loop */
+
+static uint8_t *rxbuf;
+static size_t rxlen, rxcap;
+
+static void handle_frame(uint8_t type, uint32_t id, const uint8_t *pl, size_t len) {
+  struct in r = {pl, len, false};
+  struct proc *p = find_proc(id);
+  host_spoke = true;
+  switch (type) {
+  case T_CONFIGURE: configure(&r); break;
+  case T_START: start_process(id, &r); break;
+  case T_STDIN: stdin_data(p, pl, len); break;
+  case T_STDIN_EOF:
+    if (p) p->in_eof = true, flush_stdin(p);
+    break;
+  case T_SIGNAL: {
+    uint32_t sig = in_u32(&r);
+    if (p && !p->exited && kill(p->pid, (int)sig) < 0) logmsg("signal %u: %s", sig, strerror(errno));
+    break;
+  }
+  case T_OUTPUT_CREDIT:
+    if (p) {
+      p->out.credit += in_u32(&r);
+      p->err.credit += in_u32(&r);
+      if (p->exited) try_finish(p);
+    }
+    break;
+  case T_POWEROFF: power_off();
+  default: send_failed(0, EPROTO, "unknown message type 0x%02x", type);
+  }
+}
+
+/* Read what the channel has; dispatch complete frames. A closed channel means the host is gone. */
+static void read_channel(void) {
+  if (rxcap - rxlen < CHUNK) {
+    rxcap = rxcap ? rxcap * 2 : 2 * (MAX_PAYLOAD + HDR_LEN);
+    rxbuf = realloc(rxbuf, rxcap);
+    if (!rxbuf) fatal("out of memory");
+  }
+  ssize_t n = read(chan, rxbuf + rxlen, rxcap - rxlen);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n <= 0) {
+    logmsg("agent: host closed the channel");
+    power_off();
+  }
+  rxlen += (size_t)n;
+  size_t off = 0;
+  while (rxlen - off >= HDR_LEN) {
+    uint32_t len = get_u32(rxbuf + off);
+    if (len > MAX_PAYLOAD || rxbuf[off + 4] != PROTO_VERSION) {
+      logmsg("agent: protocol error (version %u, length %u)", rxbuf[off + 4], len);
+      power_off();
+    }
+    if (rxlen - off < HDR_LEN + len) break;
+    handle_frame(rxbuf[off + 5], get_u32(rxbuf + off + 8), rxbuf + off + HDR_LEN, len);
+    off += HDR_LEN + len;
+  }
+  memmove(rxbuf, rxbuf + off, rxlen - off);
+  rxlen -= off;
+}
+
+static void handle_signals(int sfd) {
+  struct signalfd_siginfo si;
+  while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+    if (si.ssi_signo == SIGCHLD) reap();
+    else if (first_pid > 0) kill(first_pid, (int)si.ssi_signo);
+  }
+}
+
+static void agent_loop(int sfd) {
+  struct pollfd pfds[2 + 3 * MAX_PROCS];
+  struct { struct proc *p; int what; } owners[2 + 3 * MAX_PROCS];
+  long last_ready = uptime_ms();
+  for (;;) {
+    int n = 0;
+    pfds[n++] = (struct pollfd){.fd = chan, .events = POLLIN};
+    pfds[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+    for (int i = 0; i < MAX_PROCS; i++) {
+      struct proc *p = &procs[i];
+      if (!p->used) continue;
+      if (p->out.fd >= 0 && p->out.credit) owners[n].p = p, owners[n].what = 0, pfds[n++] = (struct pollfd){p->out.fd, POLLIN, 0};
+      if (p->err.fd >= 0 && p->err.credit) owners[n].p = p, owners[n].what = 1, pfds[n++] = (struct pollfd){p->err.fd, POLLIN, 0};
+      if (p->in_fd >= 0 && p->inlen) owners[n].p = p, owners[n].what = 2, pfds[n++] = (struct pollfd){p->in_fd, POLLOUT, 0};
+    }
+    int rc = poll(pfds, (nfds_t)n, host_spoke ? -1 : 500);
+    if (rc < 0 && errno != EINTR) fatal("poll: %s", strerror(errno));
+    if (!host_spoke && uptime_ms() - last_ready >= 500) send_ready(), last_ready = uptime_ms();
+    if (rc <= 0) continue;
+    /* output first, then reaping: a process's last output precedes its EXITED */
+    for (int i = 2; i < n; i++) {
+      if (!pfds[i].revents) continue;
+      struct proc *p = owners[i].p;
+      if (!p->used) continue;
+      if (owners[i].what == 0) pump(p, &p->out);
+      else if (owners[i].what == 1) pump(p, &p->err);
+      else if (p->in_fd == pfds[i].fd) flush_stdin(p);
+    }
+    if (pfds[1].revents) handle_signals(sfd);
+    if (pfds[0].revents & POLLIN) read_channel();
+    else if (pfds[0].revents & (POLLHUP | POLLERR)) {
+      logmsg("agent: channel hung up");
+      power_off();
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ main */
+
+/* The kernel may start us without fds 0-2 (no /dev/console in the initramfs): open the console. */
+static void ensure_console(void) {
+  if (fcntl(2, F_GETFD) >= 0) return;
+  int fd = open("/dev/console", O_RDWR);
+  if (fd < 0) return;
+  for (int i = 0; i < 3; i++)
+    if (fd != i) dup2(fd, i);
+  if (fd > 2) close(fd);
+}
+
+int main(void) {
+  if (getpid() != 1) {
+    fprintf(stderr, "kindling-init runs as PID 1 inside a Kindling VM\n");
+    return 2;
+  }
+  bool from_initramfs = root_is_initramfs();
+  if (from_initramfs) {
+    mkdir("/dev", 0755);
+    mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+    ensure_console();
+    umount2("/dev", MNT_DETACH); /* stage1 mounts it again, in order */
+    stage1();
+  } else {
+    ensure_console();
+    mkdir("/proc", 0755);
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+    read_cmdline();
+    logmsg("stage1: root mounted by the kernel");
+  }
+  stage2(from_initramfs);
+
+  /* Signals arrive through a signalfd so the event loop handles them in order with everything else. */
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t set;
+  sigemptyset(&set);
+  int sigs[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+  for (unsigned i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaddset(&set, sigs[i]);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (sfd < 0) fatal("signalfd: %s", strerror(errno));
+  for (int i = 0; i < MAX_PROCS; i++) procs[i].out.fd = procs[i].err.fd = procs[i].in_fd = -1;
+
+  open_channel();
+  send_ready();
+  logmsg("agent: ready");
+  agent_loop(sfd);
+}

@@ -1,0 +1,2 @@
+export { AgentClient, GuestProcess, type ProcessExit, type ProcessIo, type ReadyInfo } from "./client.js";
+export * from "./protocol.js";

@@ -1,0 +1,182 @@
+/**
+ * The agent wire format, version 1 (docs/guest.md is the reference; guest/init.c the other side).
+ * A frame: u32 payload length, u8 version, u8 type, u16 flags (0), u32 id, payload. Little-endian.
+ */
+import { KindlingError } from "../../util/errors.js";
+
+export const PROTOCOL_VERSION = 1;
+export const HEADER_LENGTH = 12;
+export const MAX_PAYLOAD = 1 << 20;
+/** Initial credit per output stream, and the host's stdin window. */
+export const OUTPUT_WINDOW = 256 * 1024;
+export const STDIN_WINDOW = 256 * 1024;
+/** Largest data chunk the host puts in one STDIN frame. */
+export const CHUNK = 64 * 1024;
+
+export const MsgType = {
+  READY: 0x01,
+  CONFIGURE: 0x10,
+  CONFIGURED: 0x11,
+  START: 0x20,
+  STARTED: 0x21,
+  STDOUT: 0x22,
+  STDERR: 0x23,
+  STDIN_CREDIT: 0x24,
+  EXITED: 0x25,
+  STDIN: 0x26,
+  STDIN_EOF: 0x27,
+  SIGNAL: 0x28,
+  OUTPUT_CREDIT: 0x29,
+  FAILED: 0x2f,
+  POWEROFF: 0x30,
+} as const;
+export type MsgType = (typeof MsgType)[keyof typeof MsgType];
+
+export interface Frame {
+  type: number;
+  id: number;
+  payload: Buffer;
+}
+
+/** Bytes or text; text is UTF-8 encoded. Any bytes are carried intact (the guest refuses NUL in args/env). */
+export type Bytes = string | Buffer;
+
+export const MountKind = { block: 1, virtiofs: 2, tmpfs: 3 } as const;
+
+export interface GuestMount {
+  kind: keyof typeof MountKind;
+  /** /dev/vdX for block, the tag for virtiofs, ignored for tmpfs */
+  source: string;
+  /** absolute path inside the container's root; created if missing */
+  target: string;
+  /** block: ext4, squashfs or auto */
+  fstype?: string;
+  /** the mount data string, e.g. "size=64m" */
+  options?: string;
+  readOnly?: boolean;
+}
+
+/** What the guest sets up before the first process: sent in CONFIGURE. */
+export interface GuestConfig {
+  hostname?: string;
+  mounts?: GuestMount[];
+}
+
+export interface ProcessSpec {
+  args: Bytes[];
+  /** "K=V" entries; the guest adds nothing (the host supplies PATH) */
+  env?: Bytes[];
+  cwd?: Bytes;
+  uid?: number;
+  gid?: number;
+}
+
+export function encodeFrame(type: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  if (payload.length > MAX_PAYLOAD)
+    throw new KindlingError(`agent message too large (${payload.length} bytes)`);
+  const header = Buffer.alloc(HEADER_LENGTH);
+  header.writeUInt32LE(payload.length, 0);
+  header.writeUInt8(PROTOCOL_VERSION, 4);
+  header.writeUInt8(type, 5);
+  header.writeUInt16LE(0, 6);
+  header.writeUInt32LE(id >>> 0, 8);
+  return Buffer.concat([header, payload]);
+}
+
+/** Builds a payload of u32s and length-prefixed byte strings. */
+export class PayloadWriter {
+  private readonly parts: Buffer[] = [];
+  u32(v: number): this {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v >>> 0);
+    this.parts.push(b);
+    return this;
+  }
+  bytes(v: Bytes): this {
+    const b = typeof v === "string" ? Buffer.from(v, "utf8") : v;
+    this.u32(b.length);
+    this.parts.push(b);
+    return this;
+  }
+  list(vs: Bytes[]): this {
+    this.u32(vs.length);
+    for (const v of vs) this.bytes(v);
+    return this;
+  }
+  done(): Buffer {
+    return Buffer.concat(this.parts);
+  }
+}
+
+export class PayloadReader {
+  private off = 0;
+  constructor(private readonly buf: Buffer) {}
+  u32(): number {
+    if (this.off + 4 > this.buf.length) throw new KindlingError("agent: truncated message");
+    const v = this.buf.readUInt32LE(this.off);
+    this.off += 4;
+    return v;
+  }
+  bytes(): Buffer {
+    const n = this.u32();
+    if (this.off + n > this.buf.length) throw new KindlingError("agent: truncated message");
+    const v = this.buf.subarray(this.off, this.off + n);
+    this.off += n;
+    return v;
+  }
+}
+
+/** Incremental frame parser: feed it chunks of the stream, get whole frames back. */
+export class FrameDecoder {
+  private buf: Buffer = Buffer.alloc(0);
+  push(chunk: Buffer): Frame[] {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    const frames: Frame[] = [];
+    let off = 0;
+    while (this.buf.length - off >= HEADER_LENGTH) {
+      const len = this.buf.readUInt32LE(off);
+      const version = this.buf.readUInt8(off + 4);
+      if (version !== PROTOCOL_VERSION)
+        throw new KindlingError(`agent: unsupported protocol version ${version}`);
+      if (len > MAX_PAYLOAD) throw new KindlingError(`agent: message of ${len} bytes exceeds the limit`);
+      if (this.buf.length - off < HEADER_LENGTH + len) break;
+      frames.push({
+        type: this.buf.readUInt8(off + 5),
+        id: this.buf.readUInt32LE(off + 8),
+        // copy: the frame outlives this buffer
+        payload: Buffer.from(this.buf.subarray(off + HEADER_LENGTH, off + HEADER_LENGTH + len)),
+      });
+      off += HEADER_LENGTH + len;
+    }
+    this.buf = this.buf.subarray(off);
+    return frames;
+  }
+}
+
+export function encodeConfigure(cfg: GuestConfig): Buffer {
+  const w = new PayloadWriter().bytes(cfg.hostname ?? "");
+  const mounts = cfg.mounts ?? [];
+  w.u32(mounts.length);
+  for (const m of mounts) {
+    if (!m.target.startsWith("/")) throw new KindlingError(`mount target must be absolute: ${m.target}`);
+    w.u32(MountKind[m.kind])
+      .bytes(m.source)
+      .bytes(m.target)
+      .bytes(m.fstype ?? (m.kind === "block" ? "auto" : ""))
+      .bytes(m.options ?? "")
+      .u32(m.readOnly ? 1 : 0);
+  }
+  return w.done();
+}
+
+export function encodeStart(p: ProcessSpec, stdinPipe: boolean): Buffer {
+  if (p.args.length === 0) throw new KindlingError("no command to run");
+  return new PayloadWriter()
+    .u32(stdinPipe ? 1 : 0)
+    .u32(p.uid ?? 0)
+    .u32(p.gid ?? 0)
+    .bytes(p.cwd ?? "")
+    .list(p.args)
+    .list(p.env ?? [])
+    .done();
+}
