@@ -1,0 +1,142 @@
+/**
+ * Host facts `kindling doctor` reports: binaries and their versions, devices, kernel features, the guest
+ * kernel. Each check is independent and async; they run concurrently and never throw.
+ */
+import { readFile, stat } from "node:fs/promises";
+import path from "node:path";
+import { exec } from "../util/exec.js";
+import type { KindlingHome } from "../util/home.js";
+import { findExecutable } from "../vm/firecracker/process.js";
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+const sbin = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/** An executable by name on PATH (plus the sbin directories, often missing from PATH) or by path. */
+export async function locate(name: string): Promise<string | undefined> {
+  if (name.includes("/")) return findExecutable(name);
+  return (await findExecutable(name)) ?? (await firstOf(sbin.map((d) => path.join(d, name))));
+}
+
+async function firstOf(paths: string[]): Promise<string | undefined> {
+  for (const p of paths) {
+    const found = await findExecutable(p);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/** A binary and the first line of its version output. */
+export async function binaryCheck(
+  label: string,
+  name: string,
+  versionArgs: string[],
+  pick: (out: string) => string | undefined = firstLine,
+): Promise<Check & { path?: string }> {
+  const bin = await locate(name);
+  if (!bin) return { name: label, ok: false, detail: `${name} not found on PATH` };
+  const res = await exec(bin, versionArgs, { allowFailure: true, timeout: 5000 }).catch((e: Error) => ({
+    stdout: "",
+    stderr: e.message,
+    code: 1,
+  }));
+  const version = pick(`${res.stdout}\n${res.stderr}`);
+  if (!version)
+    return {
+      name: label,
+      ok: false,
+      path: bin,
+      detail: `${bin} did not print a version: ${firstLine(res.stderr) ?? `status ${res.code}`}`,
+    };
+  return { name: label, ok: true, path: bin, detail: `${version} (${bin})` };
+}
+
+function firstLine(s: string): string | undefined {
+  return s
+    .split("\n")
+    .map((l) => l.trim())
+    .find((l) => l.length > 0);
+}
+
+export async function deviceCheck(label: string, dev: string, purpose: string): Promise<Check> {
+  const st = await stat(dev).catch(() => null);
+  if (!st) return { name: label, ok: false, detail: `${dev} does not exist (${purpose})` };
+  return { name: label, ok: true, detail: `${dev} present (${purpose})` };
+}
+
+/** A file system the kernel can mount now (/proc/filesystems) or as a module (modules.dep). */
+export async function filesystemCheck(fs: string, purpose: string): Promise<Check> {
+  const filesystems = await readFile("/proc/filesystems", "utf8").catch(() => "");
+  if (filesystems.split("\n").some((l) => l.trim().split(/\s+/).pop() === fs)) {
+    return { name: fs, ok: true, detail: `${fs} supported by the host kernel (${purpose})` };
+  }
+  const release = (await readFile("/proc/sys/kernel/osrelease", "utf8").catch(() => "")).trim();
+  const dep = await readFile(`/lib/modules/${release}/modules.dep`, "utf8").catch(() => "");
+  if (new RegExp(`/${fs}\\.ko`).test(dep)) {
+    return { name: fs, ok: true, detail: `${fs} available as a module (${purpose})` };
+  }
+  return { name: fs, ok: false, detail: `the host kernel does not support ${fs} (${purpose})` };
+}
+
+/** A free loop device: runc/runsc mount the image's block file through one. */
+export async function loopCheck(): Promise<Check> {
+  if (!(await stat("/dev/loop-control").catch(() => null))) {
+    return { name: "loop devices", ok: false, detail: "/dev/loop-control does not exist" };
+  }
+  const losetup = await locate("losetup");
+  if (!losetup) return { name: "loop devices", ok: false, detail: "losetup (util-linux) not found" };
+  const res = await exec(losetup, ["-f"], { allowFailure: true, timeout: 5000 });
+  return res.code === 0
+    ? { name: "loop devices", ok: true, detail: `free loop device ${res.stdout.trim()}` }
+    : {
+        name: "loop devices",
+        ok: false,
+        detail: `losetup -f: ${firstLine(res.stderr) ?? `status ${res.code}`}`,
+      };
+}
+
+/** fuse-native needs Debian's libfuse2 (libfuse.so.2) at run time. */
+export async function libfuseCheck(): Promise<Check> {
+  const ldconfig = await locate("ldconfig");
+  const res = ldconfig ? await exec(ldconfig, ["-p"], { allowFailure: true, timeout: 5000 }) : undefined;
+  const line = res?.stdout.split("\n").find((l) => l.includes("libfuse.so.2"));
+  return line
+    ? { name: "libfuse2", ok: true, detail: `${line.trim().split(" => ").pop()} (the lazy FUSE file)` }
+    : {
+        name: "libfuse2",
+        ok: false,
+        detail: "libfuse.so.2 not found (apt-get install libfuse2): the lazy FUSE file needs it",
+      };
+}
+
+/** The guest kernel: cached under $KINDLING_HOME/kernel, else fetchable with apt (src/vm/kernel.ts). */
+export async function guestKernelCheck(home: KindlingHome): Promise<Check> {
+  const name = "guest kernel";
+  try {
+    const k = JSON.parse(await readFile(path.join(home.kernel, "current.json"), "utf8")) as {
+      vmlinux: string;
+      version: string;
+    };
+    await stat(k.vmlinux);
+    return { name, ok: true, detail: `${k.version} cached (${k.vmlinux})` };
+  } catch {
+    // not cached: can apt fetch it?
+  }
+  const res = await exec("apt-cache", ["depends", "linux-image-cloud-amd64"], {
+    allowFailure: true,
+    timeout: 10_000,
+  }).catch(() => undefined);
+  const pkg = res && /Depends:\s*(linux-image-[0-9]\S*)/.exec(res.stdout)?.[1];
+  return pkg
+    ? { name, ok: true, detail: `not cached; fetched with apt on first use (${pkg})` }
+    : {
+        name,
+        ok: false,
+        detail:
+          "not cached, and apt knows no linux-image-cloud-amd64 (run apt-get update, or boot your own kernel)",
+      };
+}

@@ -1,0 +1,215 @@
+/**
+ * `kindling doctor`: for each runtime, can this host run it, and if not, why. Built from the host
+ * checks (checks.ts, kvm.ts); printed as a table or as JSON.
+ */
+import { KindlingHome } from "../util/home.js";
+import { FIRECRACKER_MISSING, findExecutable, firecrackerVersion } from "../vm/firecracker/process.js";
+import {
+  binaryCheck,
+  type Check,
+  deviceCheck,
+  filesystemCheck,
+  guestKernelCheck,
+  libfuseCheck,
+  locate,
+  loopCheck,
+} from "./checks.js";
+import { type KvmFacts, kvmFacts } from "./kvm.js";
+
+export type DoctorRuntime = "runc" | "runsc" | "qemu-kvm" | "qemu-tcg" | "firecracker";
+
+export interface RuntimeStatus {
+  runtime: DoctorRuntime;
+  /** How `kindling run --runtime` names it. */
+  runName: "runc" | "runsc" | "qemu" | "firecracker";
+  usable: boolean;
+  /** Why not (the failed requirements), or what it runs with. */
+  reason: string;
+  /** Names of the checks it needs. */
+  requires: string[];
+  /** Optional features this host lacks (e.g. --rootfs lazy without FUSE). */
+  notes: string[];
+}
+
+export interface DoctorReport {
+  runtimes: RuntimeStatus[];
+  checks: Check[];
+  kvm: KvmFacts;
+  /** What `kindling run` picks for a VM when no --runtime is given. */
+  defaultVmm: "firecracker" | "qemu";
+}
+
+export interface DoctorOptions {
+  home?: KindlingHome;
+}
+
+export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
+  const home = opts.home ?? new KindlingHome();
+  const qemuPath = await locate("qemu-system-x86_64");
+  const [
+    runc,
+    runsc,
+    qemu,
+    firecracker,
+    jailer,
+    virtiofsd,
+    mksquashfs,
+    mkfs,
+    kvm,
+    vsock,
+    fuse,
+    libfuse,
+    loop,
+    overlay,
+    squashfs,
+    kernel,
+  ] = await Promise.all([
+    binaryCheck("runc", "runc", ["--version"]),
+    binaryCheck("runsc", "runsc", ["--version"]),
+    binaryCheck("qemu-system-x86_64", "qemu-system-x86_64", ["--version"]),
+    firecrackerCheck(),
+    binaryCheck("jailer", process.env.KINDLING_JAILER ?? "jailer", ["--version"]),
+    binaryCheck("virtiofsd", "/usr/lib/qemu/virtiofsd", ["--version"]),
+    binaryCheck("mksquashfs", "mksquashfs", ["-version"]),
+    binaryCheck("mkfs.ext4", "mkfs.ext4", ["-V"]),
+    kvmFacts({ qemu: qemuPath }),
+    deviceCheck(
+      "/dev/vhost-vsock",
+      "/dev/vhost-vsock",
+      "vsock under QEMU; Kindling uses virtio-serial there, so optional",
+    ),
+    deviceCheck("/dev/fuse", "/dev/fuse", "the lazy FUSE file"),
+    libfuseCheck(),
+    loopCheck(),
+    filesystemCheck("overlay", "the writable layer of runc/runsc"),
+    filesystemCheck("squashfs", "mounting block images on the host"),
+    guestKernelCheck(home),
+  ]);
+  const kvmCheck: Check = { name: "/dev/kvm", ok: kvm.usable, detail: kvm.detail };
+  const checks: Check[] = [
+    runc,
+    runsc,
+    qemu,
+    firecracker,
+    jailer,
+    virtiofsd,
+    mksquashfs,
+    mkfs,
+    kvmCheck,
+    vsock,
+    fuse,
+    libfuse,
+    loop,
+    overlay,
+    squashfs,
+    kernel,
+  ].map(({ name, ok, detail }) => ({ name, ok, detail }));
+
+  const lazyNotes = (): string[] => {
+    const missing = [fuse, libfuse].filter((c) => !c.ok);
+    return missing.length ? [`--rootfs lazy unavailable: ${missing.map((c) => c.detail).join("; ")}`] : [];
+  };
+  const status = (
+    runtime: DoctorRuntime,
+    runName: RuntimeStatus["runName"],
+    requires: Check[],
+    good: string,
+    notes: string[],
+  ): RuntimeStatus => {
+    const failed = requires.filter((c) => !c.ok);
+    return {
+      runtime,
+      runName,
+      usable: failed.length === 0,
+      reason: failed.length === 0 ? good : failed.map((c) => c.detail).join("; "),
+      requires: requires.map((c) => c.name),
+      notes,
+    };
+  };
+  const hostStorage = [loop, overlay, squashfs];
+  const version = (c: Check) => c.detail.replace(/ \(\/.*\)$/, "");
+  const runtimes = [
+    status("runc", "runc", [runc, ...hostStorage], version(runc), lazyNotes()),
+    status("runsc", "runsc", [runsc, ...hostStorage], `${version(runsc)}, --platform=ptrace`, lazyNotes()),
+    status("qemu-kvm", "qemu", [qemu, kvmCheck, kernel], `${version(qemu)} with KVM`, [
+      ...(virtiofsd.ok ? [] : [`--rootfs virtiofs unavailable: ${virtiofsd.detail}`]),
+      ...lazyNotes(),
+    ]),
+    status("qemu-tcg", "qemu", [qemu, kernel], `${version(qemu)} with TCG (software emulation, slower)`, [
+      ...(virtiofsd.ok ? [] : [`--rootfs virtiofs unavailable: ${virtiofsd.detail}`]),
+      ...lazyNotes(),
+    ]),
+    status(
+      "firecracker",
+      "firecracker",
+      [firecracker, kvmCheck, kernel],
+      `${version(firecracker)} with KVM`,
+      [
+        ...(jailer.ok ? [] : ["jailer not found: --jailer unavailable"]),
+        "no virtio-fs in Firecracker: --rootfs virtiofs needs QEMU",
+        ...lazyNotes(),
+      ],
+    ),
+  ];
+  const fc = runtimes.find((r) => r.runtime === "firecracker")!;
+  return { runtimes, checks, kvm, defaultVmm: fc.usable ? "firecracker" : "qemu" };
+}
+
+async function firecrackerCheck(): Promise<Check> {
+  const bin = await findExecutable(process.env.KINDLING_FIRECRACKER ?? "firecracker");
+  if (!bin)
+    return {
+      name: "firecracker",
+      ok: false,
+      detail: FIRECRACKER_MISSING.replace(/; run `kindling doctor`$/, ""),
+    };
+  try {
+    return {
+      name: "firecracker",
+      ok: true,
+      detail: `Firecracker v${await firecrackerVersion(bin)} (${bin})`,
+    };
+  } catch (err) {
+    return { name: "firecracker", ok: false, detail: `${bin} --version failed: ${(err as Error).message}` };
+  }
+}
+
+/**
+ * The VMM `kindling run` uses when none is named: Firecracker where it is installed and KVM really runs
+ * guests, else QEMU (which falls back to TCG). Cheap when firecracker is absent: no KVM probe then.
+ */
+export async function pickDefaultVmm(): Promise<"firecracker" | "qemu"> {
+  const fc = await findExecutable(process.env.KINDLING_FIRECRACKER ?? "firecracker");
+  if (!fc) return "qemu";
+  const kvm = await kvmFacts({ qemu: await locate("qemu-system-x86_64") });
+  return kvm.usable ? "firecracker" : "qemu";
+}
+
+const LABELS: Record<DoctorRuntime, string> = {
+  runc: "runc",
+  runsc: "runsc (gVisor)",
+  "qemu-kvm": "qemu (kvm)",
+  "qemu-tcg": "qemu (tcg)",
+  firecracker: "firecracker",
+};
+
+/** The human report: one row per runtime, then every host check. */
+export function formatReport(r: DoctorReport): string {
+  const lines: string[] = [];
+  const w = Math.max(...Object.values(LABELS).map((l) => l.length)) + 2;
+  lines.push(`${"RUNTIME".padEnd(w)}${"USABLE".padEnd(8)}WHY`);
+  for (const rt of r.runtimes) {
+    lines.push(`${LABELS[rt.runtime].padEnd(w)}${(rt.usable ? "yes" : "no").padEnd(8)}${rt.reason}`);
+    for (const n of rt.notes) lines.push(`${"".padEnd(w + 8)}note: ${n}`);
+  }
+  lines.push("");
+  const cw = Math.max(...r.checks.map((c) => c.name.length)) + 2;
+  lines.push(`${"CHECK".padEnd(cw)}${"OK".padEnd(5)}DETAIL`);
+  for (const c of r.checks) lines.push(`${c.name.padEnd(cw)}${(c.ok ? "ok" : "--").padEnd(5)}${c.detail}`);
+  lines.push("");
+  const fc = r.runtimes.find((x) => x.runtime === "firecracker")!;
+  lines.push(
+    `default VMM for \`kindling run\`: ${r.defaultVmm}${r.defaultVmm === "qemu" ? ` (firecracker: ${fc.reason})` : ""}`,
+  );
+  return `${lines.join("\n")}\n`;
+}
