@@ -8,6 +8,7 @@ import { gzipSync } from "node:zlib";
 import { RegistryChunkSource } from "../src/registry/chunks.js";
 import { pullFromRegistry } from "../src/registry/pull.js";
 import { KindlingError } from "../src/util/errors.js";
+import { exec } from "../src/util/exec.js";
 import {
   type Descriptor,
   loadOciLayout,
@@ -95,7 +96,27 @@ before(async () => {
   const gzOnly = await layout.image([layerBlobs[0]!], { config });
   await layout.tag(gzOnly, "gz");
 
+  // The same busybox, built the way umoci builds layouts (its own layer and config encoding).
+  const um = path.join(work, "umoci");
+  const bundle = path.join(work, "bundle");
+  await exec("umoci", ["init", "--layout", um]);
+  await exec("umoci", ["new", "--image", `${um}:bb`]);
+  await exec("umoci", ["unpack", "--image", `${um}:bb`, bundle]);
+  await mkdir(path.join(bundle, "rootfs", "bin"), { recursive: true });
+  await copyFile("/bin/busybox", path.join(bundle, "rootfs", "bin", "busybox"));
+  await exec("umoci", ["repack", "--image", `${um}:bb`, bundle]);
+  await exec("umoci", [
+    "config",
+    "--image",
+    `${um}:bb`,
+    "--config.entrypoint",
+    "/bin/busybox",
+    "--config.cmd",
+    "sh",
+  ]);
+
   await Promise.all([
+    loadOciLayout(reg, um, "bb", "test/umoci"),
     loadOciLayout(reg, layout.dir, "layers", "test/layers"),
     loadOciLayout(reg, layout.dir, "multi", "test/multi"),
     loadOciLayout(reg, layout.dir, "corrupt", "test/corrupt"),
@@ -141,6 +162,16 @@ describe("pullFromRegistry", () => {
       await r.dispose();
     }
     assert.deepEqual(await readdir(tmpDir), [], "dispose removes the layers");
+  });
+
+  test("an image built by umoci from busybox-static", async () => {
+    const r = await pullImage(`${reg.host}/test/umoci:bb`);
+    await r.dispose();
+    const cfg = r.configJson as { config: { Entrypoint: string[]; Cmd: string[] } };
+    assert.deepEqual(cfg.config.Entrypoint, ["/bin/busybox"]);
+    assert.deepEqual(cfg.config.Cmd, ["sh"]);
+    assert.equal(r.layers.length, 1);
+    assert.equal(r.layers[0]!.mediaType, MT.layerGzip);
   });
 
   test("an image index resolves to linux/amd64, skipping other platforms and attestations", async () => {
