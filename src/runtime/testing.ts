@@ -1,0 +1,85 @@
+/** Helpers for tests and benchmarks of runtimes: a busybox SquashFS image and leak checks. */
+import { chmod, copyFile, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import type { Readable } from "node:stream";
+import { exec } from "../util/exec.js";
+import { mountsUnder } from "./mounts.js";
+
+/**
+ * Builds a small image tree from the host's static busybox: /bin/<applet> links, a root and an
+ * "app" user (1000:1000, also in group "extra" 2000), /tmp, and /data/hello.
+ */
+export async function buildBusyboxTree(dir: string): Promise<void> {
+  for (const d of ["bin", "etc", "tmp", "data", "root", "home/app"]) {
+    await mkdir(path.join(dir, d), { recursive: true });
+  }
+  await copyFile("/bin/busybox", path.join(dir, "bin/busybox"));
+  await chmod(path.join(dir, "bin/busybox"), 0o755);
+  const applets = (await exec("/bin/busybox", ["--list"])).stdout.split("\n").filter(Boolean);
+  for (const a of applets) {
+    if (a !== "busybox") await symlink("busybox", path.join(dir, "bin", a));
+  }
+  await chmod(path.join(dir, "tmp"), 0o1777);
+  await writeFile(
+    path.join(dir, "etc/passwd"),
+    "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+  );
+  await writeFile(path.join(dir, "etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n");
+  await writeFile(path.join(dir, "data/hello"), "hello from the image\n");
+}
+
+/** A SquashFS of `tree` at `file` (zstd level 3, as images are built). */
+export async function makeSquashfs(tree: string, file: string): Promise<void> {
+  await exec("mksquashfs", [
+    tree,
+    file,
+    "-noappend",
+    "-quiet",
+    "-no-progress",
+    "-comp",
+    "zstd",
+    "-Xcompression-level",
+    "3",
+  ]);
+}
+
+/** Reads a stream to its end as text. */
+export async function readAll(stream: Readable | null): Promise<string> {
+  if (!stream) return "";
+  const parts: Buffer[] = [];
+  for await (const chunk of stream) parts.push(chunk as Buffer);
+  return Buffer.concat(parts).toString();
+}
+
+/**
+ * What a run under `home` might have left on the host: mounts under it, loop devices on `imageFile`,
+ * processes naming it (runc, runsc, containers' runtime shims), and run dirs. Empty when clean.
+ */
+export async function leftovers(home: string, imageFile: string, ids: string[] = []): Promise<string[]> {
+  const out: string[] = [];
+  for (const m of await mountsUnder(home)) out.push(`mount ${m.mountPoint}`);
+  const loops = (await exec("losetup", ["-j", imageFile])).stdout.trim();
+  if (loops) out.push(`loop ${loops}`);
+  for (const pid of await readdir("/proc")) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    const cmd = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    if (cmd.includes(`${home}/run/`)) out.push(`process ${pid}: ${cmd.replaceAll("\0", " ")}`);
+    const cgroup = await readFile(`/proc/${pid}/cgroup`, "utf8").catch(() => "");
+    for (const id of ids) {
+      if (cgroup.includes(`/kindling/${id}\n`)) out.push(`process ${pid} of container ${id}`);
+    }
+  }
+  for (const id of ids) {
+    const dir = `/sys/fs/cgroup/memory/kindling/${id}`;
+    if (
+      await stat(dir).then(
+        () => true,
+        () => false,
+      )
+    )
+      out.push(`cgroup ${dir}`);
+  }
+  const runs = await readdir(path.join(home, "run")).catch(() => []);
+  for (const r of runs) out.push(`run dir ${r}`);
+  return out;
+}

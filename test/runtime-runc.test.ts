@@ -1,0 +1,309 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { resolveImage } from "../src/runtime/image.js";
+import { runContainer } from "../src/runtime/lifecycle.js";
+import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import { getRuntime } from "../src/runtime/registry.js";
+import { cleanupStaleRuns } from "../src/runtime/rundir.js";
+import { buildBusyboxTree, leftovers, makeSquashfs, readAll } from "../src/runtime/testing.js";
+import { KindlingHome } from "../src/util/home.js";
+
+const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
+let tmp: string;
+let home: KindlingHome;
+let image: string;
+const ids: string[] = [];
+
+before(async () => {
+  tmp = await mkdtemp(path.join(tmpdir(), "kindling-runc-"));
+  home = new KindlingHome(path.join(tmp, "home"));
+  await buildBusyboxTree(path.join(tmp, "tree"));
+  image = path.join(tmp, "busybox.sqfs");
+  await makeSquashfs(path.join(tmp, "tree"), image);
+});
+
+after(async () => {
+  // Whatever a failed test left: release it, so no test run leaves mounts or containers behind.
+  await cleanupStaleRuns(home).catch(() => {});
+  const left = await leftovers(home.root, image, ids);
+  await rm(tmp, { recursive: true, force: true });
+  assert.deepEqual(left, []);
+});
+
+interface Ran {
+  id: string;
+  status: number;
+  stdout: string;
+  stderr: string;
+  notes: string[];
+  message?: string;
+  stoppedBy?: string;
+}
+
+/** Runs a container through the API with piped stdio. */
+async function run(command: string[], flags: RawRunFlags = {}): Promise<Ran> {
+  const options = await parseRunOptions(image, command, { stopTimeout: "0.5", ...flags });
+  const notes: string[] = [];
+  const handle = runContainer({
+    home,
+    options,
+    image: await resolveImage(home, image),
+    runtime: getRuntime(options.runtime, options.rootfs),
+    stdio: { stdout: "pipe", stderr: "pipe" },
+    notify: (m) => notes.push(m),
+  });
+  const started = await handle.started.catch(async (err) => {
+    await handle.result.catch(() => {});
+    throw err;
+  });
+  const [stdout, stderr, result] = await Promise.all([
+    readAll(started.stdout),
+    readAll(started.stderr),
+    handle.result,
+  ]);
+  ids.push(result.id);
+  return { ...result, stdout, stderr, notes };
+}
+
+async function assertClean(): Promise<void> {
+  assert.deepEqual(await leftovers(home.root, image, ids), []);
+}
+
+test("stdout and stderr stay apart; status 0 and 3 pass through", async () => {
+  const r = await run(["sh", "-c", "echo out; echo err >&2; echo out2"]);
+  assert.equal(r.stdout, "out\nout2\n");
+  assert.equal(r.stderr, "err\n");
+  assert.equal(r.status, 0);
+  const r3 = await run(["sh", "-c", "exit 3"]);
+  assert.equal(r3.status, 3);
+  await assertClean();
+});
+
+test("a process killed by a signal (OOM kill under --memory) gives 128+n; limits reach the cgroup", async () => {
+  const limits = await run(
+    [
+      "sh",
+      "-c",
+      "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us; ulimit -n",
+    ],
+    { memory: "32", cpus: "0.5" },
+  );
+  const nofile = /^Max open files\s+\S+\s+(\S+)/m.exec(await readFile("/proc/self/limits", "utf8"))![1];
+  assert.equal(limits.stdout, `${32 * 1024 * 1024}\n50000\n${nofile}\n`);
+  const oom = await run(["sh", "-c", 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived'], {
+    memory: "32",
+  });
+  assert.equal(oom.status, 137);
+  assert.equal(oom.stdout, "");
+  await assertClean();
+});
+
+test("env, cwd, hostname and user come from the image and the flags", async () => {
+  const env = await run(["env"], { env: ["FOO=bar", "PATH=/bin"], hostname: "kbox" });
+  const vars = env.stdout.trim().split("\n").sort();
+  assert.deepEqual(vars, ["FOO=bar", "HOME=/root", "HOSTNAME=kbox", "PATH=/bin"]);
+  const cwd = await run(["sh", "-c", "pwd; hostname; cat /etc/hostname"], {
+    workdir: "/made/for/me",
+    hostname: "kbox",
+  });
+  assert.equal(cwd.stdout, "/made/for/me\nkbox\nkbox\n");
+  const numeric = await run(
+    ["sh", "-c", "id -u; id -g; touch /tmp/x && ls -n /tmp/x | awk '{print $3\":\"$4}'"],
+    {
+      user: "1000:1000",
+    },
+  );
+  assert.equal(numeric.stdout, "1000\n1000\n1000:1000\n");
+  const named = await run(["sh", "-c", "id -G; echo $HOME"], { user: "app" });
+  assert.equal(named.stdout, "1000 2000\n/home/app\n");
+  const root = await run(["id", "-u"]);
+  assert.equal(root.stdout, "0\n");
+  await assertClean();
+});
+
+test("a ro mount is not writable; a rw mount's writes show on the host", async () => {
+  const ro = path.join(tmp, "ro");
+  const rw = path.join(tmp, "rw");
+  await mkdir(ro);
+  await mkdir(rw);
+  await writeFile(path.join(ro, "f"), "host file\n");
+  const r = await run(["sh", "-c", "cat /in/f; touch /in/new; echo status=$?; echo written > /out/w"], {
+    volume: [`${ro}:/in:ro`, `${rw}:/out`],
+  });
+  assert.match(r.stdout, /^host file\nstatus=1\n$/);
+  assert.match(r.stderr, /Read-only file system/);
+  assert.deepEqual(await readdir(ro), ["f"]);
+  assert.equal(await readFile(path.join(rw, "w"), "utf8"), "written\n");
+  await assertClean();
+});
+
+test("writes to / stay in their container and are gone for the next run", async () => {
+  const first = await run(["sh", "-c", "echo mine > /newfile && rm /data/hello && cat /newfile"]);
+  assert.equal(first.stdout, "mine\n");
+  assert.equal(first.status, 0);
+  const second = await run(["sh", "-c", "test -e /newfile && echo leaked; cat /data/hello"]);
+  assert.equal(second.stdout, "hello from the image\n");
+  await assertClean();
+});
+
+test("--timeout stops the container: TERM, then KILL after the grace period", async () => {
+  const t0 = Date.now();
+  const r = await run(["sleep", "30"], { timeout: "0.5", stopTimeout: "0.5" });
+  assert.equal(r.status, 137); // a PID 1 without a TERM handler ignores TERM
+  assert.equal(r.stoppedBy, "timeout");
+  assert.match(r.notes.join("\n"), /timeout after 0.5s: stopping container/);
+  assert.match(r.notes.join("\n"), /did not stop within 0.5s: sending KILL/);
+  assert.ok(Date.now() - t0 < 8000, `took ${Date.now() - t0} ms`);
+  const handled = await run(["sh", "-c", 'trap "echo term; exit 0" TERM; sleep 30 & wait'], {
+    timeout: "0.5",
+    stopTimeout: "5",
+  });
+  assert.equal(handled.status, 0);
+  assert.equal(handled.stdout, "term\n");
+  await assertClean();
+});
+
+test("failures release everything: missing command (127), unknown user, a file that is no SquashFS", async () => {
+  const missing = await run(["no-such-command"]);
+  assert.equal(missing.status, 127);
+  assert.match(missing.message ?? "", /no-such-command.*not found/);
+  await assert.rejects(
+    run(["true"], { user: "nobody" }),
+    /user "nobody" is not in the image's \/etc\/passwd/,
+  );
+  const junk = path.join(tmp, "junk.sqfs");
+  await writeFile(junk, Buffer.alloc(1 << 20, 7));
+  const options = await parseRunOptions(junk, ["true"], {});
+  const handle = runContainer({
+    home,
+    options,
+    image: await resolveImage(home, junk),
+    runtime: getRuntime("runc", "lazy"),
+    notify: () => {},
+  });
+  await assert.rejects(handle.result, /cannot mount the image .*junk.sqfs as SquashFS/);
+  assert.equal((await leftovers(home.root, junk)).length, 0);
+  await assertClean();
+});
+
+/** Spawns `kindling run` and resolves once the container printed "ready". */
+async function spawnCli(
+  args: string[],
+): Promise<{ child: ChildProcess; out: () => string; err: () => string }> {
+  const child = spawn(process.execPath, [KINDLING, "run", ...args], {
+    env: { ...process.env, KINDLING_HOME: home.root },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stderr!.on("data", (d) => {
+    err += d;
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on("data", (d) => {
+      out += d;
+      if (out.includes("ready")) resolve();
+    });
+    child.on("exit", () => reject(new Error(`kindling exited before ready: ${err}`)));
+  });
+  return { child, out: () => out, err: () => err };
+}
+
+function exitOf(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
+    else child.on("exit", (code) => resolve(code));
+  });
+}
+
+test("Ctrl-C (SIGINT to kindling) sends TERM to the container, then KILL; status is the process's", async () => {
+  const handled = await spawnCli([
+    image,
+    "--",
+    "sh",
+    "-c",
+    'trap "echo got-term; exit 7" TERM; echo ready; sleep 30 & wait',
+  ]);
+  handled.child.kill("SIGINT");
+  assert.equal(await exitOf(handled.child), 7);
+  assert.equal(handled.out(), "ready\ngot-term\n");
+  assert.match(handled.err(), /SIGINT: stopping container \w+ \(TERM, KILL after 10s\)/);
+
+  const stubborn = await spawnCli([
+    "--stop-timeout",
+    "0.3",
+    image,
+    "--",
+    "sh",
+    "-c",
+    "echo ready; exec sleep 30",
+  ]);
+  const t0 = Date.now();
+  stubborn.child.kill("SIGTERM");
+  assert.equal(await exitOf(stubborn.child), 137);
+  assert.ok(Date.now() - t0 < 5000);
+  await assertClean();
+});
+
+test("a run whose kindling was SIGKILLed is cleaned up by the next run, a live one is not touched", async () => {
+  const dead = await spawnCli([image, "--", "sh", "-c", "echo ready; exec sleep 30"]);
+  const [id] = await readdir(home.runs);
+  ids.push(id);
+  // Its owner is alive: cleanup leaves it alone.
+  assert.deepEqual((await cleanupStaleRuns(home)).cleaned, []);
+  assert.ok((await leftovers(home.root, image, [id])).some((l) => l.startsWith("mount")));
+  dead.child.kill("SIGKILL");
+  await exitOf(dead.child);
+  const left = await leftovers(home.root, image, [id]);
+  for (const kind of ["mount", "loop", "process", "cgroup", "run dir"]) {
+    assert.ok(
+      left.some((l) => l.startsWith(kind)),
+      `expected a leftover ${kind}: ${left.join("; ")}`,
+    );
+  }
+  const next = await run(["echo", "next"]);
+  assert.equal(next.stdout, "next\n");
+  await assertClean();
+});
+
+test("the CLI: exit status, output, and clear errors for bad flags (status 125)", async () => {
+  const cli = (args: string[]) =>
+    new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      const child = spawn(process.execPath, [KINDLING, "run", ...args], {
+        env: { ...process.env, KINDLING_HOME: home.root },
+      });
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (d) => {
+        out += d;
+      });
+      child.stderr.on("data", (d) => {
+        err += d;
+      });
+      child.on("close", (code) => resolve({ code, out, err }));
+    });
+  const ok = await cli([image, "--", "sh", "-c", "echo hi; echo oops >&2; exit 4"]);
+  assert.deepEqual(ok, { code: 4, out: "hi\n", err: "oops\n" });
+  const bad: [string[], RegExp][] = [
+    [["-v", "/a/b", image], /kindling: -v \/a\/b: expected SRC:DST or SRC:DST:ro/],
+    [["-v", `${tmp}/nope:/x`, image], /kindling: -v .*: source .*nope does not exist/],
+    [["-v", `${tmp}:x`, image], /DST must be an absolute path, got "x"/],
+    [["--runtime", "kvm", image], /--runtime: unknown value "kvm"/],
+    [["--runtime", "qemu", image, "--", "true"], /kindling: --runtime qemu is not implemented yet/],
+    [["--rootfs", "copy", image, "--", "true"], /--rootfs copy does not apply to --runtime runc/],
+    [["--memory", "lots", image], /--memory lots: expected a whole number of MiB/],
+    [[`${tmp}/missing.sqfs`, "--", "true"], /image file .*missing.sqfs does not exist/],
+    [[image], /no command: the image has no ENTRYPOINT or CMD; give one after --/],
+  ];
+  for (const [args, message] of bad) {
+    const r = await cli(args);
+    assert.equal(r.code, 125, `${args.join(" ")}: ${r.err}`);
+    assert.match(r.err, message);
+  }
+  await assertClean();
+});
