@@ -59,7 +59,9 @@ async function main(): Promise<void> {
     process.exit(0);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
-  process.on("SIGINT", () => void stop("SIGINT"));
+  // Ctrl-C at a terminal is for the CLI, which then closes us in order (after its loop devices);
+  // if it dies instead, the IPC channel closes and we stop.
+  process.on("SIGINT", () => {});
   process.on("SIGHUP", () => {}); // a detached daemon outlives its terminal
   if (!cfg.detached) process.on("disconnect", () => void stop("owner disconnected"));
   process.on("message", (m: ParentMessage) => {

@@ -11,6 +11,8 @@ export class Readahead {
   private streak = 0;
   private readonly slack = 1 << 20;
   private readonly warming = new Set<number>();
+  /** The chunk the last readahead started from: one decision per chunk, not per read. */
+  private lastFrom = -1;
 
   constructor(
     private readonly cache: ChunkCache,
@@ -29,7 +31,8 @@ export class Readahead {
 
   private ahead(from: number): void {
     const first = chunkAt(this.cache.index, Math.min(from, this.cache.index.blockSize - 1));
-    if (first < 0) return;
+    if (first < 0 || first === this.lastFrom) return;
+    this.lastFrom = first;
     const last = Math.min(first + this.window, this.cache.index.chunks.length - 1);
     for (let i = first + 1; i <= last; i++) {
       if (this.warming.has(i)) continue;
