@@ -147,6 +147,35 @@ describe("pushKindlingImage", () => {
     assert.deepEqual(fake.reads, [], "existing blobs are skipped after a HEAD");
   });
 
+  test("a lazily pulled image pushed to another repository has its blobs mounted, not read", async () => {
+    const fake = fakeImage("lazy");
+    await pushKindlingImage(`${reg.host}/kindling/src:v1`, { insecure: true, quiet: true }, fake.image);
+    const pulled = await pullFromRegistry(`${reg.host}/kindling/src:v1`, {
+      insecure: true,
+      tmpDir,
+      quiet: true,
+    });
+    assert.equal(pulled.kind, "kindling");
+    if (pulled.kind !== "kindling") return;
+    const record = { ...fake.image.record, origin: pulled.origin };
+    const noLocalChunks = async (d: Digest): Promise<Buffer> => {
+      throw new Error(`chunk ${d} is not local`);
+    };
+    await pushKindlingImage(
+      `${reg.host}/kindling/dst:v1`,
+      { insecure: true, quiet: true },
+      { record, index: fake.image.index, readChunk: noLocalChunks },
+    );
+    const dst = new RegistryChunkSource({
+      kind: "registry",
+      registry: reg.host,
+      repository: "kindling/dst",
+      reference: "v1",
+      insecure: true,
+    });
+    for (const [digest, bytes] of fake.store) assert.deepEqual(await dst.fetch(digest, bytes.length), bytes);
+  });
+
   test("a chunk that does not match its digest in the local store is refused", async () => {
     const fake = fakeImage("bad");
     const [victim] = fake.store.keys();

@@ -10,6 +10,8 @@ export interface ClientOptions {
   insecure: boolean;
   /** "pull" or "pull,push": the scope asked of a token server. */
   actions?: string;
+  /** More token scopes, e.g. pull on the repository blobs are mounted from. */
+  extraScopes?: string[];
   /** undefined: look them up (env, auth file); null: anonymous. */
   credentials?: Credentials | null;
   /** Time allowed for each attempt to get response headers; default 30 s. */
@@ -80,6 +82,7 @@ export class RegistryClient {
   readonly repository: string;
   readonly base: string;
   private readonly actions: string;
+  private readonly extraScopes: string[];
   private credentials: Credentials | null | undefined;
   private readonly timeoutMs: number;
   private readonly idleTimeoutMs: number;
@@ -96,6 +99,7 @@ export class RegistryClient {
     this.repository = opts.repository;
     this.base = `${opts.insecure ? "http" : "https"}://${apiHost(opts.registry)}`;
     this.actions = opts.actions ?? "pull";
+    this.extraScopes = opts.extraScopes ?? [];
     this.credentials = opts.credentials;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 60_000;
@@ -271,7 +275,7 @@ export class RegistryClient {
     }
     if (ch.params.service) tokenUrl.searchParams.set("service", ch.params.service);
     const ours = `repository:${this.repository}:`;
-    const scopes = new Set([ours + this.actions]);
+    const scopes = new Set([ours + this.actions, ...this.extraScopes]);
     // Also ask for what the challenge names, unless our own scope already covers it.
     for (const s of (ch.params.scope ?? "").split(" ")) {
       const covered =

@@ -43,11 +43,21 @@ export async function pushKindlingImage(
   if (parsed.tag && parsed.digest) {
     throw new KindlingError(`push to ${ref}: give a tag or a digest, not both`);
   }
+  // Pulled lazily from another repository of the same registry: its chunks may not be local, and
+  // need not be: the registry can link them across repositories (a "mount").
+  const origin = image.record.origin;
+  const mountFrom =
+    origin.kind === "registry" &&
+    origin.registry === parsed.registry &&
+    origin.repository !== parsed.repository
+      ? origin.repository
+      : undefined;
   const client = new RegistryClient({
     ...parsed,
     insecure: opts.insecure,
     actions: "pull,push",
     timeoutMs: opts.timeoutMs,
+    extraScopes: mountFrom ? [`repository:${mountFrom}:pull`] : [],
   });
   const indexDigest = sha256Digest(image.index);
   if (indexDigest !== image.record.digest) {
@@ -102,6 +112,7 @@ export async function pushKindlingImage(
   const bar = opts.quiet ? undefined : progress(`push ${formatReference(parsed)}`, total);
   let done = 0;
   let skipped = 0;
+  let mounted = 0;
   const tick = (n: number) => {
     done += n;
     bar?.update(done);
@@ -119,6 +130,8 @@ export async function pushKindlingImage(
   await eachLimited(uploads, opts.concurrency ?? 4, opts.signal, async (u, signal) => {
     if (await blobExists(client, u.digest, signal)) {
       skipped++;
+    } else if (mountFrom && (await mountBlob(client, u.digest, mountFrom, signal))) {
+      mounted++;
     } else {
       const data = await u.read();
       if (data.length !== u.size || sha256Digest(data) !== u.digest) {
@@ -149,7 +162,9 @@ export async function pushKindlingImage(
   if (echoed && echoed !== manifestDigest) {
     throw new KindlingError(`${client.where} stored the manifest as ${echoed}, expected ${manifestDigest}`);
   }
-  bar?.done(`${uploads.length} blobs, ${skipped} already there`);
+  bar?.done(
+    `${uploads.length} blobs, ${skipped} already there${mounted ? `, ${mounted} mounted from ${mountFrom}` : ""}`,
+  );
   return { manifestDigest };
 }
 
@@ -170,6 +185,31 @@ async function blobExists(client: RegistryClient, digest: Digest, signal?: Abort
 }
 
 const MAX_MANIFEST_BYTES = 4 << 20;
+
+/**
+ * Asks the registry to link a blob from another repository. True when it did (201); otherwise
+ * (202: it opened an upload instead, which we cancel) the caller uploads the bytes.
+ */
+async function mountBlob(client: RegistryClient, digest: Digest, from: string, signal?: AbortSignal) {
+  const q = new URLSearchParams({ mount: digest, from });
+  const reply = await client.request(`blobs/uploads/?${q}`, { method: "POST", okStatus: [201, 202], signal });
+  const location = reply.res.headers.get("location");
+  await discard(reply);
+  if (reply.res.status === 201) return true;
+  if (location) {
+    // Best effort: an abandoned session is purged by the registry anyway.
+    const cancel = await client
+      .request(new URL(location, `${client.base}/`).toString(), {
+        method: "DELETE",
+        okStatus: [404, 405],
+        signal,
+        attempts: 1,
+      })
+      .catch(() => undefined);
+    if (cancel) await discard(cancel);
+  }
+  return false;
+}
 
 /**
  * Monolithic upload: POST opens a session, one PUT with ?digest= sends the bytes and closes it. A
