@@ -73,6 +73,8 @@ export function mountBlockFile(o: FuseFileOptions): Promise<void> {
     read(p: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
       if (p !== file) return cb(Fuse.ENOENT);
       const seq = o.readahead.observe(pos, len);
+      const fast = o.cache.readFromMemory(buf, pos, len);
+      if (fast >= 0) return cb(fast);
       o.cache.read(buf, pos, len, seq).then(
         (n) => cb(n),
         (err) => {
