@@ -35,3 +35,11 @@ export async function detachLoop(device: string, file: string): Promise<void> {
     throw new Error(`losetup -d ${device} failed: ${r.stderr.trim()}`);
   }
 }
+
+/**
+ * Sets autoclear on a loop device that is in use (mounted): the kernel then detaches it when the
+ * mount goes, even if kindling dies first. (LOOP_CLR_FD on a busy device sets autoclear.)
+ */
+export async function setLoopAutoclear(device: string): Promise<void> {
+  await exec("losetup", ["-d", device]);
+}

@@ -9,6 +9,7 @@ import type { Scope } from "../util/scope.js";
 import { hostNofileLimit } from "./hostlimits.js";
 import { buildOciSpec } from "./oci.js";
 import { buildProcessSpec } from "./process.js";
+import { type Resource, releaseResource } from "./resources.js";
 import { mountOverlayRootfs } from "./rootfs.js";
 import type { RunDir } from "./rundir.js";
 import { exitStatusOf } from "./status.js";
@@ -119,6 +120,7 @@ class OciContainer implements Container {
   private exited?: Promise<ExitStatus>;
   private readonly root: string;
   private readonly logFile: string;
+  private readonly resource: Resource;
 
   constructor(
     private readonly flavor: OciFlavor,
@@ -132,6 +134,7 @@ class OciContainer implements Container {
     // A runtime state root per run: containers of different homes or runs never see each other.
     this.root = runDir.file("state");
     this.logFile = runDir.file("runtime.log");
+    this.resource = { kind: "oci-container", binary, root: this.root, id };
   }
 
   /** Only `run` logs to the log file: the errors found there are then the run's own. */
@@ -224,6 +227,6 @@ class OciContainer implements Container {
   }
 
   async delete(): Promise<void> {
-    await exec(this.binary, ["--root", this.root, "delete", "--force", this.id], { allowFailure: true });
+    await releaseResource(this.resource);
   }
 }

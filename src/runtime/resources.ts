@@ -1,3 +1,4 @@
+import { readdir } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { exec } from "../util/exec.js";
 import { detachLoop } from "./loop.js";
@@ -11,7 +12,8 @@ import { isProcessAlive } from "./procstat.js";
  */
 export type Resource =
   | { kind: "mount"; target: string }
-  | { kind: "loop"; device: string; file: string }
+  /** autoclear: the kernel detaches it when its last user (the squashfs mount) goes away. */
+  | { kind: "loop"; device: string; file: string; autoclear?: boolean }
   | { kind: "oci-container"; binary: string; root: string; id: string }
   | { kind: "process"; pid: number; startTime: number; name: string };
 
@@ -34,7 +36,8 @@ export async function releaseResource(r: Resource): Promise<void> {
     case "mount":
       return unmount(r.target);
     case "loop":
-      return detachLoop(r.device, r.file);
+      // Once autoclear is set the device may already serve another run of the same file: hands off.
+      return r.autoclear ? undefined : detachLoop(r.device, r.file);
     case "oci-container":
       return deleteOciContainer(r.binary, r.root, r.id);
     case "process":
@@ -44,6 +47,9 @@ export async function releaseResource(r: Resource): Promise<void> {
 
 /** Kills the container's processes and deletes its state; `delete --force` alone does both. */
 async function deleteOciContainer(binary: string, root: string, id: string): Promise<void> {
+  // `run` removes its state when the container exits: an empty state root needs no (slow) exec.
+  const state = await readdir(root).catch(() => []);
+  if (state.length === 0) return;
   const r = await exec(binary, ["--root", root, "delete", "--force", id], { allowFailure: true });
   if (r.code !== 0 && !/does not exist|not exist|no such/i.test(r.stderr)) {
     throw new Error(`${binary} delete --force ${id} failed: ${r.stderr.trim()}`);

@@ -1,8 +1,9 @@
 import { mkdir, stat } from "node:fs/promises";
 import { KindlingError } from "../util/errors.js";
 import type { Scope } from "../util/scope.js";
-import { attachLoop } from "./loop.js";
+import { attachLoop, setLoopAutoclear } from "./loop.js";
 import { mount } from "./mounts.js";
+import type { Resource } from "./resources.js";
 import type { RunDir } from "./rundir.js";
 import type { BlockImageProvider } from "./types.js";
 
@@ -54,7 +55,8 @@ export async function mountOverlayRootfs(
   scope.defer(`block image ${blockImage.description}`, () => image.close());
 
   const device = await attachLoop(image.path);
-  await runDir.hold(scope, { kind: "loop", device, file: image.path });
+  const loop: Resource = { kind: "loop", device, file: image.path };
+  await runDir.hold(scope, loop);
 
   await runDir.hold(scope, { kind: "mount", target: lower });
   try {
@@ -66,6 +68,10 @@ export async function mountOverlayRootfs(
   }
 
   await runDir.hold(scope, { kind: "mount", target: mergedDir });
-  await mount("overlay", "overlay", mergedDir, `lowerdir=${lower},upperdir=${upper},workdir=${work}`);
+  await Promise.all([
+    mount("overlay", "overlay", mergedDir, `lowerdir=${lower},upperdir=${upper},workdir=${work}`),
+    // Off the critical path (in parallel): unmounting the squashfs will then free the loop device.
+    setLoopAutoclear(device).then(() => runDir.update(loop, { autoclear: true })),
+  ]);
   return { merged: mergedDir, upper };
 }

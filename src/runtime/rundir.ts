@@ -88,6 +88,12 @@ export class RunDir {
     });
   }
 
+  /** Records a change to a held resource (e.g. a loop device now set to autoclear). */
+  async update(resource: Resource, change: Partial<Resource>): Promise<void> {
+    Object.assign(resource, change);
+    await this.save();
+  }
+
   private save(): Promise<void> {
     // Serialized: overlapping atomic writes could otherwise publish an older record last.
     const json = `${JSON.stringify(this.record, null, 2)}\n`;
