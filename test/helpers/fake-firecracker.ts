@@ -11,7 +11,8 @@
  * - guest-side endpoints are Unix sockets the test controls, in $FAKE_FC_GUEST_DIR:
  *     host-initiated CONNECT <p> is bridged to <dir>/listen_<p>.sock (closed if nothing listens there);
  *     for each port in $FAKE_FC_GUEST_CONNECT the "guest" connects to <uds_path>_<p> and bridges it to
- *     <dir>/connect_<p>.sock;
+ *     <dir>/connect_<p>.sock; when that connection ends, the "guest" reboots (the process exits 0), as
+ *     the guest init powers off when its agent channel closes;
  * - SendCtrlAltDel makes the "guest" reboot, so the process exits 0 (unless $FAKE_FC_IGNORE_CAD=1).
  * Failure modes for tests: $FAKE_FC_EXIT_EARLY="code:message" (exit before the socket exists),
  * $FAKE_FC_START_FAULT="message" (InstanceStart answers 400), $FAKE_FC_CRASH_AFTER_START="code:message".
@@ -255,7 +256,8 @@ async function main(flags: Map<string, string | true>): Promise<void> {
     });
     server.listen(uds);
     for (const port of (process.env.FAKE_FC_GUEST_CONNECT ?? "").split(",").filter(Boolean)) {
-      connectFromGuest(`${uds}_${port}`, `${guestDir}/connect_${port}.sock`);
+      // docs/guest.md: the init powers the VM off when its agent channel closes; here that is a reboot.
+      connectFromGuest(`${uds}_${port}`, `${guestDir}/connect_${port}.sock`, () => setTimeout(reboot, 20));
     }
   };
 
@@ -363,16 +365,19 @@ function bridge(a: net.Socket, b: net.Socket): void {
 }
 
 /** A guest-initiated connection: Firecracker connects to <uds>_<port>; retried while the host is not listening. */
-function connectFromGuest(hostPath: string, guestPath: string, attempt = 0): void {
+function connectFromGuest(hostPath: string, guestPath: string, onEnd: () => void, attempt = 0): void {
   const host = net.connect(hostPath);
   const retry = () => {
-    if (attempt < 50) setTimeout(() => connectFromGuest(hostPath, guestPath, attempt + 1), 100);
+    if (attempt < 50) setTimeout(() => connectFromGuest(hostPath, guestPath, onEnd, attempt + 1), 100);
   };
   host.once("error", retry);
   host.once("connect", () => {
     host.off("error", retry);
     const guest = net.connect(guestPath);
     guest.once("error", () => host.destroy());
-    guest.once("connect", () => bridge(host, guest));
+    guest.once("connect", () => {
+      bridge(host, guest);
+      guest.once("close", onEnd);
+    });
   });
 }
