@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -13,7 +13,8 @@ import { pullFromRegistry } from "../src/registry/pull.js";
 import { pushKindlingImage } from "../src/registry/push.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type Digest } from "../src/store/types.js";
 import { KindlingError } from "../src/util/errors.js";
-import { startRegistry, type TestRegistry } from "./helpers/registry.js";
+import { exec } from "../src/util/exec.js";
+import { registryBlobPath, startRegistry, type TestRegistry } from "./helpers/registry.js";
 
 // Push of a converted image as an OCI artifact, pull of it as "kindling", lazy chunk fetches.
 
@@ -174,6 +175,24 @@ describe("pushKindlingImage", () => {
       insecure: true,
     });
     for (const [digest, bytes] of fake.store) assert.deepEqual(await dst.fetch(digest, bytes.length), bytes);
+  });
+
+  test("the registry's garbage collector keeps an artifact's chunks (they are its layers)", async () => {
+    const fake = fakeImage("gc");
+    await pushKindlingImage(`${reg.host}/kindling/gc:v1`, { insecure: true, quiet: true }, fake.image);
+    // An unreferenced blob in the same repository, to show the collector did run.
+    const orphan = randomBytes(100);
+    const start = await fetch(`${reg.url}/v2/kindling/gc/blobs/uploads/`, { method: "POST" });
+    const put = new URL(start.headers.get("location")!, reg.url);
+    put.searchParams.set("digest", sha(orphan));
+    assert.equal((await fetch(put, { method: "PUT", body: new Uint8Array(orphan) })).status, 201);
+
+    const { stdout } = await exec("docker-registry", ["garbage-collect", reg.configPath]);
+    assert.match(stdout, /kindling\/gc: marking manifest/);
+    await assert.rejects(stat(registryBlobPath(reg, sha(orphan))));
+    for (const digest of [fake.image.record.digest, ...fake.store.keys()]) {
+      await stat(registryBlobPath(reg, digest));
+    }
   });
 
   test("a chunk that does not match its digest in the local store is refused", async () => {

@@ -25,6 +25,8 @@ export interface TestRegistry {
   url: string;
   /** The registry's filesystem storage root (docker/registry/v2/... lives below it). */
   dataDir: string;
+  /** Its config.yml (e.g. for `docker-registry garbage-collect`). */
+  configPath: string;
   auth: "none" | "basic";
   /** user -> password when auth is "basic". */
   users: Record<string, string>;
@@ -148,7 +150,7 @@ async function startOnce(opts: RegistryOptions): Promise<TestRegistry> {
       }
       await new Promise((r) => setTimeout(r, 100));
     }
-    return { host, url: `http://${host}`, dataDir, auth: opts.auth ?? "none", users, stop };
+    return { host, url: `http://${host}`, dataDir, configPath, auth: opts.auth ?? "none", users, stop };
   } catch (err) {
     await stop();
     throw err;
