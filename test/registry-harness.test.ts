@@ -41,9 +41,13 @@ test("the harness serves /v2/, loads an OCI layout with skopeo and cleans up on 
 
   const other = await startRegistry({ auth: "basic" });
   const dir = other.dataDir;
-  const unauth = await fetch(`${other.url}/v2/`);
-  assert.equal(unauth.status, 401);
-  await loadOciLayout(other, layout.dir, "v1", "harness/hello");
-  await other.stop();
+  try {
+    const unauth = await fetch(`${other.url}/v2/`);
+    assert.equal(unauth.status, 401);
+    await loadOciLayout(other, layout.dir, "v1", "harness/hello");
+  } finally {
+    await other.stop();
+  }
   await assert.rejects(stat(dir));
+  await other.stop(); // a second stop is harmless
 });
