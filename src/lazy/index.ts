@@ -21,7 +21,7 @@ import { readStatsFile } from "./stats.js";
 import type { DaemonConfig, DaemonMessage, LazyOptions, LazyStats, ParentMessage } from "./types.js";
 
 export { mountImage, umountImage } from "./mount.js";
-export { type ImageLazyStats, imageStats, localBytes } from "./stats.js";
+export { type ImageLazyStats, imageStats } from "./stats.js";
 export type { FetchPolicy, LazyOptions, LazyStats } from "./types.js";
 
 export interface LazyImage {

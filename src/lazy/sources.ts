@@ -1,45 +1,12 @@
-import { readFile } from "node:fs/promises";
 import type { ImageOrigin } from "../image/types.js";
 import type { ChunkSource, Digest } from "../store/types.js";
-import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import type { DaemonMessage, FetchPolicy, ParentMessage } from "./types.js";
-
-/** Reads a chunk from the local blob store (the same directory as the chunk cache). */
-export class BlobFileSource implements ChunkSource {
-  readonly description: string;
-  constructor(private readonly home: KindlingHome) {
-    this.description = `local store ${home.blobs}`;
-  }
-  async fetch(digest: Digest, _length: number, signal?: AbortSignal): Promise<Buffer> {
-    try {
-      return await readFile(this.home.blobPath(digest), { signal });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-        throw new KindlingError(`chunk ${digest} is missing from ${this.description}`);
-      }
-      throw err;
-    }
-  }
-}
-
-type SourceCtor = new (...args: unknown[]) => ChunkSource;
-
-/** Loads a module that may not exist yet in this tree (another component); null if absent. */
-async function optionalExport(specifier: string, name: string): Promise<SourceCtor | null> {
-  try {
-    const mod = (await import(specifier)) as Record<string, unknown>;
-    return typeof mod[name] === "function" ? (mod[name] as SourceCtor) : null;
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ERR_MODULE_NOT_FOUND") return null;
-    throw err;
-  }
-}
 
 /**
  * The source the daemon uses with source "auto": the local store for images built or imported
  * here, the registry for pulled ones. Retries are ours (fetch.ts), so the registry gets one attempt.
+ * Imported on demand: a local image's daemon never loads the registry client.
  */
 export async function autoSource(
   home: KindlingHome,
@@ -47,12 +14,11 @@ export async function autoSource(
   policy: FetchPolicy,
 ): Promise<ChunkSource> {
   if (origin.kind === "registry") {
-    const Registry = await optionalExport("../registry/chunks.js", "RegistryChunkSource");
-    if (!Registry) throw new KindlingError("this build has no registry support (src/registry/chunks.ts)");
-    return new Registry(origin, { timeoutMs: policy.attemptTimeoutMs, attempts: 1 });
+    const { RegistryChunkSource } = await import("../registry/chunks.js");
+    return new RegistryChunkSource(origin, { timeoutMs: policy.attemptTimeoutMs, attempts: 1 });
   }
-  const Local = await optionalExport("../store/index.js", "LocalChunkSource");
-  return Local ? new Local(home) : new BlobFileSource(home);
+  const { LocalChunkSource } = await import("../store/local.js");
+  return new LocalChunkSource(home);
 }
 
 /** In the daemon: a source whose fetches are served by the parent process over IPC. */

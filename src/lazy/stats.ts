@@ -1,6 +1,5 @@
-import { mkdir, readdir, readFile, stat } from "node:fs/promises";
+import { mkdir, readdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import type { BlockIndex } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
 import type { LazyStats } from "./types.js";
@@ -86,20 +85,4 @@ export async function imageStats(home: KindlingHome, digest: string): Promise<Im
     }
   }
   return sum;
-}
-
-/** Bytes of the block image whose chunks are in the local chunk cache (each digest counted once). */
-export async function localBytes(home: KindlingHome, index: BlockIndex): Promise<number> {
-  const seen = new Map<string, number>();
-  for (const c of index.chunks) seen.set(c.digest, c.length);
-  let local = 0;
-  const have = new Set<string>();
-  await Promise.all(
-    [...seen].map(async ([digest, length]) => {
-      const s = await stat(home.blobPath(digest)).catch(() => null);
-      if (s?.size === length) have.add(digest);
-    }),
-  );
-  for (const c of index.chunks) if (have.has(c.digest)) local += c.length;
-  return local;
 }
