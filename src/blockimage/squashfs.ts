@@ -7,6 +7,8 @@ export interface SquashfsOptions {
   level?: number;
   /** Data block size in bytes (mksquashfs -b). */
   blockSize?: number;
+  /** More mksquashfs flags (e.g. -no-fragments), for measurements. */
+  extraArgs?: string[];
 }
 
 export const DEFAULT_SQUASHFS: SquashfsOptions = { compressor: "zstd", level: 3, blockSize: 128 * 1024 };
@@ -27,6 +29,7 @@ export function mksquashfsArgs(src: string, out: string, opts: SquashfsOptions =
     "-b",
     String(opts.blockSize ?? 128 * 1024),
   ];
+  args.push(...(opts.extraArgs ?? []));
   if (opts.compressor === "none") args.push("-noI", "-noD", "-noF", "-noX");
   else {
     args.push("-comp", opts.compressor);

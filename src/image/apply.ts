@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import {
   chmod,
   chown,
+  type FileHandle,
   lchown,
   link,
   lstat,
@@ -22,6 +23,31 @@ import { cleanEntryPath, resolveInRoot } from "./securejoin.js";
 import { type TarEntry, tarReader } from "./tar.js";
 
 const WHITEOUT = ".wh.";
+/** Files up to this size are buffered and written in the background. */
+const SMALL_FILE = 1 << 20;
+const MAX_INFLIGHT = 32;
+
+/** Creates a regular file (never through a link), fills it, then sets owner, mode and mtime. */
+async function writeFileEntry(
+  abs: string,
+  e: TarEntry,
+  fill: (fh: FileHandle) => Promise<void>,
+): Promise<void> {
+  // O_EXCL|O_NOFOLLOW: whatever was at this path was removed first; never write through a link.
+  const fh = await open(
+    abs,
+    constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+    0o600,
+  );
+  try {
+    await fill(fh);
+    await fh.chown(e.uid, e.gid);
+    await fh.chmod(e.mode); // after chown, which clears setuid/setgid
+    await fh.utimes(e.mtime, e.mtime);
+  } finally {
+    await fh.close();
+  }
+}
 const OPAQUE = ".wh..wh..opq";
 
 /** Escapes a path for `setfattr --restore` (getfattr's dump format: octal escapes). */
@@ -45,6 +71,15 @@ export class LayerApplier {
   private readonly dirMtimes = new Map<string, number>();
   private pendingXattrs: { abs: string; xattrs: Map<string, Buffer> }[] = [];
   private layerNo = 0;
+  /** Relative paths known to be real directories: spares an lstat per path component. */
+  private readonly knownDirs = new Set<string>();
+  /**
+   * Small files being written in the background (path -> write). Creating thousands of files one
+   * syscall at a time is latency-bound; new files at fresh paths do not depend on each other, so
+   * they are written concurrently, and anything that could observe them waits for them (settle).
+   */
+  private readonly inflight = new Map<string, Promise<void>>();
+  private inflightError: Error | null = null;
 
   constructor(readonly root: string) {}
 
@@ -64,6 +99,7 @@ export class LayerApplier {
         throw new KindlingError(`${label}: tar entry ${JSON.stringify(e.name)}: ${(err as Error).message}`);
       }
     }
+    await this.barrier();
     await this.flushXattrs();
     // Opaque dirs hide lower layers' content only: entries this layer wrote there stay.
     for (const dir of opaque) await this.clearLower(dir, touched);
@@ -82,11 +118,8 @@ export class LayerApplier {
     };
 
     if (base?.startsWith(WHITEOUT)) {
-      const parent = await resolveInRoot(this.root, parts.slice(0, -1), {
-        followFinal: true,
-        create: true,
-        entry: e.name,
-      });
+      await this.barrier();
+      const parent = await resolveInRoot(this.root, parts.slice(0, -1), this.resolveOpts(e.name, true));
       if (base === OPAQUE) opaque.push(parent.join("/"));
       else if (!base.startsWith(`${WHITEOUT}${WHITEOUT}`)) {
         const victim = [...parent, base.slice(WHITEOUT.length)];
@@ -104,15 +137,12 @@ export class LayerApplier {
       return;
     }
 
-    const parent = await resolveInRoot(this.root, parts.slice(0, -1), {
-      followFinal: true,
-      create: true,
-      entry: e.name,
-    });
+    const parent = await resolveInRoot(this.root, parts.slice(0, -1), this.resolveOpts(e.name, true));
     const rel = [...parent, base!];
     const abs = path.join(this.root, ...rel);
     markTouched(rel);
 
+    await this.settle(rel.join("/"));
     let existing: Awaited<ReturnType<typeof lstat>> | null = null;
     try {
       existing = await lstat(abs);
@@ -121,6 +151,7 @@ export class LayerApplier {
     }
 
     if (e.type === "dir" && existing?.isDirectory()) {
+      this.knownDirs.add(rel.join("/"));
       await this.setMeta(abs, e, false);
       this.dirMtimes.set(rel.join("/"), e.mtime);
       this.queueXattrs(abs, e);
@@ -129,8 +160,9 @@ export class LayerApplier {
 
     let linkTarget: string | undefined;
     if (e.type === "hardlink") {
+      await this.barrier();
       const tparts = cleanEntryPath(e.linkname, e.name);
-      const t = await resolveInRoot(this.root, tparts, { followFinal: false, entry: e.name });
+      const t = await resolveInRoot(this.root, tparts, { ...this.resolveOpts(e.name, false), create: false });
       linkTarget = path.join(this.root, ...t);
       if (linkTarget === abs) return; // a link to itself: nothing to do
       let st: Awaited<ReturnType<typeof lstat>>;
@@ -151,26 +183,25 @@ export class LayerApplier {
     switch (e.type) {
       case "dir":
         await mkdir(abs);
+        this.knownDirs.add(rel.join("/"));
         await this.setMeta(abs, e, false);
         this.dirMtimes.set(rel.join("/"), e.mtime);
         break;
       case "file": {
-        // O_EXCL|O_NOFOLLOW: we just removed whatever was there; never write through a link.
-        const fh = await open(
-          abs,
-          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-          0o600,
-        );
-        try {
-          await tar.readData(async (b) => {
+        if (e.size <= SMALL_FILE) {
+          const data = await tar.readAll();
+          this.startWrite(rel.join("/"), abs, e, async (fh) => {
             let off = 0;
-            while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+            while (off < data.length) off += (await fh.write(data, off, data.length - off)).bytesWritten;
           });
-          await fh.chown(e.uid, e.gid);
-          await fh.chmod(e.mode); // after chown, which clears setuid/setgid
-          await fh.utimes(e.mtime, e.mtime);
-        } finally {
-          await fh.close();
+          if (this.inflight.size >= MAX_INFLIGHT) await this.barrier();
+        } else {
+          await writeFileEntry(abs, e, (fh) =>
+            tar.readData(async (b) => {
+              let off = 0;
+              while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+            }),
+          );
         }
         break;
       }
@@ -195,6 +226,37 @@ export class LayerApplier {
     this.queueXattrs(abs, e);
   }
 
+  private resolveOpts(entry: string, create: boolean) {
+    return {
+      followFinal: true,
+      create,
+      entry,
+      knownDirs: this.knownDirs,
+      settle: (rel: string) => this.settle(rel),
+    };
+  }
+
+  private startWrite(rel: string, abs: string, e: TarEntry, write: (fh: FileHandle) => Promise<void>): void {
+    const p = writeFileEntry(abs, e, write).catch((err: Error) => {
+      this.inflightError ??= new KindlingError(`tar entry ${JSON.stringify(e.name)}: ${err.message}`);
+    });
+    this.inflight.set(rel, p);
+  }
+
+  /** Waits for a background write at `rel`, if any. */
+  private async settle(rel: string): Promise<void> {
+    if (this.inflight.has(rel)) await this.barrier();
+  }
+
+  /** Waits for every background write; rethrows the first failure. */
+  private async barrier(): Promise<void> {
+    if (this.inflight.size > 0) {
+      await Promise.all(this.inflight.values());
+      this.inflight.clear();
+    }
+    if (this.inflightError) throw this.inflightError;
+  }
+
   private async setMeta(abs: string, e: TarEntry, isLink: boolean): Promise<void> {
     if (isLink) {
       await lchown(abs, e.uid, e.gid);
@@ -213,6 +275,7 @@ export class LayerApplier {
   /** Sets the queued xattrs with one setfattr run (Node has no xattr API). */
   private async flushXattrs(): Promise<void> {
     if (this.pendingXattrs.length === 0) return;
+    await this.barrier();
     const lines: string[] = [];
     for (const { abs, xattrs } of this.pendingXattrs) {
       lines.push(`# file: ${dumpQuote(abs)}`);
@@ -231,9 +294,11 @@ export class LayerApplier {
 
   /** Removes a path (recursively), never following a symlink out. */
   private async remove(rel: string[]): Promise<void> {
-    // Pending xattrs may name paths below this one; set them before they go away.
+    // Pending xattrs and writes may be below this path; finish them before it goes away.
+    await this.barrier();
     await this.flushXattrs();
     const key = rel.join("/");
+    for (const k of this.knownDirs) if (k === key || k.startsWith(`${key}/`)) this.knownDirs.delete(k);
     await rm(path.join(this.root, ...rel), { recursive: true, force: true });
     for (const k of this.dirMtimes.keys()) if (k === key || k.startsWith(`${key}/`)) this.dirMtimes.delete(k);
   }
@@ -256,6 +321,7 @@ export class LayerApplier {
 
   /** Sets every directory's mtime, deepest first, so the tree does not depend on when it was built. */
   async finish(): Promise<void> {
+    await this.barrier();
     await this.flushXattrs();
     const walk = async (rel: string): Promise<void> => {
       const abs = rel ? path.join(this.root, rel) : this.root;

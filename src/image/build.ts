@@ -15,6 +15,7 @@ import { LayerApplier } from "./apply.js";
 import { type FileRange, openLayer } from "./compression.js";
 import { runConfigFromImageConfig } from "./config.js";
 import type { ImageOrigin, ImageRecord } from "./types.js";
+import { makeTreeDir } from "./workdir.js";
 
 export interface BuildImageInput {
   name: string;
@@ -118,8 +119,17 @@ export async function buildImage(home: KindlingHome, input: BuildImageInput): Pr
   home.ensure();
   const show = input.progress ?? true;
   const work = await mkdtemp(path.join(home.tmp, "build-"));
+  const layerBytes = (
+    await Promise.all(
+      input.layers.map(async (l) =>
+        "end" in l && l.end !== undefined ? l.end - (l.start ?? 0) : (await stat(l.path)).size,
+      ),
+    )
+  ).reduce((a, b) => a + b, 0);
+  // Compressed layers expand (~3x for typical gzip'd distro layers).
+  const treeDir = await makeTreeDir(work, layerBytes * 4);
   try {
-    const root = await materializeLayers(work, input.layers, show);
+    const root = await materializeLayers(treeDir, input.layers, show);
     const image = path.join(work, "image.squashfs");
     if (show) process.stderr.write("building the block image (squashfs)\n");
     await buildSquashfs(root, image, input.squashfs ?? DEFAULT_SQUASHFS);
@@ -143,6 +153,7 @@ export async function buildImage(home: KindlingHome, input: BuildImageInput): Pr
     if (err instanceof KindlingError) throw err;
     throw new KindlingError(`building image ${input.name} failed: ${(err as Error).message}`);
   } finally {
+    await rm(treeDir, { recursive: true, force: true });
     await rm(work, { recursive: true, force: true });
   }
 }

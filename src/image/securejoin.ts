@@ -25,6 +25,10 @@ export interface ResolveOptions {
   create?: boolean;
   /** Named in errors. */
   entry: string;
+  /** Relative paths known to be real directories (saves an lstat per component); kept up to date by the caller. */
+  knownDirs?: Set<string>;
+  /** Called before looking at a path, so a caller with writes in flight can finish the one at that path. */
+  settle?: (rel: string) => Promise<void>;
 }
 
 /**
@@ -48,7 +52,13 @@ export async function resolveInRoot(root: string, parts: string[], opts: Resolve
       out.push(p);
       break;
     }
-    const abs = path.join(root, ...out, p);
+    const rel = out.length ? `${out.join("/")}/${p}` : p;
+    if (opts.knownDirs?.has(rel)) {
+      out.push(p);
+      continue;
+    }
+    await opts.settle?.(rel);
+    const abs = path.join(root, rel);
     let st: Awaited<ReturnType<typeof lstat>> | null = null;
     try {
       st = await lstat(abs);
@@ -67,6 +77,9 @@ export async function resolveInRoot(root: string, parts: string[], opts: Resolve
     if (st === null && opts.create) {
       await mkdir(abs);
       await chmod(abs, 0o755); // not subject to the umask: the tree must not depend on who built it
+      opts.knownDirs?.add(rel);
+    } else if (st?.isDirectory()) {
+      opts.knownDirs?.add(rel);
     } else if (st !== null && !st.isDirectory() && !last) {
       throw new KindlingError(
         `tar entry ${JSON.stringify(opts.entry)}: /${[...out, p].join("/")} is not a directory`,

@@ -4,12 +4,12 @@ import type { BlockIndex, ChunkRef, Digest } from "./types.js";
 
 export type ChunkingSpec = BlockIndex["chunking"];
 
-/** Chosen by measurement: see docs/image-pipeline.md (bench/chunking.ts). */
-export const DEFAULT_CHUNKING: ChunkingSpec = { algorithm: "fixed", avgSize: 512 * 1024 };
-
 export function fastcdcSpec(avgSize: number): ChunkingSpec {
   return { algorithm: "fastcdc", avgSize, minSize: avgSize / 4, maxSize: avgSize * 4 };
 }
+
+/** Chosen by measurement: see docs/image-pipeline.md (bench/chunking.ts). */
+export const DEFAULT_CHUNKING: ChunkingSpec = fastcdcSpec(256 * 1024);
 
 export function sha256(b: Buffer): Digest {
   return `sha256:${createHash("sha256").update(b).digest("hex")}`;
