@@ -150,6 +150,21 @@ describe("bearer token flow", () => {
     assert.equal(proxy.tokenRequests.length, 1, "one token serves the manifest, config and layers");
   });
 
+  test("a token the server stops accepting is replaced by a new one", async () => {
+    setEnv({});
+    const { image, chunk } = tinyKindlingImage();
+    await pushKindlingImage(`${proxy.host}/public/lazy:v1`, { insecure: true, quiet: true }, image);
+    const r = await pull(`${proxy.host}/public/lazy:v1`);
+    assert.equal(r.kind, "kindling");
+    if (r.kind !== "kindling") return;
+    const source = new RegistryChunkSource(r.origin);
+    assert.deepEqual(await source.fetch(sha256Digest(chunk), chunk.length), chunk);
+    const before = proxy.tokenRequests.length;
+    proxy.revokeTokens();
+    assert.deepEqual(await source.fetch(sha256Digest(chunk), chunk.length), chunk);
+    assert.equal(proxy.tokenRequests.length, before + 1);
+  });
+
   test("sends Basic credentials to the token server, asks for push scope, and uploads via the proxy", async () => {
     const tokenProxy = await startBearerProxy(reg, { requireUser: { user: "bob", password: "pw" } });
     try {

@@ -209,6 +209,8 @@ export interface BearerProxy {
   tokenRequests: URLSearchParams[];
   /** Authorization headers the token endpoint received ("" when anonymous). */
   tokenAuth: string[];
+  /** Invalidates every token issued so far (as an expiry would). */
+  revokeTokens(): void;
   stop(): Promise<void>;
 }
 
@@ -279,6 +281,7 @@ export async function startBearerProxy(
     host,
     tokenRequests,
     tokenAuth,
+    revokeTokens: () => tokens.clear(),
     stop: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
