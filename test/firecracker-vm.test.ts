@@ -331,3 +331,25 @@ test("options that cannot work are refused up front", async () => {
   const long = fx.spec({ stateDir: path.join(fx.dir, "x".repeat(120)) });
   await assert.rejects(startFirecrackerVm(long, opts), /longer than 107 bytes/);
 });
+
+test("jailer mode without a jailer binary: a clear error before anything is prepared", async () => {
+  fakeEnv({});
+  const base = path.join(fx.dir, "jails");
+  const spec = await specWithDrives();
+  const old = process.env.KINDLING_JAILER;
+  process.env.KINDLING_JAILER = path.join(fx.dir, "no-such-jailer");
+  try {
+    await assert.rejects(
+      startFirecrackerVm(spec, {
+        firecrackerBin: fx.fakeBin,
+        id: "jailed-1",
+        jailer: { execFile: fx.fakeBin, uid: 4321, gid: 4321, chrootBaseDir: base },
+      }),
+      /jailer is not installed or not on PATH \(set KINDLING_JAILER\); run `kindling doctor`/,
+    );
+  } finally {
+    if (old === undefined) delete process.env.KINDLING_JAILER;
+    else process.env.KINDLING_JAILER = old;
+  }
+  await assert.rejects(readdir(path.join(base, "firecracker", "jailed-1")), /ENOENT/);
+});

@@ -5,7 +5,7 @@
  * arguments and lays out the chroot (hard links, copies or bind mounts of the kernel and drives).
  * The jailer itself cannot run on the development host (no firecracker, no usable KVM): see docs/firecracker.md.
  */
-import { chown, copyFile, link, mkdir, rm, stat, writeFile } from "node:fs/promises";
+import { chown, copyFile, link, mkdir, readdir, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { KindlingError } from "../../util/errors.js";
 import { exec } from "../../util/exec.js";
@@ -91,6 +91,10 @@ export function planJail(spec: VmSpec, id: string, opts: JailerOptions): JailLay
 /** The jailer's command line; firecrackerArgs follow `--` and are passed on to firecracker. */
 export function renderJailerArgs(id: string, opts: JailerOptions, firecrackerArgs: string[]): string[] {
   checkJailId(id);
+  // The jailer refuses an exec file whose name does not contain "firecracker".
+  if (!path.basename(opts.execFile).includes("firecracker")) {
+    throw new KindlingError(`the jailer only runs an exec file named *firecracker*, not ${opts.execFile}`);
+  }
   const args = [
     "--id",
     id,
@@ -122,7 +126,7 @@ export type Placement = "link" | "copy" | "bind";
  */
 export async function prepareJail(
   layout: JailLayout,
-  opts: Pick<JailerOptions, "uid" | "gid">,
+  opts: Pick<JailerOptions, "uid" | "gid" | "parentCgroup">,
   extraFiles: string[] = [],
 ): Promise<{ placed: Record<string, Placement>; undo: () => Promise<void> }> {
   const placed: Record<string, Placement> = {};
@@ -130,6 +134,7 @@ export async function prepareJail(
   const undo = async () => {
     for (const b of binds.reverse()) await exec("umount", [b], { allowFailure: true });
     await rm(layout.jailDir, { recursive: true, force: true });
+    await removeJailCgroups(layout, opts.parentCgroup);
   };
   try {
     await mkdir(layout.root, { recursive: true });
@@ -170,4 +175,18 @@ export async function prepareJail(
     throw new KindlingError(`preparing the jail ${layout.root} failed: ${(err as Error).message}`);
   }
   return { placed, undo };
+}
+
+/**
+ * The jailer leaves the cgroups it made (<parent>/<id>, parent defaulting to the exec file's name) behind.
+ * Best effort, v2 and v1 layouts: rmdir removes only empty cgroups, so a live one is never touched.
+ */
+async function removeJailCgroups(layout: JailLayout, parentCgroup?: string): Promise<void> {
+  const parent = parentCgroup ?? path.basename(path.dirname(layout.jailDir));
+  const base = "/sys/fs/cgroup";
+  const dirs = [path.join(base, parent, layout.id)];
+  for (const controller of await readdir(base).catch(() => [] as string[])) {
+    dirs.push(path.join(base, controller, parent, layout.id));
+  }
+  for (const d of dirs) await rmdir(d).catch(() => undefined);
 }

@@ -3,7 +3,7 @@
  * socket (or with --config-file), and gives the caller the agent's byte stream over hybrid vsock.
  * Setup is a list of steps, each registering its undo, so a failure at any point leaves nothing behind.
  */
-import { mkdir, rm, writeFile } from "node:fs/promises";
+import { chown, mkdir, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import type { Duplex } from "node:stream";
@@ -130,6 +130,7 @@ export async function startFirecrackerVm(
 
 async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Promise<FirecrackerVm> {
   const bin = await resolveFirecracker(opts.firecrackerBin);
+  const jailerBin = opts.jailer ? await resolveJailer(opts.jailer.jailerBin) : undefined;
   const schema = await schemaFor(opts);
   const id = opts.id ?? vmId(spec.stateDir);
   const agentPort = opts.agentPort ?? AGENT_VSOCK_PORT;
@@ -189,6 +190,8 @@ async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Pr
   };
 
   if (jail) {
+    if (process.getuid?.() !== 0)
+      throw new KindlingError("the jailer must be started as root (it chroots and drops to --uid/--gid)");
     const { undo } = await prepareJail(jail, opts.jailer!, [inVm.log, inVm.metrics]);
     scope.defer("jail", undo);
   } else {
@@ -205,6 +208,8 @@ async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Pr
   // The guest connects as soon as its agent starts, so the listener must exist before the VM boots.
   const listener = await VsockListener.listen(paths.vsockSocket, agentPort);
   scope.defer("agent listener", () => listener.close());
+  // connect(2) on a Unix socket needs write permission: the jailed VMM runs as the jail's uid.
+  if (jail) await chown(listener.path, opts.jailer!.uid, opts.jailer!.gid);
 
   let config: FirecrackerConfig | undefined;
   const fcArgs = ["--api-sock", inVm.api];
@@ -216,10 +221,7 @@ async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Pr
     fcArgs.push("--config-file", inVm.config);
   }
   const [cmd, args] = jail
-    ? [
-        await resolveJailer(opts.jailer!.jailerBin),
-        renderJailerArgs(id, { ...opts.jailer!, execFile: opts.jailer!.execFile || bin }, fcArgs),
-      ]
+    ? [jailerBin!, renderJailerArgs(id, { ...opts.jailer!, execFile: opts.jailer!.execFile || bin }, fcArgs)]
     : [bin, fcArgs];
   const proc = await Supervised.spawn(cmd, args, {
     cwd: stateDir,
