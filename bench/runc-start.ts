@@ -3,14 +3,14 @@
  * loop device under an overlay (what `kindling run` uses) against runc on a plain directory holding
  * the same tree; interleaved rounds, medians and ratios. A third row is `kindling run` end to end
  * (stale-run check, loop + mounts, bundle, runc, teardown) through the API.
- *   node dist/bench/runc-start.js [--n 30] [--image NAME|FILE.sqfs]
+ *   node dist/bench/runc-start.js [--n 30] [--image NAME|FILE.sqfs]   (NAME: in $KINDLING_HOME)
  * Without --image, a busybox SquashFS is built; with an image name the lower layer is the lazy FUSE
  * file (warm: after the first round its chunks are cached).
  */
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { resolveImage } from "../src/runtime/image.js";
+import { isPathRef, resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { buildOciSpec } from "../src/runtime/oci.js";
 import { parseRunOptions } from "../src/runtime/options.js";
@@ -40,14 +40,15 @@ async function main(): Promise<void> {
   const runc = await findBinary("runc");
   if (!runc) throw new Error("runc is not installed");
   const tmp = await mkdtemp(path.join(tmpdir(), "kindling-bench-runc-"));
-  const home = new KindlingHome(path.join(tmp, "home"));
+  // An image name is looked up (and run) in $KINDLING_HOME; a file or the built busybox in a temp home.
+  const home = IMAGE && !isPathRef(IMAGE) ? new KindlingHome() : new KindlingHome(path.join(tmp, "home"));
   let imageRef = IMAGE;
   if (!imageRef) {
     await buildBusyboxTree(path.join(tmp, "tree"));
     imageRef = path.join(tmp, "busybox.sqfs");
     await makeSquashfs(path.join(tmp, "tree"), imageRef);
   }
-  const image = await resolveImage(home, imageRef.startsWith("/") ? imageRef : imageRef);
+  const image = await resolveImage(home, imageRef);
 
   await Scope.with(async (scope) => {
     scope.defer("bench dir", () => rm(tmp, { recursive: true, force: true }));
@@ -127,7 +128,7 @@ async function main(): Promise<void> {
     }
     const dir = median(times.dir);
     const row = (label: string, xs: number[]) =>
-      `  ${label.padEnd(52)} ${median(xs).toFixed(1).padStart(7)} ms   ${(median(xs) / dir).toFixed(2)}x`;
+      `  ${label.padEnd(60)} ${median(xs).toFixed(1).padStart(7)} ms   ${(median(xs) / dir).toFixed(2)}x`;
     console.log(`runc \`echo hi\` start latency, median of ${N} interleaved rounds, image ${image.name}`);
     console.log(`  command: node dist/bench/runc-start.js ${process.argv.slice(2).join(" ")}`.trimEnd());
     console.log(row("runc run, plain directory rootfs", times.dir));

@@ -1,7 +1,9 @@
 import { stat } from "node:fs/promises";
 import type { ImageRecord, RunConfig } from "../image/types.js";
-import type { BlockIndex, ChunkSource, Digest } from "../store/types.js";
-import { errorMessage, KindlingError } from "../util/errors.js";
+import { openLazyImage } from "../lazy/index.js";
+import { readBlockIndex } from "../store/blockindex.js";
+import { loadImage } from "../store/catalog.js";
+import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { DEFAULT_PATH } from "./process.js";
 import { FileBlockImage } from "./rootfs.js";
@@ -34,8 +36,7 @@ export async function resolveImage(home: KindlingHome, ref: string): Promise<Res
     }
     return { name: ref, config: BARE_CONFIG, blockImage: new FileBlockImage(ref) };
   }
-  const store = await importModule<StoreModule>("../store/catalog.js");
-  const record = await store.loadImage(home, ref);
+  const record = await loadImage(home, ref);
   return { name: record.name, config: record.config, blockImage: new LazyBlockImage(home, record) };
 }
 
@@ -49,36 +50,7 @@ export class LazyBlockImage implements BlockImageProvider {
     return `image ${this.record.name} (${this.record.digest})`;
   }
   async open(): Promise<{ path: string; close(): Promise<void> }> {
-    const index = await (await importModule<BlockIndexModule>("../store/blockindex.js")).readBlockIndex(
-      this.home,
-      this.record.digest,
-    );
-    const lazy = await importModule<LazyModule>("../lazy/index.js");
-    return lazy.openLazyImage(this.home, this.record, index, "auto");
-  }
-}
-
-// The image pipeline and the lazy file are built alongside this module; they are loaded at run
-// time so `run` with a SquashFS file works before (and without) them.
-interface StoreModule {
-  loadImage(home: KindlingHome, name: string): Promise<ImageRecord>;
-}
-interface BlockIndexModule {
-  readBlockIndex(home: KindlingHome, digest: Digest): Promise<BlockIndex>;
-}
-interface LazyModule {
-  openLazyImage(
-    home: KindlingHome,
-    record: ImageRecord,
-    index: BlockIndex,
-    source: ChunkSource | "auto",
-  ): Promise<{ path: string; close(): Promise<void> }>;
-}
-
-async function importModule<T>(specifier: string): Promise<T> {
-  try {
-    return (await import(new URL(specifier, import.meta.url).href)) as T;
-  } catch (err) {
-    throw new KindlingError(`images by name need ${specifier} (${errorMessage(err)})`);
+    const index = await readBlockIndex(this.home, this.record.digest);
+    return openLazyImage(this.home, this.record, index, "auto");
   }
 }

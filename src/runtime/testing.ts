@@ -52,18 +52,21 @@ export async function readAll(stream: Readable | null): Promise<string> {
 }
 
 /**
- * What a run under `home` might have left on the host: mounts under it, loop devices on `imageFile`,
- * processes naming it (runc, runsc, containers' runtime shims), and run dirs. Empty when clean.
+ * What a run under `home` might have left on the host: mounts under it (overlay, squashfs, lazy
+ * FUSE), loop devices on `imageFile` or on files under `home`, processes naming `home` (runc,
+ * runsc, lazy daemons), processes and cgroups of containers `ids`, and run dirs. Empty when clean.
  */
-export async function leftovers(home: string, imageFile: string, ids: string[] = []): Promise<string[]> {
+export async function leftovers(home: string, imageFile?: string, ids: string[] = []): Promise<string[]> {
   const out: string[] = [];
   for (const m of await mountsUnder(home)) out.push(`mount ${m.mountPoint}`);
-  const loops = (await exec("losetup", ["-j", imageFile])).stdout.trim();
-  if (loops) out.push(`loop ${loops}`);
+  for (const line of (await exec("losetup", ["-a"])).stdout.split("\n")) {
+    if (line.includes(`(${home}/`) || (imageFile && line.includes(`(${imageFile})`)))
+      out.push(`loop ${line}`);
+  }
   for (const pid of await readdir("/proc")) {
     if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
     const cmd = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-    if (cmd.includes(`${home}/run/`)) out.push(`process ${pid}: ${cmd.replaceAll("\0", " ")}`);
+    if (cmd.includes(`${home}/`)) out.push(`process ${pid}: ${cmd.replaceAll("\0", " ")}`);
     const cgroup = await readFile(`/proc/${pid}/cgroup`, "utf8").catch(() => "");
     for (const id of ids) {
       if (cgroup.includes(`/kindling/${id}\n`)) out.push(`process ${pid} of container ${id}`);

@@ -1,0 +1,115 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { importImage } from "../src/image/import.js";
+import { resolveImage } from "../src/runtime/image.js";
+import { runContainer } from "../src/runtime/lifecycle.js";
+import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import { getRuntime } from "../src/runtime/registry.js";
+import { cleanupStaleRuns } from "../src/runtime/rundir.js";
+import { buildBusyboxTree, leftovers, readAll } from "../src/runtime/testing.js";
+import { KindlingHome } from "../src/util/home.js";
+import { MT, OciLayoutWriter, tarDir } from "./helpers/registry.js";
+
+// `kindling run NAME` on an imported image: the lower layer is the lazy FUSE file (src/lazy).
+const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
+let tmp: string;
+let home: KindlingHome;
+const ids: string[] = [];
+
+before(async () => {
+  tmp = await mkdtemp(path.join(tmpdir(), "kindling-runlazy-"));
+  home = new KindlingHome(path.join(tmp, "home"));
+  const tree = path.join(tmp, "tree");
+  await buildBusyboxTree(tree);
+  const layout = await OciLayoutWriter.create(path.join(tmp, "layout"));
+  const manifest = await layout.image([{ data: await tarDir(tree), mediaType: MT.layerTar }], {
+    config: {
+      Entrypoint: ["/bin/sh", "-c"],
+      Cmd: ['echo default; pwd; id -u; echo "$IMGVAR"'],
+      Env: ["PATH=/bin", "IMGVAR=from-image"],
+      WorkingDir: "/data",
+      User: "app",
+    },
+  });
+  await layout.tag(manifest, "latest");
+  await importImage(home, `${layout.dir}:latest`, { name: "bb" });
+});
+
+after(async () => {
+  await cleanupStaleRuns(home).catch(() => {});
+  const left = await leftovers(home.root, undefined, ids);
+  await rm(tmp, { recursive: true, force: true });
+  assert.deepEqual(left, []);
+});
+
+async function run(command: string[], flags: RawRunFlags = {}) {
+  const options = await parseRunOptions("bb", command, flags);
+  const handle = runContainer({
+    home,
+    options,
+    image: await resolveImage(home, "bb"),
+    runtime: getRuntime(options.runtime, options.rootfs),
+    stdio: { stdout: "pipe", stderr: "pipe" },
+  });
+  const s = await handle.started;
+  const [stdout, stderr, result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
+  ids.push(result.id);
+  return { ...result, stdout, stderr };
+}
+
+test("an imported image runs with its ENTRYPOINT, CMD, Env, WorkingDir and User", async () => {
+  const r = await run([]);
+  assert.equal(r.stderr, "");
+  assert.equal(r.stdout, "default\n/data\n1000\nfrom-image\n");
+  assert.equal(r.status, 0);
+  assert.deepEqual(await leftovers(home.root, undefined, ids), []);
+});
+
+test("flags override the image config; arguments replace CMD only", async () => {
+  const r = await run(['echo "$IMGVAR"; pwd; id -u; exit 5'], {
+    env: ["IMGVAR=flag"],
+    workdir: "/tmp",
+    user: "0",
+  });
+  assert.equal(r.stdout, "flag\n/tmp\n0\n");
+  assert.equal(r.status, 5);
+  const e = await run(["hi"], { entrypoint: "echo" });
+  assert.equal(e.stdout, "hi\n");
+  assert.deepEqual(await leftovers(home.root, undefined, ids), []);
+});
+
+test("runsc runs the lazy image too", async () => {
+  const r = await run(["cat /data/hello"], { runtime: "runsc" });
+  assert.equal(r.stdout, "hello from the image\n");
+  assert.equal(r.status, 0);
+  assert.deepEqual(await leftovers(home.root, undefined, ids), []);
+});
+
+test("Ctrl-C on `kindling run NAME` releases the container, the mounts and the lazy daemon", async () => {
+  const child = spawn(
+    process.execPath,
+    [KINDLING, "run", "--stop-timeout", "0.3", "bb", "--", "echo ready; exec sleep 30"],
+    {
+      env: { ...process.env, KINDLING_HOME: home.root },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
+    child.on("exit", () => reject(new Error("exited before ready")));
+  });
+  const during = await leftovers(home.root);
+  assert.ok(
+    during.some((l) => l.includes("lazy/daemon")),
+    during.join("; "),
+  );
+  child.kill("SIGINT");
+  const code = await new Promise((resolve) => child.on("exit", resolve));
+  assert.equal(code, 137);
+  assert.deepEqual(await leftovers(home.root), []);
+});
