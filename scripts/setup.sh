@@ -18,6 +18,7 @@ APT_PACKAGES=(
   docker-registry     # a real OCI registry on 127.0.0.1 for tests
   skopeo              # loads images into that registry
   apache2-utils       # htpasswd -B: bcrypt users for the registry basic-auth tests
+  openssl             # self-signed certificate for the registry HTTPS test
   zstd                # zstd layers
   attr                # setfattr: xattrs (security.capability) when applying layers
   cpio                # initramfs

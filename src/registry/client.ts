@@ -219,12 +219,11 @@ export class RegistryClient {
       if (opts.signal?.aborted) throw opts.signal.reason ?? err;
       if (timedOut)
         throw new TransientError(`no answer within ${(opts.timeoutMs ?? this.timeoutMs) / 1000} s`);
-      const msg = networkMessage(err, this.base);
-      // TLS mismatches and forbidden ports do not go away by retrying.
-      if (/--insecure|bad port/.test(msg)) {
-        throw new RegistryError(`${this.where}: ${method} ${url}: ${msg}`, undefined, false);
+      const failure = networkFailure(err, this.base);
+      if (failure.permanent) {
+        throw new RegistryError(`${this.where}: ${method} ${url}: ${failure.message}`, undefined, false);
       }
-      throw new TransientError(msg);
+      throw new TransientError(failure.message);
     }
     const stalled = "response body stalled: no data";
     arm(this.idleTimeoutMs, stalled);
@@ -301,7 +300,9 @@ export class RegistryClient {
         });
       } catch (err) {
         if (signal?.aborted) throw signal.reason ?? err;
-        lastErr = timeout.aborted ? "timed out" : networkMessage(err, tokenUrl.origin);
+        const failure = networkFailure(err, tokenUrl.origin);
+        if (failure.permanent) throw new KindlingError(`token server for ${this.where}: ${failure.message}`);
+        lastErr = timeout.aborted ? "timed out" : failure.message;
         continue;
       }
       if (RETRY_STATUS.has(res.status)) {
@@ -365,15 +366,29 @@ async function errorDetail(reply: Reply): Promise<{ text: string; codes: string[
   }
 }
 
-function networkMessage(err: unknown, base: string): string {
+/** Certificate problems: retrying cannot fix them. */
+const CERT_ERRORS =
+  /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|ERR_TLS_CERT_ALTNAME_INVALID|HOSTNAME_MISMATCH/;
+
+/** Says why a connection failed; `permanent` when retrying cannot help (TLS mismatch, certificates). */
+function networkFailure(err: unknown, base: string): { message: string; permanent: boolean } {
   const cause = (err as { cause?: { code?: string; message?: string } }).cause;
   const code = cause?.code ?? cause?.message ?? (err as Error).message;
+  const text = `${code} ${cause?.message ?? ""}`;
+  if (base.startsWith("https:") && CERT_ERRORS.test(text)) {
+    return {
+      message: `cannot reach ${base}: its TLS certificate is not trusted (${code}); add its CA to NODE_EXTRA_CA_CERTS`,
+      permanent: true,
+    };
+  }
   // An HTTPS client talking to an HTTP registry sees a TLS protocol error.
-  const hint =
-    base.startsWith("https:") && /EPROTO|SSL|TLS|wrong version/i.test(`${code} ${cause?.message}`)
-      ? " (is it a plain-HTTP registry? use --insecure)"
-      : "";
-  return `cannot reach ${base}: ${code}${hint}`;
+  if (base.startsWith("https:") && /EPROTO|SSL|TLS|wrong version/i.test(text)) {
+    return {
+      message: `cannot reach ${base}: ${code} (is it a plain-HTTP registry? use --insecure)`,
+      permanent: true,
+    };
+  }
+  return { message: `cannot reach ${base}: ${code}`, permanent: /bad port/.test(text) };
 }
 
 function backoffMs(attempt: number): number {

@@ -4,6 +4,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
+import https from "node:https";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -16,13 +17,17 @@ export interface RegistryOptions {
   users?: Record<string, string>;
   /** How long to wait for /v2/ to answer; default 20 s. */
   startTimeoutMs?: number;
+  /** Serve HTTPS with a fresh self-signed certificate for 127.0.0.1 (see caFile). */
+  tls?: boolean;
 }
 
 export interface TestRegistry {
   /** "127.0.0.1:PORT" */
   host: string;
-  /** "http://127.0.0.1:PORT" */
+  /** "http://127.0.0.1:PORT" (https:// with tls). */
   url: string;
+  /** With tls: the PEM certificate to trust (e.g. NODE_EXTRA_CA_CERTS for a child process). */
+  caFile?: string;
   /** The registry's filesystem storage root (docker/registry/v2/... lives below it). */
   dataDir: string;
   /** Its config.yml (e.g. for `docker-registry garbage-collect`). */
@@ -95,6 +100,18 @@ async function startOnce(opts: RegistryOptions): Promise<TestRegistry> {
       await writeFile(path.join(dir, "htpasswd"), `${lines.join("\n")}\n`);
       auth = `auth:\n  htpasswd:\n    realm: kindling-test\n    path: ${path.join(dir, "htpasswd")}\n`;
     }
+    let tls = "";
+    let ca: Buffer | undefined;
+    const caFile = opts.tls ? path.join(dir, "cert.pem") : undefined;
+    if (caFile) {
+      const keyFile = path.join(dir, "key.pem");
+      const subject =
+        "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:TRUE";
+      const args = `req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 ${subject}`;
+      await exec("openssl", [...args.split(" "), "-keyout", keyFile, "-out", caFile]);
+      ca = await readFile(caFile);
+      tls = `  tls:\n    certificate: ${caFile}\n    key: ${keyFile}\n`;
+    }
     const config = [
       "version: 0.1",
       "log:",
@@ -112,6 +129,7 @@ async function startOnce(opts: RegistryOptions): Promise<TestRegistry> {
       "http:",
       `  addr: ${host}`,
       `  secret: ${randomBytes(16).toString("hex")}`,
+      tls,
       auth,
     ].join("\n");
     const configPath = path.join(dir, "config.yml");
@@ -141,20 +159,30 @@ async function startOnce(opts: RegistryOptions): Promise<TestRegistry> {
         throw new Error(`docker-registry exited (${exitCode}) before serving: ${tail(log)}`);
       }
       if (Date.now() > deadline) throw new Error(`docker-registry did not answer on ${host}: ${tail(log)}`);
-      try {
-        const res = await fetch(`http://${host}/v2/`, { signal: AbortSignal.timeout(1000) });
-        await res.body?.cancel();
-        if (res.status === 200 || res.status === 401) break;
-      } catch {
-        // not listening yet
-      }
+      const status = await probe(host, ca).catch(() => 0); // 0: not listening yet
+      if (status === 200 || status === 401) break;
       await new Promise((r) => setTimeout(r, 100));
     }
-    return { host, url: `http://${host}`, dataDir, configPath, auth: opts.auth ?? "none", users, stop };
+    const url = `${caFile ? "https" : "http"}://${host}`;
+    return { host, url, dataDir, configPath, caFile, auth: opts.auth ?? "none", users, stop };
   } catch (err) {
     await stop();
     throw err;
   }
+}
+
+/** GET /v2/ -> status; over TLS trusting only `ca` (fetch cannot be given a CA in Node 20). */
+function probe(host: string, ca?: Buffer): Promise<number> {
+  const [hostname, port] = host.split(":");
+  return new Promise((resolve, reject) => {
+    const mod = ca ? https : http;
+    const req = mod.get({ hostname, port: Number(port), path: "/v2/", ca, timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+  });
 }
 
 function tail(log: Buffer[]): string {
