@@ -90,7 +90,12 @@ export class LayerApplier {
     const opaque: string[] = [];
     const tar = tarReader(stream as AsyncIterable<Buffer>);
     for (;;) {
-      const e = await tar.next();
+      let e: TarEntry | null;
+      try {
+        e = await tar.next();
+      } catch (err) {
+        throw err instanceof KindlingError ? new KindlingError(`${label}: ${err.message}`) : err;
+      }
       if (!e) break;
       try {
         await this.applyEntry(e, tar, touched, opaque);
@@ -161,7 +166,7 @@ export class LayerApplier {
     let linkTarget: string | undefined;
     if (e.type === "hardlink") {
       await this.barrier();
-      const tparts = cleanEntryPath(e.linkname, e.name);
+      const tparts = cleanEntryPath(e.linkname, e.name, "hard link target");
       const t = await resolveInRoot(this.root, tparts, { ...this.resolveOpts(e.name, false), create: false });
       linkTarget = path.join(this.root, ...t);
       if (linkTarget === abs) return; // a link to itself: nothing to do

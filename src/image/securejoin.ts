@@ -10,10 +10,12 @@ const MAX_LINKS = 40;
  * taken relative to the root, as container runtimes do). ".." is refused: no legitimate layer needs
  * it, and refusing is easier to reason about than clamping.
  */
-export function cleanEntryPath(name: string, entry: string): string[] {
+export function cleanEntryPath(name: string, entry: string, what = "path"): string[] {
   const parts = name.split("/").filter((p) => p !== "" && p !== ".");
   if (parts.includes("..")) {
-    throw new KindlingError(`tar entry ${JSON.stringify(entry)}: path climbs out of the image root ("..")`);
+    throw new KindlingError(
+      `tar entry ${JSON.stringify(entry)}: ${what} climbs out of the image root ("..")`,
+    );
   }
   return parts;
 }
