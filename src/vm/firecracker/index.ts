@@ -13,9 +13,9 @@ export {
 export { loadFirecrackerSchema } from "./schema.js";
 export {
   AGENT_VSOCK_PORT,
+  type FirecrackerExit,
   type FirecrackerVm,
   type FirecrackerVmOptions,
   startFirecrackerVm,
-  type VmExit,
 } from "./vm.js";
 export { VsockListener, vsockConnect } from "./vsock.js";

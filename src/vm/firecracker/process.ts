@@ -120,7 +120,7 @@ export class Supervised {
       await new Promise<void>((resolve, reject) => {
         child.once("spawn", resolve);
         child.once("error", (e: NodeJS.ErrnoException) =>
-          reject(e.code === "ENOENT" ? new KindlingError(FIRECRACKER_MISSING, "ENOFIRECRACKER") : e),
+          reject(e.code === "ENOENT" ? new KindlingError(`${bin} could not be started: ${e.message}`) : e),
         );
       });
       return new Supervised(path.basename(bin), child, opts.stderrPath);

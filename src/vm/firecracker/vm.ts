@@ -64,7 +64,7 @@ export interface FirecrackerVmOptions {
   jailer?: JailerOptions;
 }
 
-export interface VmExit {
+export interface FirecrackerExit {
   code: number | null;
   signal: NodeJS.Signals | null;
   /** One line a user can read: how the VMM ended and the end of its stderr. */
@@ -105,9 +105,9 @@ export interface FirecrackerVm {
   /** A host-initiated vsock connection to a port the guest listens on (CONNECT <port>). */
   connect(port: number, timeoutMs?: number): Promise<Duplex>;
   /** Resolves when the VMM process ends (guest reboot/poweroff, crash, or kill). */
-  wait(): Promise<VmExit>;
+  wait(): Promise<FirecrackerExit>;
   /** Asks the guest to stop (SendCtrlAltDel), then kills the VMM if it has not exited after graceMs. */
-  shutdown(graceMs?: number): Promise<VmExit>;
+  shutdown(graceMs?: number): Promise<FirecrackerExit>;
   /** Kills the VMM now. */
   kill(): Promise<void>;
   /** Kills the VMM if needed and removes its sockets; idempotent. Logs and console stay in stateDir. */
@@ -400,7 +400,7 @@ function makeHandle(p: HandleParts): FirecrackerVm {
   };
 }
 
-async function toVmExit(e: ExitInfo, consolePath: string): Promise<VmExit> {
+async function toVmExit(e: ExitInfo, consolePath: string): Promise<FirecrackerExit> {
   return {
     code: e.code,
     signal: e.signal,
