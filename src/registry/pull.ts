@@ -186,8 +186,10 @@ async function downloadLayers(
   };
   const n = Math.max(1, Math.min(opts.concurrency ?? 3, layers.length));
   await Promise.allSettled(Array.from({ length: n }, () => worker()));
+  // Always finish the bar: a terminal bar left running keeps the cursor hidden.
+  const failed = opts.signal?.aborted || firstError !== undefined;
+  bar?.done(failed ? "failed" : `${layers.length} layers`);
   if (opts.signal?.aborted) throw opts.signal.reason;
   if (firstError !== undefined) throw firstError;
-  bar?.done(`${layers.length} layers`);
   return layers;
 }

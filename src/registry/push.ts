@@ -1,6 +1,6 @@
 import type { ImageRecord } from "../image/types.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type Digest } from "../store/types.js";
-import { KindlingError } from "../util/errors.js";
+import { errorMessage, KindlingError } from "../util/errors.js";
 import { progress } from "../util/progress.js";
 import {
   KINDLING_ARTIFACT_TYPE,
@@ -108,6 +108,14 @@ export async function pushKindlingImage(
     );
   }
 
+  const manifestDigest = sha256Digest(body);
+  const target = parsed.tag ?? parsed.digest!;
+  if (parsed.digest && parsed.digest !== manifestDigest) {
+    throw new KindlingError(
+      `push to ${ref}: the manifest's digest is ${manifestDigest}, not ${parsed.digest}`,
+    );
+  }
+
   const total = configBytes.length + image.index.length + [...chunks.values()].reduce((a, b) => a + b, 0);
   const bar = opts.quiet ? undefined : progress(`push ${formatReference(parsed)}`, total);
   let done = 0;
@@ -127,45 +135,52 @@ export async function pushKindlingImage(
       read: () => image.readChunk(d.digest as Digest),
     })),
   ];
-  await eachLimited(uploads, opts.concurrency ?? 4, opts.signal, async (u, signal) => {
-    if (await blobExists(client, u.digest, signal)) {
-      skipped++;
-    } else if (mountFrom && (await mountBlob(client, u.digest, mountFrom, signal))) {
-      mounted++;
-    } else {
-      const data = await u.read();
-      if (data.length !== u.size || sha256Digest(data) !== u.digest) {
-        throw new KindlingError(
-          `chunk ${u.digest} of image ${image.record.name} is corrupted in the local store`,
-        );
-      }
-      await uploadBlob(client, u.digest, data, signal);
-    }
-    tick(u.size);
-  });
-
-  const manifestDigest = sha256Digest(body);
-  const target = parsed.tag ?? parsed.digest!;
-  if (parsed.digest && parsed.digest !== manifestDigest) {
-    throw new KindlingError(
-      `push to ${ref}: the manifest's digest is ${manifestDigest}, not ${parsed.digest}`,
-    );
-  }
-  const reply = await client.request(`manifests/${target}`, {
-    method: "PUT",
-    headers: { "content-type": MEDIA.ociManifest },
-    body,
-    signal: opts.signal,
-  });
-  const echoed = reply.res.headers.get("docker-content-digest");
-  await discard(reply);
-  if (echoed && echoed !== manifestDigest) {
-    throw new KindlingError(`${client.where} stored the manifest as ${echoed}, expected ${manifestDigest}`);
+  try {
+    await uploadAll();
+  } catch (err) {
+    bar?.done("failed"); // a terminal bar left running keeps the cursor hidden
+    throw err;
   }
   bar?.done(
     `${uploads.length} blobs, ${skipped} already there${mounted ? `, ${mounted} mounted from ${mountFrom}` : ""}`,
   );
   return { manifestDigest };
+
+  async function uploadAll(): Promise<void> {
+    await eachLimited(uploads, opts.concurrency ?? 4, opts.signal, async (u, signal) => {
+      if (await blobExists(client, u.digest, signal)) {
+        skipped++;
+      } else if (mountFrom && (await mountBlob(client, u.digest, mountFrom, signal))) {
+        mounted++;
+      } else {
+        const data = await u.read().catch((err: unknown) => {
+          if (err instanceof KindlingError) throw err;
+          throw new KindlingError(
+            `cannot read chunk ${u.digest} of image ${image.record.name}: ${errorMessage(err)}`,
+          );
+        });
+        if (data.length !== u.size || sha256Digest(data) !== u.digest) {
+          throw new KindlingError(
+            `chunk ${u.digest} of image ${image.record.name} is corrupted in the local store`,
+          );
+        }
+        await uploadBlob(client, u.digest, data, signal);
+      }
+      tick(u.size);
+    });
+
+    const reply = await client.request(`manifests/${target}`, {
+      method: "PUT",
+      headers: { "content-type": MEDIA.ociManifest },
+      body,
+      signal: opts.signal,
+    });
+    const echoed = reply.res.headers.get("docker-content-digest");
+    await discard(reply);
+    if (echoed && echoed !== manifestDigest) {
+      throw new KindlingError(`${client.where} stored the manifest as ${echoed}, expected ${manifestDigest}`);
+    }
+  }
 }
 
 function parseIndex(buf: Buffer, name: string): BlockIndex {
