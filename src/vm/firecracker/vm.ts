@@ -186,7 +186,9 @@ async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Pr
       show_log_origin: false,
     },
     metrics: { metrics_path: inVm.metrics },
-    mapPath: jail ? (_p, _kind, fileId) => jail.files.find((f) => f.id === fileId)!.inJail : undefined,
+    mapPath: jail
+      ? (_p, kind, fileId) => jail.files.find((f) => f.kind === kind && f.id === fileId)!.inJail
+      : undefined,
   };
 
   if (jail) {
