@@ -1,0 +1,62 @@
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { buildSquashfs } from "../src/blockimage/squashfs.js";
+import { materializeLayers } from "../src/image/build.js";
+import { importImage } from "../src/image/import.js";
+import { readBlockIndex } from "../src/store/blockindex.js";
+import type { Digest } from "../src/store/types.js";
+import { exec } from "../src/util/exec.js";
+import { fixture, tempHome } from "./helpers/fixtures.js";
+
+describe("block image", () => {
+  let work: string;
+  before(async () => {
+    work = await mkdtemp("/tmp/kindling-test-block-");
+  });
+  after(async () => {
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test("the same layers give a byte-identical SquashFS, readable by the kernel", async () => {
+    const layers = [{ path: path.join(await fixture("busybox-rootfs.tar")) }];
+    const imgs: Buffer[] = [];
+    for (const i of [0, 1]) {
+      const dir = path.join(work, `t${i}`);
+      await mkdir(dir);
+      const root = await materializeLayers(dir, layers, false);
+      // Touch the tree's atimes/ctimes: they must not matter.
+      await writeFile(path.join(dir, "unrelated"), "x");
+      await buildSquashfs(root, path.join(dir, "img"));
+      imgs.push(await readFile(path.join(dir, "img")));
+    }
+    assert.ok(imgs[0]!.equals(imgs[1]!), "byte-identical");
+    const mnt = path.join(work, "mnt");
+    await mkdir(mnt);
+    await exec("mount", ["-t", "squashfs", "-o", "loop,ro", path.join(work, "t0", "img"), mnt]);
+    try {
+      assert.equal(await readFile(path.join(mnt, "etc/hostname"), "utf8"), "kindling-busybox\n");
+      const ls = (await exec("ls", ["-ln", path.join(mnt, "bin/sh")])).stdout;
+      assert.match(ls, /^lrwxrwxrwx 1 0 0 .* -> busybox/);
+    } finally {
+      await exec("umount", [mnt], { allowFailure: true });
+    }
+  });
+
+  test("Debian minbase imported into two fresh homes: same digest and block image", async () => {
+    const tar = await fixture("debian-minbase.tar");
+    const homes = [await tempHome(), await tempHome()];
+    try {
+      const recs: { digest: Digest }[] = [];
+      for (const h of homes) recs.push(await importImage(h, tar, { name: "minbase", progress: false }));
+      assert.equal(recs[0]!.digest, recs[1]!.digest);
+      const [a, b] = await Promise.all(homes.map((h, i) => readBlockIndex(h, recs[i]!.digest)));
+      assert.equal(a!.blockDigest, b!.blockDigest);
+      assert.equal(a!.chunking.algorithm, "fastcdc");
+      assert.ok(a!.chunks.length > 50);
+    } finally {
+      for (const h of homes) await h.remove();
+    }
+  });
+});
