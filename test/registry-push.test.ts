@@ -177,6 +177,43 @@ describe("pushKindlingImage", () => {
     for (const [digest, bytes] of fake.store) assert.deepEqual(await dst.fetch(digest, bytes.length), bytes);
   });
 
+  test("pushing a lazily pulled image to another registry fetches missing chunks from its origin", async () => {
+    const fake = fakeImage("elsewhere");
+    await pushKindlingImage(`${reg.host}/kindling/origin:v1`, { insecure: true, quiet: true }, fake.image);
+    const pulled = await pullFromRegistry(`${reg.host}/kindling/origin:v1`, {
+      insecure: true,
+      tmpDir,
+      quiet: true,
+    });
+    assert.equal(pulled.kind, "kindling");
+    if (pulled.kind !== "kindling") return;
+    const other = await startRegistry();
+    try {
+      await pushKindlingImage(
+        `${other.host}/copy/app:v1`,
+        { insecure: true, quiet: true },
+        {
+          record: { ...fake.image.record, origin: pulled.origin },
+          index: fake.image.index,
+          readChunk: async (d) => {
+            throw new Error(`chunk ${d} is not local`);
+          },
+        },
+      );
+      const copy = new RegistryChunkSource({
+        kind: "registry",
+        registry: other.host,
+        repository: "copy/app",
+        reference: "v1",
+        insecure: true,
+      });
+      for (const [digest, bytes] of fake.store)
+        assert.deepEqual(await copy.fetch(digest, bytes.length), bytes);
+    } finally {
+      await other.stop();
+    }
+  });
+
   test("the registry's garbage collector keeps an artifact's chunks (they are its layers)", async () => {
     const fake = fakeImage("gc");
     await pushKindlingImage(`${reg.host}/kindling/gc:v1`, { insecure: true, quiet: true }, fake.image);

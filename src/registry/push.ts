@@ -8,6 +8,7 @@ import {
   KINDLING_CONFIG_MEDIA_TYPE,
   type KindlingConfig,
 } from "./artifact.js";
+import { RegistryChunkSource } from "./chunks.js";
 import { discard, RegistryClient, RegistryError } from "./client.js";
 import { type Descriptor, MEDIA, sha256Digest } from "./manifest.js";
 import { formatReference, parseReference } from "./reference.js";
@@ -132,9 +133,21 @@ export async function pushKindlingImage(
     ...chunkDescs.map((d) => ({
       digest: d.digest as Digest,
       size: d.size,
-      read: () => image.readChunk(d.digest as Digest),
+      read: () => readChunk(d.digest as Digest, d.size),
     })),
   ];
+  // A lazily pulled image may lack chunks locally: those come from the registry it was pulled from.
+  let originSource: RegistryChunkSource | undefined;
+  const readChunk = async (digest: Digest, size: number): Promise<Buffer> => {
+    try {
+      return await image.readChunk(digest);
+    } catch (err) {
+      if (origin.kind !== "registry") throw err;
+      originSource ??= new RegistryChunkSource(origin);
+      return originSource.fetch(digest, size, opts.signal);
+    }
+  };
+
   try {
     await uploadAll();
   } catch (err) {
