@@ -200,6 +200,9 @@ test("a hung daemon is aborted on close: its readers get an error, not a hang", 
       () => null,
       (err: Error) => err,
     );
+    // Opening another image in this home must not block on the stuck one (no stat of its mount).
+    const other = await openLazyImage(home, record, index, "auto");
+    await other.close();
     const t0 = Date.now();
     await lazy.close();
     assert.match(String(await reading), /ENOTCONN|ECONNABORTED|EIO/);

@@ -3,7 +3,7 @@
  * apart from the CLI so a CLI blocked in synchronous work never deadlocks on its own mount, and so
  * it can be killed. Usage: node daemon.js <dir>   (dir holds config.json; see types.ts)
  */
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import type { ChunkSource } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -92,6 +92,12 @@ async function main(): Promise<void> {
   log(`serving ${cfg.record.name} (${cfg.record.digest}) at ${cfg.mountpoint}`);
 
   // Counters reach `image inspect` through the stats file; write it when they change.
+  // A connection aborted from outside (fusectl) leaves us alive but useless: notice and go.
+  setInterval(() => {
+    stat(cfg.mountpoint).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOTCONN" || err.code === "ECONNABORTED") void stop("FUSE connection lost");
+    });
+  }, 5000).unref();
   setInterval(() => {
     if (JSON.stringify({ ...cache.stats, updated: "" }) !== written) void flush();
   }, 1000).unref();

@@ -1,4 +1,4 @@
-import { readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { exec } from "../util/exec.js";
 
 export interface MountEntry {
@@ -27,16 +27,6 @@ export async function readMountinfo(): Promise<MountEntry[]> {
 
 export async function mountAt(dir: string): Promise<MountEntry | undefined> {
   return (await readMountinfo()).filter((m) => m.mountpoint === dir).pop();
-}
-
-/** True when `dir` is a FUSE mount whose daemon is gone (stat fails with ENOTCONN). */
-export async function isDisconnected(dir: string): Promise<boolean> {
-  try {
-    await stat(dir);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "ENOTCONN";
-  }
 }
 
 const FUSECTL = "/sys/fs/fuse/connections";

@@ -1,7 +1,7 @@
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { KindlingHome } from "../util/home.js";
-import { isDisconnected, mountAt, readMountinfo, releaseFuseMount } from "./mountinfo.js";
+import { mountAt, readMountinfo, releaseFuseMount } from "./mountinfo.js";
 import { isSameProcess, signal, waitExit } from "./proc.js";
 import type { DaemonConfig, DaemonState } from "./types.js";
 
@@ -36,7 +36,19 @@ export async function stopDaemon(home: KindlingHome, id: string, graceMs = 5000)
   if (!(await mountAt(mountpoint))) await rm(dir, { recursive: true, force: true });
 }
 
-/** Whether the daemon in mnt/<id> is gone (or cut off from its mount) and its leftovers can go. */
+/** Half-written chunks (writeFileAtomic temp files) of a daemon that died mid-write. */
+async function removeTempFiles(home: KindlingHome, pid: number): Promise<void> {
+  const marker = `-${pid}-`;
+  for (const name of await readdir(home.blobs).catch(() => [] as string[])) {
+    if (name.startsWith(".tmp-") && name.includes(marker))
+      await rm(path.join(home.blobs, name), { force: true });
+  }
+}
+
+/**
+ * Whether the daemon in mnt/<id> is gone and its leftovers can go. Decided from /proc alone: a
+ * stat of the mountpoint would block forever if a live daemon were stuck.
+ */
 async function isStale(home: KindlingHome, id: string): Promise<boolean> {
   const dir = daemonDir(home, id);
   const state = await readJson<DaemonState>(path.join(dir, "state.json"));
@@ -50,8 +62,7 @@ async function isStale(home: KindlingHome, id: string): Promise<boolean> {
         .catch(() => 0));
     return !(cfg && age < 60_000 && (await isSameProcess(cfg.owner)));
   }
-  if (!(await isSameProcess(state.pid, state.startTime))) return true;
-  return isDisconnected(state.mountpoint);
+  return !(await isSameProcess(state.pid, state.startTime));
 }
 
 /**
@@ -62,16 +73,21 @@ async function isStale(home: KindlingHome, id: string): Promise<boolean> {
 export async function cleanupStaleDaemons(home: KindlingHome): Promise<string[]> {
   const released: string[] = [];
   const ids = (await readdir(home.mounts).catch(() => [] as string[])).filter(isDaemonId);
+  const live = new Set<string>();
   for (const id of ids) {
-    if (!(await isStale(home, id))) continue;
+    if (!(await isStale(home, id))) {
+      live.add(path.join(daemonDir(home, id), "fs"));
+      continue;
+    }
+    const state = await readJson<DaemonState>(path.join(daemonDir(home, id), "state.json"));
     await stopDaemon(home, id, 1000);
+    if (state) await removeTempFiles(home, state.pid);
     released.push(daemonDir(home, id));
   }
-  // FUSE mounts of ours whose directory bookkeeping is gone.
+  // FUSE mounts of ours that no live daemon claims (their bookkeeping is gone).
   const prefix = `${home.mounts}${path.sep}`;
   for (const m of await readMountinfo()) {
-    if (m.fstype !== "fuse.kindling" || !m.mountpoint.startsWith(prefix)) continue;
-    if (!(await isDisconnected(m.mountpoint))) continue;
+    if (m.fstype !== "fuse.kindling" || !m.mountpoint.startsWith(prefix) || live.has(m.mountpoint)) continue;
     await releaseFuseMount(m.mountpoint);
     released.push(m.mountpoint);
   }
