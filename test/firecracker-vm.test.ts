@@ -3,6 +3,7 @@
  * validates every request against the official schema. No real Firecracker runs here (see docs/firecracker.md).
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { readdir, readFile } from "node:fs/promises";
 import net from "node:net";
@@ -11,7 +12,7 @@ import type { Duplex } from "node:stream";
 import { after, before, test } from "node:test";
 import { KindlingError } from "../src/util/errors.js";
 import { FirecrackerApi } from "../src/vm/firecracker/client.js";
-import { FIRECRACKER_MISSING } from "../src/vm/firecracker/process.js";
+import { FIRECRACKER_MISSING, findExecutable } from "../src/vm/firecracker/process.js";
 import type { FirecrackerConfig } from "../src/vm/firecracker/render.js";
 import { loadFirecrackerSchema } from "../src/vm/firecracker/schema.js";
 import { type FirecrackerVmOptions, startFirecrackerVm } from "../src/vm/firecracker/vm.js";
@@ -352,4 +353,27 @@ test("jailer mode without a jailer binary: a clear error before anything is prep
     else process.env.KINDLING_JAILER = old;
   }
   await assert.rejects(readdir(path.join(base, "firecracker", "jailed-1")), /ENOENT/);
+});
+
+test("the VMM dies with Node even when Node is SIGKILLed (parent-death signal)", async (t) => {
+  if (!(await findExecutable("setpriv"))) return t.skip("no setpriv (util-linux)");
+  fakeEnv({});
+  const spec = fx.spec();
+  const vmModule = new URL("../src/vm/firecracker/vm.js", import.meta.url).href;
+  const script = `
+    const { startFirecrackerVm } = await import(${JSON.stringify(vmModule)});
+    const vm = await startFirecrackerVm(${JSON.stringify(spec)}, { firecrackerBin: ${JSON.stringify(fx.fakeBin)} });
+    process.stdout.write(vm.pid + "\\n");
+    setInterval(() => {}, 1000);
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const [line] = (await once(child.stdout!, "data")) as [Buffer];
+  const pid = Number(line.toString().trim());
+  assert.ok(alive(pid), "the VMM runs");
+  child.kill("SIGKILL");
+  await once(child, "exit");
+  for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(alive(pid), false, "the VMM is gone with its parent");
 });

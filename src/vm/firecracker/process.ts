@@ -80,6 +80,17 @@ export interface SuperviseOptions {
   env?: NodeJS.ProcessEnv;
 }
 
+/**
+ * util-linux's setpriv, when present, execs the VMM with a parent-death signal: the kernel kills it if
+ * Node dies in any way, SIGKILL included, which no exit handler can cover. (The jailer's privilege drop
+ * clears that signal again; the exit hook below still covers a normal exit.)
+ */
+let setprivPath: Promise<string | undefined> | undefined;
+const setpriv = () => {
+  setprivPath ??= findExecutable("setpriv");
+  return setprivPath;
+};
+
 /** Processes still running when Node exits are killed synchronously, so none outlives us. */
 const live = new Set<ChildProcess>();
 process.on("exit", () => {
@@ -108,10 +119,12 @@ export class Supervised {
   }
 
   static async spawn(bin: string, args: string[], opts: SuperviseOptions): Promise<Supervised> {
+    const sp = await setpriv();
+    const [cmd, argv] = sp ? [sp, ["--pdeathsig", "KILL", "--", bin, ...args]] : [bin, args];
     const out = await open(opts.stdoutPath, "a");
     const err = await open(opts.stderrPath, "a");
     try {
-      const child = spawn(bin, args, {
+      const child = spawn(cmd, argv, {
         cwd: opts.cwd,
         env: opts.env ?? process.env,
         // Our file descriptors: output survives us, and no pipe can fill up and stall the VMM.
