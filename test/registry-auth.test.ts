@@ -150,6 +150,28 @@ describe("bearer token flow", () => {
     assert.equal(proxy.tokenRequests.length, 1, "one token serves the manifest, config and layers");
   });
 
+  test("concurrent chunk fetches share one token", async () => {
+    setEnv({});
+    const { image, chunk } = tinyKindlingImage();
+    await pushKindlingImage(`${proxy.host}/public/many:v1`, { insecure: true, quiet: true }, image);
+    const source = new RegistryChunkSource({
+      kind: "registry",
+      registry: proxy.host,
+      repository: "public/many",
+      reference: "v1",
+      insecure: true,
+    });
+    const before = proxy.tokenRequests.length;
+    const got = await Promise.all(
+      Array.from({ length: 20 }, () => source.fetch(sha256Digest(chunk), chunk.length)),
+    );
+    for (const b of got) assert.deepEqual(b, chunk);
+    assert.equal(proxy.tokenRequests.length, before + 1);
+    proxy.revokeTokens();
+    await Promise.all(Array.from({ length: 20 }, () => source.fetch(sha256Digest(chunk), chunk.length)));
+    assert.equal(proxy.tokenRequests.length, before + 2, "one renewal for all of them");
+  });
+
   test("a token the server stops accepting is replaced by a new one", async () => {
     setEnv({});
     const { image, chunk } = tinyKindlingImage();

@@ -146,7 +146,8 @@ export class RegistryClient {
 
   /** One attempt, plus one re-send after answering a 401 challenge. */
   private async authenticated(url: string, method: string, opts: RequestOptions): Promise<Reply> {
-    let reply = await this.send(url, method, opts, await this.authorization());
+    const used = await this.authorization();
+    let reply = await this.send(url, method, opts, used);
     if (reply.res.status === 401) {
       const header = reply.res.headers.get("www-authenticate") ?? "";
       await discard(reply);
@@ -161,7 +162,8 @@ export class RegistryClient {
         );
       }
       this.challenge = chosen;
-      this.token = undefined;
+      // Drop the token only if it is the one refused: a concurrent request may have renewed it already.
+      if (used !== undefined && used === `Bearer ${this.token?.token}`) this.token = undefined;
       reply = await this.send(url, method, opts, await this.authorization());
       if (reply.res.status === 401) {
         await discard(reply);
