@@ -289,6 +289,12 @@ export class RegistryClient {
     }
     for (const s of scopes) tokenUrl.searchParams.append("scope", s);
     const headers: Record<string, string> = { "user-agent": "kindling/0.1" };
+    // Never send a password in clear text because an HTTPS registry said so.
+    if (creds && this.base.startsWith("https:") && tokenUrl.protocol !== "https:") {
+      throw new KindlingError(
+        `${this.where} names a token server over plain HTTP (${realm}); refusing to send credentials`,
+      );
+    }
     if (creds) headers.authorization = basic(creds);
     let lastErr = "";
     for (let attempt = 1; attempt <= this.attempts; attempt++) {
