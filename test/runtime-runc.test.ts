@@ -307,3 +307,44 @@ test("the CLI: exit status, output, and clear errors for bad flags (status 125)"
   }
   await assertClean();
 });
+
+test("a stop before the process started starts nothing and releases everything (status 128+n)", async () => {
+  const options = await parseRunOptions(image, ["echo", "never"], {});
+  const handle = runContainer({
+    home,
+    options,
+    image: await resolveImage(home, image),
+    runtime: getRuntime("runc", "lazy"),
+    stdio: { stdout: "pipe", stderr: "pipe" },
+  });
+  handle.stop("SIGINT");
+  const result = await handle.result;
+  assert.equal(result.status, 130);
+  assert.equal(result.stoppedBy, "SIGINT");
+  await assert.rejects(handle.started, /stopped \(SIGINT\) before the container started/);
+  await assertClean();
+});
+
+test("-i passes stdin; a second Ctrl-C kills at once", async () => {
+  const piped = await new Promise<string>((resolve) => {
+    const child = spawn(process.execPath, [KINDLING, "run", "-i", image, "--", "tr", "a-z", "A-Z"], {
+      env: { ...process.env, KINDLING_HOME: home.root },
+    });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    child.on("close", () => resolve(out));
+    child.stdin.end("piped input\n");
+  });
+  assert.equal(piped, "PIPED INPUT\n");
+
+  const stubborn = await spawnCli([image, "--", "sh", "-c", 'trap "" TERM; echo ready; sleep 30 & wait']);
+  const t0 = Date.now();
+  stubborn.child.kill("SIGINT");
+  await new Promise((r) => setTimeout(r, 300));
+  stubborn.child.kill("SIGINT");
+  assert.equal(await exitOf(stubborn.child), 137);
+  assert.ok(Date.now() - t0 < 5000, "the second Ctrl-C did not skip the 10 s grace period");
+  await assertClean();
+});

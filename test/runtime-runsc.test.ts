@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { mkdtemp, open, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -77,4 +77,35 @@ test("runsc output into a regular file is appended after what the file held", { 
   await fh.close();
   assert.equal(code, 0);
   assert.equal(await readFile(file, "utf8"), "before\nhi\n");
+});
+
+test("a runsc run whose kindling was SIGKILLed is cleaned up by the next run", { skip }, async () => {
+  const child = spawn(
+    process.execPath,
+    [KINDLING, "run", "--runtime", "runsc", image, "--", "sh", "-c", "echo ready; exec sleep 30"],
+    { env: { ...process.env, KINDLING_HOME: home.root }, stdio: ["ignore", "pipe", "inherit"] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
+    child.on("exit", () => reject(new Error("exited before ready")));
+  });
+  const [id] = await readdir(home.runs);
+  ids.push(id);
+  child.kill("SIGKILL");
+  await new Promise((r) => child.on("exit", r));
+  const left = await leftovers(home.root, image, [id]);
+  assert.ok(
+    left.some((l) => l.startsWith("process")) && left.some((l) => l.startsWith("mount")),
+    left.join("; "),
+  );
+  const options = await parseRunOptions(image, ["true"], { runtime: "runsc" });
+  const next = await runContainer({
+    home,
+    options,
+    image: await resolveImage(home, image),
+    runtime: getRuntime("runsc", "lazy"),
+  }).result;
+  ids.push(next.id);
+  assert.equal(next.status, 0);
+  assert.deepEqual(await leftovers(home.root, image, ids), []);
 });

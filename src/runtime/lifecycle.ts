@@ -44,12 +44,18 @@ export interface RunHandle {
   stop(reason: StopReason): void;
 }
 
+/** Writes a notice to stderr; a closed stderr (EPIPE) must not abort the run and its cleanup. */
+function writeNotice(message: string): void {
+  if (process.stderr.listenerCount("error") === 0) process.stderr.on("error", () => {});
+  process.stderr.write(`kindling: ${message}\n`);
+}
+
 /**
  * Runs one container through its runtime: clean up dead runs, make the run dir, prepare, start,
  * wait (with --timeout and stop requests), and release everything on every path.
  */
 export function runContainer(req: RunRequest): RunHandle {
-  const notify = req.notify ?? ((m: string) => process.stderr.write(`kindling: ${m}\n`));
+  const notify = req.notify ?? writeNotice;
   const stdio: RunStdio = {
     stdin: req.options.interactive ? "inherit" : "ignore",
     stdout: "inherit",

@@ -13,7 +13,15 @@ import { type Resource, releaseResource } from "./resources.js";
 import { mountOverlayRootfs } from "./rootfs.js";
 import type { RunDir } from "./rundir.js";
 import { exitStatusOf } from "./status.js";
-import type { Container, ExitStatus, PrepareRequest, RunStdio, Runtime, VolumeSpec } from "./types.js";
+import type {
+  Container,
+  ExitStatus,
+  PrepareRequest,
+  RunStdio,
+  Runtime,
+  StdioMode,
+  VolumeSpec,
+} from "./types.js";
 import { readUserDb } from "./users.js";
 import { findBinary } from "./which.js";
 
@@ -25,17 +33,18 @@ export interface OciFlavor {
   /** What to tell the user when the binary is missing. */
   installHint: string;
   /**
-   * gVisor writes to a regular file it is handed as stdout/stderr at its own offset from 0,
-   * overwriting what the file held (`(echo a; kindling run ...) > f` lost "a"): relay those.
+   * Stdio that must not be handed to the runtime as is, but relayed through pipes: gVisor writes
+   * a regular file from offset 0 (`(echo a; kindling run ...) > f` lost "a"), and shuts a socket
+   * down when the container ends (our own stderr, and our caller's, then fail with EPIPE).
    */
-  relayFileStdio: boolean;
+  relayStdio: boolean;
 }
 
 export const RUNC: OciFlavor = {
   name: "runc",
   globalArgs: [],
   installHint: "apt-get install runc",
-  relayFileStdio: false,
+  relayStdio: false,
 };
 
 /** gVisor: ptrace is the platform that works here (kvm hangs under PVM); no network, like runc's empty netns. */
@@ -43,7 +52,7 @@ export const RUNSC: OciFlavor = {
   name: "runsc",
   globalArgs: ["--platform=ptrace", "--network=none"],
   installHint: "apt-get install runsc",
-  relayFileStdio: true,
+  relayStdio: true,
 };
 
 /**
@@ -91,9 +100,11 @@ export class OciRuntime implements Runtime {
   }
 }
 
-function isRegularFile(fd: number): boolean {
+/** A regular file or a socket: what gVisor mishandles as stdio (see OciFlavor.relayStdio). */
+function isFileOrSocket(fd: number): boolean {
   try {
-    return fstatSync(fd).isFile();
+    const st = fstatSync(fd);
+    return st.isFile() || st.isSocket();
   } catch {
     return false;
   }
@@ -150,9 +161,12 @@ class OciContainer implements Container {
       root: this.root,
       id: this.id,
     });
-    const { stdin } = this.stdio;
-    const relayOut = this.flavor.relayFileStdio && this.stdio.stdout === "inherit" && isRegularFile(1);
-    const relayErr = this.flavor.relayFileStdio && this.stdio.stderr === "inherit" && isRegularFile(2);
+    const relay = (fd: number, mode: StdioMode) =>
+      this.flavor.relayStdio && mode === "inherit" && isFileOrSocket(fd);
+    const relayIn = relay(0, this.stdio.stdin);
+    const relayOut = relay(1, this.stdio.stdout);
+    const relayErr = relay(2, this.stdio.stderr);
+    const stdin = relayIn ? "pipe" : this.stdio.stdin;
     const stdout = relayOut ? "pipe" : this.stdio.stdout;
     const stderr = relayErr ? "pipe" : this.stdio.stderr;
     const child = spawn(this.binary, [...this.globalArgs(true), "run", "--bundle", this.bundle, this.id], {
@@ -161,9 +175,18 @@ class OciContainer implements Container {
       // Its own process group: a terminal's Ctrl-C reaches kindling only, which then stops the
       // container its way (TERM, grace, KILL). An interactive terminal session stays in the
       // foreground group so the process can read the terminal.
-      detached: !(stdin === "inherit" && process.stdin.isTTY),
+      detached: !(this.stdio.stdin === "inherit" && process.stdin.isTTY),
     });
     this.child = child;
+    if (relayIn) {
+      child.stdin!.on("error", () => {}); // the process may exit without reading it all
+      process.stdin.pipe(child.stdin!);
+      // Kindling reads nothing else: once the container is gone, stop reading (and exit).
+      child.on("close", () => {
+        process.stdin.unpipe(child.stdin!);
+        process.stdin.destroy();
+      });
+    }
     if (relayOut) child.stdout!.pipe(process.stdout, { end: false });
     if (relayErr) child.stderr!.pipe(process.stderr, { end: false });
     this.exited = new Promise((resolve, reject) => {

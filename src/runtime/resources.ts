@@ -45,11 +45,15 @@ export async function releaseResource(r: Resource): Promise<void> {
   }
 }
 
-/** Kills the container's processes and deletes its state; `delete --force` alone does both. */
+/**
+ * Kills the container's processes and deletes its state. KILL first: runsc's `delete --force` on a
+ * running container whose `runsc run` lost its parent waits 5 s and fails ("context deadline").
+ */
 async function deleteOciContainer(binary: string, root: string, id: string): Promise<void> {
   // `run` removes its state when the container exits: an empty state root needs no (slow) exec.
   const state = await readdir(root).catch(() => []);
   if (state.length === 0) return;
+  await exec(binary, ["--root", root, "kill", "--all", id, "KILL"], { allowFailure: true });
   const r = await exec(binary, ["--root", root, "delete", "--force", id], { allowFailure: true });
   if (r.code !== 0 && !/does not exist|not exist|no such/i.test(r.stderr)) {
     throw new Error(`${binary} delete --force ${id} failed: ${r.stderr.trim()}`);
