@@ -45,6 +45,15 @@ export async function downloadBlob(
       const have = await fileSize(tmp);
       const hash = createHash("sha256");
       if (have > 0) for await (const part of createReadStream(tmp)) hash.update(part as Buffer);
+      if (have > 0 && have >= size) {
+        // Every byte arrived before the failure: done if they verify, else start over.
+        if (have === size && `sha256:${hash.copy().digest("hex")}` === digest) {
+          await rename(tmp, dest);
+          return;
+        }
+        await rm(tmp, { force: true });
+        continue;
+      }
       const headers: Record<string, string> = have > 0 ? { range: `bytes=${have}-` } : {};
       try {
         const reply = await client.request(`blobs/${digest}`, { signal: opts.signal, headers });
