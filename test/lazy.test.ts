@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, open, readFile, rm } from "node:fs/promises";
 import { after, before, test } from "node:test";
+import { Limiter } from "../src/lazy/fetch.js";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
 import { readMountinfo } from "../src/lazy/mountinfo.js";
 import { indexBytes } from "../src/lazy/testing.js";
@@ -216,4 +217,20 @@ test("a hung daemon is aborted on close: its readers get an error, not a hang", 
     }
     await lazy.close();
   }
+});
+
+test("fetch slots go to chunks a reader waits for before readahead and prefetch", async () => {
+  const limiter = new Limiter(1);
+  const order: string[] = [];
+  let release!: () => void;
+  const blocker = limiter.run(() => new Promise<void>((r) => (release = r)));
+  const job = (name: string, urgent: boolean) =>
+    limiter.run(
+      async () => void order.push(name),
+      () => urgent,
+    );
+  const all = [job("readahead-1", false), job("prefetch-2", false), job("reader", true)];
+  release();
+  await Promise.all([blocker, ...all]);
+  assert.deepEqual(order, ["reader", "readahead-1", "prefetch-2"]);
 });

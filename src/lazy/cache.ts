@@ -31,6 +31,7 @@ export class ChunkCache {
   private readonly inflight = new Map<string, Promise<Loaded>>();
   private readonly fds = new Map<string, FileHandle>();
   private readonly limiter: Limiter;
+  private readonly wanted = new Map<string, number>();
   private readonly failed = new Map<string, { err: unknown; until: number }>();
 
   constructor(
@@ -113,7 +114,17 @@ export class ChunkCache {
         return;
       }
     }
-    const { data, fetched } = await this.load(c);
+    // Count this reader as waiting, so a queued background fetch of the chunk goes first.
+    this.wanted.set(c.digest, (this.wanted.get(c.digest) ?? 0) + 1);
+    let loaded: Loaded;
+    try {
+      loaded = await this.load(c);
+    } finally {
+      const n = this.wanted.get(c.digest)! - 1;
+      if (n > 0) this.wanted.set(c.digest, n);
+      else this.wanted.delete(c.digest);
+    }
+    const { data, fetched } = loaded;
     if (fetched) this.stats.cacheMisses++;
     else this.stats.cacheHits++;
     data.copy(target, dst, start - c.offset, end - c.offset);
@@ -196,6 +207,7 @@ export class ChunkCache {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     }
     const data = await fetchVerified(this.source, c, this.opts.policy, this.limiter, {
+      urgent: () => this.wanted.has(c.digest),
       onAttemptError: (err, verify) => {
         this.stats.fetchErrors++;
         if (verify) this.stats.verifyFailures++;

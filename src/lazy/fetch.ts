@@ -39,19 +39,26 @@ export async function sha256Hex(data: Uint8Array): Promise<string> {
   return Buffer.from(d).toString("hex");
 }
 
-/** Counts concurrent source fetches; waiting callers are served in order. */
+/**
+ * Bounds concurrent source fetches. When a slot frees, a waiter a reader is blocked on goes
+ * before readahead and prefetch; `urgent` is asked then, so a reader that joins a queued
+ * background fetch promotes it.
+ */
 export class Limiter {
   private active = 0;
-  private readonly waiting: (() => void)[] = [];
+  private readonly waiting: { urgent: () => boolean; go: () => void }[] = [];
   constructor(private readonly max: number) {}
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.active >= this.max) await new Promise<void>((r) => this.waiting.push(r));
-    this.active++;
+  async run<T>(fn: () => Promise<T>, urgent: () => boolean = () => true): Promise<T> {
+    // A freed slot is handed straight to the next waiter, so no newcomer can slip in between.
+    if (this.active >= this.max) await new Promise<void>((go) => this.waiting.push({ urgent, go }));
+    else this.active++;
     try {
       return await fn();
     } finally {
-      this.active--;
-      this.waiting.shift()?.();
+      const i = this.waiting.findIndex((w) => w.urgent());
+      const next = this.waiting.splice(Math.max(i, 0), 1)[0];
+      if (next) next.go();
+      else this.active--;
     }
   }
 }
@@ -70,6 +77,8 @@ function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
 
 export interface FetchHooks {
   onAttemptError?(err: unknown, verify: boolean): void;
+  /** Whether a reader is waiting for this chunk now (else it is readahead or prefetch). */
+  urgent?(): boolean;
 }
 
 /**
@@ -110,7 +119,7 @@ export async function fetchVerified(
               throw new Error(`got ${data.length} bytes that do not match ${ref.digest}`);
             }
             return data;
-          }),
+          }, hooks.urgent),
           deadline.signal,
         );
       } catch (err) {
