@@ -122,7 +122,9 @@ export type Placement = "link" | "copy" | "bind";
 /**
  * Puts each file into the jail and hands it to uid/gid. A hard link is free and keeps one copy; across
  * file systems (EXDEV) the kernel and initrd are copied (small), but drives are bind-mounted, since
- * copying the lazy image file would read all of it. Returns how each file was placed and an undo.
+ * copying the lazy image file would read all of it. (The jailer bind-mounts the chroot onto itself with
+ * MS_REC before pivot_root, so these file bind mounts are visible inside the jail.)
+ * Returns how each file was placed and an undo.
  */
 export async function prepareJail(
   layout: JailLayout,
@@ -161,9 +163,11 @@ export async function prepareJail(
         }
       }
       // The jailed VMM must be able to open it. A hard link shares the inode, so chown would change the
-      // source's owner too: skip it for read-only files that everyone may read already.
+      // source's owner too: skip it for read-only files that everyone may read already. A read-only file
+      // the jail cannot own (a FUSE file refuses chown) is left as it is; Firecracker names it if it fails.
       const worldReadable = ((await stat(dest)).mode & 0o004) !== 0;
-      if (!(f.readOnly && worldReadable)) await chown(dest, opts.uid, opts.gid);
+      if (!f.readOnly) await chown(dest, opts.uid, opts.gid);
+      else if (!worldReadable) await chown(dest, opts.uid, opts.gid).catch(() => undefined);
     }
     // Log and metrics files firecracker opens but does not create.
     for (const p of extraFiles) {
