@@ -249,7 +249,9 @@ describe("pullFromRegistry", () => {
 });
 
 /** A front for the registry whose `plan` decides, per request, to fail with 503, stall mid-body or forward. */
-async function startFlaky(plan: (method: string, path: string, seen: number) => "503" | "stall" | "forward") {
+async function startFlaky(
+  plan: (method: string, path: string, seen: number) => "503" | "stall" | "hang" | "forward",
+) {
   const seen = new Map<string, number>();
   const ranges: string[] = [];
   const [host, port] = reg.host.split(":");
@@ -272,8 +274,9 @@ async function startFlaky(plan: (method: string, path: string, seen: number) => 
           upRes.pipe(res);
           return;
         }
-        // Send about half of the body, then go silent with the connection open.
-        const half = Number(upRes.headers["content-length"] ?? 0) / 2;
+        // Send about half of the body ("hang": all of it), then go silent with the connection open.
+        const length = Number(upRes.headers["content-length"] ?? 0);
+        const half = what === "hang" ? length : length / 2;
         let sent = 0;
         upRes.on("data", (d: Buffer) => {
           if (sent < half) res.write(d.subarray(0, Math.max(0, Math.min(d.length, half - sent))));
@@ -320,6 +323,29 @@ describe("transient failures", () => {
       assert.equal(flaky.seen.get("GET /v2/test/layers/manifests/layers"), 2);
       assert.equal(flaky.ranges.length, 1);
       assert.match(flaky.ranges[0]!, /^bytes=[1-9]\d*-$/);
+    } finally {
+      await flaky.stop();
+    }
+  });
+
+  test("a body that has every byte but never ends is verified from disk, not fetched again", async () => {
+    const blob = layerBlobs[2]!;
+    const flaky = await startFlaky((method, url, n) =>
+      method === "GET" && n === 1 && url.endsWith(sha256(blob.data)) ? "hang" : "forward",
+    );
+    try {
+      const r = await pullFromRegistry(`${flaky.host}/test/layers:layers`, {
+        insecure: true,
+        tmpDir,
+        quiet: true,
+        timeoutMs: 300,
+      });
+      assert.equal(r.kind, "image");
+      if (r.kind !== "image") return;
+      assert.deepEqual(await readFile(r.layers[2]!.path), blob.data);
+      await r.dispose();
+      assert.equal(flaky.seen.get(`GET /v2/test/layers/blobs/${sha256(blob.data)}`), 1);
+      assert.deepEqual(flaky.ranges, []);
     } finally {
       await flaky.stop();
     }
