@@ -289,6 +289,9 @@ test("the CLI: exit status, output, and clear errors for bad flags (status 125)"
     });
   const ok = await cli([image, "--", "sh", "-c", "echo hi; echo oops >&2; exit 4"]);
   assert.deepEqual(ok, { code: 4, out: "hi\n", err: "oops\n" });
+  const timedOut = await cli(["--timeout", "0.3", "--stop-timeout", "0.2", image, "--", "sleep", "30"]);
+  assert.equal(timedOut.code, 137);
+  assert.match(timedOut.err, /stopped by --timeout 0.3s: status 137 \(SIGKILL\)/);
   const bad: [string[], RegExp][] = [
     [["-v", "/a/b", image], /kindling: -v \/a\/b: expected SRC:DST or SRC:DST:ro/],
     [["-v", `${tmp}/nope:/x`, image], /kindling: -v .*: source .*nope does not exist/],

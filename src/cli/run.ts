@@ -38,6 +38,14 @@ export function registerRunCommand(program: Command): void {
       try {
         const result = await handle.result;
         if (result.message) process.stderr.write(`kindling: ${result.message}\n`);
+        if (result.stoppedBy) {
+          const why =
+            result.stoppedBy === "timeout" ? `--timeout ${options.timeoutSeconds}s` : result.stoppedBy;
+          const sig = result.signal ? ` (${result.signal})` : "";
+          process.stderr.write(
+            `kindling: container ${result.id} stopped by ${why}: status ${result.status}${sig}\n`,
+          );
+        }
         process.exitCode = result.status;
       } finally {
         for (const s of signals) process.off(s, onSignal);
