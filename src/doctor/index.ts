@@ -1,0 +1,11 @@
+/** `kindling doctor` and the automatic VMM choice for `kindling run`. */
+export type { Check } from "./checks.js";
+export { type KvmFacts, kvmFacts } from "./kvm.js";
+export {
+  type DoctorReport,
+  type DoctorRuntime,
+  formatReport,
+  pickDefaultVmm,
+  type RuntimeStatus,
+  runDoctor,
+} from "./report.js";
