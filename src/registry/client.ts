@@ -106,7 +106,7 @@ export class RegistryClient {
     this.attempts = Math.max(1, opts.attempts ?? 4);
   }
 
-  /** "registry 127.0.0.1:5000 (repository foo)" style prefix for messages. */
+  /** "registry 127.0.0.1:5000": the prefix of messages. */
   get where(): string {
     return `registry ${this.registry}`;
   }
@@ -146,7 +146,10 @@ export class RegistryClient {
 
   /** One attempt, plus one re-send after answering a 401 challenge. */
   private async authenticated(url: string, method: string, opts: RequestOptions): Promise<Reply> {
-    const used = await this.authorization();
+    // Credentials and tokens go only to the registry itself, not to another host an upload Location names.
+    const ours = new URL(url).origin === new URL(this.base).origin;
+    const authorization = async () => (ours ? this.authorization() : undefined);
+    const used = await authorization();
     let reply = await this.send(url, method, opts, used);
     if (reply.res.status === 401) {
       const header = reply.res.headers.get("www-authenticate") ?? "";
@@ -164,7 +167,7 @@ export class RegistryClient {
       this.challenge = chosen;
       // Drop the token only if it is the one refused: a concurrent request may have renewed it already.
       if (used !== undefined && used === `Bearer ${this.token?.token}`) this.token = undefined;
-      reply = await this.send(url, method, opts, await this.authorization());
+      reply = await this.send(url, method, opts, await authorization());
       if (reply.res.status === 401) {
         await discard(reply);
         const creds = await this.creds();
