@@ -234,3 +234,29 @@ test("fetch slots go to chunks a reader waits for before readahead and prefetch"
   await Promise.all([blocker, ...all]);
   assert.deepEqual(order, ["reader", "readahead-1", "prefetch-2"]);
 });
+
+test("a sequential reader makes the daemon fetch the next chunks ahead of it", async () => {
+  const data = randomBytes(6 << 20);
+  const { index, record, chunks } = await indexBytes(home, data, 256 << 10, false);
+  const { source, calls } = memorySource(chunks);
+  const lazy = await openLazyImage(home, record, index, source, { prefetch: false, readaheadChunks: 4 });
+  try {
+    const fh = await open(lazy.path, "r");
+    try {
+      const buf = Buffer.alloc(128 << 10);
+      for (let pos = 0; pos < 2 << 20; pos += buf.length) await fh.read(buf, 0, buf.length, pos);
+    } finally {
+      await fh.close();
+    }
+    for (let i = 0; i < 50 && (await lazy.stats()).readaheadChunks === 0; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const s = await lazy.stats();
+    assert.ok(s.readaheadChunks >= 1, `readahead fetched ${s.readaheadChunks} chunks`);
+    const beyond = index.chunks.filter((c) => c.offset >= 3 << 20 && calls.has(c.digest));
+    assert.ok(beyond.length >= 1, "chunks past what was read (and past kernel readahead) were fetched");
+    assert.ok(calls.size < index.chunks.length, "but not the whole image");
+  } finally {
+    await lazy.close();
+  }
+});
