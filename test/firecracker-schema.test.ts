@@ -135,7 +135,7 @@ test("rendering: root drive first, ids Firecracker accepts, boot args for Firecr
   };
   assert.equal(
     boot.boot_args,
-    "console=ttyS0 kindling.root=/dev/vda reboot=k panic=1 pci=off kindling.halt=reboot",
+    "console=ttyS0 kindling.root=/dev/vda reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd kindling.halt=reboot",
   );
   assert.equal(boot.initrd_path, fx.initrd);
   const noInitrd = renderConfigFile(specs()["kernel only, no drives"], {});
@@ -149,7 +149,10 @@ test("rendering: root drive first, ids Firecracker accepts, boot args for Firecr
 test("a spec's own boot args win over the Firecracker defaults", () => {
   const spec = fx.spec({ cmdline: "console=ttyS0 panic=5 kindling.halt=poweroff" });
   const boot = renderConfigFile(spec)["boot-source"];
-  assert.equal(boot.boot_args, "console=ttyS0 panic=5 kindling.halt=poweroff reboot=k pci=off");
+  assert.equal(
+    boot.boot_args,
+    "console=ttyS0 panic=5 kindling.halt=poweroff reboot=k pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd",
+  );
 });
 
 test("what Firecracker cannot do is refused before anything starts", () => {

@@ -146,7 +146,7 @@ test("API mode: the calls in order, the agent stream over guest-initiated vsock,
 
     assert.match(
       await readFile(vm.paths.console, "utf8"),
-      /Command line: console=ttyS0 kindling.root=\/dev\/vda reboot=k panic=1 pci=off kindling.halt=reboot/,
+      /Command line: console=ttyS0 kindling.root=\/dev\/vda reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd kindling.halt=reboot/,
     );
     assert.match(await readFile(vm.paths.log, "utf8"), /Running Firecracker v1\.16\.1/);
   } finally {
