@@ -135,7 +135,7 @@ async function startOnce(opts: RegistryOptions): Promise<TestRegistry> {
     const configPath = path.join(dir, "config.yml");
     await writeFile(configPath, config);
 
-    const logPath = path.join(dir, "registry.log");
+    let exitCode: number | null | undefined;
     const log: Buffer[] = [];
     child = spawn("/usr/bin/docker-registry", ["serve", configPath], { stdio: ["ignore", "pipe", "pipe"] });
     live.add(child);
@@ -146,16 +146,18 @@ async function startOnce(opts: RegistryOptions): Promise<TestRegistry> {
     };
     child.stdout!.on("data", onData);
     child.stderr!.on("data", onData);
-    child.on("error", (err) => log.push(Buffer.from(String(err))));
+    child.on("error", (err) => {
+      // e.g. ENOENT: no exit event follows, so stop waiting now.
+      log.push(Buffer.from(`${err} (is docker-registry installed? scripts/setup.sh installs it)`));
+      exitCode ??= -1;
+    });
 
     const deadline = Date.now() + (opts.startTimeoutMs ?? 20_000);
-    let exitCode: number | null | undefined;
     void exited.then((code) => {
       exitCode = code;
     });
     for (;;) {
       if (exitCode !== undefined) {
-        await writeFile(logPath, Buffer.concat(log)).catch(() => {});
         throw new Error(`docker-registry exited (${exitCode}) before serving: ${tail(log)}`);
       }
       if (Date.now() > deadline) throw new Error(`docker-registry did not answer on ${host}: ${tail(log)}`);
@@ -190,7 +192,8 @@ function tail(log: Buffer[]): string {
 }
 
 async function killAndWait(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) {
+  // No pid: it never started. An exit code or signal: it already ended.
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) {
     live.delete(child);
     return;
   }
