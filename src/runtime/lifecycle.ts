@@ -64,6 +64,7 @@ export function runContainer(req: RunRequest): RunHandle {
   };
   let container: Container | undefined;
   let stopReason: StopReason | undefined;
+  let finished = false;
   let killTimer: NodeJS.Timeout | undefined;
   let resolveStarted!: (v: StartedRun) => void;
   let rejectStarted!: (err: unknown) => void;
@@ -78,6 +79,7 @@ export function runContainer(req: RunRequest): RunHandle {
   };
 
   const stop = (reason: StopReason) => {
+    if (finished) return; // it ended already; cleanup is under way
     if (stopReason !== undefined) {
       // Asked again (a second Ctrl-C): no more grace.
       if (container) kill("KILL");
@@ -126,6 +128,7 @@ export function runContainer(req: RunRequest): RunHandle {
       const status = await prepared.wait();
       return { id: runDir.id, ...status, stoppedBy: stopReason };
     } finally {
+      finished = true;
       clearTimeout(timeout);
       clearTimeout(killTimer);
     }
