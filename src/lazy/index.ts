@@ -21,7 +21,8 @@ import { readStatsFile } from "./stats.js";
 import type { DaemonConfig, DaemonMessage, LazyOptions, LazyStats, ParentMessage } from "./types.js";
 
 export { mountImage, umountImage } from "./mount.js";
-export { type ImageLazyStats, imageStats } from "./stats.js";
+export { type ImageLazyStats, imageStats, removeImageStats } from "./stats.js";
+export { lazyUnsupportedReason } from "./support.js";
 export type { FetchPolicy, LazyOptions, LazyStats } from "./types.js";
 
 export interface LazyImage {
@@ -62,7 +63,8 @@ export async function openLazyImage(
       `image ${record.name}: index says ${index.blockSize} bytes, record ${record.blockSize}`,
     );
   }
-  home.ensure();
+  await mkdir(home.blobs, { recursive: true });
+  await mkdir(home.mounts, { recursive: true });
   await cleanupStale(home).catch(() => {});
   if (source !== "auto" && opts.detached) {
     throw new KindlingError(

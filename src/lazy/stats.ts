@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
@@ -85,4 +85,9 @@ export async function imageStats(home: KindlingHome, digest: string): Promise<Im
     }
   }
   return sum;
+}
+
+/** Forgets an image's counters (for `image rm`). */
+export async function removeImageStats(home: KindlingHome, digest: string): Promise<void> {
+  await rm(statsDir(home, digest), { recursive: true, force: true });
 }
