@@ -130,7 +130,10 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
   const version = (c: Check) => c.detail.replace(/ \(\/.*\)$/, "");
   const runtimes = [
     status("runc", "runc", [runc, ...hostStorage], version(runc), lazyNotes()),
-    status("runsc", "runsc", [runsc, ...hostStorage], `${version(runsc)}, --platform=ptrace`, lazyNotes()),
+    status("runsc", "runsc", [runsc, ...hostStorage], `${version(runsc)}, --platform=ptrace`, [
+      ...(kvm.usable ? [] : [`gVisor's --platform=kvm needs working KVM: ${kvm.detail}`]),
+      ...lazyNotes(),
+    ]),
     status("qemu-kvm", "qemu", [qemu, kvmCheck, kernel], `${version(qemu)} with KVM`, [
       ...(virtiofsd.ok ? [] : [`--rootfs virtiofs unavailable: ${virtiofsd.detail}`]),
       ...lazyNotes(),
