@@ -104,6 +104,8 @@ function rangeStart(reply: Reply): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
+const MAX_SMALL_BLOB = 64 << 20;
+
 /** Fetches a small blob (config, index) into memory and verifies it. */
 export async function fetchBlobVerified(
   client: RegistryClient,
@@ -111,6 +113,12 @@ export async function fetchBlobVerified(
   size: number,
   signal?: AbortSignal,
 ): Promise<Buffer> {
+  // Configs and block indexes are small; a manifest claiming more is not to be buffered.
+  if (size > MAX_SMALL_BLOB) {
+    throw new KindlingError(
+      `${client.where}/${client.repository}: blob ${digest} is declared as ${size} bytes, more than the ${MAX_SMALL_BLOB} allowed for a config or index`,
+    );
+  }
   const buf = await fetchBlob(client, digest, size, signal);
   const actual = `sha256:${createHash("sha256").update(buf).digest("hex")}`;
   if (actual !== digest || buf.length !== size) {
