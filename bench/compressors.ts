@@ -32,8 +32,8 @@ try {
   // Warm the page cache so the first row is not charged for reading the tree.
   await exec("tar", ["-C", root, "-cf", "/dev/null", "."]);
   console.log(`tree: ${tarPath}, ${(treeBytes / 1e6).toFixed(1)} MB; ${new Date().toISOString()}`);
-  console.log("| compressor | mksquashfs flags | time (s) | image (MB) | ratio |");
-  console.log("| --- | --- | ---: | ---: | ---: |");
+  console.log("| compressor | mksquashfs flags | build (s) | image (MB) | ratio | unpack (s) |");
+  console.log("| --- | --- | ---: | ---: | ---: | ---: |");
   for (const c of configs) {
     const out = path.join(work, "img.sqfs");
     const args = mksquashfsArgs(root, out, c);
@@ -41,13 +41,19 @@ try {
     await exec("mksquashfs", args);
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const size = (await stat(out)).size;
+    // Unpacking to tmpfs: what reading every file costs (decompression), the price a lazy reader pays.
+    const unpacked = await mkdtemp("/dev/shm/kindling-bench-");
+    const t1 = process.hrtime.bigint();
+    await exec("unsquashfs", ["-no-progress", "-quiet", "-d", path.join(unpacked, "t"), out]);
+    const readSecs = Number(process.hrtime.bigint() - t1) / 1e9;
+    await rm(unpacked, { recursive: true, force: true });
     const flags = args.slice(args.indexOf("-b") + 2).join(" ");
     const label =
       c.compressor === "lz4" && c.level !== undefined
         ? "lz4 (hc)"
         : `${c.compressor}${c.level ? ` ${c.level}` : ""}`;
     console.log(
-      `| ${label} | \`${flags}\` | ${secs.toFixed(2)} | ${(size / 1e6).toFixed(1)} | ${(treeBytes / size).toFixed(2)} |`,
+      `| ${label} | \`${flags}\` | ${secs.toFixed(2)} | ${(size / 1e6).toFixed(1)} | ${(treeBytes / size).toFixed(2)} | ${readSecs.toFixed(2)} |`,
     );
     await rm(out, { force: true });
   }
