@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import { after, before, test } from "node:test";
 import { Limiter } from "../src/lazy/fetch.js";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
@@ -258,5 +258,43 @@ test("a sequential reader makes the daemon fetch the next chunks ahead of it", a
     assert.ok(calls.size < index.chunks.length, "but not the whole image");
   } finally {
     await lazy.close();
+  }
+});
+
+test("a damaged chunk in the local cache is never served: fetched again, or EIO if the store has no good copy", async () => {
+  const data = randomBytes(1 << 20);
+  const { index, record, chunks } = await indexBytes(home, data, 256 << 10);
+  const target = index.chunks[1];
+  const damage = async () => {
+    const bad = Buffer.from(chunks.get(target.digest)!);
+    bad[1000] ^= 0x55;
+    await writeFile(home.blobPath(target.digest), bad);
+  };
+  await damage();
+  const { source, calls } = memorySource(chunks);
+  const repaired = await openLazyImage(home, record, index, source, { prefetch: false, readaheadChunks: 0 });
+  try {
+    assert.ok(
+      (await pread(repaired.path, target.offset, 8192)).equals(
+        data.subarray(target.offset, target.offset + 8192),
+      ),
+    );
+    assert.equal(calls.get(target.digest), 1, "refetched from the source");
+    assert.ok(
+      (await readFile(home.blobPath(target.digest))).equals(chunks.get(target.digest)!),
+      "cache repaired",
+    );
+    assert.ok((await repaired.stats()).verifyFailures >= 1);
+  } finally {
+    await repaired.close();
+  }
+
+  await damage();
+  const local = await openLazyImage(home, record, index, "auto", { prefetch: false, deadlineMs: 1500 });
+  try {
+    await assert.rejects(pread(local.path, target.offset, 4096), /EIO/);
+    assert.ok((await pread(local.path, 0, 4096)).equals(data.subarray(0, 4096)), "other chunks still read");
+  } finally {
+    await local.close();
   }
 });

@@ -3,7 +3,7 @@ import type { BlockIndex, ChunkRef, ChunkSource } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
 import { chunkAt, chunksIn } from "./chunkmap.js";
-import { fetchVerified, Limiter } from "./fetch.js";
+import { fetchVerified, Limiter, sha256Hex } from "./fetch.js";
 import { ByteLru } from "./lru.js";
 import type { FetchPolicy, LazyStats } from "./types.js";
 
@@ -32,6 +32,8 @@ export class ChunkCache {
   private readonly fds = new Map<string, FileHandle>();
   private readonly limiter: Limiter;
   private readonly wanted = new Map<string, number>();
+  /** Digests whose bytes this daemon has checked (cache files may be shared, or damaged). */
+  private readonly verified = new Set<string>();
   private readonly failed = new Map<string, { err: unknown; until: number }>();
 
   constructor(
@@ -105,7 +107,7 @@ export class ChunkCache {
       mem.copy(target, dst, start - c.offset, end - c.offset);
       return;
     }
-    if (!whole && end - start < c.length / 4 && !this.inflight.has(c.digest)) {
+    if (!whole && end - start < c.length / 4 && this.verified.has(c.digest) && !this.inflight.has(c.digest)) {
       const fd = await this.fd(c);
       if (fd) {
         this.stats.cacheHits++;
@@ -199,10 +201,18 @@ export class ChunkCache {
     const file = this.home.blobPath(c.digest);
     try {
       const data = await readFile(file);
-      if (data.length === c.length) {
+      // The cache is shared by every image, container and worker of this home: check each
+      // chunk once per daemon before serving it, and refetch one that went bad.
+      if (
+        data.length === c.length &&
+        (this.verified.has(c.digest) || `sha256:${await sha256Hex(data)}` === c.digest)
+      ) {
+        this.verified.add(c.digest);
         this.lru.set(c.digest, data);
         return { data, fetched: false };
       }
+      this.stats.verifyFailures++;
+      this.opts.log?.(`cached chunk ${file} does not match its digest; fetching it again`);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     }
@@ -214,6 +224,7 @@ export class ChunkCache {
         this.opts.log?.(`fetch ${c.digest}: ${err instanceof Error ? err.message : String(err)}`);
       },
     });
+    this.verified.add(c.digest);
     this.stats.chunksFetched++;
     this.stats.bytesFetched += data.length;
     this.lru.set(c.digest, data);
