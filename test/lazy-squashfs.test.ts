@@ -113,6 +113,15 @@ test("image mount / umount leave nothing mounted or attached, and a dead mount i
   assert.deepEqual(await attached(), []);
   await assert.rejects(umountImage(home, dir), /not an image mounted/);
 
+  // Unmounted by hand, then mounted again: the first mount's loop device and daemon are released.
+  await mountImage(home, record, index, dir);
+  await exec("umount", [dir]);
+  await mountImage(home, record, index, dir);
+  assert.equal((await attached()).length, 1);
+  await umountImage(home, dir);
+  assert.deepEqual(await ours(), []);
+  assert.deepEqual(await attached(), []);
+
   // The daemon dies: cleanupStale releases the mount, the loop device and the FUSE mount.
   await mountImage(home, record, index, dir);
   const recDir = path.join(home.runs, "mounts");

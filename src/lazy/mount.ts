@@ -61,6 +61,8 @@ export async function mountImage(
   if (old && (await mountAt(target)))
     throw new KindlingError(`${target} already has image ${old.image} mounted`);
   if (await mountAt(target)) throw new KindlingError(`${target} is already a mountpoint`);
+  // A record without its mount (unmounted by hand): release its loop device and daemon first.
+  if (old) await release(home, old, true);
   await mkdir(target, { recursive: true });
   if (!(await stat(target)).isDirectory()) throw new KindlingError(`${target} is not a directory`);
 
