@@ -60,3 +60,30 @@ describe("block image", () => {
     }
   });
 });
+
+describe("build tree placement", () => {
+  test("a layer that expands past the tmpfs budget is rebuilt on disk", async () => {
+    const home = await tempHome();
+    const work = await mkdtemp("/tmp/kindling-test-bomb-");
+    const saved = process.env.KINDLING_BUILD_TMPFS_MAX;
+    try {
+      await mkdir(path.join(work, "t"));
+      await writeFile(path.join(work, "t", "zeros"), Buffer.alloc(8 << 20));
+      await exec("tar", ["-C", path.join(work, "t"), "-czf", path.join(work, "bomb.tar.gz"), "."]);
+      process.env.KINDLING_BUILD_TMPFS_MAX = String(1 << 20); // 8 MiB of zeros gzip to ~8 KiB
+      const rec = await importImage(home, path.join(work, "bomb.tar.gz"), { name: "bomb", progress: false });
+      assert.ok(rec.blockSize > 0);
+      delete process.env.KINDLING_BUILD_TMPFS_MAX;
+      const again = await importImage(home, path.join(work, "bomb.tar.gz"), {
+        name: "bomb2",
+        progress: false,
+      });
+      assert.equal(again.digest, rec.digest, "tmpfs or disk, the same image");
+    } finally {
+      if (saved === undefined) delete process.env.KINDLING_BUILD_TMPFS_MAX;
+      else process.env.KINDLING_BUILD_TMPFS_MAX = saved;
+      await home.remove();
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+});

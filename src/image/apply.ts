@@ -62,6 +62,15 @@ function dumpQuote(p: string): string {
   return s;
 }
 
+/** The tree would exceed the space given to it; the caller may retry somewhere larger. */
+export class TreeTooLargeError extends KindlingError {
+  constructor(entry: string, limit: number) {
+    super(
+      `tar entry ${JSON.stringify(entry)}: the image's files exceed ${limit} bytes (the space available for them)`,
+    );
+  }
+}
+
 /**
  * Applies image layers, in order, to a directory tree: the union filesystem a container would see,
  * materialized. One instance per image; call finish() after the last layer.
@@ -81,7 +90,14 @@ export class LayerApplier {
   private readonly inflight = new Map<string, Promise<void>>();
   private inflightError: Error | null = null;
 
-  constructor(readonly root: string) {}
+  /** File bytes written so far (all layers), checked against `maxBytes`. */
+  private written = 0;
+
+  /** `maxBytes`: refuse to write more file data than this (a layer that expands absurdly, a full disk). */
+  constructor(
+    readonly root: string,
+    private readonly maxBytes = Number.POSITIVE_INFINITY,
+  ) {}
 
   /** Applies one decompressed layer tar. `label` names the layer in errors. */
   async apply(stream: Readable | AsyncIterable<Buffer>, label = `layer ${this.layerNo + 1}`): Promise<void> {
@@ -100,6 +116,7 @@ export class LayerApplier {
       try {
         await this.applyEntry(e, tar, touched, opaque);
       } catch (err) {
+        if (err instanceof TreeTooLargeError) throw err;
         if (err instanceof KindlingError) throw new KindlingError(`${label}: ${err.message}`);
         throw new KindlingError(`${label}: tar entry ${JSON.stringify(e.name)}: ${(err as Error).message}`);
       }
@@ -193,6 +210,8 @@ export class LayerApplier {
         this.dirMtimes.set(rel.join("/"), e.mtime);
         break;
       case "file": {
+        this.written += e.size;
+        if (this.written > this.maxBytes) throw new TreeTooLargeError(e.name, this.maxBytes);
         if (e.size <= SMALL_FILE) {
           const data = await tar.readAll();
           this.startWrite(rel.join("/"), abs, e, async (fh) => {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdir, mkdtemp, open, rm, stat } from "node:fs/promises";
+import { mkdir, open, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { buildSquashfs, DEFAULT_SQUASHFS, type SquashfsOptions } from "../blockimage/squashfs.js";
 import { blobSize, putBlob } from "../store/blobs.js";
@@ -11,11 +11,12 @@ import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type ChunkRef, type Digest } f
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { type Progress, progress } from "../util/progress.js";
-import { LayerApplier } from "./apply.js";
+import { Scope } from "../util/scope.js";
+import { LayerApplier, TreeTooLargeError } from "./apply.js";
 import { type FileRange, openLayer } from "./compression.js";
 import { runConfigFromImageConfig } from "./config.js";
 import type { ImageOrigin, ImageRecord } from "./types.js";
-import { makeTreeDir } from "./workdir.js";
+import { makeTempDir, makeTreeDir, onDisk, sweepStaleTrees, TMPFS_DIR, type TreeDir } from "./workdir.js";
 
 export interface BuildImageInput {
   name: string;
@@ -33,7 +34,12 @@ export interface BuildImageInput {
 const quiet: Progress = { update() {}, done() {} };
 
 /** Applies layers into a fresh tree under `dir`; returns the tree's path. */
-export async function materializeLayers(dir: string, layers: FileRange[], show = true): Promise<string> {
+export async function materializeLayers(
+  dir: string,
+  layers: FileRange[],
+  show = true,
+  maxBytes = Number.POSITIVE_INFINITY,
+): Promise<string> {
   const root = path.join(dir, "rootfs");
   await mkdir(root, { mode: 0o755 });
   const sizes = await Promise.all(
@@ -42,7 +48,7 @@ export async function materializeLayers(dir: string, layers: FileRange[], show =
   const total = sizes.reduce((a, b) => a + b, 0);
   const bar = show ? progress(`applying ${layers.length} layer(s)`, total) : quiet;
   let done = 0;
-  const applier = new LayerApplier(root);
+  const applier = new LayerApplier(root, maxBytes);
   for (const [i, layer] of layers.entries()) {
     const opened = await openLayer(layer, (n) => {
       done += n;
@@ -117,23 +123,38 @@ async function ensureChunks(home: KindlingHome, image: string, chunks: ChunkRef[
  */
 export async function buildImage(home: KindlingHome, input: BuildImageInput): Promise<ImageRecord> {
   home.ensure();
+  await sweepStaleTrees([home.tmp, TMPFS_DIR]);
   const show = input.progress ?? true;
-  const work = await mkdtemp(path.join(home.tmp, "build-"));
-  const layerBytes = (
-    await Promise.all(
-      input.layers.map(async (l) =>
-        "end" in l && l.end !== undefined ? l.end - (l.start ?? 0) : (await stat(l.path)).size,
-      ),
-    )
-  ).reduce((a, b) => a + b, 0);
-  // Compressed layers expand (~3x for typical gzip'd distro layers).
-  const treeDir = await makeTreeDir(work, layerBytes * 4);
-  try {
-    const root = await materializeLayers(treeDir, input.layers, show);
+  return Scope.with(async (scope) => {
+    // Registered with a scope so Ctrl-C (closeAllScopes) removes them too: a tree on tmpfs is RAM.
+    const work = await makeTempDir(home.tmp, "build");
+    scope.defer(`remove ${work}`, () => rm(work, { recursive: true, force: true }));
+    const layerBytes = (
+      await Promise.all(
+        input.layers.map(async (l) =>
+          "end" in l && l.end !== undefined ? l.end - (l.start ?? 0) : (await stat(l.path)).size,
+        ),
+      )
+    ).reduce((a, b) => a + b, 0);
+    // Compressed layers expand (~3x for typical gzip'd distro layers).
+    let tree = await makeTreeDir(home.tmp, layerBytes * 4);
+    const dropTree = (t: TreeDir) => rm(t.dir, { recursive: true, force: true });
+    scope.defer("remove the build tree", () => dropTree(tree));
+    let root: string;
+    try {
+      root = await materializeLayers(tree.dir, input.layers, show, tree.maxBytes);
+    } catch (err) {
+      if (!(err instanceof TreeTooLargeError && tree.tmpfs)) throw err;
+      // Larger than the tmpfs budget: start again on disk.
+      await dropTree(tree);
+      tree = await onDisk(home.tmp);
+      if (show) process.stderr.write("the image is large: building its tree on disk\n");
+      root = await materializeLayers(tree.dir, input.layers, show, tree.maxBytes);
+    }
     const image = path.join(work, "image.squashfs");
     if (show) process.stderr.write("building the block image (squashfs)\n");
     await buildSquashfs(root, image, input.squashfs ?? DEFAULT_SQUASHFS);
-    await rm(root, { recursive: true, force: true }); // free the space before the chunks take it
+    await dropTree(tree); // free the space before the chunks take it
     const index = await storeChunks(home, image, input.chunking ?? DEFAULT_CHUNKING, show);
     const record: ImageRecord = {
       name: input.name,
@@ -149,11 +170,8 @@ export async function buildImage(home: KindlingHome, input: BuildImageInput): Pr
       await saveImage(home, record);
     });
     return record;
-  } catch (err) {
+  }).catch((err: unknown) => {
     if (err instanceof KindlingError) throw err;
     throw new KindlingError(`building image ${input.name} failed: ${(err as Error).message}`);
-  } finally {
-    await rm(treeDir, { recursive: true, force: true });
-    await rm(work, { recursive: true, force: true });
-  }
+  });
 }

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdtemp, open, rename, rm } from "node:fs/promises";
+import { open, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import { readBlockIndex } from "../store/blockindex.js";
 import { loadImage } from "../store/catalog.js";
@@ -10,6 +10,7 @@ import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import { progress } from "../util/progress.js";
+import { makeTempDir } from "./workdir.js";
 
 /** Reassembles an image's block image from its chunks (each verified) into `out`. */
 export async function writeBlockImage(
@@ -49,7 +50,7 @@ export async function exportImage(
   show = true,
 ): Promise<void> {
   home.ensure();
-  const work = await mkdtemp(path.join(home.tmp, "export-"));
+  const work = await makeTempDir(home.tmp, "export");
   const dest = path.resolve(outFile);
   const tmpOut = tempPathFor(dest);
   try {

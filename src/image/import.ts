@@ -1,15 +1,17 @@
 import { createWriteStream } from "node:fs";
-import { mkdtemp, open, rm, stat } from "node:fs/promises";
+import { open, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-import { indexTar } from "./archive.js";
+import { indexTar, memberKey } from "./archive.js";
 import { buildImage } from "./build.js";
 import { detectCompression, openLayer } from "./compression.js";
 import { type ResolvedImage, resolveDockerArchive, resolveOciLayout } from "./manifest.js";
 import { dirFiles, tarFiles } from "./source.js";
+import { tarReader } from "./tar.js";
 import type { ImageRecord } from "./types.js";
+import { makeTempDir } from "./workdir.js";
 
 export type ImportFormat = "oci-layout" | "docker-archive" | "oci-archive" | "rootfs-tar";
 
@@ -33,6 +35,24 @@ export interface ImportOptions {
   progress?: boolean;
 }
 
+/** Whether a (compressed) tar holds manifest.json or an OCI layout at its top: one streaming pass. */
+async function looksLikeImageArchive(file: string): Promise<boolean> {
+  const opened = await openLayer({ path: file });
+  const tar = tarReader(opened.stream);
+  const seen = new Set<string>();
+  try {
+    for (;;) {
+      const e = await tar.next();
+      if (!e) break;
+      const key = memberKey(e.name);
+      if (key === "manifest.json" || key === "index.json" || key === "oci-layout") seen.add(key);
+    }
+  } finally {
+    opened.stream.destroy();
+  }
+  return seen.has("manifest.json") || (seen.has("index.json") && seen.has("oci-layout"));
+}
+
 /** Imports an OCI layout dir, a docker-save archive (old or OCI style) or a plain rootfs tar. */
 export async function importImage(
   home: KindlingHome,
@@ -41,7 +61,17 @@ export async function importImage(
 ): Promise<ImageRecord & { format: ImportFormat }> {
   const { path: src, tag } = await parseImportSpec(spec);
   home.ensure();
-  const work = await mkdtemp(path.join(home.tmp, "import-"));
+  const work = await makeTempDir(home.tmp, "import");
+  const build = async (resolved: ResolvedImage, format: ImportFormat) => {
+    const record = await buildImage(home, {
+      name: opts.name,
+      layers: resolved.layers,
+      configJson: resolved.configJson,
+      origin: { kind: "local" },
+      progress: opts.progress,
+    });
+    return { ...record, format };
+  };
   try {
     let resolved: ResolvedImage;
     let format: ImportFormat;
@@ -53,12 +83,18 @@ export async function importImage(
       resolved = await resolveOciLayout(files, tag);
       format = "oci-layout";
     } else {
-      // Archives are read in place by offset, which needs an uncompressed tar.
+      // Archives are read in place by offset, which needs an uncompressed tar; a compressed rootfs
+      // tar is applied as it is (a layer), so only a compressed image archive is decompressed.
       let tarPath = src;
       const head = Buffer.alloc(4);
       const fh = await open(src, "r");
       await fh.read(head, 0, 4, 0).finally(() => fh.close());
       if (detectCompression(head) !== "none") {
+        if (!(await looksLikeImageArchive(src))) {
+          if (tag !== undefined)
+            throw new KindlingError(`${src}: a plain rootfs tar has no tags (got :${tag})`);
+          return await build({ configJson: null, layers: [{ path: src }] }, "rootfs-tar");
+        }
         tarPath = path.join(work, "archive.tar");
         const opened = await openLayer({ path: src });
         await pipeline(opened.stream, createWriteStream(tarPath));
@@ -79,14 +115,7 @@ export async function importImage(
         format = "rootfs-tar";
       }
     }
-    const record = await buildImage(home, {
-      name: opts.name,
-      layers: resolved.layers,
-      configJson: resolved.configJson,
-      origin: { kind: "local" },
-      progress: opts.progress,
-    });
-    return { ...record, format };
+    return await build(resolved, format);
   } finally {
     await rm(work, { recursive: true, force: true });
   }
