@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
 import { after, before, test } from "node:test";
 import { Limiter } from "../src/lazy/fetch.js";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
@@ -296,5 +298,52 @@ test("a damaged chunk in the local cache is never served: fetched again, or EIO 
     assert.ok((await pread(local.path, 0, 4096)).equals(data.subarray(0, 4096)), "other chunks still read");
   } finally {
     await local.close();
+  }
+});
+
+test("a stuck daemon whose owner died is aborted and killed by the next cleanup", async () => {
+  const data = randomBytes(1 << 20);
+  const { index, record } = await indexBytes(home, data, 128 << 10);
+  // The owner: another process that opens the image, reports the daemon, then waits to be killed.
+  const script = path.join(home.root, "owner.mjs");
+  await writeFile(
+    script,
+    `import { openLazyImage } from ${JSON.stringify(new URL("../src/lazy/index.js", import.meta.url).href)};
+import { KindlingHome } from ${JSON.stringify(new URL("../src/util/home.js", import.meta.url).href)};
+const [home, record, index] = JSON.parse(process.argv[2]);
+const lazy = await openLazyImage(new KindlingHome(home), record, index, "auto", { prefetch: false });
+process.stdout.write(JSON.stringify({ pid: lazy.pid, path: lazy.path, dir: lazy.dir }) + "\\n");
+setInterval(() => {}, 1000);
+`,
+  );
+  const owner = spawn(process.execPath, [script, JSON.stringify([home.root, record, index])], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const first = await new Promise<string>((resolve, reject) => {
+    owner.stdout!.once("data", (d: Buffer) => resolve(d.toString()));
+    owner.once("exit", (code) => reject(new Error(`owner exited ${code}`)));
+  });
+  const daemon = JSON.parse(first) as { pid: number; path: string; dir: string };
+  try {
+    process.kill(daemon.pid, "SIGSTOP");
+    const reading = pread(daemon.path, 300_000, 4096).then(
+      () => null,
+      (err: Error) => err,
+    );
+    owner.kill("SIGKILL");
+    await new Promise((r) => owner.once("exit", r));
+    const t0 = Date.now();
+    const released = await cleanupStale(home);
+    assert.ok(released.includes(daemon.dir), `released ${released.join(", ")}`);
+    assert.match(String(await reading), /ENOTCONN|ECONNABORTED|EIO/);
+    assert.ok(Date.now() - t0 < 8000, `took ${Date.now() - t0} ms`);
+    assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(daemon.dir)));
+  } finally {
+    owner.kill("SIGKILL");
+    try {
+      process.kill(daemon.pid, "SIGKILL");
+    } catch {
+      // gone
+    }
   }
 });

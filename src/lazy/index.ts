@@ -16,6 +16,7 @@ import { validateIndex } from "./chunkmap.js";
 import { policyFrom } from "./fetch.js";
 import { cleanupStaleImageMounts } from "./mount.js";
 import { releaseFuseMount } from "./mountinfo.js";
+import { processStartTime } from "./proc.js";
 import { cleanupStaleDaemons, daemonDir, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
 import type { DaemonConfig, DaemonMessage, LazyOptions, LazyStats, ParentMessage } from "./types.js";
@@ -92,6 +93,7 @@ export async function openLazyImage(
     fetchConcurrency: opts.fetchConcurrency ?? 8,
     detached: opts.detached ?? false,
     owner: process.pid,
+    ownerStartTime: (await processStartTime(process.pid)) ?? "",
   };
   await writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(cfg));
 

@@ -46,23 +46,27 @@ async function removeTempFiles(home: KindlingHome, pid: number): Promise<void> {
 }
 
 /**
- * Whether the daemon in mnt/<id> is gone and its leftovers can go. Decided from /proc alone: a
- * stat of the mountpoint would block forever if a live daemon were stuck.
+ * Whether the daemon in mnt/<id> is gone, or stuck, and its leftovers can go. Decided from /proc
+ * alone: a stat of the mountpoint would block forever if a live daemon were stuck.
  */
 async function isStale(home: KindlingHome, id: string): Promise<boolean> {
   const dir = daemonDir(home, id);
   const state = await readJson<DaemonState>(path.join(dir, "state.json"));
+  const cfg = await readJson<DaemonConfig>(path.join(dir, "config.json"));
+  const ownerLives = cfg !== null && (await isSameProcess(cfg.owner, cfg.ownerStartTime || undefined));
   if (!state) {
     // Still starting? Give a daemon whose owner lives a minute to write its state.
-    const cfg = await readJson<DaemonConfig>(path.join(dir, "config.json"));
     const age =
       Date.now() -
       (await stat(dir)
         .then((s) => s.mtimeMs)
         .catch(() => 0));
-    return !(cfg && age < 60_000 && (await isSameProcess(cfg.owner)));
+    return !(ownerLives && age < 60_000);
   }
-  return !(await isSameProcess(state.pid, state.startTime));
+  if (!(await isSameProcess(state.pid, state.startTime))) return true;
+  // An attached daemon leaves when its owner's IPC channel closes; one still here after its owner
+  // died is stuck (its event loop never saw the channel close). It gets stopped, and aborted.
+  return !state.detached && !ownerLives;
 }
 
 /**

@@ -69,8 +69,9 @@ export interface DaemonConfig {
   prefetch: boolean;
   fetchConcurrency: number;
   detached: boolean;
-  /** Pid of the process that asked for this image. */
+  /** Pid and start time of the process that asked for this image. */
   owner: number;
+  ownerStartTime: string;
 }
 
 /** Written by the daemon once its mount is up; used to find and release it later. */
