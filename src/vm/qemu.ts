@@ -166,11 +166,11 @@ export class QemuVm {
     this.closing ??= (async () => {
       if (!this.exited && this.agent?.isReady) {
         this.agent.powerOff();
-        await Promise.race([this.wait(), sleep(graceMs)]);
+        await Promise.race([this.wait(), sleep(graceMs, undefined, { ref: false })]);
       }
       if (!this.exited) {
-        await Promise.race([this.qmp("quit").catch(() => {}), sleep(500)]);
-        await Promise.race([this.wait(), sleep(1000)]);
+        await Promise.race([this.qmp("quit").catch(() => {}), sleep(500, undefined, { ref: false })]);
+        await Promise.race([this.wait(), sleep(1000, undefined, { ref: false })]);
       }
       await this.kill();
       this.agent?.close();
@@ -377,20 +377,25 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
     );
   };
   try {
-    await Promise.race([spawnError, sleep(0)]);
     const agentSock = await Promise.race([
       spawnError,
       connectWhenListening(connectablePath(paths.agentSocket, child), child, deadline),
     ]);
     (vm.paths as { qmpSocket: string }).qmpSocket = connectablePath(paths.qmpSocket, child);
     vm.agent = new AgentClient(agentSock);
-    const timer = sleep(Math.max(0, deadline - Date.now())).then(() => "timeout" as const);
+    const timer = sleep(Math.max(0, deadline - Date.now()), undefined, { ref: false }).then(
+      () => "timeout" as const,
+    );
     const exited = vm.wait().then(() => "exited" as const);
-    const panicked = watchConsole(paths.consoleLog, /Kernel panic[^\n]*/, vm.wait());
     // a channel that closes before READY means QEMU is going away: let its exit decide the message
     const ready = vm.agent.ready().then(
       () => "ready" as const,
       () => vm.wait().then(() => "exited" as const),
+    );
+    const panicked = watchConsole(
+      paths.consoleLog,
+      /Kernel panic[^\n]*/,
+      Promise.race([vm.wait(), ready, timer]),
     );
     const result = await Promise.race([ready, timer, exited, panicked, spawnError]);
     if (result === "ready") {
@@ -495,11 +500,14 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunResult> {
     if (outcome === "stopped") {
       // kill the process, give its EXITED a moment to arrive, then the VM goes in finally
       proc.kill("SIGKILL");
-      const exit = await Promise.race([proc.exited.catch(() => null), sleep(1000).then(() => null)]);
+      const exit = await Promise.race([
+        proc.exited.catch(() => null),
+        sleep(1000, undefined, { ref: false }).then(() => null),
+      ]);
       return { exitCode: exit?.status ?? 137, signal: exit?.signal ?? 9, timedOut, bootMs: vm.bootMs };
     }
     if (outcome === "gone" || outcome instanceof Error) {
-      await Promise.race([vm.wait(), sleep(1000)]);
+      await Promise.race([vm.wait(), sleep(1000, undefined, { ref: false })]);
       const tail = await vm.consoleTail(20);
       const why = /Kernel panic/.test(tail) ? "guest kernel panic" : "the VM stopped while the process ran";
       throw new KindlingError(`${why}\n--- last console lines (${vm.paths.consoleLog}) ---\n${tail}`);

@@ -107,55 +107,71 @@ export class GuestProcess {
     }
   }
 
-  /** Output chunks waiting for their sink, so EXITED resolves only after every byte was handed over. */
-  private pendingWrites: Promise<void> = Promise.resolve();
+  /** Credit held back per sink until it drains: [stdout bytes, stderr bytes]. */
+  private readonly heldCredit = new Map<Writable, [number, number]>();
 
   /** @internal */
   onFrame(f: Frame): void {
     switch (f.type) {
       case MsgType.STDOUT:
       case MsgType.STDERR:
-        this.output(f.type === MsgType.STDOUT ? this.io.stdout : this.io.stderr, f.type, f.payload);
+        this.output(
+          f.type === MsgType.STDOUT ? this.io.stdout : this.io.stderr,
+          f.type === MsgType.STDOUT ? 0 : 1,
+          f.payload,
+        );
         break;
       case MsgType.STDIN_CREDIT:
         this.stdinInFlight -= new PayloadReader(f.payload).u32();
         this.flushStdin();
         break;
       case MsgType.EXITED: {
+        // every output chunk precedes EXITED and was handed to its sink with write()
         const r = new PayloadReader(f.payload);
         const exit = { status: r.u32(), signal: r.u32() };
         this.io.stdin?.pause();
-        this.pendingWrites.then(() => this.resolveExit(exit));
+        this.resolveExit(exit);
         break;
       }
     }
   }
 
-  /** Hands a chunk to its sink and returns the credit once the sink has taken it (write() true, or drain). */
-  private output(sink: Writable | undefined, type: number, data: Buffer): void {
-    const credit = () => {
-      const w = new PayloadWriter();
-      if (type === MsgType.STDOUT) w.u32(data.length).u32(0);
-      else w.u32(0).u32(data.length);
-      this.client.send(MsgType.OUTPUT_CREDIT, this.id, w.done());
-    };
-    if (!sink || sink.destroyed || sink.write(data)) {
-      credit();
+  private sendCredit(stdout: number, stderr: number): void {
+    this.client.send(MsgType.OUTPUT_CREDIT, this.id, new PayloadWriter().u32(stdout).u32(stderr).done());
+  }
+
+  /**
+   * Hands a chunk to its sink. The credit goes back at once while the sink accepts writes; once write()
+   * says "full", credit is held (for every later chunk to that sink too) until one "drain".
+   */
+  private output(sink: Writable | undefined, stream: 0 | 1, data: Buffer): void {
+    const credit: [number, number] = stream === 0 ? [data.length, 0] : [0, data.length];
+    if (!sink || sink.destroyed || sink.writableEnded) {
+      this.sendCredit(...credit);
       return;
     }
-    this.pendingWrites = this.pendingWrites.then(
-      () =>
-        new Promise<void>((resolve) => {
-          const done = () => {
-            sink.off("drain", done);
-            sink.off("close", done);
-            credit();
-            resolve();
-          };
-          sink.once("drain", done);
-          sink.once("close", done);
-        }),
-    );
+    const ok = sink.write(data);
+    const held = this.heldCredit.get(sink);
+    if (held) {
+      held[stream] += data.length;
+      return;
+    }
+    if (ok) {
+      this.sendCredit(...credit);
+      return;
+    }
+    this.heldCredit.set(sink, credit);
+    const release = () => {
+      sink.off("drain", release);
+      sink.off("close", release);
+      sink.off("error", release);
+      const h = this.heldCredit.get(sink);
+      this.heldCredit.delete(sink);
+      if (h) this.sendCredit(...h);
+    };
+    sink.on("drain", release);
+    sink.on("close", release);
+    sink.on("error", release);
   }
 
   /** @internal */

@@ -1,0 +1,293 @@
+/**
+ * Real VMs under QEMU (TCG here): the guest kernel fetched with apt on first use, Kindling's initramfs,
+ * the C init and agent, a busybox SquashFS root. One VM is shared by most checks to keep boots few.
+ */
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { Readable, Writable } from "node:stream";
+import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { KindlingError } from "../src/util/errors.js";
+import { exec } from "../src/util/exec.js";
+import { KindlingHome } from "../src/util/home.js";
+import type { GuestProcess } from "../src/vm/agent/client.js";
+import { prepareGuestBoot } from "../src/vm/kernel.js";
+import { bootVm, type QemuVm, runInVm } from "../src/vm/qemu.js";
+import type { VmSpec } from "../src/vm/spec.js";
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+// The kernel cache survives between runs (a fresh checkout fetches it with apt on the first one).
+const home = new KindlingHome(
+  process.env.KINDLING_HOME ?? path.join(repo, ".cache", "vm-test-home"),
+).ensure();
+let tmp: string;
+let rootImage: string;
+let baseSpec: (name: string) => VmSpec;
+
+/** A collecting Writable; `delayMs` makes it a slow consumer to exercise flow control. */
+function sink(delayMs = 0): Writable & { data: () => Buffer } {
+  const chunks: Buffer[] = [];
+  const w = new Writable({
+    highWaterMark: 16 * 1024,
+    write(chunk: Buffer, _enc, cb) {
+      chunks.push(chunk);
+      if (delayMs) setTimeout(cb, delayMs);
+      else cb();
+    },
+  }) as Writable & { data: () => Buffer };
+  w.data = () => Buffer.concat(chunks);
+  return w;
+}
+
+async function buildBusyboxRoot(dir: string): Promise<string> {
+  const root = path.join(dir, "rootfs");
+  for (const d of ["bin", "etc", "tmp", "proc", "sys", "dev", "root"])
+    await mkdir(path.join(root, d), { recursive: true });
+  await copyFile("/bin/busybox", path.join(root, "bin", "busybox"));
+  const { stdout } = await exec("/bin/busybox", ["--list"]);
+  for (const applet of stdout.split("\n").filter((a) => a && a !== "busybox")) {
+    await symlink("busybox", path.join(root, "bin", applet));
+  }
+  await writeFile(
+    path.join(root, "etc", "passwd"),
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+  );
+  const image = path.join(dir, "root.sqfs");
+  await exec("mksquashfs", [root, image, "-noappend", "-quiet", "-comp", "zstd", "-Xcompression-level", "3"]);
+  return image;
+}
+
+async function runningQemuPids(): Promise<number[]> {
+  const { stdout } = await exec("ps", ["-eo", "pid=,args="]);
+  return stdout
+    .split("\n")
+    .filter((l) => l.includes("qemu-system-x86_64") && l.includes(tmp))
+    .map((l) => Number.parseInt(l.trim(), 10));
+}
+
+before(async () => {
+  tmp = await mkdtemp("/tmp/kindling-vm-test-");
+  rootImage = await buildBusyboxRoot(tmp);
+  const boot = await prepareGuestBoot(home, { boot: { tmpfsSize: "64m" } });
+  baseSpec = (name) => ({
+    ...boot,
+    memoryMiB: 256,
+    vcpus: 1,
+    drives: [{ id: "root", path: rootImage, readOnly: true, isRoot: true }],
+    shares: [],
+    stateDir: path.join(tmp, name),
+  });
+});
+
+after(async () => {
+  assert.deepEqual(await runningQemuPids(), [], "no QEMU outlives the tests");
+  await rm(tmp, { recursive: true, force: true });
+});
+
+const PATH = "PATH=/bin";
+
+describe("one VM, many processes", () => {
+  let vm: QemuVm;
+
+  before(async () => {
+    vm = await bootVm(baseSpec("shared"), { home });
+    process.stderr.write(`# boot (spawn -> agent READY) under ${vm.accel}: ${vm.bootMs} ms\n`);
+    await vm.agent.configure({
+      hostname: "kindling-test",
+      mounts: [{ kind: "tmpfs", source: "", target: "/data/scratch", options: "size=8m" }],
+    });
+  });
+
+  after(async () => {
+    await vm?.close();
+    const { code } = await exec("kill", ["-0", String(vm.pid)], { allowFailure: true });
+    assert.notEqual(code, 0, "QEMU is gone after close()");
+  });
+
+  async function run(args: string[], io: { stdin?: Readable; slow?: number } = {}) {
+    const out = sink(io.slow);
+    const err = sink();
+    const p = await vm.agent.start({ args, env: [PATH] }, { stdout: out, stderr: err, stdin: io.stdin });
+    const exit = await p.exited;
+    return { status: exit.status, signal: exit.signal, out: out.data(), err: err.data() };
+  }
+
+  test("exit statuses 0, 3 and 137 (killed by SIGKILL)", async () => {
+    assert.equal((await run(["true"])).status, 0);
+    assert.equal((await run(["sh", "-c", "exit 3"])).status, 3);
+    const killed = await run(["sh", "-c", "kill -9 $$"]);
+    assert.equal(killed.status, 137);
+    assert.equal(killed.signal, 9);
+  });
+
+  test("stdout and stderr arrive apart", async () => {
+    const r = await run(["sh", "-c", "echo out1; echo err1 >&2; echo out2; echo err2 >&2"]);
+    assert.equal(r.out.toString(), "out1\nout2\n");
+    assert.equal(r.err.toString(), "err1\nerr2\n");
+  });
+
+  test("arguments with spaces, quotes, newlines and non-UTF-8 bytes arrive intact", async () => {
+    const args = ["a b", "'single'", '"double"', "line1\nline2", "$HOME `x`", "", "tab\there", "é"];
+    const r = await run(["sh", "-c", 'for a in "$@"; do printf "%s\\0" "$a"; done', "sh", ...args]);
+    assert.deepEqual(r.out.toString().split("\0").slice(0, -1), args);
+    const raw = Buffer.from([0xff, 0xfe, 0x41]);
+    const p = await vm.agent.start({ args: ["printf", "%s", raw], env: [PATH] }, { stdout: sink() });
+    assert.equal((await p.exited).status, 0);
+  });
+
+  test("environment, cwd, uid and gid are applied", async () => {
+    const out = sink();
+    const p = await vm.agent.start(
+      {
+        args: ["sh", "-c", 'echo "$FOO|$(pwd)|$(id -u):$(id -g)|$(hostname)"'],
+        env: [PATH, "FOO=bar baz"],
+        cwd: "/tmp",
+        uid: 65534,
+        gid: 65534,
+      },
+      { stdout: out },
+    );
+    assert.equal((await p.exited).status, 0);
+    assert.equal(out.data().toString(), "bar baz|/tmp|65534:65534|kindling-test\n");
+  });
+
+  test("10 MB of output arrive complete through a slow consumer (flow control)", async () => {
+    const script =
+      "head -c 10485760 /dev/urandom > /tmp/r10; sha256sum /tmp/r10 >&2; cat /tmp/r10; rm /tmp/r10";
+    const r = await run(["sh", "-c", script], { slow: 1 });
+    assert.equal(r.status, 0);
+    assert.equal(r.out.length, 10 * 1024 * 1024);
+    const sha = createHash("sha256").update(r.out).digest("hex");
+    assert.equal(r.err.toString().split(" ")[0], sha);
+  });
+
+  test("8 MB of output arrive complete (checksum)", async () => {
+    const r = await run([
+      "sh",
+      "-c",
+      "head -c 8388608 /dev/urandom > /tmp/r8; sha256sum /tmp/r8 >&2; cat /tmp/r8",
+    ]);
+    assert.equal(r.out.length, 8 * 1024 * 1024);
+    assert.equal(r.err.toString().split(" ")[0], createHash("sha256").update(r.out).digest("hex"));
+  });
+
+  test("stdin is delivered, then EOF", async () => {
+    const input = randomBytes(1024 * 1024 + 17);
+    const r = await run(["sh", "-c", "sha256sum"], {
+      stdin: Readable.from([input.subarray(0, 1000), input.subarray(1000)]),
+    });
+    assert.equal(r.out.toString().split(" ")[0], createHash("sha256").update(input).digest("hex"));
+    const empty = await run(["cat"], { stdin: Readable.from([]) });
+    assert.equal(empty.status, 0);
+    assert.equal(empty.out.length, 0);
+  });
+
+  test("an orphaned background process holding stdout does not hang the run", async () => {
+    const t0 = Date.now();
+    const r = await run(["sh", "-c", "sleep 1000 & echo started"]);
+    assert.equal(r.status, 0);
+    assert.equal(r.out.toString(), "started\n");
+    assert.ok(Date.now() - t0 < 5000, "returned promptly");
+  });
+
+  test("a second process runs alongside the first (exec), and signals reach it", async () => {
+    const out = sink();
+    const long: GuestProcess = await vm.agent.start(
+      { args: ["sh", "-c", "echo up; sleep 100"], env: [PATH] },
+      { stdout: out },
+    );
+    const second = await run(["sh", "-c", "ps | grep -c 'sleep 100'"]);
+    assert.equal(second.status, 0);
+    assert.ok(Number(second.out.toString()) >= 1);
+    long.kill("SIGTERM");
+    const exit = await long.exited;
+    assert.equal(exit.status, 128 + 15);
+    assert.equal(out.data().toString(), "up\n");
+  });
+
+  test("writes to / succeed; mounts from CONFIGURE are there", async () => {
+    const r = await run([
+      "sh",
+      "-c",
+      "echo persisted-in-this-vm > /marker && cat /marker && grep -c ' /data/scratch tmpfs' /proc/mounts",
+    ]);
+    assert.equal(r.status, 0, r.err.toString());
+    assert.equal(r.out.toString(), "persisted-in-this-vm\n1\n");
+  });
+
+  test("a command that cannot start is a clear error", async () => {
+    await assert.rejects(vm.agent.start({ args: ["/no/such/program"], env: [PATH] }), /No such file/);
+    await assert.rejects(vm.agent.start({ args: ["true"], env: [PATH], cwd: "/nonexistent" }), /chdir/);
+  });
+});
+
+test("runInVm: a fresh VM does not see the previous VM's writes; --timeout stops the VM", async () => {
+  const out = sink();
+  const t0 = Date.now();
+  const r = await runInVm({
+    spec: baseSpec("timeout"),
+    qemu: { home },
+    process: { args: ["sh", "-c", "test -e /marker && echo leaked || echo clean; sleep 100"], env: [PATH] },
+    stdout: out,
+    stderr: process.stderr,
+    timeoutMs: 4000,
+  });
+  assert.equal(out.data().toString(), "clean\n");
+  assert.equal(r.timedOut, true);
+  assert.equal(r.exitCode, 137);
+  assert.ok(Date.now() - t0 < 30_000);
+  assert.deepEqual(await runningQemuPids(), []);
+});
+
+test("runInVm: exit status and output of a short run", async () => {
+  const out = sink();
+  const r = await runInVm({
+    spec: baseSpec("short"),
+    qemu: { home },
+    guest: { hostname: "box" },
+    process: { args: ["sh", "-c", "hostname; exit 7"], env: [PATH] },
+    stdout: out,
+  });
+  assert.equal(r.exitCode, 7);
+  assert.equal(out.data().toString(), "box\n");
+  process.stderr.write(`# runInVm boot: ${r.bootMs} ms\n`);
+});
+
+test("a guest kernel panic is a clear error with the console's last lines", async () => {
+  const spec = baseSpec("panic");
+  spec.cmdline += " rdinit=/nonexistent root=/dev/null";
+  const err = await bootVm(spec, { home, bootTimeoutMs: 60_000 }).then(
+    () => null,
+    (e: Error) => e,
+  );
+  assert.ok(err instanceof KindlingError, String(err));
+  assert.match(err.message, /kernel panic/i);
+  assert.match(err.message, /last console lines/);
+  assert.match(err.message, /Kernel panic - not syncing/);
+  assert.deepEqual(await runningQemuPids(), []);
+});
+
+test("a garbage root drive fails the boot with the init's reason", async () => {
+  const garbage = path.join(tmp, "garbage.img");
+  await writeFile(garbage, randomBytes(1024 * 1024));
+  const spec = {
+    ...baseSpec("garbage"),
+    drives: [{ id: "root", path: garbage, readOnly: true, isRoot: true }],
+  };
+  await assert.rejects(bootVm(spec, { home }), (e: Error) => {
+    assert.ok(e instanceof KindlingError);
+    assert.match(e.message, /FATAL: mount root \/dev\/vda/);
+    return true;
+  });
+  assert.deepEqual(await runningQemuPids(), []);
+});
+
+test("a boot deadline is enforced", async () => {
+  await assert.rejects(
+    bootVm(baseSpec("deadline"), { home, bootTimeoutMs: 300 }),
+    /no agent READY within 300 ms/,
+  );
+  assert.deepEqual(await runningQemuPids(), []);
+});
