@@ -87,3 +87,40 @@ describe("build tree placement", () => {
     }
   });
 });
+
+describe("the build tree's filesystem does not change the image", () => {
+  for (const [label, xattrs] of [
+    [
+      "one xattr per file (built on tmpfs)",
+      ["security.capability=0x0000000200040000000000000000000000000000"],
+    ],
+    ["two xattrs on a file (tmpfs falls back to disk)", ["user.b=0x31", "user.a=0x32"]],
+  ] as const) {
+    test(label, async () => {
+      const home = await tempHome();
+      const work = await mkdtemp("/tmp/kindling-test-xattr-");
+      const saved = process.env.KINDLING_BUILD_TMPFS;
+      try {
+        await mkdir(path.join(work, "t"));
+        await writeFile(path.join(work, "t", "f"), "x");
+        for (const x of xattrs) {
+          const [n, v] = x.split("=");
+          await exec("setfattr", ["-n", n!, "-v", v!, path.join(work, "t", "f")]);
+        }
+        const tar = path.join(work, "x.tar");
+        await exec("tar", ["-C", path.join(work, "t"), "--xattrs", "--xattrs-include=*", "-cf", tar, "."]);
+        const digests: string[] = [];
+        for (const tmpfs of ["1", "0"]) {
+          process.env.KINDLING_BUILD_TMPFS = tmpfs;
+          digests.push((await importImage(home, tar, { name: `x${tmpfs}`, progress: false })).digest);
+        }
+        assert.equal(digests[0], digests[1]);
+      } finally {
+        if (saved === undefined) delete process.env.KINDLING_BUILD_TMPFS;
+        else process.env.KINDLING_BUILD_TMPFS = saved;
+        await home.remove();
+        await rm(work, { recursive: true, force: true });
+      }
+    });
+  }
+});

@@ -62,11 +62,27 @@ function dumpQuote(p: string): string {
   return s;
 }
 
-/** The tree would exceed the space given to it; the caller may retry somewhere larger. */
-export class TreeTooLargeError extends KindlingError {
+/** The tree cannot be built where it is (tmpfs); the caller may retry on disk. */
+export class RetryOnDiskError extends KindlingError {}
+
+/** The tree would exceed the space given to it. */
+export class TreeTooLargeError extends RetryOnDiskError {
   constructor(entry: string, limit: number) {
     super(
       `tar entry ${JSON.stringify(entry)}: the image's files exceed ${limit} bytes (the space available for them)`,
+    );
+  }
+}
+
+/**
+ * mksquashfs stores a file's xattrs in the order the filesystem lists them. ext4 lists them in the
+ * order they were set (we set them sorted); tmpfs lists them in its own hash order. So a file with
+ * two or more xattrs is only deterministic on an insertion-ordered filesystem.
+ */
+export class XattrOrderError extends RetryOnDiskError {
+  constructor(entry: string) {
+    super(
+      `tar entry ${JSON.stringify(entry)}: several xattrs on one file need an insertion-ordered filesystem`,
     );
   }
 }
@@ -97,6 +113,8 @@ export class LayerApplier {
   constructor(
     readonly root: string,
     private readonly maxBytes = Number.POSITIVE_INFINITY,
+    /** The tree is on a filesystem whose xattr order we cannot control (tmpfs). */
+    private readonly unorderedXattrs = false,
   ) {}
 
   /** Applies one decompressed layer tar. `label` names the layer in errors. */
@@ -116,7 +134,7 @@ export class LayerApplier {
       try {
         await this.applyEntry(e, tar, touched, opaque);
       } catch (err) {
-        if (err instanceof TreeTooLargeError) throw err;
+        if (err instanceof RetryOnDiskError) throw err;
         if (err instanceof KindlingError) throw new KindlingError(`${label}: ${err.message}`);
         throw new KindlingError(`${label}: tar entry ${JSON.stringify(e.name)}: ${(err as Error).message}`);
       }
@@ -293,7 +311,13 @@ export class LayerApplier {
   }
 
   private queueXattrs(abs: string, e: TarEntry): void {
-    if (e.xattrs.size > 0) this.pendingXattrs.push({ abs, xattrs: e.xattrs });
+    if (e.xattrs.size === 0) return;
+    if (e.xattrs.size > 1 && this.unorderedXattrs) throw new XattrOrderError(e.name);
+    // Set in name order, so an insertion-ordered filesystem lists them in name order.
+    this.pendingXattrs.push({
+      abs,
+      xattrs: new Map([...e.xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
+    });
   }
 
   /** Sets the queued xattrs with one setfattr run (Node has no xattr API). */

@@ -12,7 +12,7 @@ import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { type Progress, progress } from "../util/progress.js";
 import { Scope } from "../util/scope.js";
-import { LayerApplier, TreeTooLargeError } from "./apply.js";
+import { LayerApplier, RetryOnDiskError } from "./apply.js";
 import { type FileRange, openLayer } from "./compression.js";
 import { runConfigFromImageConfig } from "./config.js";
 import type { ImageOrigin, ImageRecord } from "./types.js";
@@ -39,6 +39,7 @@ export async function materializeLayers(
   layers: FileRange[],
   show = true,
   maxBytes = Number.POSITIVE_INFINITY,
+  unorderedXattrs = false,
 ): Promise<string> {
   const root = path.join(dir, "rootfs");
   await mkdir(root, { mode: 0o755 });
@@ -48,7 +49,7 @@ export async function materializeLayers(
   const total = sizes.reduce((a, b) => a + b, 0);
   const bar = show ? progress(`applying ${layers.length} layer(s)`, total) : quiet;
   let done = 0;
-  const applier = new LayerApplier(root, maxBytes);
+  const applier = new LayerApplier(root, maxBytes, unorderedXattrs);
   for (const [i, layer] of layers.entries()) {
     const opened = await openLayer(layer, (n) => {
       done += n;
@@ -142,13 +143,14 @@ export async function buildImage(home: KindlingHome, input: BuildImageInput): Pr
     scope.defer("remove the build tree", () => dropTree(tree));
     let root: string;
     try {
-      root = await materializeLayers(tree.dir, input.layers, show, tree.maxBytes);
+      root = await materializeLayers(tree.dir, input.layers, show, tree.maxBytes, tree.tmpfs);
     } catch (err) {
-      if (!(err instanceof TreeTooLargeError && tree.tmpfs)) throw err;
-      // Larger than the tmpfs budget: start again on disk.
+      if (!(err instanceof RetryOnDiskError && tree.tmpfs)) throw err;
+      // Larger than the tmpfs budget, or needs ordered xattrs: start again on disk.
       await dropTree(tree);
       tree = await onDisk(home.tmp);
-      if (show) process.stderr.write("the image is large: building its tree on disk\n");
+      if (show)
+        process.stderr.write(`building the tree on disk instead of tmpfs (${(err as Error).message})\n`);
       root = await materializeLayers(tree.dir, input.layers, show, tree.maxBytes);
     }
     const image = path.join(work, "image.squashfs");
