@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Readable, Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
@@ -289,5 +289,61 @@ test("a boot deadline is enforced", async () => {
     bootVm(baseSpec("deadline"), { home, bootTimeoutMs: 300 }),
     /no agent READY within 300 ms/,
   );
+  assert.deepEqual(await runningQemuPids(), []);
+});
+
+test("extra drives by device, a scratch disk as the writable layer, and a virtio-fs share", async () => {
+  const dataDir = path.join(tmp, "data-src");
+  await mkdir(dataDir, { recursive: true });
+  await writeFile(path.join(dataDir, "hello.txt"), "from a read-only ext4 drive\n");
+  const dataImg = path.join(tmp, "data.ext4");
+  await exec("mkfs.ext4", ["-q", "-F", "-d", dataDir, dataImg, "16M"]);
+  const scratchImg = path.join(tmp, "scratch.ext4");
+  await exec("mkfs.ext4", ["-q", "-F", scratchImg, "64M"]);
+  const shared = path.join(tmp, "shared");
+  await mkdir(shared, { recursive: true });
+  await writeFile(path.join(shared, "in.txt"), "host file\n");
+  const boot = await prepareGuestBoot(home, { boot: { scratch: "/dev/vdc" } });
+  const spec: VmSpec = {
+    ...baseSpec("drives"),
+    ...boot,
+    drives: [
+      { id: "data", path: dataImg, readOnly: true, isRoot: false },
+      { id: "root", path: rootImage, readOnly: true, isRoot: true },
+      { id: "scratch", path: scratchImg, readOnly: false, isRoot: false },
+    ],
+    shares: [{ tag: "share0", source: shared }],
+  };
+  const out = sink();
+  const err = sink();
+  const r = await runInVm({
+    spec,
+    qemu: { home },
+    guest: {
+      mounts: [
+        { kind: "block", source: "/dev/vdb", target: "/mnt/data", fstype: "ext4", readOnly: true },
+        { kind: "virtiofs", source: "share0", target: "/mnt/shared" },
+      ],
+    },
+    process: {
+      args: [
+        "sh",
+        "-c",
+        "cat /mnt/data/hello.txt; cat /mnt/shared/in.txt; echo guest > /mnt/shared/out.txt; " +
+          "touch /mnt/data/x 2>/dev/null && echo rw-data || echo ro-data; " +
+          "grep ' / overlay' /proc/mounts | grep -c upperdir=/mnt/rw/upper; echo big > /bigfile; df -k / | tail -1",
+      ],
+      env: [PATH],
+    },
+    stdout: out,
+    stderr: err,
+  });
+  assert.equal(r.exitCode, 0, err.data().toString());
+  const lines = out.data().toString().split("\n");
+  assert.deepEqual(lines.slice(0, 4), ["from a read-only ext4 drive", "host file", "ro-data", "1"]);
+  assert.equal(await readFile(path.join(shared, "out.txt"), "utf8"), "guest\n");
+  // the writable layer was the 64 MB scratch disk, not the tmpfs
+  const kb = Number(lines[4].trim().split(/\s+/)[1]);
+  assert.ok(kb > 40_000 && kb < 70_000, lines[4]);
   assert.deepEqual(await runningQemuPids(), []);
 });

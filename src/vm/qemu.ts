@@ -2,7 +2,7 @@
  * QEMU `microvm` backend: renders a VmSpec into a command line, supervises QEMU (and virtiofsd),
  * connects the agent over a virtio-serial chardev socket, and runs processes in the guest.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, type SpawnOptions, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, rm } from "node:fs/promises";
@@ -83,6 +83,22 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, accel: Accel): string[]
   }
   args.push("-qmp", `unix:${paths.qmpSocket},server=on,wait=off`);
   return args;
+}
+
+const SETPRIV = "/usr/bin/setpriv";
+
+/**
+ * Spawns a VMM-side process that dies with us: through `setpriv --pdeathsig KILL` (which then execs it,
+ * keeping the pid) when available, so even a SIGKILLed Node leaves no QEMU or virtiofsd behind.
+ */
+function spawnTied(cmd: string, args: string[], opts: SpawnOptions): ChildProcess {
+  if (!existsSync(SETPRIV)) return spawn(cmd, args, opts);
+  return spawn(SETPRIV, ["--pdeathsig", "KILL", "--", cmd, ...args], opts);
+}
+
+function onPath(cmd: string): boolean {
+  if (cmd.includes("/")) return existsSync(cmd);
+  return (process.env.PATH ?? "/usr/bin:/bin").split(":").some((d) => d && existsSync(path.join(d, cmd)));
 }
 
 /** Live QEMU/virtiofsd processes: killed if Node exits without closing them. */
@@ -269,7 +285,7 @@ async function probeKvm(opts: QemuBootOptions): Promise<Accel> {
   args.push("-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", kernel.vmlinux);
   // no init anywhere: the kernel panics right after booting and panic=-1 ends QEMU
   args.push("-append", "console=ttyS0 panic=-1 reboot=t rdinit=/nonexistent root=/dev/null");
-  const child = spawn(opts.qemuBinary ?? QEMU_BINARY, args, { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnTied(opts.qemuBinary ?? QEMU_BINARY, args, { stdio: ["ignore", "pipe", "pipe"] });
   track(child);
   let out = "";
   child.stdout!.on("data", (d) => {
@@ -284,7 +300,7 @@ async function probeKvm(opts: QemuBootOptions): Promise<Accel> {
 
 async function startVirtiofsd(source: string, socketPath: string, deadline: number): Promise<ChildProcess> {
   if (!existsSync(VIRTIOFSD)) throw new KindlingError(`${VIRTIOFSD} is missing (install qemu-system-common)`);
-  const child = spawn(
+  const child = spawnTied(
     VIRTIOFSD,
     [`--socket-path=${socketPath}`, "-o", `source=${source}`, "-o", "cache=auto"],
     {
@@ -349,7 +365,10 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
   };
   const args = qemuArgs(spec, rel, accel);
   await writeFileAtomic(abs("qemu.args"), `${JSON.stringify([opts.qemuBinary ?? QEMU_BINARY, ...args])}\n`);
-  const child = spawn(opts.qemuBinary ?? QEMU_BINARY, args, {
+  if (!onPath(opts.qemuBinary ?? QEMU_BINARY)) {
+    throw new KindlingError(`${opts.qemuBinary ?? QEMU_BINARY} is not installed (run scripts/setup.sh)`);
+  }
+  const child = spawnTied(opts.qemuBinary ?? QEMU_BINARY, args, {
     cwd: spec.stateDir,
     stdio: ["ignore", "ignore", "pipe"],
   });
