@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -12,6 +13,9 @@ import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { getRuntime } from "../src/runtime/registry.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { buildBusyboxTree, leftovers, readAll } from "../src/runtime/testing.js";
+import { readBlockIndex } from "../src/store/blockindex.js";
+import { loadImage } from "../src/store/catalog.js";
+import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { MT, OciLayoutWriter, tarDir } from "./helpers/registry.js";
 
@@ -26,6 +30,8 @@ before(async () => {
   home = new KindlingHome(path.join(tmp, "home"));
   const tree = path.join(tmp, "tree");
   await buildBusyboxTree(tree);
+  // Big enough to be stored in its own blocks, not in a fragment the mount may already have read.
+  await writeFile(path.join(tree, "data/big"), randomBytes(4 << 20));
   const layout = await OciLayoutWriter.create(path.join(tmp, "layout"));
   const manifest = await layout.image([{ data: await tarDir(tree), mediaType: MT.layerTar }], {
     config: {
@@ -111,5 +117,50 @@ test("Ctrl-C on `kindling run NAME` releases the container, the mounts and the l
   child.kill("SIGINT");
   const code = await new Promise((resolve) => child.on("exit", resolve));
   assert.equal(code, 137);
+  assert.deepEqual(await leftovers(home.root), []);
+});
+
+test("the lazy daemon killed during a run: a clear error (125) and nothing left behind", async () => {
+  const child = spawn(
+    process.execPath,
+    [KINDLING, "run", "bb", "--", "echo ready; sleep 1; cat /data/big >/dev/null"],
+    {
+      env: { ...process.env, KINDLING_HOME: home.root },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  let err = "";
+  child.stderr.on("data", (d) => {
+    err += d;
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
+    child.on("exit", () => reject(new Error("exited before ready")));
+  });
+  const daemon = (await leftovers(home.root)).find((l) => l.includes("lazy/daemon"));
+  const pid = Number(/^process (\d+):/.exec(daemon ?? "")?.[1]);
+  assert.ok(pid > 0, "no lazy daemon found");
+  process.kill(pid, "SIGKILL");
+  const code = await new Promise((resolve) => child.on("close", resolve));
+  assert.equal(code, 125);
+  assert.match(
+    err,
+    /the lazy image daemon of bb \(pid \d+\) died during the run; the process ended with status 1/,
+  );
+  assert.deepEqual(await leftovers(home.root), []);
+});
+
+// Last: it corrupts the store's chunks, which other tests share.
+test("corrupt chunks in the store: a clear error (125) and nothing left behind", async () => {
+  const record = await loadImage(home, "bb");
+  const index = await readBlockIndex(home, record.digest);
+  for (const c of index.chunks) await writeFile(home.blobPath(c.digest), randomBytes(c.length));
+  const r = await exec(process.execPath, [KINDLING, "run", "bb", "--", "cat", "/data/hello"], {
+    env: { ...process.env, KINDLING_HOME: home.root },
+    allowFailure: true,
+  });
+  assert.equal(r.code, 125);
+  assert.equal(r.stdout, "");
+  assert.match(r.stderr, /^kindling: .*bb.*(corrupt|digest|verif|EIO|failed)/im);
   assert.deepEqual(await leftovers(home.root), []);
 });

@@ -186,7 +186,7 @@ test("failures release everything: missing command (127), unknown user, a file t
     runtime: getRuntime("runc", "lazy"),
     notify: () => {},
   });
-  await assert.rejects(handle.result, /cannot mount the image .*junk.sqfs as SquashFS/);
+  await assert.rejects(handle.result, /cannot mount image file .*junk.sqfs as SquashFS/);
   assert.equal((await leftovers(home.root, junk)).length, 0);
   await assertClean();
 });

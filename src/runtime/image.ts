@@ -7,7 +7,16 @@ import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { DEFAULT_PATH } from "./process.js";
 import { FileBlockImage } from "./rootfs.js";
-import type { BlockImageProvider, ResolvedImage } from "./types.js";
+import type { BlockImageProvider, OpenBlockImage, ResolvedImage } from "./types.js";
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** The config of an image given as a bare SquashFS file: no ENTRYPOINT/CMD, so a command is needed. */
 export const BARE_CONFIG: RunConfig = {
@@ -49,8 +58,22 @@ export class LazyBlockImage implements BlockImageProvider {
   get description(): string {
     return `image ${this.record.name} (${this.record.digest})`;
   }
-  async open(): Promise<{ path: string; close(): Promise<void> }> {
+  async open(): Promise<OpenBlockImage> {
     const index = await readBlockIndex(this.home, this.record.digest);
-    return openLazyImage(this.home, this.record, index, "auto");
+    const lazy = await openLazyImage(this.home, this.record, index, "auto");
+    const name = this.record.name;
+    return {
+      path: lazy.path,
+      close: () => lazy.close(),
+      problem: async () => {
+        if (!isAlive(lazy.pid))
+          return `the lazy image daemon of ${name} (pid ${lazy.pid}) died during the run`;
+        const stats = await lazy.stats().catch(() => undefined);
+        if (stats && stats.readErrors > 0) {
+          return `${stats.readErrors} read(s) of image ${name} failed (EIO after ${stats.fetchErrors} failed fetch(es), ${stats.verifyFailures} corrupt chunk(s))`;
+        }
+        return undefined;
+      },
+    };
   }
 }

@@ -126,6 +126,10 @@ export function runContainer(req: RunRequest): RunHandle {
         : setTimeout(() => stop("timeout"), req.options.timeoutSeconds * 1000);
     try {
       const status = await prepared.wait();
+      if (status.problem && status.status !== 0) {
+        throw new KindlingError(`${status.problem}; the process ended with status ${status.status}`);
+      }
+      if (status.problem) notify(`warning: ${status.problem}`);
       return { id: runDir.id, ...status, stoppedBy: stopReason };
     } finally {
       finished = true;

@@ -96,7 +96,17 @@ export class OciRuntime implements Runtime {
       cgroupsPath: `/kindling/${req.id}`,
     });
     await writeFile(`${bundle}/config.json`, `${JSON.stringify(spec, null, 2)}\n`);
-    return new OciContainer(this.flavor, this.binary!, req.id, runDir, bundle, req.stdio, scope);
+    const imageProblem = async () => rootfs.image.problem?.().catch(() => undefined);
+    return new OciContainer(
+      this.flavor,
+      this.binary!,
+      req.id,
+      runDir,
+      bundle,
+      req.stdio,
+      scope,
+      imageProblem,
+    );
   }
 }
 
@@ -141,6 +151,7 @@ class OciContainer implements Container {
     private readonly bundle: string,
     private readonly stdio: RunStdio,
     private readonly scope: Scope,
+    private readonly imageProblem: () => Promise<string | undefined>,
   ) {
     // A runtime state root per run: containers of different homes or runs never see each other.
     this.root = runDir.file("state");
@@ -155,12 +166,7 @@ class OciContainer implements Container {
   }
 
   async start(): Promise<{ stdout: Readable | null; stderr: Readable | null }> {
-    await this.runDir.hold(this.scope, {
-      kind: "oci-container",
-      binary: this.binary,
-      root: this.root,
-      id: this.id,
-    });
+    await this.runDir.hold(this.scope, this.resource);
     const relay = (fd: number, mode: StdioMode) =>
       this.flavor.relayStdio && mode === "inherit" && isFileOrSocket(fd);
     const relayIn = relay(0, this.stdio.stdin);
@@ -191,18 +197,7 @@ class OciContainer implements Container {
     if (relayErr) child.stderr!.pipe(process.stderr, { end: false });
     this.exited = new Promise((resolve, reject) => {
       child.on("error", (err) => reject(new KindlingError(`cannot start ${this.binary}: ${err.message}`)));
-      child.on("close", (code, signal) => {
-        this.runtimeError().then((failure) => {
-          if (failure) {
-            // As with Docker: a command that cannot be found is 127, one that cannot be run 126.
-            const notFound =
-              /exec: .*(executable file not found|no such file or directory)|error finding executable/i;
-            if (notFound.test(failure)) resolve({ status: 127, message: failure });
-            else if (/exec: .*permission denied/i.test(failure)) resolve({ status: 126, message: failure });
-            else reject(new KindlingError(`${this.flavor.name} failed: ${failure}`));
-          } else resolve(exitStatusOf(code, signal));
-        }, reject);
-      });
+      child.on("close", (code, signal) => void this.ended(code, signal).then(resolve, reject));
     });
     // The caller awaits wait(); keep an early failure from being an unhandled rejection meanwhile.
     this.exited.catch(() => {});
@@ -212,6 +207,22 @@ class OciContainer implements Container {
   wait(): Promise<ExitStatus> {
     if (!this.exited) return Promise.reject(new Error("container not started"));
     return this.exited;
+  }
+
+  /** The status once the runtime exited: the process's, unless the runtime or the image failed. */
+  private async ended(code: number | null, signal: NodeJS.Signals | null): Promise<ExitStatus> {
+    const [failure, problem] = await Promise.all([this.runtimeError(), this.imageProblem()]);
+    if (failure) {
+      if (problem) throw new KindlingError(`${this.flavor.name} failed: ${failure} (${problem})`);
+      // As with Docker: a command that cannot be found is 127, one that cannot be run 126.
+      const notFound =
+        /exec: .*(executable file not found|no such file or directory)|error finding executable/i;
+      if (notFound.test(failure)) return { status: 127, message: failure };
+      if (/exec: .*permission denied/i.test(failure)) return { status: 126, message: failure };
+      throw new KindlingError(`${this.flavor.name} failed: ${failure}`);
+    }
+    const status = exitStatusOf(code, signal);
+    return problem ? { ...status, problem } : status;
   }
 
   /** The runtime's own last error, if it logged one: then the status is its, not the process's. */

@@ -5,15 +5,15 @@ import { attachLoop, setLoopAutoclear } from "./loop.js";
 import { mount } from "./mounts.js";
 import type { Resource } from "./resources.js";
 import type { RunDir } from "./rundir.js";
-import type { BlockImageProvider } from "./types.js";
+import type { BlockImageProvider, OpenBlockImage } from "./types.js";
 
 /** A block image that is a plain file (a SquashFS built by a test, or a fully local image). */
 export class FileBlockImage implements BlockImageProvider {
   constructor(readonly file: string) {}
   get description(): string {
-    return this.file;
+    return `image file ${this.file}`;
   }
-  async open(): Promise<{ path: string; close(): Promise<void> }> {
+  async open(): Promise<OpenBlockImage> {
     try {
       if (!(await stat(this.file)).isFile()) throw new Error("not a file");
     } catch {
@@ -29,6 +29,8 @@ export interface OverlayRootfs {
   merged: string;
   /** The writable layer: what the container changed. */
   upper: string;
+  /** The opened block image (e.g. to ask it about read failures). */
+  image: OpenBlockImage;
 }
 
 /**
@@ -62,9 +64,8 @@ export async function mountOverlayRootfs(
   try {
     await mount("squashfs", device, lower, "ro");
   } catch (err) {
-    throw new KindlingError(
-      `cannot mount the image ${blockImage.description} as SquashFS: ${(err as Error).message}`,
-    );
+    const why = (await image.problem?.().catch(() => undefined)) ?? (err as Error).message;
+    throw new KindlingError(`cannot mount ${blockImage.description} as SquashFS: ${why}`);
   }
 
   await runDir.hold(scope, { kind: "mount", target: mergedDir });
@@ -73,5 +74,5 @@ export async function mountOverlayRootfs(
     // Off the critical path (in parallel): unmounting the squashfs will then free the loop device.
     setLoopAutoclear(device).then(() => runDir.update(loop, { autoclear: true })),
   ]);
-  return { merged: mergedDir, upper };
+  return { merged: mergedDir, upper, image };
 }

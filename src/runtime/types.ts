@@ -59,11 +59,19 @@ export interface ProcessSpec {
   hostname: string;
 }
 
+/** An opened block image file. */
+export interface OpenBlockImage {
+  path: string;
+  close(): Promise<void>;
+  /** What went wrong serving the file so far (a dead daemon, reads that failed), if anything. */
+  problem?(): Promise<string | undefined>;
+}
+
 /** Where a block image file (a SquashFS) comes from: the lazy FUSE file, or a plain file in tests. */
 export interface BlockImageProvider {
   /** A description for errors and owner.json. */
   readonly description: string;
-  open(): Promise<{ path: string; close(): Promise<void> }>;
+  open(): Promise<OpenBlockImage>;
 }
 
 /** An image, resolved: its run config and its block image. */
@@ -97,6 +105,11 @@ export interface ExitStatus {
   signal?: NodeJS.Signals;
   /** A message for the user when the runtime, not the process, decided the status (e.g. 127). */
   message?: string;
+  /**
+   * Something went wrong under the process (e.g. its image could not be read). With a non-zero
+   * status it is kindling's failure (125); with status 0 a warning.
+   */
+  problem?: string;
 }
 
 /**
