@@ -1,0 +1,242 @@
+/** The guest boot chain's host-side pieces, without booting: wire format, client, cpio, modules, vmlinux. */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { Duplex, PassThrough, Writable } from "node:stream";
+import { after, before, test } from "node:test";
+import { exec } from "../src/util/exec.js";
+import { KindlingHome } from "../src/util/home.js";
+import { AgentClient } from "../src/vm/agent/client.js";
+import {
+  encodeConfigure,
+  encodeFrame,
+  encodeStart,
+  FrameDecoder,
+  MsgType,
+  OUTPUT_WINDOW,
+  PayloadReader,
+  PayloadWriter,
+} from "../src/vm/agent/protocol.js";
+import { buildInitramfs, moduleLoadOrder, newcArchive, readModuleIndex } from "../src/vm/initramfs.js";
+import { extractVmlinux, guestCmdline } from "../src/vm/kernel.js";
+
+let tmp: string;
+before(async () => {
+  tmp = await mkdtemp("/tmp/kindling-guest-test-");
+});
+after(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+test("frames survive arbitrary fragmentation and carry any bytes", () => {
+  const payloads = [Buffer.alloc(0), Buffer.from([0, 255, 10, 0]), randomBytes(70_000)];
+  const wire = Buffer.concat(payloads.map((p, i) => encodeFrame(MsgType.STDOUT, i + 1, p)));
+  const dec = new FrameDecoder();
+  const got = [];
+  for (let off = 0; off < wire.length; off += 7) got.push(...dec.push(wire.subarray(off, off + 7)));
+  assert.equal(got.length, 3);
+  got.forEach((f, i) => {
+    assert.equal(f.type, MsgType.STDOUT);
+    assert.equal(f.id, i + 1);
+    assert.deepEqual(f.payload, payloads[i]);
+  });
+  const bad = encodeFrame(1, 0);
+  bad[4] = 9;
+  assert.throws(() => new FrameDecoder().push(bad), /protocol version 9/);
+});
+
+test("START and CONFIGURE payloads have the documented layout", () => {
+  const start = new PayloadReader(
+    encodeStart({ args: ["sh", Buffer.from([0xff, 0x0a])], env: ["A=b c"], cwd: "/w", uid: 5, gid: 6 }, true),
+  );
+  assert.deepEqual([start.u32(), start.u32(), start.u32()], [1, 5, 6]);
+  assert.equal(start.bytes().toString(), "/w");
+  assert.equal(start.u32(), 2);
+  assert.equal(start.bytes().toString(), "sh");
+  assert.deepEqual(start.bytes(), Buffer.from([0xff, 0x0a]));
+  assert.equal(start.u32(), 1);
+  assert.equal(start.bytes().toString(), "A=b c");
+  const cfg = new PayloadReader(
+    encodeConfigure({
+      hostname: "h",
+      mounts: [{ kind: "virtiofs", source: "t", target: "/m", readOnly: true }],
+    }),
+  );
+  assert.equal(cfg.bytes().toString(), "h");
+  assert.equal(cfg.u32(), 1);
+  assert.equal(cfg.u32(), 2);
+  assert.deepEqual([cfg.bytes(), cfg.bytes(), cfg.bytes(), cfg.bytes()].map(String), ["t", "/m", "", ""]);
+  assert.equal(cfg.u32(), 1);
+  assert.throws(
+    () => encodeConfigure({ mounts: [{ kind: "tmpfs", source: "", target: "rel" }] }),
+    /absolute/,
+  );
+});
+
+/** A fake guest on the other end of a Duplex pair: reads host frames, lets the test answer. */
+function fakeGuest() {
+  const toHost = new PassThrough();
+  const fromHost = new PassThrough();
+  const hostSide = Duplex.from({ readable: toHost, writable: fromHost });
+  const dec = new FrameDecoder();
+  const received: { type: number; id: number; payload: Buffer }[] = [];
+  fromHost.on("data", (d: Buffer) => received.push(...dec.push(d)));
+  const send = (type: number, id: number, payload: Buffer = Buffer.alloc(0)) =>
+    toHost.write(encodeFrame(type, id, payload));
+  return { hostSide, received, send };
+}
+
+test("the client writes nothing before READY, then starts a process and holds credit for a full sink", async () => {
+  const g = fakeGuest();
+  const client = new AgentClient(g.hostSide);
+  const startP = client.start({ args: ["x"] }, { stdout: new PassThrough({ highWaterMark: 1 }) });
+  await new Promise((r) => setImmediate(r));
+  assert.equal(g.received.length, 0, "nothing before READY");
+  g.send(MsgType.READY, 0, new PayloadWriter().u32(1).bytes("6.1").done());
+  await new Promise((r) => setImmediate(r));
+  assert.equal(g.received[0].type, MsgType.START);
+  const id = g.received[0].id;
+  g.send(MsgType.STARTED, id, new PayloadWriter().u32(42).done());
+  const proc = await startP;
+  assert.equal(proc.pid, 42);
+  // the sink (highWaterMark 1, never read) is full after one chunk: no credit comes back
+  g.send(MsgType.STDOUT, id, Buffer.alloc(1000));
+  g.send(MsgType.STDOUT, id, Buffer.alloc(1000));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(g.received.filter((f) => f.type === MsgType.OUTPUT_CREDIT).length, 0);
+  g.send(MsgType.EXITED, id, new PayloadWriter().u32(3).u32(0).done());
+  assert.deepEqual(await proc.exited, { status: 3, signal: 0 });
+  assert.ok(OUTPUT_WINDOW >= 64 * 1024);
+  client.close();
+});
+
+test("a channel that closes fails pending work with a clear error", async () => {
+  const g = fakeGuest();
+  const client = new AgentClient(g.hostSide);
+  const ready = client.ready();
+  g.hostSide.destroy();
+  await assert.rejects(ready, /VM agent channel/);
+});
+
+test("credit returns once a slow sink drains", async () => {
+  const g = fakeGuest();
+  const client = new AgentClient(g.hostSide);
+  g.send(MsgType.READY, 0, new PayloadWriter().u32(1).bytes("6.1").done());
+  const slow = new Writable({
+    highWaterMark: 10,
+    write(_c, _e, cb) {
+      setTimeout(cb, 5);
+    },
+  });
+  const startP = client.start({ args: ["x"] }, { stdout: slow });
+  await new Promise((r) => setTimeout(r, 10));
+  const id = g.received[0].id;
+  g.send(MsgType.STARTED, id, new PayloadWriter().u32(7).done());
+  await startP;
+  for (let i = 0; i < 5; i++) g.send(MsgType.STDOUT, id, Buffer.alloc(100));
+  await new Promise((r) => setTimeout(r, 100));
+  let credited = 0;
+  for (const f of g.received.filter((x) => x.type === MsgType.OUTPUT_CREDIT))
+    credited += f.payload.readUInt32LE(0);
+  assert.equal(credited, 500);
+  client.close();
+});
+
+test("newc archives read back with cpio", async () => {
+  const archive = newcArchive([
+    { name: "dir", mode: 0o040755 },
+    { name: "dir/file", mode: 0o100644, data: Buffer.from("abc") },
+    { name: "dev", mode: 0o040755 },
+    { name: "dev/console", mode: 0o020600, rdevMajor: 5, rdevMinor: 1 },
+  ]);
+  const file = path.join(tmp, "a.cpio");
+  await writeFile(file, archive);
+  const { stdout } = await exec("sh", ["-c", `cpio -itv < ${file}`]);
+  assert.match(stdout, /dir\/file/);
+  assert.match(stdout, /crw-------.*5,\s+1.*dev\/console/);
+  assert.deepEqual(newcArchive([{ name: "x", mode: 0o100644, data: Buffer.from("1") }]).length % 4, 0);
+});
+
+test("module load order comes from modules.dep, dependencies first, built-ins skipped", async () => {
+  const dir = path.join(tmp, "modules");
+  await mkdir(dir, { recursive: true });
+  await writeFile(
+    path.join(dir, "modules.dep"),
+    [
+      "kernel/a/virtio_blk.ko.xz: kernel/v/virtio.ko kernel/v/virtio_ring.ko",
+      "kernel/v/virtio.ko: kernel/v/virtio_ring.ko",
+      "kernel/v/virtio_ring.ko:",
+      "kernel/f/fuse-x.ko:",
+      "",
+    ].join("\n"),
+  );
+  await writeFile(path.join(dir, "modules.builtin"), "kernel/fs/ext4/ext4.ko\n");
+  const index = await readModuleIndex(dir);
+  assert.deepEqual(moduleLoadOrder(index, ["virtio_blk", "ext4", "fuse_x", "virtio"]), [
+    "kernel/v/virtio_ring.ko",
+    "kernel/v/virtio.ko",
+    "kernel/a/virtio_blk.ko.xz",
+    "kernel/f/fuse-x.ko",
+  ]);
+  assert.throws(() => moduleLoadOrder(index, ["nope"]), /no module nope/);
+});
+
+test("the initramfs holds /init, the modules in order and their list; it is cached by content", async () => {
+  const dir = path.join(tmp, "lib", "6.1.0-test");
+  await mkdir(path.join(dir, "kernel"), { recursive: true });
+  await writeFile(path.join(dir, "modules.dep"), "kernel/b.ko: kernel/a.ko\nkernel/a.ko:\n");
+  await writeFile(path.join(dir, "kernel", "a.ko"), "A");
+  await writeFile(path.join(dir, "kernel", "b.ko"), "B");
+  const init = path.join(tmp, "init-bin");
+  await writeFile(init, "#!init");
+  const home = new KindlingHome(path.join(tmp, "home")).ensure();
+  const one = await buildInitramfs({ home, modulesDir: dir, initBinary: init, modules: ["b"] });
+  const two = await buildInitramfs({ home, modulesDir: dir, initBinary: init, modules: ["b"] });
+  assert.equal(one, two);
+  const out = path.join(tmp, "x");
+  await mkdir(out);
+  await exec("sh", ["-c", `cpio -idm --quiet < ${one}`], { cwd: out });
+  assert.equal(await readFile(path.join(out, "init"), "utf8"), "#!init");
+  assert.equal(
+    await readFile(path.join(out, "kindling", "modules"), "utf8"),
+    "/lib/modules/6.1.0-test/kernel/a.ko\n/lib/modules/6.1.0-test/kernel/b.ko\n",
+  );
+});
+
+test("vmlinux is found by its compression magic inside a bzImage-like file", async () => {
+  const elf = Buffer.concat([Buffer.from("\x7fELF", "latin1"), randomBytes(64), Buffer.alloc(2 << 20, 7)]);
+  const raw = path.join(tmp, "vmlinux.raw");
+  await writeFile(raw, elf);
+  await exec("lz4", ["-l", "-q", "-f", raw, `${raw}.lz4`]);
+  const compressed = await readFile(`${raw}.lz4`);
+  // a decoy magic before the real stream, trailing bytes after it (as in a real bzImage)
+  const image = Buffer.concat([
+    randomBytes(4096),
+    Buffer.from([0x02, 0x21, 0x4c, 0x18, 1, 2]),
+    compressed,
+    randomBytes(999),
+  ]);
+  const bz = path.join(tmp, "vmlinuz");
+  await writeFile(bz, image);
+  await extractVmlinux(bz, path.join(tmp, "vmlinux"));
+  assert.deepEqual(await readFile(path.join(tmp, "vmlinux")), elf);
+  await writeFile(bz, randomBytes(10_000));
+  await assert.rejects(extractVmlinux(bz, path.join(tmp, "vmlinux2")), /no compressed vmlinux/);
+});
+
+test("the guest command line carries the init's options and TCG's needs", () => {
+  const line = guestCmdline({
+    tmpfsSize: "64m",
+    scratch: "/dev/vdb",
+    agent: "vsock",
+    agentPort: 1025,
+    tcg: true,
+  });
+  for (const p of ["console=ttyS0", "panic=-1", "kindling.tmpfs_size=64m", "kindling.scratch=/dev/vdb"]) {
+    assert.ok(line.split(" ").includes(p), p);
+  }
+  assert.match(line, /kindling.agent=vsock kindling.agent_port=1025/);
+  assert.match(line, /tsc_early_khz=\d+ initcall_blacklist=cmos_init/);
+  assert.throws(() => guestCmdline({ extra: ["a b"] }), /white space/);
+});
