@@ -163,7 +163,11 @@ export class LayerApplier {
       if (base === OPAQUE) opaque.push(parent.join("/"));
       else if (!base.startsWith(`${WHITEOUT}${WHITEOUT}`)) {
         const victim = [...parent, base.slice(WHITEOUT.length)];
-        await this.remove(victim);
+        const key = victim.join("/");
+        if (!touched.has(key)) await this.remove(victim);
+        // Whiteouts hide lower layers only: if this layer already wrote the path, keep what it
+        // wrote and drop only the lower content below it (as an opaque dir would).
+        else if ((await lstat(path.join(this.root, key)).catch(() => null))?.isDirectory()) opaque.push(key);
       }
       return;
     }

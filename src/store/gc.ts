@@ -5,6 +5,8 @@ import { readBlob } from "./blobs.js";
 import { decodeBlockIndex } from "./blockindex.js";
 import { listImages } from "./catalog.js";
 
+const STALE_TEMP_MS = 3600_000;
+
 /**
  * Deletes blobs no image references: an image keeps its index blob and every chunk the index names.
  * Must run under the store lock (withStoreLock), like image commits. Returns what it freed.
@@ -24,8 +26,14 @@ export async function collectGarbage(home: KindlingHome): Promise<{ blobs: numbe
   let blobs = 0;
   let freed = 0;
   for (const d of await readdir(home.blobs, { withFileTypes: true })) {
-    if (!/^[0-9a-f]{64}$/.test(d.name) || live.has(d.name)) continue;
     const p = path.join(home.blobs, d.name);
+    if (d.name.startsWith(".tmp-")) {
+      // A temp file a crashed writer left (live writers rename theirs within seconds).
+      const st = await stat(p).catch(() => null);
+      if (st && Date.now() - st.mtimeMs > STALE_TEMP_MS) await rm(p, { force: true });
+      continue;
+    }
+    if (!/^[0-9a-f]{64}$/.test(d.name) || live.has(d.name)) continue;
     const size = await stat(p).then(
       (s) => s.size,
       () => 0,

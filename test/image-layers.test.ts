@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { lstat, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { LayerApplier } from "../src/image/apply.js";
+import { openLayer } from "../src/image/compression.js";
+import { exec } from "../src/util/exec.js";
+
+/** Writes a layer tar whose entries come in exactly this order (GNU tar, no recursion). */
+async function layer(work: string, name: string, entries: [string, string | null][]): Promise<string> {
+  const dir = path.join(work, `${name}.d`);
+  await mkdir(dir);
+  for (const [p, content] of entries) {
+    if (content === null) await mkdir(path.join(dir, p), { recursive: true });
+    else {
+      await mkdir(path.dirname(path.join(dir, p)), { recursive: true });
+      await writeFile(path.join(dir, p), content);
+    }
+  }
+  const list = path.join(work, `${name}.list`);
+  await writeFile(list, `${entries.map(([p]) => p).join("\n")}\n`);
+  const tar = path.join(work, `${name}.tar`);
+  await exec("tar", ["-C", dir, "--numeric-owner", "--no-recursion", "-T", list, "-cf", tar]);
+  return tar;
+}
+
+describe("layer rules", () => {
+  let work: string;
+  before(async () => {
+    work = await mkdtemp("/tmp/kindling-test-layers-");
+  });
+  after(async () => {
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test("a whiteout hides lower layers only, even when it follows this layer's own entry", async () => {
+    const root = path.join(work, "root");
+    await mkdir(root);
+    const l1 = await layer(work, "l1", [
+      ["d", null],
+      ["d/lower", "lower\n"],
+      ["f", "lower f\n"],
+    ]);
+    const l2 = await layer(work, "l2", [
+      ["d", null],
+      ["d/upper", "upper\n"],
+      ["f", "upper f\n"],
+      [".wh.d", ""],
+      [".wh.f", ""],
+      [".wh.gone-anyway", ""],
+    ]);
+    const applier = new LayerApplier(root);
+    for (const l of [l1, l2]) await applier.apply((await openLayer({ path: l })).stream);
+    await applier.finish();
+    assert.equal(await readFile(path.join(root, "d/upper"), "utf8"), "upper\n");
+    await assert.rejects(lstat(path.join(root, "d/lower")));
+    assert.equal(await readFile(path.join(root, "f"), "utf8"), "upper f\n");
+    await assert.rejects(lstat(path.join(root, ".wh.d")));
+  });
+
+  test("a gzip layer and a zstd layer are detected by their magic bytes", async () => {
+    const root = path.join(work, "root2");
+    await mkdir(root);
+    const plain = await layer(work, "z", [["hello", "hi\n"]]);
+    await exec("gzip", ["-k", plain]);
+    await exec("zstd", ["-q", "-k", plain]);
+    for (const [f, kind] of [
+      [`${plain}.gz`, "gzip"],
+      [`${plain}.zst`, "zstd"],
+      [plain, "none"],
+    ] as const) {
+      const opened = await openLayer({ path: f });
+      assert.equal(opened.compression, kind);
+      await new LayerApplier(root).apply(opened.stream);
+      await opened.finished();
+      assert.equal(await readFile(path.join(root, "hello"), "utf8"), "hi\n");
+      await rm(path.join(root, "hello"));
+    }
+  });
+
+  test("a corrupt zstd layer fails with the decompressor's error", async () => {
+    const bad = path.join(work, "bad.zst");
+    await writeFile(bad, Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), Buffer.alloc(100, 7)]));
+    const root = path.join(work, "root3");
+    await mkdir(root);
+    const opened = await openLayer({ path: bad });
+    await assert.rejects(
+      (async () => {
+        await new LayerApplier(root).apply(opened.stream);
+        await opened.finished();
+      })(),
+      /zstd|truncated|checksum/,
+    );
+  });
+});
