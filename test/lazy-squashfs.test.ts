@@ -124,7 +124,7 @@ test("image mount / umount leave nothing mounted or attached, and a dead mount i
 
   // The daemon dies: cleanupStale releases the mount, the loop device and the FUSE mount.
   await mountImage(home, record, index, dir);
-  const recDir = path.join(home.runs, "mounts");
+  const recDir = path.join(home.mounts, "image-mounts");
   const rec = JSON.parse(await readFile(path.join(recDir, (await readdir(recDir))[0]), "utf8"));
   process.kill(rec.pid, "SIGKILL");
   await new Promise((r) => setTimeout(r, 200));

@@ -12,7 +12,10 @@ import { lazyUnmount, mountAt } from "./mountinfo.js";
 import { isSameProcess, processStartTime } from "./proc.js";
 import { stopDaemon } from "./stale.js";
 
-/** run/mounts/<hash of DIR>.json: what `image mount` set up, so `image umount` (or cleanup) can undo it. */
+/**
+ * mnt/image-mounts/<hash of DIR>.json: what `image mount` set up, so `image umount` (or cleanup)
+ * can undo it. Not under run/: every entry there is a run directory that `kindling run` reaps.
+ */
 export interface ImageMountRecord {
   dir: string;
   image: string;
@@ -26,7 +29,7 @@ export interface ImageMountRecord {
   created: string;
 }
 
-const recordsDir = (home: KindlingHome) => path.join(home.runs, "mounts");
+export const recordsDir = (home: KindlingHome) => path.join(home.mounts, "image-mounts");
 const recordPath = (home: KindlingHome, dir: string) =>
   path.join(recordsDir(home), `${createHash("sha256").update(dir).digest("hex").slice(0, 32)}.json`);
 
