@@ -487,7 +487,12 @@ static void open_channel(void) {
 
 /* ------------------------------------------------------------------ processes */
 
-struct stream { int fd; uint32_t credit; uint8_t type; };
+struct stream {
+  int fd;
+  uint32_t credit;
+  uint8_t type;
+  int drain_left; /* after the process exited: bytes that were in the pipe then, still to send */
+};
 struct proc {
   bool used, exited;
   uint32_t id, status, sig;
@@ -529,10 +534,17 @@ static void pump(struct proc *p, struct stream *s) {
   static uint8_t buf[CHUNK];
   while (s->fd >= 0 && s->credit > 0) {
     size_t want = s->credit < CHUNK ? s->credit : CHUNK;
+    /* an orphan writing forever must not keep an exited process's stream open */
+    if (p->exited && (size_t)s->drain_left < want) want = (size_t)s->drain_left;
+    if (want == 0) {
+      close_fd(&s->fd);
+      return;
+    }
     ssize_t n = read(s->fd, buf, want);
     if (n > 0) {
       send_frame(s->type, p->id, buf, (size_t)n);
       s->credit -= (uint32_t)n;
+      if (p->exited) s->drain_left -= (int)n;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -560,6 +572,10 @@ static void reap(void) {
       struct proc *p = &procs[i];
       if (!p->used || p->pid != pid) continue;
       p->exited = true;
+      /* what the process wrote is in its pipes now; anything later comes from orphans */
+      if (p->out.fd < 0 || ioctl(p->out.fd, FIONREAD, &p->out.drain_left) < 0) p->out.drain_left = 0;
+      if (p->err.fd < 0 || ioctl(p->err.fd, FIONREAD, &p->err.drain_left) < 0) p->err.drain_left = 0;
+      if (pid == first_pid) first_pid = -1; /* never forward signals to a recycled pid */
       p->sig = WIFSIGNALED(st) ? (uint32_t)WTERMSIG(st) : 0;
       p->status = WIFSIGNALED(st) ? 128 + p->sig : (uint32_t)WEXITSTATUS(st);
       if (debug_on) logmsg("process %u (pid %d) exited: %u", p->id, pid, p->status);
@@ -648,8 +664,8 @@ static void start_process(uint32_t id, struct in *r) {
     } else {
       memset(p, 0, sizeof *p);
       p->used = true, p->id = id, p->pid = pid;
-      p->out = (struct stream){out[0], OUT_WINDOW, T_STDOUT};
-      p->err = (struct stream){err[0], OUT_WINDOW, T_STDERR};
+      p->out = (struct stream){out[0], OUT_WINDOW, T_STDOUT, 0};
+      p->err = (struct stream){err[0], OUT_WINDOW, T_STDERR, 0};
       p->in_fd = q.flags & 1 ? in[1] : -1;
       out[0] = err[0] = in[1] = -1;
       nonblock(p->out.fd), nonblock(p->err.fd);

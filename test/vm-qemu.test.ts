@@ -192,6 +192,19 @@ describe("one VM, many processes", () => {
     assert.ok(Date.now() - t0 < 5000, "returned promptly");
   });
 
+  test("an orphan that writes forever does not keep the run open", async () => {
+    const r = await run(["sh", "-c", "(while :; do echo spam; done) & echo done"]);
+    assert.equal(r.status, 0);
+    assert.match(r.out.toString(), /done\n/);
+  });
+
+  test("the guest clock runs at real speed (tsc_early_khz matches the host)", async () => {
+    const t0 = Date.now();
+    assert.equal((await run(["sleep", "2"])).status, 0);
+    const took = Date.now() - t0;
+    assert.ok(took > 1800 && took < 3000, `sleep 2 took ${took} ms`);
+  });
+
   test("a second process runs alongside the first (exec), and signals reach it", async () => {
     const out = sink();
     const long: GuestProcess = await vm.agent.start(

@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { createReadStream, readFileSync } from "node:fs";
 import { copyFile, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { cpus } from "node:os";
 import path from "node:path";
@@ -242,7 +242,17 @@ export async function prepareGuestBoot(
   return { kernelPath: kernel.vmlinux, initrdPath, cmdline };
 }
 
+/**
+ * Under TCG the guest's TSC is the host's: tell the guest its rate, or its clock runs fast or slow.
+ * The kernel's own detected rate is the "cpu MHz" of /proc/cpuinfo at boot.
+ */
 function hostTscKhz(): number {
+  try {
+    const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
+    if (m) return Math.round(Number.parseFloat(m[1]) * 1000);
+  } catch {
+    // not Linux, or no /proc: fall back below
+  }
   const mhz = cpus()[0]?.speed ?? 0;
   return mhz > 0 ? mhz * 1000 : 2_000_000;
 }
