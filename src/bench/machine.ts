@@ -1,0 +1,34 @@
+/** The machine a bench ran on, for the report (CPU, cores, memory, kernel, accelerator). */
+import { access, readFile } from "node:fs/promises";
+import os from "node:os";
+
+export interface MachineInfo {
+  cpu: string;
+  cores: number;
+  memoryGiB: number;
+  kernel: string;
+  node: string;
+  /** Whether /dev/kvm exists (here it is PVM, which stock guests cannot use: VMs run under TCG). */
+  kvmDevice: boolean;
+}
+
+export async function machineInfo(): Promise<MachineInfo> {
+  const cpuinfo = await readFile("/proc/cpuinfo", "utf8").catch(() => "");
+  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? "unknown";
+  const kvmDevice = await access("/dev/kvm").then(
+    () => true,
+    () => false,
+  );
+  return {
+    cpu: model,
+    cores: os.availableParallelism(),
+    memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+    kernel: `${os.type()} ${os.release()}`,
+    node: process.version,
+    kvmDevice,
+  };
+}
+
+export function describeMachine(m: MachineInfo): string {
+  return `${m.cpu}, ${m.cores} cores (nproc), ${m.memoryGiB} GiB RAM, ${m.kernel}, Node ${m.node}`;
+}
