@@ -190,13 +190,19 @@ static void stage1(void) {
   must_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
   read_cmdline();
   load_modules();
-  const char *root = opt("kindling.root", "/dev/vda");
-  if (!wait_for_path(root, 10000)) fatal("root drive %s did not appear", root);
-  mkdir_p("/mnt/lower", 0755);
-  char types[64];
+  char root[256], types[64];
+  snprintf(root, sizeof root, "%s", opt("kindling.root", "/dev/vda"));
   snprintf(types, sizeof types, "%s", opt("kindling.rootfstype", "auto"));
-  if (mount_block(root, "/mnt/lower", types, MS_RDONLY, NULL) < 0)
-    fatal("mount root %s (%s): %s", root, types, strerror(errno));
+  mkdir_p("/mnt/lower", 0755);
+  if (strcmp(types, "virtiofs") == 0) {
+    /* kindling.root is a virtio-fs tag (the host's merged directory), not a drive */
+    if (mount(root, "/mnt/lower", "virtiofs", MS_RDONLY, NULL) < 0)
+      fatal("mount root virtio-fs tag %s: %s", root, strerror(errno));
+  } else {
+    if (!wait_for_path(root, 10000)) fatal("root drive %s did not appear", root);
+    if (mount_block(root, "/mnt/lower", types, MS_RDONLY, NULL) < 0)
+      fatal("mount root %s (%s): %s", root, types, strerror(errno));
+  }
   logmsg("stage1: root %s mounted read-only", root);
 }
 
@@ -721,10 +727,35 @@ static void flush_stdin(struct proc *p) {
 
 /* ------------------------------------------------------------------ configure (mounts, hostname) */
 
+/* Kind 4: bind `src` (a path in the guest, e.g. a subdir of a packed mounts drive) onto `dst`. */
+static int do_bind(const char *src, const char *dst, bool ro) {
+  struct stat st;
+  if (stat(src, &st) < 0) return errno;
+  if (S_ISDIR(st.st_mode)) {
+    if (mkdir_p(dst, 0755) < 0) return errno;
+  } else {
+    /* a file mount needs a file to bind onto */
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", dst);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) *slash = 0, mkdir_p(parent, 0755);
+    int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 && errno != EISDIR) return errno;
+    if (fd >= 0) close(fd);
+  }
+  if (mount(src, dst, NULL, MS_BIND, NULL) < 0) return errno;
+  if (ro && mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0) return errno;
+  return 0;
+}
+
 static int do_mount(uint32_t kind, const char *src, const char *dst, const char *type, const char *data,
                     uint32_t flags) {
   unsigned long fl = flags & 1 ? MS_RDONLY : 0;
-  if (dst[0] != '/' || mkdir_p(dst, 0755) < 0) return errno ? errno : EINVAL;
+  if (dst[0] != '/') return EINVAL;
+  if (kind == 4) return do_bind(src, dst, flags & 1);
+  /* kind 5: detach a helper mount (the binds keep what they need) and remove its empty mount point */
+  if (kind == 5) return umount2(dst, MNT_DETACH), rmdir(dst), 0;
+  if (mkdir_p(dst, 0755) < 0) return errno ? errno : EINVAL;
   int rc;
   if (kind == 1) {
     if (!wait_for_path(src, 5000)) return ENOENT;

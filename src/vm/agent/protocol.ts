@@ -41,11 +41,12 @@ export interface Frame {
 /** Bytes or text; text is UTF-8 encoded. Any bytes are carried intact (the guest refuses NUL in args/env). */
 export type Bytes = string | Buffer;
 
-export const MountKind = { block: 1, virtiofs: 2, tmpfs: 3 } as const;
+/** bind: source is a path in the guest (e.g. a subdir of a packed mounts drive); detach: lazy-unmount target, remove it. */
+export const MountKind = { block: 1, virtiofs: 2, tmpfs: 3, bind: 4, detach: 5 } as const;
 
 export interface GuestMount {
   kind: keyof typeof MountKind;
-  /** /dev/vdX for block, the tag for virtiofs, ignored for tmpfs */
+  /** /dev/vdX for block, the tag for virtiofs, a guest path for bind, ignored for tmpfs and detach */
   source: string;
   /** absolute path inside the container's root; created if missing */
   target: string;
