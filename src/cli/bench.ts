@@ -21,6 +21,7 @@ interface BenchFlags {
   json?: boolean;
   filter: string[];
   out?: string;
+  workDir?: string;
 }
 
 export function registerBenchCommand(program: Command): void {
@@ -37,6 +38,7 @@ export function registerBenchCommand(program: Command): void {
       [],
     )
     .option("--out <dir>", "write bench.md, bench.json and the SVG charts there")
+    .option("--work-dir <dir>", "where the bench's homes, registry and bind-mount sources go", "/var/tmp")
     .action(async (flags: BenchFlags) => {
       let filters: RegExp[];
       try {
@@ -45,7 +47,12 @@ export function registerBenchCommand(program: Command): void {
         throw new InvalidArgumentError(`--filter: ${(err as Error).message}`);
       }
       const command = `kindling bench ${process.argv.slice(3).join(" ")}`.trim();
-      const result = await runBench({ quick: flags.quick ?? false, reps: flags.reps ?? 3, filters });
+      const result = await runBench({
+        quick: flags.quick ?? false,
+        reps: flags.reps ?? 3,
+        filters,
+        workDir: flags.workDir,
+      });
       const targets = evaluateTargets(result.rows);
       if (flags.json) {
         process.stdout.write(`${JSON.stringify(result.rows, null, 2)}\n`);
