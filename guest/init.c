@@ -510,7 +510,6 @@ struct proc {
   bool in_eof;           /* host sent STDIN_EOF: close once inbuf is written */
 };
 static struct proc procs[MAX_PROCS];
-static pid_t first_pid; /* signals PID 1 receives go to the first process */
 
 static struct proc *find_proc(uint32_t id) {
   for (int i = 0; i < MAX_PROCS; i++)
@@ -581,7 +580,6 @@ static void reap(void) {
       /* what the process wrote is in its pipes now; anything later comes from orphans */
       if (p->out.fd < 0 || ioctl(p->out.fd, FIONREAD, &p->out.drain_left) < 0) p->out.drain_left = 0;
       if (p->err.fd < 0 || ioctl(p->err.fd, FIONREAD, &p->err.drain_left) < 0) p->err.drain_left = 0;
-      if (pid == first_pid) first_pid = -1; /* never forward signals to a recycled pid */
       p->sig = WIFSIGNALED(st) ? (uint32_t)WTERMSIG(st) : 0;
       p->status = WIFSIGNALED(st) ? 128 + p->sig : (uint32_t)WEXITSTATUS(st);
       if (debug_on) logmsg("process %u (pid %d) exited: %u", p->id, pid, p->status);
@@ -676,7 +674,6 @@ static void start_process(uint32_t id, struct in *r) {
       out[0] = err[0] = in[1] = -1;
       nonblock(p->out.fd), nonblock(p->err.fd);
       if (p->in_fd >= 0) nonblock(p->in_fd);
-      if (!first_pid) first_pid = pid;
       uint8_t pl[4];
       put_u32(pl, (uint32_t)pid);
       send_frame(T_STARTED, id, pl, 4);
@@ -871,11 +868,16 @@ static void read_channel(void) {
   rxlen -= off;
 }
 
+/* SIGCHLD: reap. Anything else sent to PID 1 (e.g. by the VMM or `kill 1`) goes to the host's processes. */
 static void handle_signals(int sfd) {
   struct signalfd_siginfo si;
   while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
-    if (si.ssi_signo == SIGCHLD) reap();
-    else if (first_pid > 0) kill(first_pid, (int)si.ssi_signo);
+    if (si.ssi_signo == SIGCHLD) {
+      reap();
+      continue;
+    }
+    for (int i = 0; i < MAX_PROCS; i++)
+      if (procs[i].used && !procs[i].exited) kill(procs[i].pid, (int)si.ssi_signo);
   }
 }
 

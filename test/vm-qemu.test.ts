@@ -220,6 +220,21 @@ describe("one VM, many processes", () => {
     assert.equal(out.data().toString(), "up\n");
   });
 
+  test("signals sent to PID 1 are forwarded to the running processes", async () => {
+    const out = sink();
+    const p = await vm.agent.start(
+      {
+        args: ["sh", "-c", 'trap "echo got-term; exit 5" TERM; echo ready; while :; do sleep 0.1; done'],
+        env: [PATH],
+      },
+      { stdout: out },
+    );
+    while (!out.data().toString().includes("ready")) await new Promise((r) => setTimeout(r, 20));
+    await run(["kill", "-TERM", "1"]);
+    assert.equal((await p.exited).status, 5);
+    assert.equal(out.data().toString(), "ready\ngot-term\n");
+  });
+
   test("writes to / succeed; mounts from CONFIGURE are there", async () => {
     const r = await run([
       "sh",
