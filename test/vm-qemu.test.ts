@@ -320,7 +320,7 @@ test("a boot deadline is enforced", async () => {
   assert.deepEqual(await runningQemuPids(), []);
 });
 
-test("extra drives by device, a scratch disk as the writable layer, and a virtio-fs share", async () => {
+test("an ext4 root, extra drives by device, a scratch disk as the writable layer, a virtio-fs share", async () => {
   const dataDir = path.join(tmp, "data-src");
   await mkdir(dataDir, { recursive: true });
   await writeFile(path.join(dataDir, "hello.txt"), "from a read-only ext4 drive\n");
@@ -331,13 +331,16 @@ test("extra drives by device, a scratch disk as the writable layer, and a virtio
   const shared = path.join(tmp, "shared");
   await mkdir(shared, { recursive: true });
   await writeFile(path.join(shared, "in.txt"), "host file\n");
+  // the root as ext4 this time (the `copy` strategy's format): the init tries squashfs, then ext4
+  const rootExt4 = path.join(tmp, "root.ext4");
+  await exec("mkfs.ext4", ["-q", "-F", "-d", path.join(tmp, "rootfs"), rootExt4, "16M"]);
   const boot = await prepareGuestBoot(home, { boot: { scratch: "/dev/vdc" } });
   const spec: VmSpec = {
     ...baseSpec("drives"),
     ...boot,
     drives: [
       { id: "data", path: dataImg, readOnly: true, isRoot: false },
-      { id: "root", path: rootImage, readOnly: true, isRoot: true },
+      { id: "root", path: rootExt4, readOnly: true, isRoot: true },
       { id: "scratch", path: scratchImg, readOnly: false, isRoot: false },
     ],
     shares: [{ tag: "share0", source: shared }],
@@ -359,7 +362,8 @@ test("extra drives by device, a scratch disk as the writable layer, and a virtio
         "-c",
         "cat /mnt/data/hello.txt; cat /mnt/shared/in.txt; echo guest > /mnt/shared/out.txt; " +
           "touch /mnt/data/x 2>/dev/null && echo rw-data || echo ro-data; " +
-          "grep ' / overlay' /proc/mounts | grep -c upperdir=/mnt/rw/upper; echo big > /bigfile; df -k / | tail -1",
+          "grep ' / overlay' /proc/mounts | grep -c upperdir=/mnt/rw/upper; echo big > /bigfile; df -k / | tail -1; " +
+          "test -d /sys/fs/ext4/vda && echo ext4-root",
       ],
       env: [PATH],
     },
@@ -373,5 +377,6 @@ test("extra drives by device, a scratch disk as the writable layer, and a virtio
   // the writable layer was the 64 MB scratch disk, not the tmpfs
   const kb = Number(lines[4].trim().split(/\s+/)[1]);
   assert.ok(kb > 40_000 && kb < 70_000, lines[4]);
+  assert.equal(lines[5], "ext4-root");
   assert.deepEqual(await runningQemuPids(), []);
 });

@@ -61,10 +61,11 @@ export async function ensureGuestKernel(
       path.join(staged, "modules", version),
     );
     await copyFile(path.join(tree, "boot", `config-${version}`), path.join(staged, "config"));
-    await rm(dest, { recursive: true, force: true });
-    await rename(staged, dest).catch(async (err) => {
-      // another process published the same kernel meanwhile: use theirs
-      if (!(await stat(path.join(dest, "vmlinux")).catch(() => null))) throw err;
+    await rename(staged, dest).catch(async () => {
+      // another process published this kernel meanwhile: keep theirs (VMs may be using it); else replace
+      if (await stat(path.join(dest, "modules", version, "modules.dep")).catch(() => null)) return;
+      await rm(dest, { recursive: true, force: true });
+      await rename(staged, dest);
     });
     const kernel: GuestKernel = {
       vmlinux: path.join(dest, "vmlinux"),
@@ -193,7 +194,9 @@ export interface GuestBootOptions {
 
 /** The guest kernel command line: console, panic behaviour, the init's kindling.* options. */
 export function guestCmdline(opts: GuestBootOptions = {}): string {
-  const args = ["console=ttyS0", "panic=-1", "reboot=t"];
+  // panic=-1 reboots at once on a panic; QEMU (-no-reboot) exits on a triple-fault reset (reboot=t),
+  // Firecracker on an i8042 reset (reboot=k)
+  const args = ["console=ttyS0", "panic=-1", opts.halt === "reboot" ? "reboot=k" : "reboot=t"];
   if (!opts.debug) args.push("quiet", "loglevel=3");
   if (opts.tcg) args.push(...tcgKernelParams());
   if (opts.root) args.push(`kindling.root=${opts.root}`);
