@@ -124,10 +124,16 @@ function num(b: Buffer, what: string, entry: string): number {
 }
 
 function checksumOk(h: Buffer): boolean {
-  let sum = 0;
-  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : h[i]!;
+  // POSIX sums unsigned bytes; some old tars summed signed chars: accept either.
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < BLOCK; i++) {
+    const b = i >= 148 && i < 156 ? 32 : h[i]!;
+    unsigned += b;
+    signed += b > 127 ? b - 256 : b;
+  }
   const stored = Number.parseInt(cstr(h.subarray(148, 156)).trim() || "-1", 8);
-  return sum === stored;
+  return stored === unsigned || stored === signed;
 }
 
 /** Parses PAX records "<len> <key>=<value>\n"; values stay bytes (xattrs may be binary). */

@@ -9,7 +9,7 @@ export function fastcdcSpec(avgSize: number): ChunkingSpec {
 }
 
 /** Chosen by measurement: see docs/image-pipeline.md (bench/chunking.ts). */
-export const DEFAULT_CHUNKING: ChunkingSpec = fastcdcSpec(256 * 1024);
+export const DEFAULT_CHUNKING: ChunkingSpec = fastcdcSpec(128 * 1024);
 
 export function sha256(b: Buffer): Digest {
   return `sha256:${createHash("sha256").update(b).digest("hex")}`;
