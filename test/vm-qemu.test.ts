@@ -380,3 +380,35 @@ test("an ext4 root, extra drives by device, a scratch disk as the writable layer
   assert.equal(lines[5], "ext4-root");
   assert.deepEqual(await runningQemuPids(), []);
 });
+
+test("QEMU dies with the Node process that started it, even on SIGKILL", async () => {
+  const stateDir = path.join(tmp, "orphan");
+  const script = `
+    import { bootVm } from ${JSON.stringify(path.join(repo, "dist/src/vm/qemu.js"))};
+    const spec = JSON.parse(process.argv[1]);
+    const vm = await bootVm(spec, { accel: "tcg" });
+    process.stdout.write(vm.pid + "\\n");
+    setInterval(() => {}, 1000);
+  `;
+  const { spawn } = await import("node:child_process");
+  const child = spawn(
+    process.execPath,
+    ["--input-type=module", "-e", script, JSON.stringify({ ...baseSpec("orphan"), stateDir })],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
+  const pid = await new Promise<number>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => resolve(Number.parseInt(d.toString(), 10)));
+    child.on("exit", (code) => reject(new Error(`child exited ${code}`)));
+  });
+  assert.ok(pid > 0);
+  child.kill("SIGKILL");
+  const deadline = Date.now() + 5000;
+  let alive = true;
+  while (alive && Date.now() < deadline) {
+    alive = (await exec("kill", ["-0", String(pid)], { allowFailure: true })).code === 0;
+    if (alive) await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(alive, false, "QEMU was killed with its parent");
+});

@@ -175,7 +175,8 @@ async function keepNeededModules(from: string, to: string): Promise<void> {
 export interface GuestBootOptions {
   /** root drive in the guest (default /dev/vda) */
   root?: string;
-  rootfsType?: "auto" | "squashfs" | "ext4";
+  /** virtiofs: kindling.root is then a virtio-fs tag (the shared directory is the lower layer) */
+  rootfsType?: "auto" | "squashfs" | "ext4" | "virtiofs";
   /** size limit of the tmpfs writable layer, e.g. "256m" */
   tmpfsSize?: string;
   /** ext4 drive for the writable layer instead of tmpfs, e.g. "/dev/vdb" */
