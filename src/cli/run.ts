@@ -13,7 +13,11 @@ export function registerRunCommand(program: Command): void {
     .description("Run a container from an image; exits with the process's status (125: kindling failed)")
     .argument("<image>", "image name, or the path of a SquashFS file")
     .argument("[command...]", "command and arguments (after --), replacing the image's CMD")
-    .option("--runtime <name>", "runc | runsc | qemu | firecracker", "runc")
+    .option(
+      "--runtime <name>",
+      "runc | runsc | qemu | firecracker | auto (the VM runtime `kindling doctor` picks: Firecracker where usable, else QEMU)",
+      "runc",
+    )
     .option("--rootfs <strategy>", "lazy | squashfs | copy | virtiofs", "lazy")
     .option("-v, --volume <SRC:DST[:ro]>", "bind mount a host path (repeatable)", collect, [])
     .option("-e, --env <K=V>", "set an environment variable; K alone copies ours (repeatable)", collect, [])
@@ -26,6 +30,8 @@ export function registerRunCommand(program: Command): void {
     .option("--hostname <name>", "host name inside the container")
     .option("--entrypoint <cmd>", "replace the image's ENTRYPOINT (a program, or a JSON array)")
     .option("-i, --interactive", "pass our stdin to the process")
+    .option("--disk <size>", "VM runtimes: sparse ext4 scratch drive for the writable layer (default: tmpfs)")
+    .option("--mount-packing <mode>", "VM runtimes: pack (-v mounts in two drives, default) | per-mount")
     .action(async (image: string, command: string[], flags: RawRunFlags) => {
       const home = new KindlingHome();
       const options = await parseRunOptions(image, command, flags);

@@ -1,7 +1,9 @@
 import { stat } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import path from "node:path";
+import { pickDefaultVmm } from "../doctor/report.js";
 import { KindlingError } from "../util/errors.js";
+import { parseSize } from "../vm/rootfs/images.js";
 import {
   ROOTFS_STRATEGIES,
   type RootfsStrategy,
@@ -27,6 +29,10 @@ export interface RawRunFlags {
   hostname?: string;
   entrypoint?: string;
   interactive?: boolean;
+  /** VM runtimes: sparse ext4 scratch drive for the writable layer, e.g. 2G. */
+  disk?: string;
+  /** VM runtimes: pack | per-mount. */
+  mountPacking?: string;
 }
 
 export const DEFAULT_STOP_GRACE_SECONDS = 10;
@@ -46,8 +52,20 @@ export async function parseRunOptions(
     if (seen.has(v.destination)) throw new KindlingError(`-v: ${v.destination} is mounted twice`);
     seen.add(v.destination);
   }
+  // auto: the VM runtime this host runs best (Firecracker where usable, else QEMU), as `kindling doctor` says
+  const runtime = (
+    flags.runtime === "auto"
+      ? await pickDefaultVmm()
+      : oneOf("--runtime", flags.runtime ?? "runc", RUNTIME_NAMES)
+  ) as RuntimeName;
+  const vm = runtime === "qemu" || runtime === "firecracker";
+  if (!vm && flags.disk !== undefined)
+    throw new KindlingError(`--disk applies to VM runtimes (qemu, firecracker)`);
+  if (!vm && flags.mountPacking !== undefined) {
+    throw new KindlingError(`--mount-packing applies to VM runtimes (qemu, firecracker)`);
+  }
   return {
-    runtime: oneOf("--runtime", flags.runtime ?? "runc", RUNTIME_NAMES) as RuntimeName,
+    runtime,
     rootfs: oneOf("--rootfs", flags.rootfs ?? "lazy", ROOTFS_STRATEGIES) as RootfsStrategy,
     image,
     command,
@@ -65,6 +83,14 @@ export async function parseRunOptions(
         : seconds("--stop-timeout", flags.stopTimeout, true),
     hostname: flags.hostname === undefined ? undefined : parseHostname(flags.hostname),
     interactive: flags.interactive ?? false,
+    ...(flags.disk === undefined ? {} : { diskBytes: parseDisk(flags.disk) }),
+    ...(flags.mountPacking === undefined
+      ? {}
+      : {
+          mountPacking: oneOf("--mount-packing", flags.mountPacking, ["pack", "per-mount"]) as
+            | "pack"
+            | "per-mount",
+        }),
   };
 }
 
@@ -178,4 +204,13 @@ function parseEntrypoint(s: string): string[] {
     return parsed;
   }
   return s === "" ? [] : [s];
+}
+
+/** `--disk SIZE`: at least 16 MiB (ext4 with a journal), e.g. 512M or 2G. */
+function parseDisk(s: string): number {
+  const bytes = parseSize(s);
+  if (bytes === undefined || bytes < 16 << 20) {
+    throw new KindlingError(`--disk ${s}: expected a size of at least 16M, such as 512M or 2G`);
+  }
+  return bytes;
 }

@@ -1,6 +1,7 @@
 import { KindlingError } from "../util/errors.js";
 import { OciRuntime, RUNC, RUNSC } from "./oci-runtime.js";
 import type { RootfsStrategy, Runtime, RuntimeName } from "./types.js";
+import { VmRuntime } from "./vm-runtime.js";
 
 /** A runtime and the rootfs strategies it supports (the first is its default). */
 export interface RuntimeEntry {
@@ -16,8 +17,9 @@ export interface RuntimeEntry {
 const RUNTIMES: Record<RuntimeName, RuntimeEntry | undefined> = {
   runc: { create: () => new OciRuntime(RUNC), rootfs: ["lazy"] },
   runsc: { create: () => new OciRuntime(RUNSC), rootfs: ["lazy"] },
-  qemu: undefined,
-  firecracker: undefined,
+  qemu: { create: () => new VmRuntime("qemu"), rootfs: ["lazy", "squashfs", "copy", "virtiofs"] },
+  // no virtiofs: Firecracker has no virtio-fs device
+  firecracker: { create: () => new VmRuntime("firecracker"), rootfs: ["lazy", "squashfs", "copy"] },
 };
 
 /** The runtime for `--runtime name --rootfs strategy`, or a KindlingError saying why not. */

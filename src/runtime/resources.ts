@@ -1,9 +1,10 @@
-import { readdir } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { exec } from "../util/exec.js";
+import { type SyncTarget, syncBack } from "../vm/rootfs/syncback.js";
 import { detachLoop } from "./loop.js";
 import { unmount } from "./mounts.js";
-import { isProcessAlive } from "./procstat.js";
+import { isProcessAlive, processStartTime } from "./procstat.js";
 
 /**
  * Something a run holds on the host, as recorded in its owner.json. A live run releases it through
@@ -15,7 +16,11 @@ export type Resource =
   /** autoclear: the kernel detaches it when its last user (the squashfs mount) goes away. */
   | { kind: "loop"; device: string; file: string; autoclear?: boolean }
   | { kind: "oci-container"; binary: string; root: string; id: string }
-  | { kind: "process"; pid: number; startTime: number; name: string };
+  | { kind: "process"; pid: number; startTime: number; name: string }
+  /** A VM's processes (QEMU or Firecracker, virtiofsd): every process whose command line names `dir`. */
+  | { kind: "vm-processes"; dir: string }
+  /** An ext4 drive holding rw -v mounts, copied back to the host when released (src/vm/rootfs/syncback.ts). */
+  | { kind: "sync-back"; image: string; mountPoint: string; targets: SyncTarget[] };
 
 export function describeResource(r: Resource): string {
   switch (r.kind) {
@@ -27,6 +32,10 @@ export function describeResource(r: Resource): string {
       return `${r.binary} container ${r.id}`;
     case "process":
       return `${r.name} (pid ${r.pid})`;
+    case "vm-processes":
+      return `VM processes of ${r.dir}`;
+    case "sync-back":
+      return `sync-back of ${r.targets.map((t) => t.dest).join(", ")} from ${r.image}`;
   }
 }
 
@@ -42,6 +51,36 @@ export async function releaseResource(r: Resource): Promise<void> {
       return deleteOciContainer(r.binary, r.root, r.id);
     case "process":
       return killProcess(r.pid, r.startTime);
+    case "vm-processes":
+      return killProcessesNaming(r.dir);
+    case "sync-back":
+      return syncBack(r.image, r.mountPoint, r.targets);
+  }
+}
+
+/**
+ * Kills every process whose command line mentions `dir/` (a VMM and its helpers name their sockets and
+ * console log there). Found by name, not pid: it works for processes spawned inside a backend and after
+ * a crash of kindling between spawn and record.
+ */
+async function killProcessesNaming(dir: string): Promise<void> {
+  const needle = `${dir}/`;
+  for (let round = 0; round < 50; round++) {
+    const found: number[] = [];
+    for (const p of await readdir("/proc")) {
+      if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
+      const cmd = await readFile(`/proc/${p}/cmdline`, "utf8").catch(() => "");
+      if (cmd.includes(needle) && (await processStartTime(Number(p))) !== undefined) found.push(Number(p));
+    }
+    if (found.length === 0) return;
+    for (const pid of found) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone meanwhile
+      }
+    }
+    await sleep(20);
   }
 }
 

@@ -46,6 +46,10 @@ export interface RunOptions {
   hostname?: string;
   /** `-i`: pass kindling's stdin to the process (otherwise it reads /dev/null). */
   interactive: boolean;
+  /** `--disk SIZE` (VM runtimes): bytes of a sparse ext4 scratch drive for the writable layer; default tmpfs. */
+  diskBytes?: number;
+  /** `--mount-packing` (VM runtimes, block-only strategies): all -v mounts in two drives (default), or one each. */
+  mountPacking?: "pack" | "per-mount";
 }
 
 /** The process to run, after merging the image config with the flags. */
@@ -126,6 +130,10 @@ export interface Container {
   kill(signal: "TERM" | "KILL" | "INT" | "HUP"): Promise<void>;
   /** Releases the container (idempotent); the scope calls it too. */
   delete(): Promise<void>;
+  /** VM runtimes: host-side rootfs preparation in prepare() (strategy, -v drives), ms. */
+  readonly prepMs?: number;
+  /** VM runtimes: VMM spawn to the guest agent's READY, ms (the VM boots in prepare()). */
+  readonly bootMs?: number;
 }
 
 export interface Runtime {

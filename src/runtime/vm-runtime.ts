@@ -1,0 +1,249 @@
+/**
+ * `kindling run --runtime qemu|firecracker`: the container is a microVM. prepare() builds the rootfs
+ * (src/vm/rootfs: --rootfs lazy|squashfs|copy|virtiofs), boots the VM and sends CONFIGURE (hostname,
+ * mounts); start() runs the merged process through the guest agent; its stdout/stderr are piped like
+ * runc's, so the lifecycle (timeout, Ctrl-C, exit status) is the same.
+ */
+import { constants } from "node:os";
+import path from "node:path";
+import { PassThrough, type Readable, type Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import { KindlingError } from "../util/errors.js";
+import { KindlingHome } from "../util/home.js";
+import type { Scope } from "../util/scope.js";
+import type { GuestProcess } from "../vm/agent/client.js";
+import { resolveFirecracker } from "../vm/firecracker/process.js";
+import { bootFirecrackerVm, type FirecrackerBootedVm } from "../vm/firecracker/run.js";
+import { prepareGuestBoot } from "../vm/kernel.js";
+import { bootVm, QEMU_BINARY, type QemuVm } from "../vm/qemu.js";
+import { prepareRootfs } from "../vm/rootfs/strategies.js";
+import type { RootfsPlan } from "../vm/rootfs/types.js";
+import type { VmSpec } from "../vm/spec.js";
+import { buildProcessSpec } from "./process.js";
+import type { Container, ExitStatus, PrepareRequest, ProcessSpec, RunStdio, Runtime } from "./types.js";
+import { findBinary } from "./which.js";
+
+export type VmmName = "qemu" | "firecracker";
+/** VM memory when --memory is not given (MiB); the tmpfs writable layer may use half of it. */
+export const DEFAULT_VM_MEMORY_MIB = 512;
+
+type BootedVm = QemuVm | FirecrackerBootedVm;
+
+/** The run dir is $KINDLING_HOME/run/<id>: the home it belongs to (kernel cache, accel probe). */
+function homeOf(runDirPath: string): KindlingHome {
+  return new KindlingHome(path.dirname(path.dirname(runDirPath)));
+}
+
+export class VmRuntime implements Runtime {
+  constructor(readonly name: VmmName) {}
+
+  async checkHost(): Promise<void> {
+    if (this.name === "firecracker") {
+      try {
+        await resolveFirecracker();
+      } catch (err) {
+        throw new KindlingError(`--runtime firecracker: ${(err as Error).message}`);
+      }
+      return;
+    }
+    if (!(await findBinary(QEMU_BINARY))) {
+      throw new KindlingError(
+        `--runtime qemu: ${QEMU_BINARY} is not installed (run scripts/setup.sh); run \`kindling doctor\``,
+      );
+    }
+  }
+
+  async prepare(req: PrepareRequest, scope: Scope): Promise<Container> {
+    const { runDir, options } = req;
+    const home = homeOf(runDir.path);
+    const memoryMiB = options.memoryMiB ?? DEFAULT_VM_MEMORY_MIB;
+    const prepStart = Date.now();
+    const plan = await prepareRootfs(options.rootfs, {
+      runDir,
+      scope,
+      image: req.image,
+      volumes: options.volumes,
+      vmm: this.name,
+      memoryMiB,
+      diskBytes: options.diskBytes,
+      packing: options.mountPacking ?? "pack",
+      warn: (m) => process.stderr.write(`kindling: ${m}\n`),
+    });
+    const prepMs = Date.now() - prepStart;
+    const hostname = options.hostname ?? req.id;
+    const proc = buildProcessSpec(req.image.config, options, plan.users, hostname);
+    const spec = await this.vmSpec(home, plan, runDir.file("vm"), memoryMiB, options.cpus);
+    // Before the VMM exists: if kindling dies during boot, the next run's cleanup kills it by its paths.
+    await runDir.hold(scope, { kind: "vm-processes", dir: runDir.path });
+    const vm =
+      this.name === "qemu"
+        ? await bootVm(spec, { home })
+        : await bootFirecrackerVm(spec, { firecrackerBin: process.env.KINDLING_FIRECRACKER });
+    scope.defer(`VM of ${req.id}`, () => vm.close());
+    await vm.agent.configure({ hostname, mounts: plan.mounts });
+    return new VmContainer(req.id, vm, proc, req.stdio, prepMs);
+  }
+
+  /** The VM description: kernel, initramfs, the guest init's options, drives and shares of the plan. */
+  private async vmSpec(
+    home: KindlingHome,
+    plan: RootfsPlan,
+    stateDir: string,
+    memoryMiB: number,
+    cpus?: number,
+  ): Promise<VmSpec> {
+    const virtiofs = plan.root.rootfsType === "virtiofs";
+    const boot = await prepareGuestBoot(home, {
+      boot: {
+        root: plan.root.root,
+        rootfsType: plan.root.rootfsType === "virtiofs" ? undefined : plan.root.rootfsType,
+        tmpfsSize: plan.tmpfsSize,
+        scratch: plan.scratch,
+        agent: this.name === "qemu" ? "virtio-serial" : "vsock",
+        debug: process.env.KINDLING_VM_DEBUG === "1",
+        extra: virtiofs ? ["kindling.rootfstype=virtiofs"] : [],
+      },
+      log: (m) => process.stderr.write(`${m}\n`),
+    });
+    return {
+      ...boot,
+      memoryMiB,
+      vcpus: Math.max(1, Math.ceil(cpus ?? 1)),
+      drives: plan.drives,
+      shares: plan.shares,
+      stateDir,
+    };
+  }
+}
+
+/** Signal number -> name, for ExitStatus.signal. */
+function signalName(n: number): NodeJS.Signals | undefined {
+  return (Object.entries(constants.signals) as [NodeJS.Signals, number][]).find(([, v]) => v === n)?.[0];
+}
+
+/** Where an output stream goes: a pipe the caller reads, kindling's own stream, or nowhere. */
+function sinkFor(
+  mode: RunStdio["stdout"],
+  own: NodeJS.WriteStream,
+): { sink?: Writable; pipe: PassThrough | null } {
+  if (mode === "pipe") {
+    const pipe = new PassThrough();
+    return { sink: pipe, pipe };
+  }
+  if (mode === "inherit") {
+    // A reader that went away (EPIPE) must not crash kindling before it cleans up.
+    if (own.listenerCount("error") === 0) own.on("error", () => {});
+    return { sink: own, pipe: null };
+  }
+  return { pipe: null };
+}
+
+/** A container that is a booted VM whose agent runs one process. */
+class VmContainer implements Container {
+  readonly bootMs: number;
+  private proc?: GuestProcess;
+  private exited?: Promise<ExitStatus>;
+  private vmKilled = false;
+  private vmExited = false;
+
+  constructor(
+    readonly id: string,
+    private readonly vm: BootedVm,
+    private readonly spec: ProcessSpec,
+    private readonly stdio: RunStdio,
+    /** Host-side rootfs preparation (strategy and -v drives), ms. */
+    readonly prepMs: number,
+  ) {
+    this.bootMs = vm.bootMs;
+    vm.wait().then(() => {
+      this.vmExited = true;
+    });
+  }
+
+  async start(): Promise<{ stdout: Readable | null; stderr: Readable | null }> {
+    const out = sinkFor(this.stdio.stdout, process.stdout);
+    const err = sinkFor(this.stdio.stderr, process.stderr);
+    const end = () => {
+      out.pipe?.end();
+      err.pipe?.end();
+    };
+    try {
+      this.proc = await this.vm.agent.start(
+        {
+          args: this.spec.args,
+          env: this.spec.env,
+          cwd: this.spec.cwd,
+          uid: this.spec.uid,
+          gid: this.spec.gid,
+        },
+        {
+          stdout: out.sink,
+          stderr: err.sink,
+          stdin: this.stdio.stdin === "inherit" ? process.stdin : undefined,
+        },
+      );
+    } catch (e) {
+      // The guest could not start it (FAILED): as Docker, 127 for a missing command, 126 for no permission.
+      const message = (e as Error).message;
+      if (/cannot (execute|chdir to|set uid)/.test(message)) {
+        const status = /No such file|Not a directory/.test(message) && /execute/.test(message) ? 127 : 126;
+        this.exited = Promise.resolve({ status: /chdir/.test(message) ? 126 : status, message });
+        end();
+        return { stdout: out.pipe, stderr: err.pipe };
+      }
+      end();
+      throw await this.vmFailure(message);
+    }
+    const proc = this.proc;
+    this.exited = (async (): Promise<ExitStatus> => {
+      const gone = this.vm.wait().then(() => "gone" as const);
+      const outcome = await Promise.race([proc.exited, gone]).catch((e: Error) => e);
+      if (outcome !== "gone" && !(outcome instanceof Error)) {
+        const signal = outcome.signal ? signalName(outcome.signal) : undefined;
+        return { status: outcome.status, ...(signal ? { signal } : {}) };
+      }
+      if (this.vmKilled) return { status: 137, signal: "SIGKILL" };
+      throw await this.vmFailure(outcome instanceof Error ? outcome.message : "the VM stopped");
+    })().finally(end);
+    this.exited.catch(() => {}); // the caller awaits wait(); no unhandled rejection meanwhile
+    return { stdout: out.pipe, stderr: err.pipe };
+  }
+
+  /** A KindlingError for a VM that failed under the process, with the guest console's last lines. */
+  private async vmFailure(why: string): Promise<KindlingError> {
+    await Promise.race([this.vm.wait(), sleep(1000)]);
+    const tail = await this.vm.consoleTail(20);
+    const what = /Kernel panic/.test(tail)
+      ? "guest kernel panic"
+      : `the VM failed while the process ran (${why})`;
+    return new KindlingError(`${what}\n--- last console lines (${this.vm.paths.consoleLog}) ---\n${tail}`);
+  }
+
+  wait(): Promise<ExitStatus> {
+    if (!this.exited) return Promise.reject(new Error("container not started"));
+    return this.exited;
+  }
+
+  async kill(signal: "TERM" | "KILL" | "INT" | "HUP"): Promise<void> {
+    const proc = this.proc;
+    if (!proc || this.vmExited) return;
+    proc.kill(`SIG${signal}`);
+    if (signal !== "KILL") return;
+    // An agent that does not deliver KILL (a hung guest) must not keep the run alive: end the VM.
+    const done = await Promise.race([
+      proc.exited.then(
+        () => true,
+        () => true,
+      ),
+      sleep(3000).then(() => false),
+    ]);
+    if (!done && !this.vmExited) {
+      this.vmKilled = true;
+      await this.vm.kill();
+    }
+  }
+
+  async delete(): Promise<void> {
+    await this.vm.close();
+  }
+}

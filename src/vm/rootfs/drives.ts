@@ -1,0 +1,46 @@
+import { KindlingError } from "../../util/errors.js";
+import type { DriveSpec } from "../spec.js";
+import type { Vmm } from "./types.js";
+
+/**
+ * QEMU microvm has 24 virtio-mmio slots, but a guest sees only 23 devices (measured: with 23 drives and
+ * the agent's virtio-serial the serial port is missing). One is the agent's serial port.
+ */
+export const QEMU_MAX_VIRTIO_DEVICES = 23;
+
+/** Linux's virtio-blk names: vda..vdz, vdaa..vdaz, ... (sd_format_disk_name). */
+export function guestDiskName(index: number): string {
+  let name = "";
+  for (let i = index; i >= 0; i = Math.floor(i / 26) - 1) name = String.fromCharCode(97 + (i % 26)) + name;
+  return `/dev/vd${name}`;
+}
+
+/**
+ * The drives of a VM in the order the guest names them. Both backends attach drives in list order with
+ * the root first (QEMU: one virtio-blk-device per -drive, in order; Firecracker: the root device first,
+ * then in PUT order), and the guest probes virtio-mmio devices in that order: drive i is vd<i>.
+ * test/rootfs-drives.test.ts checks this in a real QEMU guest.
+ */
+export class DriveTable {
+  readonly drives: DriveSpec[] = [];
+
+  /** Adds a drive and returns the device name the guest will give it. The root must come first. */
+  add(id: string, path: string, readOnly: boolean, isRoot = false): string {
+    if (isRoot && this.drives.length > 0) throw new Error("the root drive must be added first");
+    this.drives.push({ id, path, readOnly, isRoot });
+    return guestDiskName(this.drives.length - 1);
+  }
+
+  /** Fails with the limit and a way out when the VMM cannot attach this many devices. */
+  check(vmm: Vmm, shares: number): void {
+    if (vmm !== "qemu") return;
+    const devices = this.drives.length + shares + 1; // + the agent's virtio-serial
+    if (devices > QEMU_MAX_VIRTIO_DEVICES) {
+      throw new KindlingError(
+        `too many devices for QEMU microvm: ${this.drives.length} drives, ${shares} shares and the agent port ` +
+          `need ${devices} virtio-mmio slots, the guest sees at most ${QEMU_MAX_VIRTIO_DEVICES}; ` +
+          "use --mount-packing pack (all -v mounts in two drives)",
+      );
+    }
+  }
+}
