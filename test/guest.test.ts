@@ -20,6 +20,7 @@ import {
 } from "../src/vm/agent/protocol.js";
 import { buildInitramfs, moduleLoadOrder, newcArchive, readModuleIndex } from "../src/vm/initramfs.js";
 import { extractVmlinux, guestCmdline } from "../src/vm/kernel.js";
+import { qemuArgs } from "../src/vm/qemu.js";
 
 let tmp: string;
 before(async () => {
@@ -239,4 +240,43 @@ test("the guest command line carries the init's options and TCG's needs", () => 
   assert.match(line, /kindling.agent=vsock kindling.agent_port=1025/);
   assert.match(line, /tsc_early_khz=\d+ initcall_blacklist=cmos_init/);
   assert.throws(() => guestCmdline({ extra: ["a b"] }), /white space/);
+});
+
+test("a VmSpec renders to a microvm command line: root first, read-only drives, agent port, shares", () => {
+  const args = qemuArgs(
+    {
+      kernelPath: "/k",
+      initrdPath: "/i",
+      cmdline: "console=ttyS0",
+      memoryMiB: 512,
+      vcpus: 2,
+      drives: [
+        { id: "data", path: "/d,1.img", readOnly: false, isRoot: false },
+        { id: "root", path: "/r.img", readOnly: true, isRoot: true },
+      ],
+      shares: [{ tag: "t0", source: "/src" }],
+      stateDir: "/s",
+    },
+    {
+      consoleLog: "/s/c.log",
+      agentSocket: "a.sock",
+      qmpSocket: "q.sock",
+      virtiofsSockets: new Map([["t0", "v.sock"]]),
+    },
+    "tcg",
+  );
+  const line = args.join(" ");
+  assert.match(line, /^-M microvm,rtc=off,memory-backend=mem /);
+  assert.match(line, /-accel tcg -cpu max -m 512 -smp 2/);
+  assert.match(line, /-append console=ttyS0 tsc_early_khz=\d+ initcall_blacklist=cmos_init/);
+  const drives = args.filter((a) => a.startsWith("id=drive"));
+  assert.deepEqual(drives, [
+    "id=drive0,file=/r.img,format=raw,if=none,read-only=on",
+    "id=drive1,file=/d,,1.img,format=raw,if=none,read-only=off",
+  ]);
+  assert.ok(args.includes("virtserialport,chardev=agent,name=kindling.agent"));
+  assert.ok(args.includes("socket,id=agent,path=a.sock,server=on,wait=off"));
+  assert.ok(args.includes("vhost-user-fs-device,chardev=fs0,tag=t0"));
+  assert.ok(args.includes("virtio-mmio.force-legacy=false"));
+  assert.ok(args.includes("-no-reboot") && args.includes("-nodefaults"));
 });

@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
+import { readdir, readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -212,6 +212,20 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<string> {
   const sha = createHash("sha256").update(archive).digest("hex");
   const dest = path.join(opts.home.kernel, `initramfs-${sha.slice(0, 32)}.cpio`);
   const existing = await stat(dest).catch(() => null);
-  if (existing?.size !== archive.length) await writeFileAtomic(dest, archive);
+  if (existing?.size !== archive.length) {
+    await writeFileAtomic(dest, archive);
+    await pruneOldInitramfs(opts.home.kernel, dest);
+  }
   return dest;
+}
+
+/** Each new init build makes a new initramfs: drop the ones unused for a day (none can be booting). */
+async function pruneOldInitramfs(dir: string, keep: string): Promise<void> {
+  const dayAgo = Date.now() - 24 * 3600 * 1000;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const file = path.join(dir, name);
+    if (!/^initramfs-[0-9a-f]+\.cpio$/.test(name) || file === keep) continue;
+    const st = await stat(file).catch(() => null);
+    if (st && st.atimeMs < dayAgo && st.mtimeMs < dayAgo) await rm(file, { force: true });
+  }
 }
