@@ -171,3 +171,22 @@ describe("local store", () => {
     assert.ok((await listImages(home)).some((r) => r.name === rec.name));
   });
 });
+
+describe("re-import under the same name", () => {
+  test("replaces the image and frees the chunks only the old one used", async () => {
+    const home = await tempHome();
+    try {
+      const first = await importImage(home, await fixture("busybox-rootfs.tar"), { name: "x", ...quiet });
+      const second = await importImage(home, `${await fixture("multilayer-oci")}:v1`, {
+        name: "x",
+        ...quiet,
+      });
+      assert.notEqual(first.digest, second.digest);
+      assert.equal(await hasBlob(home, first.digest), false);
+      const index = await readBlockIndex(home, second.digest);
+      assert.equal(await blobCount(home), new Set(index.chunks.map((c) => c.digest)).size + 1);
+    } finally {
+      await home.remove();
+    }
+  });
+});

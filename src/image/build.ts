@@ -4,8 +4,9 @@ import path from "node:path";
 import { buildSquashfs, DEFAULT_SQUASHFS, type SquashfsOptions } from "../blockimage/squashfs.js";
 import { blobSize, putBlob } from "../store/blobs.js";
 import { writeBlockIndex } from "../store/blockindex.js";
-import { saveImage } from "../store/catalog.js";
+import { findImage, saveImage } from "../store/catalog.js";
 import { type ChunkingSpec, chunkFile, DEFAULT_CHUNKING } from "../store/chunker.js";
+import { collectGarbage } from "../store/gc.js";
 import { withStoreLock } from "../store/lock.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type ChunkRef, type Digest } from "../store/types.js";
 import { KindlingError } from "../util/errors.js";
@@ -169,7 +170,10 @@ export async function buildImage(home: KindlingHome, input: BuildImageInput): Pr
     await withStoreLock(home, async () => {
       await ensureChunks(home, image, index.chunks);
       record.digest = await writeBlockIndex(home, index);
+      const previous = await findImage(home, record.name);
       await saveImage(home, record);
+      // Re-importing under a name replaces the image: free what only the old one used.
+      if (previous && previous.digest !== record.digest) await collectGarbage(home);
     });
     return record;
   }).catch((err: unknown) => {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { open, rename, rm } from "node:fs/promises";
+import { open, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { readBlockIndex } from "../store/blockindex.js";
 import { loadImage } from "../store/catalog.js";
@@ -10,7 +10,7 @@ import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import { progress } from "../util/progress.js";
-import { makeTempDir } from "./workdir.js";
+import { makeTempDir, makeTreeDir } from "./workdir.js";
 
 /** Reassembles an image's block image from its chunks (each verified) into `out`. */
 export async function writeBlockImage(
@@ -53,10 +53,14 @@ export async function exportImage(
   const work = await makeTempDir(home.tmp, "export");
   const dest = path.resolve(outFile);
   const tmpOut = tempPathFor(dest);
+  let scopeTree: string | undefined;
   try {
     const img = path.join(work, "image.squashfs");
     await writeBlockImage(home, name, img, undefined, show);
-    const root = path.join(work, "root");
+    // Unpacked on tmpfs when it fits (many small files are slow on this disk), else beside the store.
+    const tree = await makeTreeDir(home.tmp, (await stat(img)).size * 4);
+    scopeTree = tree.dir;
+    const root = path.join(tree.dir, "root");
     await exec("unsquashfs", ["-no-progress", "-quiet", "-d", root, img]);
     await rm(img, { force: true });
     await exec("tar", [
@@ -73,6 +77,7 @@ export async function exportImage(
     await rename(tmpOut, dest);
   } finally {
     await rm(tmpOut, { force: true });
+    if (scopeTree) await rm(scopeTree, { recursive: true, force: true });
     await rm(work, { recursive: true, force: true });
   }
 }
