@@ -62,6 +62,30 @@ describe("kindling image (CLI)", () => {
     );
   });
 
+  test("concurrent import processes (same image and name) and an rm leave a consistent store", async () => {
+    const oci = `${await fixture("multilayer-oci")}:v1`;
+    const bb = await fixture("busybox-rootfs.tar");
+    assert.equal((await kindling(["image", "import", bb, "--name", "doomed"])).code, 0);
+    const results = await Promise.all([
+      kindling(["image", "import", oci, "--name", "ml"]),
+      kindling(["image", "import", oci, "--name", "ml"]),
+      kindling(["image", "import", bb, "--name", "bb"]),
+      kindling(["image", "rm", "doomed"]),
+    ]);
+    for (const r of results) assert.equal(r.code, 0, r.stderr);
+    for (const name of ["ml", "bb"]) {
+      const info = JSON.parse((await kindling(["image", "inspect", name, "--json"])).stdout);
+      assert.equal(info.localBytes, info.blockSize, `${name} is whole`);
+    }
+    const ls = (await kindling(["image", "ls"])).stdout;
+    assert.doesNotMatch(ls, /doomed/);
+    await kindling(["image", "rm", "ml", "bb"]);
+    assert.deepEqual(
+      (await readdir(home.blobs)).filter((n) => !n.startsWith(".")),
+      [],
+    );
+  });
+
   test("errors name the problem and exit 125", async () => {
     const r = await kindling(["image", "inspect", "ghost", "--json"]);
     assert.equal(r.code, 125);
