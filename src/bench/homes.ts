@@ -1,18 +1,37 @@
 /** Fresh KINDLING_HOMEs for the bench (one per unit and repetition), released without fail. */
-import { mkdir, rm } from "node:fs/promises";
+import { cp, mkdir, rm, stat, symlink } from "node:fs/promises";
 import path from "node:path";
 import { pullImage } from "../image/registry.js";
 import { cleanupStale } from "../lazy/index.js";
 import { mountsUnder, unmount } from "../runtime/mounts.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
+import { REPO } from "./images.js";
 
 let seq = 0;
 
+/**
+ * The guest kernel and initramfs dir all bench homes share (VM runtimes cache them in home.kernel,
+ * fetching the kernel with apt on first use: not something a cold *image* cache should pay for).
+ * Seeded from the user's home, or the VM tests' cache, when one has them.
+ */
+export async function sharedKernelDir(parent: string): Promise<string> {
+  const dir = path.join(parent, "kernel");
+  let seeded = false;
+  for (const from of [new KindlingHome().kernel, path.join(REPO, ".cache", "vm-test-home", "kernel")]) {
+    if (seeded || !(await stat(path.join(from, "current.json")).catch(() => null))) continue;
+    await cp(from, dir, { recursive: true });
+    seeded = true;
+  }
+  if (!seeded) await mkdir(dir, { recursive: true });
+  return dir;
+}
+
 /** A new, empty home under `parent` that has pulled `ref` (the index only: no chunk is local). */
-export async function coldHome(parent: string, ref: string): Promise<KindlingHome> {
+export async function coldHome(parent: string, ref: string, kernelDir?: string): Promise<KindlingHome> {
   const home = new KindlingHome(path.join(parent, `home-${seq++}`));
   await mkdir(home.root, { recursive: true });
+  if (kernelDir) await symlink(kernelDir, home.kernel);
   home.ensure();
   try {
     await pullImage(home, ref, { insecure: true, progress: false });
