@@ -58,15 +58,17 @@ describe("layer rules", () => {
     await assert.rejects(lstat(path.join(root, ".wh.d")));
   });
 
-  test("a gzip layer and a zstd layer are detected by their magic bytes", async () => {
+  test("gzip, zstd and xz layers are detected by their magic bytes", async () => {
     const root = path.join(work, "root2");
     await mkdir(root);
     const plain = await layer(work, "z", [["hello", "hi\n"]]);
     await exec("gzip", ["-k", plain]);
     await exec("zstd", ["-q", "-k", plain]);
+    await exec("xz", ["-k", plain]);
     for (const [f, kind] of [
       [`${plain}.gz`, "gzip"],
       [`${plain}.zst`, "zstd"],
+      [`${plain}.xz`, "xz"],
       [plain, "none"],
     ] as const) {
       const opened = await openLayer({ path: f });

@@ -5,12 +5,14 @@ import { PassThrough, type Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { KindlingError } from "../util/errors.js";
 
-export type Compression = "gzip" | "zstd" | "none";
+export type Compression = "gzip" | "zstd" | "xz" | "none";
 
 /** Decides by magic bytes, not by media type or file name: both lie in the wild. */
 export function detectCompression(head: Buffer): Compression {
   if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return "gzip";
   if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return "zstd";
+  if (head.length >= 6 && head.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00])))
+    return "xz";
   return "none";
 }
 
@@ -33,7 +35,7 @@ export interface OpenedLayer {
 async function readHead(range: FileRange): Promise<Buffer> {
   const fh = await open(range.path, "r");
   try {
-    const want = Math.min(4, (range.end ?? Number.MAX_SAFE_INTEGER) - (range.start ?? 0));
+    const want = Math.min(6, (range.end ?? Number.MAX_SAFE_INTEGER) - (range.start ?? 0));
     const b = Buffer.alloc(Math.max(want, 0));
     const { bytesRead } = await fh.read(b, 0, b.length, range.start ?? 0);
     return b.subarray(0, bytesRead);
@@ -44,7 +46,7 @@ async function readHead(range: FileRange): Promise<Buffer> {
 
 /**
  * Opens a layer for reading, decompressed. `onRead` sees the compressed bytes (for progress).
- * gzip is decoded in-process; zstd by the zstd program (Node 20 has no zstd).
+ * gzip is decoded in-process; zstd and xz by their programs (Node 20 has neither).
  */
 export async function openLayer(range: FileRange, onRead?: (n: number) => void): Promise<OpenedLayer> {
   const compression = detectCompression(await readHead(range));
@@ -72,7 +74,10 @@ export async function openLayer(range: FileRange, onRead?: (n: number) => void):
     done.catch(() => {});
     return { compression, stream: gunzip, finished: () => done };
   }
-  const child = spawn("zstd", ["-dc", "--no-progress"], { stdio: ["pipe", "pipe", "pipe"] });
+  const tool = compression; // "zstd" or "xz": both decompress stdin to stdout with -dc
+  const child = spawn(tool, tool === "zstd" ? ["-dc", "--no-progress"] : ["-dc"], {
+    stdio: ["pipe", "pipe", "pipe"],
+  });
   const errs: Buffer[] = [];
   child.stderr.on("data", (d: Buffer) => errs.push(d));
   child.stdin.on("error", () => {});
@@ -81,14 +86,14 @@ export async function openLayer(range: FileRange, onRead?: (n: number) => void):
   child.stdout.pipe(out);
   const done = new Promise<void>((resolve, reject) => {
     child.on("error", (e: NodeJS.ErrnoException) =>
-      reject(e.code === "ENOENT" ? new KindlingError("zstd is not installed (run scripts/setup.sh)") : e),
+      reject(e.code === "ENOENT" ? new KindlingError(`${tool} is not installed (run scripts/setup.sh)`) : e),
     );
     child.on("close", (code, signal) =>
       code === 0
         ? resolve()
         : reject(
             new KindlingError(
-              `layer ${range.path}: zstd -d failed (${signal ?? code}): ${Buffer.concat(errs).toString().trim()}`,
+              `layer ${range.path}: ${tool} -d failed (${signal ?? code}): ${Buffer.concat(errs).toString().trim()}`,
             ),
           ),
     );

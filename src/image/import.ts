@@ -86,9 +86,9 @@ export async function importImage(
       // Archives are read in place by offset, which needs an uncompressed tar; a compressed rootfs
       // tar is applied as it is (a layer), so only a compressed image archive is decompressed.
       let tarPath = src;
-      const head = Buffer.alloc(4);
+      const head = Buffer.alloc(6);
       const fh = await open(src, "r");
-      await fh.read(head, 0, 4, 0).finally(() => fh.close());
+      await fh.read(head, 0, 6, 0).finally(() => fh.close());
       if (detectCompression(head) !== "none") {
         if (!(await looksLikeImageArchive(src))) {
           if (tag !== undefined)
