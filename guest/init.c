@@ -470,20 +470,33 @@ static int vsock_connect(unsigned port) {
   }
 }
 
+/* Whether a virtio device is bound to `driver` (e.g. "virtio_console"): tells which VMM we run under. */
+static bool virtio_driver_bound(const char *driver) {
+  char path[128];
+  snprintf(path, sizeof path, "/sys/bus/virtio/drivers/%s", driver);
+  DIR *d = opendir(path);
+  if (!d) return false;
+  bool found = false;
+  for (struct dirent *e; !found && (e = readdir(d));) found = strncmp(e->d_name, "virtio", 6) == 0;
+  closedir(d);
+  return found;
+}
+
 static void open_channel(void) {
   const char *kind = opt("kindling.agent", "auto");
-  char dev[64];
-  bool want_serial = strcmp(kind, "virtio-serial") == 0;
-  bool serial = false;
-  /* the port's node appears shortly after virtio_console binds: give it a moment when asked for */
-  for (int i = 0; i < (want_serial ? 400 : 1) && !(serial = find_vport(dev, sizeof dev)); i++) usleep(5000);
-  if (serial && strcmp(kind, "vsock") != 0) {
+  bool want_vsock = strcmp(kind, "vsock") == 0;
+  /* auto: a virtio-serial device means QEMU; its named port is added asynchronously, after the driver
+   * binds (a control-queue exchange with the host), so wait for it rather than falling back early */
+  bool serial = !want_vsock && (strcmp(kind, "virtio-serial") == 0 || virtio_driver_bound("virtio_console"));
+  if (serial) {
+    char dev[64];
+    bool found = false;
+    for (int i = 0; i < 1000 && !(found = find_vport(dev, sizeof dev)); i++) usleep(5000);
+    if (!found) fatal("no virtio-serial port named kindling.agent");
     if (!wait_for_path(dev, 5000)) fatal("agent port %s did not appear", dev);
     chan = open(dev, O_RDWR | O_CLOEXEC);
     if (chan < 0) fatal("open %s: %s", dev, strerror(errno));
     logmsg("agent: virtio-serial %s", dev);
-  } else if (want_serial) {
-    fatal("no virtio-serial port named kindling.agent");
   } else {
     unsigned port = (unsigned)strtoul(opt("kindling.agent_port", "1024"), NULL, 10);
     chan = vsock_connect(port);

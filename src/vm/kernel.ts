@@ -92,11 +92,18 @@ async function readCached(home: KindlingHome): Promise<GuestKernel | null> {
 
 /** linux-image-cloud-amd64 is a metapackage: the kernel is in the versioned package it depends on. */
 async function resolveKernelPackage(): Promise<string> {
-  const { stdout } = await exec("apt-cache", ["depends", GUEST_KERNEL_PACKAGE]).catch(() => {
+  const depends = () => exec("apt-cache", ["depends", GUEST_KERNEL_PACKAGE], { allowFailure: true });
+  let { stdout, code } = await depends();
+  if (code !== 0) {
+    // a fresh machine may have empty package lists: refresh them once
+    await exec("apt-get", ["update", "-qq"], { allowFailure: true });
+    ({ stdout, code } = await depends());
+  }
+  if (code !== 0) {
     throw new KindlingError(
-      `apt knows no ${GUEST_KERNEL_PACKAGE}: run apt-get update, or pass your own kernel (kernelPath)`,
+      `apt knows no ${GUEST_KERNEL_PACKAGE} (even after apt-get update): pass your own kernel (kernelPath)`,
     );
-  });
+  }
   const m = /Depends:\s*(linux-image-[0-9][^\s]*)/.exec(stdout);
   if (!m) throw new KindlingError(`cannot find the kernel package ${GUEST_KERNEL_PACKAGE} depends on`);
   return m[1];
