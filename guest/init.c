@@ -648,50 +648,69 @@ static int nonblock(int fd) {
   return fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
+/* Pipes for the child's stdio (stdin: a pipe when the host feeds it, else /dev/null) and its exec report. */
+static int open_stdio(bool stdin_pipe, int in[2], int out[2], int err[2], int ep[2]) {
+  if (stdin_pipe ? pipe2(in, O_CLOEXEC) < 0 : (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) return -1;
+  return pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0 ? -1 : 0;
+}
+
+/*
+ * Fork and exec; returns the pid, or -1 after telling the host why. The exec-report pipe is CLOEXEC:
+ * it reads EOF when execve succeeded, else the failing step and errno (the child then exits 127 and is
+ * reaped as an unknown pid).
+ */
+static pid_t spawn_child(uint32_t id, struct start_req *q, int in[2], int out[2], int err[2], int ep[2]) {
+  static const char *steps[] = {"set up stdio", "chdir to", "set uid/gid for", "execute"};
+  pid_t pid = fork();
+  if (pid == 0) exec_child(q, in[0], out[1], err[1], ep[1]);
+  close_fd(&ep[1]);
+  if (pid < 0) {
+    send_failed(id, errno, "fork: %s", strerror(errno));
+    return -1;
+  }
+  int info[2] = {0, 0};
+  if (read(ep[0], info, sizeof info) != (ssize_t)sizeof info) return pid;
+  const char *what = info[0] == 1 ? q->cwd : q->argv[0];
+  send_failed(id, info[1], "cannot %s %s: %s", steps[info[0] & 3], what, strerror(info[1]));
+  return -1;
+}
+
+/* Take over the parent's pipe ends into the process table; the caller closes whatever is left. */
+static void track_proc(struct proc *p, uint32_t id, pid_t pid, bool stdin_pipe, int in[2], int out[2], int err[2]) {
+  memset(p, 0, sizeof *p);
+  p->used = true, p->id = id, p->pid = pid;
+  p->out = (struct stream){out[0], OUT_WINDOW, T_STDOUT, 0};
+  p->err = (struct stream){err[0], OUT_WINDOW, T_STDERR, 0};
+  p->in_fd = stdin_pipe ? in[1] : -1;
+  out[0] = err[0] = -1;
+  if (stdin_pipe) in[1] = -1;
+  nonblock(p->out.fd), nonblock(p->err.fd);
+  if (p->in_fd >= 0) nonblock(p->in_fd);
+  uint8_t pl[4];
+  put_u32(pl, (uint32_t)pid);
+  send_frame(T_STARTED, id, pl, 4);
+}
+
 static void start_process(uint32_t id, struct in *r) {
   struct start_req q = {0};
   q.flags = in_u32(r), q.uid = in_u32(r), q.gid = in_u32(r);
   q.cwd = in_str(r);
   q.argv = in_strv(r);
   q.envp = in_strv(r);
+  bool stdin_pipe = q.flags & 1;
   struct proc *p = NULL;
   for (int i = 0; i < MAX_PROCS && !p; i++)
     if (!procs[i].used) p = &procs[i];
   int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, ep[2] = {-1, -1};
-  if (r->err || !q.argv || !q.argv[0]) {
+  pid_t pid;
+  if (r->err || !q.argv || !q.argv[0])
     send_failed(id, EINVAL, "malformed START (arguments and env must not contain NUL bytes)");
-  } else if (find_proc(id) || !p) {
+  else if (find_proc(id) || !p)
     send_failed(id, EBUSY, find_proc(id) ? "process id %u in use" : "too many processes", id);
-  } else if ((q.flags & 1 ? pipe2(in, O_CLOEXEC) : (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC))) < 0 ||
-             pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0) {
+  else if (open_stdio(stdin_pipe, in, out, err, ep) < 0)
     send_failed(id, errno, "pipe: %s", strerror(errno));
-  } else {
-    pid_t pid = fork();
-    if (pid == 0) exec_child(&q, in[0], out[1], err[1], ep[1]);
-    close_fd(&ep[1]);
-    int info[2] = {0, 0};
-    ssize_t n = pid < 0 ? -1 : read(ep[0], info, sizeof info);
-    static const char *steps[] = {"set up stdio", "chdir to", "set uid/gid for", "execute"};
-    if (pid < 0) {
-      send_failed(id, errno, "fork: %s", strerror(errno));
-    } else if (n == (ssize_t)sizeof info) {
-      /* the child reports why it could not exec; it exits 127 and is reaped as an unknown pid */
-      const char *what = info[0] == 1 ? q.cwd : q.argv[0];
-      send_failed(id, info[1], "cannot %s %s: %s", steps[info[0] & 3], what, strerror(info[1]));
-    } else {
-      memset(p, 0, sizeof *p);
-      p->used = true, p->id = id, p->pid = pid;
-      p->out = (struct stream){out[0], OUT_WINDOW, T_STDOUT, 0};
-      p->err = (struct stream){err[0], OUT_WINDOW, T_STDERR, 0};
-      p->in_fd = q.flags & 1 ? in[1] : -1;
-      out[0] = err[0] = in[1] = -1;
-      nonblock(p->out.fd), nonblock(p->err.fd);
-      if (p->in_fd >= 0) nonblock(p->in_fd);
-      uint8_t pl[4];
-      put_u32(pl, (uint32_t)pid);
-      send_frame(T_STARTED, id, pl, 4);
-    }
-  }
+  else if ((pid = spawn_child(id, &q, in, out, err, ep)) > 0)
+    track_proc(p, id, pid, stdin_pipe, in, out, err);
   int *fds[] = {&in[0], &in[1], &out[0], &out[1], &err[0], &err[1], &ep[0], &ep[1]};
   for (int i = 0; i < 8; i++) close_fd(fds[i]);
   free(q.cwd);
