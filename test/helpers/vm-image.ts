@@ -1,0 +1,48 @@
+/**
+ * A two-layer busybox image for VM runtime tests, imported into a fresh home whose kernel cache is the
+ * shared one (.cache/vm-test-home/kernel: fetched with apt once, not per test home).
+ */
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { importImage } from "../../src/image/import.js";
+import { buildBusyboxTree } from "../../src/runtime/testing.js";
+import { KindlingHome } from "../../src/util/home.js";
+import { REPO } from "./fixtures.js";
+import { MT, OciLayoutWriter, tarDir } from "./registry.js";
+
+export interface VmTestHome {
+  tmp: string;
+  home: KindlingHome;
+  cleanup(): Promise<void>;
+}
+
+/** Layer 1: busybox tree (/data/hello); layer 2: /data/layer2 and a changed /data/hello. Named "ml". */
+export async function vmTestHome(): Promise<VmTestHome> {
+  // short: Firecracker's socket paths under run/<id>/vm must fit in 107 bytes
+  const tmp = await mkdtemp(path.join(tmpdir(), "kvm-"));
+  const home = new KindlingHome(path.join(tmp, "home")).ensure();
+  const shared = path.join(REPO, ".cache", "vm-test-home", "kernel");
+  await mkdir(shared, { recursive: true });
+  await rm(home.kernel, { recursive: true, force: true });
+  await symlink(shared, home.kernel);
+  const l1 = path.join(tmp, "l1");
+  await buildBusyboxTree(l1);
+  const l2 = path.join(tmp, "l2");
+  await mkdir(path.join(l2, "data"), { recursive: true });
+  await writeFile(path.join(l2, "data/layer2"), "from layer 2\n");
+  await writeFile(path.join(l2, "data/hello"), "hello from layer 2\n");
+  const layout = await OciLayoutWriter.create(path.join(tmp, "layout"));
+  const manifest = await layout.image(
+    [
+      { data: await tarDir(l1), mediaType: MT.layerTar },
+      { data: await tarDir(l2), mediaType: MT.layerTar },
+    ],
+    { config: { Cmd: ["/bin/sh"], Env: ["PATH=/bin"], WorkingDir: "/" } },
+  );
+  await layout.tag(manifest, "latest");
+  await importImage(home, `${layout.dir}:latest`, { name: "ml" });
+  await rm(l1, { recursive: true, force: true });
+  await rm(l2, { recursive: true, force: true });
+  return { tmp, home, cleanup: () => rm(tmp, { recursive: true, force: true }) };
+}

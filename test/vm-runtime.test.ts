@@ -1,0 +1,168 @@
+/**
+ * `kindling run --runtime qemu` with each --rootfs strategy, real VMs (QEMU TCG here): a two-layer image,
+ * one ro and one rw -v mount; 100 -v mounts with lazy; per-mount packing with --disk (drive order);
+ * failures; the CLI end to end. After every run nothing is left mounted, attached or running.
+ */
+import assert from "node:assert/strict";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { resolveImage } from "../src/runtime/image.js";
+import { runContainer } from "../src/runtime/lifecycle.js";
+import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import { getRuntime } from "../src/runtime/registry.js";
+import { leftovers, readAll } from "../src/runtime/testing.js";
+import { exec } from "../src/util/exec.js";
+import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
+
+const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
+let t: VmTestHome;
+let ro: string;
+let rw: string;
+
+before(async () => {
+  t = await vmTestHome();
+  ro = path.join(t.tmp, "ro");
+  rw = path.join(t.tmp, "rw");
+  await mkdir(ro);
+  await mkdir(rw);
+  await writeFile(path.join(ro, "data"), "read-only data\n");
+});
+
+after(async () => {
+  assert.deepEqual(await leftovers(t.home.root), []);
+  await t.cleanup();
+});
+
+async function run(command: string[], flags: RawRunFlags) {
+  const options = await parseRunOptions("ml", command, { runtime: "qemu", ...flags });
+  const handle = runContainer({
+    home: t.home,
+    options,
+    image: await resolveImage(t.home, "ml"),
+    runtime: getRuntime(options.runtime, options.rootfs),
+    stdio: { stdout: "pipe", stderr: "pipe" },
+  });
+  const s = await handle.started;
+  const [stdout, stderr, result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
+  assert.deepEqual(await leftovers(t.home.root), [], "nothing left after the run");
+  return { ...result, stdout, stderr };
+}
+
+const SCRIPT =
+  'cat /data/hello /data/layer2 /ro/data; echo "written by $0" > /rw/out; echo x > /ro/x 2>/dev/null; echo done';
+
+for (const strategy of ["lazy", "squashfs", "copy", "virtiofs"] as const) {
+  test(`--rootfs ${strategy}: image layers, ro mount, rw mount${strategy === "squashfs" ? " (writes lost)" : " written back"}`, async () => {
+    await rm(path.join(rw, "out"), { force: true });
+    const r = await run(["/bin/sh", "-c", SCRIPT, strategy], {
+      rootfs: strategy,
+      volume: [`${ro}:/ro:ro`, `${rw}:/rw`],
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "hello from layer 2\nfrom layer 2\nread-only data\ndone\n");
+    const out = await readFile(path.join(rw, "out"), "utf8").catch(() => undefined);
+    if (strategy === "squashfs") assert.equal(out, undefined);
+    else assert.equal(out, `written by ${strategy}\n`);
+    // the ro source is never written to
+    assert.equal(await readFile(path.join(ro, "x"), "utf8").catch(() => undefined), undefined);
+  });
+}
+
+test("lazy: 100 -v mounts (60 ro, 40 rw), packed into two drives", async () => {
+  const dir = path.join(t.tmp, "many");
+  const volume: string[] = [];
+  for (let i = 0; i < 100; i++) {
+    const d = path.join(dir, String(i));
+    await mkdir(d, { recursive: true });
+    await writeFile(path.join(d, "id"), `${i}\n`);
+    volume.push(`${d}:/m/${i}${i < 60 ? ":ro" : ""}`);
+  }
+  const r = await run(
+    [
+      "/bin/sh",
+      "-c",
+      "cat /m/0/id /m/59/id /m/60/id /m/99/id; for i in $(seq 60 99); do echo w$i > /m/$i/w; done; ls /m | wc -l",
+    ],
+    { volume },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, "0\n59\n60\n99\n100\n");
+  assert.equal(await readFile(path.join(dir, "99", "w"), "utf8"), "w99\n");
+  assert.equal(await readFile(path.join(dir, "60", "w"), "utf8"), "w60\n");
+});
+
+test("per-mount packing with --disk: each drive lands where it belongs (drive order)", async () => {
+  const dir = path.join(t.tmp, "per");
+  const volume: string[] = [];
+  for (let i = 0; i < 5; i++) {
+    const d = path.join(dir, String(i));
+    await mkdir(d, { recursive: true });
+    await writeFile(path.join(d, "id"), `${i}\n`);
+    volume.push(`${d}:/p/${i}${i % 2 === 0 ? ":ro" : ""}`);
+  }
+  const file = path.join(dir, "single-file");
+  await writeFile(file, "a file mount\n");
+  volume.push(`${file}:/etc/single:ro`);
+  const r = await run(
+    [
+      "/bin/sh",
+      "-c",
+      'for i in 0 1 2 3 4; do cat /p/$i/id; done; cat /etc/single; echo w > /p/3/w; df -P / | tail -1 | cut -c1-4; grep -c " /p/" /proc/mounts',
+    ],
+    { volume, mountPacking: "per-mount", disk: "64M" },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, "0\n1\n2\n3\n4\na file mount\nover\n5\n");
+  assert.equal(await readFile(path.join(dir, "3", "w"), "utf8"), "w\n");
+});
+
+test("exit status, a missing command (127) and a guest mount failure leave nothing behind", async () => {
+  const failing = await run(["/bin/sh", "-c", "echo out; echo err >&2; exit 7"], {});
+  assert.deepEqual([failing.status, failing.stdout, failing.stderr], [7, "out\n", "err\n"]);
+  const missing = await run(["/no/such/command"], {});
+  assert.equal(missing.status, 127);
+  // /data/hello is a file in the image: a directory cannot be bound onto it
+  await assert.rejects(run(["true"], { volume: [`${ro}:/data/hello/sub`] }), /guest setup failed/);
+});
+
+test("CLI: kindling run --runtime qemu streams stdout and stderr apart and exits with the status", async () => {
+  const r = await exec(
+    process.execPath,
+    [
+      KINDLING,
+      "run",
+      "--runtime",
+      "qemu",
+      "-v",
+      `${rw}:/rw`,
+      "ml",
+      "--",
+      "sh",
+      "-c",
+      "echo cli > /rw/cli; echo to-out; echo to-err >&2; exit 3",
+    ],
+    { env: { ...process.env, KINDLING_HOME: t.home.root }, allowFailure: true },
+  );
+  assert.equal(r.code, 3);
+  assert.equal(r.stdout, "to-out\n");
+  assert.equal(r.stderr, "to-err\n");
+  assert.equal(await readFile(path.join(rw, "cli"), "utf8"), "cli\n");
+});
+
+test("CLI: --runtime firecracker without the binary names kindling doctor", async () => {
+  const r = await exec(process.execPath, [KINDLING, "run", "--runtime", "firecracker", "ml", "--", "true"], {
+    env: { ...process.env, KINDLING_HOME: t.home.root, KINDLING_FIRECRACKER: "/nonexistent/firecracker" },
+    allowFailure: true,
+  });
+  assert.equal(r.code, 125);
+  assert.match(r.stderr, /firecracker is not installed.*kindling doctor/);
+  const v = await exec(
+    process.execPath,
+    [KINDLING, "run", "--runtime", "firecracker", "--rootfs", "virtiofs", "ml", "--", "true"],
+    { env: { ...process.env, KINDLING_HOME: t.home.root }, allowFailure: true },
+  );
+  assert.equal(v.code, 125);
+  assert.match(v.stderr, /--rootfs virtiofs does not apply to --runtime firecracker/);
+});
