@@ -283,6 +283,24 @@ test("runInVm: exit status and output of a short run", async () => {
   process.stderr.write(`# runInVm boot: ${r.bootMs} ms\n`);
 });
 
+test("runInVm: an abort signal kills the process, then the VM", async () => {
+  const ac = new AbortController();
+  const out = sink();
+  const t0 = Date.now();
+  const r = await runInVm({
+    spec: baseSpec("abort"),
+    qemu: { home },
+    process: { args: ["sh", "-c", "echo running; sleep 100"], env: [PATH] },
+    stdout: out,
+    signal: ac.signal,
+    onBoot: () => setTimeout(() => ac.abort(), 500),
+  });
+  assert.equal(r.exitCode, 137);
+  assert.equal(r.timedOut, false);
+  assert.ok(Date.now() - t0 < 60_000);
+  assert.deepEqual(await runningQemuPids(), []);
+});
+
 test("a guest kernel panic is a clear error with the console's last lines", async () => {
   const spec = baseSpec("panic");
   spec.cmdline += " rdinit=/nonexistent root=/dev/null";

@@ -511,6 +511,7 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunResult> {
           resolve("stopped");
         }, opts.timeoutMs);
       }
+      if (opts.signal?.aborted) resolve("stopped"); // aborted while the VM booted
       opts.signal?.addEventListener("abort", () => resolve("stopped"), { once: true });
     });
     const vmGone = vm.wait().then(() => "gone" as const);
