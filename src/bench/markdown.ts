@@ -86,7 +86,7 @@ export function benchMarkdown(rep: BenchReport): string {
     "",
     ...(rep.result.skipped.length === 0
       ? ["Nothing."]
-      : rep.result.skipped.map((s) => `- ${s.what}: ${s.reason}`)),
+      : rep.result.skipped.map((s) => `- ${s.what}: ${s.reason.split("\n")[0]}`)),
     "",
     "![prep and first output](bench-times.svg)",
     "",

@@ -41,7 +41,7 @@ export const STRATEGIES: Strategy[] = [
 export const FULL_IMAGES = ["busybox", "small", "large"];
 export const FULL_BINDS = [0, 10, 100];
 export const QUICK_IMAGES = ["small"];
-export const QUICK_BINDS = [0, 10];
+export const QUICK_BINDS = [0];
 
 export interface PlanOptions {
   quick: boolean;

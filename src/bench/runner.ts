@@ -90,7 +90,18 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       for (const n of new Set(units.map((u) => u.bindMounts))) binds.set(n, await makeBindMounts(work, n));
 
       const kernelDir = await sharedKernelDir(work);
-      const failed = new Map<Unit, string>();
+      // A unit that failed twice is given up (a first failure may be passing: a daemon, a VM boot).
+      const failed = new Map<Unit, number>();
+      const fail = (unit: Unit, err: unknown, phase: string) => {
+        const n = (failed.get(unit) ?? 0) + 1;
+        failed.set(unit, n);
+        const what = `${strategyName(unit.strategy)} ${unit.image} ${unit.bindMounts} mounts`;
+        skipped.push({
+          what,
+          reason: `${phase} failed${n >= 2 ? " twice, given up" : ""}: ${errorMessage(err)}`,
+        });
+        log(`bench: ${what}: ${phase} failed: ${errorMessage(err)}`);
+      };
       const ctxOf = (unit: Unit): UnitContext => ({
         work,
         ref: refs.get(unit.image)!,
@@ -107,19 +118,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
           .filter((u) => strategyName(u.strategy) === name)
           .sort((a, b) => order(a) - order(b))[0]!;
         log(`bench: warm-up ${name} ${unit.image}`);
-        await runUnit(unit, ctxOf(unit)).catch((err) => {
-          failed.set(unit, errorMessage(err));
-          skipped.push({
-            what: `${name} ${unit.image} ${unit.bindMounts} mounts`,
-            reason: `failed: ${errorMessage(err)}`,
-          });
-          log(`bench: warm-up of ${name} failed: ${errorMessage(err)}`);
-        });
+        await runUnit(unit, ctxOf(unit)).catch((err) => fail(unit, err, "warm-up"));
       }
       for (let rep = 0; rep < opts.reps; rep++) {
         const order = units.map((_, i) => units[(i + rep) % units.length]!);
         for (const unit of order) {
-          if (failed.has(unit)) continue;
+          if ((failed.get(unit) ?? 0) >= 2) continue;
           try {
             const rows = await runUnit(unit, ctxOf(unit));
             for (const r of rows) {
@@ -131,10 +135,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
             }
             runs.push(...rows);
           } catch (err) {
-            const what = `${strategyName(unit.strategy)} ${unit.image} ${unit.bindMounts} mounts`;
-            failed.set(unit, errorMessage(err));
-            skipped.push({ what, reason: `failed: ${errorMessage(err)}` });
-            log(`bench: ${what} failed (not repeated): ${errorMessage(err)}`);
+            fail(unit, err, `repetition ${rep + 1}`);
           }
         }
       }

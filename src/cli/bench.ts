@@ -28,7 +28,7 @@ export function registerBenchCommand(program: Command): void {
   program
     .command("bench")
     .description("Measure startup, lazy loading and disk use across runtimes and rootfs strategies")
-    .option("--quick", "the small image, 0 and 10 bind mounts: a few minutes")
+    .option("--quick", "the small image without bind mounts, every strategy: several minutes")
     .option("--reps <n>", "repetitions of each variant (the median is reported)", positiveInt, 3)
     .option("--json", "print the median rows as a JSON array on stdout")
     .option(
@@ -66,7 +66,7 @@ export function registerBenchCommand(program: Command): void {
           "End to end (under QEMU TCG a VM's times are dominated by the guest's own boot):",
           timingTable(result.rows),
           "",
-          ...result.skipped.map((s) => `skipped: ${s.what}: ${s.reason}`),
+          ...result.skipped.map((s) => `skipped: ${s.what}: ${s.reason.split("\n")[0]}`),
           "",
           "Targets:",
           formatTargets(targets),
