@@ -235,14 +235,15 @@ describe("one VM, many processes", () => {
     assert.equal(out.data().toString(), "ready\ngot-term\n");
   });
 
-  test("writes to / succeed; mounts from CONFIGURE are there", async () => {
+  test("writes to / succeed; mounts from CONFIGURE are there; loopback is up", async () => {
     const r = await run([
       "sh",
       "-c",
-      "echo persisted-in-this-vm > /marker && cat /marker && grep -c ' /data/scratch tmpfs' /proc/mounts",
+      "echo persisted-in-this-vm > /marker && cat /marker && grep -c ' /data/scratch tmpfs' /proc/mounts && " +
+        "cat /sys/class/net/lo/flags && ping -c 1 -W 2 127.0.0.1 >/dev/null && echo ping-ok",
     ]);
     assert.equal(r.status, 0, r.err.toString());
-    assert.equal(r.out.toString(), "persisted-in-this-vm\n1\n");
+    assert.equal(r.out.toString(), "persisted-in-this-vm\n1\n0x9\nping-ok\n");
   });
 
   test("a command that cannot start is a clear error", async () => {
