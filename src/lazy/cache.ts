@@ -1,10 +1,12 @@
-import { type FileHandle, open, readFile, stat } from "node:fs/promises";
+import { type FileHandle, open, readFile, rm, stat } from "node:fs/promises";
+import path from "node:path";
 import type { BlockIndex, ChunkRef, ChunkSource } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
 import { chunkAt, chunksIn } from "./chunkmap.js";
-import { fetchVerified, Limiter, sha256Hex } from "./fetch.js";
+import { ChunkFetchError, fetchVerified, Limiter, sha256Hex } from "./fetch.js";
 import { ByteLru } from "./lru.js";
+import { PeerLocks } from "./peer.js";
 import type { FetchPolicy, LazyStats } from "./types.js";
 
 export interface CacheOptions {
@@ -32,6 +34,7 @@ export class ChunkCache {
   private readonly fds = new Map<string, FileHandle>();
   private readonly limiter: Limiter;
   private readonly wanted = new Map<string, number>();
+  private readonly peers = new PeerLocks();
   /** Digests whose bytes this daemon has checked (cache files may be shared, or damaged). */
   private readonly verified = new Set<string>();
   private readonly failed = new Map<string, { err: unknown; until: number }>();
@@ -216,7 +219,38 @@ export class ChunkCache {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
     }
-    const data = await fetchVerified(this.source, c, this.opts.policy, this.limiter, {
+    // Another daemon may be fetching this chunk already: wait for its copy rather than fetch twice.
+    const until = Date.now() + this.opts.policy.deadlineMs;
+    const lock = path.join(path.dirname(file), `.fetch-${path.basename(file)}`);
+    while (!(await this.peers.tryLock(lock))) {
+      if (!(await this.peers.waitForPeer(lock, until))) {
+        throw new ChunkFetchError(`chunk ${c.digest}: another daemon's fetch did not finish in time`);
+      }
+      const data = await readFile(file).catch(() => null);
+      if (data?.length === c.length && `sha256:${await sha256Hex(data)}` === c.digest) {
+        this.verified.add(c.digest);
+        this.lru.set(c.digest, data);
+        return { data, fetched: true };
+      }
+      // The peer failed (or its holder died): try to take the lock and fetch ourselves.
+    }
+    try {
+      // A peer may have published it between our first look and taking the lock.
+      const data = await readFile(file).catch(() => null);
+      if (data?.length === c.length && `sha256:${await sha256Hex(data)}` === c.digest) {
+        this.verified.add(c.digest);
+        this.lru.set(c.digest, data);
+        return { data, fetched: true };
+      }
+      return await this.fetchAndStore(c, file, until - Date.now());
+    } finally {
+      await rm(lock, { force: true });
+    }
+  }
+
+  private async fetchAndStore(c: ChunkRef, file: string, deadlineMs: number): Promise<Loaded> {
+    const policy = { ...this.opts.policy, deadlineMs: Math.max(1, deadlineMs) };
+    const data = await fetchVerified(this.source, c, policy, this.limiter, {
       urgent: () => this.wanted.has(c.digest),
       onAttemptError: (err, verify) => {
         this.stats.fetchErrors++;

@@ -120,7 +120,12 @@ export async function openLazyImage(
   } catch (err) {
     child.kill("SIGKILL");
     await releaseFuseMount(mountpoint).catch(() => {});
-    const tail = (await readFile(logFile, "utf8").catch(() => "")).trim().split("\n").slice(-5).join("\n");
+    // The log's last lines without stack frames: the daemon's own message or Node's error.
+    const lines = (await readFile(logFile, "utf8").catch(() => "")).trim().split("\n");
+    const tail = lines
+      .filter((l) => !/^\s+at /.test(l) && l.trim())
+      .slice(-6)
+      .join("\n");
     await rm(dir, { recursive: true, force: true }).catch(() => {});
     throw new KindlingError(
       `lazy image daemon for ${record.name} failed to start: ${errorMessage(err)}${tail ? `\n${tail}` : ""}`,

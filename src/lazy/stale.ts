@@ -36,12 +36,16 @@ export async function stopDaemon(home: KindlingHome, id: string, graceMs = 5000)
   if (!(await mountAt(mountpoint))) await rm(dir, { recursive: true, force: true });
 }
 
-/** Half-written chunks (writeFileAtomic temp files) of a daemon that died mid-write. */
+/** Half-written chunks (writeFileAtomic temp files) and fetch locks of a daemon that died. */
 async function removeTempFiles(home: KindlingHome, pid: number): Promise<void> {
   const marker = `-${pid}-`;
   for (const name of await readdir(home.blobs).catch(() => [] as string[])) {
-    if (name.startsWith(".tmp-") && name.includes(marker))
-      await rm(path.join(home.blobs, name), { force: true });
+    const file = path.join(home.blobs, name);
+    if (name.startsWith(".tmp-") && name.includes(marker)) await rm(file, { force: true });
+    else if (name.startsWith(".fetch-")) {
+      const holder = await readFile(file, "utf8").catch(() => "");
+      if (holder.split(" ")[0] === String(pid)) await rm(file, { force: true });
+    }
   }
 }
 
