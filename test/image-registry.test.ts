@@ -44,6 +44,18 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     assert.deepEqual(pulled.origin, { kind: "local" });
   });
 
+  test("a pulled multi-layer image (nested index; gzip, zstd and plain layers) matches its local import", async () => {
+    const [a] = homes;
+    const layout = await fixture("multilayer-oci");
+    const ref = await loadOciLayout(reg, layout, "v1", "team/multilayer");
+    await kindling(a!, ["image", "import", `${layout}:v1`, "--name", "local-ml"]);
+    await kindling(a!, ["image", "pull", ref, "--insecure"]);
+    const pulled = await inspect(a!, ref);
+    const local = await inspect(a!, "local-ml");
+    assert.equal(pulled.digest, local.digest);
+    assert.deepEqual(pulled.config, local.config);
+  });
+
   test("push a converted image; another worker's pull takes the index only (lazy)", async () => {
     const [a, b] = homes;
     const ref = `${reg.host}/kindling/busybox:v1`;
