@@ -1,0 +1,105 @@
+/**
+ * Measures -v packing (docs/rootfs-strategies.md): prep time (host-side: building the drives) and boot time
+ * (VMM spawn to agent READY) for `--rootfs lazy` with 10 and 100 mounts, packed vs one drive per mount.
+ * Skipped unless KINDLING_MEASURE=1 (it boots 4 VMs per repetition):
+ *   KINDLING_MEASURE=1 KINDLING_MEASURE_REPS=3 node --test dist/test/vm-runtime-packing.test.js
+ * Always checks that per-mount beyond QEMU's virtio-mmio slots fails with the limit before anything boots.
+ */
+import assert from "node:assert/strict";
+import { mkdir, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { resolveImage } from "../src/runtime/image.js";
+import { runContainer } from "../src/runtime/lifecycle.js";
+import { parseRunOptions } from "../src/runtime/options.js";
+import { getRuntime } from "../src/runtime/registry.js";
+import { leftovers, readAll } from "../src/runtime/testing.js";
+import type { Container, Runtime } from "../src/runtime/types.js";
+import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
+
+const MEASURE = process.env.KINDLING_MEASURE === "1";
+const REPS = Number(process.env.KINDLING_MEASURE_REPS ?? 3);
+let t: VmTestHome;
+
+before(async () => {
+  t = await vmTestHome();
+});
+after(async () => {
+  assert.deepEqual(await leftovers(t.home.root), []);
+  await t.cleanup();
+});
+
+/** n mounts, half ro and half rw, each a directory with 4 small files. */
+async function volumes(n: number): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const d = path.join(t.tmp, `vol${n}`, String(i));
+    await mkdir(d, { recursive: true });
+    for (let f = 0; f < 4; f++) await writeFile(path.join(d, `f${f}`), `${i}/${f}\n`.repeat(100));
+    out.push(`${d}:/v/${i}${i % 2 === 0 ? ":ro" : ""}`);
+  }
+  return out;
+}
+
+async function once(n: number, packing: "pack" | "per-mount") {
+  const options = await parseRunOptions("ml", ["/bin/sh", "-c", "ls /v | wc -l"], {
+    runtime: "qemu",
+    volume: await volumes(n),
+    mountPacking: packing,
+  });
+  const inner = getRuntime(options.runtime, options.rootfs);
+  let container: Container | undefined;
+  const runtime: Runtime = {
+    name: inner.name,
+    checkHost: () => inner.checkHost(),
+    prepare: async (req, scope) => {
+      container = await inner.prepare(req, scope);
+      return container;
+    },
+  };
+  const start = Date.now();
+  const handle = runContainer({
+    home: t.home,
+    options,
+    image: await resolveImage(t.home, "ml"),
+    runtime,
+    stdio: { stdout: "pipe", stderr: "pipe" },
+  });
+  const s = await handle.started;
+  const [stdout, , result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
+  assert.equal(result.status, 0);
+  assert.equal(stdout.trim(), String(n));
+  return { prepMs: container!.prepMs!, bootMs: container!.bootMs!, totalMs: Date.now() - start };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+test("packing: prep and boot times for 10 and 100 mounts", { skip: !MEASURE }, async () => {
+  const rows: string[] = [
+    "| mounts | packing | drives | prep ms | boot ms | total ms |",
+    "|---|---|---|---|---|---|",
+  ];
+  for (const n of [10, 100]) {
+    for (const packing of ["pack", "per-mount"] as const) {
+      if (packing === "per-mount" && n > 20) {
+        rows.push(`| ${n} | ${packing} | ${n + 1} | refused: more than QEMU's 23 virtio-mmio devices | | |`);
+        continue;
+      }
+      const runs = [];
+      for (let i = 0; i < REPS; i++) runs.push(await once(n, packing));
+      const drives = packing === "pack" ? 3 : n + 1;
+      rows.push(
+        `| ${n} | ${packing} | ${drives} | ${median(runs.map((r) => r.prepMs))} | ${median(runs.map((r) => r.bootMs))} | ${median(runs.map((r) => r.totalMs))} |`,
+      );
+    }
+  }
+  process.stdout.write(`\n${rows.join("\n")}\n(median of ${REPS})\n`);
+});
+
+test("per-mount beyond the virtio-mmio slots fails with the limit, and leaves nothing", async () => {
+  await assert.rejects(
+    once(30, "per-mount"),
+    /too many devices for QEMU microvm: 31 drives.*--mount-packing pack/,
+  );
+  assert.deepEqual(await leftovers(t.home.root), []);
+});
