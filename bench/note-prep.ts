@@ -10,6 +10,7 @@
  *   copy        the old way: size, mkfs.ext4, mount, `cp -a` of the merged dir and the mounts, umount
  * Interleaved (the strategy order rotates each repetition), medians, and per-container disk bytes.
  *   node dist/bench/note-prep.js [--image small|large|busybox] [--reps 3] [--binds 0] [--json]
+ *                                [--strategies lazy-file,lazy-mount,lazy-shared,squashfs,copy]
  */
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";
@@ -39,8 +40,9 @@ const IMAGE = argOf("image") ?? "large";
 const REPS = Number(argOf("reps") ?? 3);
 const BINDS = Number(argOf("binds") ?? 0);
 const JSON_OUT = process.argv.includes("--json");
-const STRATEGIES = ["lazy-file", "lazy-mount", "lazy-shared", "squashfs", "copy"] as const;
-type Strategy = (typeof STRATEGIES)[number];
+const ALL = ["lazy-file", "lazy-mount", "lazy-shared", "squashfs", "copy"] as const;
+type Strategy = (typeof ALL)[number];
+const STRATEGIES = (argOf("strategies")?.split(",") ?? ALL) as Strategy[];
 
 interface Row {
   strategy: Strategy;
@@ -140,6 +142,8 @@ async function fetched(home: KindlingHome, ref: string): Promise<number> {
 async function main(): Promise<void> {
   const img = IMAGES[IMAGE];
   if (!img) throw new Error(`--image: one of ${Object.keys(IMAGES).join(", ")}`);
+  const unknown = STRATEGIES.filter((s) => !ALL.includes(s));
+  if (unknown.length > 0) throw new Error(`--strategies: unknown ${unknown.join(", ")}`);
   const work = await mkdtemp("/var/tmp/kindling-note-prep-");
   const rows: Row[] = [];
   try {

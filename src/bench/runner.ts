@@ -34,6 +34,8 @@ export interface BenchOptions {
   workDir?: string;
   /** Progress lines (stderr by default). */
   log?: (line: string) => void;
+  /** One unrecorded run per strategy before the repetitions (default true). */
+  warmup?: boolean;
   /** A run taking longer fails (default 15 min: a cold SquashFS build of the large image is slow). */
   runTimeoutMs?: number;
 }
@@ -113,7 +115,8 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       // One unrecorded run per strategy first (its cheapest unit): page cache, binaries, and a VM
       // runtime's guest kernel (fetched into home.kernel on first use) are then warm for everyone.
       const order = (u: Unit) => IMAGE_ORDER.indexOf(u.image) * 1000 + u.bindMounts;
-      for (const name of new Set(units.map((u) => strategyName(u.strategy)))) {
+      const warmups = opts.warmup === false ? [] : units;
+      for (const name of new Set(warmups.map((u) => strategyName(u.strategy)))) {
         const unit = units
           .filter((u) => strategyName(u.strategy) === name)
           .sort((a, b) => order(a) - order(b))[0]!;

@@ -22,6 +22,7 @@ interface BenchFlags {
   filter: string[];
   out?: string;
   workDir?: string;
+  warmup: boolean;
 }
 
 export function registerBenchCommand(program: Command): void {
@@ -38,6 +39,7 @@ export function registerBenchCommand(program: Command): void {
       [],
     )
     .option("--out <dir>", "write bench.md, bench.json and the SVG charts there")
+    .option("--no-warmup", "skip the unrecorded first run of each strategy")
     .option("--work-dir <dir>", "where the bench's homes, registry and bind-mount sources go", "/var/tmp")
     .action(async (flags: BenchFlags) => {
       let filters: RegExp[];
@@ -52,6 +54,7 @@ export function registerBenchCommand(program: Command): void {
         reps: flags.reps ?? 3,
         filters,
         workDir: flags.workDir,
+        warmup: flags.warmup,
       });
       const targets = evaluateTargets(result.rows);
       if (flags.json) {
