@@ -69,5 +69,10 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     assert.equal(there.localBytes, 0, "no chunk fetched yet");
     assert.equal(there.origin.kind, "registry");
     assert.deepEqual(there.config, here.config);
+    // Exporting needs every chunk: they come from the registry, verified, and stay cached.
+    const out = path.join(b!.root, "bb.tar");
+    await kindling(b!, ["image", "export", ref, "-o", out]);
+    assert.match((await exec("tar", ["-tf", out])).stdout, /\.\/bin\/busybox/);
+    assert.equal((await inspect(b!, ref)).localBytes, here.blockSize);
   });
 });

@@ -3,7 +3,7 @@ import { open, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { readBlockIndex } from "../store/blockindex.js";
 import { loadImage } from "../store/catalog.js";
-import { LocalChunkSource } from "../store/local.js";
+import { chunkSourceFor } from "../store/sources.js";
 import type { ChunkSource } from "../store/types.js";
 import { tempPathFor } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
@@ -17,10 +17,11 @@ export async function writeBlockImage(
   home: KindlingHome,
   name: string,
   out: string,
-  source: ChunkSource = new LocalChunkSource(home),
+  source?: ChunkSource,
   show = true,
 ): Promise<void> {
   const record = await loadImage(home, name);
+  source ??= chunkSourceFor(home, record.origin);
   const index = await readBlockIndex(home, record.digest);
   const bar = show ? progress(`assembling ${name}`, index.blockSize) : { update() {}, done() {} };
   const fh = await open(out, "w");
