@@ -141,4 +141,33 @@ describe("kindling run on a >1 GB image pulled lazily from a registry", () => {
     assert.match(r.stdout, /^12\.\d+\n$/);
     assert.deepEqual(await leftovers(worker.root), []);
   });
+
+  // Last: it stops the registry.
+  test("a stopped registry gives a clear error within the fetch deadline, and nothing left", async () => {
+    await registry.stop();
+    const t0 = Date.now();
+    const r = await exec(
+      process.execPath,
+      [
+        KINDLING,
+        "run",
+        ref,
+        "--",
+        "sh",
+        "-c",
+        "f=$(find /usr /var -type f -size +256k) && cat $f >/dev/null",
+      ],
+      {
+        env: { ...process.env, KINDLING_HOME: worker.root, KINDLING_FETCH_TIMEOUT_MS: "3000" },
+        allowFailure: true,
+      },
+    );
+    assert.ok(Date.now() - t0 < 60_000, `took ${Date.now() - t0} ms`);
+    assert.equal(r.code, 125, r.stderr);
+    assert.match(
+      r.stderr,
+      /kindling: .*read\(s\) of image .*big\/debian:1 failed \(EIO after \d+ failed fetch/,
+    );
+    assert.deepEqual(await leftovers(worker.root), []);
+  });
 });
