@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { lstat, readFile, readlink, rm } from "node:fs/promises";
+import { cp, lstat, readdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { importImage } from "../src/image/import.js";
@@ -161,6 +161,28 @@ describe("image import", () => {
     assert.equal(docker.digest, ml.digest);
     assert.equal(ocitar.digest, ml.digest);
     assert.deepEqual(docker.config, ml.config);
+  });
+
+  test("a layer blob whose content does not match its digest is refused", async () => {
+    const copy = path.join(home.root, "tampered-oci");
+    await cp(await fixture("multilayer-oci"), copy, { recursive: true });
+    const blobs = path.join(copy, "blobs", "sha256");
+    let tampered = "";
+    for (const hex of await readdir(blobs)) {
+      const b = await readFile(path.join(blobs, hex));
+      const at = b.indexOf("now a file");
+      if (at >= 0) {
+        b.write("NOW", at); // same length: the tar stays valid, only the digest can tell
+        await writeFile(path.join(blobs, hex), b);
+        tampered = hex;
+      }
+    }
+    assert.ok(tampered, "found the plain layer");
+    await assert.rejects(
+      importImage(home, `${copy}:v1`, { name: "tampered", ...quiet }),
+      new RegExp(`layer sha256:${tampered} .* content has digest sha256:`),
+    );
+    await assert.rejects(loadImage(home, "tampered"));
   });
 
   test("a missing image is an error that names it", async () => {

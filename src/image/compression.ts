@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { open } from "node:fs/promises";
 import { PassThrough, type Readable } from "node:stream";
@@ -22,6 +23,8 @@ export interface FileRange {
   start?: number;
   /** Exclusive. */
   end?: number;
+  /** "sha256:<hex>" of the (compressed) bytes, when known: checked as they are read. */
+  digest?: string;
 }
 
 export interface OpenedLayer {
@@ -56,6 +59,37 @@ export async function openLayer(range: FileRange, onRead?: (n: number) => void):
     highWaterMark: 1 << 20,
   });
   if (onRead) raw.on("data", (b) => onRead(b.length));
+  const verified = verifyDigest(raw, range);
+  const opened = await decompress(raw, range, compression);
+  return {
+    ...opened,
+    finished: async () => {
+      await opened.finished();
+      await verified;
+    },
+  };
+}
+
+/** Resolves when `raw` ended with the expected digest (or none was given). */
+function verifyDigest(raw: Readable, range: FileRange): Promise<void> {
+  const m = /^sha256:([0-9a-f]{64})$/.exec(range.digest ?? "");
+  if (!m) return Promise.resolve();
+  const hash = createHash("sha256");
+  raw.on("data", (b: Buffer) => hash.update(b));
+  const p = new Promise<void>((resolve, reject) => {
+    raw.on("end", () => {
+      const got = hash.digest("hex");
+      if (got === m[1]) resolve();
+      else
+        reject(new KindlingError(`layer ${range.digest} (${range.path}): content has digest sha256:${got}`));
+    });
+    raw.on("error", reject);
+  });
+  p.catch(() => {});
+  return p;
+}
+
+async function decompress(raw: Readable, range: FileRange, compression: Compression): Promise<OpenedLayer> {
   if (compression === "none") {
     const done = new Promise<void>((resolve, reject) => {
       raw.on("end", resolve);

@@ -87,7 +87,7 @@ export async function resolveOciLayout(files: ArchiveFiles, tag?: string): Promi
     }
     const configJson = await files.readJson(blobName(doc.config, where));
     const layers: FileRange[] = [];
-    for (const l of doc.layers) layers.push(await files.range(blobName(l, where)));
+    for (const l of doc.layers) layers.push({ ...(await files.range(blobName(l, where))), digest: l.digest });
     return { configJson, layers };
   }
 }
