@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdir, open, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, open, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { buildSquashfs, DEFAULT_SQUASHFS, type SquashfsOptions } from "../blockimage/squashfs.js";
 import { blobSize, putBlob } from "../store/blobs.js";
@@ -43,7 +43,8 @@ export async function materializeLayers(
   unorderedXattrs = false,
 ): Promise<string> {
   const root = path.join(dir, "rootfs");
-  await mkdir(root, { mode: 0o755 });
+  await mkdir(root);
+  await chmod(root, 0o755); // explicit: not subject to the umask of whoever builds it
   const sizes = await Promise.all(
     layers.map(async (l) => (l.end !== undefined ? l.end - (l.start ?? 0) : (await stat(l.path)).size)),
   );
