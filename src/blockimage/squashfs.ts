@@ -53,7 +53,9 @@ export async function buildSquashfs(
   opts: SquashfsOptions = DEFAULT_SQUASHFS,
 ): Promise<void> {
   try {
-    await exec("mksquashfs", mksquashfsArgs(src, out, opts));
+    // SOURCE_DATE_EPOCH would override every file's mtime (and clash with -mkfs-time): not ours to take.
+    const { SOURCE_DATE_EPOCH: _ignored, ...env } = process.env;
+    await exec("mksquashfs", mksquashfsArgs(src, out, opts), { env });
   } catch (err) {
     throw new KindlingError(`building the block image failed: ${(err as Error).message}`);
   }
