@@ -91,13 +91,13 @@ async function main(): Promise<void> {
   send({ t: "ready", pid: process.pid, path: path.join(cfg.mountpoint, cfg.fileName) });
   log(`serving ${cfg.record.name} (${cfg.record.digest}) at ${cfg.mountpoint}`);
 
-  // Counters reach `image inspect` through the stats file; write it when they change.
   // A connection aborted from outside (fusectl) leaves us alive but useless: notice and go.
   setInterval(() => {
     stat(cfg.mountpoint).catch((err: NodeJS.ErrnoException) => {
       if (err.code === "ENOTCONN" || err.code === "ECONNABORTED") void stop("FUSE connection lost");
     });
   }, 5000).unref();
+  // Counters reach `image inspect` through the stats file; write it when they change.
   setInterval(() => {
     if (JSON.stringify({ ...cache.stats, updated: "" }) !== written) void flush();
   }, 1000).unref();
