@@ -123,21 +123,27 @@ export class LayerApplier {
     const touched = new Set<string>(); // relative paths written by this layer (and their parents)
     const opaque: string[] = [];
     const tar = tarReader(stream as AsyncIterable<Buffer>);
-    for (;;) {
-      let e: TarEntry | null;
-      try {
-        e = await tar.next();
-      } catch (err) {
-        throw err instanceof KindlingError ? new KindlingError(`${label}: ${err.message}`) : err;
+    try {
+      for (;;) {
+        let e: TarEntry | null;
+        try {
+          e = await tar.next();
+        } catch (err) {
+          throw err instanceof KindlingError ? new KindlingError(`${label}: ${err.message}`) : err;
+        }
+        if (!e) break;
+        try {
+          await this.applyEntry(e, tar, touched, opaque);
+        } catch (err) {
+          if (err instanceof RetryOnDiskError) throw err;
+          if (err instanceof KindlingError) throw new KindlingError(`${label}: ${err.message}`);
+          throw new KindlingError(`${label}: tar entry ${JSON.stringify(e.name)}: ${(err as Error).message}`);
+        }
       }
-      if (!e) break;
-      try {
-        await this.applyEntry(e, tar, touched, opaque);
-      } catch (err) {
-        if (err instanceof RetryOnDiskError) throw err;
-        if (err instanceof KindlingError) throw new KindlingError(`${label}: ${err.message}`);
-        throw new KindlingError(`${label}: tar entry ${JSON.stringify(e.name)}: ${(err as Error).message}`);
-      }
+    } catch (err) {
+      // Let background writes settle, so whoever removes the tree does not race them.
+      await Promise.allSettled(this.inflight.values());
+      throw err;
     }
     await this.barrier();
     await this.flushXattrs();
