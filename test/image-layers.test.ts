@@ -80,6 +80,24 @@ describe("layer rules", () => {
     }
   });
 
+  test("overlayfs xattrs in a layer are dropped; others are kept", async () => {
+    const src = path.join(work, "ovl");
+    await mkdir(src);
+    await writeFile(path.join(src, "f"), "x");
+    await exec("setfattr", ["-n", "trusted.overlay.redirect", "-v", "/etc", path.join(src, "f")]);
+    await exec("setfattr", ["-n", "user.keep", "-v", "1", path.join(src, "f")]);
+    const tar = path.join(work, "ovl.tar");
+    await exec("tar", ["-C", src, "--xattrs", "--xattrs-include=*", "-cf", tar, "f"]);
+    const root = path.join(work, "root4");
+    await mkdir(root);
+    const applier = new LayerApplier(root);
+    await applier.apply((await openLayer({ path: tar })).stream);
+    await applier.finish();
+    const dump = (await exec("getfattr", ["-d", "-m", "-", "--absolute-names", path.join(root, "f")])).stdout;
+    assert.match(dump, /user\.keep="1"/);
+    assert.doesNotMatch(dump, /overlay/);
+  });
+
   test("a corrupt zstd layer fails with the decompressor's error", async () => {
     const bad = path.join(work, "bad.zst");
     await writeFile(bad, Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), Buffer.alloc(100, 7)]));

@@ -321,6 +321,9 @@ export class LayerApplier {
   }
 
   private queueXattrs(abs: string, e: TarEntry): void {
+    // overlayfs reads its own xattrs from lower layers (redirects, opaque, metacopy): an image must
+    // not carry them into the overlay that runtimes stack on it.
+    for (const k of e.xattrs.keys()) if (/^(trusted|user)\.overlay\./.test(k)) e.xattrs.delete(k);
     if (e.xattrs.size === 0) return;
     if (e.xattrs.size > 1 && this.unorderedXattrs) throw new XattrOrderError(e.name);
     // Set in name order, so an insertion-ordered filesystem lists them in name order.
