@@ -30,7 +30,7 @@ import type { VolumeSpec } from "../src/runtime/types.js";
 import { loadImage } from "../src/store/catalog.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
-import { Scope } from "../src/util/scope.js";
+import { closeAllScopes, Scope } from "../src/util/scope.js";
 
 const argOf = (name: string): string | undefined => {
   const i = process.argv.indexOf(`--${name}`);
@@ -236,4 +236,8 @@ async function main(): Promise<void> {
   );
 }
 
+// Ctrl-C: release the registry, homes, mounts and daemons before exiting.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => void closeAllScopes().finally(() => process.exit(130)));
+}
 await main();
