@@ -375,3 +375,41 @@ test("several lazy images of one image at once: each chunk fetched once across d
   }
   assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(home.mounts)));
 });
+
+test("shared: one daemon per image for every user; it leaves once its last user is gone", async () => {
+  const data = randomBytes(1 << 20);
+  const { index, record } = await indexBytes(home, data, 256 << 10);
+  const opts = { shared: { idleMs: 300 } };
+  const a = await openLazyImage(home, record, index, "auto", opts);
+  const b = await openLazyImage(home, record, index, "auto", opts);
+  const gone = async (pid: number) => {
+    for (let i = 0; i < 100; i++) {
+      const st = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => null);
+      if (st === null || st.slice(st.lastIndexOf(")") + 2).startsWith("Z")) return true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return false;
+  };
+  try {
+    assert.equal(b.pid, a.pid, "the second open uses the first daemon");
+    assert.equal(b.path, a.path);
+    await a.close();
+    await new Promise((r) => setTimeout(r, 800));
+    assert.ok((await pread(b.path, 4096, 4096)).equals(data.subarray(4096, 8192)), "still serving b");
+    // A user that died without closing counts for nothing.
+    await writeFile(path.join(b.dir, "users", "999999999-1-dead"), "");
+  } finally {
+    await b.close();
+  }
+  assert.ok(await gone(a.pid), "the daemon left after its last user");
+  assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(a.dir)));
+  const c = await openLazyImage(home, record, index, "auto", opts);
+  try {
+    assert.notEqual(c.pid, a.pid, "a new daemon once the old one left");
+    assert.ok((await pread(c.path, 0, 4096)).equals(data.subarray(0, 4096)));
+  } finally {
+    await c.close();
+  }
+  assert.ok(await gone(c.pid));
+  await cleanupStale(home);
+});

@@ -14,6 +14,7 @@ import { lazyUnmount } from "./mountinfo.js";
 import { prefetchTables } from "./prefetch.js";
 import { processStartTime } from "./proc.js";
 import { Readahead } from "./readahead.js";
+import { liveUsers, markStopping } from "./shared.js";
 import { autoSource, IpcChunkSource, send } from "./sources.js";
 import { writeStats } from "./stats.js";
 import type { DaemonConfig, DaemonState, ParentMessage } from "./types.js";
@@ -97,6 +98,23 @@ async function main(): Promise<void> {
       if (err.code === "ENOTCONN" || err.code === "ECONNABORTED") void stop("FUSE connection lost");
     });
   }, 5000).unref();
+  // A shared daemon leaves once it has had no users for idleMs (see shared.ts).
+  const shared = cfg.shared;
+  if (shared) {
+    let idleSince: number | undefined;
+    setInterval(
+      async () => {
+        if (stopping) return;
+        if ((await liveUsers(dir)) > 0) {
+          idleSince = undefined;
+          return;
+        }
+        idleSince ??= Date.now();
+        if (Date.now() - idleSince >= shared.idleMs && (await markStopping(dir))) void stop("idle");
+      },
+      Math.min(1000, Math.max(50, shared.idleMs / 4)),
+    ).unref();
+  }
   // Counters reach `image inspect` through the stats file; write it when they change.
   setInterval(() => {
     if (JSON.stringify({ ...cache.stats, updated: "" }) !== written) void flush();

@@ -16,7 +16,8 @@ import { validateIndex } from "./chunkmap.js";
 import { policyFrom } from "./fetch.js";
 import { cleanupStaleImageMounts } from "./mount.js";
 import { releaseFuseMount } from "./mountinfo.js";
-import { processStartTime } from "./proc.js";
+import { isSameProcess, processStartTime } from "./proc.js";
+import { addUser, findShared, isStopping } from "./shared.js";
 import { cleanupStaleDaemons, daemonDir, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
 import type { DaemonConfig, DaemonMessage, LazyOptions, LazyStats, ParentMessage } from "./types.js";
@@ -67,10 +68,28 @@ export async function openLazyImage(
   await mkdir(home.blobs, { recursive: true });
   await mkdir(home.mounts, { recursive: true });
   await cleanupStale(home).catch(() => {});
-  if (source !== "auto" && opts.detached) {
+  if (source !== "auto" && (opts.detached || opts.shared)) {
     throw new KindlingError(
-      "a detached lazy image needs source 'auto' (nothing serves IPC fetches once we exit)",
+      "a detached or shared lazy image needs source 'auto' (nothing serves IPC fetches once we exit)",
     );
+  }
+  if (opts.shared) {
+    const found = await findShared(home, record.digest);
+    if (found) {
+      const token = await addUser(found.dir);
+      // Seen after our token is written, `stopping` means the daemon may not have seen it.
+      if (!(await isStopping(found.dir)) && (await isSameProcess(found.state.pid, found.state.startTime))) {
+        return sharedUse(
+          home,
+          record,
+          found.dir,
+          path.join(found.state.mountpoint, found.cfg.fileName),
+          found.state.pid,
+          token,
+        );
+      }
+      await rm(token, { force: true });
+    }
   }
 
   const id = randomBytes(8).toString("hex");
@@ -91,11 +110,16 @@ export async function openLazyImage(
     readaheadChunks: opts.readaheadChunks ?? 4,
     prefetch: opts.prefetch ?? true,
     fetchConcurrency: opts.fetchConcurrency ?? 8,
-    detached: opts.detached ?? false,
+    detached: Boolean(opts.detached || opts.shared),
+    shared: opts.shared
+      ? { idleMs: (typeof opts.shared === "object" && opts.shared.idleMs) || 30_000 }
+      : undefined,
     owner: process.pid,
     ownerStartTime: (await processStartTime(process.pid)) ?? "",
   };
   await writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(cfg));
+  // A shared daemon counts users from its first look: be one before it starts.
+  const token = cfg.shared ? await addUser(dir) : undefined;
 
   const logFile = path.join(dir, "daemon.log");
   const logFd = await open(logFile, "a");
@@ -133,6 +157,7 @@ export async function openLazyImage(
   }
   if (cfg.detached) child.disconnect();
   const pid = child.pid!;
+  if (token) return sharedUse(home, record, dir, filePath, pid, token);
 
   let closed: Promise<void> | undefined;
   let nextStatsId = 1;
@@ -164,6 +189,28 @@ export async function openLazyImage(
       closed ??= stopDaemon(home, id);
       return closed;
     },
+  };
+}
+
+/** This process's use of a shared daemon: closing it drops the use, the daemon idles out. */
+function sharedUse(
+  home: KindlingHome,
+  record: ImageRecord,
+  dir: string,
+  filePath: string,
+  pid: number,
+  token: string,
+): LazyImage {
+  return {
+    path: filePath,
+    pid,
+    dir,
+    async stats(): Promise<LazyStats> {
+      const s = await readStatsFile(home, record.digest, path.basename(dir));
+      if (!s) throw new KindlingError(`no stats for lazy image ${record.name} (daemon ${pid})`);
+      return s;
+    },
+    close: () => rm(token, { force: true }),
   };
 }
 

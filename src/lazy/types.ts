@@ -49,6 +49,12 @@ export interface LazyOptions extends Partial<FetchPolicy> {
   fetchConcurrency?: number;
   /** Keep the daemon running after this process exits (image mount). */
   detached?: boolean;
+  /**
+   * Use (or start) one daemon per image shared by every process that asks with `shared`: only
+   * the first open pays for a daemon's start. It exits `idleMs` (default 30 s) after its last
+   * user closes or dies. Needs source "auto"; the other options apply only when it starts.
+   */
+  shared?: boolean | { idleMs?: number };
 }
 
 /** What the API hands the daemon (written to <dir>/config.json). */
@@ -69,6 +75,8 @@ export interface DaemonConfig {
   prefetch: boolean;
   fetchConcurrency: number;
   detached: boolean;
+  /** Shared daemon: exits after this long without users (see shared.ts). */
+  shared?: { idleMs: number };
   /** Pid and start time of the process that asked for this image. */
   owner: number;
   ownerStartTime: string;

@@ -1,0 +1,72 @@
+import { randomBytes } from "node:crypto";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import path from "node:path";
+import type { KindlingHome } from "../util/home.js";
+import { isSameProcess, processStartTime } from "./proc.js";
+import type { DaemonConfig, DaemonState } from "./types.js";
+
+/**
+ * A shared daemon serves one image to any number of users (processes), so only the first open
+ * pays for starting a daemon. Each user holds a token file mnt/<id>/users/<pid>-<start>-<rand>;
+ * the daemon drops tokens of dead users and, after `idleMs` without any, marks itself `stopping`,
+ * looks once more, and exits. An opener writes its token first and checks `stopping` second, so
+ * either the daemon sees the token or the opener sees the mark (then it starts a new daemon).
+ */
+const usersDir = (dir: string) => path.join(dir, "users");
+const stoppingMark = (dir: string) => path.join(dir, "stopping");
+
+export async function addUser(dir: string): Promise<string> {
+  await mkdir(usersDir(dir), { recursive: true });
+  const start = (await processStartTime(process.pid)) ?? "0";
+  const token = path.join(usersDir(dir), `${process.pid}-${start}-${randomBytes(4).toString("hex")}`);
+  await writeFile(token, "");
+  return token;
+}
+
+/** Live users; tokens of processes that are gone are removed. */
+export async function liveUsers(dir: string): Promise<number> {
+  let live = 0;
+  for (const name of await readdir(usersDir(dir)).catch(() => [] as string[])) {
+    const [pid, start] = name.split("-");
+    if (await isSameProcess(Number(pid), start)) live++;
+    else await rm(path.join(usersDir(dir), name), { force: true });
+  }
+  return live;
+}
+
+export async function isStopping(dir: string): Promise<boolean> {
+  return stat(stoppingMark(dir)).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Called by an idle daemon: true if it may exit (no user appeared after it marked itself). */
+export async function markStopping(dir: string): Promise<boolean> {
+  await writeFile(stoppingMark(dir), "");
+  if ((await liveUsers(dir)) === 0) return true;
+  await rm(stoppingMark(dir), { force: true });
+  return false;
+}
+
+/** A running shared daemon of this image in this home, not stopping, or null. */
+export async function findShared(
+  home: KindlingHome,
+  digest: string,
+): Promise<{ dir: string; state: DaemonState; cfg: DaemonConfig } | null> {
+  for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
+    if (!/^[0-9a-f]{16}$/.test(id)) continue;
+    const dir = path.join(home.mounts, id);
+    try {
+      const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
+      if (!cfg.shared || cfg.record.digest !== digest) continue;
+      const state = JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState;
+      if ((await isSameProcess(state.pid, state.startTime)) && !(await isStopping(dir))) {
+        return { dir, state, cfg };
+      }
+    } catch {
+      // starting, or not ours: skip
+    }
+  }
+  return null;
+}
