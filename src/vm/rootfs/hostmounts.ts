@@ -24,18 +24,6 @@ export async function bindMount(
   if (readOnly) await exec("mount", ["-o", "remount,bind,ro", target]);
 }
 
-/** `dir/<i>` bound to volume i: the layout of a packed mounts drive (one subdirectory or file per mount). */
-export async function stageVolumes(
-  runDir: RunDir,
-  scope: Scope,
-  dir: string,
-  volumes: VolumeSpec[],
-): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  for (const [i, v] of volumes.entries())
-    await bindMount(runDir, scope, v.source, path.join(dir, String(i)), false);
-}
-
 /** Binds each volume at its destination inside `root` (the note's "bind into the merged directory"). */
 export async function bindVolumesInto(
   runDir: RunDir,

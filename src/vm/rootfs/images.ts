@@ -19,14 +19,15 @@ export async function mksquashfs(dir: string, file: string, flags: string[]): Pr
   await exec("mksquashfs", [dir, file, ...flags, "-quiet"]);
 }
 
-/** Bytes and inodes under `dir` (du counts each hardlinked inode once; -x stays off other mounts unless asked). */
-export async function treeUsage(dir: string, crossMounts = true): Promise<{ bytes: number; inodes: number }> {
-  const x = crossMounts ? [] : ["-x"];
+/** Bytes and inodes of `paths` together (du counts a hardlinked inode once). */
+export async function treeUsage(paths: string | string[]): Promise<{ bytes: number; inodes: number }> {
+  const list = typeof paths === "string" ? [paths] : paths;
+  const total = (out: string) => Number(out.trim().split("\n").at(-1)!.split(/\s/)[0]);
   const [b, i] = await Promise.all([
-    exec("du", ["-s", "-B1", ...x, dir]),
-    exec("du", ["-s", "--inodes", ...x, dir]),
+    exec("du", ["-s", "-c", "-B1", ...list]),
+    exec("du", ["-s", "-c", "--inodes", ...list]),
   ]);
-  return { bytes: Number(b.stdout.split(/\s/)[0]), inodes: Number(i.stdout.split(/\s/)[0]) };
+  return { bytes: total(b.stdout), inodes: total(i.stdout) };
 }
 
 /**
@@ -53,22 +54,26 @@ export async function sparseFile(file: string, bytes: number): Promise<void> {
 }
 
 /**
- * mkfs.ext4 into a sparse file, filled from `fromDir` when given (-d copies the tree: ownership, modes,
- * xattrs, hardlinks). A small journal where the guest writes (its crash must leave a consistent file
- * system to sync back); none for a root that is only ever mounted read-only.
+ * mkfs.ext4 arguments (before the file name): filled from `fromDir` when given (-d copies the tree: ownership,
+ * modes, xattrs, hardlinks); a small journal where the guest writes (its crash must leave a consistent file
+ * system to sync back), none for a root that is only ever mounted read-only.
  */
+export function ext4Args(size: { inodes?: number }, opts: { fromDir?: string; journal: boolean }): string[] {
+  const args = ["-q", "-F", "-t", "ext4", "-m", "0"];
+  args.push(...(opts.journal ? ["-J", "size=4"] : ["-O", "^has_journal"]));
+  if (size.inodes) args.push("-N", String(size.inodes));
+  if (opts.fromDir) args.push("-d", opts.fromDir);
+  return args;
+}
+
+/** mkfs.ext4 into a sparse file of size.bytes (see ext4Args). */
 export async function mkfsExt4(
   file: string,
   size: { bytes: number; inodes?: number },
   opts: { fromDir?: string; journal: boolean },
 ): Promise<void> {
   await sparseFile(file, size.bytes);
-  const args = ["-q", "-F", "-t", "ext4", "-m", "0"];
-  args.push(...(opts.journal ? ["-J", "size=4"] : ["-O", "^has_journal"]));
-  if (size.inodes) args.push("-N", String(size.inodes));
-  const fromDir = opts.fromDir;
-  if (fromDir) args.push("-d", fromDir);
-  await exec("mkfs.ext4", [...args, file]);
+  await exec("mkfs.ext4", [...ext4Args(size, opts), file]);
 }
 
 /** `--disk 2G`-style sizes: bytes, or a number with K/M/G/T (powers of 1024). */

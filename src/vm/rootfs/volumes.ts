@@ -5,12 +5,14 @@
  * mount. The guest mounts each drive at a helper directory, binds the entries to their targets, then
  * detaches the helper (CONFIGURE mount kinds block, bind, detach: docs/guest.md).
  */
+import { mkdir, stat, writeFile } from "node:fs/promises";
+import path from "node:path";
 import type { VolumeSpec } from "../../runtime/types.js";
-import { Scope } from "../../util/scope.js";
+import { exec } from "../../util/exec.js";
 import type { GuestMount } from "../agent/protocol.js";
 import type { DriveTable } from "./drives.js";
-import { byDepth, stageVolumes } from "./hostmounts.js";
-import { ext4Size, mkfsExt4, mksquashfs, PACK_SQUASHFS_FLAGS, treeUsage } from "./images.js";
+import { byDepth } from "./hostmounts.js";
+import { ext4Args, ext4Size, PACK_SQUASHFS_FLAGS, sparseFile, treeUsage } from "./images.js";
 import type { RootfsRequest } from "./types.js";
 
 /** Where the guest mounts the drives before binding their entries (removed again before the process runs). */
@@ -73,20 +75,30 @@ export async function attachVolumes(
 }
 
 /**
- * The group's image: its mounts bound at stage/<i> (binds released right after), then mksquashfs or
- * mkfs.ext4 -d of the stage. An rw image is held as a sync-back resource before the VM can write to it.
+ * The group's image, built in a private mount namespace: each mount bound at stage/<i>, then mksquashfs
+ * or mkfs.ext4 -d of the stage. The binds exist only in that namespace: they vanish with its last process
+ * (even if kindling dies), so they need no unmounting and no record. An rw image is held as a sync-back
+ * resource before the VM can write to it.
  */
 async function buildGroup(req: RootfsRequest, g: Group, file: string): Promise<void> {
   const stage = req.runDir.file(`${g.name}-stage`);
-  await Scope.with(async (staging) => {
-    await stageVolumes(req.runDir, staging, stage, g.volumes);
-    if (g.readOnly) {
-      await mksquashfs(stage, file, PACK_SQUASHFS_FLAGS);
-    } else {
-      const size = ext4Size(await treeUsage(stage), RW_HEADROOM);
-      await mkfsExt4(file, size, { fromDir: stage, journal: true });
-    }
-  });
+  await mkdir(stage, { recursive: true });
+  for (const [i, v] of g.volumes.entries()) {
+    const at = path.join(stage, String(i));
+    if ((await stat(v.source)).isDirectory()) await mkdir(at, { recursive: true });
+    else await writeFile(at, "", { flag: "a" });
+  }
+  let build: string[];
+  if (g.readOnly) {
+    build = ["mksquashfs", stage, file, ...PACK_SQUASHFS_FLAGS, "-quiet"];
+  } else {
+    const size = ext4Size(await treeUsage(g.volumes.map((v) => v.source)), RW_HEADROOM);
+    await sparseFile(file, size.bytes);
+    build = ["mkfs.ext4", ...ext4Args(size, { fromDir: stage, journal: true }), file];
+  }
+  const binds = g.volumes.map((v, i) => `mount --bind ${shq(v.source)} ${shq(path.join(stage, String(i)))}`);
+  const script = ["set -e", ...binds, `exec ${build.map(shq).join(" ")}`].join("\n");
+  await exec("unshare", ["--mount", "--propagation", "private", "sh", "-c", script]);
   if (!g.readOnly) {
     await req.runDir.hold(req.scope, {
       kind: "sync-back",
@@ -95,4 +107,9 @@ async function buildGroup(req: RootfsRequest, g: Group, file: string): Promise<v
       targets: g.volumes.map((v, i) => ({ entry: String(i), dest: v.source })),
     });
   }
+}
+
+/** A shell word for `s`. */
+function shq(s: string): string {
+  return `'${s.replaceAll("'", "'\\''")}'`;
 }
