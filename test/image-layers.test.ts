@@ -80,6 +80,33 @@ describe("layer rules", () => {
     }
   });
 
+  test("GNU long names and link targets, and a bad header checksum", async () => {
+    const src = path.join(work, "gnu");
+    const long = `${"d".repeat(120)}/${"f".repeat(150)}`;
+    await mkdir(path.join(src, "d".repeat(120)), { recursive: true });
+    await writeFile(path.join(src, long), "long\n");
+    await exec("ln", ["-s", long, path.join(src, "l".repeat(130))]);
+    const tar = path.join(work, "gnu.tar");
+    await exec("tar", ["-C", src, "--format=gnu", "-cf", tar, "."]);
+    const root = path.join(work, "root5");
+    await mkdir(root);
+    const applier = new LayerApplier(root);
+    await applier.apply((await openLayer({ path: tar })).stream);
+    await applier.finish();
+    assert.equal(await readFile(path.join(root, long), "utf8"), "long\n");
+    assert.equal(await readFile(path.join(root, "l".repeat(130)), "utf8"), "long\n");
+
+    const bad = await readFile(tar);
+    bad[0] ^= 0xff; // the first header's name: its checksum no longer matches
+    await writeFile(path.join(work, "bad.tar"), bad);
+    const root6 = path.join(work, "root6");
+    await mkdir(root6);
+    await assert.rejects(
+      new LayerApplier(root6).apply((await openLayer({ path: path.join(work, "bad.tar") })).stream),
+      /tar header checksum mismatch/,
+    );
+  });
+
   test("overlayfs xattrs in a layer are dropped; others are kept", async () => {
     const src = path.join(work, "ovl");
     await mkdir(src);
