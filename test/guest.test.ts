@@ -266,7 +266,7 @@ test("a VmSpec renders to a microvm command line: root first, read-only drives, 
     "tcg",
   );
   const line = args.join(" ");
-  assert.match(line, /^-M microvm,rtc=off,memory-backend=mem /);
+  assert.match(line, /^-M microvm,rtc=on,memory-backend=mem /);
   assert.match(line, /-accel tcg -cpu max -m 512 -smp 2/);
   assert.match(line, /-append console=ttyS0 tsc_early_khz=\d+ initcall_blacklist=cmos_init/);
   const drives = args.filter((a) => a.startsWith("id=drive"));

@@ -203,6 +203,9 @@ describe("one VM, many processes", () => {
     assert.equal((await run(["sleep", "2"])).status, 0);
     const took = Date.now() - t0;
     assert.ok(took > 1800 && took < 3000, `sleep 2 took ${took} ms`);
+    // the wall clock comes from the RTC
+    const guestNow = Number((await run(["date", "+%s"])).out.toString());
+    assert.ok(Math.abs(guestNow - Date.now() / 1000) < 10, `guest time ${guestNow}`);
   });
 
   test("a second process runs alongside the first (exec), and signals reach it", async () => {
