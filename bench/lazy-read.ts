@@ -76,6 +76,9 @@ function random4k(file: string, direct: boolean, offsets: number[]): number {
   return median(lat);
 }
 
+// A closed stdout (| head) must not kill us before the finally block releases mounts and loops.
+process.stdout.on("error", () => {});
+
 async function main(): Promise<void> {
   const tmp = await mkdtemp("/tmp/kindling-bench-lazy-");
   const home = new KindlingHome(path.join(tmp, "home")).ensure();

@@ -48,6 +48,9 @@ async function readAll(dir: string): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e6;
 }
 
+// A closed stdout (| head) must not kill us before the finally block releases mounts and loops.
+process.stdout.on("error", () => {});
+
 async function main(): Promise<void> {
   const tmp = await mkdtemp("/tmp/kindling-bench-sqfs-");
   const home = new KindlingHome(path.join(tmp, "home")).ensure();
