@@ -12,6 +12,8 @@ import type { KindlingHome } from "../util/home.js";
 import { progress } from "../util/progress.js";
 import { makeTempDir, makeTreeDir } from "./workdir.js";
 
+const FETCH_CONCURRENCY = 8;
+
 /** Reassembles an image's block image from its chunks (each verified) into `out`. */
 export async function writeBlockImage(
   home: KindlingHome,
@@ -25,15 +27,23 @@ export async function writeBlockImage(
   const index = await readBlockIndex(home, record.digest);
   const bar = show ? progress(`assembling ${name}`, index.blockSize) : { update() {}, done() {} };
   const fh = await open(out, "w");
-  try {
-    for (const c of index.chunks) {
+  let done = 0;
+  let next = 0;
+  // A few fetches at once: a registry source is latency-bound, one chunk at a time would crawl.
+  const worker = async () => {
+    while (next < index.chunks.length) {
+      const c = index.chunks[next++]!;
       const bytes = await source.fetch(c.digest, c.length);
       if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` !== c.digest) {
         throw new KindlingError(`chunk ${c.digest} from ${source.description} is corrupt`);
       }
       await fh.write(bytes, 0, bytes.length, c.offset);
-      bar.update(c.offset + c.length);
+      done += c.length;
+      bar.update(done);
     }
+  };
+  try {
+    await Promise.all(Array.from({ length: FETCH_CONCURRENCY }, worker));
   } finally {
     await fh.close();
   }
