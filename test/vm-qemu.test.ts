@@ -202,7 +202,7 @@ describe("one VM, many processes", () => {
     const t0 = Date.now();
     assert.equal((await run(["sleep", "2"])).status, 0);
     const took = Date.now() - t0;
-    assert.ok(took > 1800 && took < 3000, `sleep 2 took ${took} ms`);
+    assert.ok(took > 1800 && took < 4000, `sleep 2 took ${took} ms`);
     // the wall clock comes from the RTC
     const guestNow = Number((await run(["date", "+%s"])).out.toString());
     assert.ok(Math.abs(guestNow - Date.now() / 1000) < 10, `guest time ${guestNow}`);
@@ -269,7 +269,7 @@ test("runInVm: a fresh VM does not see the previous VM's writes; --timeout stops
   assert.equal(out.data().toString(), "clean\n");
   assert.equal(r.timedOut, true);
   assert.equal(r.exitCode, 137);
-  assert.ok(Date.now() - t0 < 30_000);
+  assert.ok(Date.now() - t0 < 60_000);
   assert.deepEqual(await runningQemuPids(), []);
 });
 
