@@ -114,6 +114,11 @@ describe("one VM, many processes", () => {
     return { status: exit.status, signal: exit.signal, out: out.data(), err: err.data() };
   }
 
+  test("QMP answers status queries", async () => {
+    const status = (await vm.qmp("query-status")) as { status: string; running: boolean };
+    assert.equal(status.status, "running");
+  });
+
   test("exit statuses 0, 3 and 137 (killed by SIGKILL)", async () => {
     assert.equal((await run(["true"])).status, 0);
     assert.equal((await run(["sh", "-c", "exit 3"])).status, 3);
