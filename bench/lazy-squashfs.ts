@@ -57,6 +57,18 @@ async function main(): Promise<void> {
   const loops: string[] = [];
   const mounts: string[] = [];
   let lazy: LazyImage | undefined;
+  let released: Promise<void> | undefined;
+  const release = () =>
+    (released ??= (async () => {
+      for (const m of mounts) await exec("umount", ["-l", m], { allowFailure: true });
+      for (const l of loops) await exec("losetup", ["-d", l], { allowFailure: true });
+      await lazy?.close();
+      await rm(tmp, { recursive: true, force: true });
+    })());
+  // Ctrl-C: release the mounts and loop devices before going.
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    process.once(sig, () => void release().finally(() => process.exit(130)));
+  }
   try {
     await makeTree(path.join(tmp, "src"));
     const img = path.join(tmp, "image.sqfs");
@@ -135,10 +147,7 @@ async function main(): Promise<void> {
     );
     console.log(`daemon: ${JSON.stringify(await lazy.stats())}`);
   } finally {
-    for (const m of mounts) await exec("umount", ["-l", m], { allowFailure: true });
-    for (const l of loops) await exec("losetup", ["-d", l], { allowFailure: true });
-    await lazy?.close();
-    await rm(tmp, { recursive: true, force: true });
+    await release();
   }
 }
 
