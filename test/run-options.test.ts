@@ -220,12 +220,16 @@ test("exit statuses: codes pass through, signals are 128+n", () => {
   assert.deepEqual(exitStatusOf(137, null), { status: 137, signal: "SIGKILL" });
 });
 
-test("runtime dispatch: VM runtimes are not implemented yet, rootfs must fit the runtime", () => {
+test("runtime dispatch: each runtime with the rootfs strategies it supports", () => {
   assert.equal(getRuntime("runc", "lazy").name, "runc");
   assert.equal(getRuntime("runsc", "lazy").name, "runsc");
-  assert.throws(() => getRuntime("qemu", "lazy"), /--runtime qemu is not implemented yet/);
-  assert.throws(() => getRuntime("firecracker", "squashfs"), /--runtime firecracker is not implemented yet/);
+  assert.equal(getRuntime("qemu", "virtiofs").name, "qemu");
   assert.throws(() => getRuntime("runc", "copy"), /--rootfs copy does not apply to --runtime runc/);
+  assert.throws(() => getRuntime("runsc", "squashfs"), /--rootfs squashfs does not apply to --runtime runsc/);
+  assert.throws(
+    () => getRuntime("firecracker", "virtiofs"),
+    /--rootfs virtiofs does not apply to --runtime firecracker/,
+  );
 });
 
 test("paths in an image resolve inside it, whatever its symlinks say", async () => {

@@ -246,7 +246,7 @@ test("Ctrl-C (SIGINT to kindling) sends TERM to the container, then KILL; status
   const t0 = Date.now();
   stubborn.child.kill("SIGTERM");
   assert.equal(await exitOf(stubborn.child), 137);
-  assert.ok(Date.now() - t0 < 5000);
+  assert.ok(Date.now() - t0 < 9000, `took ${Date.now() - t0} ms`);
   await assertClean();
 });
 
@@ -297,7 +297,7 @@ test("the CLI: exit status, output, and clear errors for bad flags (status 125)"
     [["-v", `${tmp}/nope:/x`, image], /kindling: -v .*: source .*nope does not exist/],
     [["-v", `${tmp}:x`, image], /DST must be an absolute path, got "x"/],
     [["--runtime", "kvm", image], /--runtime: unknown value "kvm"/],
-    [["--runtime", "qemu", image, "--", "true"], /kindling: --runtime qemu is not implemented yet/],
+    [["--disk", "1G", image, "--", "true"], /kindling: --disk applies to VM runtimes/],
     [["--rootfs", "copy", image, "--", "true"], /--rootfs copy does not apply to --runtime runc/],
     [["--memory", "lots", image], /--memory lots: expected a whole number of MiB/],
     [[`${tmp}/missing.sqfs`, "--", "true"], /image file .*missing.sqfs does not exist/],
@@ -348,6 +348,9 @@ test("-i passes stdin; a second Ctrl-C kills at once", async () => {
   await new Promise((r) => setTimeout(r, 300));
   stubborn.child.kill("SIGINT");
   assert.equal(await exitOf(stubborn.child), 137);
-  assert.ok(Date.now() - t0 < 5000, "the second Ctrl-C did not skip the 10 s grace period");
+  assert.ok(
+    Date.now() - t0 < 9000,
+    `took ${Date.now() - t0} ms: the second Ctrl-C did not skip the 10 s grace`,
+  );
   await assertClean();
 });

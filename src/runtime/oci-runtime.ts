@@ -250,13 +250,27 @@ class OciContainer implements Container {
   }
 
   async kill(signal: "TERM" | "KILL" | "INT" | "HUP"): Promise<void> {
-    // Right after spawn the container may not exist yet: retry while the runtime is still running.
-    for (let attempt = 0; this.running(); attempt++) {
-      const r = await exec(this.binary, [...this.globalArgs(), "kill", this.id, signal], {
-        allowFailure: true,
-      });
-      if (r.code === 0 || attempt >= 100) return;
+    // Right after spawn the container may not exist yet, or only as the runtime's init waiting to
+    // exec the process: a TERM then kills that init (runc reports status 0) instead of reaching the
+    // process. So signals other than KILL wait until the process runs. Retry while the runtime runs.
+    for (let attempt = 0; this.running() && attempt < 200; attempt++) {
+      if (signal === "KILL" || (await this.state()) === "running") {
+        const r = await exec(this.binary, [...this.globalArgs(), "kill", this.id, signal], {
+          allowFailure: true,
+        });
+        if (r.code === 0) return;
+      }
       await sleep(50);
+    }
+  }
+
+  /** The container's state as the runtime reports it ("created", "running", "stopped"). */
+  private async state(): Promise<string | undefined> {
+    const r = await exec(this.binary, [...this.globalArgs(), "state", this.id], { allowFailure: true });
+    try {
+      return (JSON.parse(r.stdout) as { status?: string }).status;
+    } catch {
+      return undefined;
     }
   }
 
