@@ -151,6 +151,29 @@ test("CLI: kindling run --runtime qemu streams stdout and stderr apart and exits
   assert.equal(await readFile(path.join(rw, "cli"), "utf8"), "cli\n");
 });
 
+test("CLI: --timeout stops the process in the VM through the agent (TERM: 143)", async () => {
+  const r = await exec(
+    process.execPath,
+    [
+      KINDLING,
+      "run",
+      "--runtime",
+      "qemu",
+      "--timeout",
+      "1",
+      "ml",
+      "--",
+      "sh",
+      "-c",
+      "echo started; sleep 30",
+    ],
+    { env: { ...process.env, KINDLING_HOME: t.home.root }, allowFailure: true },
+  );
+  assert.equal(r.stdout, "started\n");
+  assert.equal(r.code, 143, r.stderr);
+  assert.match(r.stderr, /stopped by --timeout 1s: status 143 \(SIGTERM\)/);
+});
+
 test("CLI: --runtime firecracker without the binary names kindling doctor", async () => {
   const r = await exec(process.execPath, [KINDLING, "run", "--runtime", "firecracker", "ml", "--", "true"], {
     env: { ...process.env, KINDLING_HOME: t.home.root, KINDLING_FIRECRACKER: "/nonexistent/firecracker" },

@@ -31,13 +31,14 @@ export class DriveTable {
     return guestDiskName(this.drives.length - 1);
   }
 
-  /** Fails with the limit and a way out when the VMM cannot attach this many devices. */
-  check(vmm: Vmm, shares: number): void {
+  /** Fails with the limit and a way out when the VMM cannot attach this many devices (+ moreDrives to come). */
+  check(vmm: Vmm, shares: number, moreDrives = 0): void {
     if (vmm !== "qemu") return;
-    const devices = this.drives.length + shares + 1; // + the agent's virtio-serial
+    const drives = this.drives.length + moreDrives;
+    const devices = drives + shares + 1; // + the agent's virtio-serial
     if (devices > QEMU_MAX_VIRTIO_DEVICES) {
       throw new KindlingError(
-        `too many devices for QEMU microvm: ${this.drives.length} drives, ${shares} shares and the agent port ` +
+        `too many devices for QEMU microvm: ${drives} drives, ${shares} shares and the agent port ` +
           `need ${devices} virtio-mmio slots, the guest sees at most ${QEMU_MAX_VIRTIO_DEVICES}; ` +
           "use --mount-packing pack (all -v mounts in two drives)",
       );
