@@ -10,6 +10,8 @@ export interface MachineInfo {
   node: string;
   /** Whether /dev/kvm exists (here it is PVM, which stock guests cannot use: VMs run under TCG). */
   kvmDevice: boolean;
+  /** 1/5/15-minute load averages when the report was written (the machine is shared: noisy). */
+  loadAvg: number[];
 }
 
 export async function machineInfo(): Promise<MachineInfo> {
@@ -26,9 +28,13 @@ export async function machineInfo(): Promise<MachineInfo> {
     kernel: `${os.type()} ${os.release()}`,
     node: process.version,
     kvmDevice,
+    loadAvg: os.loadavg().map((l) => Math.round(l * 100) / 100),
   };
 }
 
 export function describeMachine(m: MachineInfo): string {
-  return `${m.cpu}, ${m.cores} cores (nproc), ${m.memoryGiB} GiB RAM, ${m.kernel}, Node ${m.node}`;
+  return (
+    `${m.cpu}, ${m.cores} cores (nproc), ${m.memoryGiB} GiB RAM, ${m.kernel}, Node ${m.node}, ` +
+    `load average ${m.loadAvg.join(" / ")} at the end of the run`
+  );
 }

@@ -4,6 +4,7 @@
  * over all variants), and reduces each variant to its median row.
  */
 import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { parseRunOptions } from "../runtime/options.js";
 import { getRuntime } from "../runtime/registry.js";
@@ -68,6 +69,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   units = units.filter((u) => !reasons.get(strategyName(u.strategy)));
 
   const runs: BenchRow[] = [];
+  log(
+    `bench: load average ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" / ")} at the start`,
+  );
   const work = await mkdtemp(path.join(opts.workDir ?? "/var/tmp", "kindling-bench-"));
   try {
     await Scope.with(async (scope) => {
