@@ -86,14 +86,19 @@ export function runContainer(req: RunRequest): RunHandle {
       return;
     }
     stopReason = reason;
-    if (!container) return; // not started: prepare finishes, then nothing starts
+    // Not started: if prepare is still running nothing starts; if start is, see below.
+    if (container) beginStop(container);
+  };
+
+  const beginStop = (running: Container) => {
+    const reason = stopReason!;
     const grace = req.options.stopGraceSeconds;
     notify(
-      `${reason === "timeout" ? `timeout after ${req.options.timeoutSeconds}s` : reason}: stopping container ${container.id} (TERM, KILL after ${grace}s)`,
+      `${reason === "timeout" ? `timeout after ${req.options.timeoutSeconds}s` : reason}: stopping container ${running.id} (TERM, KILL after ${grace}s)`,
     );
     kill("TERM");
     killTimer = setTimeout(() => {
-      notify(`container ${container!.id} did not stop within ${grace}s: sending KILL`);
+      notify(`container ${running.id} did not stop within ${grace}s: sending KILL`);
       kill("KILL");
     }, grace * 1000);
   };
@@ -119,6 +124,7 @@ export function runContainer(req: RunRequest): RunHandle {
     const streams = await prepared.start();
     container = prepared;
     resolveStarted({ id: runDir.id, ...streams });
+    if (stopReason !== undefined) beginStop(prepared); // asked while it was starting
 
     const timeout =
       req.options.timeoutSeconds === undefined
