@@ -110,6 +110,8 @@ export async function fetchVerified(
       try {
         return await raceAbort(
           limiter.run(async () => {
+            // Queued past the deadline: do not start a request nobody waits for.
+            if (deadline.signal.aborted) throw deadline.signal.reason;
             const timeout = Math.max(1, Math.min(policy.attemptTimeoutMs, end - Date.now()));
             const signal = AbortSignal.any([deadline.signal, AbortSignal.timeout(timeout)]);
             const got = await raceAbort(source.fetch(ref.digest as Digest, ref.length, signal), signal);
