@@ -1,4 +1,4 @@
-import { type FileHandle, open, readFile, rm, stat } from "node:fs/promises";
+import { type FileHandle, open, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import type { BlockIndex, ChunkRef, ChunkSource } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -172,17 +172,6 @@ export class ChunkCache {
     return fetched;
   }
 
-  /** Whether the chunk is on disk or in memory already (no fetch needed). */
-  async isLocal(i: number): Promise<boolean> {
-    const c = this.index.chunks[i];
-    if (this.lru.get(c.digest) || this.fds.has(c.digest)) return true;
-    try {
-      return (await stat(this.home.blobPath(c.digest))).size === c.length;
-    } catch {
-      return false;
-    }
-  }
-
   private load(c: ChunkRef): Promise<Loaded> {
     let p = this.inflight.get(c.digest);
     if (p) return p;
@@ -190,6 +179,7 @@ export class ChunkCache {
     // waiting out a second deadline.
     const failed = this.failed.get(c.digest);
     if (failed && failed.until > Date.now()) return Promise.reject(failed.err);
+    this.failed.delete(c.digest);
     p = this.loadOnce(c)
       .catch((err) => {
         this.failed.set(c.digest, { err, until: Date.now() + FAILURE_TTL_MS });
