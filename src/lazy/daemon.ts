@@ -84,8 +84,12 @@ async function main(): Promise<void> {
     pid: process.pid,
     startTime: (await processStartTime(process.pid)) ?? "",
     mountpoint: cfg.mountpoint,
+    path: path.join(cfg.mountpoint, cfg.fileName),
     digest: cfg.record.digest,
     detached: cfg.detached,
+    shared: Boolean(cfg.shared),
+    owner: cfg.owner,
+    ownerStartTime: cfg.ownerStartTime,
   };
   await writeFileAtomic(path.join(dir, "state.json"), `${JSON.stringify(state)}\n`);
   await flush();

@@ -79,14 +79,7 @@ export async function openLazyImage(
       const token = await addUser(found.dir);
       // Seen after our token is written, `stopping` means the daemon may not have seen it.
       if (!(await isStopping(found.dir)) && (await isSameProcess(found.state.pid, found.state.startTime))) {
-        return sharedUse(
-          home,
-          record,
-          found.dir,
-          path.join(found.state.mountpoint, found.cfg.fileName),
-          found.state.pid,
-          token,
-        );
+        return sharedUse(home, record, found.dir, found.state.path, found.state.pid, token);
       }
       await rm(token, { force: true });
     }

@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises"
 import path from "node:path";
 import type { KindlingHome } from "../util/home.js";
 import { isSameProcess, processStartTime } from "./proc.js";
-import type { DaemonConfig, DaemonState } from "./types.js";
+import type { DaemonState } from "./types.js";
 
 /**
  * A shared daemon serves one image to any number of users (processes), so only the first open
@@ -53,16 +53,15 @@ export async function markStopping(dir: string): Promise<boolean> {
 export async function findShared(
   home: KindlingHome,
   digest: string,
-): Promise<{ dir: string; state: DaemonState; cfg: DaemonConfig } | null> {
+): Promise<{ dir: string; state: DaemonState } | null> {
   for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
     if (!/^[0-9a-f]{16}$/.test(id)) continue;
     const dir = path.join(home.mounts, id);
     try {
-      const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
-      if (!cfg.shared || cfg.record.digest !== digest) continue;
       const state = JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState;
+      if (!state.shared || state.digest !== digest) continue;
       if ((await isSameProcess(state.pid, state.startTime)) && !(await isStopping(dir))) {
-        return { dir, state, cfg };
+        return { dir, state };
       }
     } catch {
       // starting, or not ours: skip

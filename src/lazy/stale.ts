@@ -56,10 +56,10 @@ async function removeTempFiles(home: KindlingHome, pid: number): Promise<void> {
 async function isStale(home: KindlingHome, id: string): Promise<boolean> {
   const dir = daemonDir(home, id);
   const state = await readJson<DaemonState>(path.join(dir, "state.json"));
-  const cfg = await readJson<DaemonConfig>(path.join(dir, "config.json"));
-  const ownerLives = cfg !== null && (await isSameProcess(cfg.owner, cfg.ownerStartTime || undefined));
   if (!state) {
     // Still starting? Give a daemon whose owner lives a minute to write its state.
+    const cfg = await readJson<DaemonConfig>(path.join(dir, "config.json"));
+    const ownerLives = cfg !== null && (await isSameProcess(cfg.owner, cfg.ownerStartTime || undefined));
     const age =
       Date.now() -
       (await stat(dir)
@@ -70,7 +70,7 @@ async function isStale(home: KindlingHome, id: string): Promise<boolean> {
   if (!(await isSameProcess(state.pid, state.startTime))) return true;
   // An attached daemon leaves when its owner's IPC channel closes; one still here after its owner
   // died is stuck (its event loop never saw the channel close). It gets stopped, and aborted.
-  return !state.detached && !ownerLives;
+  return !state.detached && !(await isSameProcess(state.owner, state.ownerStartTime || undefined));
 }
 
 /**

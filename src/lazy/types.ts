@@ -88,8 +88,14 @@ export interface DaemonState {
   /** Process start time (from /proc/<pid>/stat), so a reused pid is not mistaken for the daemon. */
   startTime: string;
   mountpoint: string;
+  /** The lazy file: mountpoint/fileName. */
+  path: string;
   digest: string;
   detached: boolean;
+  shared: boolean;
+  /** Copied from the config, so liveness checks need not parse the (large) index. */
+  owner: number;
+  ownerStartTime: string;
 }
 
 /** Messages over the IPC channel between the API and the daemon. */
