@@ -238,7 +238,7 @@ test("the guest command line carries the init's options and TCG's needs", () => 
     assert.ok(line.split(" ").includes(p), p);
   }
   assert.match(line, /kindling.agent=vsock kindling.agent_port=1025/);
-  assert.match(line, /tsc_early_khz=\d+ initcall_blacklist=cmos_init/);
+  assert.match(line, /tsc_early_khz=\d+ initcall_blacklist=cmos_init,init_kprobe_trace cryptomgr.notests/);
   assert.throws(() => guestCmdline({ extra: ["a b"] }), /white space/);
 });
 
