@@ -82,6 +82,10 @@ export async function leftovers(home: string, imageFile?: string, ids: string[] 
     )
       out.push(`cgroup ${dir}`);
   }
+  // Kindling gives each run its own runtime root (removed with the run dir); the default root
+  // must not know our containers either.
+  const listed = (await exec("runc", ["list", "-q"], { allowFailure: true })).stdout.split("\n");
+  for (const id of ids) if (listed.includes(id)) out.push(`runc list: ${id}`);
   const runs = await readdir(path.join(home, "run")).catch(() => []);
   for (const r of runs) out.push(`run dir ${r}`);
   return out;
