@@ -245,3 +245,16 @@ test("paths in an image resolve inside it, whatever its symlinks say", async () 
   assert.equal(await resolveInRoot(root, "/../../x"), path.join(root, "x"));
   await assert.rejects(resolveInRoot(root, "/etc/loop1"), /too many symlinks/);
 });
+
+test("a missing runtime binary is named, with how to install it", async () => {
+  const saved = process.env.PATH;
+  process.env.PATH = "/nonexistent"; // runsc lives in /usr/bin, outside the sbin dirs always searched
+  try {
+    await assert.rejects(
+      getRuntime("runsc", "lazy").checkHost(),
+      /--runtime runsc: runsc is not installed \(apt-get install runsc\)/,
+    );
+  } finally {
+    process.env.PATH = saved;
+  }
+});
