@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { exec } from "../util/exec.js";
 
@@ -23,13 +23,37 @@ export async function loopBackingFile(device: string): Promise<string | undefine
   }
 }
 
+/** A file's identity as the loop driver reports it: "<inode> <major>:<minor>". */
+export async function fileIdentity(file: string): Promise<string> {
+  // glibc's major()/minor() on a 64-bit dev_t (BigInt: JS shifts are 32-bit).
+  const st = await stat(file, { bigint: true });
+  const major = ((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & ~0xfffn);
+  const minor = (st.dev & 0xffn) | ((st.dev >> 12n) & ~0xffn);
+  return `${st.ino} ${major}:${minor}`;
+}
+
+/** The identity of the file a loop device is attached to (see fileIdentity), or undefined. */
+async function loopBackingIdentity(device: string): Promise<string | undefined> {
+  const r = await exec("losetup", ["-l", "-n", "-O", "BACK-INO,BACK-MAJ:MIN", device], {
+    allowFailure: true,
+  });
+  const out = r.stdout.trim().split(/\s+/).join(" ");
+  return r.code === 0 && out ? out : undefined;
+}
+
 /**
  * Detaches `device` if it is still attached to `file`: on a shared host a device we freed may
- * already serve someone else, and that one must not be torn down.
+ * already serve someone else, and that one must not be torn down. `identity` (fileIdentity at
+ * attach time) recognizes the file when its path changed, as a FUSE file's does when its daemon
+ * died and the mount was detached lazily.
  */
-export async function detachLoop(device: string, file: string): Promise<void> {
+export async function detachLoop(device: string, file: string, identity?: string): Promise<void> {
   const backing = await loopBackingFile(device);
-  if (backing === undefined || path.resolve(backing) !== path.resolve(file)) return;
+  if (backing === undefined) return;
+  const same =
+    path.resolve(backing) === path.resolve(file) ||
+    (identity !== undefined && (await loopBackingIdentity(device)) === identity);
+  if (!same) return;
   const r = await exec("losetup", ["-d", device], { allowFailure: true });
   if (r.code !== 0 && (await loopBackingFile(device)) !== undefined) {
     throw new Error(`losetup -d ${device} failed: ${r.stderr.trim()}`);

@@ -14,7 +14,7 @@ import { isProcessAlive, processStartTime } from "./procstat.js";
 export type Resource =
   | { kind: "mount"; target: string }
   /** autoclear: the kernel detaches it when its last user (the squashfs mount) goes away. */
-  | { kind: "loop"; device: string; file: string; autoclear?: boolean }
+  | { kind: "loop"; device: string; file: string; identity?: string; autoclear?: boolean }
   | { kind: "oci-container"; binary: string; root: string; id: string }
   | { kind: "process"; pid: number; startTime: number; name: string }
   /** A VM's processes (QEMU or Firecracker, virtiofsd): every process whose command line names `dir`. */
@@ -46,7 +46,7 @@ export async function releaseResource(r: Resource): Promise<void> {
       return unmount(r.target);
     case "loop":
       // Once autoclear is set the device may already serve another run of the same file: hands off.
-      return r.autoclear ? undefined : detachLoop(r.device, r.file);
+      return r.autoclear ? undefined : detachLoop(r.device, r.file, r.identity);
     case "oci-container":
       return deleteOciContainer(r.binary, r.root, r.id);
     case "process":

@@ -1,7 +1,7 @@
 import { mkdir, stat } from "node:fs/promises";
 import { KindlingError } from "../util/errors.js";
 import type { Scope } from "../util/scope.js";
-import { attachLoop, setLoopAutoclear } from "./loop.js";
+import { attachLoop, fileIdentity, setLoopAutoclear } from "./loop.js";
 import { mount } from "./mounts.js";
 import type { Resource } from "./resources.js";
 import type { RunDir } from "./rundir.js";
@@ -56,8 +56,9 @@ export async function mountOverlayRootfs(
   const image = await blockImage.open();
   scope.defer(`block image ${blockImage.description}`, () => image.close());
 
+  const identity = await fileIdentity(image.path);
   const device = await attachLoop(image.path);
-  const loop: Resource = { kind: "loop", device, file: image.path };
+  const loop: Resource = { kind: "loop", device, file: image.path, identity };
   await runDir.hold(scope, loop);
 
   await runDir.hold(scope, { kind: "mount", target: lower });
