@@ -303,12 +303,17 @@ async function probeKvm(opts: QemuBootOptions): Promise<Accel> {
 
 async function startVirtiofsd(source: string, socketPath: string, deadline: number): Promise<ChildProcess> {
   if (!existsSync(VIRTIOFSD)) throw new KindlingError(`${VIRTIOFSD} is missing (install qemu-system-common)`);
+  // relative socket path from the state dir: sun_path holds only 108 bytes
   const child = spawnTied(
     VIRTIOFSD,
-    [`--socket-path=${socketPath}`, "-o", `source=${source}`, "-o", "cache=auto"],
-    {
-      stdio: ["ignore", "ignore", "pipe"],
-    },
+    [
+      `--socket-path=${path.basename(socketPath)}`,
+      "-o",
+      `source=${path.resolve(source)}`,
+      "-o",
+      "cache=auto",
+    ],
+    { cwd: path.dirname(socketPath), stdio: ["ignore", "ignore", "pipe"] },
   );
   track(child);
   let err = "";
@@ -388,7 +393,14 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
     ),
   );
   spawnError.catch(() => {});
-  const vm = new QemuVm(child, accel, { ...paths, qmpSocket: "" }, helpers, owned);
+  // paths as this process reaches them (sun_path is short: long ones go through /proc/<pid>/cwd)
+  const vm = new QemuVm(
+    child,
+    accel,
+    { ...paths, qmpSocket: connectablePath(paths.qmpSocket, child) },
+    helpers,
+    owned,
+  );
   const fail = async (why: string): Promise<never> => {
     await vm.kill().catch(() => {});
     await vm.close(0).catch(() => {});
@@ -403,7 +415,6 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
       spawnError,
       connectWhenListening(connectablePath(paths.agentSocket, child), child, deadline),
     ]);
-    (vm.paths as { qmpSocket: string }).qmpSocket = connectablePath(paths.qmpSocket, child);
     vm.agent = new AgentClient(agentSock);
     const timer = sleep(Math.max(0, deadline - Date.now()), undefined, { ref: false }).then(
       () => "timeout" as const,
