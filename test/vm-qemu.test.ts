@@ -365,6 +365,8 @@ test("an ext4 root, extra drives by device, a scratch disk as the writable layer
   const spec: VmSpec = {
     ...baseSpec("drives"),
     ...boot,
+    // longer than a Unix socket path may be: QEMU and virtiofsd still get their sockets
+    stateDir: path.join(tmp, "a-long-state-directory-name-".repeat(4), "drives"),
     drives: [
       { id: "data", path: dataImg, readOnly: true, isRoot: false },
       { id: "root", path: rootExt4, readOnly: true, isRoot: true },
