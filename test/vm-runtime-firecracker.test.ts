@@ -5,7 +5,7 @@
  * process's output and status, and nothing left behind.
  */
 import assert from "node:assert/strict";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -62,12 +62,12 @@ interface Mount {
 }
 
 /** The guest agent: READY; CONFIGURE -> CONFIGURED (mounts recorded); START -> output, exit 0; POWEROFF -> close. */
-async function fakeAgent() {
+async function fakeAgent(onStart: () => Promise<void> = async () => {}) {
   const seen = { hostname: "", mounts: [] as Mount[], args: [] as string[] };
   const server = net.createServer((s) => {
     const dec = new FrameDecoder();
     s.write(encodeFrame(MsgType.READY, 0, new PayloadWriter().u32(1).bytes("6.1.0-fake").done()));
-    s.on("data", (chunk: Buffer) => {
+    s.on("data", async (chunk: Buffer) => {
       for (const f of dec.push(chunk)) {
         const r = new PayloadReader(f.payload);
         if (f.type === MsgType.CONFIGURE) {
@@ -89,6 +89,7 @@ async function fakeAgent() {
           r.bytes();
           const n = r.u32();
           seen.args = Array.from({ length: n }, () => r.bytes().toString());
+          await onStart();
           s.write(encodeFrame(MsgType.STARTED, f.id, new PayloadWriter().u32(2).done()));
           s.write(encodeFrame(MsgType.STDOUT, f.id, Buffer.from(`ran ${seen.args.join(" ")}\n`)));
           s.write(encodeFrame(MsgType.EXITED, f.id, new PayloadWriter().u32(4).u32(0).done()));
@@ -106,10 +107,10 @@ async function fakeAgent() {
   return { seen, close: () => new Promise((r) => server.close(r)) };
 }
 
-async function run(flags: RawRunFlags) {
+async function run(flags: RawRunFlags, onStart?: () => Promise<void>) {
   const record = path.join(fx.dir, `api-${flags.rootfs}-${Date.now()}.jsonl`);
   process.env.FAKE_FC_RECORD = record;
-  const agent = await fakeAgent();
+  const agent = await fakeAgent(onStart);
   try {
     const options = await parseRunOptions("ml", ["echo", "hi"], { runtime: "firecracker", ...flags });
     const handle = runContainer({
@@ -233,4 +234,19 @@ test("firecracker --rootfs virtiofs is refused with the reason", async () => {
     ),
     /--rootfs virtiofs does not apply to --runtime firecracker \(it supports: lazy, squashfs, copy\)/,
   );
+});
+
+test("a sync-back that cannot write to the host keeps the rw drive in $KINDLING_HOME/rescued and says so", async () => {
+  const gone = path.join(t.tmp, "gone");
+  await mkdir(gone);
+  const r = await run({ rootfs: "lazy", volume: [`${gone}:/rw`] }, async () => {
+    // the host directory is replaced by a file while the container runs: rsync cannot copy into it
+    await rm(gone, { recursive: true });
+    await writeFile(gone, "");
+  });
+  assert.equal(r.result.status, 4);
+  const rescued = await readdir(path.join(t.home.root, "rescued"));
+  assert.equal(rescued.length, 1);
+  assert.match(rescued[0], /^[0-9a-f]{12}-rw\.ext4$/);
+  assert.deepEqual(await leftovers(t.home.root), []);
 });

@@ -1,14 +1,15 @@
 /**
  * Measures -v packing (docs/rootfs-strategies.md): prep time (host-side: building the drives) and boot time
  * (VMM spawn to agent READY) for `--rootfs lazy` with 10 and 100 mounts, packed vs one drive per mount.
- * Skipped unless KINDLING_MEASURE=1 (it boots 4 VMs per repetition):
- *   KINDLING_MEASURE=1 KINDLING_MEASURE_REPS=3 node --test dist/test/vm-runtime-packing.test.js
+ * Also each --rootfs strategy on debian-minbase. Skipped unless asked (they boot many VMs):
+ *   KINDLING_MEASURE=packing|strategies|1 KINDLING_MEASURE_REPS=5 node --test dist/test/vm-runtime-packing.test.js
  * Always checks that per-mount beyond QEMU's virtio-mmio slots fails with the limit before anything boots.
  */
 import assert from "node:assert/strict";
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { importImage } from "../src/image/import.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
@@ -18,9 +19,12 @@ import { leftovers, readAll } from "../src/runtime/testing.js";
 import type { Container, Runtime } from "../src/runtime/types.js";
 import { Scope } from "../src/util/scope.js";
 import { prepareRootfs } from "../src/vm/rootfs/strategies.js";
+import { fixture } from "./helpers/fixtures.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
-const MEASURE = process.env.KINDLING_MEASURE === "1";
+/** KINDLING_MEASURE=1 (both), packing, or strategies. */
+const MEASURE = process.env.KINDLING_MEASURE ?? "";
+const measures = (what: string) => MEASURE === "1" || MEASURE === what;
 const REPS = Number(process.env.KINDLING_MEASURE_REPS ?? 3);
 let t: VmTestHome;
 
@@ -44,10 +48,19 @@ async function volumes(n: number): Promise<string[]> {
   return out;
 }
 
-async function once(n: number, packing: "pack" | "per-mount") {
-  const options = await parseRunOptions("ml", ["/bin/sh", "-c", "ls /v | wc -l"], {
+interface Other {
+  image: string;
+  rootfs: "lazy" | "squashfs" | "copy" | "virtiofs";
+  volume: string[];
+  command: string;
+}
+
+async function once(n: number, packing: "pack" | "per-mount", other?: Other) {
+  const image = other?.image ?? "ml";
+  const options = await parseRunOptions(image, ["/bin/sh", "-c", other?.command ?? "ls /v | wc -l"], {
     runtime: "qemu",
-    volume: await volumes(n),
+    rootfs: other?.rootfs,
+    volume: other?.volume ?? (await volumes(n)),
     mountPacking: packing,
   });
   const inner = getRuntime(options.runtime, options.rootfs);
@@ -64,14 +77,14 @@ async function once(n: number, packing: "pack" | "per-mount") {
   const handle = runContainer({
     home: t.home,
     options,
-    image: await resolveImage(t.home, "ml"),
+    image: await resolveImage(t.home, image),
     runtime,
     stdio: { stdout: "pipe", stderr: "pipe" },
   });
   const s = await handle.started;
   const [stdout, , result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
   assert.equal(result.status, 0);
-  assert.equal(stdout.trim(), String(n));
+  if (!other) assert.equal(stdout.trim(), String(n));
   return { prepMs: container!.prepMs!, bootMs: container!.bootMs!, totalMs: Date.now() - start };
 }
 
@@ -98,7 +111,7 @@ async function prepOnly(n: number, packing: "pack" | "per-mount"): Promise<numbe
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-test("packing: prep and boot times for 10 and 100 mounts", { skip: !MEASURE }, async () => {
+test("packing: prep and boot times for 10 and 100 mounts", { skip: !measures("packing") }, async () => {
   const rows: string[] = [
     "| mounts | packing | drives | prep ms | boot ms | total ms |",
     "|---|---|---|---|---|---|",
@@ -121,6 +134,35 @@ test("packing: prep and boot times for 10 and 100 mounts", { skip: !MEASURE }, a
     }
   }
   process.stdout.write(`\n${rows.join("\n")}\n(median of ${REPS})\n`);
+});
+
+test("strategies: prep and boot times on debian-minbase (206 MB)", {
+  skip: !measures("strategies"),
+}, async () => {
+  await importImage(t.home, await fixture("debian-minbase.tar"), { name: "deb" });
+  const ro = path.join(t.tmp, "deb-ro");
+  const rw = path.join(t.tmp, "deb-rw");
+  await mkdir(ro, { recursive: true });
+  await mkdir(rw, { recursive: true });
+  await writeFile(path.join(ro, "f"), "x\n");
+  const rows = ["| strategy | prep ms | boot ms | total ms |", "|---|---|---|---|"];
+  for (const rootfs of ["lazy", "squashfs", "copy", "virtiofs"] as const) {
+    const runs = [];
+    for (let i = 0; i < Math.min(REPS, 3); i++) {
+      runs.push(
+        await once(0, "pack", {
+          image: "deb",
+          rootfs,
+          volume: [`${ro}:/ro:ro`, `${rw}:/rw`],
+          command: "cat /etc/debian_version",
+        }),
+      );
+    }
+    rows.push(
+      `| ${rootfs} | ${median(runs.map((r) => r.prepMs))} | ${median(runs.map((r) => r.bootMs))} | ${median(runs.map((r) => r.totalMs))} |`,
+    );
+  }
+  process.stdout.write(`\n${rows.join("\n")}\n(median of ${Math.min(REPS, 3)}; one ro and one rw mount)\n`);
 });
 
 test("per-mount beyond the virtio-mmio slots fails with the limit, and leaves nothing", async () => {
