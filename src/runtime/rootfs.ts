@@ -70,10 +70,13 @@ export async function mountOverlayRootfs(
   }
 
   await runDir.hold(scope, { kind: "mount", target: mergedDir });
-  await Promise.all([
+  // In parallel, off the critical path: once autoclear is set, unmounting the squashfs frees the
+  // loop device. Both settle before a failure is thrown, so cleanup knows which one happened.
+  const [overlay, autoclear] = await Promise.allSettled([
     mount("overlay", "overlay", mergedDir, `lowerdir=${lower},upperdir=${upper},workdir=${work}`),
-    // Off the critical path (in parallel): unmounting the squashfs will then free the loop device.
     setLoopAutoclear(device).then(() => runDir.update(loop, { autoclear: true })),
   ]);
+  if (overlay.status === "rejected") throw overlay.reason;
+  if (autoclear.status === "rejected") throw autoclear.reason;
   return { merged: mergedDir, upper, image };
 }
