@@ -324,6 +324,23 @@ test("a guest kernel panic is a clear error with the console's last lines", asyn
   assert.deepEqual(await runningQemuPids(), []);
 });
 
+test("a kernel panic while the process runs is a clear error, and the VM is gone", async () => {
+  await assert.rejects(
+    runInVm({
+      spec: baseSpec("midrun-panic"),
+      qemu: { home },
+      process: { args: ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 100"], env: [PATH] },
+    }),
+    (e: Error) => {
+      assert.ok(e instanceof KindlingError);
+      assert.match(e.message, /guest kernel panic/);
+      assert.match(e.message, /sysrq/i);
+      return true;
+    },
+  );
+  assert.deepEqual(await runningQemuPids(), []);
+});
+
 test("a garbage root drive fails the boot with the init's reason", async () => {
   const garbage = path.join(tmp, "garbage.img");
   await writeFile(garbage, randomBytes(1024 * 1024));

@@ -166,6 +166,12 @@ export class QemuVm {
     return text.replace(/\r/g, "").trimEnd().split("\n").slice(-lines).join("\n");
   }
 
+  /** The console's "Kernel panic - ..." line, if the guest kernel panicked (its trace follows it). */
+  async panicLine(): Promise<string | undefined> {
+    const text = await readFile(this.paths.consoleLog, "latin1").catch(() => "");
+    return /Kernel panic[^\r\n]*/.exec(text)?.[0];
+  }
+
   /** Kills QEMU at once (SIGKILL) and waits for it. */
   async kill(): Promise<void> {
     if (!this.exited) this.child.kill("SIGKILL");
@@ -438,10 +444,8 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
     if (result === "timeout")
       return await fail(`no agent READY within ${opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS} ms`);
     if (result === "exited") {
-      const tail = await vm.consoleTail(40);
-      return await fail(
-        /Kernel panic/.test(tail) ? "guest kernel panic" : `QEMU exited (${fmtExit(await vm.wait())})`,
-      );
+      const panic = await vm.panicLine();
+      return await fail(panic ? `guest kernel panic: ${panic}` : `QEMU exited (${fmtExit(await vm.wait())})`);
     }
     return await fail(`guest kernel panic: ${result}`);
   } catch (err) {
@@ -543,7 +547,8 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunResult> {
     if (outcome === "gone" || outcome instanceof Error) {
       await Promise.race([vm.wait(), sleep(1000, undefined, { ref: false })]);
       const tail = await vm.consoleTail(20);
-      const why = /Kernel panic/.test(tail) ? "guest kernel panic" : "the VM stopped while the process ran";
+      const panic = await vm.panicLine();
+      const why = panic ? `guest kernel panic: ${panic}` : "the VM stopped while the process ran";
       throw new KindlingError(`${why}\n--- last console lines (${vm.paths.consoleLog}) ---\n${tail}`);
     }
     const exit = outcome as ProcessExit;
