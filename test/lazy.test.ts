@@ -5,9 +5,11 @@ import { existsSync } from "node:fs";
 import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { chunkAt, chunksIn } from "../src/lazy/chunkmap.js";
 import { Limiter } from "../src/lazy/fetch.js";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
 import { readMountinfo } from "../src/lazy/mountinfo.js";
+import { parseSquashfsSuperblock } from "../src/lazy/squashfs.js";
 import { indexBytes } from "../src/lazy/testing.js";
 import type { ChunkSource, Digest } from "../src/store/types.js";
 import { KindlingHome } from "../src/util/home.js";
@@ -412,4 +414,25 @@ test("shared: one daemon per image for every user; it leaves once its last user 
   }
   assert.ok(await gone(c.pid));
   await cleanupStale(home);
+});
+
+test("chunk lookup is a binary search over variable-size chunks; the superblock parser finds the tables", async () => {
+  const { index } = await indexBytes(home, randomBytes(1_000_000), [1, 4096, 77_777, 300_000], false);
+  for (const [i, c] of index.chunks.entries()) {
+    assert.equal(chunkAt(index, c.offset), i);
+    assert.equal(chunkAt(index, c.offset + c.length - 1), i);
+  }
+  assert.equal(chunkAt(index, index.blockSize), -1);
+  assert.deepEqual(chunksIn(index, index.blockSize - 1, 100), [index.chunks.length - 1]);
+  assert.deepEqual(chunksIn(index, index.blockSize, 100), []);
+  assert.deepEqual(chunksIn(index, 0, 2), [0, 1]);
+
+  const sb = Buffer.alloc(96);
+  sb.writeUInt32LE(0x73717368, 0);
+  sb.writeUInt16LE(4, 28);
+  sb.writeBigUInt64LE(900_000n, 40); // bytes_used
+  const tables = [880_000n, 0xffffffffffffffffn, 700_000n, 750_000n, 800_000n, 850_000n];
+  for (const [i, v] of tables.entries()) sb.writeBigUInt64LE(v, 48 + i * 8);
+  assert.deepEqual(parseSquashfsSuperblock(sb), { bytesUsed: 900_000, tablesStart: 700_000 });
+  assert.equal(parseSquashfsSuperblock(Buffer.alloc(96)), null);
 });
