@@ -364,7 +364,7 @@ test("a boot deadline is enforced", async () => {
   assert.deepEqual(await runningQemuPids(), []);
 });
 
-test("an ext4 root, extra drives by device, a scratch disk as the writable layer, a virtio-fs share", async () => {
+test("an ext4 root, ro and rw drives by device, a scratch disk as the writable layer, a virtio-fs share", async () => {
   const dataDir = path.join(tmp, "data-src");
   await mkdir(dataDir, { recursive: true });
   await writeFile(path.join(dataDir, "hello.txt"), "from a read-only ext4 drive\n");
@@ -372,6 +372,8 @@ test("an ext4 root, extra drives by device, a scratch disk as the writable layer
   await exec("mkfs.ext4", ["-q", "-F", "-d", dataDir, dataImg, "16M"]);
   const scratchImg = path.join(tmp, "scratch.ext4");
   await exec("mkfs.ext4", ["-q", "-F", scratchImg, "64M"]);
+  const rwImg = path.join(tmp, "rw.ext4");
+  await exec("mkfs.ext4", ["-q", "-F", rwImg, "8M"]);
   const shared = path.join(tmp, "shared");
   await mkdir(shared, { recursive: true });
   await writeFile(path.join(shared, "in.txt"), "host file\n");
@@ -388,6 +390,7 @@ test("an ext4 root, extra drives by device, a scratch disk as the writable layer
       { id: "data", path: dataImg, readOnly: true, isRoot: false },
       { id: "root", path: rootExt4, readOnly: true, isRoot: true },
       { id: "scratch", path: scratchImg, readOnly: false, isRoot: false },
+      { id: "rwdata", path: rwImg, readOnly: false, isRoot: false },
     ],
     shares: [{ tag: "share0", source: shared }],
   };
@@ -400,6 +403,7 @@ test("an ext4 root, extra drives by device, a scratch disk as the writable layer
       mounts: [
         { kind: "block", source: "/dev/vdb", target: "/mnt/data", fstype: "ext4", readOnly: true },
         { kind: "virtiofs", source: "share0", target: "/mnt/shared" },
+        { kind: "block", source: "/dev/vdd", target: "/mnt/rw-data", fstype: "ext4" },
       ],
     },
     process: {
@@ -407,6 +411,7 @@ test("an ext4 root, extra drives by device, a scratch disk as the writable layer
         "sh",
         "-c",
         "cat /mnt/data/hello.txt; cat /mnt/shared/in.txt; echo guest > /mnt/shared/out.txt; " +
+          "echo kept > /mnt/rw-data/f && sync; " +
           "touch /mnt/data/x 2>/dev/null && echo rw-data || echo ro-data; " +
           "grep ' / overlay' /proc/mounts | grep -c upperdir=/mnt/rw/upper; echo big > /bigfile; df -k / | tail -1; " +
           "test -d /sys/fs/ext4/vda && echo ext4-root",
@@ -424,6 +429,9 @@ test("an ext4 root, extra drives by device, a scratch disk as the writable layer
   const kb = Number(lines[4].trim().split(/\s+/)[1]);
   assert.ok(kb > 40_000 && kb < 70_000, lines[4]);
   assert.equal(lines[5], "ext4-root");
+  // the rw drive keeps its write after the VM is gone
+  const { stdout } = await exec("debugfs", ["-R", "cat /f", rwImg]);
+  assert.equal(stdout, "kept\n");
   assert.deepEqual(await runningQemuPids(), []);
 });
 
