@@ -827,6 +827,57 @@ static void configure(struct in *r) {
 
 /* ------------------------------------------------------------------ power off */
 
+/* A mount point from /proc/mounts, whose fields escape space, tab, newline and backslash as \ooo. */
+static void unescape_mount_path(char *s) {
+  char *out = s;
+  for (char *in = s; *in; out++) {
+    if (in[0] == '\\' && in[1] >= '0' && in[1] <= '3' && in[2] && in[3]) {
+      *out = (char)((in[1] - '0') * 64 + (in[2] - '0') * 8 + (in[3] - '0'));
+      in += 4;
+    } else {
+      *out = *in++;
+    }
+  }
+  *out = 0;
+}
+
+static bool is_kernel_mount(const char *mp) {
+  static const char *keep[] = {"/", "/proc", "/sys", "/dev"};
+  for (unsigned i = 0; i < sizeof keep / sizeof *keep; i++) {
+    size_t n = strlen(keep[i]);
+    if (strcmp(mp, keep[i]) == 0 || (n > 1 && strncmp(mp, keep[i], n) == 0 && mp[n] == '/')) return true;
+  }
+  return false;
+}
+
+/*
+ * Unmount the container's mounts, newest first, so rw drives are clean (an ext4 left dirty cannot be
+ * mounted read-only from a read-only drive later). Busy ones are at least remounted read-only.
+ */
+static void unmount_container_mounts(void) {
+  static char buf[256 * 1024];
+  int fd = open("/proc/self/mounts", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  size_t len = 0;
+  for (ssize_t n; len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0;) len += (size_t)n;
+  close(fd);
+  buf[len] = 0;
+  char *points[2048];
+  int count = 0;
+  for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line && count < 2048; line = strtok_r(NULL, "\n", &save)) {
+    char *mp = strchr(line, ' ');
+    if (!mp) continue;
+    mp++;
+    mp[strcspn(mp, " ")] = 0;
+    unescape_mount_path(mp);
+    if (!is_kernel_mount(mp)) points[count++] = mp;
+  }
+  for (int i = count - 1; i >= 0; i--) {
+    if (umount2(points[i], 0) < 0 && mount(NULL, points[i], NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0 && debug_on)
+      logmsg("unmount %s: %s", points[i], strerror(errno));
+  }
+}
+
 static void power_off(void) {
   logmsg("poweroff");
   kill(-1, SIGTERM);
@@ -834,6 +885,7 @@ static void power_off(void) {
   kill(-1, SIGKILL);
   while (waitpid(-1, NULL, WNOHANG) > 0) {}
   sync();
+  unmount_container_mounts();
   reboot(halt_reboot ? RB_AUTOBOOT : RB_POWER_OFF);
   for (;;) pause(); /* if the VMM cannot power off, at least never exit PID 1 */
 }

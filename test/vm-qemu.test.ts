@@ -411,7 +411,7 @@ test("an ext4 root, ro and rw drives by device, a scratch disk as the writable l
         "sh",
         "-c",
         "cat /mnt/data/hello.txt; cat /mnt/shared/in.txt; echo guest > /mnt/shared/out.txt; " +
-          "echo kept > /mnt/rw-data/f && sync; " +
+          "echo kept > /mnt/rw-data/f; " +
           "touch /mnt/data/x 2>/dev/null && echo rw-data || echo ro-data; " +
           "grep ' / overlay' /proc/mounts | grep -c upperdir=/mnt/rw/upper; echo big > /bigfile; df -k / | tail -1; " +
           "test -d /sys/fs/ext4/vda && echo ext4-root",
@@ -429,9 +429,12 @@ test("an ext4 root, ro and rw drives by device, a scratch disk as the writable l
   const kb = Number(lines[4].trim().split(/\s+/)[1]);
   assert.ok(kb > 40_000 && kb < 70_000, lines[4]);
   assert.equal(lines[5], "ext4-root");
-  // the rw drive keeps its write after the VM is gone
+  // the rw drive keeps its write after the VM is gone, and was unmounted cleanly at power off
   const { stdout } = await exec("debugfs", ["-R", "cat /f", rwImg]);
   assert.equal(stdout, "kept\n");
+  const { stdout: header } = await exec("dumpe2fs", ["-h", rwImg]);
+  assert.match(header, /Filesystem state:\s+clean\n/);
+  assert.doesNotMatch(header, /needs_recovery/);
   assert.deepEqual(await runningQemuPids(), []);
 });
 
