@@ -205,6 +205,10 @@ test("the OCI spec carries args, env, cwd, user, mounts, limits and rlimits", as
       d,
     );
   }
+  assert.equal(spec.linux.seccomp?.defaultAction, "SCMP_ACT_ALLOW");
+  assert.ok(spec.linux.seccomp?.syscalls.some((r) => r.names.includes("unshare")));
+  const unfiltered = buildOciSpec({ process: p, rootfs: "rootfs", volumes: [], nofile: 1, seccomp: false });
+  assert.equal(unfiltered.linux.seccomp, undefined);
   assert.deepEqual(
     spec.linux.namespaces.map((n) => n.type),
     ["pid", "network", "ipc", "uts", "mount"],

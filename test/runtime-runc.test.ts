@@ -126,6 +126,17 @@ test("env, cwd, hostname and user come from the image and the flags", async () =
   await assertClean();
 });
 
+test("the seccomp filter denies new namespaces; ordinary work is unaffected", async () => {
+  const r = await run([
+    "sh",
+    "-c",
+    "unshare -U -r true; echo userns=$?; unshare -n true; echo netns=$?; (true &); wait; grep Seccomp: /proc/self/status",
+  ]);
+  assert.equal(r.stdout, "userns=1\nnetns=1\nSeccomp:\t2\n");
+  assert.match(r.stderr, /unshare\(0x10000000\): Operation not permitted/);
+  await assertClean();
+});
+
 test("a ro mount is not writable; a rw mount's writes show on the host", async () => {
   const ro = path.join(tmp, "ro");
   const rw = path.join(tmp, "rw");

@@ -1,3 +1,4 @@
+import { defaultSeccomp, type OciSeccomp } from "./seccomp.js";
 import type { ProcessSpec, VolumeSpec } from "./types.js";
 
 /** The subset of the OCI runtime spec (v1.0.2) that Kindling writes. */
@@ -32,6 +33,7 @@ export interface OciSpec {
     namespaces: { type: string }[];
     maskedPaths: string[];
     readonlyPaths: string[];
+    seccomp?: OciSeccomp;
   };
 }
 
@@ -47,6 +49,8 @@ export interface OciSpecInput {
   /** RLIMIT_NOFILE for the process: the host's hard limit, which runc may set without raising it. */
   nofile: number;
   cgroupsPath?: string;
+  /** The default seccomp filter (seccomp.ts); false leaves the process unfiltered. Default true. */
+  seccomp?: boolean;
 }
 
 /** Docker's default capability set: enough for package managers and servers, no admin powers. */
@@ -162,6 +166,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
         "/proc/scsi",
       ],
       readonlyPaths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+      ...(input.seccomp === false ? {} : { seccomp: defaultSeccomp() }),
     },
   };
 }

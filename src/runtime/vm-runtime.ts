@@ -183,11 +183,12 @@ class VmContainer implements Container {
         },
       );
     } catch (e) {
-      // The guest could not start it (FAILED): as Docker, 127 for a missing command, 126 for no permission.
+      // The guest could not start it (FAILED): as Docker, 127 for a command that is not there, 126 for
+      // one that cannot be run (permission, a bad working directory or user).
       const message = (e as Error).message;
-      if (/cannot (execute|chdir to|set uid)/.test(message)) {
-        const status = /No such file|Not a directory/.test(message) && /execute/.test(message) ? 127 : 126;
-        this.exited = Promise.resolve({ status: /chdir/.test(message) ? 126 : status, message });
+      if (/^cannot (execute|chdir to|set uid\/gid for) /.test(message)) {
+        const notFound = /^cannot execute .*: (No such file or directory|Not a directory)$/.test(message);
+        this.exited = Promise.resolve({ status: notFound ? 127 : 126, message });
         end();
         return { stdout: out.pipe, stderr: err.pipe };
       }
