@@ -522,6 +522,7 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunResult> {
     });
     let timedOut = false;
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
     const stop = new Promise<"stopped">((resolve) => {
       if (opts.timeoutMs !== undefined) {
         timer = setTimeout(() => {
@@ -529,12 +530,14 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunResult> {
           resolve("stopped");
         }, opts.timeoutMs);
       }
+      onAbort = () => resolve("stopped");
       if (opts.signal?.aborted) resolve("stopped"); // aborted while the VM booted
-      opts.signal?.addEventListener("abort", () => resolve("stopped"), { once: true });
+      opts.signal?.addEventListener("abort", onAbort, { once: true });
     });
     const vmGone = vm.wait().then(() => "gone" as const);
     const outcome = await Promise.race([proc.exited, stop, vmGone]).catch((err: Error) => err);
     clearTimeout(timer);
+    if (onAbort) opts.signal?.removeEventListener("abort", onAbort);
     if (outcome === "stopped") {
       // kill the process, give its EXITED a moment to arrive, then the VM goes in finally
       proc.kill("SIGKILL");
