@@ -350,6 +350,7 @@ test("a garbage root drive fails the boot with the init's reason", async () => {
   };
   await assert.rejects(bootVm(spec, { home }), (e: Error) => {
     assert.ok(e instanceof KindlingError);
+    assert.match(e.message, /guest init failed: mount root \/dev\/vda/);
     assert.match(e.message, /FATAL: mount root \/dev\/vda/);
     return true;
   });

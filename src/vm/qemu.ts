@@ -445,7 +445,9 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
       return await fail(`no agent READY within ${opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS} ms`);
     if (result === "exited") {
       const panic = await vm.panicLine();
-      return await fail(panic ? `guest kernel panic: ${panic}` : `QEMU exited (${fmtExit(await vm.wait())})`);
+      const fatal = /kindling-init: \[\d+ ms\] FATAL: ([^\r\n]*)/.exec(await vm.consoleTail(200))?.[1];
+      if (panic) return await fail(`guest kernel panic: ${panic}`);
+      return await fail(fatal ? `guest init failed: ${fatal}` : `QEMU exited (${fmtExit(await vm.wait())})`);
     }
     return await fail(`guest kernel panic: ${result}`);
   } catch (err) {
