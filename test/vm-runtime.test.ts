@@ -4,7 +4,7 @@
  * failures; the CLI end to end. After every run nothing is left mounted, attached or running.
  */
 import assert from "node:assert/strict";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -27,6 +27,7 @@ before(async () => {
   rw = path.join(t.tmp, "rw");
   await mkdir(ro);
   await mkdir(rw);
+  await chmod(rw, 0o777); // the container runs as uid 1000
   await writeFile(path.join(ro, "data"), "read-only data\n");
 });
 
@@ -50,8 +51,9 @@ async function run(command: string[], flags: RawRunFlags) {
   return { ...result, stdout, stderr };
 }
 
+// As the image's user "app" (1000, HOME /home/app): names resolve from the image's /etc/passwd.
 const SCRIPT =
-  'cat /data/hello /data/layer2 /ro/data; echo "written by $0" > /rw/out; echo x > /ro/x 2>/dev/null; echo done';
+  'cat /data/hello /data/layer2 /ro/data; echo "written by $0" > /rw/out; echo x > /ro/x 2>/dev/null; echo "$(id -un) $(id -u) $HOME"';
 
 for (const strategy of ["lazy", "squashfs", "copy", "virtiofs"] as const) {
   test(`--rootfs ${strategy}: image layers, ro mount, rw mount${strategy === "squashfs" ? " (writes lost)" : " written back"}`, async () => {
@@ -59,9 +61,10 @@ for (const strategy of ["lazy", "squashfs", "copy", "virtiofs"] as const) {
     const r = await run(["/bin/sh", "-c", SCRIPT, strategy], {
       rootfs: strategy,
       volume: [`${ro}:/ro:ro`, `${rw}:/rw`],
+      user: "app",
     });
     assert.equal(r.status, 0, r.stderr);
-    assert.equal(r.stdout, "hello from layer 2\nfrom layer 2\nread-only data\ndone\n");
+    assert.equal(r.stdout, "hello from layer 2\nfrom layer 2\nread-only data\napp 1000 /home/app\n");
     const out = await readFile(path.join(rw, "out"), "utf8").catch(() => undefined);
     if (strategy === "squashfs") assert.equal(out, undefined);
     else assert.equal(out, `written by ${strategy}\n`);
