@@ -257,20 +257,17 @@ static void remove_tree(int dirfd, dev_t rootdev) {
 }
 
 /*
- * From an initramfs: pivot_root(2) refuses the kernel's rootfs as the old root (EINVAL), so do what
- * switch_root does: move /proc /sys /dev, free the initramfs, move the new root onto / and chroot.
+ * From an initramfs: pivot_root(2) refuses the kernel's rootfs as the current root (it is a mount without
+ * a parent: EINVAL). Bind the initramfs recursively (the overlay and /proc /sys /dev come along) onto a
+ * directory of itself and chroot there: that root is a mount with a parent, so the note's pivot_root
+ * works from it. The initramfs files are deleted first: rootfs itself can never be unmounted.
  */
-static void switch_from_initramfs(const char *newroot) {
-  char path[256];
-  const char *mounts[] = {"/proc", "/sys", "/dev"};
-  for (int i = 0; i < 3; i++) {
-    snprintf(path, sizeof path, "%s%s", newroot, mounts[i]);
-    move_to(mounts[i], path);
-  }
+static void enter_bound_initramfs(void) {
   struct stat st;
   if (stat("/", &st) == 0) remove_tree(open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC), st.st_dev);
-  if (chdir(newroot) < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
-    fatal("switch to %s: %s", newroot, strerror(errno));
+  mkdir_p("/initramfs", 0755);
+  if (mount("/", "/initramfs", NULL, MS_BIND | MS_REC, NULL) < 0 || chroot("/initramfs") < 0 || chdir("/") < 0)
+    fatal("bind the initramfs for pivot_root: %s", strerror(errno));
 }
 
 /* Root mounted by the kernel (no initramfs): the design note's pivot_root, then detach the old root. */
@@ -311,7 +308,8 @@ static void stage2(bool from_initramfs) {
   if (from_initramfs) {
     mount_writable("/mnt/rw");
     mount_overlay("/mnt/lower", "/mnt/rw", "/mnt/root");
-    switch_from_initramfs("/mnt/root");
+    enter_bound_initramfs();
+    pivot_into("/mnt/root");
   } else {
     /* The root is read-only: a small tmpfs gives us somewhere to create the mount points. */
     const char *stage = access("/mnt", F_OK) == 0 ? "/mnt" : "/tmp";
