@@ -717,16 +717,15 @@ static void start_process(uint32_t id, struct in *r) {
 }
 
 static void stdin_data(struct proc *p, const uint8_t *data, size_t len) {
-  if (!p || p->in_fd < 0) {
-    if (p) { /* stdin already closed: acknowledge so the host never waits on credit */
-      uint8_t pl[4];
-      put_u32(pl, (uint32_t)len);
-      send_frame(T_STDIN_CREDIT, p->id, pl, 4);
-    }
+  if (!p) return;
+  uint8_t *nb = p->in_fd < 0 ? NULL : realloc(p->inbuf, p->inlen + len);
+  if (!nb) {
+    /* stdin closed (or no memory): drop the bytes but acknowledge them, so the host never waits on credit */
+    uint8_t pl[4];
+    put_u32(pl, (uint32_t)len);
+    send_frame(T_STDIN_CREDIT, p->id, pl, 4);
     return;
   }
-  uint8_t *nb = realloc(p->inbuf, p->inlen + len);
-  if (!nb) return;
   memcpy(nb + p->inlen, data, len);
   p->inbuf = nb;
   p->inlen += len;
