@@ -3,7 +3,8 @@
  * loop device under an overlay (what `kindling run` uses) against runc on a plain directory holding
  * the same tree; interleaved rounds, medians and ratios. A third row is `kindling run` end to end
  * (stale-run check, loop + mounts, bundle, runc, teardown) through the API.
- *   node dist/bench/runc-start.js [--n 30] [--image NAME|FILE.sqfs]   (NAME: in $KINDLING_HOME)
+ *   node dist/bench/runc-start.js [--n 30] [--image NAME|FILE.sqfs] [--runtime runc|runsc]
+ * (NAME: an image in $KINDLING_HOME). With --runtime runsc, gVisor (ptrace) runs all three.
  * Without --image, a busybox SquashFS is built; with an image name the lower layer is the lazy FUSE
  * file (warm: after the first round its chunks are cached).
  */
@@ -13,6 +14,7 @@ import path from "node:path";
 import { isPathRef, resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { buildOciSpec } from "../src/runtime/oci.js";
+import { RUNC, RUNSC } from "../src/runtime/oci-runtime.js";
 import { parseRunOptions } from "../src/runtime/options.js";
 import { getRuntime } from "../src/runtime/registry.js";
 import { mountOverlayRootfs } from "../src/runtime/rootfs.js";
@@ -29,6 +31,10 @@ const argOf = (name: string): string | undefined => {
 };
 const N = Number(argOf("n") ?? 30);
 const IMAGE = argOf("image");
+const RUNTIME_ARG = argOf("runtime") ?? "runc";
+if (RUNTIME_ARG !== "runc" && RUNTIME_ARG !== "runsc") throw new Error("--runtime: runc or runsc");
+const RUNTIME: "runc" | "runsc" = RUNTIME_ARG;
+const FLAVOR = RUNTIME === "runc" ? RUNC : RUNSC;
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -37,8 +43,8 @@ const median = (xs: number[]) => {
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
 async function main(): Promise<void> {
-  const runc = await findBinary("runc");
-  if (!runc) throw new Error("runc is not installed");
+  const runc = await findBinary(RUNTIME);
+  if (!runc) throw new Error(`${RUNTIME} is not installed`);
   const tmp = await mkdtemp(path.join(tmpdir(), "kindling-bench-runc-"));
   // An image name is looked up (and run) in $KINDLING_HOME; a file or the built busybox in a temp home.
   const home = IMAGE && !isPathRef(IMAGE) ? new KindlingHome() : new KindlingHome(path.join(tmp, "home"));
@@ -61,7 +67,7 @@ async function main(): Promise<void> {
       await file.close();
     }
     // The overlay on squashfs via loop, mounted once: the per-start cost is runc's alone.
-    const runDir = await RunDir.create(home, scope, "runc", image.name);
+    const runDir = await RunDir.create(home, scope, RUNTIME, image.name);
     const overlayBundle = runDir.file("bundle");
     await mountOverlayRootfs(runDir, scope, image.blockImage, `${overlayBundle}/rootfs`);
     const plainBundle = path.join(tmp, "plain-bundle");
@@ -90,6 +96,7 @@ async function main(): Promise<void> {
       const r = await exec(runc, [
         "--root",
         state,
+        ...FLAVOR.globalArgs,
         "run",
         "--bundle",
         bundle,
@@ -99,14 +106,14 @@ async function main(): Promise<void> {
       if (r.stdout !== "hi\n") throw new Error(`unexpected output: ${r.stdout}`);
       return t;
     };
-    const options = await parseRunOptions(imageRef!, ["echo", "hi"], {});
+    const options = await parseRunOptions(imageRef!, ["echo", "hi"], { runtime: RUNTIME });
     const kindlingEcho = async () => {
       const t0 = process.hrtime.bigint();
       const h = runContainer({
         home,
         options,
         image,
-        runtime: getRuntime("runc", "lazy"),
+        runtime: getRuntime(RUNTIME, "lazy"),
         stdio: { stdout: "pipe", stderr: "pipe" },
       });
       const s = await h.started;
@@ -129,11 +136,13 @@ async function main(): Promise<void> {
     const dir = median(times.dir);
     const row = (label: string, xs: number[]) =>
       `  ${label.padEnd(60)} ${median(xs).toFixed(1).padStart(7)} ms   ${(median(xs) / dir).toFixed(2)}x`;
-    console.log(`runc \`echo hi\` start latency, median of ${N} interleaved rounds, image ${image.name}`);
+    console.log(
+      `${RUNTIME} \`echo hi\` start latency, median of ${N} interleaved rounds, image ${image.name}`,
+    );
     console.log(`  command: node dist/bench/runc-start.js ${process.argv.slice(2).join(" ")}`.trimEnd());
-    console.log(row("runc run, plain directory rootfs", times.dir));
-    console.log(row("runc run, overlay on squashfs via ro loop (mounted)", times.overlay));
-    console.log(row("kindling run end to end (API: mounts+bundle+runc+cleanup)", times.e2e));
+    console.log(row(`${RUNTIME} run, plain directory rootfs`, times.dir));
+    console.log(row(`${RUNTIME} run, overlay on squashfs via ro loop (mounted)`, times.overlay));
+    console.log(row(`kindling run end to end (API: mounts+bundle+${RUNTIME}+cleanup)`, times.e2e));
   });
 }
 
