@@ -184,6 +184,10 @@ describe("one VM, many processes", () => {
       stdin: Readable.from([input.subarray(0, 1000), input.subarray(1000)]),
     });
     assert.equal(r.out.toString().split(" ")[0], createHash("sha256").update(input).digest("hex"));
+    // a reader that stops early: the rest of stdin is dropped, nothing stalls
+    const early = await run(["head", "-c", "10"], { stdin: Readable.from([randomBytes(2 * 1024 * 1024)]) });
+    assert.equal(early.status, 0);
+    assert.equal(early.out.length, 10);
     const empty = await run(["cat"], { stdin: Readable.from([]) });
     assert.equal(empty.status, 0);
     assert.equal(empty.out.length, 0);

@@ -72,20 +72,29 @@ export class GuestProcess {
   attachStdin(): void {
     const input = this.io.stdin;
     if (!input) return;
-    input.on("data", (chunk: Buffer | string) => {
+    const onData = (chunk: Buffer | string) => {
       const buf = typeof chunk === "string" ? Buffer.from(chunk) : chunk;
       for (let off = 0; off < buf.length; off += CHUNK) this.stdinQueue.push(buf.subarray(off, off + CHUNK));
       this.flushStdin();
-    });
-    input.on("end", () => {
+    };
+    const onEnd = () => {
       this.stdinEnded = true;
       this.flushStdin();
-    });
-    input.on("error", () => {
-      this.stdinEnded = true;
-      this.flushStdin();
-    });
+    };
+    input.on("data", onData);
+    input.on("end", onEnd);
+    input.on("error", onEnd);
+    this.detachStdin = () => {
+      input.off("data", onData);
+      input.off("end", onEnd);
+      input.off("error", onEnd);
+      input.pause();
+      this.stdinQueue.length = 0;
+    };
   }
+
+  /** Stops reading the host's stdin (the process is gone, or the channel). */
+  private detachStdin: () => void = () => {};
 
   /** Sends queued stdin within the guest's window; pauses the source while the window is full. */
   private flushStdin(): void {
@@ -129,7 +138,7 @@ export class GuestProcess {
         // every output chunk precedes EXITED and was handed to its sink with write()
         const r = new PayloadReader(f.payload);
         const exit = { status: r.u32(), signal: r.u32() };
-        this.io.stdin?.pause();
+        this.detachStdin();
         this.resolveExit(exit);
         break;
       }
@@ -176,6 +185,7 @@ export class GuestProcess {
 
   /** @internal */
   fail(err: Error): void {
+    this.detachStdin();
     this.rejectExit(err);
   }
 }
