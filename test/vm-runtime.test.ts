@@ -108,17 +108,21 @@ test("per-mount packing with --disk: each drive lands where it belongs (drive or
   const file = path.join(dir, "single-file");
   await writeFile(file, "a file mount\n");
   volume.push(`${file}:/etc/single:ro`);
+  const rwFile = path.join(dir, "rw-file");
+  await writeFile(rwFile, "line 1\n");
+  volume.push(`${rwFile}:/etc/rwfile`);
   const r = await run(
     [
       "/bin/sh",
       "-c",
-      'for i in 0 1 2 3 4; do cat /p/$i/id; done; cat /etc/single; echo w > /p/3/w; df -P / | tail -1 | cut -c1-4; grep -c " /p/" /proc/mounts',
+      'for i in 0 1 2 3 4; do cat /p/$i/id; done; cat /etc/single; echo w > /p/3/w; echo line 2 >> /etc/rwfile; df -P / | tail -1 | cut -c1-4; grep -c " /p/" /proc/mounts',
     ],
     { volume, mountPacking: "per-mount", disk: "64M" },
   );
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, "0\n1\n2\n3\n4\na file mount\nover\n5\n");
   assert.equal(await readFile(path.join(dir, "3", "w"), "utf8"), "w\n");
+  assert.equal(await readFile(rwFile, "utf8"), "line 1\nline 2\n");
 });
 
 test("exit status, a missing command (127) and a guest mount failure leave nothing behind", async () => {
