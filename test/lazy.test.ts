@@ -7,7 +7,7 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { chunkAt, chunksIn } from "../src/lazy/chunkmap.js";
 import { Limiter } from "../src/lazy/fetch.js";
-import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
+import { cleanupStale, openLazyImage, stopIdleShared } from "../src/lazy/index.js";
 import { readMountinfo } from "../src/lazy/mountinfo.js";
 import { parseSquashfsSuperblock } from "../src/lazy/squashfs.js";
 import { indexBytes } from "../src/lazy/testing.js";
@@ -405,15 +405,17 @@ test("shared: one daemon per image for every user; it leaves once its last user 
   }
   assert.ok(await gone(a.pid), "the daemon left after its last user");
   assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(a.dir)));
-  const c = await openLazyImage(home, record, index, "auto", opts);
+  const c = await openLazyImage(home, record, index, "auto", { shared: { idleMs: 60_000 } });
   try {
     assert.notEqual(c.pid, a.pid, "a new daemon once the old one left");
     assert.ok((await pread(c.path, 0, 4096)).equals(data.subarray(0, 4096)));
+    assert.equal(await stopIdleShared(home), 0, "in use: not stopped");
   } finally {
     await c.close();
   }
+  assert.equal(await stopIdleShared(home, record.digest), 1, "idle: stopped without waiting");
   assert.ok(await gone(c.pid));
-  await cleanupStale(home);
+  assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(c.dir)));
 });
 
 test("chunk lookup is a binary search over variable-size chunks; the superblock parser finds the tables", async () => {

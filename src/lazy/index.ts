@@ -17,7 +17,7 @@ import { policyFrom } from "./fetch.js";
 import { cleanupStaleImageMounts } from "./mount.js";
 import { releaseFuseMount } from "./mountinfo.js";
 import { isSameProcess, processStartTime } from "./proc.js";
-import { addUser, findShared, isStopping } from "./shared.js";
+import { addUser, findShared, isStopping, markStopping, sharedDaemonDirs } from "./shared.js";
 import { cleanupStaleDaemons, daemonDir, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
 import type { DaemonConfig, DaemonMessage, LazyOptions, LazyStats, ParentMessage } from "./types.js";
@@ -252,6 +252,21 @@ function serveFetches(child: ChildProcess, source: ChunkSource): void {
       )
       .finally(() => aborts.delete(m.id));
   });
+}
+
+/**
+ * Stops the shared daemons of this home (of one image, if `digest`) that have no live user now,
+ * without waiting for their idle timeout: for `image rm`, and for tests that check for leftovers.
+ * Returns how many it stopped.
+ */
+export async function stopIdleShared(home: KindlingHome, digest?: string): Promise<number> {
+  let stopped = 0;
+  for (const dir of await sharedDaemonDirs(home, digest)) {
+    if (!(await markStopping(dir))) continue;
+    await stopDaemon(home, path.basename(dir));
+    stopped++;
+  }
+  return stopped;
 }
 
 /**

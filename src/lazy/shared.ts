@@ -69,3 +69,19 @@ export async function findShared(
   }
   return null;
 }
+
+/** Shared daemons of this home (of one image, if `digest`), whether they run or not. */
+export async function sharedDaemonDirs(home: KindlingHome, digest?: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
+    if (!/^[0-9a-f]{16}$/.test(id)) continue;
+    const dir = path.join(home.mounts, id);
+    try {
+      const state = JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState;
+      if (state.shared && (!digest || state.digest === digest)) out.push(dir);
+    } catch {
+      // starting, or not a daemon directory
+    }
+  }
+  return out;
+}
