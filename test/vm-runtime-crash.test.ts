@@ -102,3 +102,40 @@ test("kindling is SIGKILLed: the next cleanup stops the VM and syncs the rw moun
   await cleanupStale(t.home); // the image's lazy daemon, whose owner died too
   assert.deepEqual(await leftovers(t.home.root), []);
 });
+
+test("the image's lazy daemon dies during the run: 125 naming it, and nothing left", async () => {
+  const child = spawn(
+    process.execPath,
+    [
+      KINDLING,
+      "run",
+      "--runtime",
+      "qemu",
+      "ml",
+      "--",
+      "/bin/sh",
+      "-c",
+      "echo ready; sleep 2; cat /data/big >/dev/null",
+    ],
+    { env: { ...process.env, KINDLING_HOME: t.home.root }, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let err = "";
+  child.stderr.on("data", (d) => {
+    err += d;
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => d.includes("ready") && resolve());
+    child.on("exit", () => reject(new Error(`kindling exited before the process was ready: ${err}`)));
+  });
+  const daemon = (await leftovers(t.home.root)).find((l) => l.includes("lazy/daemon"));
+  const pid = Number(/^process (\d+):/.exec(daemon ?? "")?.[1]);
+  assert.ok(pid > 0, "no lazy daemon found");
+  process.kill(pid, "SIGKILL");
+  const code = await new Promise((resolve) => child.on("close", resolve));
+  assert.equal(code, 125, err);
+  assert.match(
+    err,
+    /the lazy image daemon of ml \(pid \d+\) died during the run; the process ended with status 1/,
+  );
+  assert.deepEqual(await leftovers(t.home.root), []);
+});

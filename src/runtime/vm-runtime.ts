@@ -81,7 +81,7 @@ export class VmRuntime implements Runtime {
         : await bootFirecrackerVm(spec, { firecrackerBin: process.env.KINDLING_FIRECRACKER });
     scope.defer(`VM of ${req.id}`, () => vm.close());
     await vm.agent.configure({ hostname, mounts: plan.mounts });
-    return new VmContainer(req.id, vm, proc, req.stdio, prepMs);
+    return new VmContainer(req.id, vm, proc, req.stdio, prepMs, plan.imageProblem);
   }
 
   /** The VM description: kernel, initramfs, the guest init's options, drives and shares of the plan. */
@@ -153,6 +153,7 @@ class VmContainer implements Container {
     private readonly stdio: RunStdio,
     /** Host-side rootfs preparation (strategy and -v drives), ms. */
     readonly prepMs: number,
+    private readonly imageProblem: () => Promise<string | undefined> = async () => undefined,
   ) {
     this.bootMs = vm.bootMs;
     vm.wait().then(() => {
@@ -201,7 +202,9 @@ class VmContainer implements Container {
       const outcome = await Promise.race([proc.exited, gone]).catch((e: Error) => e);
       if (outcome !== "gone" && !(outcome instanceof Error)) {
         const signal = outcome.signal ? signalName(outcome.signal) : undefined;
-        return { status: outcome.status, ...(signal ? { signal } : {}) };
+        // a root the guest could not read (EIO from a dead lazy daemon): kindling's failure, not the process's
+        const problem = await this.imageProblem();
+        return { status: outcome.status, ...(signal ? { signal } : {}), ...(problem ? { problem } : {}) };
       }
       if (this.vmKilled) return { status: 137, signal: "SIGKILL" };
       throw await this.vmFailure(outcome instanceof Error ? outcome.message : "the VM stopped");
@@ -211,9 +214,12 @@ class VmContainer implements Container {
   }
 
   /** A KindlingError for a VM that failed under the process, with the guest console's last lines. */
-  private async vmFailure(why: string): Promise<KindlingError> {
+  private async vmFailure(reason: string): Promise<KindlingError> {
+    let why = reason;
     await Promise.race([this.vm.wait(), sleep(1000)]);
     const tail = await this.vm.consoleTail(20);
+    const problem = await this.imageProblem();
+    if (problem) why = `${why}; ${problem}`;
     const what = /Kernel panic/.test(tail)
       ? "guest kernel panic"
       : `the VM failed while the process ran (${why})`;

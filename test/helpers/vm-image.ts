@@ -2,6 +2,7 @@
  * A two-layer busybox image for VM runtime tests, imported into a fresh home whose kernel cache is the
  * shared one (.cache/vm-test-home/kernel: fetched with apt once, not per test home).
  */
+import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -17,7 +18,7 @@ export interface VmTestHome {
   cleanup(): Promise<void>;
 }
 
-/** Layer 1: busybox tree (/data/hello); layer 2: /data/layer2 and a changed /data/hello. Named "ml". */
+/** Layer 1: busybox tree (/data/hello); layer 2: /data/layer2, a changed /data/hello, 8 MiB /data/big. Named "ml". */
 export async function vmTestHome(): Promise<VmTestHome> {
   // short: Firecracker's socket paths under run/<id>/vm must fit in 107 bytes
   const tmp = await mkdtemp(path.join(tmpdir(), "kvm-"));
@@ -32,6 +33,8 @@ export async function vmTestHome(): Promise<VmTestHome> {
   await mkdir(path.join(l2, "data"), { recursive: true });
   await writeFile(path.join(l2, "data/layer2"), "from layer 2\n");
   await writeFile(path.join(l2, "data/hello"), "hello from layer 2\n");
+  // never read by a boot: a read of it must reach the lazy daemon (fault tests)
+  await writeFile(path.join(l2, "data/big"), randomBytes(8 << 20));
   const layout = await OciLayoutWriter.create(path.join(tmp, "layout"));
   const manifest = await layout.image(
     [

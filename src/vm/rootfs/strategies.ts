@@ -4,7 +4,7 @@
  */
 import path from "node:path";
 import { mountOverlayRootfs } from "../../runtime/rootfs.js";
-import type { RootfsStrategy } from "../../runtime/types.js";
+import type { OpenBlockImage, RootfsStrategy } from "../../runtime/types.js";
 import { KindlingError } from "../../util/errors.js";
 import { Scope } from "../../util/scope.js";
 import type { GuestMount } from "../agent/protocol.js";
@@ -60,7 +60,24 @@ async function lazyRootfs(req: RootfsRequest): Promise<RootfsPlan> {
     ...layer,
     mounts,
     users,
+    imageProblem: problemOf(image),
   };
+}
+
+/** The image's own account of failed reads (a dead lazy daemon, bad chunks), when it has one. */
+function problemOf(image: OpenBlockImage): () => Promise<string | undefined> {
+  return async () => image.problem?.().catch(() => undefined);
+}
+
+/** Runs a build step that reads the whole image; its failure names the image's problem when there is one. */
+async function readingImage<T>(image: OpenBlockImage, step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (err) {
+    const problem = await problemOf(image)();
+    if (!problem) throw err;
+    throw new KindlingError(`${(err as Error).message.split("\n")[0]} (${problem})`);
+  }
 }
 
 /**
@@ -77,9 +94,9 @@ async function squashfsRootfs(req: RootfsRequest): Promise<RootfsPlan> {
   }
   const file = req.runDir.file("rootfs.squashfs");
   const users = await Scope.with(async (build) => {
-    const merged = await mergedWithVolumes(req, build, req.volumes);
+    const { merged, image } = await mergedWithVolumes(req, build, req.volumes);
     const db = await readUserDb(merged);
-    await mksquashfs(merged, file, NOTE_SQUASHFS_FLAGS);
+    await readingImage(image, () => mksquashfs(merged, file, NOTE_SQUASHFS_FLAGS));
     return db;
   });
   const table = new DriveTable();
@@ -104,9 +121,11 @@ async function copyRootfs(req: RootfsRequest): Promise<RootfsPlan> {
   const file = req.runDir.file("rootfs.ext4");
   const ro = req.volumes.filter((v) => v.readOnly);
   const users = await Scope.with(async (build) => {
-    const merged = await mergedWithVolumes(req, build, ro);
+    const { merged, image } = await mergedWithVolumes(req, build, ro);
     const db = await readUserDb(merged);
-    await mkfsExt4(file, ext4Size(await treeUsage(merged)), { fromDir: merged, journal: false });
+    await readingImage(image, async () =>
+      mkfsExt4(file, ext4Size(await treeUsage(merged)), { fromDir: merged, journal: false }),
+    );
     return db;
   });
   const table = new DriveTable();
@@ -132,9 +151,8 @@ async function virtiofsRootfs(req: RootfsRequest): Promise<RootfsPlan> {
       "--rootfs virtiofs needs --runtime qemu: Firecracker has no virtio-fs (see `kindling doctor`)",
     );
   }
-  const merged = (
-    await mountOverlayRootfs(req.runDir, req.scope, req.image.blockImage, req.runDir.file("merged"))
-  ).merged;
+  const ov = await mountOverlayRootfs(req.runDir, req.scope, req.image.blockImage, req.runDir.file("merged"));
+  const merged = ov.merged;
   const users = await readUserDb(merged);
   const shares = [{ tag: ROOT_TAG, source: merged }];
   const mounts: GuestMount[] = [];
@@ -166,6 +184,7 @@ async function virtiofsRootfs(req: RootfsRequest): Promise<RootfsPlan> {
     ...layer,
     mounts,
     users,
+    imageProblem: problemOf(ov.image),
   };
 }
 
@@ -174,13 +193,8 @@ async function mergedWithVolumes(
   req: RootfsRequest,
   scope: Scope,
   volumes: RootfsRequest["volumes"],
-): Promise<string> {
-  const { merged } = await mountOverlayRootfs(
-    req.runDir,
-    scope,
-    req.image.blockImage,
-    req.runDir.file("merged"),
-  );
-  await bindVolumesInto(req.runDir, scope, merged, volumes);
-  return merged;
+): Promise<{ merged: string; image: OpenBlockImage }> {
+  const ov = await mountOverlayRootfs(req.runDir, scope, req.image.blockImage, req.runDir.file("merged"));
+  await bindVolumesInto(req.runDir, scope, ov.merged, volumes);
+  return { merged: ov.merged, image: ov.image };
 }

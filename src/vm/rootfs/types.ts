@@ -45,4 +45,6 @@ export interface RootfsPlan {
   mounts: GuestMount[];
   /** The image's users (for -u NAME and HOME), read on the host. */
   users: UserDb;
+  /** For a root read from the image during the run (lazy, virtiofs): what went wrong serving it, if anything. */
+  imageProblem?: () => Promise<string | undefined>;
 }
