@@ -165,6 +165,11 @@ test("strategies: prep and boot times on debian-minbase (206 MB)", {
   process.stdout.write(`\n${rows.join("\n")}\n(median of ${Math.min(REPS, 3)}; one ro and one rw mount)\n`);
 });
 
+test("per-mount at the limit: 21 mounts + root = 22 drives + the agent port = 23 devices boot", async () => {
+  const r = await once(21, "per-mount");
+  assert.ok(r.bootMs > 0);
+});
+
 test("per-mount beyond the virtio-mmio slots fails with the limit, and leaves nothing", async () => {
   await assert.rejects(
     once(30, "per-mount"),
