@@ -41,7 +41,20 @@ export interface Bar {
   values: { name: string; value: number }[];
 }
 
-const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7"];
+const PALETTE = [
+  "#4e79a7",
+  "#f28e2b",
+  "#59a14f",
+  "#e15759",
+  "#76b7b2",
+  "#edc948",
+  "#b07aa1",
+  "#ff9da7",
+  "#9c755f",
+  "#17becf",
+  "#000000",
+  "#8c564b",
+];
 
 /** Where v falls on [0, plotW]: linear from 0, or log10 from `min` (values span orders of magnitude). */
 function scaler(values: number[], plotW: number, log: boolean): (v: number) => number {
@@ -101,11 +114,11 @@ export function lineChartSvg(
   series: Series[],
   note = "",
 ): string {
-  const width = 820;
+  const width = 900;
   const height = 480 + 18 * series.length;
   const left = 70;
   const top = note ? 56 : 40;
-  const plotW = width - left - 40;
+  const plotW = width - left - 260;
   const plotH = 360;
   const xs = series.flatMap((s) => s.points.map((p) => p.x)).filter((v) => v > 0);
   const ys = series.flatMap((s) => s.points.map((p) => p.y)).filter((v) => v > 0);
@@ -152,8 +165,12 @@ export function lineChartSvg(
     }
     for (const p of pts) {
       out.push(`<circle cx="${px(p.x).toFixed(1)}" cy="${py(p.y).toFixed(1)}" r="3.5" fill="${color}"/>`);
+    }
+    // Only the last point is labelled (with the series name): readable when lines run close.
+    const last = pts.at(-1);
+    if (last) {
       out.push(
-        `<text x="${(px(p.x) + 6).toFixed(1)}" y="${(py(p.y) - 5).toFixed(1)}" fill="${color}">${escapeXml(fmt(p.y))}</text>`,
+        `<text x="${(px(last.x) + 6).toFixed(1)}" y="${(py(last.y) + 4).toFixed(1)}" fill="${color}">${escapeXml(`${fmt(last.y)} ${s.name}`)}</text>`,
       );
     }
   });
