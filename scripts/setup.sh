@@ -15,7 +15,8 @@ APT_PACKAGES=(
   busybox-static      # the tiny test image and guest debugging shell
   debootstrap         # the Debian minbase test images
   umoci               # builds OCI layouts for the multi-layer test image
-  docker-registry     # a real OCI registry on 127.0.0.1 for tests
+  docker-registry     # a real OCI registry on 127.0.0.1 for tests and the demo
+  curl                # the demo waits for that registry to answer
   skopeo              # loads images into that registry
   apache2-utils       # htpasswd -B: bcrypt users for the registry basic-auth tests
   openssl             # self-signed certificate for the registry HTTPS test
