@@ -10,7 +10,10 @@ bash scripts/fixtures/debian-minbase.sh .cache/fixtures minbase-only
 kindling() { node bin/kindling "$@"; }
 work=$(mktemp -d /tmp/kindling-demo.XXXXXX)
 registry_pid=""
+ref=""
 cleanup() {
+  # The image's lazy daemon stays after a run for the next one; `image rm` stops it at once.
+  [ -n "$ref" ] && KINDLING_HOME="$work/worker-b" kindling image rm "$ref" >/dev/null 2>&1
   [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
   rm -rf "$work"
 }
@@ -31,12 +34,13 @@ for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break
 echo "== worker A: import the image the project builds (Debian minbase rootfs tar) and push it as chunks"
 export KINDLING_HOME="$work/worker-a"
 kindling image import .cache/fixtures/debian-minbase.tar --name demo
-kindling image push demo "127.0.0.1:$port/kindling/demo:latest" --insecure
+ref="127.0.0.1:$port/kindling/demo:latest"
+kindling image push demo "$ref" --insecure
 
-echo "== worker B: pull lazily (index only), then run in a microVM"
+echo "== worker B: pull lazily (index only), then run in a microVM (the default runtime: Firecracker where usable, else QEMU)"
 export KINDLING_HOME="$work/worker-b"
-kindling image pull "127.0.0.1:$port/kindling/demo:latest" --insecure
-kindling run --runtime qemu "127.0.0.1:$port/kindling/demo:latest" -- \
+kindling image pull "$ref" --insecure
+kindling run "$ref" -- \
   sh -c '. /etc/os-release; echo "hello from $PRETTY_NAME on kernel $(uname -r) in a microVM"; echo "$(ls /usr/bin | wc -l) programs in /usr/bin"'
-kindling image inspect "127.0.0.1:$port/kindling/demo:latest" --json |
+kindling image inspect "$ref" --json |
   node -e 'const i=JSON.parse(require("fs").readFileSync(0));console.log(`fetched ${i.localBytes} of ${i.blockSize} bytes of the block image (${(100*i.localBytes/i.blockSize).toFixed(1)}%)`)'

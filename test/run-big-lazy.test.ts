@@ -67,7 +67,7 @@ describe("kindling run on a >1 GB image pulled lazily from a registry", () => {
     const before = await inspect();
     assert.ok(before.blockSize > 1024 ** 3, `blockSize ${before.blockSize}`);
     assert.ok(before.localBytes < before.blockSize / 100, `pulled eagerly: ${before.localBytes}`);
-    const r = await kindling(worker, ["run", ref, "--", "cat", "/etc/os-release"]);
+    const r = await kindling(worker, ["run", "--runtime", "runc", ref, "--", "cat", "/etc/os-release"]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^PRETTY_NAME="Debian GNU\/Linux 12 \(bookworm\)"$/m);
     const afterRun = await inspect();
@@ -82,6 +82,8 @@ describe("kindling run on a >1 GB image pulled lazily from a registry", () => {
   test("output, status, env, cwd and user pass through", async () => {
     const r = await kindling(worker, [
       "run",
+      "--runtime",
+      "runc",
       "-e",
       "FOO=bar",
       "-w",
@@ -97,7 +99,17 @@ describe("kindling run on a >1 GB image pulled lazily from a registry", () => {
     assert.equal(r.code, 3);
     assert.equal(r.stdout, "bar\n/srv/work\n1000\n1000\n");
     assert.equal(r.stderr, "to-stderr\n");
-    const nobody = await kindling(worker, ["run", "-u", "nobody", ref, "--", "id", "-un"]);
+    const nobody = await kindling(worker, [
+      "run",
+      "--runtime",
+      "runc",
+      "-u",
+      "nobody",
+      ref,
+      "--",
+      "id",
+      "-un",
+    ]);
     assert.equal(nobody.stdout, "nobody\n");
   });
 
@@ -109,6 +121,8 @@ describe("kindling run on a >1 GB image pulled lazily from a registry", () => {
     await writeFile(path.join(ro, "f"), "from the host\n");
     const r = await kindling(worker, [
       "run",
+      "--runtime",
+      "runc",
       "-v",
       `${ro}:/in:ro`,
       "-v",
@@ -125,6 +139,8 @@ describe("kindling run on a >1 GB image pulled lazily from a registry", () => {
     assert.equal(await readFile(path.join(rw, "w"), "utf8"), "written\n");
     const next = await kindling(worker, [
       "run",
+      "--runtime",
+      "runc",
       ref,
       "--",
       "sh",
@@ -151,6 +167,8 @@ describe("kindling run on a >1 GB image pulled lazily from a registry", () => {
       [
         KINDLING,
         "run",
+        "--runtime",
+        "runc",
         ref,
         "--",
         "sh",

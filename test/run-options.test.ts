@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { pickDefaultVmm } from "../src/doctor/report.js";
 import type { RunConfig } from "../src/image/types.js";
 import { buildOciSpec } from "../src/runtime/oci.js";
 import { parseRunOptions } from "../src/runtime/options.js";
@@ -44,8 +45,11 @@ test("flags are parsed and defaults filled", async () => {
     timeout: "2.5",
     hostname: "box.example",
   });
-  assert.equal(o.runtime, "runc");
+  // The default runtime is the VM runtime `kindling doctor` picks (no Firecracker binary here: QEMU).
+  assert.equal(o.runtime, await pickDefaultVmm());
   assert.equal(o.rootfs, "lazy");
+  assert.equal((await parseRunOptions("img", [], { runtime: "auto" })).runtime, o.runtime);
+  assert.equal((await parseRunOptions("img", [], { runtime: "runc" })).runtime, "runc");
   assert.deepEqual(o.command, ["echo", "hi"]);
   assert.deepEqual(o.volumes, [
     { source: tmp, destination: "/data", readOnly: true },
@@ -73,7 +77,7 @@ test("bad flags give errors that name the flag and the problem", async () => {
     [{ volume: [`${tmp}:/a`, `${tmp}:/a/`] }, /\/a is mounted twice/],
     [
       { runtime: "docker" },
-      /--runtime: unknown value "docker" \(expected one of: runc, runsc, qemu, firecracker\)/,
+      /--runtime: unknown value "docker" \(expected one of: runc, runsc, qemu, firecracker, auto\)/,
     ],
     [{ rootfs: "ext4" }, /--rootfs: unknown value "ext4"/],
     [{ env: ["=x"] }, /-e =x: expected K=V/],

@@ -7,6 +7,8 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { importImage } from "../src/image/import.js";
+import { removeImage } from "../src/image/remove.js";
+import { liveDaemonPids } from "../src/lazy/index.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
@@ -14,7 +16,7 @@ import { getRuntime } from "../src/runtime/registry.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { buildBusyboxTree, leftovers, readAll } from "../src/runtime/testing.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
-import { loadImage } from "../src/store/catalog.js";
+import { findImage, loadImage } from "../src/store/catalog.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { MT, OciLayoutWriter, tarDir } from "./helpers/registry.js";
@@ -54,7 +56,7 @@ after(async () => {
 });
 
 async function run(command: string[], flags: RawRunFlags = {}) {
-  const options = await parseRunOptions("bb", command, flags);
+  const options = await parseRunOptions("bb", command, { runtime: "runc", ...flags });
   const handle = runContainer({
     home,
     options,
@@ -99,7 +101,7 @@ test("runsc runs the lazy image too", async () => {
 test("Ctrl-C on `kindling run NAME` releases the container, the mounts and the lazy daemon", async () => {
   const child = spawn(
     process.execPath,
-    [KINDLING, "run", "--stop-timeout", "0.3", "bb", "--", "echo ready; exec sleep 30"],
+    [KINDLING, "run", "--runtime", "runc", "--stop-timeout", "0.3", "bb", "--", "echo ready; exec sleep 30"],
     {
       env: { ...process.env, KINDLING_HOME: home.root },
       stdio: ["ignore", "pipe", "pipe"],
@@ -123,7 +125,7 @@ test("Ctrl-C on `kindling run NAME` releases the container, the mounts and the l
 test("the lazy daemon killed during a run: a clear error (125) and nothing left behind", async () => {
   const child = spawn(
     process.execPath,
-    [KINDLING, "run", "bb", "--", "echo ready; sleep 1; cat /data/big >/dev/null"],
+    [KINDLING, "run", "--runtime", "runc", "bb", "--", "echo ready; sleep 1; cat /data/big >/dev/null"],
     {
       env: { ...process.env, KINDLING_HOME: home.root },
       stdio: ["ignore", "pipe", "pipe"],
@@ -150,17 +152,45 @@ test("the lazy daemon killed during a run: a clear error (125) and nothing left 
   assert.deepEqual(await leftovers(home.root), []);
 });
 
-// Last: it corrupts the store's chunks, which other tests share.
+test("every run of an image shares one lazy daemon, which outlives a run until idle", async () => {
+  const digest = (await loadImage(home, "bb")).digest;
+  await run(["true"]);
+  const first = await liveDaemonPids(home, digest);
+  assert.equal(first.length, 1, "the daemon stays after the run, for the next one");
+  const r = await run(["cat /data/hello"]);
+  assert.equal(r.stdout, "hello from the image\n");
+  assert.deepEqual(await liveDaemonPids(home, digest), first, "the second run used the same daemon");
+  // Idle (no run uses it): the leak check stops it, as its idle timeout would.
+  assert.deepEqual(await leftovers(home.root, undefined, ids), []);
+  assert.deepEqual(await liveDaemonPids(home, digest), []);
+});
+
+// Last but one: it corrupts the store's chunks, which other tests share.
 test("corrupt chunks in the store: a clear error (125) and nothing left behind", async () => {
   const record = await loadImage(home, "bb");
   const index = await readBlockIndex(home, record.digest);
   for (const c of index.chunks) await writeFile(home.blobPath(c.digest), randomBytes(c.length));
-  const r = await exec(process.execPath, [KINDLING, "run", "bb", "--", "cat", "/data/hello"], {
-    env: { ...process.env, KINDLING_HOME: home.root },
-    allowFailure: true,
-  });
+  const r = await exec(
+    process.execPath,
+    [KINDLING, "run", "--runtime", "runc", "bb", "--", "cat", "/data/hello"],
+    {
+      env: { ...process.env, KINDLING_HOME: home.root },
+      allowFailure: true,
+    },
+  );
   assert.equal(r.code, 125);
   assert.equal(r.stdout, "");
   assert.match(r.stderr, /^kindling: .*bb.*(corrupt|digest|verif|EIO|failed)/im);
   assert.deepEqual(await leftovers(home.root), []);
+});
+
+test("`image rm` refuses an image a run still reads, and stops its idle daemon otherwise", async () => {
+  const image = await resolveImage(home, "bb");
+  const inUse = await image.blockImage.open();
+  await assert.rejects(removeImage(home, "bb"), /image bb is in use \(lazy daemon pid \d+ serves it/);
+  assert.ok(await findImage(home, "bb"), "refused: the image is still there");
+  await inUse.close();
+  await removeImage(home, "bb");
+  assert.equal(await findImage(home, "bb"), null);
+  assert.deepEqual(await leftovers(home.root, undefined, ids), []);
 });

@@ -47,7 +47,7 @@ interface Ran {
 
 /** Runs a container through the API with piped stdio. */
 async function run(command: string[], flags: RawRunFlags = {}): Promise<Ran> {
-  const options = await parseRunOptions(image, command, { stopTimeout: "0.5", ...flags });
+  const options = await parseRunOptions(image, command, { runtime: "runc", stopTimeout: "0.5", ...flags });
   const notes: string[] = [];
   const handle = runContainer({
     home,
@@ -189,7 +189,7 @@ test("failures release everything: missing command (127), unknown user, a file t
   );
   const junk = path.join(tmp, "junk.sqfs");
   await writeFile(junk, Buffer.alloc(1 << 20, 7));
-  const options = await parseRunOptions(junk, ["true"], {});
+  const options = await parseRunOptions(junk, ["true"], { runtime: "runc" });
   const handle = runContainer({
     home,
     options,
@@ -206,7 +206,7 @@ test("failures release everything: missing command (127), unknown user, a file t
 async function spawnCli(
   args: string[],
 ): Promise<{ child: ChildProcess; out: () => string; err: () => string }> {
-  const child = spawn(process.execPath, [KINDLING, "run", ...args], {
+  const child = spawn(process.execPath, [KINDLING, "run", "--runtime", "runc", ...args], {
     env: { ...process.env, KINDLING_HOME: home.root },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -285,7 +285,7 @@ test("a run whose kindling was SIGKILLed is cleaned up by the next run, a live o
 test("the CLI: exit status, output, and clear errors for bad flags (status 125)", async () => {
   const cli = (args: string[]) =>
     new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-      const child = spawn(process.execPath, [KINDLING, "run", ...args], {
+      const child = spawn(process.execPath, [KINDLING, "run", "--runtime", "runc", ...args], {
         env: { ...process.env, KINDLING_HOME: home.root },
       });
       let out = "";
@@ -323,7 +323,7 @@ test("the CLI: exit status, output, and clear errors for bad flags (status 125)"
 });
 
 test("a stop before the process started starts nothing and releases everything (status 128+n)", async () => {
-  const options = await parseRunOptions(image, ["echo", "never"], {});
+  const options = await parseRunOptions(image, ["echo", "never"], { runtime: "runc" });
   const handle = runContainer({
     home,
     options,
@@ -341,9 +341,13 @@ test("a stop before the process started starts nothing and releases everything (
 
 test("-i passes stdin; a second Ctrl-C kills at once", async () => {
   const piped = await new Promise<string>((resolve) => {
-    const child = spawn(process.execPath, [KINDLING, "run", "-i", image, "--", "tr", "a-z", "A-Z"], {
-      env: { ...process.env, KINDLING_HOME: home.root },
-    });
+    const child = spawn(
+      process.execPath,
+      [KINDLING, "run", "--runtime", "runc", "-i", image, "--", "tr", "a-z", "A-Z"],
+      {
+        env: { ...process.env, KINDLING_HOME: home.root },
+      },
+    );
     let out = "";
     child.stdout.on("data", (d) => {
       out += d;

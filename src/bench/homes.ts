@@ -2,7 +2,7 @@
 import { cp, mkdir, rm, stat, symlink } from "node:fs/promises";
 import path from "node:path";
 import { pullImage } from "../image/registry.js";
-import { cleanupStale } from "../lazy/index.js";
+import { cleanupStale, stopIdleShared } from "../lazy/index.js";
 import { mountsUnder, unmount } from "../runtime/mounts.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
@@ -47,6 +47,7 @@ export async function coldHome(parent: string, ref: string, kernelDir?: string):
  * then deletes it; never deletes through a mount.
  */
 export async function releaseHome(home: KindlingHome): Promise<void> {
+  await stopIdleShared(home).catch(() => {});
   await cleanupStale(home).catch(() => {});
   for (const m of await mountsUnder(home.root)) {
     await unmount(m.mountPoint).catch((err) => {

@@ -15,8 +15,8 @@ export function registerRunCommand(program: Command): void {
     .argument("[command...]", "command and arguments (after --), replacing the image's CMD")
     .option(
       "--runtime <name>",
-      "runc | runsc | qemu | firecracker | auto (the VM runtime `kindling doctor` picks: Firecracker where usable, else QEMU)",
-      "runc",
+      "runc | runsc | qemu | firecracker | auto (default: the VM runtime `kindling doctor` picks, Firecracker where usable, else QEMU)",
+      "auto",
     )
     .option("--rootfs <strategy>", "lazy | squashfs | copy | virtiofs", "lazy")
     .option("-v, --volume <SRC:DST[:ro]>", "bind mount a host path (repeatable)", collect, [])

@@ -23,6 +23,7 @@ import { readStatsFile } from "./stats.js";
 import type { DaemonConfig, DaemonMessage, LazyOptions, LazyStats, ParentMessage } from "./types.js";
 
 export { mountImage, umountImage } from "./mount.js";
+export { liveDaemonPids } from "./shared.js";
 export { type ImageLazyStats, imageStats, removeImageStats } from "./stats.js";
 export { lazyUnsupportedReason } from "./support.js";
 export type { FetchPolicy, LazyOptions, LazyStats } from "./types.js";

@@ -85,3 +85,20 @@ export async function sharedDaemonDirs(home: KindlingHome, digest?: string): Pro
   }
   return out;
 }
+
+/** Pids of the live daemons (shared or not) serving this image in this home. */
+export async function liveDaemonPids(home: KindlingHome, digest: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
+    if (!/^[0-9a-f]{16}$/.test(id)) continue;
+    try {
+      const state = JSON.parse(
+        await readFile(path.join(home.mounts, id, "state.json"), "utf8"),
+      ) as DaemonState;
+      if (state.digest === digest && (await isSameProcess(state.pid, state.startTime))) pids.push(state.pid);
+    } catch {
+      // starting, or not a daemon directory
+    }
+  }
+  return pids;
+}

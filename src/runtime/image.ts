@@ -49,7 +49,17 @@ export async function resolveImage(home: KindlingHome, ref: string): Promise<Res
   return { name: record.name, config: record.config, blockImage: new LazyBlockImage(home, record) };
 }
 
-/** The image's block image as the lazy FUSE file (src/lazy), fetching chunks on first read. */
+/** How long an image's shared lazy daemon stays after its last container (KINDLING_LAZY_IDLE_MS). */
+export function lazyIdleMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = Number(env.KINDLING_LAZY_IDLE_MS);
+  return env.KINDLING_LAZY_IDLE_MS !== undefined && Number.isFinite(v) && v > 0 ? v : 30_000;
+}
+
+/**
+ * The image's block image as the lazy FUSE file (src/lazy), fetching chunks on first read. One
+ * daemon serves every container of the image in this home (`shared`): only the first run pays for
+ * its start, and it leaves `lazyIdleMs()` after the last run ends (`image rm` stops it at once).
+ */
 export class LazyBlockImage implements BlockImageProvider {
   constructor(
     private readonly home: KindlingHome,
@@ -60,17 +70,24 @@ export class LazyBlockImage implements BlockImageProvider {
   }
   async open(): Promise<OpenBlockImage> {
     const index = await readBlockIndex(this.home, this.record.digest);
-    const lazy = await openLazyImage(this.home, this.record, index, "auto");
+    const lazy = await openLazyImage(this.home, this.record, index, "auto", {
+      shared: { idleMs: lazyIdleMs() },
+    });
     const name = this.record.name;
+    // The daemon's counters cover every run it served: judge this run by what changed during it.
+    const before = await lazy.stats().catch(() => undefined);
     return {
       path: lazy.path,
       close: () => lazy.close(),
       problem: async () => {
         if (!isAlive(lazy.pid))
           return `the lazy image daemon of ${name} (pid ${lazy.pid}) died during the run`;
-        const stats = await lazy.stats().catch(() => undefined);
-        if (stats && stats.readErrors > 0) {
-          return `${stats.readErrors} read(s) of image ${name} failed (EIO after ${stats.fetchErrors} failed fetch(es), ${stats.verifyFailures} corrupt chunk(s))`;
+        const now = await lazy.stats().catch(() => undefined);
+        if (!now) return undefined;
+        const since = (key: "readErrors" | "fetchErrors" | "verifyFailures") =>
+          now[key] - (before?.[key] ?? 0);
+        if (since("readErrors") > 0) {
+          return `${since("readErrors")} read(s) of image ${name} failed (EIO after ${since("fetchErrors")} failed fetch(es), ${since("verifyFailures")} corrupt chunk(s))`;
         }
         return undefined;
       },

@@ -52,11 +52,13 @@ export async function parseRunOptions(
     if (seen.has(v.destination)) throw new KindlingError(`-v: ${v.destination} is mounted twice`);
     seen.add(v.destination);
   }
-  // auto: the VM runtime this host runs best (Firecracker where usable, else QEMU), as `kindling doctor` says
+  // auto (the default): the VM runtime this host runs best (Firecracker where usable, else QEMU),
+  // as `kindling doctor` says
+  const runtimeFlag = flags.runtime ?? "auto";
   const runtime = (
-    flags.runtime === "auto"
+    runtimeFlag === "auto"
       ? await pickDefaultVmm()
-      : oneOf("--runtime", flags.runtime ?? "runc", RUNTIME_NAMES)
+      : oneOf("--runtime", runtimeFlag, [...RUNTIME_NAMES, "auto"])
   ) as RuntimeName;
   const vm = runtime === "qemu" || runtime === "firecracker";
   if (!vm && flags.disk !== undefined)

@@ -2,7 +2,9 @@
 import { chmod, copyFile, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Readable } from "node:stream";
+import { stopIdleShared } from "../lazy/index.js";
 import { exec } from "../util/exec.js";
+import { KindlingHome } from "../util/home.js";
 import { mountsUnder } from "./mounts.js";
 
 /**
@@ -55,8 +57,11 @@ export async function readAll(stream: Readable | null): Promise<string> {
  * What a run under `home` might have left on the host: mounts under it (overlay, squashfs, lazy
  * FUSE), loop devices on `imageFile` or on files under `home`, processes naming `home` (runc,
  * runsc, lazy daemons), processes and cgroups of containers `ids`, and run dirs. Empty when clean.
+ * Shared lazy daemons that no live process uses are stopped first: they would leave on their own
+ * after their idle time; one that a dead run still seems to use is reported.
  */
 export async function leftovers(home: string, imageFile?: string, ids: string[] = []): Promise<string[]> {
+  await stopIdleShared(new KindlingHome(home));
   const out: string[] = [];
   for (const m of await mountsUnder(home)) out.push(`mount ${m.mountPoint}`);
   for (const line of (await exec("losetup", ["-a"])).stdout.split("\n")) {

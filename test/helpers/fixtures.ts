@@ -3,6 +3,7 @@
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { stopIdleShared } from "../../src/lazy/index.js";
 import { exec } from "../../src/util/exec.js";
 import { KindlingHome } from "../../src/util/home.js";
 
@@ -38,11 +39,14 @@ export async function fixture(name: keyof typeof SCRIPT_OF | string): Promise<st
   return p;
 }
 
-/** A fresh KINDLING_HOME under /tmp; remove() deletes it. */
+/** A fresh KINDLING_HOME under /tmp; remove() stops its idle lazy daemons and deletes it. */
 export async function tempHome(): Promise<KindlingHome & { remove(): Promise<void> }> {
   const dir = await mkdtemp("/tmp/kindling-test-home-");
   const home = new KindlingHome(dir).ensure() as KindlingHome & { remove(): Promise<void> };
-  home.remove = () => rm(dir, { recursive: true, force: true });
+  home.remove = async () => {
+    await stopIdleShared(home);
+    await rm(dir, { recursive: true, force: true });
+  };
   return home;
 }
 

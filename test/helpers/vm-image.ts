@@ -7,6 +7,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { importImage } from "../../src/image/import.js";
+import { stopIdleShared } from "../../src/lazy/index.js";
 import { buildBusyboxTree } from "../../src/runtime/testing.js";
 import { KindlingHome } from "../../src/util/home.js";
 import { REPO } from "./fixtures.js";
@@ -47,5 +48,9 @@ export async function vmTestHome(): Promise<VmTestHome> {
   await importImage(home, `${layout.dir}:latest`, { name: "ml" });
   await rm(l1, { recursive: true, force: true });
   await rm(l2, { recursive: true, force: true });
-  return { tmp, home, cleanup: () => rm(tmp, { recursive: true, force: true }) };
+  const cleanup = async () => {
+    await stopIdleShared(home);
+    await rm(tmp, { recursive: true, force: true });
+  };
+  return { tmp, home, cleanup };
 }
