@@ -76,7 +76,10 @@ test("run flags: --disk and --mount-packing are for VM runtimes; --runtime auto 
     parseRunOptions("img", [], { runtime: "qemu", disk: "1M" }),
     /--disk 1M: expected a size of at least 16M/,
   );
-  await assert.rejects(parseRunOptions("img", [], { disk: "1G" }), /--disk applies to VM runtimes/);
+  await assert.rejects(
+    parseRunOptions("img", [], { runtime: "runc", disk: "1G" }),
+    /--disk applies to VM runtimes/,
+  );
   await assert.rejects(
     parseRunOptions("img", [], { runtime: "qemu", mountPacking: "some" }),
     /--mount-packing: unknown value "some" \(expected one of: pack, per-mount\)/,

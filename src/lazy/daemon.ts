@@ -64,6 +64,7 @@ async function main(): Promise<void> {
   // if it dies instead, the IPC channel closes and we stop.
   process.on("SIGINT", () => {});
   process.on("SIGHUP", () => {}); // a detached daemon outlives its terminal
+  process.on("SIGUSR2", () => void flush()); // a shared daemon's user asks for fresh stats
   if (!cfg.detached) process.on("disconnect", () => void stop("owner disconnected"));
   process.on("message", (m: ParentMessage) => {
     if (m.t === "stats") {

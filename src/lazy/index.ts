@@ -20,7 +20,14 @@ import { isSameProcess, processStartTime } from "./proc.js";
 import { addUser, findShared, isStopping, markStopping, sharedDaemonDirs } from "./shared.js";
 import { cleanupStaleDaemons, daemonDir, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
-import type { DaemonConfig, DaemonMessage, LazyOptions, LazyStats, ParentMessage } from "./types.js";
+import type {
+  DaemonConfig,
+  DaemonMessage,
+  DaemonState,
+  LazyOptions,
+  LazyStats,
+  ParentMessage,
+} from "./types.js";
 
 export { mountImage, umountImage } from "./mount.js";
 export { liveDaemonPids } from "./shared.js";
@@ -74,13 +81,15 @@ export async function openLazyImage(
       "a detached or shared lazy image needs source 'auto' (nothing serves IPC fetches once we exit)",
     );
   }
+  const policy = policyFrom(opts);
   if (opts.shared) {
-    const found = await findShared(home, record.digest);
+    // Only a daemon with the same fetch bounds will do: a run that asks for a shorter deadline gets it.
+    const found = await findShared(home, record.digest, policy);
     if (found) {
       const token = await addUser(found.dir);
       // Seen after our token is written, `stopping` means the daemon may not have seen it.
       if (!(await isStopping(found.dir)) && (await isSameProcess(found.state.pid, found.state.startTime))) {
-        return sharedUse(home, record, found.dir, found.state.path, found.state.pid, token);
+        return sharedUse(home, record, found.dir, found.state, token);
       }
       await rm(token, { force: true });
     }
@@ -99,7 +108,7 @@ export async function openLazyImage(
     record,
     index,
     source: source === "auto" ? "auto" : "ipc",
-    policy: policyFrom(opts),
+    policy,
     memoryCacheBytes: opts.memoryCacheBytes ?? 64 << 20,
     readaheadChunks: opts.readaheadChunks ?? 4,
     prefetch: opts.prefetch ?? true,
@@ -151,7 +160,10 @@ export async function openLazyImage(
   }
   if (cfg.detached) child.disconnect();
   const pid = child.pid!;
-  if (token) return sharedUse(home, record, dir, filePath, pid, token);
+  if (token) {
+    const startTime = (await processStartTime(pid)) ?? "";
+    return sharedUse(home, record, dir, { pid, startTime, path: filePath }, token);
+  }
 
   let closed: Promise<void> | undefined;
   let nextStatsId = 1;
@@ -186,21 +198,35 @@ export async function openLazyImage(
   };
 }
 
-/** This process's use of a shared daemon: closing it drops the use, the daemon idles out. */
+/**
+ * This process's use of a shared daemon: closing it drops the use, the daemon idles out. There is
+ * no IPC channel to a shared daemon, so fresh stats are asked for with SIGUSR2 (the daemon writes
+ * its stats file at once) and read from that file.
+ */
 function sharedUse(
   home: KindlingHome,
   record: ImageRecord,
   dir: string,
-  filePath: string,
-  pid: number,
+  daemon: Pick<DaemonState, "pid" | "startTime" | "path">,
   token: string,
 ): LazyImage {
+  const { pid } = daemon;
+  const read = () => readStatsFile(home, record.digest, path.basename(dir));
   return {
-    path: filePath,
+    path: daemon.path,
     pid,
     dir,
     async stats(): Promise<LazyStats> {
-      const s = await readStatsFile(home, record.digest, path.basename(dir));
+      const asked = new Date().toISOString();
+      if (await isSameProcess(pid, daemon.startTime)) {
+        process.kill(pid, "SIGUSR2");
+        for (let i = 0; i < 100; i++) {
+          const s = await read();
+          if (s && s.updated >= asked) return s;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
+      const s = await read();
       if (!s) throw new KindlingError(`no stats for lazy image ${record.name} (daemon ${pid})`);
       return s;
     },

@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { isDeepStrictEqual } from "node:util";
 import type { KindlingHome } from "../util/home.js";
 import { isSameProcess, processStartTime } from "./proc.js";
-import type { DaemonState } from "./types.js";
+import type { DaemonConfig, DaemonState, FetchPolicy } from "./types.js";
 
 /**
  * A shared daemon serves one image to any number of users (processes), so only the first open
@@ -53,6 +54,7 @@ export async function markStopping(dir: string): Promise<boolean> {
 export async function findShared(
   home: KindlingHome,
   digest: string,
+  policy: FetchPolicy,
 ): Promise<{ dir: string; state: DaemonState } | null> {
   for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
     if (!/^[0-9a-f]{16}$/.test(id)) continue;
@@ -60,6 +62,8 @@ export async function findShared(
     try {
       const state = JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState;
       if (!state.shared || state.digest !== digest) continue;
+      const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
+      if (!isDeepStrictEqual(cfg.policy, policy)) continue;
       if ((await isSameProcess(state.pid, state.startTime)) && !(await isStopping(dir))) {
         return { dir, state };
       }
