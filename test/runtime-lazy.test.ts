@@ -11,6 +11,7 @@ import { removeImage } from "../src/image/remove.js";
 import { liveDaemonPids } from "../src/lazy/index.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
+import { mountsUnder } from "../src/runtime/mounts.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { getRuntime } from "../src/runtime/registry.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
@@ -152,14 +153,30 @@ test("the lazy daemon killed during a run: a clear error (125) and nothing left 
   assert.deepEqual(await leftovers(home.root), []);
 });
 
-test("every run of an image shares one lazy daemon, which outlives a run until idle", async () => {
+test("every run of an image shares one lazy daemon and one SquashFS mount, kept until idle", async () => {
   const digest = (await loadImage(home, "bb")).digest;
   await run(["true"]);
   const first = await liveDaemonPids(home, digest);
   assert.equal(first.length, 1, "the daemon stays after the run, for the next one");
-  const r = await run(["cat /data/hello"]);
-  assert.equal(r.stdout, "hello from the image\n");
-  assert.deepEqual(await liveDaemonPids(home, digest), first, "the second run used the same daemon");
+  // Two containers at once: one loop device and one SquashFS mount between them, two overlays.
+  const [a, b] = await Promise.all([
+    run(["sleep 2; cat /data/hello"]),
+    run(["sleep 2; cat /data/hello"]),
+    (async () => {
+      const overlays = async () => (await mountsUnder(home.root)).filter((m) => m.fsType === "overlay");
+      for (let i = 0; i < 200 && (await overlays()).length < 2; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      const loops = (await exec("losetup", ["-a"])).stdout.split("\n").filter((l) => l.includes(home.root));
+      const mounts = await mountsUnder(home.root);
+      assert.equal(loops.length, 1, loops.join("; "));
+      assert.equal(mounts.filter((m) => m.fsType === "squashfs").length, 1);
+      assert.equal(mounts.filter((m) => m.fsType === "overlay").length, 2);
+    })(),
+  ]);
+  assert.equal(a.stdout, "hello from the image\n");
+  assert.equal(b.stdout, "hello from the image\n");
+  assert.deepEqual(await liveDaemonPids(home, digest), first, "later runs used the same daemon");
   // Idle (no run uses it): the leak check stops it, as its idle timeout would.
   assert.deepEqual(await leftovers(home.root, undefined, ids), []);
   assert.deepEqual(await liveDaemonPids(home, digest), []);

@@ -10,6 +10,7 @@ import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
 import { ChunkCache } from "./cache.js";
 import { mountBlockFile } from "./fusefs.js";
+import { mountLower, unmountLower } from "./lower.js";
 import { lazyUnmount } from "./mountinfo.js";
 import { prefetchTables } from "./prefetch.js";
 import { processStartTime } from "./proc.js";
@@ -49,12 +50,15 @@ async function main(): Promise<void> {
     cache.stats.updated = new Date().toISOString();
     await writeStats(home, cfg.id, cache.stats).catch((err) => log(`stats: ${err}`));
   };
+  const lowerDir = path.join(dir, "lower");
   let stopping = false;
   const stop = async (why: string) => {
     if (stopping) return;
     stopping = true;
     log(`stopping: ${why}`);
     await flush();
+    // The SquashFS over our file first: it reads through the FUSE mount.
+    await unmountLower(lowerDir).catch((err) => log(`unmount lower: ${err}`));
     await lazyUnmount(cfg.mountpoint).catch((err) => log(`unmount: ${err}`));
     await cache.close();
     process.exit(0);
@@ -81,6 +85,8 @@ async function main(): Promise<void> {
     opTimeoutMs: cfg.policy.deadlineMs + 5000,
     log,
   });
+  const filePath = path.join(cfg.mountpoint, cfg.fileName);
+  if (cfg.lower) await mountLower(filePath, lowerDir);
   const state: DaemonState = {
     pid: process.pid,
     startTime: (await processStartTime(process.pid)) ?? "",
@@ -89,6 +95,7 @@ async function main(): Promise<void> {
     digest: cfg.record.digest,
     detached: cfg.detached,
     shared: Boolean(cfg.shared),
+    ...(cfg.lower ? { lower: lowerDir } : {}),
     owner: cfg.owner,
     ownerStartTime: cfg.ownerStartTime,
   };

@@ -42,6 +42,8 @@ export interface LazyImage {
   readonly pid: number;
   /** mnt/<id>: the daemon's directory (mountpoint fs/, config, state, log). */
   readonly dir: string;
+  /** With `lower`: where the image's SquashFS is mounted read-only (owned by the daemon). */
+  readonly lowerDir?: string;
   stats(): Promise<LazyStats>;
   /** Unmounts and stops the daemon (a stuck one is aborted and killed). Safe to call twice. */
   close(): Promise<void>;
@@ -84,7 +86,7 @@ export async function openLazyImage(
   const policy = policyFrom(opts);
   if (opts.shared) {
     // Only a daemon with the same fetch bounds will do: a run that asks for a shorter deadline gets it.
-    const found = await findShared(home, record.digest, policy);
+    const found = await findShared(home, record.digest, policy, Boolean(opts.lower));
     if (found) {
       const token = await addUser(found.dir);
       // Seen after our token is written, `stopping` means the daemon may not have seen it.
@@ -117,6 +119,7 @@ export async function openLazyImage(
     shared: opts.shared
       ? { idleMs: (typeof opts.shared === "object" && opts.shared.idleMs) || 30_000 }
       : undefined,
+    lower: Boolean(opts.lower),
     owner: process.pid,
     ownerStartTime: (await processStartTime(process.pid)) ?? "",
   };
@@ -162,7 +165,8 @@ export async function openLazyImage(
   const pid = child.pid!;
   if (token) {
     const startTime = (await processStartTime(pid)) ?? "";
-    return sharedUse(home, record, dir, { pid, startTime, path: filePath }, token);
+    const lower = cfg.lower ? path.join(dir, "lower") : undefined;
+    return sharedUse(home, record, dir, { pid, startTime, path: filePath, lower }, token);
   }
 
   let closed: Promise<void> | undefined;
@@ -207,7 +211,7 @@ function sharedUse(
   home: KindlingHome,
   record: ImageRecord,
   dir: string,
-  daemon: Pick<DaemonState, "pid" | "startTime" | "path">,
+  daemon: Pick<DaemonState, "pid" | "startTime" | "path" | "lower">,
   token: string,
 ): LazyImage {
   const { pid } = daemon;
@@ -216,14 +220,16 @@ function sharedUse(
     path: daemon.path,
     pid,
     dir,
+    lowerDir: daemon.lower,
     async stats(): Promise<LazyStats> {
       const asked = new Date().toISOString();
       if (await isSameProcess(pid, daemon.startTime)) {
         process.kill(pid, "SIGUSR2");
-        for (let i = 0; i < 100; i++) {
+        // The daemon answers in a few ms: poll briefly (a run's start waits on this), give up after 2 s.
+        for (let waited = 0; waited < 2000; waited += 2) {
           const s = await read();
           if (s && s.updated >= asked) return s;
-          await new Promise((r) => setTimeout(r, 20));
+          await new Promise((r) => setTimeout(r, 2));
         }
       }
       const s = await read();

@@ -55,6 +55,7 @@ export async function findShared(
   home: KindlingHome,
   digest: string,
   policy: FetchPolicy,
+  lower: boolean,
 ): Promise<{ dir: string; state: DaemonState } | null> {
   for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
     if (!/^[0-9a-f]{16}$/.test(id)) continue;
@@ -63,7 +64,7 @@ export async function findShared(
       const state = JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState;
       if (!state.shared || state.digest !== digest) continue;
       const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
-      if (!isDeepStrictEqual(cfg.policy, policy)) continue;
+      if (!isDeepStrictEqual(cfg.policy, policy) || Boolean(cfg.lower) !== lower) continue;
       if ((await isSameProcess(state.pid, state.startTime)) && !(await isStopping(dir))) {
         return { dir, state };
       }

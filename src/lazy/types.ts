@@ -55,6 +55,11 @@ export interface LazyOptions extends Partial<FetchPolicy> {
    * user closes or dies. Needs source "auto"; the other options apply only when it starts.
    */
   shared?: boolean | { idleMs?: number };
+  /**
+   * Also mount the image's SquashFS read-only (the daemon owns the mount: lower.ts), for overlay
+   * lower layers. A shared daemon is shared only with opens that ask the same.
+   */
+  lower?: boolean;
 }
 
 /** What the API hands the daemon (written to <dir>/config.json). */
@@ -77,6 +82,8 @@ export interface DaemonConfig {
   detached: boolean;
   /** Shared daemon: exits after this long without users (see shared.ts). */
   shared?: { idleMs: number };
+  /** Mount the SquashFS at <dir>/lower too (see lower.ts). */
+  lower: boolean;
   /** Pid and start time of the process that asked for this image. */
   owner: number;
   ownerStartTime: string;
@@ -93,6 +100,8 @@ export interface DaemonState {
   digest: string;
   detached: boolean;
   shared: boolean;
+  /** <dir>/lower, where the image's SquashFS is mounted, when the config asked for it. */
+  lower?: string;
   /** Copied from the config, so liveness checks need not parse the (large) index. */
   owner: number;
   ownerStartTime: string;

@@ -59,6 +59,8 @@ export function lazyIdleMs(env: NodeJS.ProcessEnv = process.env): number {
  * The image's block image as the lazy FUSE file (src/lazy), fetching chunks on first read. One
  * daemon serves every container of the image in this home (`shared`): only the first run pays for
  * its start, and it leaves `lazyIdleMs()` after the last run ends (`image rm` stops it at once).
+ * Asked for `mounted`, the daemon also keeps the image's SquashFS mounted, so runc/runsc runs need
+ * only their overlay (one loop device per image, not per container).
  */
 export class LazyBlockImage implements BlockImageProvider {
   constructor(
@@ -68,16 +70,18 @@ export class LazyBlockImage implements BlockImageProvider {
   get description(): string {
     return `image ${this.record.name} (${this.record.digest})`;
   }
-  async open(): Promise<OpenBlockImage> {
+  async open(opts: { mounted?: boolean } = {}): Promise<OpenBlockImage> {
     const index = await readBlockIndex(this.home, this.record.digest);
     const lazy = await openLazyImage(this.home, this.record, index, "auto", {
       shared: { idleMs: lazyIdleMs() },
+      lower: opts.mounted,
     });
     const name = this.record.name;
     // The daemon's counters cover every run it served: judge this run by what changed during it.
     const before = await lazy.stats().catch(() => undefined);
     return {
       path: lazy.path,
+      mountedAt: lazy.lowerDir,
       close: () => lazy.close(),
       problem: async () => {
         if (!isAlive(lazy.pid))

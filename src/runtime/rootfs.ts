@@ -53,8 +53,15 @@ export async function mountOverlayRootfs(
   }
   await Promise.all([lower, upper, work, mergedDir].map((d) => mkdir(d, { recursive: true })));
 
-  const image = await blockImage.open();
+  const image = await blockImage.open({ mounted: true });
   scope.defer(`block image ${blockImage.description}`, () => image.close());
+  if (image.mountedAt) {
+    // The image's SquashFS is mounted already, shared by its containers: only the overlay is ours.
+    await runDir.hold(scope, { kind: "mount", target: mergedDir });
+    const lowerdir = image.mountedAt;
+    await mount("overlay", "overlay", mergedDir, `lowerdir=${lowerdir},upperdir=${upper},workdir=${work}`);
+    return { merged: mergedDir, upper, image };
+  }
 
   const identity = await fileIdentity(image.path);
   const device = await attachLoop(image.path);

@@ -66,6 +66,8 @@ export interface ProcessSpec {
 /** An opened block image file. */
 export interface OpenBlockImage {
   path: string;
+  /** Where the file's SquashFS is already mounted read-only and shared, if the provider does that. */
+  mountedAt?: string;
   close(): Promise<void>;
   /** What went wrong serving the file so far (a dead daemon, reads that failed), if anything. */
   problem?(): Promise<string | undefined>;
@@ -75,7 +77,8 @@ export interface OpenBlockImage {
 export interface BlockImageProvider {
   /** A description for errors and owner.json. */
   readonly description: string;
-  open(): Promise<OpenBlockImage>;
+  /** `mounted`: the caller wants the SquashFS mounted too (runc/runsc lower layers), if it can. */
+  open(opts?: { mounted?: boolean }): Promise<OpenBlockImage>;
 }
 
 /** An image, resolved: its run config and its block image. */
