@@ -96,6 +96,7 @@ async function main(): Promise<void> {
     detached: cfg.detached,
     shared: Boolean(cfg.shared),
     ...(cfg.lower ? { lower: lowerDir } : {}),
+    policy: cfg.policy,
     owner: cfg.owner,
     ownerStartTime: cfg.ownerStartTime,
   };

@@ -24,6 +24,7 @@ import type {
   DaemonConfig,
   DaemonMessage,
   DaemonState,
+  FetchPolicy,
   LazyOptions,
   LazyStats,
   ParentMessage,
@@ -85,16 +86,8 @@ export async function openLazyImage(
   }
   const policy = policyFrom(opts);
   if (opts.shared) {
-    // Only a daemon with the same fetch bounds will do: a run that asks for a shorter deadline gets it.
-    const found = await findShared(home, record.digest, policy, Boolean(opts.lower));
-    if (found) {
-      const token = await addUser(found.dir);
-      // Seen after our token is written, `stopping` means the daemon may not have seen it.
-      if (!(await isStopping(found.dir)) && (await isSameProcess(found.state.pid, found.state.startTime))) {
-        return sharedUse(home, record, found.dir, found.state, token);
-      }
-      await rm(token, { force: true });
-    }
+    const running = await useRunningShared(home, record, opts);
+    if (running) return running;
   }
 
   const id = randomBytes(8).toString("hex");
@@ -200,6 +193,27 @@ export async function openLazyImage(
       return closed;
     },
   };
+}
+
+/**
+ * A use of the image's running shared daemon, if there is one for these options (else null):
+ * the fast path of a `shared` open, which needs neither the block index nor a new process.
+ * Only a daemon with the same fetch bounds will do: a run that asks for a shorter deadline gets it.
+ */
+export async function useRunningShared(
+  home: KindlingHome,
+  record: ImageRecord,
+  opts: Pick<LazyOptions, keyof FetchPolicy | "lower"> = {},
+): Promise<LazyImage | null> {
+  const found = await findShared(home, record.digest, policyFrom(opts), Boolean(opts.lower));
+  if (!found) return null;
+  const token = await addUser(found.dir);
+  // Seen after our token is written, `stopping` means the daemon may not have seen it.
+  if (!(await isStopping(found.dir)) && (await isSameProcess(found.state.pid, found.state.startTime))) {
+    return sharedUse(home, record, found.dir, found.state, token);
+  }
+  await rm(token, { force: true });
+  return null;
 }
 
 /**

@@ -4,7 +4,7 @@ import path from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import type { KindlingHome } from "../util/home.js";
 import { isSameProcess, processStartTime } from "./proc.js";
-import type { DaemonConfig, DaemonState, FetchPolicy } from "./types.js";
+import type { DaemonState, FetchPolicy } from "./types.js";
 
 /**
  * A shared daemon serves one image to any number of users (processes), so only the first open
@@ -63,8 +63,7 @@ export async function findShared(
     try {
       const state = JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState;
       if (!state.shared || state.digest !== digest) continue;
-      const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
-      if (!isDeepStrictEqual(cfg.policy, policy) || Boolean(cfg.lower) !== lower) continue;
+      if (!isDeepStrictEqual(state.policy, policy) || Boolean(state.lower) !== lower) continue;
       if ((await isSameProcess(state.pid, state.startTime)) && !(await isStopping(dir))) {
         return { dir, state };
       }

@@ -102,6 +102,8 @@ export interface DaemonState {
   shared: boolean;
   /** <dir>/lower, where the image's SquashFS is mounted, when the config asked for it. */
   lower?: string;
+  /** The fetch bounds it serves with (a shared daemon is shared only by opens with the same). */
+  policy: FetchPolicy;
   /** Copied from the config, so liveness checks need not parse the (large) index. */
   owner: number;
   ownerStartTime: string;

@@ -1,6 +1,6 @@
 import { stat } from "node:fs/promises";
 import type { ImageRecord, RunConfig } from "../image/types.js";
-import { openLazyImage } from "../lazy/index.js";
+import { openLazyImage, useRunningShared } from "../lazy/index.js";
 import { readBlockIndex } from "../store/blockindex.js";
 import { loadImage } from "../store/catalog.js";
 import { KindlingError } from "../util/errors.js";
@@ -71,11 +71,17 @@ export class LazyBlockImage implements BlockImageProvider {
     return `image ${this.record.name} (${this.record.digest})`;
   }
   async open(opts: { mounted?: boolean } = {}): Promise<OpenBlockImage> {
-    const index = await readBlockIndex(this.home, this.record.digest);
-    const lazy = await openLazyImage(this.home, this.record, index, "auto", {
-      shared: { idleMs: lazyIdleMs() },
-      lower: opts.mounted,
-    });
+    const lazyOpts = { shared: { idleMs: lazyIdleMs() }, lower: opts.mounted };
+    // A warm start: the running daemon, without reading the block index (its size grows with the image).
+    const lazy =
+      (await useRunningShared(this.home, this.record, lazyOpts)) ??
+      (await openLazyImage(
+        this.home,
+        this.record,
+        await readBlockIndex(this.home, this.record.digest),
+        "auto",
+        lazyOpts,
+      ));
     const name = this.record.name;
     // The daemon's counters cover every run it served: judge this run by what changed during it.
     const before = await lazy.stats().catch(() => undefined);
