@@ -10,7 +10,7 @@ import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
 import { ChunkCache } from "./cache.js";
 import { mountBlockFile } from "./fusefs.js";
-import { mountLower, unmountLower } from "./lower.js";
+import { lowerDirOf, mountLower, unmountLower } from "./lower.js";
 import { lazyUnmount } from "./mountinfo.js";
 import { prefetchTables } from "./prefetch.js";
 import { processStartTime } from "./proc.js";
@@ -50,7 +50,7 @@ async function main(): Promise<void> {
     cache.stats.updated = new Date().toISOString();
     await writeStats(home, cfg.id, cache.stats).catch((err) => log(`stats: ${err}`));
   };
-  const lowerDir = path.join(dir, "lower");
+  const lowerDir = lowerDirOf(dir);
   let stopping = false;
   const stop = async (why: string) => {
     if (stopping) return;

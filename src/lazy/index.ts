@@ -14,6 +14,7 @@ import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { validateIndex } from "./chunkmap.js";
 import { policyFrom } from "./fetch.js";
+import { lowerDirOf } from "./lower.js";
 import { cleanupStaleImageMounts } from "./mount.js";
 import { releaseFuseMount } from "./mountinfo.js";
 import { isSameProcess, processStartTime } from "./proc.js";
@@ -158,7 +159,7 @@ export async function openLazyImage(
   const pid = child.pid!;
   if (token) {
     const startTime = (await processStartTime(pid)) ?? "";
-    const lower = cfg.lower ? path.join(dir, "lower") : undefined;
+    const lower = cfg.lower ? lowerDirOf(dir) : undefined;
     return sharedUse(home, record, dir, { pid, startTime, path: filePath, lower }, token);
   }
 

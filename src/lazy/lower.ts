@@ -4,6 +4,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { exec } from "../util/exec.js";
 import { lazyUnmount, mountAt } from "./mountinfo.js";
 
+/** Where a daemon (directory mnt/<id>) mounts its image's SquashFS. */
+export const lowerDirOf = (daemonDir: string): string => path.join(daemonDir, "lower");
+
 /**
  * The image's SquashFS mounted read-only from a daemon's own lazy file, for the lower layer of
  * runc/runsc overlays: one loop device and one mount per image, shared by every container of it,

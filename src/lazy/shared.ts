@@ -50,39 +50,17 @@ export async function markStopping(dir: string): Promise<boolean> {
   return false;
 }
 
-/** A running shared daemon of this image in this home, not stopping, or null. */
-export async function findShared(
-  home: KindlingHome,
-  digest: string,
-  policy: FetchPolicy,
-  lower: boolean,
-): Promise<{ dir: string; state: DaemonState } | null> {
+/** Every daemon directory of this home with its state; one still starting (no state yet) is skipped. */
+async function daemonStates(home: KindlingHome): Promise<{ dir: string; state: DaemonState }[]> {
+  const out: { dir: string; state: DaemonState }[] = [];
   for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
     if (!/^[0-9a-f]{16}$/.test(id)) continue;
     const dir = path.join(home.mounts, id);
     try {
-      const state = JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState;
-      if (!state.shared || state.digest !== digest) continue;
-      if (!isDeepStrictEqual(state.policy, policy) || Boolean(state.lower) !== lower) continue;
-      if ((await isSameProcess(state.pid, state.startTime)) && !(await isStopping(dir))) {
-        return { dir, state };
-      }
-    } catch {
-      // starting, or not ours: skip
-    }
-  }
-  return null;
-}
-
-/** Shared daemons of this home (of one image, if `digest`), whether they run or not. */
-export async function sharedDaemonDirs(home: KindlingHome, digest?: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
-    if (!/^[0-9a-f]{16}$/.test(id)) continue;
-    const dir = path.join(home.mounts, id);
-    try {
-      const state = JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState;
-      if (state.shared && (!digest || state.digest === digest)) out.push(dir);
+      out.push({
+        dir,
+        state: JSON.parse(await readFile(path.join(dir, "state.json"), "utf8")) as DaemonState,
+      });
     } catch {
       // starting, or not a daemon directory
     }
@@ -90,19 +68,33 @@ export async function sharedDaemonDirs(home: KindlingHome, digest?: string): Pro
   return out;
 }
 
+/** A running shared daemon of this image in this home with these fetch bounds and `lower`, or null. */
+export async function findShared(
+  home: KindlingHome,
+  digest: string,
+  policy: FetchPolicy,
+  lower: boolean,
+): Promise<{ dir: string; state: DaemonState } | null> {
+  for (const { dir, state } of await daemonStates(home)) {
+    if (!state.shared || state.digest !== digest) continue;
+    if (!isDeepStrictEqual(state.policy, policy) || Boolean(state.lower) !== lower) continue;
+    if ((await isSameProcess(state.pid, state.startTime)) && !(await isStopping(dir))) return { dir, state };
+  }
+  return null;
+}
+
+/** Shared daemons of this home (of one image, if `digest`), whether they run or not. */
+export async function sharedDaemonDirs(home: KindlingHome, digest?: string): Promise<string[]> {
+  return (await daemonStates(home))
+    .filter(({ state }) => state.shared && (!digest || state.digest === digest))
+    .map(({ dir }) => dir);
+}
+
 /** Pids of the live daemons (shared or not) serving this image in this home. */
 export async function liveDaemonPids(home: KindlingHome, digest: string): Promise<number[]> {
   const pids: number[] = [];
-  for (const id of await readdir(home.mounts).catch(() => [] as string[])) {
-    if (!/^[0-9a-f]{16}$/.test(id)) continue;
-    try {
-      const state = JSON.parse(
-        await readFile(path.join(home.mounts, id, "state.json"), "utf8"),
-      ) as DaemonState;
-      if (state.digest === digest && (await isSameProcess(state.pid, state.startTime))) pids.push(state.pid);
-    } catch {
-      // starting, or not a daemon directory
-    }
+  for (const { state } of await daemonStates(home)) {
+    if (state.digest === digest && (await isSameProcess(state.pid, state.startTime))) pids.push(state.pid);
   }
   return pids;
 }

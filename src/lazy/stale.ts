@@ -1,7 +1,7 @@
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { KindlingHome } from "../util/home.js";
-import { unmountLower } from "./lower.js";
+import { lowerDirOf, unmountLower } from "./lower.js";
 import { mountAt, readMountinfo, releaseFuseMount } from "./mountinfo.js";
 import { isSameProcess, signal, waitExit } from "./proc.js";
 import type { DaemonConfig, DaemonState } from "./types.js";
@@ -34,7 +34,7 @@ export async function stopDaemon(home: KindlingHome, id: string, graceMs = 5000)
     }
   }
   // A daemon that died leaves its SquashFS mount (lower.ts) on top of the dead FUSE file.
-  await unmountLower(path.join(dir, "lower"));
+  await unmountLower(lowerDirOf(dir));
   await releaseFuseMount(mountpoint);
   if (!(await mountAt(mountpoint))) await rm(dir, { recursive: true, force: true });
 }
