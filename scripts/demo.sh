@@ -12,9 +12,10 @@ work=$(mktemp -d /tmp/kindling-demo.XXXXXX)
 registry_pid=""
 ref=""
 cleanup() {
+  set +e # a failing step must not skip the rest of the cleanup
   # The image's lazy daemon stays after a run for the next one; `image rm` stops it at once.
-  [ -n "$ref" ] && KINDLING_HOME="$work/worker-b" kindling image rm "$ref" >/dev/null 2>&1
-  [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  if [ -n "$ref" ]; then KINDLING_HOME="$work/worker-b" kindling image rm "$ref" >/dev/null 2>&1; fi
+  if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
