@@ -36,12 +36,14 @@
 #include <linux/magic.h>
 #include <linux/vm_sockets.h>
 
-#define PROTO_VERSION 1
+/* 2: START carries the supplementary groups (list<u32> after gid) */
+#define PROTO_VERSION 2
 #define HDR_LEN 12
 #define MAX_PAYLOAD (1u << 20)
 #define CHUNK (64u * 1024)
 #define OUT_WINDOW (256u * 1024)
 #define MAX_PROCS 64
+#define MAX_GROUPS 64 /* supplementary groups per START (the host's limit too) */
 
 enum {
   T_READY = 0x01, T_CONFIGURE = 0x10, T_CONFIGURED = 0x11, T_START = 0x20, T_STARTED = 0x21,
@@ -600,7 +602,13 @@ static void reap(void) {
   }
 }
 
-struct start_req { uint32_t flags, uid, gid; char *cwd; char **argv; char **envp; };
+struct start_req {
+  uint32_t flags, uid, gid, ngroups;
+  gid_t groups[MAX_GROUPS];
+  char *cwd;
+  char **argv;
+  char **envp;
+};
 
 static void free_strv(char **v) {
   for (char **p = v; p && *p; p++) free(*p);
@@ -628,7 +636,7 @@ static void exec_child(struct start_req *q, int in_rd, int out_wr, int err_wr, i
   step = 1;
   if (chdir(*q->cwd ? q->cwd : "/") < 0) goto fail;
   step = 2;
-  if (setgroups(0, NULL) < 0 || setgid(q->gid) < 0 || setuid(q->uid) < 0) goto fail;
+  if (setgroups(q->ngroups, q->groups) < 0 || setgid(q->gid) < 0 || setuid(q->uid) < 0) goto fail;
   step = 3;
   /* execvpe searches the caller's PATH: give it the process's own */
   const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -692,6 +700,11 @@ static void track_proc(struct proc *p, uint32_t id, pid_t pid, bool stdin_pipe, 
 static void start_process(uint32_t id, struct in *r) {
   struct start_req q = {0};
   q.flags = in_u32(r), q.uid = in_u32(r), q.gid = in_u32(r);
+  uint32_t ngroups = in_u32(r);
+  bool too_many_groups = ngroups > MAX_GROUPS;
+  if (too_many_groups) r->err = true; /* nothing after the list can be read */
+  for (uint32_t i = 0; i < ngroups && !r->err; i++) q.groups[i] = in_u32(r);
+  q.ngroups = r->err ? 0 : ngroups;
   q.cwd = in_str(r);
   q.argv = in_strv(r);
   q.envp = in_strv(r);
@@ -701,7 +714,9 @@ static void start_process(uint32_t id, struct in *r) {
     if (!procs[i].used) p = &procs[i];
   int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, ep[2] = {-1, -1};
   pid_t pid;
-  if (r->err || !q.argv || !q.argv[0])
+  if (too_many_groups)
+    send_failed(id, E2BIG, "too many supplementary groups (%u; at most %d)", ngroups, MAX_GROUPS);
+  else if (r->err || !q.argv || !q.argv[0])
     send_failed(id, EINVAL, "malformed START (arguments and env must not contain NUL bytes)");
   else if (find_proc(id) || !p)
     send_failed(id, EBUSY, find_proc(id) ? "process id %u in use" : "too many processes", id);
@@ -796,6 +811,51 @@ static int do_mount(uint32_t kind, const char *src, const char *dst, const char 
   return rc < 0 ? errno : 0;
 }
 
+/*
+ * Replace /etc/<name> with a regular file holding `data`: written beside it, then renamed over it, so a
+ * symlink is replaced rather than followed. Returns 0 or the errno (e.g. EISDIR when it is a directory).
+ */
+static int replace_etc_file(const char *name, const char *data) {
+  char path[64], tmp[64];
+  snprintf(path, sizeof path, "/etc/%s", name);
+  snprintf(tmp, sizeof tmp, "/etc/.%s.kindling", name);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) return errno;
+  size_t len = strlen(data);
+  ssize_t n = write(fd, data, len);
+  int err = n < 0 ? errno : (size_t)n != len ? EIO : 0;
+  if (fchmod(fd, 0644) < 0 && !err) err = errno; /* whatever our umask */
+  if (close(fd) < 0 && !err) err = errno;
+  if (!err && rename(tmp, path) < 0) err = errno;
+  if (err) unlink(tmp);
+  return err;
+}
+
+/*
+ * /etc/hostname and /etc/hosts for the configured hostname, as runc's bind mounts give them, written into
+ * the container's root (the overlay: the image is untouched). An image without /etc gets one. Returns 0,
+ * or the errno with `msg` set.
+ */
+static int write_etc_files(const char *hostname, char *msg, size_t size) {
+  char hosts[400], line[300];
+  snprintf(line, sizeof line, "%s\n", hostname);
+  snprintf(hosts, sizeof hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t%s\n", hostname);
+  if (mkdir("/etc", 0755) < 0 && errno != EEXIST) {
+    int err = errno;
+    snprintf(msg, size, "create /etc: %s", strerror(err));
+    return err;
+  }
+  const char *names[] = {"hostname", "hosts"}, *data[] = {line, hosts};
+  for (int i = 0; i < 2; i++) {
+    int err = replace_etc_file(names[i], data[i]);
+    if (err) {
+      snprintf(msg, size, "write /etc/%s: %s", names[i], strerror(err));
+      return err;
+    }
+  }
+  return 0;
+}
+
 static void configure(struct in *r) {
   char *hostname = in_str(r);
   uint32_t n = in_u32(r);
@@ -803,6 +863,8 @@ static void configure(struct in *r) {
   char msg[600] = "";
   if (hostname && *hostname && sethostname(hostname, strlen(hostname)) < 0)
     err = errno, snprintf(msg, sizeof msg, "sethostname: %s", strerror(errno));
+  /* before the mounts: the files go into the root, never into a volume (one on /etc hides them) */
+  if (!err && hostname && *hostname) err = write_etc_files(hostname, msg, sizeof msg);
   for (uint32_t i = 0; i < n && !r->err && !err; i++) {
     uint32_t kind = in_u32(r);
     char *src = in_str(r), *dst = in_str(r), *type = in_str(r), *data = in_str(r);

@@ -10,11 +10,12 @@ import path from "node:path";
 import { PassThrough } from "node:stream";
 import { after, before, test } from "node:test";
 import {
+  decodeStart,
   encodeFrame,
   FrameDecoder,
   MsgType,
-  PayloadReader,
   PayloadWriter,
+  PROTOCOL_VERSION,
 } from "../src/vm/agent/protocol.js";
 import { bootFirecrackerVm, runInFirecrackerVm } from "../src/vm/firecracker/run.js";
 import { alive, type Fixture, makeFixture } from "./helpers/firecracker-fixtures.js";
@@ -45,19 +46,15 @@ async function fakeAgent(opts: { ready?: boolean } = {}): Promise<{ log: GuestLo
   const server = net.createServer((s) => {
     const dec = new FrameDecoder();
     if (opts.ready !== false) {
-      s.write(encodeFrame(MsgType.READY, 0, new PayloadWriter().u32(1).bytes("6.1.0-test").done()));
+      s.write(
+        encodeFrame(MsgType.READY, 0, new PayloadWriter().u32(PROTOCOL_VERSION).bytes("6.1.0-test").done()),
+      );
     }
     s.on("data", (chunk: Buffer) => {
       for (const f of dec.push(chunk)) {
         log.frames.push({ type: f.type, id: f.id });
         if (f.type === MsgType.START) {
-          const r = new PayloadReader(f.payload);
-          r.u32();
-          r.u32();
-          r.u32();
-          r.bytes();
-          const n = r.u32();
-          const args = Array.from({ length: n }, () => r.bytes().toString());
+          const args = decodeStart(f.payload).spec.args.map(String);
           log.started.push(args);
           s.write(encodeFrame(MsgType.STARTED, f.id, new PayloadWriter().u32(42).done()));
           s.write(encodeFrame(MsgType.STDOUT, f.id, Buffer.from(`${args.join(" ")}\n`)));

@@ -9,14 +9,17 @@ import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { AgentClient } from "../src/vm/agent/client.js";
 import {
+  decodeStart,
   encodeConfigure,
   encodeFrame,
   encodeStart,
   FrameDecoder,
+  MAX_GROUPS,
   MsgType,
   OUTPUT_WINDOW,
   PayloadReader,
   PayloadWriter,
+  PROTOCOL_VERSION,
 } from "../src/vm/agent/protocol.js";
 import { buildInitramfs, moduleLoadOrder, newcArchive, readModuleIndex } from "../src/vm/initramfs.js";
 import { extractVmlinux, guestCmdline } from "../src/vm/kernel.js";
@@ -49,15 +52,28 @@ test("frames survive arbitrary fragmentation and carry any bytes", () => {
 
 test("START and CONFIGURE payloads have the documented layout", () => {
   const start = new PayloadReader(
-    encodeStart({ args: ["sh", Buffer.from([0xff, 0x0a])], env: ["A=b c"], cwd: "/w", uid: 5, gid: 6 }, true),
+    encodeStart(
+      {
+        args: ["sh", Buffer.from([0xff, 0x0a])],
+        env: ["A=b c"],
+        cwd: "/w",
+        uid: 5,
+        gid: 6,
+        additionalGids: [7, 4000000000],
+      },
+      true,
+    ),
   );
+  // flags, uid, gid, list<u32> supplementary groups (protocol version 2), cwd, args, env
   assert.deepEqual([start.u32(), start.u32(), start.u32()], [1, 5, 6]);
+  assert.deepEqual([start.u32(), start.u32(), start.u32()], [2, 7, 4000000000]);
   assert.equal(start.bytes().toString(), "/w");
   assert.equal(start.u32(), 2);
   assert.equal(start.bytes().toString(), "sh");
   assert.deepEqual(start.bytes(), Buffer.from([0xff, 0x0a]));
   assert.equal(start.u32(), 1);
   assert.equal(start.bytes().toString(), "A=b c");
+  start.end();
   const cfg = new PayloadReader(
     encodeConfigure({
       hostname: "h",
@@ -73,6 +89,51 @@ test("START and CONFIGURE payloads have the documented layout", () => {
     () => encodeConfigure({ mounts: [{ kind: "tmpfs", source: "", target: "rel" }] }),
     /absolute/,
   );
+});
+
+test("START round-trips through encodeStart/decodeStart; the group count is capped", () => {
+  const spec = {
+    args: ["id", "-G"],
+    env: ["PATH=/bin"],
+    cwd: "/home/app",
+    uid: 1000,
+    gid: 1000,
+    additionalGids: Array.from({ length: MAX_GROUPS }, (_, i) => 2000 + i),
+  };
+  const got = decodeStart(encodeStart(spec, false));
+  assert.equal(got.stdinPipe, false);
+  assert.deepEqual(
+    {
+      ...got.spec,
+      args: got.spec.args.map(String),
+      env: got.spec.env!.map(String),
+      cwd: String(got.spec.cwd),
+    },
+    spec,
+  );
+  // absent groups are an empty list, not a missing field
+  const plain = decodeStart(encodeStart({ args: ["true"] }, true));
+  assert.deepEqual(
+    [plain.stdinPipe, plain.spec.uid, plain.spec.gid, plain.spec.additionalGids],
+    [true, 0, 0, []],
+  );
+  assert.throws(
+    () => encodeStart({ ...spec, additionalGids: [...spec.additionalGids, 1] }, false),
+    /too many supplementary groups \(65; at most 64\)/,
+  );
+  assert.throws(() => encodeStart({ args: ["x"], uid: -1 }, false), /uid -1 is not a valid id/);
+  assert.throws(() => encodeStart({ args: ["x"], additionalGids: [1.5] }, false), /group 1.5/);
+  // a payload claiming more groups than the limit, or with bytes left over, is refused
+  const tooMany = new PayloadWriter()
+    .u32(0)
+    .u32(0)
+    .u32(0)
+    .u32(MAX_GROUPS + 1)
+    .done();
+  assert.throws(() => decodeStart(tooMany), /too many supplementary groups/);
+  assert.throws(() => decodeStart(Buffer.concat([encodeStart(spec, false), Buffer.from([0])])), /trailing/);
+  assert.equal(PROTOCOL_VERSION, 2);
+  assert.equal(encodeFrame(MsgType.START, 1)[4], 2, "the header carries the version");
 });
 
 /** A fake guest on the other end of a Duplex pair: reads host frames, lets the test answer. */
@@ -94,7 +155,7 @@ test("the client writes nothing before READY, then starts a process and holds cr
   const startP = client.start({ args: ["x"] }, { stdout: new PassThrough({ highWaterMark: 1 }) });
   await new Promise((r) => setImmediate(r));
   assert.equal(g.received.length, 0, "nothing before READY");
-  g.send(MsgType.READY, 0, new PayloadWriter().u32(1).bytes("6.1").done());
+  g.send(MsgType.READY, 0, new PayloadWriter().u32(PROTOCOL_VERSION).bytes("6.1").done());
   await new Promise((r) => setImmediate(r));
   assert.equal(g.received[0].type, MsgType.START);
   const id = g.received[0].id;
@@ -123,7 +184,7 @@ test("a channel that closes fails pending work with a clear error", async () => 
 test("credit returns once a slow sink drains", async () => {
   const g = fakeGuest();
   const client = new AgentClient(g.hostSide);
-  g.send(MsgType.READY, 0, new PayloadWriter().u32(1).bytes("6.1").done());
+  g.send(MsgType.READY, 0, new PayloadWriter().u32(PROTOCOL_VERSION).bytes("6.1").done());
   const slow = new Writable({
     highWaterMark: 10,
     write(_c, _e, cb) {

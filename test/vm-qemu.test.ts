@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
+import { once } from "node:events";
 import { copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Readable, Writable } from "node:stream";
@@ -13,6 +14,7 @@ import { KindlingError } from "../src/util/errors.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import type { GuestProcess } from "../src/vm/agent/client.js";
+import { MAX_GROUPS, MsgType, PayloadWriter } from "../src/vm/agent/protocol.js";
 import { prepareGuestBoot } from "../src/vm/kernel.js";
 import { bootVm, type QemuVm, runInVm } from "../src/vm/qemu.js";
 import type { VmSpec } from "../src/vm/spec.js";
@@ -142,20 +144,50 @@ describe("one VM, many processes", () => {
     assert.equal((await p.exited).status, 0);
   });
 
-  test("environment, cwd, uid and gid are applied", async () => {
+  test("environment, cwd, uid, gid and supplementary groups are applied", async () => {
     const out = sink();
     const p = await vm.agent.start(
       {
-        args: ["sh", "-c", 'echo "$FOO|$(pwd)|$(id -u):$(id -g)|$(hostname)"'],
+        args: ["sh", "-c", 'echo "$FOO|$(pwd)|$(id -u):$(id -g)|$(id -G)|$(hostname)"'],
         env: [PATH, "FOO=bar baz"],
         cwd: "/tmp",
         uid: 65534,
         gid: 65534,
+        additionalGids: [2000, 3000],
       },
       { stdout: out },
     );
     assert.equal((await p.exited).status, 0);
-    assert.equal(out.data().toString(), "bar baz|/tmp|65534:65534|kindling-test\n");
+    assert.equal(out.data().toString(), "bar baz|/tmp|65534:65534|65534 2000 3000|kindling-test\n");
+    // without groups: none are kept from PID 1
+    const root = await run(["id", "-G"]);
+    assert.equal(root.out.toString(), "0\n");
+    // the guest refuses more than 64 groups too (encodeStart would not send them: a raw START, id 0, whose
+    // FAILED the client reports as a protocol error)
+    const w = new PayloadWriter()
+      .u32(0)
+      .u32(0)
+      .u32(0)
+      .u32(MAX_GROUPS + 1);
+    for (let i = 0; i <= MAX_GROUPS; i++) w.u32(1000 + i);
+    const refused = once(vm.agent, "protocolError");
+    vm.agent.send(MsgType.START, 0, w.bytes("").list(["true"]).list([PATH]).done());
+    const [e] = (await refused) as [Error];
+    assert.match(e.message, /too many supplementary groups \(65; at most 64\)/);
+    assert.equal((await run(["true"])).status, 0, "the agent still runs processes");
+  });
+
+  test("CONFIGURE's hostname is in /etc/hostname and /etc/hosts, written into the overlay", async () => {
+    const r = await run([
+      "sh",
+      "-c",
+      "cat /etc/hostname /etc/hosts; ls -l /etc/hosts | cut -c1-10; ls -a /etc | grep kindling | wc -l",
+    ]);
+    assert.equal(r.status, 0, r.err.toString());
+    assert.equal(
+      r.out.toString(),
+      "kindling-test\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\tkindling-test\n-rw-r--r--\n0\n",
+    );
   });
 
   test("10 MB of output arrive complete through a slow consumer (flow control)", async () => {
@@ -270,29 +302,55 @@ test("runInVm: a fresh VM does not see the previous VM's writes; --timeout stops
   const r = await runInVm({
     spec: baseSpec("timeout"),
     qemu: { home },
-    process: { args: ["sh", "-c", "test -e /marker && echo leaked || echo clean; sleep 100"], env: [PATH] },
+    process: {
+      // no hostname configured: no /etc/hostname is written
+      args: [
+        "sh",
+        "-c",
+        "test -e /marker && echo leaked || echo clean; test -e /etc/hostname || echo none; sleep 100",
+      ],
+      env: [PATH],
+    },
     stdout: out,
     stderr: process.stderr,
     timeoutMs: 4000,
   });
-  assert.equal(out.data().toString(), "clean\n");
+  assert.equal(out.data().toString(), "clean\nnone\n");
   assert.equal(r.timedOut, true);
   assert.equal(r.exitCode, 137);
   assert.ok(Date.now() - t0 < 60_000);
   assert.deepEqual(await runningQemuPids(), []);
 });
 
-test("runInVm: exit status and output of a short run", async () => {
+/** A squashfs of the busybox root changed by `edit` (a copy of the tree; the shared image is untouched). */
+async function variantRoot(name: string, edit: (root: string) => Promise<void>): Promise<string> {
+  const root = path.join(tmp, `rootfs-${name}`);
+  await exec("cp", ["-a", path.join(tmp, "rootfs"), root]);
+  await edit(root);
+  const image = path.join(tmp, `root-${name}.sqfs`);
+  await exec("mksquashfs", [root, image, "-noappend", "-quiet", "-comp", "zstd", "-Xcompression-level", "3"]);
+  return image;
+}
+
+test("runInVm: exit status and output of a short run; an image without /etc gets the hostname files", async () => {
+  const noEtc = await variantRoot("no-etc", (root) => rm(path.join(root, "etc"), { recursive: true }));
   const out = sink();
   const r = await runInVm({
-    spec: baseSpec("short"),
+    spec: { ...baseSpec("short"), drives: [{ id: "root", path: noEtc, readOnly: true, isRoot: true }] },
     qemu: { home },
     guest: { hostname: "box" },
-    process: { args: ["sh", "-c", "hostname; exit 7"], env: [PATH] },
+    process: {
+      args: [
+        "sh",
+        "-c",
+        "hostname; cat /etc/hostname; grep -c '^127.0.1.1\tbox$' /etc/hosts; ls -ld /etc | cut -c1-10; exit 7",
+      ],
+      env: [PATH],
+    },
     stdout: out,
   });
   assert.equal(r.exitCode, 7);
-  assert.equal(out.data().toString(), "box\n");
+  assert.equal(out.data().toString(), "box\nbox\n1\ndrwxr-xr-x\n");
   process.stderr.write(`# runInVm boot: ${r.bootMs} ms\n`);
 });
 
@@ -311,6 +369,27 @@ test("runInVm: an abort signal kills the process, then the VM", async () => {
   assert.equal(r.exitCode, 137);
   assert.equal(r.timedOut, false);
   assert.ok(Date.now() - t0 < 60_000);
+  assert.deepEqual(await runningQemuPids(), []);
+});
+
+test("an /etc/hosts that cannot be written fails CONFIGURE with the reason", async () => {
+  const hostsDir = await variantRoot("hosts-dir", (root) => mkdir(path.join(root, "etc", "hosts")));
+  await assert.rejects(
+    runInVm({
+      spec: {
+        ...baseSpec("hosts-dir"),
+        drives: [{ id: "root", path: hostsDir, readOnly: true, isRoot: true }],
+      },
+      qemu: { home },
+      guest: { hostname: "box" },
+      process: { args: ["true"], env: [PATH] },
+    }),
+    (e: Error) => {
+      assert.ok(e instanceof KindlingError, String(e));
+      assert.match(e.message, /guest setup failed: write \/etc\/hosts: Is a directory/);
+      return true;
+    },
+  );
   assert.deepEqual(await runningQemuPids(), []);
 });
 

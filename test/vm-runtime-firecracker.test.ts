@@ -15,11 +15,13 @@ import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { getRuntime } from "../src/runtime/registry.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import {
+  decodeStart,
   encodeFrame,
   FrameDecoder,
   MsgType,
   PayloadReader,
   PayloadWriter,
+  PROTOCOL_VERSION,
 } from "../src/vm/agent/protocol.js";
 import { type Fixture, makeFixture } from "./helpers/firecracker-fixtures.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
@@ -63,10 +65,12 @@ interface Mount {
 
 /** The guest agent: READY; CONFIGURE -> CONFIGURED (mounts recorded); START -> output, exit 0; POWEROFF -> close. */
 async function fakeAgent(onStart: () => Promise<void> = async () => {}) {
-  const seen = { hostname: "", mounts: [] as Mount[], args: [] as string[] };
+  const seen = { hostname: "", mounts: [] as Mount[], args: [] as string[], user: [] as number[][] };
   const server = net.createServer((s) => {
     const dec = new FrameDecoder();
-    s.write(encodeFrame(MsgType.READY, 0, new PayloadWriter().u32(1).bytes("6.1.0-fake").done()));
+    s.write(
+      encodeFrame(MsgType.READY, 0, new PayloadWriter().u32(PROTOCOL_VERSION).bytes("6.1.0-fake").done()),
+    );
     s.on("data", async (chunk: Buffer) => {
       for (const f of dec.push(chunk)) {
         const r = new PayloadReader(f.payload);
@@ -83,12 +87,9 @@ async function fakeAgent(onStart: () => Promise<void> = async () => {}) {
           }
           s.write(encodeFrame(MsgType.CONFIGURED, 0, new PayloadWriter().u32(0).bytes("").done()));
         } else if (f.type === MsgType.START) {
-          r.u32();
-          r.u32();
-          r.u32();
-          r.bytes();
-          const n = r.u32();
-          seen.args = Array.from({ length: n }, () => r.bytes().toString());
+          const { spec } = decodeStart(f.payload);
+          seen.args = spec.args.map(String);
+          seen.user = [[spec.uid!, spec.gid!], spec.additionalGids!];
           await onStart();
           s.write(encodeFrame(MsgType.STARTED, f.id, new PayloadWriter().u32(2).done()));
           s.write(encodeFrame(MsgType.STDOUT, f.id, Buffer.from(`ran ${seen.args.join(" ")}\n`)));
@@ -191,8 +192,10 @@ test("firecracker --rootfs lazy: the lazy image file as root, -v packs as drives
 });
 
 test("firecracker --rootfs squashfs: one read-only root drive holding image and mounts; --disk adds scratch", async () => {
-  const r = await run({ rootfs: "squashfs", volume: volumes(), disk: "32M" });
+  const r = await run({ rootfs: "squashfs", volume: volumes(), disk: "32M", user: "app" });
   assert.equal(r.result.status, 4);
+  // START carries the user's supplementary groups from the image's /etc/group
+  assert.deepEqual(r.seen.user, [[1000, 1000], [2000]]);
   assert.deepEqual(
     drives(r.calls).map((x) => [x.drive_id, x.path_on_host, x.is_root_device, x.is_read_only]),
     [

@@ -51,9 +51,11 @@ async function run(command: string[], flags: RawRunFlags) {
   return { ...result, stdout, stderr };
 }
 
-// As the image's user "app" (1000, HOME /home/app): names resolve from the image's /etc/passwd.
+// As the image's user "app" (1000, HOME /home/app, also in group "extra" 2000): names and groups resolve
+// from the image's /etc/passwd and /etc/group. --hostname box1 is in /etc/hostname and /etc/hosts.
 const SCRIPT =
-  'cat /data/hello /data/layer2 /ro/data; echo "written by $0" > /rw/out; echo x > /ro/x 2>/dev/null; echo "$(id -un) $(id -u) $HOME"';
+  'cat /data/hello /data/layer2 /ro/data; echo "written by $0" > /rw/out; echo x > /ro/x 2>/dev/null; echo "$(id -un) $(id -u) $HOME"; ' +
+  'id -G; cat /etc/hostname; grep "box1" /etc/hosts';
 
 for (const strategy of ["lazy", "squashfs", "copy", "virtiofs"] as const) {
   test(`--rootfs ${strategy}: image layers, ro mount, rw mount${strategy === "squashfs" ? " (writes lost)" : " written back"}`, async () => {
@@ -62,9 +64,13 @@ for (const strategy of ["lazy", "squashfs", "copy", "virtiofs"] as const) {
       rootfs: strategy,
       volume: [`${ro}:/ro:ro`, `${rw}:/rw`],
       user: "app",
+      hostname: "box1",
     });
     assert.equal(r.status, 0, r.stderr);
-    assert.equal(r.stdout, "hello from layer 2\nfrom layer 2\nread-only data\napp 1000 /home/app\n");
+    assert.equal(
+      r.stdout,
+      "hello from layer 2\nfrom layer 2\nread-only data\napp 1000 /home/app\n1000 2000\nbox1\n127.0.1.1\tbox1\n",
+    );
     const out = await readFile(path.join(rw, "out"), "utf8").catch(() => undefined);
     if (strategy === "squashfs") assert.equal(out, undefined);
     else assert.equal(out, `written by ${strategy}\n`);
@@ -126,8 +132,9 @@ test("per-mount packing with --disk: each drive lands where it belongs (drive or
 });
 
 test("exit status, a missing command (127) and a guest mount failure leave nothing behind", async () => {
-  const failing = await run(["/bin/sh", "-c", "echo out; echo err >&2; exit 7"], {});
-  assert.deepEqual([failing.status, failing.stdout, failing.stderr], [7, "out\n", "err\n"]);
+  // root: gid 0 and no supplementary groups (the image's /etc/group lists no members for root), as runc
+  const failing = await run(["/bin/sh", "-c", "echo out; id -G; echo err >&2; exit 7"], {});
+  assert.deepEqual([failing.status, failing.stdout, failing.stderr], [7, "out\n0\n", "err\n"]);
   const missing = await run(["/no/such/command"], {});
   assert.equal(missing.status, 127);
   // /data/hello is a file in the image: a directory cannot be bound onto it

@@ -12,6 +12,7 @@ import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import type { Scope } from "../util/scope.js";
 import type { GuestProcess } from "../vm/agent/client.js";
+import { MAX_GROUPS } from "../vm/agent/protocol.js";
 import { resolveFirecracker } from "../vm/firecracker/process.js";
 import { bootFirecrackerVm, type FirecrackerBootedVm } from "../vm/firecracker/run.js";
 import { prepareGuestBoot } from "../vm/kernel.js";
@@ -72,6 +73,11 @@ export class VmRuntime implements Runtime {
     const prepMs = Date.now() - prepStart;
     const hostname = options.hostname ?? req.id;
     const proc = buildProcessSpec(req.image.config, options, plan.users, hostname);
+    // before the boot: the agent's START carries at most MAX_GROUPS
+    if (proc.additionalGids.length > MAX_GROUPS)
+      throw new KindlingError(
+        `the user is in ${proc.additionalGids.length} supplementary groups; a VM process may have at most ${MAX_GROUPS}`,
+      );
     const spec = await this.vmSpec(home, plan, runDir.file("vm"), memoryMiB, options.cpus);
     // Before the VMM exists: if kindling dies during boot, the next run's cleanup kills it by its paths.
     await runDir.hold(scope, { kind: "vm-processes", dir: runDir.path });
@@ -176,6 +182,7 @@ class VmContainer implements Container {
           cwd: this.spec.cwd,
           uid: this.spec.uid,
           gid: this.spec.gid,
+          additionalGids: this.spec.additionalGids,
         },
         {
           stdout: out.sink,

@@ -1,10 +1,11 @@
 /**
- * The agent wire format, version 1 (docs/guest.md is the reference; guest/init.c the other side).
+ * The agent wire format, version 2 (docs/guest.md is the reference; guest/init.c the other side).
  * A frame: u32 payload length, u8 version, u8 type, u16 flags (0), u32 id, payload. Little-endian.
  */
 import { KindlingError } from "../../util/errors.js";
 
-export const PROTOCOL_VERSION = 1;
+/** 2: START carries the supplementary groups. Host and guest ship together; a mismatch is refused. */
+export const PROTOCOL_VERSION = 2;
 export const HEADER_LENGTH = 12;
 export const MAX_PAYLOAD = 1 << 20;
 /** Initial credit per output stream, and the host's stdin window. */
@@ -12,6 +13,8 @@ export const OUTPUT_WINDOW = 256 * 1024;
 export const STDIN_WINDOW = 256 * 1024;
 /** Largest data chunk the host puts in one STDIN frame. */
 export const CHUNK = 64 * 1024;
+/** Most supplementary groups a START may carry (the guest refuses more too). */
+export const MAX_GROUPS = 64;
 
 export const MsgType = {
   READY: 0x01,
@@ -70,6 +73,8 @@ export interface ProcessSpec {
   cwd?: Bytes;
   uid?: number;
   gid?: number;
+  /** supplementary groups (setgroups); none when empty or absent */
+  additionalGids?: number[];
 }
 
 export function encodeFrame(type: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
@@ -125,6 +130,10 @@ export class PayloadReader {
     this.off += n;
     return v;
   }
+  /** Throws if bytes are left over (a payload longer than its layout). */
+  end(): void {
+    if (this.off !== this.buf.length) throw new KindlingError("agent: trailing bytes in message");
+  }
 }
 
 /** Incremental frame parser: feed it chunks of the stream, get whole frames back. */
@@ -170,14 +179,43 @@ export function encodeConfigure(cfg: GuestConfig): Buffer {
   return w.done();
 }
 
+function checkId(what: string, v: number): number {
+  if (!Number.isInteger(v) || v < 0 || v > 0xfffffffe)
+    throw new KindlingError(`${what} ${v} is not a valid id`);
+  return v;
+}
+
 export function encodeStart(p: ProcessSpec, stdinPipe: boolean): Buffer {
   if (p.args.length === 0) throw new KindlingError("no command to run");
-  return new PayloadWriter()
+  const groups = p.additionalGids ?? [];
+  if (groups.length > MAX_GROUPS)
+    throw new KindlingError(`too many supplementary groups (${groups.length}; at most ${MAX_GROUPS})`);
+  const w = new PayloadWriter()
     .u32(stdinPipe ? 1 : 0)
-    .u32(p.uid ?? 0)
-    .u32(p.gid ?? 0)
+    .u32(checkId("uid", p.uid ?? 0))
+    .u32(checkId("gid", p.gid ?? 0))
+    .u32(groups.length);
+  for (const g of groups) w.u32(checkId("group", g));
+  return w
     .bytes(p.cwd ?? "")
     .list(p.args)
     .list(p.env ?? [])
     .done();
+}
+
+/** START's payload read back (the guest's side of encodeStart; used by tests and test doubles). */
+export function decodeStart(payload: Buffer): { stdinPipe: boolean; spec: ProcessSpec & { cwd: Buffer } } {
+  const r = new PayloadReader(payload);
+  const stdinPipe = (r.u32() & 1) === 1;
+  const uid = r.u32();
+  const gid = r.u32();
+  const n = r.u32();
+  if (n > MAX_GROUPS) throw new KindlingError(`agent: too many supplementary groups (${n})`);
+  const additionalGids = Array.from({ length: n }, () => r.u32());
+  const cwd = r.bytes();
+  const list = () => Array.from({ length: r.u32() }, () => r.bytes());
+  const args = list();
+  const env = list();
+  r.end();
+  return { stdinPipe, spec: { args, env, cwd, uid, gid, additionalGids } };
 }
