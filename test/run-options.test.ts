@@ -8,7 +8,7 @@ import type { RunConfig } from "../src/image/types.js";
 import { buildOciSpec } from "../src/runtime/oci.js";
 import { parseRunOptions } from "../src/runtime/options.js";
 import { buildProcessSpec, mergeEnv, resolveArgs } from "../src/runtime/process.js";
-import { getRuntime } from "../src/runtime/registry.js";
+import { getRuntime, runtimeFor } from "../src/runtime/registry.js";
 import { resolveInRoot } from "../src/runtime/rootpath.js";
 import { exitStatusOf } from "../src/runtime/status.js";
 import { parseGroup, parsePasswd, resolveUser, type UserDb } from "../src/runtime/users.js";
@@ -45,10 +45,12 @@ test("flags are parsed and defaults filled", async () => {
     timeout: "2.5",
     hostname: "box.example",
   });
-  // The default runtime is the VM runtime `kindling doctor` picks (no Firecracker binary here: QEMU).
-  assert.equal(o.runtime, await pickDefaultVmm());
+  // The default runtime is auto, decided when the run starts (parsing probes nothing): then the VM
+  // runtime `kindling doctor` picks (no Firecracker binary here: QEMU).
+  assert.equal(o.runtime, "auto");
+  assert.equal((await runtimeFor(o)).name, await pickDefaultVmm());
   assert.equal(o.rootfs, "lazy");
-  assert.equal((await parseRunOptions("img", [], { runtime: "auto" })).runtime, o.runtime);
+  assert.equal((await parseRunOptions("img", [], { runtime: "auto" })).runtime, "auto");
   assert.equal((await parseRunOptions("img", [], { runtime: "runc" })).runtime, "runc");
   assert.deepEqual(o.command, ["echo", "hi"]);
   assert.deepEqual(o.volumes, [

@@ -13,7 +13,7 @@ import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { mountsUnder } from "../src/runtime/mounts.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { getRuntime } from "../src/runtime/registry.js";
+import { runtimeFor } from "../src/runtime/registry.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { buildBusyboxTree, leftovers, readAll } from "../src/runtime/testing.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
@@ -62,7 +62,7 @@ async function run(command: string[], flags: RawRunFlags = {}) {
     home,
     options,
     image: await resolveImage(home, "bb"),
-    runtime: getRuntime(options.runtime, options.rootfs),
+    runtime: await runtimeFor(options),
     stdio: { stdout: "pipe", stderr: "pipe" },
   });
   const s = await handle.started;

@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { getRuntime } from "../src/runtime/registry.js";
+import { getRuntime, runtimeFor } from "../src/runtime/registry.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { buildBusyboxTree, leftovers, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { KindlingHome } from "../src/util/home.js";
@@ -53,7 +53,7 @@ async function run(command: string[], flags: RawRunFlags = {}): Promise<Ran> {
     home,
     options,
     image: await resolveImage(home, image),
-    runtime: getRuntime(options.runtime, options.rootfs),
+    runtime: await runtimeFor(options),
     stdio: { stdout: "pipe", stderr: "pipe" },
     notify: (m) => notes.push(m),
   });

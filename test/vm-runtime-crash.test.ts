@@ -12,7 +12,7 @@ import { cleanupStale } from "../src/lazy/index.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
-import { getRuntime } from "../src/runtime/registry.js";
+import { runtimeFor } from "../src/runtime/registry.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { leftovers } from "../src/runtime/testing.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
@@ -52,7 +52,7 @@ test("the VM dies while the process runs: a clear error, and the rw mount's writ
     home: t.home,
     options,
     image: await resolveImage(t.home, "ml"),
-    runtime: getRuntime(options.runtime, options.rootfs),
+    runtime: await runtimeFor(options),
     stdio: { stdout: "pipe", stderr: "pipe" },
   });
   const s = await handle.started;

@@ -12,7 +12,7 @@ import { after, before, test } from "node:test";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { getRuntime } from "../src/runtime/registry.js";
+import { runtimeFor } from "../src/runtime/registry.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import {
   decodeStart,
@@ -118,7 +118,7 @@ async function run(flags: RawRunFlags, onStart?: () => Promise<void>) {
       home: t.home,
       options,
       image: await resolveImage(t.home, "ml"),
-      runtime: getRuntime(options.runtime, options.rootfs),
+      runtime: await runtimeFor(options),
       stdio: { stdout: "pipe", stderr: "pipe" },
     });
     const s = await handle.started;
@@ -232,9 +232,7 @@ test("firecracker --rootfs copy: ext4 root with the ro mount baked in, rw mount 
 
 test("firecracker --rootfs virtiofs is refused with the reason", async () => {
   await assert.rejects(
-    parseRunOptions("ml", [], { runtime: "firecracker", rootfs: "virtiofs" }).then((o) =>
-      getRuntime(o.runtime, o.rootfs),
-    ),
+    parseRunOptions("ml", [], { runtime: "firecracker", rootfs: "virtiofs" }).then((o) => runtimeFor(o)),
     /--rootfs virtiofs does not apply to --runtime firecracker \(it supports: lazy, squashfs, copy\)/,
   );
 });

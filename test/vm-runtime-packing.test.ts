@@ -13,7 +13,7 @@ import { importImage } from "../src/image/import.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
-import { getRuntime } from "../src/runtime/registry.js";
+import { runtimeFor } from "../src/runtime/registry.js";
 import { RunDir } from "../src/runtime/rundir.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import type { Container, Runtime } from "../src/runtime/types.js";
@@ -63,7 +63,7 @@ async function once(n: number, packing: "pack" | "per-mount", other?: Other) {
     volume: other?.volume ?? (await volumes(n)),
     mountPacking: packing,
   });
-  const inner = getRuntime(options.runtime, options.rootfs);
+  const inner = await runtimeFor(options);
   let container: Container | undefined;
   const runtime: Runtime = {
     name: inner.name,

@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { getRuntime } from "../src/runtime/registry.js";
+import { runtimeFor } from "../src/runtime/registry.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
@@ -42,7 +42,7 @@ async function run(command: string[], flags: RawRunFlags) {
     home: t.home,
     options,
     image: await resolveImage(t.home, "ml"),
-    runtime: getRuntime(options.runtime, options.rootfs),
+    runtime: await runtimeFor(options),
     stdio: { stdout: "pipe", stderr: "pipe" },
   });
   const s = await handle.started;

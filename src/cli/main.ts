@@ -1,4 +1,5 @@
 import { Command, CommanderError } from "commander";
+import { loadConfig, useConfig } from "../config/index.js";
 import { EXIT_KINDLING_FAILURE, errorMessage, KindlingError } from "../util/errors.js";
 import { closeAllScopes } from "../util/scope.js";
 import { registerBenchCommand } from "./bench.js";
@@ -9,7 +10,11 @@ import { registerRunCommand } from "./run.js";
 const program = new Command("kindling")
   .description("Run OCI images in microVMs and with runc/gVisor on a lazily loaded root filesystem")
   .showHelpAfterError()
-  .exitOverride();
+  .exitOverride()
+  // Settings are read once, before any command runs: a bad KINDLING_* value is an error here (125).
+  .hook("preAction", () => {
+    useConfig(loadConfig(process.env));
+  });
 
 registerImageCommands(program);
 registerRunCommand(program);

@@ -1,8 +1,9 @@
 import type { Command } from "commander";
+import { type Config, loadConfig, useConfig } from "../config/index.js";
 import { resolveImage } from "../runtime/image.js";
 import { runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
-import { getRuntime } from "../runtime/registry.js";
+import { runtimeFor } from "../runtime/registry.js";
 import { KindlingHome } from "../util/home.js";
 
 const collect = (value: string, previous: string[]) => [...previous, value];
@@ -15,8 +16,7 @@ export function registerRunCommand(program: Command): void {
     .argument("[command...]", "command and arguments (after --), replacing the image's CMD")
     .option(
       "--runtime <name>",
-      "runc | runsc | qemu | firecracker | auto (default: the VM runtime `kindling doctor` picks, Firecracker where usable, else QEMU)",
-      "auto",
+      "runc | runsc | qemu | firecracker | auto (default: $KINDLING_RUNTIME, else auto: the VM runtime `kindling doctor` picks, Firecracker where usable, else QEMU)",
     )
     .option("--rootfs <strategy>", "lazy | squashfs | copy | virtiofs", "lazy")
     .option("-v, --volume <SRC:DST[:ro]>", "bind mount a host path (repeatable)", collect, [])
@@ -33,9 +33,12 @@ export function registerRunCommand(program: Command): void {
     .option("--disk <size>", "VM runtimes: sparse ext4 scratch drive for the writable layer (default: tmpfs)")
     .option("--mount-packing <mode>", "VM runtimes: pack (-v mounts in two drives, default) | per-mount")
     .action(async (image: string, command: string[], flags: RawRunFlags) => {
-      const home = new KindlingHome();
-      const options = await parseRunOptions(image, command, flags);
-      const runtime = getRuntime(options.runtime, options.rootfs);
+      // flag > KINDLING_RUNTIME > auto; re-pinned so everything below sees the same settings
+      const cfg = useConfig(loadConfig(process.env, { runtime: flags.runtime })) as Config;
+      const home = new KindlingHome(cfg.home);
+      const options = await parseRunOptions(image, command, { ...flags, runtime: cfg.runtime }, process.env);
+      // auto is decided here, when the run starts, not while parsing flags (it probes the host)
+      const runtime = await runtimeFor(options);
       const handle = runContainer({ home, options, image: await resolveImage(home, image), runtime });
       // Ours, not main.ts's: stop the container (TERM, grace, KILL), then exit with its status.
       const signals: StopReason[] = ["SIGINT", "SIGTERM", "SIGHUP"];

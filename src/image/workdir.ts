@@ -1,10 +1,11 @@
 import { mkdtemp, readdir, rm, stat, statfs } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { config } from "../config/index.js";
 
 const SHM = "/dev/shm";
 /** Largest tree built on tmpfs (KINDLING_BUILD_TMPFS_MAX overrides, in bytes). */
-const maxTmpfsTree = () => Number(process.env.KINDLING_BUILD_TMPFS_MAX) || 4 * 1024 ** 3;
+const maxTmpfsTree = () => config().buildTmpfsMaxBytes;
 const PREFIX = "kindling-build-";
 
 export interface TreeDir {
@@ -27,11 +28,7 @@ async function freeBytes(dir: string): Promise<number> {
  * can sweep what a killed one left (sweepStaleTrees).
  */
 export async function makeTreeDir(diskParent: string, estimate: number): Promise<TreeDir> {
-  if (
-    process.env.KINDLING_BUILD_TMPFS !== "0" &&
-    estimate <= maxTmpfsTree() &&
-    estimate * 4 <= os.freemem()
-  ) {
+  if (config().buildTmpfs && estimate <= maxTmpfsTree() && estimate * 4 <= os.freemem()) {
     try {
       if ((await stat(SHM)).isDirectory()) {
         const budget = Math.min(maxTmpfsTree(), os.freemem() / 4, (await freeBytes(SHM)) / 2);

@@ -1,3 +1,4 @@
+import { type Config, config } from "../config/index.js";
 import type { ChunkRef, ChunkSource, Digest } from "../store/types.js";
 import type { FetchPolicy } from "./types.js";
 
@@ -6,27 +7,18 @@ export class ChunkFetchError extends Error {
   override name = "ChunkFetchError";
 }
 
-export const DEFAULT_POLICY: FetchPolicy = {
-  deadlineMs: 30_000,
-  attemptTimeoutMs: 10_000,
-  retries: 3,
-  backoffMs: 100,
-};
+/** First pause between attempts (doubles each retry); the other bounds are settings (src/config). */
+const BACKOFF_MS = 100;
 
-/** The fetch policy from the environment, overridden by explicit options. */
-export function policyFrom(opts: Partial<FetchPolicy> = {}, env = process.env): FetchPolicy {
-  const num = (name: string, dflt: number) => {
-    const v = Number(env[name]);
-    return env[name] !== undefined && Number.isFinite(v) && v >= 0 ? v : dflt;
-  };
-  const deadlineMs = opts.deadlineMs ?? num("KINDLING_FETCH_TIMEOUT_MS", DEFAULT_POLICY.deadlineMs);
+/** The fetch policy of the configuration (KINDLING_FETCH_*), overridden by explicit options. */
+export function policyFrom(opts: Partial<FetchPolicy> = {}, cfg: Config = config()): FetchPolicy {
+  const deadlineMs = opts.deadlineMs ?? cfg.fetchTimeoutMs;
   return {
     deadlineMs,
-    attemptTimeoutMs:
-      opts.attemptTimeoutMs ??
-      num("KINDLING_FETCH_ATTEMPT_TIMEOUT_MS", Math.min(DEFAULT_POLICY.attemptTimeoutMs, deadlineMs)),
-    retries: opts.retries ?? num("KINDLING_FETCH_RETRIES", DEFAULT_POLICY.retries),
-    backoffMs: opts.backoffMs ?? DEFAULT_POLICY.backoffMs,
+    // never longer than the deadline, also when a caller shortens the deadline
+    attemptTimeoutMs: opts.attemptTimeoutMs ?? Math.min(cfg.fetchAttemptTimeoutMs, deadlineMs),
+    retries: opts.retries ?? cfg.fetchRetries,
+    backoffMs: opts.backoffMs ?? BACKOFF_MS,
   };
 }
 

@@ -1,4 +1,5 @@
 import { stat } from "node:fs/promises";
+import { config } from "../config/index.js";
 import type { ImageRecord, RunConfig } from "../image/types.js";
 import { openLazyImage, useRunningShared } from "../lazy/index.js";
 import { readBlockIndex } from "../store/blockindex.js";
@@ -50,9 +51,8 @@ export async function resolveImage(home: KindlingHome, ref: string): Promise<Res
 }
 
 /** How long an image's shared lazy daemon stays after its last container (KINDLING_LAZY_IDLE_MS). */
-export function lazyIdleMs(env: NodeJS.ProcessEnv = process.env): number {
-  const v = Number(env.KINDLING_LAZY_IDLE_MS);
-  return env.KINDLING_LAZY_IDLE_MS !== undefined && Number.isFinite(v) && v > 0 ? v : 30_000;
+export function lazyIdleMs(): number {
+  return config().lazyIdleMs;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { stat } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import path from "node:path";
-import { pickDefaultVmm } from "../doctor/report.js";
+import { hostEnv } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
 import { parseSize } from "../vm/rootfs/images.js";
 import {
@@ -9,7 +9,6 @@ import {
   type RootfsStrategy,
   RUNTIME_NAMES,
   type RunOptions,
-  type RuntimeName,
   type UserSpec,
   type VolumeSpec,
 } from "./types.js";
@@ -42,7 +41,7 @@ export async function parseRunOptions(
   image: string,
   command: string[],
   flags: RawRunFlags,
-  hostEnv: NodeJS.ProcessEnv = process.env,
+  host: Readonly<Record<string, string | undefined>> = hostEnv(),
 ): Promise<RunOptions> {
   if (!image) throw new KindlingError("run: an IMAGE is required");
   const volumes: VolumeSpec[] = [];
@@ -52,15 +51,13 @@ export async function parseRunOptions(
     if (seen.has(v.destination)) throw new KindlingError(`-v: ${v.destination} is mounted twice`);
     seen.add(v.destination);
   }
-  // auto (the default): the VM runtime this host runs best (Firecracker where usable, else QEMU),
-  // as `kindling doctor` says
-  const runtimeFlag = flags.runtime ?? "auto";
-  const runtime = (
-    runtimeFlag === "auto"
-      ? await pickDefaultVmm()
-      : oneOf("--runtime", runtimeFlag, [...RUNTIME_NAMES, "auto"])
-  ) as RuntimeName;
-  const vm = runtime === "qemu" || runtime === "firecracker";
+  // auto (the default) stays auto: the runtime decides when the run starts (pickDefaultVmm), since
+  // that probes the host; it is always a VM runtime.
+  const runtime = oneOf("--runtime", flags.runtime ?? "auto", [
+    ...RUNTIME_NAMES,
+    "auto",
+  ]) as RunOptions["runtime"];
+  const vm = runtime === "qemu" || runtime === "firecracker" || runtime === "auto";
   if (!vm && flags.disk !== undefined)
     throw new KindlingError(`--disk applies to VM runtimes (qemu, firecracker)`);
   if (!vm && flags.mountPacking !== undefined) {
@@ -73,7 +70,7 @@ export async function parseRunOptions(
     command,
     entrypoint: flags.entrypoint === undefined ? undefined : parseEntrypoint(flags.entrypoint),
     volumes,
-    env: (flags.env ?? []).flatMap((e) => parseEnv(e, hostEnv)),
+    env: (flags.env ?? []).flatMap((e) => parseEnv(e, host)),
     workdir: flags.workdir === undefined ? undefined : containerPath("-w", flags.workdir),
     user: flags.user === undefined ? undefined : parseUserFlag(flags.user),
     memoryMiB: flags.memory === undefined ? undefined : parseMemory(flags.memory),
@@ -136,7 +133,7 @@ function containerPath(what: string, p: string): string {
 }
 
 /** `K=V` as given; `K` alone takes K from kindling's environment and is dropped if unset (Docker does so). */
-export function parseEnv(e: string, hostEnv: NodeJS.ProcessEnv): string[] {
+export function parseEnv(e: string, hostEnv: Readonly<Record<string, string | undefined>>): string[] {
   const eq = e.indexOf("=");
   const key = eq < 0 ? e : e.slice(0, eq);
   if (!/^[^=\0\s]+$/.test(key)) throw new KindlingError(`-e ${e}: expected K=V with a non-empty name K`);

@@ -1,6 +1,7 @@
+import { pickDefaultVmm } from "../doctor/report.js";
 import { KindlingError } from "../util/errors.js";
 import { OciRuntime, RUNC, RUNSC } from "./oci-runtime.js";
-import type { RootfsStrategy, Runtime, RuntimeName } from "./types.js";
+import type { RootfsStrategy, RunOptions, Runtime, RuntimeName } from "./types.js";
 import { VmRuntime } from "./vm-runtime.js";
 
 /** A runtime and the rootfs strategies it supports (the first is its default). */
@@ -32,4 +33,13 @@ export function getRuntime(name: RuntimeName, rootfs: RootfsStrategy): Runtime {
     );
   }
   return entry.create();
+}
+
+/**
+ * The runtime for parsed run options, deciding `auto` now: the VM runtime `kindling doctor` picks
+ * (Firecracker where usable, else QEMU). Called when the run starts, since that probes the host.
+ */
+export async function runtimeFor(options: Pick<RunOptions, "runtime" | "rootfs">): Promise<Runtime> {
+  const name = options.runtime === "auto" ? await pickDefaultVmm() : options.runtime;
+  return getRuntime(name, options.rootfs);
 }

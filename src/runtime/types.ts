@@ -25,7 +25,8 @@ export interface UserSpec {
 
 /** The validated `kindling run` flags. Everything here is checked; runtimes may trust it. */
 export interface RunOptions {
-  runtime: RuntimeName;
+  /** auto: the VM runtime this host runs best, decided when the run starts (not while parsing). */
+  runtime: RuntimeName | "auto";
   rootfs: RootfsStrategy;
   image: string;
   /** Arguments after `--`: replace the image's CMD (the ENTRYPOINT stays, as with Docker). */

@@ -1,5 +1,6 @@
 import { mkdirSync } from "node:fs";
 import path from "node:path";
+import { config } from "../config/index.js";
 
 /**
  * Where Kindling keeps its state. Two different homes behave as two workers.
@@ -12,7 +13,7 @@ import path from "node:path";
  */
 export class KindlingHome {
   readonly root: string;
-  constructor(root = process.env.KINDLING_HOME || "/var/lib/kindling") {
+  constructor(root = config().home) {
     this.root = path.resolve(root);
   }
   get blobs(): string {

@@ -1,0 +1,151 @@
+/**
+ * Every setting Kindling reads from its environment, in one table: adding a setting is adding a row
+ * here (the README's environment table is checked against it by test/config.test.ts).
+ */
+import { boolean, bytes, count, milliseconds, oneOf, text, type ValueType } from "./types.js";
+
+export interface Setting<T> {
+  /** The environment variable. */
+  readonly env: string;
+  /** The command-line flag that overrides it, if any (flag > environment > default). */
+  readonly flag?: string;
+  readonly type: ValueType<T>;
+  /**
+   * The value when neither flag nor variable is set. A function gets the settings above it in this
+   * table (already resolved), for defaults that depend on another setting.
+   */
+  readonly default: T | ((resolved: Readonly<Record<string, unknown>>) => T);
+  /** The default as the README shows it, when `default` is a function or undefined. */
+  readonly defaultText?: string;
+  /** One line for the README's table. */
+  readonly describe: string;
+}
+
+/** Keeps each row's value type while checking it is a Setting. */
+const setting = <T>(s: Setting<T>): Setting<T> => s;
+
+/** The runtimes `--runtime`/KINDLING_RUNTIME accept (test/config.test.ts checks it against src/runtime). */
+export const RUNTIME_CHOICES = ["runc", "runsc", "qemu", "firecracker", "auto"] as const;
+export type RuntimeChoice = (typeof RUNTIME_CHOICES)[number];
+
+export const SETTINGS = {
+  home: setting({
+    env: "KINDLING_HOME",
+    type: text,
+    default: "/var/lib/kindling",
+    describe: "state directory",
+  }),
+  runtime: setting<RuntimeChoice>({
+    env: "KINDLING_RUNTIME",
+    flag: "--runtime",
+    type: oneOf(RUNTIME_CHOICES),
+    default: "auto",
+    describe:
+      "runtime of `kindling run` (`--runtime` overrides); `auto`: Firecracker where usable, else QEMU, decided when the run starts",
+  }),
+  registryUser: setting<string | undefined>({
+    env: "KINDLING_REGISTRY_USER",
+    type: text,
+    default: undefined,
+    defaultText: "unset",
+    describe: "registry user name for any registry (with the password, takes precedence over the auth file)",
+  }),
+  registryPassword: setting<string | undefined>({
+    env: "KINDLING_REGISTRY_PASSWORD",
+    type: text,
+    default: undefined,
+    defaultText: "unset",
+    describe: "registry password for `KINDLING_REGISTRY_USER`",
+  }),
+  authFile: setting<string | undefined>({
+    env: "KINDLING_AUTH_FILE",
+    type: text,
+    default: undefined,
+    defaultText: "`~/.docker/config.json`",
+    describe: "docker-style auth file (`credsStore`/`credHelpers` not used)",
+  }),
+  buildTmpfs: setting({
+    env: "KINDLING_BUILD_TMPFS",
+    type: boolean,
+    default: true,
+    describe: "build an image's tree in `/dev/shm` when it fits (`0`: always on disk)",
+  }),
+  buildTmpfsMaxBytes: setting({
+    env: "KINDLING_BUILD_TMPFS_MAX",
+    type: bytes,
+    default: 4 * 1024 ** 3,
+    defaultText: "4294967296 (4 GiB)",
+    describe: "largest tree built on tmpfs, in bytes",
+  }),
+  fetchTimeoutMs: setting({
+    env: "KINDLING_FETCH_TIMEOUT_MS",
+    type: milliseconds,
+    default: 30_000,
+    describe: "total deadline for one chunk before the read gets EIO",
+  }),
+  fetchAttemptTimeoutMs: setting({
+    env: "KINDLING_FETCH_ATTEMPT_TIMEOUT_MS",
+    type: milliseconds,
+    default: (s) => Math.min(10_000, s.fetchTimeoutMs as number),
+    defaultText: "min(10000, `KINDLING_FETCH_TIMEOUT_MS`)",
+    describe: "one fetch attempt of a chunk",
+  }),
+  fetchRetries: setting({
+    env: "KINDLING_FETCH_RETRIES",
+    type: count,
+    default: 3,
+    describe: "retries of a chunk fetch after the first attempt",
+  }),
+  lazyIdleMs: setting({
+    env: "KINDLING_LAZY_IDLE_MS",
+    type: milliseconds,
+    default: 30_000,
+    describe: "how long an image's shared lazy daemon stays after its last run",
+  }),
+  lazyDirectIo: setting({
+    env: "KINDLING_LAZY_DIRECT_IO",
+    type: boolean,
+    default: false,
+    describe: "`1`: mount the lazy file with `direct_io` (measurement only)",
+  }),
+  lazyKernelCache: setting({
+    env: "KINDLING_LAZY_KERNEL_CACHE",
+    type: boolean,
+    default: true,
+    describe: "`0`: mount the lazy file without `kernel_cache` (measurement only)",
+  }),
+  vmDebug: setting({
+    env: "KINDLING_VM_DEBUG",
+    type: boolean,
+    default: false,
+    describe: "`1`: guest kernel messages and init debug markers on the console",
+  }),
+  firecracker: setting({
+    env: "KINDLING_FIRECRACKER",
+    type: text,
+    default: "firecracker",
+    defaultText: "`firecracker` on `PATH`",
+    describe: "path or name of the `firecracker` binary",
+  }),
+  jailer: setting({
+    env: "KINDLING_JAILER",
+    type: text,
+    default: "jailer",
+    defaultText: "`jailer` on `PATH`",
+    describe: "path or name of Firecracker's `jailer` binary",
+  }),
+  firecrackerSchema: setting<string | undefined>({
+    env: "KINDLING_FIRECRACKER_SCHEMA",
+    type: text,
+    default: undefined,
+    defaultText: "`../shared/firecracker/firecracker-v1.16.1.yaml`",
+    describe: "the Firecracker API schema file",
+  }),
+};
+
+export type SettingName = keyof typeof SETTINGS;
+
+/** The resolved configuration: one typed value per setting. */
+export type Config = {
+  readonly [K in SettingName]: (typeof SETTINGS)[K] extends Setting<infer T> ? T : never;
+};

@@ -1,0 +1,159 @@
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { test } from "node:test";
+import {
+  ConfigError,
+  config,
+  formatEnvTable,
+  loadConfig,
+  RUNTIME_CHOICES,
+  resolve,
+  SETTINGS,
+  useConfig,
+  withConfig,
+} from "../src/config/index.js";
+import { RUNTIME_NAMES } from "../src/runtime/types.js";
+import { exec } from "../src/util/exec.js";
+import { REPO } from "./helpers/fixtures.js";
+
+test("defaults when nothing is set", () => {
+  const c = loadConfig({});
+  assert.equal(c.home, "/var/lib/kindling");
+  assert.equal(c.runtime, "auto");
+  assert.equal(c.fetchTimeoutMs, 30_000);
+  assert.equal(c.fetchAttemptTimeoutMs, 10_000);
+  assert.equal(c.fetchRetries, 3);
+  assert.equal(c.lazyIdleMs, 30_000);
+  assert.equal(c.buildTmpfs, true);
+  assert.equal(c.buildTmpfsMaxBytes, 4 * 1024 ** 3);
+  assert.equal(c.lazyKernelCache, true);
+  assert.equal(c.lazyDirectIo, false);
+  assert.equal(c.vmDebug, false);
+  assert.equal(c.firecracker, "firecracker");
+  assert.equal(c.jailer, "jailer");
+  assert.equal(c.firecrackerSchema, undefined);
+  assert.ok(Object.isFrozen(c));
+});
+
+test("environment values are parsed into their types; an empty variable counts as unset", () => {
+  const c = loadConfig({
+    KINDLING_HOME: "/tmp/h",
+    KINDLING_FETCH_TIMEOUT_MS: "500",
+    KINDLING_FETCH_RETRIES: "0",
+    KINDLING_BUILD_TMPFS: "0",
+    KINDLING_LAZY_DIRECT_IO: "true",
+    KINDLING_VM_DEBUG: "1",
+    KINDLING_RUNTIME: "",
+  });
+  assert.equal(c.home, "/tmp/h");
+  assert.equal(c.fetchTimeoutMs, 500);
+  // a default that depends on another setting follows it
+  assert.equal(c.fetchAttemptTimeoutMs, 500);
+  assert.equal(c.fetchRetries, 0);
+  assert.equal(c.buildTmpfs, false);
+  assert.equal(c.lazyDirectIo, true);
+  assert.equal(c.vmDebug, true);
+  assert.equal(c.runtime, "auto");
+});
+
+test("precedence: flag > environment > default, and sources say which", () => {
+  assert.equal(loadConfig({}).runtime, "auto");
+  assert.equal(loadConfig({ KINDLING_RUNTIME: "runc" }).runtime, "runc");
+  const r = resolve({ KINDLING_RUNTIME: "runc" }, { runtime: "qemu" });
+  assert.equal(r.config.runtime, "qemu");
+  assert.equal(r.sources.runtime, "flag");
+  assert.equal(resolve({ KINDLING_RUNTIME: "runc" }).sources.runtime, "env");
+  assert.equal(resolve({}).sources.runtime, "default");
+  // an absent flag (undefined) does not hide the variable
+  assert.equal(loadConfig({ KINDLING_RUNTIME: "runsc" }, { runtime: undefined }).runtime, "runsc");
+});
+
+test("bad values are errors naming the variable (or flag) and the value", () => {
+  const bad: [Record<string, string>, RegExp][] = [
+    [
+      { KINDLING_FETCH_TIMEOUT_MS: "abc" },
+      /^KINDLING_FETCH_TIMEOUT_MS: invalid value "abc" \(expected a whole number >= 1\)$/,
+    ],
+    [{ KINDLING_FETCH_TIMEOUT_MS: "-1" }, /^KINDLING_FETCH_TIMEOUT_MS: invalid value "-1"/],
+    [{ KINDLING_FETCH_TIMEOUT_MS: "0" }, /^KINDLING_FETCH_TIMEOUT_MS: invalid value "0"/],
+    [{ KINDLING_FETCH_TIMEOUT_MS: "1e3" }, /^KINDLING_FETCH_TIMEOUT_MS: invalid value "1e3"/],
+    [{ KINDLING_FETCH_RETRIES: "2.5" }, /^KINDLING_FETCH_RETRIES: invalid value "2.5"/],
+    [{ KINDLING_LAZY_IDLE_MS: " 5" }, /^KINDLING_LAZY_IDLE_MS: invalid value " 5"/],
+    [{ KINDLING_BUILD_TMPFS: "maybe" }, /^KINDLING_BUILD_TMPFS: invalid value "maybe" \(expected 1 or 0/],
+    [
+      { KINDLING_RUNTIME: "docker" },
+      /^KINDLING_RUNTIME: unknown value "docker" \(expected one of: runc, runsc/,
+    ],
+  ];
+  for (const [env, re] of bad) {
+    assert.throws(
+      () => loadConfig(env),
+      (e: unknown) => e instanceof ConfigError && re.test(e.message),
+      JSON.stringify(env),
+    );
+  }
+  assert.throws(() => loadConfig({}, { runtime: "vmware" }), {
+    message: /^--runtime: unknown value "vmware" \(expected one of: runc, runsc, qemu, firecracker, auto\)$/,
+  });
+});
+
+test("config() follows the environment until pinned; withConfig overrides for a test", async () => {
+  useConfig(undefined);
+  const before = config().lazyIdleMs;
+  assert.equal(typeof before, "number");
+  const pinned = useConfig(loadConfig({ KINDLING_LAZY_IDLE_MS: "7" }));
+  assert.equal(config().lazyIdleMs, 7);
+  await withConfig({ lazyIdleMs: 9 }, () => assert.equal(config().lazyIdleMs, 9));
+  assert.equal(config(), pinned);
+  useConfig(undefined);
+});
+
+test("the runtime choices are the runtimes of src/runtime plus auto", () => {
+  assert.deepEqual([...RUNTIME_CHOICES].sort(), [...RUNTIME_NAMES, "auto"].sort());
+});
+
+test("every setting has a distinct KINDLING_ variable and a description", () => {
+  const envs = Object.values(SETTINGS).map((s) => s.env);
+  assert.equal(new Set(envs).size, envs.length);
+  for (const s of Object.values(SETTINGS)) assert.ok(s.describe.length > 0, s.env);
+});
+
+test("the README's environment table is the one the settings table generates", async () => {
+  const readme = await readFile(path.join(REPO, "README.md"), "utf8");
+  const lines = readme.split("\n");
+  const start = lines.findIndex((l) => l.startsWith("| variable | meaning | default |"));
+  assert.ok(start >= 0, "README has the settings table");
+  let end = start;
+  while (end < lines.length && lines[end].startsWith("|")) end++;
+  assert.equal(
+    lines.slice(start, end).join("\n"),
+    formatEnvTable(),
+    "README.md's table differs from src/config/settings.ts: paste the output of formatEnvTable()",
+  );
+});
+
+test("the CLI rejects a bad variable with one line naming it, exit 125", async () => {
+  const bin = path.join(REPO, "bin", "kindling");
+  for (const [name, value] of [
+    ["KINDLING_FETCH_TIMEOUT_MS", "abc"],
+    ["KINDLING_LAZY_IDLE_MS", "-1"],
+    ["KINDLING_RUNTIME", "vmware"],
+  ]) {
+    const r = await exec(process.execPath, [bin, "image", "ls"], {
+      env: { ...process.env, KINDLING_HOME: "/nonexistent/kindling-config-test", [name]: value },
+      allowFailure: true,
+      timeout: 30_000,
+    });
+    assert.equal(r.code, 125, `${name}=${value}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^kindling: ${name}: (invalid|unknown) value "${value}" \\(expected `));
+  }
+  const r = await exec(process.execPath, [bin, "run", "--runtime", "vmware", "img"], {
+    env: { ...process.env, KINDLING_HOME: "/nonexistent/kindling-config-test" },
+    allowFailure: true,
+    timeout: 30_000,
+  });
+  assert.equal(r.code, 125, r.stderr);
+  assert.match(r.stderr, /^kindling: --runtime: unknown value "vmware" \(expected one of/);
+});
