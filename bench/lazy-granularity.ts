@@ -69,7 +69,6 @@ try {
       const lazy = await openLazyImage(
         home,
         rec,
-        index,
         source,
         w.readahead ? {} : { readaheadChunks: 0, prefetch: false },
       );

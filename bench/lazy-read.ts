@@ -85,13 +85,13 @@ async function main(): Promise<void> {
   const data = randomBytes(SIZE);
   const plain = path.join(tmp, "plain.bin");
   await writeFile(plain, data);
-  const { index, record } = await indexBytes(home, data, 512 << 10);
+  const { record } = await indexBytes(home, data, 512 << 10);
   const opened: LazyImage[] = [];
   try {
-    const lazy = await openLazyImage(home, record, index, "auto", { memoryCacheBytes: SIZE + (1 << 20) });
+    const lazy = await openLazyImage(home, record, "auto", { memoryCacheBytes: SIZE + (1 << 20) });
     opened.push(lazy);
     process.env.KINDLING_LAZY_DIRECT_IO = "1";
-    const dio = await openLazyImage(home, record, index, "auto", { memoryCacheBytes: SIZE + (1 << 20) });
+    const dio = await openLazyImage(home, record, "auto", { memoryCacheBytes: SIZE + (1 << 20) });
     delete process.env.KINDLING_LAZY_DIRECT_IO;
     opened.push(dio);
     // Warm everything: plain and lazy page caches, the daemons' chunk memory.

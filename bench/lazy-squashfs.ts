@@ -84,8 +84,8 @@ async function main(): Promise<void> {
       "3",
     ]);
     const data = await readFile(img);
-    const { index, record } = await indexBytes(home, data, 256 << 10);
-    lazy = await openLazyImage(home, record, index, "auto", { memoryCacheBytes: data.length + (1 << 20) });
+    const { record } = await indexBytes(home, data, 256 << 10);
+    lazy = await openLazyImage(home, record, "auto", { memoryCacheBytes: data.length + (1 << 20) });
     const attach = async (file: string, direct: boolean) => {
       const dev = (
         await exec("losetup", ["-r", `--direct-io=${direct ? "on" : "off"}`, "--show", "-f", file])

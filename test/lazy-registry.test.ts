@@ -6,6 +6,7 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
 import { indexBytes } from "../src/lazy/testing.js";
+import { writeBlockIndex } from "../src/store/blockindex.js";
 import { KindlingHome } from "../src/util/home.js";
 import { startRegistry, type TestRegistry } from "./helpers/registry.js";
 
@@ -55,7 +56,7 @@ test("source auto fetches a pulled image's chunks from its registry, then a stop
   const { index, record, chunks } = await pulledImage(homeA, data);
   for (const [digest, bytes] of chunks) await upload(digest, bytes);
 
-  const lazy = await openLazyImage(homeA, record, index, "auto", { prefetch: false });
+  const lazy = await openLazyImage(homeA, record, "auto", { prefetch: false });
   try {
     assert.ok((await readFile(lazy.path)).equals(data));
     const s = await lazy.stats();
@@ -67,7 +68,8 @@ test("source auto fetches a pulled image's chunks from its registry, then a stop
 
   // A second worker (fresh home) whose registry goes away: bounded EIO, not a hang.
   const homeB = new KindlingHome(path.join(tmp, "b")).ensure();
-  const lazyB = await openLazyImage(homeB, record, index, "auto", {
+  await writeBlockIndex(homeB, index); // as a pull leaves it
+  const lazyB = await openLazyImage(homeB, record, "auto", {
     prefetch: false,
     deadlineMs: 2500,
     attemptTimeoutMs: 800,

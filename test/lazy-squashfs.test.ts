@@ -62,7 +62,7 @@ test("a SquashFS image through the lazy file, loop and mount shows its files; pr
       return chunks.get(digest)!;
     },
   };
-  const lazy = await openLazyImage(home, record, index, source, { readaheadChunks: 0 });
+  const lazy = await openLazyImage(home, record, source, { readaheadChunks: 0 });
   const mnt = path.join(tmp, "mnt");
   await mkdir(mnt, { recursive: true });
   let loop = "";
@@ -95,17 +95,17 @@ test("a SquashFS image through the lazy file, loop and mount shows its files; pr
 });
 
 test("image mount / umount leave nothing mounted or attached, and a dead mount is cleaned up", async () => {
-  const { index, record } = await indexBytes(home, image, 128 << 10);
+  const { record } = await indexBytes(home, image, 128 << 10);
   const dir = path.join(tmp, "view");
   const attached = async () =>
     (await exec("losetup", ["-a"])).stdout.split("\n").filter((l) => l.includes(home.root));
   const ours = async () => (await readMountinfo()).filter((m) => m.mountpoint.startsWith(tmp));
 
-  await mountImage(home, record, index, dir);
+  await mountImage(home, record, dir);
   try {
     assert.equal((await readdir(dir)).length, 21);
     assert.equal(await readFile(path.join(dir, "dir3", "file9.txt"), "utf8"), "hello 3/9\n");
-    await assert.rejects(mountImage(home, record, index, dir), /already/);
+    await assert.rejects(mountImage(home, record, dir), /already/);
   } finally {
     await umountImage(home, dir);
   }
@@ -114,16 +114,16 @@ test("image mount / umount leave nothing mounted or attached, and a dead mount i
   await assert.rejects(umountImage(home, dir), /not an image mounted/);
 
   // Unmounted by hand, then mounted again: the first mount's loop device and daemon are released.
-  await mountImage(home, record, index, dir);
+  await mountImage(home, record, dir);
   await exec("umount", [dir]);
-  await mountImage(home, record, index, dir);
+  await mountImage(home, record, dir);
   assert.equal((await attached()).length, 1);
   await umountImage(home, dir);
   assert.deepEqual(await ours(), []);
   assert.deepEqual(await attached(), []);
 
   // The daemon dies: cleanupStale releases the mount, the loop device and the FUSE mount.
-  await mountImage(home, record, index, dir);
+  await mountImage(home, record, dir);
   const recDir = path.join(home.mounts, "image-mounts");
   const rec = JSON.parse(await readFile(path.join(recDir, (await readdir(recDir))[0]), "utf8"));
   process.kill(rec.pid, "SIGKILL");

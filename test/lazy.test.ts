@@ -5,8 +5,8 @@ import { existsSync } from "node:fs";
 import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { Limiter } from "../src/chunks/limiter.js";
 import { chunkAt, chunksIn } from "../src/lazy/chunkmap.js";
-import { Limiter } from "../src/lazy/fetch.js";
 import { cleanupStale, openLazyImage, stopIdleShared } from "../src/lazy/index.js";
 import { readMountinfo } from "../src/lazy/mountinfo.js";
 import { parseSquashfsSuperblock } from "../src/lazy/squashfs.js";
@@ -61,7 +61,7 @@ function memorySource(chunks: Map<string, Buffer>, mode: "ok" | "corrupt" | "han
 test("reads through the lazy file equal the image bytes (variable chunks, boundaries, EOF)", async () => {
   const data = randomBytes((3 << 20) + 12345);
   const { index, record } = await indexBytes(home, data, [64 << 10, 100_000, 300_001]);
-  const lazy = await openLazyImage(home, record, index, "auto");
+  const lazy = await openLazyImage(home, record, "auto");
   try {
     const fh = await open(lazy.path, "r");
     try {
@@ -101,7 +101,7 @@ test("concurrent readers of a missing chunk cause one fetch, verified and cached
   const data = randomBytes(2 << 20);
   const { index, record, chunks } = await indexBytes(home, data, 256 << 10, false);
   const { source, calls } = memorySource(chunks, "ok", 300);
-  const lazy = await openLazyImage(home, record, index, source, { prefetch: false, readaheadChunks: 0 });
+  const lazy = await openLazyImage(home, record, source, { prefetch: false, readaheadChunks: 0 });
   try {
     const target = index.chunks[3];
     const offsets = Array.from({ length: 8 }, (_, i) => target.offset + i * 4096 * 7);
@@ -125,7 +125,7 @@ test("a corrupted chunk gives EIO within the deadline and is never cached", asyn
   const { index, record, chunks } = await indexBytes(home, data, 256 << 10, false);
   const { source, calls } = memorySource(chunks, "corrupt");
   const policy = { deadlineMs: 3000, attemptTimeoutMs: 1000, retries: 2, backoffMs: 50 };
-  const lazy = await openLazyImage(home, record, index, source, {
+  const lazy = await openLazyImage(home, record, source, {
     ...policy,
     prefetch: false,
     readaheadChunks: 0,
@@ -146,9 +146,9 @@ test("a corrupted chunk gives EIO within the deadline and is never cached", asyn
 
 test("a source that hangs gives EIO within the configured deadline", async () => {
   const data = randomBytes(1 << 20);
-  const { index, record, chunks } = await indexBytes(home, data, 256 << 10, false);
+  const { record, chunks } = await indexBytes(home, data, 256 << 10, false);
   const { source } = memorySource(chunks, "hang");
-  const lazy = await openLazyImage(home, record, index, source, {
+  const lazy = await openLazyImage(home, record, source, {
     deadlineMs: 2000,
     attemptTimeoutMs: 700,
     retries: 5,
@@ -166,8 +166,8 @@ test("a source that hangs gives EIO within the configured deadline", async () =>
 
 test("a killed daemon gives readers an error, and the next open cleans its stale mount", async () => {
   const data = randomBytes(1 << 20);
-  const { index, record } = await indexBytes(home, data, 128 << 10);
-  const first = await openLazyImage(home, record, index, "auto");
+  const { record } = await indexBytes(home, data, 128 << 10);
+  const first = await openLazyImage(home, record, "auto");
   let second: Awaited<ReturnType<typeof openLazyImage>> | undefined;
   try {
     assert.ok((await pread(first.path, 0, 4096)).equals(data.subarray(0, 4096)));
@@ -185,7 +185,7 @@ test("a killed daemon gives readers an error, and the next open cleans its stale
       "the dead mount is still there",
     );
 
-    second = await openLazyImage(home, record, index, "auto");
+    second = await openLazyImage(home, record, "auto");
     assert.ok(!(await readMountinfo()).some((m) => m.mountpoint === stale), "stale mount released");
     assert.ok(!existsSync(first.dir), "stale directory removed");
     assert.ok((await pread(second.path, 700_000, 4096)).equals(data.subarray(700_000, 704_096)));
@@ -197,8 +197,8 @@ test("a killed daemon gives readers an error, and the next open cleans its stale
 
 test("a hung daemon is aborted on close: its readers get an error, not a hang", async () => {
   const data = randomBytes(1 << 20);
-  const { index, record } = await indexBytes(home, data, 128 << 10);
-  const lazy = await openLazyImage(home, record, index, "auto");
+  const { record } = await indexBytes(home, data, 128 << 10);
+  const lazy = await openLazyImage(home, record, "auto");
   try {
     process.kill(lazy.pid, "SIGSTOP");
     const reading = pread(lazy.path, 500_000, 4096).then(
@@ -206,7 +206,7 @@ test("a hung daemon is aborted on close: its readers get an error, not a hang", 
       (err: Error) => err,
     );
     // Opening another image in this home must not block on the stuck one (no stat of its mount).
-    const other = await openLazyImage(home, record, index, "auto");
+    const other = await openLazyImage(home, record, "auto");
     await other.close();
     const t0 = Date.now();
     await lazy.close();
@@ -243,7 +243,7 @@ test("a sequential reader makes the daemon fetch the next chunks ahead of it", a
   const data = randomBytes(6 << 20);
   const { index, record, chunks } = await indexBytes(home, data, 256 << 10, false);
   const { source, calls } = memorySource(chunks);
-  const lazy = await openLazyImage(home, record, index, source, { prefetch: false, readaheadChunks: 4 });
+  const lazy = await openLazyImage(home, record, source, { prefetch: false, readaheadChunks: 4 });
   try {
     const fh = await open(lazy.path, "r");
     try {
@@ -275,7 +275,7 @@ test("a damaged chunk in the local cache is never served: fetched again, or EIO 
   };
   await damage();
   const { source, calls } = memorySource(chunks);
-  const repaired = await openLazyImage(home, record, index, source, { prefetch: false, readaheadChunks: 0 });
+  const repaired = await openLazyImage(home, record, source, { prefetch: false, readaheadChunks: 0 });
   try {
     assert.ok(
       (await pread(repaired.path, target.offset, 8192)).equals(
@@ -293,7 +293,7 @@ test("a damaged chunk in the local cache is never served: fetched again, or EIO 
   }
 
   await damage();
-  const local = await openLazyImage(home, record, index, "auto", { prefetch: false, deadlineMs: 1500 });
+  const local = await openLazyImage(home, record, "auto", { prefetch: false, deadlineMs: 1500 });
   try {
     await assert.rejects(pread(local.path, target.offset, 4096), /EIO/);
     assert.ok((await pread(local.path, 0, 4096)).equals(data.subarray(0, 4096)), "other chunks still read");
@@ -312,7 +312,7 @@ test("a stuck daemon whose owner died is aborted and killed by the next cleanup"
     `import { openLazyImage } from ${JSON.stringify(new URL("../src/lazy/index.js", import.meta.url).href)};
 import { KindlingHome } from ${JSON.stringify(new URL("../src/util/home.js", import.meta.url).href)};
 const [home, record, index] = JSON.parse(process.argv[2]);
-const lazy = await openLazyImage(new KindlingHome(home), record, index, "auto", { prefetch: false });
+const lazy = await openLazyImage(new KindlingHome(home), record, "auto", { prefetch: false });
 process.stdout.write(JSON.stringify({ pid: lazy.pid, path: lazy.path, dir: lazy.dir }) + "\\n");
 setInterval(() => {}, 1000);
 `,
@@ -355,7 +355,7 @@ test("several lazy images of one image at once: each chunk fetched once across d
   const { source, calls } = memorySource(chunks, "ok", 50);
   // Opened concurrently: each open's stale sweep must leave the others' starting daemons alone.
   const images = await Promise.all(
-    Array.from({ length: 4 }, () => openLazyImage(home, record, index, source, { prefetch: false })),
+    Array.from({ length: 4 }, () => openLazyImage(home, record, source, { prefetch: false })),
   );
   try {
     assert.equal(new Set(images.map((l) => l.path)).size, 4);
@@ -363,7 +363,7 @@ test("several lazy images of one image at once: each chunk fetched once across d
     for (const b of got) assert.ok(b.equals(data));
     // One daemon fetches each chunk; the others wait for its copy (blobs/.fetch-<hex> lock).
     for (const c of index.chunks) assert.equal(calls.get(c.digest), 1, `fetches of chunk at ${c.offset}`);
-    const later = await openLazyImage(home, record, index, source, { prefetch: false });
+    const later = await openLazyImage(home, record, source, { prefetch: false });
     images.push(later);
     const before = [...calls.values()].reduce((a, b) => a + b, 0);
     assert.ok((await readFile(later.path)).equals(data));
@@ -380,10 +380,10 @@ test("several lazy images of one image at once: each chunk fetched once across d
 
 test("shared: one daemon per image for every user; it leaves once its last user is gone", async () => {
   const data = randomBytes(1 << 20);
-  const { index, record } = await indexBytes(home, data, 256 << 10);
+  const { record } = await indexBytes(home, data, 256 << 10);
   const opts = { shared: { idleMs: 300 } };
-  const a = await openLazyImage(home, record, index, "auto", opts);
-  const b = await openLazyImage(home, record, index, "auto", opts);
+  const a = await openLazyImage(home, record, "auto", opts);
+  const b = await openLazyImage(home, record, "auto", opts);
   const gone = async (pid: number) => {
     for (let i = 0; i < 100; i++) {
       const st = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => null);
@@ -405,7 +405,7 @@ test("shared: one daemon per image for every user; it leaves once its last user 
   }
   assert.ok(await gone(a.pid), "the daemon left after its last user");
   assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(a.dir)));
-  const c = await openLazyImage(home, record, index, "auto", { shared: { idleMs: 60_000 } });
+  const c = await openLazyImage(home, record, "auto", { shared: { idleMs: 60_000 } });
   try {
     assert.notEqual(c.pid, a.pid, "a new daemon once the old one left");
     assert.ok((await pread(c.path, 0, 4096)).equals(data.subarray(0, 4096)));

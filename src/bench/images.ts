@@ -77,7 +77,7 @@ export async function publishImage(
 export async function unpackTree(source: KindlingHome, img: BenchImage, dir: string): Promise<string> {
   const file = path.join(source.tmp, `${img.name}.sqfs`);
   try {
-    await writeBlockImage(source, img.name, file, undefined, false);
+    await writeBlockImage(source, img.name, file, false);
     await exec("unsquashfs", ["-no-progress", "-quiet", "-d", dir, file]);
   } finally {
     await rm(file, { force: true });

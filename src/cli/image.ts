@@ -153,9 +153,8 @@ export function registerImageCommands(program: Command): void {
     .action(async (name: string, dir: string) => {
       const h = home();
       const record = await loadImage(h, name);
-      const index = await readBlockIndex(h, record.digest);
       const lazy = await loadLazy();
-      await lazy.mountImage(h, record, index, dir);
+      await lazy.mountImage(h, record, dir);
     });
 
   image

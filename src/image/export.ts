@@ -1,12 +1,10 @@
-import { createHash } from "node:crypto";
 import { open, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
+import { policyFrom } from "../chunks/policy.js";
+import { chunkReaderFor } from "../chunks/sources.js";
 import { readBlockIndex } from "../store/blockindex.js";
 import { loadImage } from "../store/catalog.js";
-import { chunkSourceFor } from "../store/sources.js";
-import type { ChunkSource } from "../store/types.js";
 import { tempPathFor } from "../util/atomic.js";
-import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import { progress } from "../util/progress.js";
@@ -19,11 +17,10 @@ export async function writeBlockImage(
   home: KindlingHome,
   name: string,
   out: string,
-  source?: ChunkSource,
   show = true,
 ): Promise<void> {
   const record = await loadImage(home, name);
-  source ??= chunkSourceFor(home, record.origin);
+  const chunks = chunkReaderFor(home, record.origin, policyFrom());
   const index = await readBlockIndex(home, record.digest);
   const bar = show ? progress(`assembling ${name}`, index.blockSize) : { update() {}, done() {} };
   const fh = await open(out, "w");
@@ -33,10 +30,7 @@ export async function writeBlockImage(
   const worker = async () => {
     while (next < index.chunks.length) {
       const c = index.chunks[next++]!;
-      const bytes = await source.fetch(c.digest, c.length);
-      if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` !== c.digest) {
-        throw new KindlingError(`chunk ${c.digest} from ${source.description} is corrupt`);
-      }
+      const bytes = await chunks.read(c);
       await fh.write(bytes, 0, bytes.length, c.offset);
       done += c.length;
       bar.update(done);
@@ -67,7 +61,7 @@ export async function exportImage(
   let scopeTree: string | undefined;
   try {
     const img = path.join(work, "image.squashfs");
-    await writeBlockImage(home, name, img, undefined, show);
+    await writeBlockImage(home, name, img, show);
     // Unpacked on tmpfs when it fits (many small files are slow on this disk), else beside the store.
     const tree = await makeTreeDir(home.tmp, (await stat(img)).size * 4);
     scopeTree = tree.dir;

@@ -1,10 +1,11 @@
+import { policyFrom } from "../chunks/policy.js";
+import { chunkReaderFor } from "../chunks/sources.js";
 import { pullFromRegistry } from "../registry/pull.js";
 import { pushKindlingImage } from "../registry/push.js";
 import { putBlob, readBlob } from "../store/blobs.js";
 import { decodeBlockIndex } from "../store/blockindex.js";
 import { loadImage, saveImage } from "../store/catalog.js";
 import { withStoreLock } from "../store/lock.js";
-import { chunkSourceFor } from "../store/sources.js";
 import type { Digest } from "../store/types.js";
 import type { KindlingHome } from "../util/home.js";
 import { buildImage } from "./build.js";
@@ -71,10 +72,10 @@ export async function pushImage(
   const record = await loadImage(home, name);
   const index = await readBlob(home, record.digest, "block index");
   const chunks = new Map(decodeBlockIndex(index, record.digest).chunks.map((c) => [c.digest, c.length]));
-  const source = chunkSourceFor(home, record.origin);
+  const reader = chunkReaderFor(home, record.origin, policyFrom());
   return pushKindlingImage(
     ref,
     { insecure: opts.insecure, signal: opts.signal, quiet: opts.progress === false },
-    { record, index, readChunk: (d: Digest) => source.fetch(d, chunks.get(d) ?? -1) },
+    { record, index, readChunk: (d: Digest) => reader.read({ digest: d, length: chunks.get(d) ?? -1 }) },
   );
 }

@@ -5,19 +5,21 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
-import type { ChunkSource } from "../store/types.js";
+import { chunkReaderFor } from "../chunks/sources.js";
+import { readBlockIndex } from "../store/blockindex.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
+import { processStartTime } from "../util/proc.js";
 import { ChunkCache } from "./cache.js";
+import { validateIndex } from "./chunkmap.js";
 import { mountBlockFile } from "./fusefs.js";
 import { lowerDirOf, mountLower, unmountLower } from "./lower.js";
 import { lazyUnmount } from "./mountinfo.js";
 import { prefetchTables } from "./prefetch.js";
-import { processStartTime } from "./proc.js";
 import { Readahead } from "./readahead.js";
 import { liveUsers, markStopping } from "./shared.js";
-import { autoSource, IpcChunkSource, send } from "./sources.js";
-import { writeStats } from "./stats.js";
+import { IpcChunkSource, send } from "./sources.js";
+import { newStats, writeStats } from "./stats.js";
 import type { DaemonConfig, DaemonState, ParentMessage } from "./types.js";
 
 const dir = process.argv[2];
@@ -26,22 +28,20 @@ const log = (msg: string) => process.stderr.write(`${new Date().toISOString()} $
 async function main(): Promise<void> {
   const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
   const home = new KindlingHome(cfg.home);
-  const source: ChunkSource =
-    cfg.source === "ipc"
-      ? new IpcChunkSource(`source of process ${cfg.owner}`)
-      : await autoSource(home, cfg.record.origin, cfg.policy);
-  const cache = new ChunkCache(
-    home,
-    cfg.index,
-    source,
-    {
-      policy: cfg.policy,
-      memoryCacheBytes: cfg.memoryCacheBytes,
-      fetchConcurrency: cfg.fetchConcurrency,
-      log,
-    },
-    cfg.record.digest,
-  );
+  // The index by digest from the store (verified there), not copied into our config.
+  const index = await readBlockIndex(home, cfg.record.digest);
+  validateIndex(index);
+  if (index.blockSize !== cfg.record.blockSize) {
+    throw new Error(`index says ${index.blockSize} bytes, record ${cfg.record.blockSize}`);
+  }
+  const stats = newStats(cfg.record.digest, index.blockSize);
+  const loader = chunkReaderFor(home, cfg.record.origin, cfg.policy, {
+    source: cfg.source === "ipc" ? new IpcChunkSource(`source of process ${cfg.owner}`) : undefined,
+    concurrency: cfg.fetchConcurrency,
+    counters: stats,
+    log,
+  });
+  const cache = new ChunkCache(index, loader, stats, cfg.memoryCacheBytes);
   const readahead = new Readahead(cache, cfg.readaheadChunks, log);
 
   let written = "";

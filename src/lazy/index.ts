@@ -7,17 +7,15 @@ import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import type { ImageRecord } from "../image/types.js";
-import type { BlockIndex, ChunkSource, Digest } from "../store/types.js";
+import { policyFrom } from "../chunks/policy.js";
+import type { ChunkSource, Digest, ImageRecord } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-import { validateIndex } from "./chunkmap.js";
-import { policyFrom } from "./fetch.js";
+import { isSameProcess, processStartTime } from "../util/proc.js";
 import { lowerDirOf } from "./lower.js";
 import { cleanupStaleImageMounts } from "./mount.js";
 import { releaseFuseMount } from "./mountinfo.js";
-import { isSameProcess, processStartTime } from "./proc.js";
 import { addUser, findShared, isStopping, markStopping, sharedDaemonDirs } from "./shared.js";
 import { cleanupStaleDaemons, daemonDir, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
@@ -63,20 +61,9 @@ const READY_TIMEOUT_MS = 20_000;
 export async function openLazyImage(
   home: KindlingHome,
   record: ImageRecord,
-  index: BlockIndex,
   source: ChunkSource | "auto",
   opts: LazyOptions = {},
 ): Promise<LazyImage> {
-  try {
-    validateIndex(index);
-  } catch (err) {
-    throw new KindlingError(`image ${record.name}: ${errorMessage(err)}`);
-  }
-  if (index.blockSize !== record.blockSize) {
-    throw new KindlingError(
-      `image ${record.name}: index says ${index.blockSize} bytes, record ${record.blockSize}`,
-    );
-  }
   await mkdir(home.blobs, { recursive: true });
   await mkdir(home.mounts, { recursive: true });
   await cleanupStale(home).catch(() => {});
@@ -102,7 +89,6 @@ export async function openLazyImage(
     mountpoint,
     fileName: "image.sqfs",
     record,
-    index,
     source: source === "auto" ? "auto" : "ipc",
     policy,
     memoryCacheBytes: opts.memoryCacheBytes ?? 64 << 20,

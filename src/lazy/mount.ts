@@ -1,15 +1,14 @@
 import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
-import type { ImageRecord } from "../image/types.js";
-import type { BlockIndex } from "../store/types.js";
+import type { ImageRecord } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
+import { isSameProcess, processStartTime } from "../util/proc.js";
 import { openLazyImage } from "./index.js";
 import { lazyUnmount, mountAt } from "./mountinfo.js";
-import { isSameProcess, processStartTime } from "./proc.js";
 import { stopDaemon } from "./stale.js";
 
 /**
@@ -52,12 +51,7 @@ async function detachLoop(loop: string, file: string): Promise<void> {
  * `kindling image mount N DIR`: the image's files, read-only, at DIR. Lazy file -> read-only loop
  * device -> squashfs mount. The daemon and the loop device outlive this process.
  */
-export async function mountImage(
-  home: KindlingHome,
-  record: ImageRecord,
-  index: BlockIndex,
-  dir: string,
-): Promise<void> {
+export async function mountImage(home: KindlingHome, record: ImageRecord, dir: string): Promise<void> {
   const target = path.resolve(dir);
   const recFile = recordPath(home, target);
   const old = await readRecord(recFile);
@@ -69,7 +63,7 @@ export async function mountImage(
   await mkdir(target, { recursive: true });
   if (!(await stat(target)).isDirectory()) throw new KindlingError(`${target} is not a directory`);
 
-  const lazy = await openLazyImage(home, record, index, "auto", { detached: true });
+  const lazy = await openLazyImage(home, record, "auto", { detached: true });
   let loop = "";
   try {
     loop = (await exec("losetup", ["-r", "--direct-io=on", "--show", "-f", lazy.path])).stdout.trim();

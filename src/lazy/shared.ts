@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises"
 import path from "node:path";
 import { isDeepStrictEqual } from "node:util";
 import type { KindlingHome } from "../util/home.js";
-import { isSameProcess, processStartTime } from "./proc.js";
+import { isSameProcess, processStartTime } from "../util/proc.js";
 import type { DaemonState, FetchPolicy } from "./types.js";
 
 /**

@@ -1,25 +1,5 @@
-import type { ImageOrigin } from "../image/types.js";
 import type { ChunkSource, Digest } from "../store/types.js";
-import type { KindlingHome } from "../util/home.js";
-import type { DaemonMessage, FetchPolicy, ParentMessage } from "./types.js";
-
-/**
- * The source the daemon uses with source "auto": the local store for images built or imported
- * here, the registry for pulled ones. Retries are ours (fetch.ts), so the registry gets one attempt.
- * Imported on demand: a local image's daemon never loads the registry client.
- */
-export async function autoSource(
-  home: KindlingHome,
-  origin: ImageOrigin,
-  policy: FetchPolicy,
-): Promise<ChunkSource> {
-  if (origin.kind === "registry") {
-    const { RegistryChunkSource } = await import("../registry/chunks.js");
-    return new RegistryChunkSource(origin, { timeoutMs: policy.attemptTimeoutMs, attempts: 1 });
-  }
-  const { LocalChunkSource } = await import("../store/local.js");
-  return new LocalChunkSource(home);
-}
+import type { DaemonMessage, ParentMessage } from "./types.js";
 
 /** In the daemon: a source whose fetches are served by the parent process over IPC. */
 export class IpcChunkSource implements ChunkSource {

@@ -1,9 +1,9 @@
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import type { KindlingHome } from "../util/home.js";
+import { isSameProcess, signal, waitExit } from "../util/proc.js";
 import { lowerDirOf, unmountLower } from "./lower.js";
 import { mountAt, readMountinfo, releaseFuseMount } from "./mountinfo.js";
-import { isSameProcess, signal, waitExit } from "./proc.js";
 import type { DaemonConfig, DaemonState } from "./types.js";
 
 async function readJson<T>(file: string): Promise<T | null> {

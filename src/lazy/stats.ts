@@ -1,8 +1,28 @@
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
+import { newFetchCounters } from "../chunks/fetcher.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
 import type { LazyStats } from "./types.js";
+
+/** A daemon's counters at its start. */
+export function newStats(digest: string, blockSize: number): LazyStats {
+  return {
+    digest,
+    blockSize,
+    ...newFetchCounters(),
+    verifyFailures: 0,
+    cacheWriteErrors: 0,
+    bytesServed: 0,
+    reads: 0,
+    cacheHits: 0,
+    cacheMisses: 0,
+    readErrors: 0,
+    readaheadChunks: 0,
+    prefetch: { state: "pending", chunks: 0, bytes: 0 },
+    updated: new Date().toISOString(),
+  };
+}
 
 const hexOf = (digest: string) => digest.replace(/^sha256:/, "");
 
@@ -42,6 +62,8 @@ export interface ImageLazyStats {
   fetchErrors: number;
   verifyFailures: number;
   readErrors: number;
+  fetchesRefused: number;
+  cacheWriteErrors: number;
 }
 
 /** Lazy-read counters of one image, summed over every daemon that served it (for `image inspect`). */
@@ -58,6 +80,8 @@ export async function imageStats(home: KindlingHome, digest: string): Promise<Im
     fetchErrors: 0,
     verifyFailures: 0,
     readErrors: 0,
+    fetchesRefused: 0,
+    cacheWriteErrors: 0,
   };
   const dir = statsDir(home, digest);
   const files = await readdir(dir).catch(() => [] as string[]);
@@ -80,6 +104,8 @@ export async function imageStats(home: KindlingHome, digest: string): Promise<Im
       "fetchErrors",
       "verifyFailures",
       "readErrors",
+      "fetchesRefused",
+      "cacheWriteErrors",
     ] as const) {
       sum[k] += s[k] ?? 0;
     }

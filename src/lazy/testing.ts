@@ -1,15 +1,21 @@
 /** Helpers for tests and benchmarks: a block index made here, without the image pipeline. */
 import { createHash } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
-import type { ImageRecord } from "../image/types.js";
-import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type ChunkRef, type Digest } from "../store/types.js";
+import { writeBlockIndex } from "../store/blockindex.js";
+import {
+  BLOCK_INDEX_MEDIA_TYPE,
+  type BlockIndex,
+  type ChunkRef,
+  type Digest,
+  type ImageRecord,
+} from "../store/types.js";
 import type { KindlingHome } from "../util/home.js";
 
 const sha = (b: Uint8Array): Digest => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
 /**
  * Cuts `data` into chunks (sizes cycle through `chunkSizes`, so they may vary); writes them to
- * the home's blobs unless `store` is false.
+ * the home's blobs unless `store` is false. The index itself is always stored.
  */
 export async function indexBytes(
   home: KindlingHome,
@@ -36,9 +42,11 @@ export async function indexBytes(
     chunking: { algorithm: sizes.length > 1 ? "fastcdc" : "fixed", avgSize: sizes[0] },
     chunks,
   };
+  // The daemon reads the index from the store by digest, as for any image.
+  const digest = await writeBlockIndex(home, index);
   const record: ImageRecord = {
     name: "test",
-    digest: sha(Buffer.from(JSON.stringify(index))),
+    digest,
     blockSize: data.length,
     config: { entrypoint: [], cmd: [], env: [], workingDir: "/", user: "" },
     origin: { kind: "local" },

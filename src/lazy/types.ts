@@ -1,13 +1,12 @@
-import type { ImageRecord } from "../image/types.js";
-import type { BlockIndex } from "../store/types.js";
+import type { FetchCounters } from "../chunks/fetcher.js";
+import type { FetchPolicy } from "../chunks/policy.js";
+import type { StoreCounters } from "../store/chunkstore.js";
+import type { ImageRecord } from "../store/types.js";
 
 /** Counters of one lazy image daemon; summed per image by imageStats(). */
-export interface LazyStats {
+export interface LazyStats extends FetchCounters, StoreCounters {
   digest: string;
   blockSize: number;
-  /** Bytes fetched (and verified) from the chunk source: what the store or registry had to send. */
-  bytesFetched: number;
-  chunksFetched: number;
   /** Bytes returned to readers of the lazy file. */
   bytesServed: number;
   reads: number;
@@ -15,9 +14,6 @@ export interface LazyStats {
   cacheHits: number;
   /** Chunk lookups that needed the source (including readers that joined an in-flight fetch). */
   cacheMisses: number;
-  /** Failed fetch attempts (timeouts, source errors) and digest mismatches. */
-  fetchErrors: number;
-  verifyFailures: number;
   /** Reads answered with an error (EIO). */
   readErrors: number;
   readaheadChunks: number;
@@ -26,17 +22,7 @@ export interface LazyStats {
   updated: string;
 }
 
-/** Bounds on fetching one chunk: each attempt has a timeout; all attempts share one deadline. */
-export interface FetchPolicy {
-  /** Total time a read may wait for one chunk before it gets EIO (KINDLING_FETCH_TIMEOUT_MS). */
-  deadlineMs: number;
-  /** Time one attempt may take (KINDLING_FETCH_ATTEMPT_TIMEOUT_MS). */
-  attemptTimeoutMs: number;
-  /** Attempts after the first (KINDLING_FETCH_RETRIES). */
-  retries: number;
-  /** First backoff between attempts; doubles each retry. */
-  backoffMs: number;
-}
+export type { FetchPolicy };
 
 export interface LazyOptions extends Partial<FetchPolicy> {
   /** Bytes of hot chunks kept in the daemon's memory (default 64 MiB). */
@@ -71,7 +57,6 @@ export interface DaemonConfig {
   mountpoint: string;
   fileName: string;
   record: ImageRecord;
-  index: BlockIndex;
   /** "auto": the daemon opens the store or registry itself; "ipc": the parent serves fetches. */
   source: "auto" | "ipc";
   policy: FetchPolicy;

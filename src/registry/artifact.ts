@@ -1,5 +1,4 @@
-import type { RunConfig } from "../image/types.js";
-import type { Digest } from "../store/types.js";
+import type { Digest, RunConfig } from "../store/types.js";
 import { KindlingError } from "../util/errors.js";
 import type { ImageManifest } from "./manifest.js";
 

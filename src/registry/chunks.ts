@@ -1,5 +1,4 @@
-import type { ImageOrigin } from "../image/types.js";
-import type { ChunkSource, Digest } from "../store/types.js";
+import type { ChunkSource, Digest, ImageOrigin } from "../store/types.js";
 import { KindlingError } from "../util/errors.js";
 import { fetchBlob } from "./blob.js";
 import { RegistryClient } from "./client.js";

@@ -1,6 +1,6 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";
-import type { ImageOrigin, RunConfig } from "../image/types.js";
+import type { ImageOrigin, RunConfig } from "../store/types.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type Digest } from "../store/types.js";
 import { KindlingError } from "../util/errors.js";
 import { progress } from "../util/progress.js";

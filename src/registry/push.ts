@@ -1,4 +1,4 @@
-import type { ImageRecord } from "../image/types.js";
+import type { ImageRecord } from "../store/types.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type Digest } from "../store/types.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import { progress } from "../util/progress.js";

@@ -2,7 +2,6 @@ import { stat } from "node:fs/promises";
 import { config } from "../config/index.js";
 import type { ImageRecord, RunConfig } from "../image/types.js";
 import { openLazyImage, useRunningShared } from "../lazy/index.js";
-import { readBlockIndex } from "../store/blockindex.js";
 import { loadImage } from "../store/catalog.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
@@ -75,13 +74,7 @@ export class LazyBlockImage implements BlockImageProvider {
     // A warm start: the running daemon, without reading the block index (its size grows with the image).
     const lazy =
       (await useRunningShared(this.home, this.record, lazyOpts)) ??
-      (await openLazyImage(
-        this.home,
-        this.record,
-        await readBlockIndex(this.home, this.record.digest),
-        "auto",
-        lazyOpts,
-      ));
+      (await openLazyImage(this.home, this.record, "auto", lazyOpts));
     const name = this.record.name;
     // The daemon's counters cover every run it served: judge this run by what changed during it.
     const before = await lazy.stats().catch(() => undefined);

@@ -1,9 +1,9 @@
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
-import type { ImageRecord } from "../image/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
+import type { ImageRecord } from "./types.js";
 
 /** The image catalog: $KINDLING_HOME/images/<encoded name>.json, one ImageRecord each. */
 

@@ -6,5 +6,4 @@ export { chunkFile, DEFAULT_CHUNKING, sha256 } from "./chunker.js";
 export { collectGarbage } from "./gc.js";
 export { LocalChunkSource, localBytes } from "./local.js";
 export { withStoreLock } from "./lock.js";
-export { CachingChunkSource, chunkSourceFor } from "./sources.js";
 export * from "./types.js";

@@ -55,7 +55,7 @@ export async function unpackImage(home: KindlingHome, name: string): Promise<str
   const { writeBlockImage } = await import("../../src/image/export.js");
   const dir = await mkdtemp("/tmp/kindling-test-tree-");
   const img = path.join(dir, "image.squashfs");
-  await writeBlockImage(home, name, img, undefined, false);
+  await writeBlockImage(home, name, img, false);
   await exec("unsquashfs", ["-no-progress", "-quiet", "-d", path.join(dir, "root"), img]);
   await rm(img);
   return dir;

@@ -1,13 +1,13 @@
 import { open, readFile, rm, stat } from "node:fs/promises";
-import { isSameProcess, processStartTime, sleep } from "./proc.js";
+import { isSameProcess, processStartTime, sleep } from "../util/proc.js";
 
 /**
- * One fetch per chunk across daemons: several containers (each with its own daemon) of an image
+ * One fetch per chunk across processes: several containers (each with its own daemon) of an image
  * started together would otherwise all fetch the same chunks from the registry. The daemon that
  * fetches holds `blobs/.fetch-<hex>` (pid and start time inside, so a dead holder is noticed);
  * the others wait for the blob to appear.
  */
-export class PeerLocks {
+export class FetchLocks {
   private me: string | undefined;
 
   /** Takes the lock; false if another live daemon holds it (a dead holder's lock is taken over). */
@@ -16,8 +16,15 @@ export class PeerLocks {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const fh = await open(lock, "wx");
-        await fh.writeFile(this.me);
-        await fh.close();
+        try {
+          await fh.writeFile(this.me);
+        } catch (err) {
+          // An empty lock would look like a holder still starting: take it away (full disk).
+          await rm(lock, { force: true });
+          throw err;
+        } finally {
+          await fh.close();
+        }
         return true;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
