@@ -41,6 +41,24 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# vhost-device-vsock (rust-vmm, crates.io): the host side of Firecracker's hybrid vsock for QEMU, so the
+# guest agent speaks over vsock in real VMs here (docs/guest.md). Built once per version with cargo into
+# its own root; a second setup finds the binary and does nothing. Rust comes from rustup on these machines
+# (~/.cargo/bin, which a non-login shell may not have on PATH).
+VHOST_VSOCK_VERSION=0.3.0
+VHOST_VSOCK_ROOT=/opt/kindling/tools/vhost-device-vsock-$VHOST_VSOCK_VERSION
+if [ ! -x "$VHOST_VSOCK_ROOT/bin/vhost-device-vsock" ]; then
+  export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+  if ! command -v cargo >/dev/null; then
+    echo "setup: cargo is missing: install Rust with rustup (https://rustup.rs) to build vhost-device-vsock" >&2
+    exit 1
+  fi
+  echo "setup: building vhost-device-vsock $VHOST_VSOCK_VERSION with cargo (~5 min)" >&2
+  cargo install --quiet --locked --version "$VHOST_VSOCK_VERSION" --root "$VHOST_VSOCK_ROOT.tmp" vhost-device-vsock
+  rm -rf "$VHOST_VSOCK_ROOT" && mv "$VHOST_VSOCK_ROOT.tmp" "$VHOST_VSOCK_ROOT"
+fi
+ln -sfn "$VHOST_VSOCK_ROOT/bin/vhost-device-vsock" /usr/local/bin/vhost-device-vsock
+
 # npm packages: only when the lockfile changed since the last install.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error

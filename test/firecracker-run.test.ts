@@ -87,7 +87,7 @@ test("runInFirecrackerVm: boot to READY, run a process, stream its output, power
       spec,
       process: { args: ["exit", "7"], env: ["PATH=/bin"] },
       stdout,
-      firecracker: { firecrackerBin: fx.fakeBin, validate: "required", bootTimeoutMs: 10_000 },
+      firecracker: { firecrackerBin: fx.fakeBin, bootTimeoutMs: 10_000 },
       onBoot: (vm) => {
         pid = vm.pid;
       },

@@ -5,13 +5,13 @@ import { after, before, test } from "node:test";
 import { KindlingError } from "../src/util/errors.js";
 import { planJail, prepareJail, renderJailerArgs } from "../src/vm/firecracker/jailer.js";
 import { renderApiCalls, renderConfigFile } from "../src/vm/firecracker/render.js";
+import type { VmSpec } from "../src/vm/spec.js";
+import { type Fixture, makeFixture } from "./helpers/firecracker-fixtures.js";
 import {
   type FirecrackerSchema,
   findSchemaFile,
   loadFirecrackerSchema,
-} from "../src/vm/firecracker/schema.js";
-import type { VmSpec } from "../src/vm/spec.js";
-import { type Fixture, makeFixture } from "./helpers/firecracker-fixtures.js";
+} from "./helpers/firecracker-schema.js";
 
 let schema: FirecrackerSchema;
 let fx: Fixture;

@@ -14,9 +14,9 @@ import { KindlingError } from "../src/util/errors.js";
 import { FirecrackerApi } from "../src/vm/firecracker/client.js";
 import { FIRECRACKER_MISSING, findExecutable } from "../src/vm/firecracker/process.js";
 import type { FirecrackerConfig } from "../src/vm/firecracker/render.js";
-import { loadFirecrackerSchema } from "../src/vm/firecracker/schema.js";
 import { type FirecrackerVmOptions, startFirecrackerVm } from "../src/vm/firecracker/vm.js";
 import { vsockConnectOnce } from "../src/vm/firecracker/vsock.js";
+import { exited, firstLine, within } from "./helpers/bounded.js";
 import { alive, type Fixture, makeFixture } from "./helpers/firecracker-fixtures.js";
 
 let fx: Fixture;
@@ -40,7 +40,11 @@ function fakeEnv(vars: Record<string, string>): void {
 /** A Unix socket server standing in for a guest endpoint; resolves its first connection. */
 async function guestEndpoint(name: string): Promise<{ conn: Promise<net.Socket>; close(): void }> {
   const server = net.createServer();
-  const conn = once(server, "connection").then(([s]) => s as net.Socket);
+  const conn = within(
+    once(server, "connection").then(([s]) => s as net.Socket),
+    10_000,
+    `the double's "guest" to connect to ${name}`,
+  );
   server.listen(path.join(fx.guestDir, name));
   await once(server, "listening");
   return { conn, close: () => server.close() };
@@ -48,20 +52,24 @@ async function guestEndpoint(name: string): Promise<{ conn: Promise<net.Socket>;
 
 /** Reads at least n bytes, then leaves the stream paused so the next reader gets what follows. */
 function readN(s: Duplex, n: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let got = "";
-    const onData = (chunk: Buffer) => {
-      got += chunk.toString();
-      if (got.length < n) return;
-      s.off("data", onData);
-      s.off("error", reject);
-      s.pause();
-      resolve(got);
-    };
-    s.on("data", onData);
-    s.once("error", reject);
-    s.resume();
-  });
+  return within(
+    new Promise<string>((resolve, reject) => {
+      let got = "";
+      const onData = (chunk: Buffer) => {
+        got += chunk.toString();
+        if (got.length < n) return;
+        s.off("data", onData);
+        s.off("error", reject);
+        s.pause();
+        resolve(got);
+      };
+      s.on("data", onData);
+      s.once("error", reject);
+      s.resume();
+    }),
+    10_000,
+    `${n} bytes from the stream`,
+  );
 }
 
 async function records(
@@ -95,7 +103,7 @@ test("API mode: the calls in order, the agent stream over guest-initiated vsock,
   const agentSide = await guestEndpoint("connect_1024.sock");
   const port52 = await guestEndpoint("listen_52.sock");
   const spec = await specWithDrives();
-  const vm = await startFirecrackerVm(spec, { firecrackerBin: fx.fakeBin, validate: "required", id: "t1" });
+  const vm = await startFirecrackerVm(spec, { firecrackerBin: fx.fakeBin, id: "t1" });
   try {
     assert.ok(alive(vm.pid));
     const rec = await records(record);
@@ -169,7 +177,6 @@ test("config-file mode: the file validates, firecracker boots from it, the agent
   const vm = await startFirecrackerVm(spec, {
     firecrackerBin: fx.fakeBin,
     configFile: true,
-    validate: "required",
   });
   try {
     const written = JSON.parse(await readFile(vm.paths.configFile!, "utf8")) as FirecrackerConfig;
@@ -297,14 +304,17 @@ test("hybrid vsock: CONNECT to a port nothing listens on is closed by Firecracke
   }
 });
 
-test("the double answers an invalid body with 400 and a fault_message naming the field; the client refuses to send it", async () => {
+test("the double answers an invalid body with 400 and a fault_message naming the field", async () => {
   fakeEnv({});
-  const vm = await startFirecrackerVm(fx.spec(), { firecrackerBin: fx.fakeBin, validate: "off" });
+  const vm = await startFirecrackerVm(fx.spec(), { firecrackerBin: fx.fakeBin });
   try {
     const raw = new FirecrackerApi(vm.paths.apiSocket);
     const res = await raw.request("PUT", "/machine-config", { vcpu_count: "two", mem_size_mib: 128 });
     assert.equal(res.status, 400);
-    assert.match((res.body as { fault_message: string }).fault_message, /\/vcpu_count: must be integer/);
+    assert.match(
+      (res.body as { fault_message: string }).fault_message,
+      /vcpu_count is not of a type\(s\) integer/,
+    );
     const after = await raw.request("PUT", "/drives/x", {
       drive_id: "x",
       path_on_host: fx.kernel,
@@ -312,11 +322,6 @@ test("the double answers an invalid body with 400 and a fault_message naming the
       is_read_only: true,
     });
     assert.match((after.body as { fault_message: string }).fault_message, /not supported after starting/);
-    const checked = new FirecrackerApi(vm.paths.apiSocket, { schema: await loadFirecrackerSchema() });
-    assert.throws(
-      () => checked.request("PUT", "/vsock", { guest_cid: 3 }),
-      /missing required field 'uds_path'/,
-    );
   } finally {
     await vm.close();
   }
@@ -369,11 +374,10 @@ test("the VMM dies with Node even when Node is SIGKILLed (parent-death signal)",
   const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  const [line] = (await once(child.stdout!, "data")) as [Buffer];
-  const pid = Number(line.toString().trim());
+  const pid = Number((await firstLine(child, 20_000, "the child's VMM pid")).trim());
   assert.ok(alive(pid), "the VMM runs");
   child.kill("SIGKILL");
-  await once(child, "exit");
+  await exited(child, 10_000, "the killed child to exit");
   for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 20));
   assert.equal(alive(pid), false, "the VMM is gone with its parent");
 });

@@ -7,6 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { guestListenerPath, VsockListener, vsockConnectOnce } from "../src/vm/firecracker/vsock.js";
+import { within } from "./helpers/bounded.js";
 
 let dir: string;
 before(async () => {
@@ -41,7 +42,7 @@ test("bytes the guest sends in the same packet as OK belong to the stream", asyn
   const m = await muxer("a.sock", (line) => (line === "CONNECT 52" ? "OK 1073741824\nhello" : undefined));
   try {
     const s = await vsockConnectOnce(m.uds, 52, 2000);
-    const [chunk] = (await once(s, "data")) as [Buffer];
+    const [chunk] = (await within(once(s, "data"), 10_000, "data from the host")) as [Buffer];
     assert.equal(chunk.toString(), "hello");
     s.destroy();
   } finally {
@@ -69,11 +70,11 @@ test("the guest-initiated listener lives at <uds>_<port>, queues early connectio
   assert.equal(l.path, `${uds}_1024`);
   // The guest may connect before anyone calls accept(): nothing it sends is lost.
   const guest = net.connect(l.path);
-  await once(guest, "connect");
+  await within(once(guest, "connect"), 10_000, "the guest-side connect");
   guest.write("READY");
   await new Promise((r) => setTimeout(r, 50));
   const host = await l.accept();
-  const [chunk] = (await once(host, "data")) as [Buffer];
+  const [chunk] = (await within(once(host, "data"), 10_000, "data from the guest")) as [Buffer];
   assert.equal(chunk.toString(), "READY");
   const ac = new AbortController();
   const waiting = l.accept(ac.signal);

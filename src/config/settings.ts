@@ -134,13 +134,6 @@ export const SETTINGS = {
     defaultText: "`jailer` on `PATH`",
     describe: "path or name of Firecracker's `jailer` binary",
   }),
-  firecrackerSchema: setting<string | undefined>({
-    env: "KINDLING_FIRECRACKER_SCHEMA",
-    type: text,
-    default: undefined,
-    defaultText: "`../shared/firecracker/firecracker-v1.16.1.yaml`",
-    describe: "the Firecracker API schema file",
-  }),
 };
 
 export type SettingName = keyof typeof SETTINGS;

@@ -4,8 +4,11 @@
  * firecracker v1.16.1 where Kindling depends on it:
  * - parses firecracker's flags (--api-sock, --id, --config-file, --version, ...), rejects unknown ones;
  * - serves the API on the Unix socket and validates every body against the official schema
- *   (firecracker-v1.16.1.yaml), answering 400 {"fault_message": ...} as Firecracker does, plus the checks
- *   Firecracker makes beyond the schema (ids, path/body id match, files exist, pre-boot only);
+ *   (firecracker-v1.16.1.yaml) through its own reader and validator (fc-api-rules.ts: `yaml` + `jsonschema`,
+ *   independent of the ajv path Kindling's tests use), answering 400 {"fault_message": ...} as Firecracker
+ *   does, plus the checks Firecracker makes beyond the schema (docs/firecracker.md lists each with its
+ *   source: ids, path/body id match, vCPU and memory ranges, one root device, files exist, pre-boot only,
+ *   the vsock socket bound at PUT /vsock);
  * - on InstanceStart (or right away with --config-file) it "boots": prints console lines, and implements
  *   the hybrid vsock host side: listens on uds_path, answers "CONNECT <port>\n" with "OK <n>\n";
  * - guest-side endpoints are Unix sockets the test controls, in $FAKE_FC_GUEST_DIR:
@@ -19,10 +22,21 @@
  * Every request is appended as a JSON line to $FAKE_FC_RECORD when set.
  * Run without arguments (as `node --test dist/test/` does with every file under test/) it does nothing.
  */
-import { appendFileSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
-import { loadFirecrackerSchema } from "../../src/vm/firecracker/schema.js";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  checkBootSource,
+  checkDrive,
+  checkInstanceId,
+  checkMachineConfig,
+  checkNetworkInterface,
+  checkPathId,
+  DoubleApi,
+  doubleSchemaFile,
+} from "./fc-api-rules.js";
 
 const VERSION = "1.16.1";
 
@@ -86,6 +100,9 @@ interface State {
   machine?: Body;
   drives: Map<string, Body>;
   vsock?: Body;
+  /** the hybrid vsock's host socket, bound at PUT /vsock as Firecracker does */
+  vsockServer?: net.Server;
+  ifaces: Map<string, Body>;
   logger?: Body;
   metrics?: Body;
 }
@@ -103,15 +120,22 @@ async function main(flags: Map<string, string | true>): Promise<void> {
     const [code, ...msg] = early.split(":");
     die(Number(code), msg.join(":"));
   }
-  const schema = await loadFirecrackerSchema();
+  let schema: DoubleApi;
+  try {
+    const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+    schema = new DoubleApi(doubleSchemaFile(repoRoot));
+  } catch (err) {
+    die(1, `fake firecracker: ${(err as Error).message}`);
+  }
   const id = (flags.get("--id") as string | undefined) ?? "anonymous-instance";
-  if (!/^[A-Za-z0-9-]{1,64}$/.test(id)) die(1, `Invalid instance ID: ${id}`);
+  const idError = checkInstanceId(id);
+  if (idError) die(1, idError);
   const apiSock = (flags.get("--api-sock") as string | undefined) ?? "/run/firecracker.socket";
   const record = (entry: unknown) => {
     if (process.env.FAKE_FC_RECORD) appendFileSync(process.env.FAKE_FC_RECORD, `${JSON.stringify(entry)}\n`);
   };
   record({ argv });
-  const state: State = { started: false, drives: new Map() };
+  const state: State = { started: false, drives: new Map(), ifaces: new Map() };
   const cleanups: (() => void)[] = [];
 
   const fault = (status: number, message: string) => ({ status, body: { fault_message: message } });
@@ -136,7 +160,9 @@ async function main(flags: Map<string, string | true>): Promise<void> {
       return fault(400, `Invalid request method and/or path: ${method} ${url}.`);
     }
     if (body === undefined && method === "PUT") return fault(400, "Empty request body.");
-    const errors = schema.checkRequest(method, url, body);
+    const definition = schema.definitionFor(method, url);
+    if (!definition) return fault(400, `Invalid request method and/or path: ${method} ${url}.`);
+    const errors = schema.check(definition, body);
     if (errors.length > 0) {
       // Firecracker reports serde's deserialization error; ours names the same field.
       return fault(
@@ -150,22 +176,35 @@ async function main(flags: Map<string, string | true>): Promise<void> {
       return fault(400, "The requested operation is not supported after starting the microVM.");
     if (method === "PUT" && url.startsWith("/drives/")) {
       const pathId = decodeURIComponent(url.slice("/drives/".length));
-      if (pathId !== b.drive_id)
-        return fault(400, "The id from the path does not match the id from the body!");
-      const err = checkDrive(b, state);
+      const err = checkPathId(pathId, b.drive_id) ?? checkDrive(b, state.drives);
       return err ? fault(400, err) : ok(() => state.drives.set(pathId, b));
     }
+    if (method === "PUT" && url.startsWith("/network-interfaces/")) {
+      const pathId = decodeURIComponent(url.slice("/network-interfaces/".length));
+      const err = checkPathId(pathId, b.iface_id) ?? checkNetworkInterface(b, state.ifaces);
+      return err ? fault(400, err) : ok(() => state.ifaces.set(pathId, b));
+    }
     switch (url) {
-      case "/boot-source":
-        if (!existsSync(b.kernel_image_path as string))
-          return fault(400, `Cannot open kernel image: No such file or directory (os error 2)`);
-        if (b.initrd_path && !existsSync(b.initrd_path as string))
-          return fault(400, `Cannot open initrd file: No such file or directory (os error 2)`);
-        return ok(() => (state.bootSource = b));
-      case "/machine-config":
-        return ok(() => (state.machine = b));
-      case "/vsock":
+      case "/boot-source": {
+        const err = checkBootSource(b);
+        return err ? fault(400, err) : ok(() => (state.bootSource = b));
+      }
+      case "/machine-config": {
+        const err = checkMachineConfig(b);
+        return err ? fault(400, err) : ok(() => (state.machine = b));
+      }
+      case "/vsock": {
+        // src/vmm/src/vmm_config/vsock.rs: VsockUnixBackend::new binds uds_path now, not at boot; a
+        // second PUT removes the old socket first.
+        if (state.vsockServer) {
+          state.vsockServer.close();
+          rmSync(state.vsock?.uds_path as string, { force: true });
+        }
+        if (existsSync(b.uds_path as string))
+          return fault(400, "Cannot create backend for vsock device: UnixBind(Address in use (os error 98))");
+        state.vsockServer = bindVsock(b.uds_path as string);
         return ok(() => (state.vsock = b));
+      }
       case "/logger":
         if (state.logger) return fault(400, "Reinitialization of logger not allowed.");
         if (!existsSync(b.log_path as string))
@@ -213,7 +252,7 @@ async function main(flags: Map<string, string | true>): Promise<void> {
     state.started = true;
     process.stdout.write(`[    0.000000] Linux version 6.1.0 (fake guest of the Firecracker test double)\n`);
     process.stdout.write(`[    0.000001] Command line: ${state.bootSource?.boot_args ?? ""}\n`);
-    if (state.vsock) startVsock(state.vsock.uds_path as string);
+    if (state.vsock) startGuestConnections(state.vsock.uds_path as string);
     const crash = process.env.FAKE_FC_CRASH_AFTER_START;
     if (crash) {
       const [code, ...msg] = crash.split(":");
@@ -228,8 +267,7 @@ async function main(flags: Map<string, string | true>): Promise<void> {
   };
 
   /** The host side of hybrid vsock, with the guest side played by sockets in $FAKE_FC_GUEST_DIR. */
-  const startVsock = (uds: string) => {
-    if (existsSync(uds)) die(1, `Error creating vsock device: Address in use (os error 98): ${uds}`);
+  const bindVsock = (uds: string): net.Server => {
     const guestDir = process.env.FAKE_FC_GUEST_DIR ?? "";
     let nextHostPort = 1 << 30;
     const server = net.createServer((host) => {
@@ -242,6 +280,8 @@ async function main(flags: Map<string, string | true>): Promise<void> {
         host.pause();
         const m = /^CONNECT (\d+)$/.exec(buf.slice(0, nl));
         if (!m) return void host.destroy();
+        // before boot there is no guest: the connection just closes
+        if (!state.started) return void host.destroy();
         const guest = net.connect(`${guestDir}/listen_${m[1]}.sock`);
         guest.once("error", () => host.destroy()); // nothing listens on that port: Firecracker just closes
         guest.once("connect", () => {
@@ -255,6 +295,12 @@ async function main(flags: Map<string, string | true>): Promise<void> {
       host.on("error", () => {});
     });
     server.listen(uds);
+    cleanups.push(() => rmSync(uds, { force: true }));
+    return server;
+  };
+
+  const startGuestConnections = (uds: string) => {
+    const guestDir = process.env.FAKE_FC_GUEST_DIR ?? "";
     for (const port of (process.env.FAKE_FC_GUEST_CONNECT ?? "").split(",").filter(Boolean)) {
       // docs/guest.md: the init powers the VM off when its agent channel closes; here that is a reboot.
       connectFromGuest(`${uds}_${port}`, `${guestDir}/connect_${port}.sock`, () => setTimeout(reboot, 20));
@@ -298,8 +344,7 @@ async function main(flags: Map<string, string | true>): Promise<void> {
       ["metrics", "Metrics"],
     ]) {
       if (config[key] === undefined) continue;
-      const path = `/${key}`;
-      const r = handle("PUT", path, config[key]);
+      const r = handle("PUT", `/${key}`, config[key]);
       if (r.status >= 300)
         die(
           1,
@@ -312,6 +357,14 @@ async function main(flags: Map<string, string | true>): Promise<void> {
         die(
           1,
           `Configuration for VMM from one single json failed: Drive: ${(r.body as { fault_message: string }).fault_message}`,
+        );
+    }
+    for (const n of (config["network-interfaces"] as Body[] | undefined) ?? []) {
+      const r = handle("PUT", `/network-interfaces/${n.iface_id as string}`, n);
+      if (r.status >= 300)
+        die(
+          1,
+          `Configuration for VMM from one single json failed: NetworkInterface: ${(r.body as { fault_message: string }).fault_message}`,
         );
     }
     writeFileSync(`${configFile}.seen`, "");
@@ -327,21 +380,6 @@ async function main(flags: Map<string, string | true>): Promise<void> {
 function ok(effect: () => unknown): { status: number } {
   effect();
   return { status: 204 };
-}
-
-function checkDrive(b: Body, state: State): string | undefined {
-  if (!/^[A-Za-z0-9_]{1,64}$/.test(b.drive_id as string))
-    return "Invalid ID: characters must be alphanumeric or underscore.";
-  if (b.path_on_host === undefined || b.is_read_only === undefined)
-    return "Unable to create the block device: virtio-block needs path_on_host and is_read_only.";
-  if (!existsSync(b.path_on_host as string))
-    return `Unable to create the block device: No such file or directory (os error 2)`;
-  if (b.is_root_device) {
-    for (const [other, d] of state.drives) {
-      if (d.is_root_device && other !== b.drive_id) return "A root block device already exists!";
-    }
-  }
-  return undefined;
 }
 
 function fullConfig(state: State): Body {

@@ -8,6 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { VmSpec } from "../../src/vm/spec.js";
+import { doubleSchemaFile } from "./fc-api-rules.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -25,6 +26,8 @@ export interface Fixture {
 }
 
 export async function makeFixture(): Promise<Fixture> {
+  // Fail here, naming the file, rather than in every test through the double's exit.
+  doubleSchemaFile(path.resolve(here, "..", "..", ".."));
   // Short paths: Unix socket paths must fit in 107 bytes.
   const dir = await mkdtemp(path.join(os.tmpdir(), "kfc-"));
   const guestDir = path.join(dir, "g");

@@ -2,7 +2,6 @@
 import http from "node:http";
 import { KindlingError } from "../../util/errors.js";
 import type { FirecrackerCall } from "./render.js";
-import type { FirecrackerSchema } from "./schema.js";
 
 export interface ApiResponse {
   status: number;
@@ -10,8 +9,6 @@ export interface ApiResponse {
 }
 
 export interface ApiClientOptions {
-  /** Every body is checked against it before it is sent. */
-  schema?: FirecrackerSchema;
   timeoutMs?: number;
 }
 
@@ -26,7 +23,6 @@ export class FirecrackerApi {
 
   /** Sends one request; resolves with any status (callers decide what is an error). */
   request(method: FirecrackerCall["method"], urlPath: string, body?: unknown): Promise<ApiResponse> {
-    if (body !== undefined) this.opts.schema?.assertRequest(method, urlPath, body);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     this.sent.push({ method, path: urlPath, body });
     return new Promise((resolve, reject) => {

@@ -10,7 +10,6 @@ export {
   type RunInFirecrackerOptions,
   runInFirecrackerVm,
 } from "./run.js";
-export { loadFirecrackerSchema } from "./schema.js";
 export {
   AGENT_VSOCK_PORT,
   type FirecrackerExit,

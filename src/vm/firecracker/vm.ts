@@ -29,7 +29,6 @@ import {
   renderApiCalls,
   renderConfigFile,
 } from "./render.js";
-import { type FirecrackerSchema, loadFirecrackerSchema } from "./schema.js";
 import { VsockListener, vsockConnect } from "./vsock.js";
 
 /** docs/guest.md: the guest connects to the host (CID 2) on this vsock port. */
@@ -54,12 +53,6 @@ export interface FirecrackerVmOptions {
   startTimeoutMs?: number;
   /** How long agentStream() waits for the guest to connect. */
   agentTimeoutMs?: number;
-  /**
-   * Check each body against the official API schema before sending it: "auto" (default) when the schema
-   * file can be found, "required" fails without it, "off" skips it.
-   */
-  validate?: "auto" | "required" | "off";
-  schema?: FirecrackerSchema;
   /** Run firecracker under the jailer (chroot, uid/gid, cgroups). */
   jailer?: JailerOptions;
 }
@@ -131,7 +124,6 @@ export async function startFirecrackerVm(
 async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Promise<FirecrackerVm> {
   const bin = await resolveFirecracker(opts.firecrackerBin);
   const jailerBin = opts.jailer ? await resolveJailer(opts.jailer.jailerBin) : undefined;
-  const schema = await schemaFor(opts);
   const id = opts.id ?? vmId(spec.stateDir);
   const agentPort = opts.agentPort ?? AGENT_VSOCK_PORT;
   const stateDir = path.resolve(spec.stateDir);
@@ -218,7 +210,6 @@ async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Pr
   if (!jail) fcArgs.push("--id", id); // the jailer passes --id itself
   if (opts.configFile) {
     config = renderConfigFile(spec, render);
-    schema?.assertConfig(config);
     await writeFile(paths.configFile!, `${JSON.stringify(config, null, 2)}\n`);
     fcArgs.push("--config-file", inVm.config);
   }
@@ -234,7 +225,7 @@ async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Pr
     await proc.kill();
   });
 
-  const api = new FirecrackerApi(paths.apiSocket, { schema });
+  const api = new FirecrackerApi(paths.apiSocket);
   await waitForSocket(paths.apiSocket, proc, opts.startTimeoutMs ?? 10_000, paths.console);
   const fail = async (what: string, err: unknown): Promise<never> => {
     const exit = await proc.waitFor(200);
@@ -260,18 +251,6 @@ async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Pr
     config,
     agentTimeoutMs: opts.agentTimeoutMs,
   });
-}
-
-async function schemaFor(opts: FirecrackerVmOptions): Promise<FirecrackerSchema | undefined> {
-  if (opts.schema) return opts.schema;
-  const mode = opts.validate ?? "auto";
-  if (mode === "off") return undefined;
-  try {
-    return await loadFirecrackerSchema();
-  } catch (err) {
-    if (mode === "required") throw err;
-    return undefined; // installed without the shared schema: the renderer's types still hold
-  }
 }
 
 /** A Firecracker id (alphanumerics and hyphens, as the jailer wants) from the state directory's name. */

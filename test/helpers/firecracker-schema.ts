@@ -8,7 +8,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
 import { load } from "js-yaml";
-import { KindlingError } from "../../util/errors.js";
+import { KindlingError } from "../../src/util/errors.js";
 
 export const SCHEMA_FILE = "firecracker-v1.16.1.yaml";
 
