@@ -32,7 +32,6 @@ test("defaults when nothing is set", () => {
   assert.equal(c.vmDebug, false);
   assert.equal(c.firecracker, "firecracker");
   assert.equal(c.jailer, "jailer");
-  assert.equal(c.firecrackerSchema, undefined);
   assert.ok(Object.isFrozen(c));
 });
 

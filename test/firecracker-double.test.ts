@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { FirecrackerApi } from "../src/vm/firecracker/client.js";
@@ -17,6 +18,17 @@ before(async () => {
   fx = await makeFixture();
 });
 after(() => fx.cleanup());
+
+function canConnect(sock: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(sock);
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
 
 let n = 0;
 /** A fresh double with its API socket up; `stop` kills it and waits (bounded). */
@@ -37,7 +49,8 @@ async function double(): Promise<{
   });
   await within(
     (async () => {
-      while (!existsSync(sock)) {
+      // bound is not yet listening: wait until a connection succeeds
+      while (!(await canConnect(sock))) {
         if (child.exitCode !== null) throw new Error(`the double exited: ${stderr.trim()}`);
         await new Promise((r) => setTimeout(r, 20));
       }

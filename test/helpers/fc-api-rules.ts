@@ -89,7 +89,7 @@ export class DoubleApi {
       if (!ref) continue;
       const sub = this.definitions[ref.split("/").pop()!];
       if (Array.isArray(v))
-        v.forEach((item, i) => out.push(...this.unknownFields(sub, item, `${at}/${k}/${i}`)));
+        for (const [i, item] of v.entries()) out.push(...this.unknownFields(sub, item, `${at}/${k}/${i}`));
       else out.push(...this.unknownFields(sub, v, `${at}/${k}`));
     }
     return out;
