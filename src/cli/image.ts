@@ -128,7 +128,10 @@ export function registerImageCommands(program: Command): void {
     .command("export")
     .description("write the image's flattened filesystem as a tar")
     .argument("<name>", "image name")
-    .requiredOption("-o, --output <file>", "tar file to write")
+    .requiredOption(
+      "-o, --output <file>",
+      "where to write the tar, as tar -f: a file, a device or FIFO, or - for stdout",
+    )
     .action(async (name: string, opts: { output: string }) => {
       await exportImage(home(), name, opts.output);
     });

@@ -1,13 +1,13 @@
-import { open, rename, rm, stat } from "node:fs/promises";
+import { open, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { policyFrom } from "../chunks/policy.js";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { readBlockIndex } from "../store/blockindex.js";
 import { loadImage } from "../store/catalog.js";
-import { tempPathFor } from "../util/atomic.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import { progress } from "../util/progress.js";
+import { resolveOutput, tarTo } from "./output.js";
 import { makeTempDir, makeTreeDir } from "./workdir.js";
 
 const FETCH_CONCURRENCY = 8;
@@ -46,7 +46,8 @@ export async function writeBlockImage(
 
 /**
  * `image export`: the image's flattened filesystem as a tar (owners numeric, modes, links, device
- * nodes, xattrs, mtimes kept). The block image is unpacked with unsquashfs, then tarred by GNU tar.
+ * nodes, xattrs, mtimes kept). The block image is unpacked with unsquashfs, then tarred by GNU tar
+ * to `outFile` as `tar -f` would write it (src/image/output.ts: "-", devices, FIFOs, symlinks).
  */
 export async function exportImage(
   home: KindlingHome,
@@ -55,9 +56,9 @@ export async function exportImage(
   show = true,
 ): Promise<void> {
   home.ensure();
+  // Decided before the slow part: `-o DIR` or a missing directory fails at once.
+  const target = await resolveOutput(outFile);
   const work = await makeTempDir(home.tmp, "export");
-  const dest = path.resolve(outFile);
-  const tmpOut = tempPathFor(dest);
   let scopeTree: string | undefined;
   try {
     const img = path.join(work, "image.squashfs");
@@ -68,20 +69,16 @@ export async function exportImage(
     const root = path.join(tree.dir, "root");
     await exec("unsquashfs", ["-no-progress", "-quiet", "-d", root, img]);
     await rm(img, { force: true });
-    await exec("tar", [
+    await tarTo(target, [
       "-C",
       root,
       "--numeric-owner",
       "--xattrs",
       "--xattrs-include=*",
       "--sort=name",
-      "-cf",
-      tmpOut,
       ".",
     ]);
-    await rename(tmpOut, dest);
   } finally {
-    await rm(tmpOut, { force: true });
     if (scopeTree) await rm(scopeTree, { recursive: true, force: true });
     await rm(work, { recursive: true, force: true });
   }
