@@ -211,7 +211,7 @@ describe("pullFromRegistry", () => {
   test("an index without linux/amd64 says which platforms it has", async () => {
     await assert.rejects(
       pullFromRegistry(`${reg.host}/test/armonly:armonly`, { insecure: true, tmpDir, quiet: true }),
-      /no linux\/amd64 image \(it has: linux\/arm64\)/,
+      /no linux\/amd64 image \(it offers: linux\/arm64\); choose one with --platform/,
     );
   });
 

@@ -1,4 +1,5 @@
-import { RegistryChunkSource } from "../registry/chunks.js";
+import { originChunkSource } from "../registry/mirrored-chunks.js";
+import type { RegistrySettings } from "../registry/settings.js";
 import { ChunkStore, type StoreCounters } from "../store/chunkstore.js";
 import { LocalChunkSource } from "../store/local.js";
 import type { ChunkSource, ImageOrigin } from "../store/types.js";
@@ -11,9 +12,15 @@ import type { FetchPolicy } from "./policy.js";
  * Where an image's missing chunks come from: the local store for images built or imported here,
  * the registry for pulled ones. A source makes one attempt per fetch: retries are the fetcher's.
  */
-export function chunkSourceFor(home: KindlingHome, origin: ImageOrigin, policy: FetchPolicy): ChunkSource {
+export function chunkSourceFor(
+  home: KindlingHome,
+  origin: ImageOrigin,
+  policy: FetchPolicy,
+  settings?: RegistrySettings,
+): ChunkSource {
   if (origin.kind === "registry") {
-    return new RegistryChunkSource(origin, { timeoutMs: policy.attemptTimeoutMs, attempts: 1 });
+    // Its registry's mirrors (registries.conf) first, then the registry.
+    return originChunkSource(origin, { timeoutMs: policy.attemptTimeoutMs, attempts: 1, settings });
   }
   return new LocalChunkSource(home);
 }
@@ -23,6 +30,8 @@ export interface ReaderOptions {
   concurrency?: number;
   log?: (msg: string) => void;
   counters?: FetchCounters & StoreCounters;
+  /** Credentials and registries.conf for a pulled image; default from src/config (daemons pass theirs). */
+  registry?: RegistrySettings;
 }
 
 /**
@@ -35,7 +44,7 @@ export function chunkReaderFor(
   policy: FetchPolicy,
   opts: ReaderOptions & { source?: ChunkSource } = {},
 ): ChunkLoader {
-  const source = opts.source ?? chunkSourceFor(home, origin, policy);
+  const source = opts.source ?? chunkSourceFor(home, origin, policy, opts.registry);
   const store = new ChunkStore(home, opts.log, opts.counters);
   return new ChunkLoader(store, new ChunkFetcher(source, policy, opts));
 }

@@ -69,10 +69,16 @@ export function registerImageCommands(program: Command): void {
     .command("pull")
     .description("pull an image (or a pushed Kindling image: index only, chunks lazily) from a registry")
     .argument("<ref>", "registry reference")
-    .option("--insecure", "plain HTTP", false)
-    .action(async (ref: string, opts: { insecure: boolean }) => {
+    .option("--insecure", "plain HTTP (registries.conf can say so per registry instead)", false)
+    .option(
+      "--platform <os/arch[/variant]>",
+      "the image to pick from a multi-platform index (default: the host's)",
+    )
+    .action(async (ref: string, opts: { insecure: boolean; platform?: string }) => {
       const { pullImage } = await import("../image/registry.js");
-      const rec = await pullImage(home(), ref, { insecure: opts.insecure });
+      const { parsePlatform } = await import("../registry/platform.js");
+      const platform = opts.platform === undefined ? undefined : parsePlatform(opts.platform);
+      const rec = await pullImage(home(), ref, { insecure: opts.insecure, platform });
       process.stdout.write(`${rec.name} ${rec.digest}\n`);
     });
 
@@ -81,7 +87,7 @@ export function registerImageCommands(program: Command): void {
     .description("push a converted image (block index + chunks) to a registry as an OCI artifact")
     .argument("<name>", "image name")
     .argument("<ref>", "registry reference")
-    .option("--insecure", "plain HTTP", false)
+    .option("--insecure", "plain HTTP (registries.conf can say so per registry instead)", false)
     .action(async (name: string, ref: string, opts: { insecure: boolean }) => {
       const { pushImage } = await import("../image/registry.js");
       const res = await pushImage(home(), name, ref, { insecure: opts.insecure });

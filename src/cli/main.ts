@@ -1,25 +1,33 @@
 import { Command, CommanderError } from "commander";
 import { loadConfig, useConfig } from "../config/index.js";
+import { setDebug } from "../util/debug.js";
 import { EXIT_KINDLING_FAILURE, errorMessage, KindlingError } from "../util/errors.js";
 import { closeAllScopes } from "../util/scope.js";
 import { registerBenchCommand } from "./bench.js";
+import { registerCompletionCommand } from "./completion.js";
 import { registerDoctorCommand } from "./doctor.js";
 import { registerImageCommands } from "./image.js";
+import { registerLoginCommands } from "./login.js";
 import { registerRunCommand } from "./run.js";
 
 const program = new Command("kindling")
   .description("Run OCI images in microVMs and with runc/gVisor on a lazily loaded root filesystem")
+  .option("--debug", "print debug lines (which credentials and mirrors were used); also KINDLING_DEBUG=1")
   .showHelpAfterError()
   .exitOverride()
   // Settings are read once, before any command runs: a bad KINDLING_* value is an error here (125).
   .hook("preAction", () => {
-    useConfig(loadConfig(process.env));
+    const cfg = loadConfig(process.env, { debug: program.opts().debug ? "1" : undefined });
+    useConfig(cfg);
+    setDebug(cfg.debug);
   });
 
 registerImageCommands(program);
 registerRunCommand(program);
 registerDoctorCommand(program);
 registerBenchCommand(program);
+registerLoginCommands(program);
+registerCompletionCommand(program);
 
 // Ctrl-C / TERM for commands that do not handle signals themselves: release what we hold, then exit.
 let stopping = false;

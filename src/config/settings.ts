@@ -2,6 +2,7 @@
  * Every setting Kindling reads from its environment, in one table: adding a setting is adding a row
  * here (the README's environment table is checked against it by test/config.test.ts).
  */
+import os from "node:os";
 import { boolean, bytes, count, milliseconds, oneOf, text, type ValueType } from "./types.js";
 
 export interface Setting<T> {
@@ -61,8 +62,51 @@ export const SETTINGS = {
     env: "KINDLING_AUTH_FILE",
     type: text,
     default: undefined,
-    defaultText: "`~/.docker/config.json`",
-    describe: "docker-style auth file (`credsStore`/`credHelpers` not used)",
+    defaultText: "unset",
+    describe:
+      "a Kindling-only auth file (docker format, helpers honoured); when set, no other auth file is read",
+  }),
+  registryAuthFile: setting<string | undefined>({
+    env: "REGISTRY_AUTH_FILE",
+    type: text,
+    default: undefined,
+    defaultText: "unset",
+    describe: "the containers tools' auth file; when set, the only one read (after `KINDLING_AUTH_FILE`)",
+  }),
+  xdgRuntimeDir: setting<string | undefined>({
+    env: "XDG_RUNTIME_DIR",
+    type: text,
+    default: undefined,
+    defaultText: "unset",
+    describe: "`$XDG_RUNTIME_DIR/containers/auth.json` (podman, skopeo) is read before the docker config",
+  }),
+  dockerConfig: setting<string | undefined>({
+    env: "DOCKER_CONFIG",
+    type: text,
+    default: undefined,
+    defaultText: "`~/.docker`",
+    describe:
+      "the docker CLI's config directory: `config.json` there holds `auths`, `credsStore`, `credHelpers`",
+  }),
+  userHome: setting({
+    env: "HOME",
+    type: text,
+    default: () => os.homedir(),
+    defaultText: "the user's home directory",
+    describe: "where `~/.docker/config.json` is looked for",
+  }),
+  registriesConf: setting({
+    env: "KINDLING_REGISTRIES_CONF",
+    type: text,
+    default: "/etc/containers/registries.conf",
+    describe: "mirrors and plain-HTTP registries, containers-registries.conf v2 format (`[[registry]]`)",
+  }),
+  debug: setting({
+    env: "KINDLING_DEBUG",
+    flag: "--debug",
+    type: boolean,
+    default: false,
+    describe: "`1`: debug lines on stderr (which credentials, mirrors, registries.conf entries were used)",
   }),
   buildTmpfs: setting({
     env: "KINDLING_BUILD_TMPFS",

@@ -1,5 +1,6 @@
 import { policyFrom } from "../chunks/policy.js";
 import { chunkReaderFor } from "../chunks/sources.js";
+import type { Platform } from "../registry/platform.js";
 import { pullFromRegistry } from "../registry/pull.js";
 import { pushKindlingImage } from "../registry/push.js";
 import { putBlob, readBlob } from "../store/blobs.js";
@@ -19,11 +20,12 @@ import type { ImageRecord } from "./types.js";
 export async function pullImage(
   home: KindlingHome,
   ref: string,
-  opts: { insecure: boolean; progress?: boolean; signal?: AbortSignal },
+  opts: { insecure: boolean; progress?: boolean; signal?: AbortSignal; platform?: Platform },
 ): Promise<ImageRecord> {
   home.ensure();
   const res = await pullFromRegistry(ref, {
     insecure: opts.insecure,
+    platform: opts.platform,
     tmpDir: home.tmp,
     signal: opts.signal,
     quiet: opts.progress === false,

@@ -39,6 +39,7 @@ async function main(): Promise<void> {
     source: cfg.source === "ipc" ? new IpcChunkSource(`source of process ${cfg.owner}`) : undefined,
     concurrency: cfg.fetchConcurrency,
     counters: stats,
+    registry: cfg.registry,
     log,
   });
   const cache = new ChunkCache(index, loader, stats, cfg.memoryCacheBytes);

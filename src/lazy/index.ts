@@ -2,12 +2,14 @@
  * Lazy image files: each image's block image as a read-only file on a FUSE mount, served by a
  * daemon process that fetches chunks on first read. See docs/lazy.md.
  */
+
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { policyFrom } from "../chunks/policy.js";
+import { registrySettings } from "../registry/settings.js";
 import type { ChunkSource, Digest, ImageRecord } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
@@ -90,6 +92,7 @@ export async function openLazyImage(
     fileName: "image.sqfs",
     record,
     source: source === "auto" ? "auto" : "ipc",
+    registry: source === "auto" && record.origin.kind === "registry" ? registrySettings() : undefined,
     policy,
     memoryCacheBytes: opts.memoryCacheBytes ?? 64 << 20,
     readaheadChunks: opts.readaheadChunks ?? 4,
@@ -103,7 +106,8 @@ export async function openLazyImage(
     owner: process.pid,
     ownerStartTime: (await processStartTime(process.pid)) ?? "",
   };
-  await writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(cfg));
+  // 0600: it may hold registry credentials (KINDLING_REGISTRY_PASSWORD).
+  await writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(cfg), 0o600);
   // A shared daemon counts users from its first look: be one before it starts.
   const token = cfg.shared ? await addUser(dir) : undefined;
 

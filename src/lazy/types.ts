@@ -1,5 +1,6 @@
 import type { FetchCounters } from "../chunks/fetcher.js";
 import type { FetchPolicy } from "../chunks/policy.js";
+import type { RegistrySettings } from "../registry/settings.js";
 import type { StoreCounters } from "../store/chunkstore.js";
 import type { ImageRecord } from "../store/types.js";
 
@@ -59,6 +60,8 @@ export interface DaemonConfig {
   record: ImageRecord;
   /** "auto": the daemon opens the store or registry itself; "ipc": the parent serves fetches. */
   source: "auto" | "ipc";
+  /** Credentials and registries.conf for source "auto" of a pulled image (daemons read no environment). */
+  registry?: RegistrySettings;
   policy: FetchPolicy;
   memoryCacheBytes: number;
   readaheadChunks: number;

@@ -3,6 +3,7 @@ import { KindlingError } from "../util/errors.js";
 import { fetchBlob } from "./blob.js";
 import { RegistryClient } from "./client.js";
 import type { Credentials } from "./credentials.js";
+import type { RegistrySettings } from "./settings.js";
 
 export type RegistryOrigin = Extract<ImageOrigin, { kind: "registry" }>;
 
@@ -13,6 +14,8 @@ export interface RegistryChunkSourceOptions {
   attempts?: number;
   /** undefined: env / auth file; null: anonymous. */
   credentials?: Credentials | null;
+  /** Where credentials and registries.conf are found; default from src/config. */
+  settings?: RegistrySettings;
 }
 
 /**
@@ -31,6 +34,7 @@ export class RegistryChunkSource implements ChunkSource {
       repository: origin.repository,
       insecure: origin.insecure,
       credentials: opts.credentials,
+      settings: opts.settings,
       timeoutMs: opts.timeoutMs ?? 30_000,
       idleTimeoutMs: opts.timeoutMs ?? 30_000,
       attempts: opts.attempts ?? 3,

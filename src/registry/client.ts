@@ -1,18 +1,22 @@
 import { KindlingError } from "../util/errors.js";
 import { type Challenge, parseTokenResponse, parseWwwAuthenticate, type Token } from "./auth.js";
-import { type Credentials, findCredentials } from "./credentials.js";
+import { type Credentials, searchCredentials } from "./credentials.js";
 import { apiHost } from "./reference.js";
+import { type RegistrySettings, registrySettings } from "./settings.js";
 
 export interface ClientOptions {
   registry: string;
+  /** "" for registry-wide requests (login's GET /v2/): tokens are then asked without a scope. */
   repository: string;
   /** Plain HTTP instead of HTTPS. */
   insecure: boolean;
+  /** Where credentials are looked up; default: from the environment. */
+  settings?: RegistrySettings;
   /** "pull" or "pull,push": the scope asked of a token server. */
   actions?: string;
   /** More token scopes, e.g. pull on the repository blobs are mounted from. */
   extraScopes?: string[];
-  /** undefined: look them up (env, auth file); null: anonymous. */
+  /** undefined: look them up (env, auth files, helpers); null: anonymous. */
   credentials?: Credentials | null;
   /** Time allowed for each attempt to get response headers; default 30 s. */
   timeoutMs?: number;
@@ -84,6 +88,9 @@ export class RegistryClient {
   private readonly actions: string;
   private readonly extraScopes: string[];
   private credentials: Credentials | null | undefined;
+  /** The places searched when the credentials were looked up (for the 401 message). */
+  private searched: string[] = [];
+  private readonly settings: RegistrySettings | undefined;
   private readonly timeoutMs: number;
   private readonly idleTimeoutMs: number;
   /** Attempts for transient failures (also used by callers that re-read a broken body). */
@@ -101,6 +108,7 @@ export class RegistryClient {
     this.actions = opts.actions ?? "pull";
     this.extraScopes = opts.extraScopes ?? [];
     this.credentials = opts.credentials;
+    this.settings = opts.settings;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 60_000;
     this.attempts = Math.max(1, opts.attempts ?? 4);
@@ -174,7 +182,7 @@ export class RegistryClient {
         throw new RegistryError(
           creds
             ? `${this.where} returned 401 for ${method} ${url}: check credentials (from ${creds.source})`
-            : `${this.where} returned 401 for ${method} ${url}: it requires credentials; set KINDLING_REGISTRY_USER and KINDLING_REGISTRY_PASSWORD or add "${this.registry}" to the auth file`,
+            : `${this.where} returned 401 for ${method} ${url}: it requires credentials and none were found for ${this.registry} (searched ${this.searched.join(", ") || "nothing"}); run \`kindling login ${this.registry}\``,
           401,
           false,
         );
@@ -240,7 +248,15 @@ export class RegistryClient {
   }
 
   private async creds(): Promise<Credentials | undefined> {
-    if (this.credentials === undefined) this.credentials = (await findCredentials(this.registry)) ?? null;
+    if (this.credentials === undefined) {
+      const found = await searchCredentials(
+        this.registry,
+        this.repository,
+        this.settings ?? registrySettings(),
+      );
+      this.searched = found.searched;
+      this.credentials = found.credentials ?? null;
+    }
     return this.credentials ?? undefined;
   }
 
@@ -279,7 +295,7 @@ export class RegistryClient {
     }
     if (ch.params.service) tokenUrl.searchParams.set("service", ch.params.service);
     const ours = `repository:${this.repository}:`;
-    const scopes = new Set([ours + this.actions, ...this.extraScopes]);
+    const scopes = new Set(this.repository ? [ours + this.actions, ...this.extraScopes] : this.extraScopes);
     // Also ask for what the challenge names, unless our own scope already covers it.
     for (const s of (ch.params.scope ?? "").split(" ")) {
       const covered =
@@ -298,7 +314,10 @@ export class RegistryClient {
         `${this.where} names a token server over plain HTTP (${realm}); refusing to send credentials`,
       );
     }
-    if (creds) headers.authorization = basic(creds);
+    // An identity token (docker's OAuth2 refresh token) is exchanged by POST; a password goes as Basic.
+    const form = creds?.identityToken ? refreshForm(creds.identityToken, ch, scopes) : undefined;
+    if (creds && !form) headers.authorization = basic(creds);
+    if (form) headers["content-type"] = "application/x-www-form-urlencoded";
     let lastErr = "";
     for (let attempt = 1; attempt <= this.attempts; attempt++) {
       if (attempt > 1) await sleep(backoffMs(attempt), signal);
@@ -306,6 +325,8 @@ export class RegistryClient {
       let res: Response;
       try {
         res = await fetch(tokenUrl, {
+          method: form ? "POST" : "GET",
+          body: form,
           headers,
           signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
         });
@@ -325,7 +346,9 @@ export class RegistryClient {
         await res.body?.cancel();
         throw new KindlingError(
           `token server ${tokenUrl.origin} for ${this.where} returned ${res.status}: check credentials` +
-            (creds ? ` (from ${creds.source})` : " (none were found; anonymous access was refused)"),
+            (creds
+              ? ` (from ${creds.source})`
+              : ` (none were found for ${this.registry}, searched ${this.searched.join(", ")}; anonymous access was refused)`),
         );
       }
       if (!res.ok) {
@@ -338,6 +361,18 @@ export class RegistryClient {
     }
     throw new KindlingError(`token server ${tokenUrl.origin} for ${this.where} failed: ${lastErr}`);
   }
+}
+
+/** The OAuth2 refresh-token grant docker sends for an identity token. */
+function refreshForm(token: string, ch: Challenge, scopes: Set<string>): string {
+  const form = new URLSearchParams({
+    grant_type: "refresh_token",
+    refresh_token: token,
+    client_id: "kindling",
+    service: ch.params.service ?? "",
+  });
+  if (scopes.size > 0) form.set("scope", [...scopes].join(" "));
+  return form.toString();
 }
 
 function basic(creds: Credentials): string {

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import type { Digest } from "../store/types.js";
 import { KindlingError } from "../util/errors.js";
 import { discard, type RegistryClient } from "./client.js";
+import { baseline, formatPlatform, hostPlatform, type Platform, platformMatches } from "./platform.js";
 
 export const MEDIA = {
   ociManifest: "application/vnd.oci.image.manifest.v1+json",
@@ -53,43 +54,53 @@ export interface FetchedManifest {
   digest: Digest;
 }
 
-export const PLATFORM = { os: "linux", architecture: "amd64" } as const;
-
 export function sha256Digest(data: Buffer): Digest {
   return `sha256:${createHash("sha256").update(data).digest("hex")}`;
 }
 
-/** Fetches the manifest for a tag or digest; an index resolves to its linux/amd64 image. */
+/** Fetches the manifest for a tag or digest; an index resolves to its image for `platform`. */
 export async function fetchImageManifest(
   client: RegistryClient,
   reference: string,
   signal?: AbortSignal,
+  platform: Platform = hostPlatform(),
 ): Promise<FetchedManifest> {
   let got = await fetchManifestBytes(client, reference, signal);
   for (let depth = 0; ; depth++) {
     const parsed = parseManifest(got.bytes, got.contentType, client, reference);
     if (parsed.kind === "image") return { manifest: parsed.manifest, digest: got.digest };
     if (depth > 0) throw new KindlingError(`${client.where}: index ${reference} points at another index`);
-    const chosen = pickPlatform(parsed.index.manifests);
+    const chosen = pickPlatform(parsed.index.manifests, platform);
     if (!chosen) {
-      const have = parsed.index.manifests
-        .map((m) => `${m.platform?.os ?? "?"}/${m.platform?.architecture ?? "?"}`)
-        .join(", ");
+      const have = [
+        ...new Set(offered(parsed.index.manifests).map((m) => formatPlatform(m.platform ?? {}))),
+      ].join(", ");
       throw new KindlingError(
-        `${client.registry}/${client.repository}:${reference} has no ${PLATFORM.os}/${PLATFORM.architecture} image (it has: ${have || "none"})`,
+        `${client.registry}/${client.repository}:${reference} has no ${formatPlatform(platform)} image (it offers: ${have || "none"}); choose one with --platform`,
       );
     }
     got = await fetchManifestBytes(client, chosen.digest, signal);
   }
 }
 
-/** linux/amd64, ignoring attestation entries (buildkit marks them with platform unknown/unknown). */
-export function pickPlatform(manifests: Descriptor[]): Descriptor | undefined {
-  return manifests.find(
+/** The entry for `platform` (attestation entries, platform unknown/unknown, never match). */
+export function pickPlatform(
+  manifests: Descriptor[],
+  platform: Platform = hostPlatform(),
+): Descriptor | undefined {
+  const candidates = offered(manifests).filter((m) => platformMatches(m.platform, platform));
+  // No variant asked: the architecture's baseline (amd64 v1, arm64 v8) before newer variants.
+  return (
+    candidates.find((m) => platformMatches(m.platform, { ...platform, variant: baseline(platform) })) ??
+    candidates[0]
+  );
+}
+
+/** Image entries, without buildkit's attestation manifests. */
+function offered(manifests: Descriptor[]): Descriptor[] {
+  return manifests.filter(
     (m) =>
-      m.platform?.os === PLATFORM.os &&
-      m.platform?.architecture === PLATFORM.architecture &&
-      (m.platform.variant === undefined || m.platform.variant === "v1"),
+      m.annotations?.["vnd.docker.reference.type"] !== "attestation-manifest" && m.platform?.os !== "unknown",
   );
 }
 

@@ -2,13 +2,18 @@ import { mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";
 import type { ImageOrigin, RunConfig } from "../store/types.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type Digest } from "../store/types.js";
-import { KindlingError } from "../util/errors.js";
+import { debug } from "../util/debug.js";
+import { errorMessage, KindlingError } from "../util/errors.js";
 import { progress } from "../util/progress.js";
 import { isKindlingManifest, parseKindlingConfig } from "./artifact.js";
 import { downloadBlob, fetchBlobVerified } from "./blob.js";
 import { RegistryClient } from "./client.js";
+import { type Endpoint, resolveEndpoints } from "./endpoints.js";
 import { fetchImageManifest, type ImageManifest } from "./manifest.js";
+import { formatPlatform, type Platform, platformMatches } from "./platform.js";
 import { formatReference, manifestReference, parseReference } from "./reference.js";
+import { loadRegistriesConf } from "./registries-conf.js";
+import { type RegistrySettings, registrySettings } from "./settings.js";
 
 export interface PulledLayer {
   /** The blob as stored in the registry (gzip, zstd or plain tar; tell them apart by magic bytes). */
@@ -53,6 +58,10 @@ export interface PullOptions {
   concurrency?: number;
   /** Per-attempt bound on waiting for headers and on a stalled body; default 30 s / 60 s. */
   timeoutMs?: number;
+  /** The image picked from an index; default the host's platform. */
+  platform?: Platform;
+  /** Credentials and registries.conf; default from the environment. */
+  settings?: RegistrySettings;
 }
 
 /**
@@ -62,15 +71,28 @@ export interface PullOptions {
 export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<PullResult> {
   const parsed = parseReference(ref);
   const reference = formatReference(parsed);
-  const client = new RegistryClient({
-    ...parsed,
+  const settings = opts.settings ?? registrySettings();
+  const conf = await loadRegistriesConf(settings.registriesConf);
+  const endpoints = resolveEndpoints(conf, parsed.registry, parsed.repository, {
     insecure: opts.insecure,
-    timeoutMs: opts.timeoutMs,
-    idleTimeoutMs: opts.timeoutMs,
+    byDigest: parsed.digest !== undefined,
   });
-  const { manifest, digest: manifestDigest } = await fetchImageManifest(
+  const {
     client,
-    manifestReference(parsed),
+    manifest,
+    digest: manifestDigest,
+  } = await firstAnswering(
+    endpoints,
+    async (ep) => {
+      const client = new RegistryClient({
+        ...ep,
+        settings,
+        timeoutMs: opts.timeoutMs,
+        idleTimeoutMs: opts.timeoutMs,
+      });
+      const got = await fetchImageManifest(client, manifestReference(parsed), opts.signal, opts.platform);
+      return { client, ...got };
+    },
     opts.signal,
   );
 
@@ -105,12 +127,14 @@ export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<
         registry: parsed.registry,
         repository: parsed.repository,
         reference: manifestReference(parsed),
-        insecure: opts.insecure,
+        // The registry's own setting: chunk fetches resolve mirrors again from registries.conf.
+        insecure: endpoints.at(-1)!.insecure,
       },
     };
   }
 
   const configJson = await fetchConfig(client, manifest, reference, opts.signal);
+  if (opts.platform) checkConfigPlatform(configJson, opts.platform, reference);
   const dir = await mkdtemp(path.join(opts.tmpDir, "pull-"));
   const dispose = () => rm(dir, { recursive: true, force: true });
   try {
@@ -119,6 +143,50 @@ export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<
   } catch (err) {
     await dispose();
     throw err;
+  }
+}
+
+/**
+ * Tries each endpoint (mirrors, then the registry) until one serves the manifest. If none does,
+ * the registry's own error is thrown, with what the mirrors said.
+ */
+async function firstAnswering<T>(
+  endpoints: Endpoint[],
+  attempt: (ep: Endpoint) => Promise<T>,
+  signal?: AbortSignal,
+): Promise<T> {
+  const failures: string[] = [];
+  for (const [i, ep] of endpoints.entries()) {
+    try {
+      const got = await attempt(ep);
+      if (ep.mirror) debug(`pulling from mirror ${ep.registry}/${ep.repository}`);
+      return got;
+    } catch (err) {
+      if (i === endpoints.length - 1 || signal?.aborted) {
+        if (failures.length === 0 || !(err instanceof KindlingError)) throw err;
+        throw new KindlingError(`${err.message} (mirrors tried first: ${failures.join("; ")})`, err.code);
+      }
+      const why = errorMessage(err);
+      debug(`mirror ${ep.registry}/${ep.repository} failed: ${why}`);
+      failures.push(`${ep.registry}: ${why}`);
+    }
+  }
+  throw new KindlingError("no endpoint to pull from");
+}
+
+/** A single-platform image asked for with --platform must be that platform (an index was picked from already). */
+function checkConfigPlatform(configJson: unknown, want: Platform, reference: string): void {
+  const c = configJson as { os?: unknown; architecture?: unknown; variant?: unknown } | null;
+  if (!c || typeof c.os !== "string" || typeof c.architecture !== "string") return;
+  const have = {
+    os: c.os,
+    architecture: c.architecture,
+    variant: typeof c.variant === "string" ? c.variant : undefined,
+  };
+  if (!platformMatches(have, want)) {
+    throw new KindlingError(
+      `${reference} is a single ${formatPlatform(have)} image, not ${formatPlatform(want)} (it offers: ${formatPlatform(have)})`,
+    );
   }
 }
 

@@ -10,8 +10,11 @@ import {
 } from "./artifact.js";
 import { RegistryChunkSource } from "./chunks.js";
 import { discard, RegistryClient, RegistryError } from "./client.js";
+import { resolveEndpoints } from "./endpoints.js";
 import { type Descriptor, MEDIA, sha256Digest } from "./manifest.js";
 import { formatReference, parseReference } from "./reference.js";
+import { loadRegistriesConf } from "./registries-conf.js";
+import { registrySettings } from "./settings.js";
 
 export interface PushImage {
   record: ImageRecord;
@@ -53,9 +56,23 @@ export async function pushKindlingImage(
     origin.repository !== parsed.repository
       ? origin.repository
       : undefined;
+  // registries.conf may mark the registry insecure or relocate it (mirrors are for pulls only).
+  const settings = registrySettings();
+  const where = resolveEndpoints(
+    await loadRegistriesConf(settings.registriesConf),
+    parsed.registry,
+    parsed.repository,
+    {
+      insecure: opts.insecure,
+      byDigest: false,
+    },
+  ).at(-1)!;
   const client = new RegistryClient({
     ...parsed,
-    insecure: opts.insecure,
+    registry: where.registry,
+    repository: where.repository,
+    insecure: where.insecure,
+    settings,
     actions: "pull,push",
     timeoutMs: opts.timeoutMs,
     extraScopes: mountFrom ? [`repository:${mountFrom}:pull`] : [],

@@ -11,10 +11,10 @@ export function tempPathFor(dest: string): string {
 }
 
 /** Writes a file so readers see either the old content or the whole new one, never a part. */
-export async function writeFileAtomic(dest: string, data: string | Buffer): Promise<void> {
+export async function writeFileAtomic(dest: string, data: string | Buffer, mode?: number): Promise<void> {
   const tmp = tempPathFor(dest);
   try {
-    await writeFile(tmp, data);
+    await writeFile(tmp, data, mode === undefined ? undefined : { mode });
     await rename(tmp, dest);
   } catch (err) {
     await rm(tmp, { force: true });

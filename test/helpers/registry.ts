@@ -252,7 +252,12 @@ export interface BearerProxy {
  */
 export async function startBearerProxy(
   reg: TestRegistry,
-  opts: { requireUser?: { user: string; password: string }; service?: string } = {},
+  opts: {
+    requireUser?: { user: string; password: string };
+    service?: string;
+    /** Also accept POST /token with this OAuth2 refresh token (docker's identitytoken). */
+    refreshToken?: string;
+  } = {},
 ): Promise<BearerProxy> {
   const service = opts.service ?? "kindling-test-registry";
   const tokens = new Set<string>();
@@ -261,6 +266,29 @@ export async function startBearerProxy(
   const [regHost, regPort] = reg.host.split(":");
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? "/", "http://x");
+    if (url.pathname === "/token" && req.method === "POST") {
+      const body: Buffer[] = [];
+      req.on("data", (d: Buffer) => body.push(d));
+      req.on("end", () => {
+        const form = new URLSearchParams(Buffer.concat(body).toString());
+        tokenRequests.push(form);
+        tokenAuth.push(req.headers.authorization ?? "");
+        const ok =
+          opts.refreshToken !== undefined &&
+          form.get("grant_type") === "refresh_token" &&
+          form.get("refresh_token") === opts.refreshToken &&
+          form.get("service") === service;
+        if (!ok) {
+          res.writeHead(401).end();
+          return;
+        }
+        const token = randomBytes(12).toString("hex");
+        tokens.add(token);
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ access_token: token, expires_in: 300 }));
+      });
+      return;
+    }
     if (url.pathname === "/token") {
       tokenRequests.push(url.searchParams);
       const auth = req.headers.authorization ?? "";
