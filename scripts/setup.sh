@@ -25,7 +25,9 @@ APT_PACKAGES=(
   cpio                # initramfs
   kmod                # modinfo/depmod for the guest modules
   lz4 xz-utils        # guest kernel decompression
-  util-linux iproute2 # losetup, mount, ip
+  util-linux iproute2 # losetup, mount, ip (netns, tuntap), tc (a VM's TAP wired to its veth)
+  containernetworking-plugins # CNI bridge, host-local, portmap, firewall, loopback (in /usr/lib/cni)
+  iptables            # what the bridge (ipMasq), portmap and firewall plugins program
   rsync               # copies rw mounts back to the host after a VM exits
   gcc libc6-dev make  # the static guest init
 )

@@ -32,6 +32,17 @@ export function registerRunCommand(program: Command): void {
     .option("-i, --interactive", "pass our stdin to the process")
     .option("--disk <size>", "VM runtimes: sparse ext4 scratch drive for the writable layer (default: tmpfs)")
     .option("--mount-packing <mode>", "VM runtimes: pack (-v mounts in two drives, default) | per-mount")
+    .option(
+      "--network <mode>",
+      "bridge (a CNI network, default) | none (loopback only) | host (runc/runsc only)",
+    )
+    .option(
+      "-p, --publish <[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]>",
+      "publish a container port on the host (repeatable)",
+      collect,
+      [],
+    )
+    .option("--dns <ip>", "nameserver for the container's /etc/resolv.conf (repeatable)", collect, [])
     .action(async (image: string, command: string[], flags: RawRunFlags) => {
       // flag > KINDLING_RUNTIME > auto; re-pinned so everything below sees the same settings
       const cfg = useConfig(loadConfig(process.env, { runtime: flags.runtime })) as Config;

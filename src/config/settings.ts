@@ -158,6 +158,14 @@ export const SETTINGS = {
     default: true,
     describe: "`0`: mount the lazy file without `kernel_cache` (measurement only)",
   }),
+  cniConfDir: setting<string | undefined>({
+    env: "KINDLING_CNI_CONF_DIR",
+    type: text,
+    default: undefined,
+    defaultText: "unset: Kindling's own bridge network per home",
+    describe:
+      "a CNI config directory: its first network (`.conflist`/`.conf`/`.json`, in name order) is `--network bridge`",
+  }),
   vmDebug: setting({
     env: "KINDLING_VM_DEBUG",
     type: boolean,

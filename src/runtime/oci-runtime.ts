@@ -3,6 +3,10 @@ import { fstatSync } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { setUpNetwork } from "../network/attach.js";
+import { networkSettings } from "../network/conflist.js";
+import { containerResolvConf, hostResolvConf } from "../network/resolv.js";
+import type { NetworkInfo, NetworkMode } from "../network/types.js";
 import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { Scope } from "../util/scope.js";
@@ -38,6 +42,8 @@ export interface OciFlavor {
    * down when the container ends (our own stderr, and our caller's, then fail with EPIPE).
    */
   relayStdio: boolean;
+  /** Global flags for `run` only, per --network. */
+  runArgs?(network: NetworkMode): string[];
 }
 
 export const RUNC: OciFlavor = {
@@ -47,12 +53,16 @@ export const RUNC: OciFlavor = {
   relayStdio: false,
 };
 
-/** gVisor: ptrace is the platform that works here (kvm hangs under PVM); no network, like runc's empty netns. */
+/**
+ * gVisor: ptrace is the platform that works here (kvm hangs under PVM). Its network flag is per run
+ * (runArgs): `sandbox` gives its netstack the interfaces and routes of the namespace in the spec.
+ */
 export const RUNSC: OciFlavor = {
   name: "runsc",
-  globalArgs: ["--platform=ptrace", "--network=none"],
+  globalArgs: ["--platform=ptrace"],
   installHint: "apt-get install runsc",
   relayStdio: true,
+  runArgs: (network) => [`--network=${network === "none" ? "none" : "host"}`],
 };
 
 /**
@@ -85,11 +95,23 @@ export class OciRuntime implements Runtime {
     const rootfs = await mountOverlayRootfs(runDir, scope, image.blockImage, `${bundle}/rootfs`);
     const hostname = options.hostname ?? req.id;
     const proc = buildProcessSpec(image.config, options, await readUserDb(rootfs.merged), hostname);
+    const mode = options.network ?? "bridge";
+    const net = await setUpNetwork({
+      home: runDir.home,
+      runId: req.id,
+      mode,
+      ports: options.publish ?? [],
+      settings: networkSettings(),
+      holder: runDir,
+      scope,
+    });
+    await runDir.setNetwork(net.info);
     const spec = buildOciSpec({
       process: proc,
       rootfs: "rootfs",
       volumes: options.volumes,
-      extraBinds: await writeEtcFiles(runDir, hostname),
+      netns: mode === "host" ? "host" : net.netnsPath,
+      extraBinds: await writeEtcFiles(runDir, hostname, net.info, options.dns ?? []),
       memoryMiB: options.memoryMiB,
       cpus: options.cpus,
       nofile: await hostNofileLimit(),
@@ -106,8 +128,14 @@ export class OciRuntime implements Runtime {
       req.stdio,
       scope,
       imageProblem,
+      mode,
     );
   }
+}
+
+/** Docker's /etc/hosts: localhost, then the container's name on its address. */
+export function etcHosts(hostname: string, ip?: string): string {
+  return `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n${ip ?? "127.0.1.1"}\t${hostname}\n`;
 }
 
 /** A regular file or a socket: what gVisor mishandles as stdio (see OciFlavor.relayStdio). */
@@ -120,16 +148,22 @@ function isFileOrSocket(fd: number): boolean {
   }
 }
 
-/** /etc/hosts and /etc/hostname naming the container, as Docker provides them (writable, per run). */
-async function writeEtcFiles(runDir: RunDir, hostname: string): Promise<VolumeSpec[]> {
+/**
+ * /etc/hosts, /etc/hostname and /etc/resolv.conf, as Docker provides them (writable, per run): the
+ * container's name on its address (127.0.1.1 without one), the resolver by Docker's rules.
+ */
+async function writeEtcFiles(
+  runDir: RunDir,
+  hostname: string,
+  net: NetworkInfo,
+  dns: string[],
+): Promise<VolumeSpec[]> {
   const dir = runDir.file("etc");
   await mkdir(dir, { recursive: true });
   await writeFile(`${dir}/hostname`, `${hostname}\n`);
-  await writeFile(
-    `${dir}/hosts`,
-    `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t${hostname}\n`,
-  );
-  return ["hosts", "hostname"].map((f) => ({
+  await writeFile(`${dir}/hosts`, etcHosts(hostname, net.ip));
+  await writeFile(`${dir}/resolv.conf`, containerResolvConf(await hostResolvConf(), net.mode, dns));
+  return ["hosts", "hostname", "resolv.conf"].map((f) => ({
     source: `${dir}/${f}`,
     destination: `/etc/${f}`,
     readOnly: false,
@@ -152,6 +186,7 @@ class OciContainer implements Container {
     private readonly stdio: RunStdio,
     private readonly scope: Scope,
     private readonly imageProblem: () => Promise<string | undefined>,
+    private readonly network: NetworkMode,
   ) {
     // A runtime state root per run: containers of different homes or runs never see each other.
     this.root = runDir.file("state");
@@ -175,14 +210,19 @@ class OciContainer implements Container {
     const stdin = relayIn ? "pipe" : this.stdio.stdin;
     const stdout = relayOut ? "pipe" : this.stdio.stdout;
     const stderr = relayErr ? "pipe" : this.stdio.stderr;
-    const child = spawn(this.binary, [...this.globalArgs(true), "run", "--bundle", this.bundle, this.id], {
-      cwd: this.bundle,
-      stdio: [stdin, stdout, stderr],
-      // Its own process group: a terminal's Ctrl-C reaches kindling only, which then stops the
-      // container its way (TERM, grace, KILL). An interactive terminal session stays in the
-      // foreground group so the process can read the terminal.
-      detached: !(this.stdio.stdin === "inherit" && process.stdin.isTTY),
-    });
+    const runArgs = this.flavor.runArgs?.(this.network) ?? [];
+    const child = spawn(
+      this.binary,
+      [...this.globalArgs(true), ...runArgs, "run", "--bundle", this.bundle, this.id],
+      {
+        cwd: this.bundle,
+        stdio: [stdin, stdout, stderr],
+        // Its own process group: a terminal's Ctrl-C reaches kindling only, which then stops the
+        // container its way (TERM, grace, KILL). An interactive terminal session stays in the
+        // foreground group so the process can read the terminal.
+        detached: !(this.stdio.stdin === "inherit" && process.stdin.isTTY),
+      },
+    );
     this.child = child;
     if (relayIn) {
       child.stdin!.on("error", () => {}); // the process may exit without reading it all

@@ -30,7 +30,7 @@ export interface OciSpec {
       memory?: { limit: number };
       cpu?: { quota: number; period: number };
     };
-    namespaces: { type: string }[];
+    namespaces: { type: string; path?: string }[];
     maskedPaths: string[];
     readonlyPaths: string[];
     seccomp?: OciSeccomp;
@@ -49,6 +49,11 @@ export interface OciSpecInput {
   /** RLIMIT_NOFILE for the process: the host's hard limit, which runc may set without raising it. */
   nofile: number;
   cgroupsPath?: string;
+  /**
+   * The network namespace: a path (Kindling's, set up by src/network) to join, "host" for none of its
+   * own, or unset for a new empty one (loopback only).
+   */
+  netns?: string;
   /** The default seccomp filter (seccomp.ts); false leaves the process unfiltered. Default true. */
   seccomp?: boolean;
 }
@@ -151,8 +156,15 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
     linux: {
       ...(input.cgroupsPath ? { cgroupsPath: input.cgroupsPath } : {}),
       resources,
-      // A new network namespace has only loopback: no network, as with runsc --network=none.
-      namespaces: [{ type: "pid" }, { type: "network" }, { type: "ipc" }, { type: "uts" }, { type: "mount" }],
+      namespaces: [
+        { type: "pid" },
+        ...(input.netns === "host"
+          ? []
+          : [input.netns ? { type: "network", path: input.netns } : { type: "network" }]),
+        { type: "ipc" },
+        { type: "uts" },
+        { type: "mount" },
+      ],
       maskedPaths: [
         "/proc/acpi",
         "/proc/asound",

@@ -2,6 +2,9 @@ import { stat } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import path from "node:path";
 import { hostEnv } from "../config/index.js";
+import { parsePublishFlags } from "../network/ports.js";
+import { parseDnsFlags } from "../network/resolv.js";
+import { NETWORK_MODES, type NetworkMode } from "../network/types.js";
 import { KindlingError } from "../util/errors.js";
 import { parseSize } from "../vm/rootfs/images.js";
 import {
@@ -32,6 +35,12 @@ export interface RawRunFlags {
   disk?: string;
   /** VM runtimes: pack | per-mount. */
   mountPacking?: string;
+  /** bridge | none | host */
+  network?: string;
+  /** -p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], repeatable */
+  publish?: string[];
+  /** --dns IP, repeatable */
+  dns?: string[];
 }
 
 export const DEFAULT_STOP_GRACE_SECONDS = 10;
@@ -63,8 +72,21 @@ export async function parseRunOptions(
   if (!vm && flags.mountPacking !== undefined) {
     throw new KindlingError(`--mount-packing applies to VM runtimes (qemu, firecracker)`);
   }
+  const network = oneOf("--network", flags.network ?? "bridge", NETWORK_MODES) as NetworkMode;
+  if (vm && network === "host") {
+    throw new KindlingError(
+      `--network host applies to runc and runsc only: --runtime ${runtime} runs a microVM, with its own kernel and network stack (use bridge or none)`,
+    );
+  }
+  const publish = parsePublishFlags(flags.publish ?? []);
+  if (publish.length > 0 && network !== "bridge") {
+    throw new KindlingError(`-p needs --network bridge (got --network ${network})`);
+  }
   return {
     runtime,
+    network,
+    publish,
+    dns: parseDnsFlags(flags.dns ?? []),
     rootfs: oneOf("--rootfs", flags.rootfs ?? "lazy", ROOTFS_STRATEGIES) as RootfsStrategy,
     image,
     command,

@@ -1,5 +1,10 @@
 import { readdir, readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
+import {
+  describeNetworkResource,
+  type NetworkResource,
+  releaseNetworkResource,
+} from "../network/resources.js";
 import { exec } from "../util/exec.js";
 import { type SyncTarget, syncBack } from "../vm/rootfs/syncback.js";
 import { detachLoop } from "./loop.js";
@@ -20,7 +25,9 @@ export type Resource =
   /** A VM's processes (QEMU or Firecracker, virtiofsd): every process whose command line names `dir`. */
   | { kind: "vm-processes"; dir: string }
   /** An ext4 drive holding rw -v mounts, copied back to the host when released (src/vm/rootfs/syncback.ts). */
-  | { kind: "sync-back"; image: string; mountPoint: string; targets: SyncTarget[] };
+  | { kind: "sync-back"; image: string; mountPoint: string; targets: SyncTarget[] }
+  /** A network namespace or a CNI attachment (src/network/resources.ts). */
+  | NetworkResource;
 
 export function describeResource(r: Resource): string {
   switch (r.kind) {
@@ -36,6 +43,9 @@ export function describeResource(r: Resource): string {
       return `VM processes of ${r.dir}`;
     case "sync-back":
       return `sync-back of ${r.targets.map((t) => t.dest).join(", ")} from ${r.image}`;
+    case "netns":
+    case "cni":
+      return describeNetworkResource(r);
   }
 }
 
@@ -55,6 +65,9 @@ export async function releaseResource(r: Resource): Promise<void> {
       return killProcessesNaming(r.dir);
     case "sync-back":
       return syncBack(r.image, r.mountPoint, r.targets);
+    case "netns":
+    case "cni":
+      return releaseNetworkResource(r);
   }
 }
 

@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
+import type { NetworkInfo } from "../network/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { errorMessage } from "../util/errors.js";
-import type { KindlingHome } from "../util/home.js";
+import { KindlingHome } from "../util/home.js";
 import type { Scope } from "../util/scope.js";
 import { mountsUnder, unmount } from "./mounts.js";
 import { isProcessAlive, processStartTime } from "./procstat.js";
@@ -20,6 +21,8 @@ export interface OwnerRecord {
   created: string;
   /** In the order acquired; released in reverse. */
   resources: Resource[];
+  /** What the run got on its network (address, MAC, gateway, ports), once it is set up: for `inspect`. */
+  network?: NetworkInfo;
 }
 
 export const OWNER_FILE = "owner.json";
@@ -73,6 +76,22 @@ export class RunDir {
     return runDir;
   }
 
+  /** The home this run dir belongs to ($KINDLING_HOME/run/<id>). */
+  get home(): KindlingHome {
+    return new KindlingHome(path.dirname(path.dirname(this.path)));
+  }
+
+  /** The run's network, as recorded in owner.json. */
+  get network(): NetworkInfo | undefined {
+    return this.record.network;
+  }
+
+  /** Records the run's network in owner.json (read by `inspect`). */
+  async setNetwork(info: NetworkInfo): Promise<void> {
+    this.record.network = info;
+    await this.save();
+  }
+
   file(...parts: string[]): string {
     return path.join(this.path, ...parts);
   }
@@ -89,7 +108,7 @@ export class RunDir {
   }
 
   /** Records a change to a held resource (e.g. a loop device now set to autoclear). */
-  async update(resource: Resource, change: Partial<Resource>): Promise<void> {
+  async update<R extends Resource>(resource: R, change: Partial<R>): Promise<void> {
     Object.assign(resource, change);
     await this.save();
   }
@@ -150,7 +169,8 @@ export async function cleanupStaleRuns(home: KindlingHome): Promise<CleanupRepor
   return report;
 }
 
-async function readOwner(dir: string): Promise<OwnerRecord | undefined> {
+/** A run dir's owner.json (resources, and `network` once set up), or undefined if unreadable. */
+export async function readOwner(dir: string): Promise<OwnerRecord | undefined> {
   try {
     return JSON.parse(await readFile(path.join(dir, OWNER_FILE), "utf8")) as OwnerRecord;
   } catch {

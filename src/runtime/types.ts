@@ -1,5 +1,6 @@
 import type { Readable } from "node:stream";
 import type { RunConfig } from "../image/types.js";
+import type { NetworkMode, PortMapping } from "../network/types.js";
 import type { Scope } from "../util/scope.js";
 import type { RunDir } from "./rundir.js";
 
@@ -51,6 +52,12 @@ export interface RunOptions {
   diskBytes?: number;
   /** `--mount-packing` (VM runtimes, block-only strategies): all -v mounts in two drives (default), or one each. */
   mountPacking?: "pack" | "per-mount";
+  /** `--network` (default bridge: the CNI network, src/network). */
+  network?: NetworkMode;
+  /** `-p`: ports published on the host (bridge only). */
+  publish?: PortMapping[];
+  /** `--dns`: nameservers for the container's /etc/resolv.conf (default: the host's, by Docker's rules). */
+  dns?: string[];
 }
 
 /** The process to run, after merging the image config with the flags. */

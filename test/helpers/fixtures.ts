@@ -4,6 +4,7 @@ import { mkdtemp, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { stopIdleShared } from "../../src/lazy/index.js";
+import { removeHomeNetwork } from "../../src/network/conflist.js";
 import { exec } from "../../src/util/exec.js";
 import { KindlingHome } from "../../src/util/home.js";
 
@@ -45,6 +46,7 @@ export async function tempHome(): Promise<KindlingHome & { remove(): Promise<voi
   const home = new KindlingHome(dir).ensure() as KindlingHome & { remove(): Promise<void> };
   home.remove = async () => {
     await stopIdleShared(home);
+    await removeHomeNetwork(home); // the home's bridge, if a run made one
     await rm(dir, { recursive: true, force: true });
   };
   return home;

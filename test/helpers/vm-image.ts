@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { importImage } from "../../src/image/import.js";
 import { stopIdleShared } from "../../src/lazy/index.js";
+import { removeHomeNetwork } from "../../src/network/conflist.js";
 import { buildBusyboxTree } from "../../src/runtime/testing.js";
 import { KindlingHome } from "../../src/util/home.js";
 import { REPO } from "./fixtures.js";
@@ -50,6 +51,7 @@ export async function vmTestHome(): Promise<VmTestHome> {
   await rm(l2, { recursive: true, force: true });
   const cleanup = async () => {
     await stopIdleShared(home);
+    await removeHomeNetwork(home); // the home's bridge, if a run made one
     await rm(tmp, { recursive: true, force: true });
   };
   return { tmp, home, cleanup };

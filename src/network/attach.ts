@@ -1,0 +1,103 @@
+/**
+ * A run's network: `bridge` = a namespace made by Kindling, `lo` up and the CNI network attached as
+ * eth0; `none` = a namespace with `lo` only; `host` = nothing (the host's). Every step is recorded with
+ * the run before it is taken, so the scope (or, after a crash, the next run) undoes it.
+ */
+import { KindlingError } from "../util/errors.js";
+import type { KindlingHome } from "../util/home.js";
+import type { Scope } from "../util/scope.js";
+import { addNetworkList, type CniAttachment, type CniResult } from "./cni.js";
+import { homeNetworkNames, LOOPBACK_LIST, loadNetwork, type NetworkSettings } from "./conflist.js";
+import { createNetns } from "./netns.js";
+import type { NetworkResource } from "./resources.js";
+import type { NetworkInfo, NetworkMode, PortMapping } from "./types.js";
+
+export const CONTAINER_IFNAME = "eth0";
+
+/** How a run holds resources (RunDir.hold / RunDir.update), without the network module knowing RunDir. */
+export interface ResourceHolder {
+  hold(scope: Scope, resource: NetworkResource): Promise<void>;
+  update(resource: NetworkResource, change: Partial<NetworkResource>): Promise<void>;
+}
+
+export interface NetworkRequest {
+  home: KindlingHome;
+  runId: string;
+  mode: NetworkMode;
+  ports: PortMapping[];
+  settings: NetworkSettings;
+  holder: ResourceHolder;
+  scope: Scope;
+}
+
+/** What a run got: where its namespace is (not for `host`), and what to record and show. */
+export interface RunNetwork {
+  info: NetworkInfo;
+  netnsName?: string;
+  netnsPath?: string;
+  /** The CNI result of the attachment (bridge mode). */
+  result?: CniResult;
+}
+
+/** CNI's portMappings: an unspecified host address is left out (portmap then binds every address). */
+function portMappingsArg(ports: PortMapping[]): unknown[] {
+  return ports.map((p) => ({
+    hostPort: p.hostPort,
+    containerPort: p.containerPort,
+    protocol: p.protocol,
+    ...(p.hostIP === "0.0.0.0" ? {} : { hostIP: p.hostIP }),
+  }));
+}
+
+export async function setUpNetwork(req: NetworkRequest): Promise<RunNetwork> {
+  const { mode, ports } = req;
+  if (mode === "host") {
+    if (ports.length > 0)
+      throw new KindlingError("-p does not apply to --network host (the container uses the host's ports)");
+    return { info: { mode, ports: [] } };
+  }
+  if (mode === "none" && ports.length > 0) throw new KindlingError("-p does not apply to --network none");
+  // bridge: read (or make) the network first: a bad user config fails before anything exists
+  const list = mode === "bridge" ? await loadNetwork(req.home, req.settings) : undefined;
+  const netnsName = `${homeNetworkNames(req.home).netnsPrefix}${req.runId}`;
+  const netnsResource: NetworkResource = { kind: "netns", name: netnsName };
+  await req.holder.hold(req.scope, netnsResource);
+  const netns = await createNetns(netnsName);
+  const dirs = req.settings.pluginDirs;
+  const loopback = addNetworkList(LOOPBACK_LIST, { containerId: req.runId, netns, ifName: "lo" }, dirs);
+  if (!list) {
+    await loopback;
+    return { info: { mode, netns, ports: [] }, netnsName, netnsPath: netns };
+  }
+  const attachment: CniAttachment = {
+    containerId: req.runId,
+    netns,
+    ifName: CONTAINER_IFNAME,
+    capabilityArgs: { portMappings: portMappingsArg(ports) },
+  };
+  const cni: NetworkResource = { kind: "cni", list, attachment, pluginDirs: dirs };
+  await req.holder.hold(req.scope, cni);
+  const [result] = await Promise.all([addNetworkList(list, attachment, dirs), loopback]);
+  await req.holder.update(cni, { result });
+  return { info: infoOf(result, list.name, netns, ports), netnsName, netnsPath: netns, result };
+}
+
+/** The container's address, MAC and gateway from a CNI result (the interface in the sandbox). */
+export function infoOf(result: CniResult, name: string, netns: string, ports: PortMapping[]): NetworkInfo {
+  const ifaces = result.interfaces ?? [];
+  const ip =
+    (result.ips ?? []).find((i) => i.interface !== undefined && ifaces[i.interface]?.sandbox !== undefined) ??
+    result.ips?.[0];
+  const iface =
+    ip?.interface !== undefined ? ifaces[ip.interface] : ifaces.find((i) => i.sandbox !== undefined);
+  const [address, prefix] = (ip?.address ?? "").split("/");
+  return {
+    mode: "bridge",
+    name,
+    ...(address ? { ip: address, prefixLength: Number(prefix) } : {}),
+    ...(iface?.mac ? { mac: iface.mac } : {}),
+    ...(ip?.gateway ? { gateway: ip.gateway } : {}),
+    netns,
+    ports,
+  };
+}

@@ -1,0 +1,45 @@
+/**
+ * What runs of one home could have left on the host's network, scoped to that home so other tests
+ * running at the same time do not count: namespaces with its prefix, links on its bridge, iptables
+ * rules naming its network or addresses of its subnet, and IPAM leases.
+ */
+import { readdir, readFile } from "node:fs/promises";
+import path from "node:path";
+import { homeNetworkNames, listNetns } from "../../src/network/index.js";
+import { exec } from "../../src/util/exec.js";
+import type { KindlingHome } from "../../src/util/home.js";
+
+/** The home's default subnet prefix ("10.238.28."), once its network exists. */
+async function subnetPrefix(home: KindlingHome): Promise<string | undefined> {
+  const names = homeNetworkNames(home);
+  const text = await readFile(path.join(names.dir, "default.conflist"), "utf8").catch(() => undefined);
+  const subnet = text ? /"subnet": "(\d+\.\d+\.\d+\.)0\/24"/.exec(text)?.[1] : undefined;
+  return subnet;
+}
+
+export async function networkLeftovers(home: KindlingHome): Promise<string[]> {
+  const names = homeNetworkNames(home);
+  const out: string[] = [];
+  for (const ns of await listNetns(names.netnsPrefix)) out.push(`netns ${ns}`);
+  const links = await exec("ip", ["-o", "link", "show", "master", names.bridge], { allowFailure: true });
+  for (const l of links.stdout.split("\n").filter(Boolean))
+    out.push(`link on ${names.bridge}: ${l.split("\\")[0]}`);
+  const prefix = await subnetPrefix(home);
+  for (const table of ["nat", "filter"]) {
+    const rules = (await exec("iptables", ["-t", table, "-S"])).stdout.split("\n");
+    for (const r of rules) {
+      if (r.includes(`"${names.network}"`) || (prefix && r.includes(prefix)))
+        out.push(`iptables -t ${table}: ${r}`);
+    }
+  }
+  const ipam = path.join(names.dir, "ipam", names.network);
+  for (const f of await readdir(ipam).catch(() => [])) {
+    if (f !== "lock" && !f.startsWith("last_reserved_ip")) out.push(`IPAM lease ${f}`);
+  }
+  return out;
+}
+
+/** Everything that names the home's network, for a before/after comparison. */
+export async function networkSnapshot(home: KindlingHome): Promise<string[]> {
+  return (await networkLeftovers(home)).sort();
+}
