@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { cp, lstat, readdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
+import { cp, lstat, mkdir, readdir, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { importImage } from "../src/image/import.js";
@@ -7,6 +7,7 @@ import { readBlockIndex } from "../src/store/blockindex.js";
 import { listImages, loadImage } from "../src/store/catalog.js";
 import { localBytes } from "../src/store/local.js";
 import { KindlingError } from "../src/util/errors.js";
+import { exec } from "../src/util/exec.js";
 import { fixture, tempHome, unpackImage, xattrs } from "./helpers/fixtures.js";
 
 const quiet = { progress: false };
@@ -183,6 +184,97 @@ describe("image import", () => {
       new RegExp(`layer sha256:${tampered} .* content has digest sha256:`),
     );
     await assert.rejects(loadImage(home, "tampered"));
+  });
+
+  describe("documents named by digest are checked where an image enters", () => {
+    type Doc = {
+      digest: string;
+      manifests?: Doc[];
+      config?: Doc;
+      mediaType?: string;
+      platform?: { architecture: string };
+    };
+    /** A copy of the v1 image's layout and the blob paths of its manifest and config. */
+    const layoutCopy = async (name: string) => {
+      const dir = path.join(home.root, name);
+      await cp(await fixture("multilayer-oci"), dir, { recursive: true });
+      const blob = (d: Doc) => path.join(dir, "blobs", "sha256", d.digest.slice(7));
+      const top = JSON.parse(await readFile(path.join(dir, "index.json"), "utf8")) as { manifests: Doc[] };
+      let desc = top.manifests.find((d) => d.mediaType?.includes("index"))!;
+      let doc = JSON.parse(await readFile(blob(desc), "utf8")) as Doc;
+      while (doc.manifests) {
+        desc = doc.manifests.find((d) => d.platform?.architecture === "amd64")!;
+        doc = JSON.parse(await readFile(blob(desc), "utf8")) as Doc;
+      }
+      return { dir, manifest: blob(desc), config: blob(doc.config!), configDigest: doc.config!.digest };
+    };
+    /** Same length, another command: only the digest can tell. */
+    const tamperConfig = async (file: string) => {
+      const text = await readFile(file, "utf8");
+      const cfg = JSON.parse(text) as { config: { Cmd?: string[] } };
+      cfg.config.Cmd = ["/bin/sh", "-c", "echo tampered"];
+      await writeFile(file, JSON.stringify(cfg));
+    };
+
+    test("an OCI layout whose manifest no longer matches index.json is refused, naming the blob", async () => {
+      const l = await layoutCopy("tampered-manifest");
+      const m = await readFile(l.manifest, "utf8");
+      await writeFile(l.manifest, `${m.trimEnd()} `);
+      await assert.rejects(
+        importImage(home, `${l.dir}:v1`, { name: "tm", ...quiet }),
+        new RegExp(`manifest blobs/sha256/${path.basename(l.manifest)} does not match its digest`),
+      );
+      await assert.rejects(loadImage(home, "tm"));
+    });
+
+    test("an OCI layout whose config no longer matches its manifest is refused, naming the blob", async () => {
+      const l = await layoutCopy("tampered-config");
+      await tamperConfig(l.config);
+      await assert.rejects(
+        importImage(home, `${l.dir}:v1`, { name: "tc", ...quiet }),
+        new RegExp(`config blobs/sha256/${l.configDigest.slice(7)} does not match its digest`),
+      );
+    });
+
+    test("an OCI-layout tar with a tampered config is refused", async () => {
+      const l = await layoutCopy("tampered-ocitar");
+      await tamperConfig(l.config);
+      const tar = path.join(home.root, "tampered-ocitar.tar");
+      await exec("tar", ["-C", l.dir, "-cf", tar, "."]);
+      await assert.rejects(
+        importImage(home, `${tar}:v1`, { name: "tt", ...quiet }),
+        /config blobs\/sha256\/[0-9a-f]{64} does not match its digest/,
+      );
+    });
+
+    test("a docker-save archive with a tampered config or layer is refused", async () => {
+      const dir = path.join(home.root, "tampered-docker");
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir);
+      await exec("tar", ["-C", dir, "-xf", await fixture("multilayer-docker.tar")]);
+      const entry = JSON.parse(await readFile(path.join(dir, "manifest.json"), "utf8"))[0];
+      const pack = async (name: string) => {
+        const tar = path.join(home.root, name);
+        await exec("tar", ["-C", dir, "-cf", tar, "."]);
+        return tar;
+      };
+      const configPath = path.join(dir, entry.Config);
+      const original = await readFile(configPath);
+      await tamperConfig(configPath);
+      await assert.rejects(
+        importImage(home, await pack("td-config.tar"), { name: "td", ...quiet }),
+        new RegExp(`config ${entry.Config} does not match its digest`),
+      );
+      await writeFile(configPath, original);
+      const layer = path.join(dir, entry.Layers[2]);
+      const b = await readFile(layer);
+      b[b.length - 1024 - 600] ^= 1; // inside the last file's data: still a valid tar
+      await writeFile(layer, b);
+      await assert.rejects(
+        importImage(home, await pack("td-layer.tar"), { name: "td", ...quiet }),
+        /layer sha256:[0-9a-f]{64} .*content has digest/,
+      );
+    });
   });
 
   test("a missing image is an error that names it", async () => {

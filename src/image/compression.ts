@@ -35,7 +35,7 @@ export interface OpenedLayer {
   finished(): Promise<void>;
 }
 
-async function readHead(range: FileRange): Promise<Buffer> {
+export async function readHead(range: FileRange): Promise<Buffer> {
   const fh = await open(range.path, "r");
   try {
     const want = Math.min(6, (range.end ?? Number.MAX_SAFE_INTEGER) - (range.start ?? 0));

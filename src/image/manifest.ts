@@ -1,6 +1,7 @@
+import { createHash } from "node:crypto";
 import { KindlingError } from "../util/errors.js";
-import type { FileRange } from "./compression.js";
-import type { ArchiveFiles } from "./source.js";
+import { detectCompression, type FileRange, readHead } from "./compression.js";
+import { type ArchiveFiles, parseJson } from "./source.js";
 
 /** What an archive resolves to: the image config and its layers, bottom first. */
 export interface ResolvedImage {
@@ -26,6 +27,35 @@ function blobName(d: Descriptor, where: string): string {
   const m = /^(sha256|sha512):([0-9a-f]+)$/.exec(d?.digest ?? "");
   if (!m) throw new KindlingError(`${where}: bad digest ${JSON.stringify(d?.digest)}`);
   return `blobs/${m[1]}/${m[2]}`;
+}
+
+/**
+ * A JSON blob an image names by digest (index, manifest, config), read and checked against that
+ * digest (and size) before it is trusted: a layout whose documents were edited is refused, naming
+ * the blob.
+ */
+async function readVerifiedJson(files: ArchiveFiles, d: Descriptor, what: string): Promise<unknown> {
+  const where = files.describe;
+  const name = blobName(d, where);
+  const bytes = await files.readBytes(name);
+  checkDigest(bytes, d.digest, `${where}: ${what} ${name}`);
+  if (typeof d.size === "number" && d.size !== bytes.length) {
+    throw new KindlingError(
+      `${where}: ${what} ${name} is ${bytes.length} bytes, its descriptor says ${d.size}`,
+    );
+  }
+  return parseJson(bytes, `${where}: ${what} ${name}`);
+}
+
+/** Throws naming `what` unless `bytes` hash to `digest` ("sha256:<hex>" or "sha512:<hex>"). */
+function checkDigest(bytes: Buffer, digest: string, what: string): void {
+  const [alg, hex] = digest.split(":") as [string, string];
+  const got = createHash(alg).update(bytes).digest("hex");
+  if (got !== hex) {
+    throw new KindlingError(
+      `${what} does not match its digest ${digest} (content has ${alg}:${got}): modified or corrupt`,
+    );
+  }
 }
 
 /** linux/amd64 among platform-specific manifests (the only platform Kindling runs). */
@@ -68,7 +98,7 @@ export async function resolveOciLayout(files: ArchiveFiles, tag?: string): Promi
   let desc = pickTag(top.manifests, tag, where);
   for (let depth = 0; ; depth++) {
     if (depth > 8) throw new KindlingError(`${where}: image indexes nested too deeply`);
-    const doc = (await files.readJson(blobName(desc, where))) as {
+    const doc = (await readVerifiedJson(files, desc, depth === 0 ? "manifest" : "nested manifest")) as {
       mediaType?: string;
       manifests?: Descriptor[];
       config?: Descriptor;
@@ -85,7 +115,7 @@ export async function resolveOciLayout(files: ArchiveFiles, tag?: string): Promi
     if (!doc.config || !Array.isArray(doc.layers)) {
       throw new KindlingError(`${where}: manifest ${desc.digest} has no config or layers`);
     }
-    const configJson = await files.readJson(blobName(doc.config, where));
+    const configJson = await readVerifiedJson(files, doc.config, "config");
     const layers: FileRange[] = [];
     for (const l of doc.layers) layers.push({ ...(await files.range(blobName(l, where))), digest: l.digest });
     return { configJson, layers };
@@ -114,8 +144,22 @@ export async function resolveDockerArchive(files: ArchiveFiles, tag?: string): P
     const tags = entries.flatMap((e) => e.RepoTags ?? []).join(", ");
     throw new KindlingError(`${where}: holds several images; name one as <path>:<tag> (tags: ${tags})`);
   }
-  const configJson = await files.readJson(entry.Config);
+  // docker save names the config by its digest ("<hex>.json" or "blobs/sha256/<hex>"): check it.
+  const configBytes = await files.readBytes(entry.Config);
+  const named = /(?:^|\/)([0-9a-f]{64})(?:\.json)?$/.exec(entry.Config);
+  if (!named)
+    throw new KindlingError(`${where}: config ${JSON.stringify(entry.Config)} is not named by its digest`);
+  checkDigest(configBytes, `sha256:${named[1]}`, `${where}: config ${entry.Config}`);
+  const configJson = parseJson(configBytes, `${where}: config ${entry.Config}`);
+  // Layers are checked against the config's diff_ids (digests of the uncompressed tars, which is
+  // what docker save writes); a compressed layer could only be checked after decompression.
+  const diffIds = (configJson as { rootfs?: { diff_ids?: unknown } })?.rootfs?.diff_ids;
   const layers: FileRange[] = [];
-  for (const l of entry.Layers ?? []) layers.push(await files.range(l));
+  for (const [i, l] of (entry.Layers ?? []).entries()) {
+    const range = await files.range(l);
+    const diffId = Array.isArray(diffIds) && diffIds.length === entry.Layers.length ? diffIds[i] : undefined;
+    const plain = detectCompression(await readHead(range)) === "none";
+    layers.push(plain && typeof diffId === "string" ? { ...range, digest: diffId } : range);
+  }
   return { configJson, layers };
 }

@@ -9,8 +9,12 @@ export interface ArchiveFiles {
   describe: string;
   has(name: string): Promise<boolean>;
   range(name: string): Promise<FileRange>;
+  /** The whole file (JSON documents: manifests, configs, indexes), at most 64 MiB. */
+  readBytes(name: string): Promise<Buffer>;
   readJson(name: string): Promise<unknown>;
 }
+
+const MAX_JSON_BYTES = 64 << 20;
 
 function safeRel(name: string, where: string): string {
   const n = path.posix.normalize(name);
@@ -20,7 +24,7 @@ function safeRel(name: string, where: string): string {
   return n;
 }
 
-async function parseJson(bytes: Buffer, what: string): Promise<unknown> {
+export function parseJson(bytes: Buffer, what: string): unknown {
   try {
     return JSON.parse(bytes.toString("utf8"));
   } catch {
@@ -44,14 +48,17 @@ export function dirFiles(dir: string): ArchiveFiles {
       });
       return { path: p };
     },
-    readJson: async (name) => {
-      const p = abs(name);
-      const bytes = await readFile(p).catch(() => {
-        throw new KindlingError(`${dir}: missing ${name}`);
-      });
-      return parseJson(bytes, `${dir}/${name}`);
-    },
+    readBytes: async (name) => readDirFile(dir, name, abs(name)),
+    readJson: async (name) => parseJson(await readDirFile(dir, name, abs(name)), `${dir}/${name}`),
   };
+}
+
+async function readDirFile(dir: string, name: string, p: string): Promise<Buffer> {
+  const st = await stat(p).catch(() => {
+    throw new KindlingError(`${dir}: missing ${name}`);
+  });
+  if (st.size > MAX_JSON_BYTES) throw new KindlingError(`${dir}: ${name} is too large for JSON`);
+  return readFile(p);
 }
 
 export function tarFiles(index: TarIndex): ArchiveFiles {
@@ -66,18 +73,21 @@ export function tarFiles(index: TarIndex): ArchiveFiles {
       }
     },
     range: async (name) => memberRange(index, safeRel(name, index.file)),
-    readJson: async (name) => {
-      const r = memberRange(index, safeRel(name, index.file));
-      const size = r.end! - r.start!;
-      if (size > 64 << 20) throw new KindlingError(`${index.file}: ${name} is too large for JSON`);
-      const fh = await open(r.path, "r");
-      try {
-        const b = Buffer.alloc(size);
-        await fh.read(b, 0, size, r.start!);
-        return parseJson(b, `${index.file}:${name}`);
-      } finally {
-        await fh.close();
-      }
-    },
+    readBytes: (name) => readMember(index, name),
+    readJson: async (name) => parseJson(await readMember(index, name), `${index.file}:${name}`),
   };
+}
+
+async function readMember(index: TarIndex, name: string): Promise<Buffer> {
+  const r = memberRange(index, safeRel(name, index.file));
+  const size = r.end! - r.start!;
+  if (size > MAX_JSON_BYTES) throw new KindlingError(`${index.file}: ${name} is too large for JSON`);
+  const fh = await open(r.path, "r");
+  try {
+    const b = Buffer.alloc(size);
+    await fh.read(b, 0, size, r.start!);
+    return b;
+  } finally {
+    await fh.close();
+  }
 }
