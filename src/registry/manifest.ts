@@ -52,6 +52,8 @@ export interface FetchedManifest {
   manifest: ImageManifest;
   /** sha256 of the manifest bytes (the one picked from an index, when there was one). */
   digest: Digest;
+  /** Picked from an index by platform (else the reference named one image). */
+  fromIndex: boolean;
 }
 
 export function sha256Digest(data: Buffer): Digest {
@@ -68,7 +70,8 @@ export async function fetchImageManifest(
   let got = await fetchManifestBytes(client, reference, signal);
   for (let depth = 0; ; depth++) {
     const parsed = parseManifest(got.bytes, got.contentType, client, reference);
-    if (parsed.kind === "image") return { manifest: parsed.manifest, digest: got.digest };
+    if (parsed.kind === "image")
+      return { manifest: parsed.manifest, digest: got.digest, fromIndex: depth > 0 };
     if (depth > 0) throw new KindlingError(`${client.where}: index ${reference} points at another index`);
     const chosen = pickPlatform(parsed.index.manifests, platform);
     if (!chosen) {

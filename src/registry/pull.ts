@@ -81,6 +81,7 @@ export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<
     client,
     manifest,
     digest: manifestDigest,
+    fromIndex,
   } = await firstAnswering(
     endpoints,
     async (ep) => {
@@ -134,7 +135,7 @@ export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<
   }
 
   const configJson = await fetchConfig(client, manifest, reference, opts.signal);
-  if (opts.platform) checkConfigPlatform(configJson, opts.platform, reference);
+  if (opts.platform && !fromIndex) checkConfigPlatform(configJson, opts.platform, reference);
   const dir = await mkdtemp(path.join(opts.tmpDir, "pull-"));
   const dispose = () => rm(dir, { recursive: true, force: true });
   try {
@@ -183,7 +184,8 @@ function checkConfigPlatform(configJson: unknown, want: Platform, reference: str
     architecture: c.architecture,
     variant: typeof c.variant === "string" ? c.variant : undefined,
   };
-  if (!platformMatches(have, want)) {
+  // Configs often leave the variant out: then os/arch decide.
+  if (!platformMatches(have, have.variant ? want : { ...want, variant: undefined })) {
     throw new KindlingError(
       `${reference} is a single ${formatPlatform(have)} image, not ${formatPlatform(want)} (it offers: ${formatPlatform(have)})`,
     );
