@@ -1,46 +1,16 @@
 import type { Command } from "commander";
+import { describeImage } from "../image/describe.js";
 import { exportImage } from "../image/export.js";
 import { importImage } from "../image/import.js";
 import { removeImage } from "../image/remove.js";
 import { readBlockIndex } from "../store/blockindex.js";
 import { listImages, loadImage } from "../store/catalog.js";
-import { localBytes } from "../store/local.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import { fmtBytes } from "../util/progress.js";
 
 function home(): KindlingHome {
   return new KindlingHome();
-}
-
-/** The fields `image inspect --json` prints (DESIGN.md: digest, blockSize, localBytes at least). */
-async function describe(h: KindlingHome, name: string) {
-  const record = await loadImage(h, name);
-  let chunkCount: number | null = null;
-  let local: number | null = null;
-  let chunking: unknown = null;
-  let blockDigest: string | null = null;
-  try {
-    const index = await readBlockIndex(h, record.digest);
-    chunkCount = index.chunks.length;
-    local = await localBytes(h, index);
-    chunking = index.chunking;
-    blockDigest = index.blockDigest;
-  } catch {
-    // index missing (should not happen): report what the record says
-  }
-  return {
-    name: record.name,
-    digest: record.digest,
-    blockSize: record.blockSize,
-    blockDigest,
-    localBytes: local,
-    chunkCount,
-    chunking,
-    config: record.config,
-    origin: record.origin,
-    created: record.created,
-  };
 }
 
 export function registerImageCommands(program: Command): void {
@@ -121,7 +91,7 @@ export function registerImageCommands(program: Command): void {
     .argument("<name>", "image name")
     .option("--json", "JSON output", false)
     .action(async (name: string, opts: { json: boolean }) => {
-      const d = await describe(home(), name);
+      const d = await describeImage(home(), name);
       if (opts.json) process.stdout.write(`${JSON.stringify(d, null, 2)}\n`);
       else {
         for (const [k, v] of Object.entries(d)) {

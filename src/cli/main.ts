@@ -5,6 +5,8 @@ import { EXIT_KINDLING_FAILURE, errorMessage, KindlingError } from "../util/erro
 import { closeAllScopes } from "../util/scope.js";
 import { registerBenchCommand } from "./bench.js";
 import { registerCompletionCommand } from "./completion.js";
+import { registerContainerCommands } from "./containers.js";
+import { registerDaemonCommand } from "./daemon.js";
 import { registerDoctorCommand } from "./doctor.js";
 import { registerImageCommands } from "./image.js";
 import { registerLoginCommands } from "./login.js";
@@ -24,6 +26,8 @@ const program = new Command("kindling")
 
 registerImageCommands(program);
 registerRunCommand(program);
+registerContainerCommands(program);
+registerDaemonCommand(program);
 registerDoctorCommand(program);
 registerBenchCommand(program);
 registerLoginCommands(program);

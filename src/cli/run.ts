@@ -4,9 +4,12 @@ import { resolveImage } from "../runtime/image.js";
 import { runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
 import { runtimeFor } from "../runtime/registry.js";
+import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 
 const collect = (value: string, previous: string[]) => [...previous, value];
+
+type RunFlags = RawRunFlags & { detach?: boolean; name?: string; rm?: boolean };
 
 export function registerRunCommand(program: Command): void {
   program
@@ -43,7 +46,17 @@ export function registerRunCommand(program: Command): void {
       [],
     )
     .option("--dns <ip>", "nameserver for the container's /etc/resolv.conf (repeatable)", collect, [])
-    .action(async (image: string, command: string[], flags: RawRunFlags) => {
+    .option("-d, --detach", "run in the background under the service; print the container's id")
+    .option("--name <name>", "with -d: the container's name")
+    .option("--rm", "with -d: remove the container once it ends (an attached run always leaves nothing)")
+    .action(async (image: string, command: string[], flags: RunFlags) => {
+      if (flags.detach) {
+        const { runDetached } = await import("./containers.js");
+        return runDetached(image, command, flags);
+      }
+      if (flags.name !== undefined) {
+        throw new KindlingError("--name needs -d: an attached run keeps no container record");
+      }
       // flag > KINDLING_RUNTIME > auto; re-pinned so everything below sees the same settings
       const cfg = useConfig(loadConfig(process.env, { runtime: flags.runtime })) as Config;
       const home = new KindlingHome(cfg.home);

@@ -5,7 +5,18 @@ import type { KindlingHome } from "../util/home.js";
 import { Scope } from "../util/scope.js";
 import { cleanupStaleRuns, RunDir } from "./rundir.js";
 import { signalNumber } from "./status.js";
-import type { Container, ExitStatus, ResolvedImage, RunOptions, RunStdio, Runtime } from "./types.js";
+import type {
+  Container,
+  ExecIo,
+  ExecProcess,
+  ExecSpec,
+  ExitStatus,
+  KillSignal,
+  ResolvedImage,
+  RunOptions,
+  RunStdio,
+  Runtime,
+} from "./types.js";
 
 export interface RunRequest {
   home: KindlingHome;
@@ -16,10 +27,12 @@ export interface RunRequest {
   stdio?: Partial<RunStdio>;
   /** Kindling's own notices (stopping, timeout, cleanup problems). Default: stderr. */
   notify?: (message: string) => void;
+  /** The container's id (a service names it before it runs); default: a fresh one. */
+  id?: string;
 }
 
 /** Why kindling stopped the container, if it did. */
-export type StopReason = "timeout" | "SIGINT" | "SIGTERM" | "SIGHUP";
+export type StopReason = "timeout" | "SIGINT" | "SIGTERM" | "SIGHUP" | "request";
 
 export interface RunResult extends ExitStatus {
   id: string;
@@ -30,6 +43,9 @@ export interface StartedRun {
   id: string;
   stdout: Readable | null;
   stderr: Readable | null;
+  /** VM runtimes: host-side rootfs preparation, and VMM spawn to agent ready (ms). */
+  prepMs?: number;
+  bootMs?: number;
 }
 
 export interface RunHandle {
@@ -41,7 +57,11 @@ export interface RunHandle {
    * Stops the container: TERM, then KILL after the grace period; a second stop kills at once.
    * Before the process started, it is not started at all.
    */
-  stop(reason: StopReason): void;
+  stop(reason: StopReason, graceSeconds?: number): void;
+  /** Sends a signal to the running process (before it runs: an error). */
+  kill(signal: KillSignal): Promise<void>;
+  /** Runs another process in the running container. */
+  exec(spec: ExecSpec, io: ExecIo): Promise<ExecProcess>;
 }
 
 /** Writes a notice to stderr; a closed stderr (EPIPE) must not abort the run and its cleanup. */
@@ -78,7 +98,8 @@ export function runContainer(req: RunRequest): RunHandle {
     container?.kill(signal).catch((err) => notify(`cannot send ${signal}: ${errorMessage(err)}`));
   };
 
-  const stop = (reason: StopReason) => {
+  let graceSeconds = req.options.stopGraceSeconds;
+  const stop = (reason: StopReason, grace?: number) => {
     if (finished) return; // it ended already; cleanup is under way
     if (stopReason !== undefined) {
       // Asked again (a second Ctrl-C): no more grace.
@@ -86,13 +107,14 @@ export function runContainer(req: RunRequest): RunHandle {
       return;
     }
     stopReason = reason;
+    if (grace !== undefined) graceSeconds = grace;
     // Not started: if prepare is still running nothing starts; if start is, see below.
     if (container) beginStop(container);
   };
 
   const beginStop = (running: Container) => {
     const reason = stopReason!;
-    const grace = req.options.stopGraceSeconds;
+    const grace = graceSeconds;
     notify(
       `${reason === "timeout" ? `timeout after ${req.options.timeoutSeconds}s` : reason}: stopping container ${running.id} (TERM, KILL after ${grace}s)`,
     );
@@ -109,7 +131,7 @@ export function runContainer(req: RunRequest): RunHandle {
     for (const e of stale.errors) notify(`cleanup of a dead run: ${e}`);
 
     await req.runtime.checkHost();
-    const runDir = await RunDir.create(req.home, scope, req.runtime.name, req.image.name);
+    const runDir = await RunDir.create(req.home, scope, req.runtime.name, req.image.name, req.id);
     const prepared = await req.runtime.prepare(
       { id: runDir.id, runDir, image: req.image, options: req.options, stdio },
       scope,
@@ -117,13 +139,13 @@ export function runContainer(req: RunRequest): RunHandle {
     scope.defer(`container ${runDir.id}`, () => prepared.delete());
     if (stopReason !== undefined) {
       // Stopped before it ran: report as a shell would for the signal kindling received.
-      const signal = stopReason === "timeout" ? "SIGTERM" : stopReason;
+      const signal = stopReason === "timeout" || stopReason === "request" ? "SIGTERM" : stopReason;
       rejectStarted(new KindlingError(`stopped (${stopReason}) before the container started`));
       return { id: runDir.id, status: 128 + signalNumber(signal), signal, stoppedBy: stopReason };
     }
     const streams = await prepared.start();
     container = prepared;
-    resolveStarted({ id: runDir.id, ...streams });
+    resolveStarted({ id: runDir.id, ...streams, prepMs: prepared.prepMs, bootMs: prepared.bootMs });
     if (stopReason !== undefined) beginStop(prepared); // asked while it was starting
 
     const timeout =
@@ -144,5 +166,19 @@ export function runContainer(req: RunRequest): RunHandle {
     }
   });
   result.catch((err) => rejectStarted(err));
-  return { started, result, stop };
+  const running = (): Container => {
+    if (!container || finished) throw new KindlingError("the container is not running");
+    return container;
+  };
+  return {
+    started,
+    result,
+    stop,
+    kill: async (signal) => running().kill(signal),
+    exec: async (spec, io) => {
+      const c = running();
+      if (!c.exec) throw new KindlingError(`exec is not supported by runtime ${req.runtime.name}`);
+      return c.exec(spec, io);
+    },
+  };
 }

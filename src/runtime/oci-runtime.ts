@@ -19,7 +19,11 @@ import type { RunDir } from "./rundir.js";
 import { exitStatusOf } from "./status.js";
 import type {
   Container,
+  ExecIo,
+  ExecProcess,
+  ExecSpec,
   ExitStatus,
+  KillSignal,
   PrepareRequest,
   RunStdio,
   Runtime,
@@ -289,7 +293,7 @@ class OciContainer implements Container {
     return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  async kill(signal: "TERM" | "KILL" | "INT" | "HUP"): Promise<void> {
+  async kill(signal: KillSignal): Promise<void> {
     // Right after spawn the container may not exist yet, or only as the runtime's init waiting to
     // exec the process: a TERM then kills that init (runc reports status 0) instead of reaching the
     // process. So signals other than KILL wait until the process runs. Retry while the runtime runs.
@@ -312,6 +316,32 @@ class OciContainer implements Container {
     } catch {
       return undefined;
     }
+  }
+
+  /** `<runtime> exec`: runc starts from the container's process spec (user, env, cwd), these args. */
+  async exec(spec: ExecSpec, io: ExecIo): Promise<ExecProcess> {
+    if (!this.running()) throw new KindlingError(`container ${this.id} is not running`);
+    const flags = [...(spec.cwd ? ["--cwd", spec.cwd] : []), ...spec.env.flatMap((e) => ["--env", e])];
+    const child = spawn(this.binary, [...this.globalArgs(), "exec", ...flags, this.id, ...spec.args], {
+      stdio: [io.stdin ? "pipe" : "ignore", "pipe", "pipe"],
+    });
+    if (io.stdin && child.stdin) {
+      child.stdin.on("error", () => {}); // the process may exit without reading it all
+      io.stdin.pipe(child.stdin);
+    }
+    child.stdout!.pipe(io.stdout, { end: false });
+    child.stderr!.pipe(io.stderr, { end: false });
+    const exited = new Promise<ExitStatus>((resolve, reject) => {
+      child.on("error", (err) => reject(new KindlingError(`cannot start ${this.binary}: ${err.message}`)));
+      child.on("close", (code, signal) => resolve(exitStatusOf(code, signal)));
+    });
+    exited.catch(() => {});
+    return {
+      exited,
+      kill: (signal: KillSignal) => {
+        if (child.pid) process.kill(child.pid, `SIG${signal}` as NodeJS.Signals);
+      },
+    };
   }
 
   async delete(): Promise<void> {

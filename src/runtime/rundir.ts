@@ -55,8 +55,13 @@ export class RunDir {
    * Creates run/<id>/ with its owner.json; `scope` removes the directory last. It is made under a
    * temporary name and renamed, so no other run ever sees a run dir without an owner.
    */
-  static async create(home: KindlingHome, scope: Scope, runtime: string, image: string): Promise<RunDir> {
-    const id = newRunId();
+  static async create(
+    home: KindlingHome,
+    scope: Scope,
+    runtime: string,
+    image: string,
+    id = newRunId(),
+  ): Promise<RunDir> {
     const dir = path.join(home.runs, id);
     const tmp = path.join(home.runs, `.new-${id}`);
     const record: OwnerRecord = {

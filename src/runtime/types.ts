@@ -1,4 +1,4 @@
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import type { RunConfig } from "../image/types.js";
 import type { NetworkMode, PortMapping } from "../network/types.js";
 import type { Scope } from "../util/scope.js";
@@ -127,6 +127,31 @@ export interface ExitStatus {
   problem?: string;
 }
 
+/** A signal name without "SIG" (TERM, KILL, USR1...), as `runc kill` takes it. */
+export type KillSignal = string;
+
+/** A second process in a running container (`kindling exec`): the container's process spec, these args. */
+export interface ExecSpec {
+  args: string[];
+  /** K=V entries added to (and overriding) the container process's environment. */
+  env: string[];
+  /** Default: the container process's working directory. */
+  cwd?: string;
+}
+
+/** Where an exec'd process's stdio goes; stdin undefined = /dev/null. */
+export interface ExecIo {
+  stdin?: Readable;
+  stdout: Writable;
+  stderr: Writable;
+}
+
+/** An exec'd process: its end (status as for the container) and a way to signal it. */
+export interface ExecProcess {
+  exited: Promise<ExitStatus>;
+  kill(signal: KillSignal): void;
+}
+
 /**
  * One container of a runtime, in the spirit of beta9's pkg/runtime: prepare (done by the Runtime,
  * everything acquired is registered in the scope), then start / wait / kill / delete.
@@ -138,7 +163,9 @@ export interface Container {
   /** Resolves when the process has ended; rejects with a KindlingError if the runtime failed. */
   wait(): Promise<ExitStatus>;
   /** Sends a signal to the process; a container that already ended is not an error. */
-  kill(signal: "TERM" | "KILL" | "INT" | "HUP"): Promise<void>;
+  kill(signal: KillSignal): Promise<void>;
+  /** Runs another process in the running container (runc exec; a VM's agent START). */
+  exec?(spec: ExecSpec, io: ExecIo): Promise<ExecProcess>;
   /** Releases the container (idempotent); the scope calls it too. */
   delete(): Promise<void>;
   /** VM runtimes: host-side rootfs preparation in prepare() (strategy, -v drives), ms. */

@@ -20,8 +20,19 @@ import { bootVm, QEMU_BINARY, type QemuVm } from "../vm/qemu.js";
 import { prepareRootfs } from "../vm/rootfs/strategies.js";
 import type { RootfsPlan } from "../vm/rootfs/types.js";
 import type { VmSpec } from "../vm/spec.js";
-import { buildProcessSpec } from "./process.js";
-import type { Container, ExitStatus, PrepareRequest, ProcessSpec, RunStdio, Runtime } from "./types.js";
+import { buildProcessSpec, mergeEnv } from "./process.js";
+import type {
+  Container,
+  ExecIo,
+  ExecProcess,
+  ExecSpec,
+  ExitStatus,
+  KillSignal,
+  PrepareRequest,
+  ProcessSpec,
+  RunStdio,
+  Runtime,
+} from "./types.js";
 import { findBinary } from "./which.js";
 
 export type VmmName = "qemu" | "firecracker";
@@ -238,10 +249,10 @@ class VmContainer implements Container {
     return this.exited;
   }
 
-  async kill(signal: "TERM" | "KILL" | "INT" | "HUP"): Promise<void> {
+  async kill(signal: KillSignal): Promise<void> {
     const proc = this.proc;
     if (!proc || this.vmExited) return;
-    proc.kill(`SIG${signal}`);
+    proc.kill(`SIG${signal}` as NodeJS.Signals);
     if (signal !== "KILL") return;
     // An agent that does not deliver KILL (a hung guest) must not keep the run alive: end the VM.
     const done = await Promise.race([
@@ -255,6 +266,28 @@ class VmContainer implements Container {
       this.vmKilled = true;
       await this.vm.kill();
     }
+  }
+
+  /** Another process through the guest agent: the container's user and env, these args. */
+  async exec(spec: ExecSpec, io: ExecIo): Promise<ExecProcess> {
+    if (this.vmExited) throw new KindlingError(`container ${this.id} is not running`);
+    const proc = await this.vm.agent.start(
+      {
+        args: spec.args,
+        env: mergeEnv(this.spec.env, spec.env),
+        cwd: spec.cwd ?? this.spec.cwd,
+        uid: this.spec.uid,
+        gid: this.spec.gid,
+        additionalGids: this.spec.additionalGids,
+      },
+      { stdout: io.stdout, stderr: io.stderr, stdin: io.stdin },
+    );
+    const exited = proc.exited.then((e): ExitStatus => {
+      const signal = e.signal ? signalName(e.signal) : undefined;
+      return { status: e.status, ...(signal ? { signal } : {}) };
+    });
+    exited.catch(() => {});
+    return { exited, kill: (signal: KillSignal) => proc.kill(`SIG${signal}` as NodeJS.Signals) };
   }
 
   async delete(): Promise<void> {

@@ -1,0 +1,40 @@
+import type { Command } from "commander";
+import { KindlingError } from "../util/errors.js";
+import { KindlingHome } from "../util/home.js";
+import { serviceSocket } from "./client.js";
+
+export function registerDaemonCommand(program: Command): void {
+  program
+    .command("daemon")
+    .description(
+      "run the Kindling service in the foreground (HTTP API on a Unix socket; see contrib/kindling.service)",
+    )
+    .option("--exit-idle <seconds>", "exit after this long with no container running and no request")
+    .action(async (opts: { exitIdle?: string }) => {
+      const { KindlingService, AlreadyRunning } = await import("../service/server.js");
+      const { jsonLogger } = await import("../service/events.js");
+      let idleExitMs: number | undefined;
+      if (opts.exitIdle !== undefined) {
+        const s = Number(opts.exitIdle);
+        if (!(Number.isFinite(s) && s > 0))
+          throw new KindlingError(`--exit-idle: ${opts.exitIdle} is not a number of seconds > 0`);
+        idleExitMs = s * 1000;
+      }
+      const home = new KindlingHome();
+      const log = jsonLogger();
+      const service = new KindlingService({ home, socket: serviceSocket(home), log, idleExitMs });
+      try {
+        await service.start();
+      } catch (err) {
+        if (err instanceof AlreadyRunning) throw new KindlingError(err.message);
+        throw err;
+      }
+      // SIGTERM/SIGINT: stop listening; containers keep running under their supervisors.
+      for (const s of ["SIGINT", "SIGTERM"] as const) {
+        process.removeAllListeners(s);
+        process.on(s, () => void service.stop());
+      }
+      await service.whenClosed();
+      process.exit(0); // watchers of containers still wait on their supervisors: leave them
+    });
+}

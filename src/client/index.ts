@@ -1,0 +1,343 @@
+/**
+ * The Kindling client library: `import { Kindling } from "kindling"`. Everything the CLI does with
+ * containers, a program can do: it speaks the service's API (api/openapi.yaml) on its Unix socket.
+ *
+ *   const k = new Kindling({ autoStart: true });
+ *   const { id } = await k.createContainer({ image: "busybox", command: ["echo", "hi"], runtime: "runc" });
+ *   const exit = await k.wait(id);
+ */
+import { spawn } from "node:child_process";
+import { closeSync, mkdirSync, openSync } from "node:fs";
+import path from "node:path";
+import type { Readable, Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import type {
+  ContainerCreated,
+  ContainerCreateRequest,
+  ContainerExit,
+  ContainerInspect,
+  ContainerSummary,
+  ImageSummary,
+  Info,
+  LogLine,
+  ServiceEvent,
+} from "../service/api.js";
+import {
+  EXEC_PROTOCOL,
+  type ExecExit,
+  type ExecRequest,
+  encodeFrame,
+  Frame,
+  readFrames,
+} from "../service/frames.js";
+import { jsonRequest, rawRequest, upgradeRequest } from "../service/unixhttp.js";
+
+export type {
+  ContainerCreated,
+  ContainerCreateRequest,
+  ContainerExit,
+  ContainerInspect,
+  ContainerSummary,
+  ExecExit,
+  ExecRequest,
+  ImageSummary,
+  Info,
+  LogLine,
+  ServiceEvent,
+};
+
+/** An error the service answered (status and code from the API), or "no service" (status 0). */
+export class KindlingApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "KindlingApiError";
+  }
+}
+
+export interface KindlingOptions {
+  /** The state directory (default: $KINDLING_HOME, else /var/lib/kindling). */
+  home?: string;
+  /** The service's socket (default: $KINDLING_SOCKET, else <home>/kindling.sock). */
+  socket?: string;
+  /** Start a service (`kindling daemon --exit-idle`) when none answers. Default false. */
+  autoStart?: boolean;
+  /** How long an auto-started service stays with nothing to do (seconds; default 300). */
+  idleExitSeconds?: number;
+}
+
+export interface LogEntry {
+  time: Date;
+  stream: "stdout" | "stderr";
+  data: Buffer;
+}
+
+export interface ExecIo {
+  stdin?: Readable;
+  stdout?: Writable;
+  stderr?: Writable;
+}
+
+const MAIN = fileURLToPath(new URL("../cli/main.js", import.meta.url));
+
+export class Kindling {
+  readonly home: string;
+  readonly socket: string;
+  private readonly autoStart: boolean;
+  private readonly idleExitSeconds: number;
+  private started?: Promise<void>;
+
+  constructor(opts: KindlingOptions = {}) {
+    this.home = path.resolve(opts.home ?? process.env.KINDLING_HOME ?? "/var/lib/kindling");
+    this.socket = opts.socket ?? process.env.KINDLING_SOCKET ?? path.join(this.home, "kindling.sock");
+    this.autoStart = opts.autoStart ?? false;
+    this.idleExitSeconds = opts.idleExitSeconds ?? 300;
+  }
+
+  // --- containers
+
+  /** Creates and starts a container (detached); resolves once its process runs. */
+  createContainer(req: ContainerCreateRequest): Promise<ContainerCreated> {
+    return this.call("POST", "/v1/containers", req);
+  }
+
+  listContainers(opts: { all?: boolean } = {}): Promise<ContainerSummary[]> {
+    return this.call("GET", `/v1/containers${opts.all ? "?all=true" : ""}`);
+  }
+
+  inspectContainer(ref: string): Promise<ContainerInspect> {
+    return this.call("GET", `/v1/containers/${enc(ref)}`);
+  }
+
+  kill(ref: string, signal = "KILL"): Promise<ContainerInspect> {
+    return this.call("POST", `/v1/containers/${enc(ref)}/kill?signal=${enc(signal)}`);
+  }
+
+  /** TERM, then KILL after `timeout` seconds (default: the container's stop timeout); resolves when ended. */
+  stop(ref: string, timeout?: number): Promise<ContainerInspect> {
+    return this.call(
+      "POST",
+      `/v1/containers/${enc(ref)}/stop${timeout === undefined ? "" : `?timeout=${timeout}`}`,
+    );
+  }
+
+  wait(ref: string): Promise<ContainerExit> {
+    return this.call("POST", `/v1/containers/${enc(ref)}/wait`);
+  }
+
+  remove(ref: string, opts: { force?: boolean } = {}): Promise<{ id: string; name: string }> {
+    return this.call("DELETE", `/v1/containers/${enc(ref)}${opts.force ? "?force=true" : ""}`);
+  }
+
+  /** The container's output, from the start (or the last `tail` chunks); with follow, until it ends. */
+  async *logs(
+    ref: string,
+    opts: { follow?: boolean; tail?: number; signal?: AbortSignal } = {},
+  ): AsyncGenerator<LogEntry> {
+    const q = new URLSearchParams();
+    if (opts.follow) q.set("follow", "true");
+    if (opts.tail !== undefined) q.set("tail", String(opts.tail));
+    for await (const line of this.lines<LogLine>(`/v1/containers/${enc(ref)}/logs?${q}`, opts.signal)) {
+      yield { time: new Date(line.time), stream: line.stream, data: Buffer.from(line.data, "base64") };
+    }
+  }
+
+  /** Runs a process in a running container; resolves with its exit status once it ended. */
+  async exec(ref: string, req: ExecRequest, io: ExecIo = {}): Promise<ExecExit> {
+    await this.ensureService();
+    let conn: Awaited<ReturnType<typeof upgradeRequest>>;
+    try {
+      conn = await upgradeRequest(this.socket, `/v1/containers/${enc(ref)}/exec`, EXEC_PROTOCOL);
+    } catch (err) {
+      const e = err as Error & { status?: number; code?: string };
+      throw new KindlingApiError(e.status ?? 0, e.code ?? "ECONN", e.message);
+    }
+    const { socket, head } = conn;
+    socket.write(encodeFrame(Frame.SPEC, JSON.stringify({ ...req, stdin: io.stdin !== undefined })));
+    if (io.stdin) {
+      io.stdin.on("data", (d: Buffer | string) => socket.write(encodeFrame(Frame.STDIN, Buffer.from(d))));
+      io.stdin.on("end", () => socket.write(encodeFrame(Frame.STDIN_EOF)));
+    }
+    return new Promise<ExecExit>((resolve, reject) => {
+      let result: ExecExit | undefined;
+      let failure: Error | undefined;
+      readFrames(
+        socket,
+        (type, payload) => {
+          if (type === Frame.STDOUT) io.stdout?.write(payload);
+          else if (type === Frame.STDERR) io.stderr?.write(payload);
+          else if (type === Frame.EXIT) result = JSON.parse(payload.toString()) as ExecExit;
+          else if (type === Frame.ERROR) {
+            const e = JSON.parse(payload.toString()) as { code: string; message: string };
+            failure = new KindlingApiError(409, e.code, e.message);
+          }
+        },
+        head,
+      );
+      socket.on("error", (err) => {
+        failure ??= err;
+      });
+      socket.on("close", () => {
+        io.stdin?.unpipe?.();
+        if (io.stdin && io.stdin !== process.stdin) io.stdin.destroy?.();
+        else io.stdin?.pause();
+        if (result) resolve(result);
+        else
+          reject(
+            failure ??
+              new KindlingApiError(0, "ECONN", "the exec connection closed before the process ended"),
+          );
+      });
+    });
+  }
+
+  // --- images
+
+  listImages(): Promise<ImageSummary[]> {
+    return this.call("GET", "/v1/images");
+  }
+
+  inspectImage(name: string): Promise<Record<string, unknown>> {
+    return this.call("GET", `/v1/images/${enc(name)}`);
+  }
+
+  removeImage(name: string): Promise<{ name: string; freedBlobs: number; freedBytes: number }> {
+    return this.call("DELETE", `/v1/images/${enc(name)}`);
+  }
+
+  pullImage(ref: string, opts: { insecure?: boolean } = {}): Promise<Record<string, unknown>> {
+    return this.call("POST", "/v1/images/pull", { ref, insecure: opts.insecure === true });
+  }
+
+  importImage(file: string, name: string): Promise<Record<string, unknown>> {
+    return this.call("POST", "/v1/images/import", { path: path.resolve(file), name });
+  }
+
+  // --- the service
+
+  info(): Promise<Info> {
+    return this.call("GET", "/v1/info");
+  }
+
+  async metrics(): Promise<string> {
+    await this.ensureService();
+    const r = await jsonRequest<string>(this.socket, "GET", "/metrics");
+    return r.body;
+  }
+
+  /** Events as they happen (container create/start/exit/remove, image pull/import/remove). */
+  events(signal?: AbortSignal): AsyncGenerator<ServiceEvent> {
+    return this.lines<ServiceEvent>("/v1/events", signal);
+  }
+
+  // --- plumbing
+
+  private async call<T>(method: string, urlPath: string, body?: unknown): Promise<T> {
+    await this.ensureService();
+    let r: { status: number; body: unknown };
+    try {
+      r = await jsonRequest(this.socket, method, urlPath, { body });
+    } catch (err) {
+      throw new KindlingApiError(
+        0,
+        "ECONN",
+        `cannot reach the service at ${this.socket}: ${(err as Error).message}`,
+      );
+    }
+    if (r.status >= 400) {
+      const e = r.body as { code?: string; message?: string };
+      throw new KindlingApiError(r.status, e.code ?? "EHTTP", e.message ?? `HTTP ${r.status}`);
+    }
+    return r.body as T;
+  }
+
+  private async *lines<T>(urlPath: string, signal?: AbortSignal): AsyncGenerator<T> {
+    await this.ensureService();
+    const res = await rawRequest(this.socket, "GET", urlPath, { signal }).catch((err) => {
+      if (signal?.aborted) return undefined;
+      throw err;
+    });
+    if (!res) return;
+    if ((res.statusCode ?? 0) >= 400) {
+      let text = "";
+      for await (const c of res) text += c;
+      const e = JSON.parse(text) as { code: string; message: string };
+      throw new KindlingApiError(res.statusCode ?? 0, e.code, e.message);
+    }
+    let pending = "";
+    try {
+      for await (const chunk of res) {
+        pending += chunk;
+        const parts = pending.split("\n");
+        pending = parts.pop() ?? "";
+        for (const p of parts) if (p) yield JSON.parse(p) as T;
+      }
+    } catch (err) {
+      if (!signal?.aborted) throw err;
+    }
+  }
+
+  /** True if a service answers on the socket. */
+  async ping(): Promise<boolean> {
+    try {
+      const r = await jsonRequest(this.socket, "GET", "/v1/ping", { timeoutMs: 10_000 });
+      return r.status === 200;
+    } catch {
+      return false;
+    }
+  }
+
+  private ensureService(): Promise<void> {
+    if (!this.autoStart) return Promise.resolve();
+    this.started ??= this.startIfNeeded().catch((err) => {
+      this.started = undefined;
+      throw err;
+    });
+    return this.started;
+  }
+
+  /**
+   * Starts `kindling daemon --exit-idle` detached when nothing answers, and waits for it. Two clients
+   * doing so at once start two; one takes the home's lock, the other exits, both clients use the first.
+   */
+  private async startIfNeeded(): Promise<void> {
+    if (await this.connectable()) return;
+    mkdirSync(this.home, { recursive: true });
+    const logFd = openSync(path.join(this.home, "service.log"), "a");
+    try {
+      const child = spawn(process.execPath, [MAIN, "daemon", "--exit-idle", String(this.idleExitSeconds)], {
+        detached: true,
+        stdio: ["ignore", logFd, logFd],
+        env: { ...process.env, KINDLING_HOME: this.home, KINDLING_SOCKET: this.socket },
+      });
+      child.unref();
+    } finally {
+      closeSync(logFd);
+    }
+    const deadline = Date.now() + 20_000;
+    while (Date.now() < deadline) {
+      if (await this.connectable()) return;
+      await sleep(25);
+    }
+    throw new KindlingApiError(
+      0,
+      "ECONN",
+      `started a service for ${this.home}, but it did not answer on ${this.socket} within 20 s (see ${path.join(this.home, "service.log")})`,
+    );
+  }
+
+  private async connectable(): Promise<boolean> {
+    try {
+      await jsonRequest(this.socket, "GET", "/v1/ping", { timeoutMs: 10_000 });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
+const enc = encodeURIComponent;

@@ -1,0 +1,120 @@
+/**
+ * The shapes the service's API answers with (api/openapi.yaml describes the same; the tests check
+ * real responses against that document). Shared by the service and the client library.
+ */
+import type { ContainerStatus } from "./records.js";
+
+export interface ApiError {
+  code: string;
+  message: string;
+}
+
+/** POST /v1/containers: what to run (the `kindling run` flags, as JSON). */
+export interface ContainerCreateRequest {
+  image: string;
+  /** Replaces the image's CMD (arguments after `--`). */
+  command?: string[];
+  name?: string;
+  runtime?: string;
+  rootfs?: string;
+  /** K=V entries. */
+  env?: string[];
+  /** SRC:DST[:ro] entries. */
+  volumes?: string[];
+  workdir?: string;
+  user?: string;
+  /** MiB. */
+  memory?: number;
+  cpus?: number;
+  /** Seconds before the container is stopped. */
+  timeout?: number;
+  /** Seconds between TERM and KILL when stopping. */
+  stopTimeout?: number;
+  hostname?: string;
+  /** A program, or the whole ENTRYPOINT as an array. */
+  entrypoint?: string | string[];
+  /** VM runtimes: ext4 scratch drive size (e.g. "2G"). */
+  disk?: string;
+  mountPacking?: "pack" | "per-mount";
+  /** Remove the container once its process has ended (`run -d --rm`). */
+  autoRemove?: boolean;
+}
+
+export interface ContainerCreated {
+  id: string;
+  name: string;
+}
+
+/** One row of GET /v1/containers. */
+export interface ContainerSummary {
+  id: string;
+  name: string;
+  image: string;
+  runtime: string;
+  command: string[];
+  status: ContainerStatus;
+  created: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  exitCode: number | null;
+}
+
+/** GET /v1/containers/{id}. */
+export interface ContainerInspect extends ContainerSummary {
+  rootfs: string;
+  options: Record<string, unknown>;
+  autoRemove: boolean;
+  state: {
+    status: ContainerStatus;
+    exitCode: number | null;
+    signal: string | null;
+    error: string | null;
+    stoppedBy: string | null;
+    supervisorPid: number | null;
+    prepMs: number | null;
+    bootMs: number | null;
+    firstOutputMs: number | null;
+  };
+  /** Filled in by the network component (issue 12); null while containers have only loopback. */
+  network: Record<string, unknown> | null;
+  paths: { dir: string; log: string };
+}
+
+export interface ContainerExit {
+  id: string;
+  exitCode: number;
+  signal: string | null;
+  error: string | null;
+}
+
+export interface LogLine {
+  time: string;
+  stream: "stdout" | "stderr";
+  /** The bytes, base64. */
+  data: string;
+}
+
+export interface ServiceEvent {
+  time: string;
+  type: "container" | "image";
+  action: "create" | "start" | "exit" | "remove" | "pull" | "import";
+  id: string;
+  name?: string;
+  attributes?: Record<string, string | number | null>;
+}
+
+export interface Info {
+  version: string;
+  daemon: { pid: number; socket: string; home: string; startedAt: string; uptimeSeconds: number };
+  containers: { total: number; running: number; exited: number };
+  images: number;
+  runtimes: { name: string; usable: boolean; reason: string }[];
+}
+
+export interface ImageSummary {
+  name: string;
+  digest: string;
+  blockSize: number;
+  origin: Record<string, unknown>;
+  created: string;
+}

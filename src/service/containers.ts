@@ -1,0 +1,344 @@
+/**
+ * The service's side of containers: create (record + supervisor), watch (learn exits from each
+ * supervisor, also of containers adopted from an earlier service), stop, kill, remove.
+ */
+import { spawn } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { resolveImage } from "../runtime/image.js";
+import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
+import { isProcessAlive } from "../runtime/procstat.js";
+import { errorMessage, KindlingError } from "../util/errors.js";
+import type { KindlingHome } from "../util/home.js";
+import type { ContainerCreateRequest, ContainerExit, ContainerInspect, ContainerSummary } from "./api.js";
+import type { EventBus } from "./events.js";
+import {
+  type ContainerRecord,
+  checkName,
+  containerDir,
+  createContainerDir,
+  findContainer,
+  listContainers,
+  logFile,
+  newContainerId,
+  readContainer,
+  removeContainerDir,
+  type StoredContainer,
+  shimLog,
+  shimSocket,
+  writeState,
+} from "./records.js";
+import { jsonRequest } from "./unixhttp.js";
+
+const SHIM = fileURLToPath(new URL("./shim.js", import.meta.url));
+
+/** A KindlingError with an HTTP status for the API. */
+export class ApiFailure extends KindlingError {
+  constructor(
+    readonly status: number,
+    code: string,
+    message: string,
+  ) {
+    super(message, code);
+  }
+}
+
+export function summary(c: StoredContainer): ContainerSummary {
+  const { record, state } = c;
+  return {
+    id: record.id,
+    name: record.name,
+    image: record.image,
+    runtime: record.options.runtime,
+    command: record.options.command,
+    status: state.status,
+    created: record.created,
+    startedAt: state.startedAt ?? null,
+    finishedAt: state.finishedAt ?? null,
+    exitCode: state.exitCode ?? null,
+  };
+}
+
+export function inspect(c: StoredContainer): ContainerInspect {
+  const { record, state } = c;
+  return {
+    ...summary(c),
+    rootfs: record.options.rootfs,
+    options: record.options as unknown as Record<string, unknown>,
+    autoRemove: record.autoRemove,
+    state: {
+      status: state.status,
+      exitCode: state.exitCode ?? null,
+      signal: state.signal ?? null,
+      error: state.error ?? null,
+      stoppedBy: state.stoppedBy ?? null,
+      supervisorPid: state.shimPid ?? null,
+      prepMs: state.prepMs ?? null,
+      bootMs: state.bootMs ?? null,
+      firstOutputMs: state.firstOutputMs ?? null,
+    },
+    network: record.network,
+    paths: { dir: c.dir, log: logFile(c.dir) },
+  };
+}
+
+export function exitOf(c: StoredContainer): ContainerExit {
+  return {
+    id: c.record.id,
+    exitCode: c.state.exitCode ?? 125,
+    signal: c.state.signal ?? null,
+    error: c.state.error ?? null,
+  };
+}
+
+/** The request's flags as `kindling run` would get them from commander. */
+function flagsOf(req: ContainerCreateRequest): RawRunFlags {
+  const str = (v: number | undefined) => (v === undefined ? undefined : String(v));
+  return {
+    runtime: req.runtime,
+    rootfs: req.rootfs,
+    volume: req.volumes ?? [],
+    env: req.env ?? [],
+    workdir: req.workdir,
+    user: req.user,
+    memory: str(req.memory),
+    cpus: str(req.cpus),
+    timeout: str(req.timeout),
+    stopTimeout: str(req.stopTimeout),
+    hostname: req.hostname,
+    entrypoint: Array.isArray(req.entrypoint) ? JSON.stringify(req.entrypoint) : req.entrypoint,
+    disk: req.disk,
+    mountPacking: req.mountPacking,
+  };
+}
+
+export interface ContainerEvents {
+  onStart(c: StoredContainer): void;
+  onExit(c: StoredContainer): void;
+}
+
+export class Containers {
+  /** Exits being waited for, by id (one watcher per running container). */
+  private readonly watched = new Map<string, Promise<StoredContainer | undefined>>();
+  /** Serializes creates: a name is checked and taken atomically. */
+  private creating: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly home: KindlingHome,
+    private readonly events: EventBus,
+    private readonly hooks: ContainerEvents,
+  ) {}
+
+  list(): Promise<StoredContainer[]> {
+    return listContainers(this.home);
+  }
+
+  async find(ref: string): Promise<StoredContainer> {
+    try {
+      return findContainer(await this.list(), ref);
+    } catch (err) {
+      const code = (err as KindlingError).code;
+      if (code === "ENOENT") throw new ApiFailure(404, "ENOCONTAINER", errorMessage(err));
+      if (code === "EAMBIGUOUS") throw new ApiFailure(409, "EAMBIGUOUS", errorMessage(err));
+      throw err;
+    }
+  }
+
+  /** Adopts the containers an earlier service left running: watch each for its exit. */
+  async adopt(): Promise<string[]> {
+    const adopted: string[] = [];
+    for (const c of await this.list()) {
+      if (c.state.status === "running" || c.state.status === "starting") {
+        this.watch(c.record.id);
+        adopted.push(c.record.id);
+      } else if (c.state.status === "created" && Date.now() - Date.parse(c.record.created) > 60_000) {
+        // Its service died between record and supervisor: it never ran.
+        await writeState(c.dir, {
+          status: "exited",
+          exitCode: 125,
+          error: "the service died before it started",
+        });
+      }
+    }
+    return adopted;
+  }
+
+  async create(req: ContainerCreateRequest): Promise<StoredContainer> {
+    if (typeof req.image !== "string" || req.image.length === 0) {
+      throw new ApiFailure(400, "EINVAL", "image: a non-empty string is required");
+    }
+    const options = await parseRunOptions(req.image, req.command ?? [], flagsOf(req), {}).catch((err) => {
+      throw new ApiFailure(400, "EINVAL", errorMessage(err));
+    });
+    if (options.interactive)
+      throw new ApiFailure(400, "EINVAL", "interactive containers are not supported detached");
+    await resolveImage(this.home, req.image).catch((err) => {
+      const msg = errorMessage(err);
+      if (/^no image named|does not exist/.test(msg)) throw new ApiFailure(404, "ENOIMAGE", msg);
+      throw new ApiFailure(400, "EINVAL", msg);
+    });
+    const id = newContainerId();
+    const record: ContainerRecord = {
+      id,
+      name: req.name ?? `c-${id.slice(0, 6)}`,
+      image: req.image,
+      created: new Date().toISOString(),
+      options,
+      autoRemove: req.autoRemove === true,
+      network: null,
+    };
+    if (req.name !== undefined) {
+      try {
+        checkName(req.name);
+      } catch (err) {
+        throw new ApiFailure(400, "EINVAL", errorMessage(err));
+      }
+    }
+    const take = this.creating.then(async () => {
+      const all = await this.list();
+      if (all.some((c) => c.record.name === record.name)) {
+        throw new ApiFailure(409, "ENAMEINUSE", `the name ${record.name} is already in use by a container`);
+      }
+      return createContainerDir(this.home, record);
+    });
+    this.creating = take.catch(() => {});
+    const dir = await take;
+    this.events.emit({
+      type: "container",
+      action: "create",
+      id,
+      name: record.name,
+      attributes: { image: record.image },
+    });
+    const failure = await this.startShim(dir);
+    const c = (await readContainer(dir)) ?? { dir, record, state: { status: "exited" as const } };
+    if (failure) {
+      this.hooks.onExit(c);
+      throw new ApiFailure(500, "ESTART", `container ${id} did not start: ${failure}`);
+    }
+    this.hooks.onStart(c);
+    this.watch(id);
+    return c;
+  }
+
+  /** Starts the supervisor detached; resolves with undefined once the process runs, or the failure. */
+  private async startShim(dir: string): Promise<string | undefined> {
+    const errFd = openSync(shimLog(dir), "a");
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(process.execPath, [SHIM, dir], {
+        detached: true, // its own session: it outlives the service
+        stdio: ["ignore", "pipe", errFd],
+      });
+    } finally {
+      closeSync(errFd);
+    }
+    child.unref();
+    const line = await new Promise<string>((resolve) => {
+      let text = "";
+      child.stdout!.on("data", (d: Buffer) => {
+        text += d.toString();
+        if (text.includes("\n")) resolve(text.split("\n")[0]!);
+      });
+      child.stdout!.on("end", () => resolve(text || "error the supervisor exited without a word"));
+      child.on("error", (err) => resolve(`error ${err.message}`));
+    });
+    child.stdout!.destroy();
+    return line === "ok" ? undefined : line.replace(/^error /, "");
+  }
+
+  /** Waits (once per container) for the supervisor to report the end, then raises the exit event. */
+  private watch(id: string): Promise<StoredContainer | undefined> {
+    const known = this.watched.get(id);
+    if (known) return known;
+    const dir = containerDir(this.home, id);
+    const done = (async () => {
+      for (;;) {
+        const c = await readContainer(dir);
+        if (!c || c.state.status === "exited") return c;
+        try {
+          await jsonRequest(shimSocket(dir), "GET", "/wait");
+        } catch {
+          // Not listening yet (starting), or gone (exited, died): look again shortly.
+          const alive =
+            c.state.shimPid && (await isProcessAlive(c.state.shimPid, c.state.shimStartTime ?? 0));
+          if (!alive) await sleep(50);
+          else await sleep(200);
+        }
+      }
+    })();
+    this.watched.set(id, done);
+    void done.then((c) => {
+      this.watched.delete(id);
+      if (c) this.hooks.onExit(c);
+    });
+    return done;
+  }
+
+  /** Resolves once the container has ended. */
+  async wait(ref: string, signal?: AbortSignal): Promise<StoredContainer> {
+    const c = await this.find(ref);
+    if (c.state.status === "exited") return c;
+    const aborted = new Promise<never>((_, reject) =>
+      signal?.addEventListener("abort", () => reject(new Error("client went away")), { once: true }),
+    );
+    aborted.catch(() => {});
+    const ended = await Promise.race([this.watch(c.record.id), aborted]);
+    return ended ?? c;
+  }
+
+  async kill(ref: string, signal: string): Promise<StoredContainer> {
+    const c = await this.find(ref);
+    if (c.state.status !== "running") {
+      throw new ApiFailure(409, "ENOTRUNNING", `container ${c.record.id} is not running (${c.state.status})`);
+    }
+    const r = await jsonRequest<{ message?: string; code?: string }>(
+      shimSocket(c.dir),
+      "POST",
+      `/kill?signal=${encodeURIComponent(signal)}`,
+      { timeoutMs: 30_000 },
+    ).catch(() => ({
+      status: 409,
+      body: { code: "ENOTRUNNING", message: "the container's supervisor is gone" },
+    }));
+    if (r.status !== 200)
+      throw new ApiFailure(r.status, r.body.code ?? "EKILL", r.body.message ?? "kill failed");
+    return (await readContainer(c.dir)) ?? c;
+  }
+
+  /** TERM, then KILL after `timeout` seconds (default: the container's --stop-timeout); resolves when ended. */
+  async stop(ref: string, timeout?: number): Promise<StoredContainer> {
+    const c = await this.find(ref);
+    if (c.state.status === "exited") return c;
+    const q = timeout === undefined ? "" : `?timeout=${timeout}`;
+    await jsonRequest(shimSocket(c.dir), "POST", `/stop${q}`).catch(() => undefined);
+    return (await this.watch(c.record.id)) ?? c;
+  }
+
+  async remove(ref: string, force: boolean): Promise<StoredContainer> {
+    const c = await this.find(ref);
+    if (c.state.status !== "exited") {
+      if (!force) {
+        throw new ApiFailure(
+          409,
+          "ERUNNING",
+          `container ${c.record.id} is ${c.state.status}: stop it first, or remove it with force (rm -f)`,
+        );
+      }
+      await jsonRequest(shimSocket(c.dir), "POST", "/stop?timeout=0").catch(() => undefined);
+      const ended = await Promise.race([this.watch(c.record.id), sleep(60_000).then(() => undefined)]);
+      if (ended?.state.status !== "exited") {
+        throw new ApiFailure(500, "ESTOP", `container ${c.record.id} did not stop within 60 s`);
+      }
+    }
+    await removeContainerDir(c.dir);
+    this.events.emit({ type: "container", action: "remove", id: c.record.id, name: c.record.name });
+    return c;
+  }
+
+  /** Running containers (for idle exit and metrics). */
+  async running(): Promise<number> {
+    return (await this.list()).filter((c) => c.state.status !== "exited").length;
+  }
+}

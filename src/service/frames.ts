@@ -1,0 +1,84 @@
+/**
+ * The byte stream of an exec after the HTTP upgrade (`Upgrade: kindling-exec`), both ways between
+ * client, service and supervisor: frames of [type: u8][length: u32 big-endian][payload].
+ * Client -> server: SPEC (first, JSON ExecRequest), STDIN, STDIN_EOF, SIGNAL (a signal name).
+ * Server -> client: STDOUT, STDERR, then EXIT (JSON { status, signal? }) or ERROR (JSON { code, message }).
+ */
+import type { Duplex } from "node:stream";
+
+export const EXEC_PROTOCOL = "kindling-exec";
+
+export const Frame = {
+  SPEC: 0,
+  STDIN: 1,
+  STDIN_EOF: 2,
+  SIGNAL: 3,
+  STDOUT: 4,
+  STDERR: 5,
+  EXIT: 6,
+  ERROR: 7,
+} as const;
+
+/** What to run: the args, extra K=V env, working directory, and whether stdin is sent. */
+export interface ExecRequest {
+  cmd: string[];
+  env?: string[];
+  workdir?: string;
+  stdin?: boolean;
+  tty?: boolean;
+}
+
+export interface ExecExit {
+  status: number;
+  signal?: string;
+  message?: string;
+}
+
+const HEADER = 5;
+/** The largest payload a peer may send (larger output is cut into several frames). */
+export const MAX_FRAME = 1 << 20;
+
+export function encodeFrame(type: number, payload: Buffer | string = Buffer.alloc(0)): Buffer {
+  const body = typeof payload === "string" ? Buffer.from(payload) : payload;
+  const header = Buffer.alloc(HEADER);
+  header.writeUInt8(type, 0);
+  header.writeUInt32BE(body.length, 1);
+  return Buffer.concat([header, body]);
+}
+
+/** Calls onFrame for each complete frame read from `stream`; a frame too large ends it with an error. */
+export function readFrames(
+  stream: Duplex,
+  onFrame: (type: number, payload: Buffer) => void,
+  initial?: Buffer,
+): void {
+  let buf: Buffer = initial && initial.length > 0 ? Buffer.from(initial) : Buffer.alloc(0);
+  const drain = () => {
+    while (buf.length >= HEADER) {
+      const len = buf.readUInt32BE(1);
+      if (len > MAX_FRAME) {
+        stream.destroy(new Error(`exec frame of ${len} bytes is too large`));
+        return;
+      }
+      if (buf.length < HEADER + len) return;
+      const type = buf.readUInt8(0);
+      const payload = buf.subarray(HEADER, HEADER + len);
+      buf = buf.subarray(HEADER + len);
+      onFrame(type, payload);
+    }
+  };
+  stream.on("data", (chunk: Buffer) => {
+    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    drain();
+  });
+  if (buf.length > 0) queueMicrotask(drain);
+}
+
+/** Writes data as STDOUT/STDERR frames of at most MAX_FRAME bytes. */
+export function writeOutput(stream: Duplex, type: number, data: Buffer): boolean {
+  let ok = true;
+  for (let off = 0; off < data.length; off += MAX_FRAME) {
+    ok = stream.write(encodeFrame(type, data.subarray(off, off + MAX_FRAME))) && ok;
+  }
+  return ok;
+}

@@ -1,0 +1,309 @@
+/**
+ * The Kindling service with real runc containers: `run -d` and the container commands through the
+ * CLI, the API checked against api/openapi.yaml, exec, one service per home, and kill -9 of the
+ * service with containers running, then adoption by a new service (logs across the restart, exec,
+ * stop and rm on adopted containers). Afterwards nothing is left running or mounted.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { cleanupStaleRuns } from "../src/runtime/rundir.js";
+import { buildBusyboxTree, leftovers, makeSquashfs } from "../src/runtime/testing.js";
+import { KindlingHome } from "../src/util/home.js";
+import { apiCall, cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
+
+let tmp: string;
+let home: string;
+let socket: string;
+let image: string;
+let service: TestService;
+const ids: string[] = [];
+
+before(async () => {
+  tmp = await mkdtemp(path.join(tmpdir(), "kindling-svc-"));
+  home = path.join(tmp, "home");
+  socket = path.join(home, "kindling.sock");
+  await buildBusyboxTree(path.join(tmp, "tree"));
+  image = path.join(tmp, "busybox.sqfs");
+  await makeSquashfs(path.join(tmp, "tree"), image);
+  service = await startService(home);
+});
+
+after(async () => {
+  await service?.stop().catch(() => {});
+  await stopServiceAndContainers(home);
+  await cleanupStaleRuns(new KindlingHome(home)).catch(() => {});
+  const left = await leftovers(home, image, ids);
+  await rm(tmp, { recursive: true, force: true });
+  assert.deepEqual(left, []);
+});
+
+/** Polls until `check` is true, at most `ms`; fails naming `what`. */
+async function until(what: string, check: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+async function logsOf(ref: string): Promise<{ out: string; err: string }> {
+  const r = await apiCall(socket, "GET", `/v1/containers/${ref}/logs`);
+  assert.equal(r.status, 200);
+  let out = "";
+  let err = "";
+  for (const l of r.body as { stream: string; data: string }[]) {
+    if (l.stream === "stdout") out += Buffer.from(l.data, "base64").toString();
+    else err += Buffer.from(l.data, "base64").toString();
+  }
+  return { out, err };
+}
+
+test("ping, info and metrics answer as the document says; info names the daemon's pid", async () => {
+  assert.equal((await apiCall(socket, "GET", "/v1/ping")).status, 200);
+  const info = await apiCall(socket, "GET", "/v1/info");
+  assert.equal(info.body.daemon.pid, service.pid);
+  assert.equal(info.body.daemon.socket, socket);
+  assert.ok(info.body.runtimes.some((r: { name: string; usable: boolean }) => r.name === "runc" && r.usable));
+  const cliInfo = await cli(home, ["info", "--json"]);
+  assert.equal(cliInfo.code, 0, cliInfo.stderr);
+  assert.equal(JSON.parse(cliInfo.stdout).daemon.pid, service.pid);
+  const mode = (await stat(socket)).mode & 0o777;
+  assert.equal(mode, 0o600, "the socket is root's only");
+  const m = await apiCall(socket, "GET", "/metrics");
+  assert.match(m.body, /^kindling_uptime_seconds \d/m);
+});
+
+test("run -d, ps, logs, exec, kill, wait, inspect and rm through the CLI", async () => {
+  const run = await cli(home, [
+    "run",
+    "-d",
+    "--runtime",
+    "runc",
+    "--name",
+    "web",
+    "-e",
+    "GREETING=hi",
+    image,
+    "--",
+    "sh",
+    "-c",
+    'echo "$GREETING out"; echo err >&2; trap "echo got USR1" USR1; while true; do sleep 0.1; done',
+  ]);
+  assert.equal(run.code, 0, run.stderr);
+  const id = run.stdout.trim();
+  assert.match(id, /^[0-9a-f]{12}$/);
+  ids.push(id);
+
+  const ps = await cli(home, ["ps", "--json"]);
+  assert.equal(ps.code, 0, ps.stderr);
+  const row = (JSON.parse(ps.stdout) as { id: string; name: string; status: string }[]).find(
+    (c) => c.id === id,
+  );
+  assert.equal(row?.name, "web");
+  assert.equal(row?.status, "running");
+  assert.match((await cli(home, ["ps"])).stdout, /CONTAINER ID.*\n.*web/);
+
+  await until("the first output in the log", async () => (await logsOf("web")).out.includes("hi out"));
+  const logs = await cli(home, ["logs", id.slice(0, 5)]);
+  assert.equal(logs.stdout, "hi out\n");
+  assert.equal(logs.stderr, "err\n");
+
+  const ex = await cli(home, [
+    "exec",
+    "web",
+    "--",
+    "sh",
+    "-c",
+    "echo $GREETING from exec; hostname; echo e2 >&2; exit 7",
+  ]);
+  assert.equal(ex.code, 7);
+  assert.equal(ex.stdout, `hi from exec\n${id}\n`);
+  assert.equal(ex.stderr, "e2\n");
+  const exi = await cli(home, ["exec", "-i", "web", "--", "sh", "-c", "tr a-z A-Z"], "piped through stdin\n");
+  assert.equal(exi.stdout, "PIPED THROUGH STDIN\n");
+  assert.equal(exi.code, 0);
+  const missing = await cli(home, ["exec", "web", "--", "/no/such/program"]);
+  assert.notEqual(missing.code, 0);
+  assert.equal((await cli(home, ["exec", "-t", "web", "--", "true"])).code, 125);
+
+  const kill = await cli(home, ["kill", "-s", "USR1", "web"]);
+  assert.equal(kill.code, 0, kill.stderr);
+  await until("the USR1 trap", async () => (await logsOf("web")).out.includes("got USR1"));
+
+  const inspect = await apiCall(socket, "GET", `/v1/containers/${id}`);
+  assert.equal(inspect.body.state.status, "running");
+  assert.equal(inspect.body.network, null);
+
+  const rmRunning = await cli(home, ["rm", "web"]);
+  assert.equal(rmRunning.code, 125);
+  assert.match(rmRunning.stderr, /^kindling: container .* is running: stop it first/);
+
+  const stop = await cli(home, ["stop", "-t", "1", "web"]);
+  assert.equal(stop.code, 0, stop.stderr);
+  const wait = await cli(home, ["wait", "web"]);
+  assert.equal(wait.stdout.trim(), "137", "sh as PID 1 ignores TERM: KILL after 1 s");
+  const exited = await apiCall(socket, "GET", `/v1/containers/${id}`);
+  assert.equal(exited.body.state.status, "exited");
+  assert.equal(exited.body.state.stoppedBy, "request");
+  const execExited = await cli(home, ["exec", "web", "--", "true"]);
+  assert.equal(execExited.code, 125);
+  assert.match(execExited.stderr, /not running/);
+  assert.equal((await cli(home, ["ps", "-q"])).stdout, "");
+  assert.match((await cli(home, ["ps", "-a"])).stdout, /Exited \(137\)/);
+
+  const rmc = await cli(home, ["rm", "web"]);
+  assert.equal(rmc.code, 0, rmc.stderr);
+  assert.equal((await apiCall(socket, "GET", `/v1/containers/${id}`)).status, 404);
+  assert.deepEqual(await leftovers(home, image, [id]), []);
+});
+
+test("unknown containers and bad input: 404/400 from the API, one line and 125 from the CLI", async () => {
+  for (const args of [
+    ["logs", "nope"],
+    ["stop", "nope"],
+    ["rm", "nope"],
+    ["wait", "nope"],
+    ["inspect", "nope"],
+    ["exec", "nope", "--", "true"],
+    ["kill", "nope"],
+  ]) {
+    const r = await cli(home, args);
+    assert.equal(r.code, 125, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stderr, "kindling: no such container: nope\n", args.join(" "));
+  }
+  assert.equal((await apiCall(socket, "GET", "/v1/containers/nope")).body.code, "ENOCONTAINER");
+  const noImage = await apiCall(socket, "POST", "/v1/containers", {
+    image: "no-such-image",
+    runtime: "runc",
+  });
+  assert.equal(noImage.status, 404);
+  const badFlag = await apiCall(socket, "POST", "/v1/containers", { image, runtime: "nope" });
+  assert.equal(badFlag.status, 400);
+  assert.match(badFlag.body.message, /--runtime/);
+  const badSignal = await cli(home, ["kill", "-s", "NOPE", "nope"]);
+  assert.equal(badSignal.code, 125);
+  const badName = await apiCall(socket, "POST", "/v1/containers", {
+    image,
+    runtime: "runc",
+    name: "bad name!",
+  });
+  assert.equal(badName.status, 400);
+  const noRoute = await apiCall(socket, "GET", "/v1/nothing-here").catch((e) => e);
+  assert.ok(noRoute instanceof Error, "an undocumented path is not in the document");
+  // Nothing was created by the failures.
+  assert.deepEqual((await apiCall(socket, "GET", "/v1/containers?all=true")).body, []);
+});
+
+test("a second service on the same home says one already runs, and exits", async () => {
+  const second = await cli(home, ["daemon"]);
+  assert.equal(second.code, 125);
+  assert.match(second.stderr, /^kindling: a service already runs for /);
+  assert.equal(
+    (await apiCall(socket, "GET", "/v1/ping")).body.pid,
+    service.pid,
+    "the first one still answers",
+  );
+});
+
+test("run -d --rm: the container is removed once it ends; names are unique", async () => {
+  const a = await cli(home, [
+    "run",
+    "-d",
+    "--rm",
+    "--runtime",
+    "runc",
+    "--name",
+    "once",
+    image,
+    "--",
+    "true",
+  ]);
+  assert.equal(a.code, 0, a.stderr);
+  const id = a.stdout.trim();
+  ids.push(id);
+  await until(
+    "the --rm container to go",
+    async () => (await apiCall(socket, "GET", `/v1/containers/${id}`)).status === 404,
+  );
+  const b1 = await cli(home, ["run", "-d", "--runtime", "runc", "--name", "dup", image, "--", "sleep", "30"]);
+  ids.push(b1.stdout.trim());
+  const b2 = await cli(home, ["run", "-d", "--runtime", "runc", "--name", "dup", image, "--", "true"]);
+  assert.equal(b2.code, 125);
+  assert.match(b2.stderr, /name dup is already in use/);
+  assert.equal((await cli(home, ["rm", "-f", "dup"])).code, 0);
+  const attachedName = await cli(home, ["run", "--runtime", "runc", "--name", "x", image, "--", "true"]);
+  assert.equal(attachedName.code, 125);
+});
+
+test("kill -9 of the service: containers keep running and logging; a new service adopts them", async () => {
+  const counter = await cli(home, [
+    "run",
+    "-d",
+    "--runtime",
+    "runc",
+    "--name",
+    "counter",
+    image,
+    "--",
+    "sh",
+    "-c",
+    'i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo "line $i"; sleep 0.02; done',
+  ]);
+  assert.equal(counter.code, 0, counter.stderr);
+  const id = counter.stdout.trim();
+  ids.push(id);
+  const sleeper = await cli(home, [
+    "run",
+    "-d",
+    "--runtime",
+    "runc",
+    "--name",
+    "sleeper",
+    image,
+    "--",
+    "sleep",
+    "1000",
+  ]);
+  ids.push(sleeper.stdout.trim());
+  await until("output before the kill", async () => (await logsOf(id)).out.includes("line 5\n"));
+
+  await service.kill9();
+  const before = (await readFile(path.join(home, "containers", id, "log.jsonl"), "utf8")).length;
+  await sleep(1000); // written while no service runs
+  const during = (await readFile(path.join(home, "containers", id, "log.jsonl"), "utf8")).length;
+  assert.ok(during > before, "the supervisor kept writing the log while no service ran");
+
+  service = await startService(home);
+  assert.match(service.output(), /"adopted":\[[^\]]*"/);
+  const ps = await apiCall(socket, "GET", "/v1/containers");
+  assert.deepEqual(
+    (ps.body as { name: string; status: string }[]).map((c) => `${c.name} ${c.status}`).sort(),
+    ["counter running", "sleeper running"],
+  );
+  const ex = await cli(home, ["exec", "counter", "--", "echo", "adopted exec"]);
+  assert.equal(ex.stdout, "adopted exec\n");
+  assert.equal(ex.code, 0);
+
+  // Every line, in order, across the restart; `logs -f` ends when the container does.
+  const following = cli(home, ["logs", "-f", "counter"]);
+  await sleep(300);
+  await cli(home, ["stop", "-t", "0", "counter"]);
+  const followed = await following;
+  assert.equal(followed.code, 0, followed.stderr);
+  const lines = (await logsOf(id)).out.split("\n").filter(Boolean);
+  assert.equal(followed.stdout, `${lines.join("\n")}\n`);
+  assert.ok(lines.length > 50, `${lines.length} lines`);
+  for (const [i, l] of lines.entries()) assert.equal(l, `line ${i + 1}`);
+
+  // The new service learned of the exit: wait answers, events said so.
+  const wait = await apiCall(socket, "POST", `/v1/containers/${id}/wait`);
+  assert.equal(wait.body.exitCode, 137);
+  const rm1 = await cli(home, ["rm", "-f", "sleeper"]);
+  assert.equal(rm1.code, 0, rm1.stderr);
+  assert.equal((await cli(home, ["rm", "counter"])).code, 0);
+  assert.deepEqual(await leftovers(home, image, ids), []);
+});
