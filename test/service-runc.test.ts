@@ -278,7 +278,9 @@ test("kill -9 of the service: containers keep running and logging; a new service
   assert.ok(during > before, "the supervisor kept writing the log while no service ran");
 
   service = await startService(home);
-  assert.match(service.output(), /"adopted":\[[^\]]*"/);
+  await until("the adoption log line", async () =>
+    /"adopted":\["[0-9a-f]{12}","[0-9a-f]{12}"\]/.test(service.output()),
+  );
   const ps = await apiCall(socket, "GET", "/v1/containers");
   assert.deepEqual(
     (ps.body as { name: string; status: string }[]).map((c) => `${c.name} ${c.status}`).sort(),

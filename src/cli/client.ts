@@ -1,19 +1,12 @@
-import path from "node:path";
 import type { Kindling } from "../client/index.js";
+import { config } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
-import type { KindlingHome } from "../util/home.js";
-
-/** The service's socket: $KINDLING_SOCKET, else <home>/kindling.sock. */
-export function serviceSocket(home: KindlingHome): string {
-  return process.env.KINDLING_SOCKET || path.join(home.root, "kindling.sock");
-}
 
 /** A client of this home's service, which it starts when none answers. */
 export async function cliClient(): Promise<Kindling> {
   const { Kindling } = await import("../client/index.js");
-  const { KindlingHome } = await import("../util/home.js");
-  const home = new KindlingHome();
-  return new Kindling({ home: home.root, socket: serviceSocket(home), autoStart: true });
+  const cfg = config();
+  return new Kindling({ home: cfg.home, socket: cfg.socket, autoStart: true });
 }
 
 /** Runs a client call; an API error becomes a one-line KindlingError (exit 125). */

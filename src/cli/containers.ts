@@ -1,6 +1,7 @@
 /** Container commands, as clients of the service: ps, logs, exec, stop, kill, rm, wait, inspect, events, info. */
 import type { Command } from "commander";
 import type { ContainerCreateRequest, ContainerSummary } from "../client/index.js";
+import { config } from "../config/index.js";
 import type { RawRunFlags } from "../runtime/options.js";
 import { KindlingError } from "../util/errors.js";
 import { api, cliClient } from "./client.js";
@@ -57,7 +58,8 @@ export function createRequest(
     image,
     command,
     ...(flags.name !== undefined ? { name: flags.name } : {}),
-    ...(flags.runtime !== undefined ? { runtime: flags.runtime } : {}),
+    // flag > KINDLING_RUNTIME > auto (the service decides auto)
+    runtime: flags.runtime ?? config().runtime,
     ...(flags.rootfs !== undefined ? { rootfs: flags.rootfs } : {}),
     env,
     volumes: flags.volume ?? [],

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
+import { config } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
-import { serviceSocket } from "./client.js";
 
 export function registerDaemonCommand(program: Command): void {
   program
@@ -20,9 +20,10 @@ export function registerDaemonCommand(program: Command): void {
           throw new KindlingError(`--exit-idle: ${opts.exitIdle} is not a number of seconds > 0`);
         idleExitMs = s * 1000;
       }
-      const home = new KindlingHome();
+      const cfg = config();
+      const home = new KindlingHome(cfg.home);
       const log = jsonLogger();
-      const service = new KindlingService({ home, socket: serviceSocket(home), log, idleExitMs });
+      const service = new KindlingService({ home, socket: cfg.socket, log, idleExitMs });
       try {
         await service.start();
       } catch (err) {

@@ -3,7 +3,6 @@ import { describeImage } from "../image/describe.js";
 import { exportImage } from "../image/export.js";
 import { importImage } from "../image/import.js";
 import { removeImage } from "../image/remove.js";
-import { readBlockIndex } from "../store/blockindex.js";
 import { listImages, loadImage } from "../store/catalog.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";

@@ -12,6 +12,7 @@ import path from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { config, hostEnv } from "../config/index.js";
 import type {
   ContainerCreated,
   ContainerCreateRequest,
@@ -60,9 +61,9 @@ export class KindlingApiError extends Error {
 }
 
 export interface KindlingOptions {
-  /** The state directory (default: $KINDLING_HOME, else /var/lib/kindling). */
+  /** The state directory (default: the configured home, $KINDLING_HOME, else /var/lib/kindling). */
   home?: string;
-  /** The service's socket (default: $KINDLING_SOCKET, else <home>/kindling.sock). */
+  /** The service's socket (default: <home>/kindling.sock when `home` is given, else $KINDLING_SOCKET or that). */
   socket?: string;
   /** Start a service (`kindling daemon --exit-idle`) when none answers. Default false. */
   autoStart?: boolean;
@@ -92,8 +93,9 @@ export class Kindling {
   private started?: Promise<void>;
 
   constructor(opts: KindlingOptions = {}) {
-    this.home = path.resolve(opts.home ?? process.env.KINDLING_HOME ?? "/var/lib/kindling");
-    this.socket = opts.socket ?? process.env.KINDLING_SOCKET ?? path.join(this.home, "kindling.sock");
+    const cfg = config();
+    this.home = path.resolve(opts.home ?? cfg.home);
+    this.socket = opts.socket ?? (opts.home ? path.join(this.home, "kindling.sock") : cfg.socket);
     this.autoStart = opts.autoStart ?? false;
     this.idleExitSeconds = opts.idleExitSeconds ?? 300;
   }
@@ -312,7 +314,7 @@ export class Kindling {
       const child = spawn(process.execPath, [MAIN, "daemon", "--exit-idle", String(this.idleExitSeconds)], {
         detached: true,
         stdio: ["ignore", logFd, logFd],
-        env: { ...process.env, KINDLING_HOME: this.home, KINDLING_SOCKET: this.socket },
+        env: { ...hostEnv(), KINDLING_HOME: this.home, KINDLING_SOCKET: this.socket },
       });
       child.unref();
     } finally {

@@ -36,6 +36,13 @@ export const SETTINGS = {
     default: "/var/lib/kindling",
     describe: "state directory",
   }),
+  socket: setting({
+    env: "KINDLING_SOCKET",
+    type: text,
+    default: (s) => `${String(s.home).replace(/\/+$/, "")}/kindling.sock`,
+    defaultText: "`$KINDLING_HOME/kindling.sock`",
+    describe: "the service's Unix socket (`kindling daemon`; the CLI's container commands connect to it)",
+  }),
   runtime: setting<RuntimeChoice>({
     env: "KINDLING_RUNTIME",
     flag: "--runtime",

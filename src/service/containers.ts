@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { pickDefaultVmm } from "../doctor/report.js";
 import { resolveImage } from "../runtime/image.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
 import { isProcessAlive } from "../runtime/procstat.js";
@@ -168,9 +169,11 @@ export class Containers {
     if (typeof req.image !== "string" || req.image.length === 0) {
       throw new ApiFailure(400, "EINVAL", "image: a non-empty string is required");
     }
-    const options = await parseRunOptions(req.image, req.command ?? [], flagsOf(req), {}).catch((err) => {
+    let options = await parseRunOptions(req.image, req.command ?? [], flagsOf(req), {}).catch((err) => {
       throw new ApiFailure(400, "EINVAL", errorMessage(err));
     });
+    // auto is decided now, so the record (and ps) names the runtime the container runs with
+    if (options.runtime === "auto") options = { ...options, runtime: await pickDefaultVmm() };
     if (options.interactive)
       throw new ApiFailure(400, "EINVAL", "interactive containers are not supported detached");
     await resolveImage(this.home, req.image).catch((err) => {

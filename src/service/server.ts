@@ -141,6 +141,8 @@ export class KindlingService {
     await mkdir(path.dirname(socket), { recursive: true });
     await mkdir(path.join(home.root, "containers"), { recursive: true });
     await unlink(socket).catch(() => {}); // a socket an earlier service left: we hold the lock
+    // Before answering anyone: watch what an earlier service left running.
+    const adopted = await this.containers.adopt();
     this.server = createServer((req, res) => void this.handle(req, res));
     this.server.on("upgrade", (req, sock: Socket, head: Buffer) => void this.upgrade(req, sock, head));
     const old = process.umask(0o177); // the socket is created 0600: root only
@@ -155,7 +157,6 @@ export class KindlingService {
     await chmod(socket, 0o600);
     // For people and test kits (who stops this home's service); the lock is the abstract socket.
     await writeFile(pidFile(home), `${process.pid}\n`);
-    const adopted = await this.containers.adopt();
     log("info", "service started", { pid: process.pid, socket, home: home.root, version: VERSION, adopted });
     if (this.opts.idleExitMs) {
       this.idleTimer = setInterval(() => void this.checkIdle(), Math.min(5000, this.opts.idleExitMs));

@@ -18,7 +18,7 @@ import { PassThrough, Writable } from "node:stream";
 import { resolveImage } from "../runtime/image.js";
 import { type RunHandle, runContainer } from "../runtime/lifecycle.js";
 import { processStartTime } from "../runtime/procstat.js";
-import { getRuntime } from "../runtime/registry.js";
+import { runtimeFor } from "../runtime/registry.js";
 import type { ExecProcess } from "../runtime/types.js";
 import { errorMessage } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
@@ -230,7 +230,7 @@ async function main(): Promise<void> {
       home,
       options,
       image: await resolveImage(home, record.image),
-      runtime: getRuntime(options.runtime, options.rootfs),
+      runtime: await runtimeFor(options),
       stdio: { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
       notify: note,
       id: record.id,
