@@ -136,7 +136,8 @@ test("run -d, ps, logs, exec, kill, wait, inspect and rm through the CLI", async
 
   const inspect = await apiCall(socket, "GET", `/v1/containers/${id}`);
   assert.equal(inspect.body.state.status, "running");
-  assert.equal(inspect.body.network, null);
+  assert.equal(inspect.body.network?.mode, "bridge", "inspect shows the container's network");
+  assert.match(inspect.body.network?.ip ?? "", /^\d+\.\d+\.\d+\.\d+$/);
 
   const rmRunning = await cli(home, ["rm", "web"]);
   assert.equal(rmRunning.code, 125);

@@ -73,6 +73,9 @@ export function createRequest(
     ...(flags.entrypoint !== undefined ? { entrypoint: flags.entrypoint } : {}),
     ...(flags.disk !== undefined ? { disk: flags.disk } : {}),
     ...(flags.mountPacking !== undefined ? { mountPacking: flags.mountPacking as "pack" | "per-mount" } : {}),
+    ...(flags.network !== undefined ? { network: flags.network } : {}),
+    publish: flags.publish ?? [],
+    dns: flags.dns ?? [],
     autoRemove: flags.rm === true,
   };
 }

@@ -36,6 +36,12 @@ export interface ContainerCreateRequest {
   /** VM runtimes: ext4 scratch drive size (e.g. "2G"). */
   disk?: string;
   mountPacking?: "pack" | "per-mount";
+  /** bridge (default) | none | host (runc/runsc). */
+  network?: string;
+  /** -p: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp] entries. */
+  publish?: string[];
+  /** --dns: nameservers. */
+  dns?: string[];
   /** Remove the container once its process has ended (`run -d --rm`). */
   autoRemove?: boolean;
 }
@@ -75,7 +81,7 @@ export interface ContainerInspect extends ContainerSummary {
     bootMs: number | null;
     firstOutputMs: number | null;
   };
-  /** Filled in by the network component (issue 12); null while containers have only loopback. */
+  /** What it got on its network (mode, address, gateway, ports; src/network), null before it runs. */
   network: Record<string, unknown> | null;
   paths: { dir: string; log: string };
 }

@@ -79,7 +79,7 @@ export function inspect(c: StoredContainer): ContainerInspect {
       bootMs: state.bootMs ?? null,
       firstOutputMs: state.firstOutputMs ?? null,
     },
-    network: record.network,
+    network: (state.network as unknown as Record<string, unknown> | undefined) ?? record.network,
     paths: { dir: c.dir, log: logFile(c.dir) },
   };
 }
@@ -111,6 +111,9 @@ function flagsOf(req: ContainerCreateRequest): RawRunFlags {
     entrypoint: Array.isArray(req.entrypoint) ? JSON.stringify(req.entrypoint) : req.entrypoint,
     disk: req.disk,
     mountPacking: req.mountPacking,
+    network: req.network,
+    publish: req.publish ?? [],
+    dns: req.dns ?? [],
   };
 }
 

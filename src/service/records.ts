@@ -10,6 +10,7 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
+import type { NetworkInfo } from "../network/types.js";
 import { isProcessAlive } from "../runtime/procstat.js";
 import type { RunOptions } from "../runtime/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -27,7 +28,7 @@ export interface ContainerRecord {
   options: RunOptions;
   /** `run -d --rm`: the supervisor removes the container when its process has ended. */
   autoRemove: boolean;
-  /** Network settings of the container, filled in by the network component (issue 12); null: none. */
+  /** Reserved for network settings asked at create time; what it got is in the state (`network`). */
   network: Record<string, unknown> | null;
 }
 
@@ -52,6 +53,8 @@ export interface ContainerState {
   bootMs?: number;
   /** From the process's start to its first byte of output. */
   firstOutputMs?: number;
+  /** What the container got on its network (src/network), once it runs. */
+  network?: NetworkInfo;
 }
 
 export function containersDir(home: KindlingHome): string {

@@ -19,6 +19,7 @@ import { resolveImage } from "../runtime/image.js";
 import { type RunHandle, runContainer } from "../runtime/lifecycle.js";
 import { processStartTime } from "../runtime/procstat.js";
 import { runtimeFor } from "../runtime/registry.js";
+import { readOwner } from "../runtime/rundir.js";
 import type { ExecProcess } from "../runtime/types.js";
 import { errorMessage } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
@@ -245,6 +246,7 @@ async function main(): Promise<void> {
       startedAt: new Date(startedAt).toISOString(),
       prepMs: started.prepMs ?? startedAt - began,
       bootMs: started.bootMs,
+      network: (await readOwner(path.join(home.runs, record.id)))?.network,
     });
     handshake("ok");
     const result = await handle.result;
