@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { test } from "node:test";
 import {
@@ -13,8 +14,11 @@ import {
   useConfig,
   withConfig,
 } from "../src/config/index.js";
+import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
+import { indexBytes } from "../src/lazy/testing.js";
 import { RUNTIME_NAMES } from "../src/runtime/types.js";
 import { exec } from "../src/util/exec.js";
+import { KindlingHome } from "../src/util/home.js";
 import { REPO } from "./helpers/fixtures.js";
 
 test("defaults when nothing is set", () => {
@@ -155,4 +159,29 @@ test("the CLI rejects a bad variable with one line naming it, exit 125", async (
   });
   assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /^kindling: --runtime: unknown value "vmware" \(expected one of/);
+});
+
+test("the lazy daemon takes its settings from its parent, not from its environment", async () => {
+  const home = new KindlingHome(await mkdtemp("/tmp/kindling-config-test-")).ensure();
+  const data = randomBytes(256 << 10);
+  const { record } = await indexBytes(home, data, 64 << 10);
+  const saved = process.env.KINDLING_LAZY_KERNEL_CACHE;
+  useConfig(loadConfig({}));
+  // The daemon inherits this environment: were it to read its settings there, it would fail to start.
+  process.env.KINDLING_LAZY_KERNEL_CACHE = "not-a-boolean";
+  try {
+    const lazy = await openLazyImage(home, record, "auto", { prefetch: false });
+    try {
+      const got = await readFile(lazy.path);
+      assert.ok(got.equals(data));
+    } finally {
+      await lazy.close();
+    }
+  } finally {
+    if (saved === undefined) delete process.env.KINDLING_LAZY_KERNEL_CACHE;
+    else process.env.KINDLING_LAZY_KERNEL_CACHE = saved;
+    useConfig(undefined);
+    await cleanupStale(home);
+    await rm(home.root, { recursive: true, force: true });
+  }
 });

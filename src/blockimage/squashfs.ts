@@ -1,3 +1,4 @@
+import { hostEnv } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 
@@ -54,7 +55,7 @@ export async function buildSquashfs(
 ): Promise<void> {
   try {
     // SOURCE_DATE_EPOCH would override every file's mtime (and clash with -mkfs-time): not ours to take.
-    const { SOURCE_DATE_EPOCH: _ignored, ...env } = process.env;
+    const { SOURCE_DATE_EPOCH: _ignored, ...env } = hostEnv();
     await exec("mksquashfs", mksquashfsArgs(src, out, opts), { env });
   } catch (err) {
     throw new KindlingError(`building the block image failed: ${(err as Error).message}`);

@@ -2,6 +2,7 @@
  * `kindling doctor`: for each runtime, can this host run it, and if not, why. Built from the host
  * checks (checks.ts, kvm.ts); printed as a table or as JSON.
  */
+import { config } from "../config/index.js";
 import { KindlingHome } from "../util/home.js";
 import { FIRECRACKER_MISSING, findExecutable, firecrackerVersion } from "../vm/firecracker/process.js";
 import {
@@ -68,7 +69,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     binaryCheck("runsc", "runsc", ["--version"]),
     binaryCheck("qemu-system-x86_64", "qemu-system-x86_64", ["--version"]),
     firecrackerCheck(),
-    binaryCheck("jailer", process.env.KINDLING_JAILER ?? "jailer", ["--version"]),
+    binaryCheck("jailer", config().jailer, ["--version"]),
     binaryCheck("virtiofsd", "/usr/lib/qemu/virtiofsd", ["--version"]),
     binaryCheck("mksquashfs", "mksquashfs", ["-version"]),
     binaryCheck("mkfs.ext4", "mkfs.ext4", ["-V"]),
@@ -159,7 +160,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
 }
 
 async function firecrackerCheck(): Promise<Check> {
-  const bin = await findExecutable(process.env.KINDLING_FIRECRACKER ?? "firecracker");
+  const bin = await findExecutable(config().firecracker);
   if (!bin)
     return {
       name: "firecracker",
@@ -182,7 +183,7 @@ async function firecrackerCheck(): Promise<Check> {
  * guests, else QEMU (which falls back to TCG). Cheap when firecracker is absent: no KVM probe then.
  */
 export async function pickDefaultVmm(): Promise<"firecracker" | "qemu"> {
-  const fc = await findExecutable(process.env.KINDLING_FIRECRACKER ?? "firecracker");
+  const fc = await findExecutable(config().firecracker);
   if (!fc) return "qemu";
   const kvm = await kvmFacts({ qemu: await locate("qemu-system-x86_64") });
   return kvm.usable ? "firecracker" : "qemu";

@@ -6,6 +6,7 @@
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { chunkReaderFor } from "../chunks/sources.js";
+import { useConfig } from "../config/index.js";
 import { readBlockIndex } from "../store/blockindex.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
@@ -27,6 +28,8 @@ const log = (msg: string) => process.stderr.write(`${new Date().toISOString()} $
 
 async function main(): Promise<void> {
   const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
+  // Settings are the parent's, never our environment's: config() anywhere in this process gives these.
+  useConfig(Object.freeze(cfg.settings));
   const home = new KindlingHome(cfg.home);
   // The index by digest from the store (verified there), not copied into our config.
   const index = await readBlockIndex(home, cfg.record.digest);
@@ -84,6 +87,8 @@ async function main(): Promise<void> {
     cache,
     readahead,
     opTimeoutMs: cfg.policy.deadlineMs + 5000,
+    kernelCache: cfg.settings.lazyKernelCache,
+    directIo: cfg.settings.lazyDirectIo,
     log,
   });
   const filePath = path.join(cfg.mountpoint, cfg.fileName);

@@ -28,6 +28,10 @@ export interface FuseFileOptions {
   readahead: Readahead;
   /** Backstop for a read that never answers (our own deadline should always come first). */
   opTimeoutMs: number;
+  /** Let the kernel keep the file's pages (KINDLING_LAZY_KERNEL_CACHE; off only for measuring). */
+  kernelCache: boolean;
+  /** Mount with direct_io (KINDLING_LAZY_DIRECT_IO; measuring only). */
+  directIo: boolean;
   log(msg: string): void;
 }
 
@@ -88,12 +92,12 @@ export function mountBlockFile(o: FuseFileOptions): Promise<void> {
   const opts: Record<string, unknown> = {
     timeout: o.opTimeoutMs,
     allowOther: true,
-    kernelCache: process.env.KINDLING_LAZY_KERNEL_CACHE !== "0",
+    kernelCache: o.kernelCache,
     attrTimeout: 3600,
     entryTimeout: 3600,
     // fuse-native passes only known options; fsname is the one free-form slot, so an extra
     // option (direct_io, for measuring) rides along after a comma.
-    fsname: process.env.KINDLING_LAZY_DIRECT_IO === "1" ? "kindling,direct_io" : "kindling",
+    fsname: o.directIo ? "kindling,direct_io" : "kindling",
     subtype: "kindling",
   };
   const fuse = new Fuse(o.mountpoint, ops, opts);

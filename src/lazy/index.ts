@@ -9,6 +9,7 @@ import { mkdir, open, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { policyFrom } from "../chunks/policy.js";
+import { config } from "../config/index.js";
 import { registrySettings } from "../registry/settings.js";
 import type { ChunkSource, Digest, ImageRecord } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -93,6 +94,7 @@ export async function openLazyImage(
     record,
     source: source === "auto" ? "auto" : "ipc",
     registry: source === "auto" && record.origin.kind === "registry" ? registrySettings() : undefined,
+    settings: config(),
     policy,
     memoryCacheBytes: opts.memoryCacheBytes ?? 64 << 20,
     readaheadChunks: opts.readaheadChunks ?? 4,
@@ -100,13 +102,13 @@ export async function openLazyImage(
     fetchConcurrency: opts.fetchConcurrency ?? 8,
     detached: Boolean(opts.detached || opts.shared),
     shared: opts.shared
-      ? { idleMs: (typeof opts.shared === "object" && opts.shared.idleMs) || 30_000 }
+      ? { idleMs: (typeof opts.shared === "object" && opts.shared.idleMs) || config().lazyIdleMs }
       : undefined,
     lower: Boolean(opts.lower),
     owner: process.pid,
     ownerStartTime: (await processStartTime(process.pid)) ?? "",
   };
-  // 0600: it may hold registry credentials (KINDLING_REGISTRY_PASSWORD).
+  // 0600: it may hold registry credentials (KINDLING_REGISTRY_PASSWORD, in registry and settings).
   await writeFileAtomic(path.join(dir, "config.json"), JSON.stringify(cfg), 0o600);
   // A shared daemon counts users from its first look: be one before it starts.
   const token = cfg.shared ? await addUser(dir) : undefined;

@@ -1,5 +1,6 @@
 import type { FetchCounters } from "../chunks/fetcher.js";
 import type { FetchPolicy } from "../chunks/policy.js";
+import type { Config } from "../config/index.js";
 import type { RegistrySettings } from "../registry/settings.js";
 import type { StoreCounters } from "../store/chunkstore.js";
 import type { ImageRecord } from "../store/types.js";
@@ -62,6 +63,11 @@ export interface DaemonConfig {
   source: "auto" | "ipc";
   /** Credentials and registries.conf for source "auto" of a pulled image (daemons read no environment). */
   registry?: RegistrySettings;
+  /**
+   * The parent's resolved settings (src/config): the daemon pins them, so nothing in it reads the
+   * environment (and a shared daemon keeps its creator's settings).
+   */
+  settings: Config;
   policy: FetchPolicy;
   memoryCacheBytes: number;
   readaheadChunks: number;

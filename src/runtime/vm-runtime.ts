@@ -8,6 +8,7 @@ import { constants } from "node:os";
 import path from "node:path";
 import { PassThrough, type Readable, type Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { config } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import type { Scope } from "../util/scope.js";
@@ -95,7 +96,7 @@ export class VmRuntime implements Runtime {
     const vm =
       this.name === "qemu"
         ? await bootVm(spec, { home })
-        : await bootFirecrackerVm(spec, { firecrackerBin: process.env.KINDLING_FIRECRACKER });
+        : await bootFirecrackerVm(spec, { firecrackerBin: config().firecracker });
     scope.defer(`VM of ${req.id}`, () => vm.close());
     await vm.agent.configure({ hostname, mounts: plan.mounts });
     return new VmContainer(req.id, vm, proc, req.stdio, prepMs, plan.imageProblem);
@@ -117,7 +118,7 @@ export class VmRuntime implements Runtime {
         tmpfsSize: plan.tmpfsSize,
         scratch: plan.scratch,
         agent: this.name === "qemu" ? "virtio-serial" : "vsock",
-        debug: process.env.KINDLING_VM_DEBUG === "1",
+        debug: config().vmDebug,
         extra: virtiofs ? ["kindling.rootfstype=virtiofs"] : [],
       },
       log: (m) => process.stderr.write(`${m}\n`),

@@ -10,6 +10,7 @@ import net from "node:net";
 import path from "node:path";
 import type { Readable, Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { searchPath } from "../config/index.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
@@ -101,7 +102,7 @@ function spawnTied(cmd: string, args: string[], opts: SpawnOptions): ChildProces
 
 function onPath(cmd: string): boolean {
   if (cmd.includes("/")) return existsSync(cmd);
-  return (process.env.PATH ?? "/usr/bin:/bin").split(":").some((d) => d && existsSync(path.join(d, cmd)));
+  return searchPath("/usr/bin:/bin").some((d) => existsSync(path.join(d, cmd)));
 }
 
 /** Live QEMU/virtiofsd processes: killed if Node exits without closing them. */

@@ -6,6 +6,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { constants } from "node:fs";
 import { access, open, readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import { config, searchPath } from "../../config/index.js";
 import { KindlingError } from "../../util/errors.js";
 import { exec } from "../../util/exec.js";
 
@@ -14,12 +15,7 @@ export const FIRECRACKER_MISSING =
 
 /** An executable file by absolute path, or the first `name` on $PATH; undefined when there is none. */
 export async function findExecutable(name: string): Promise<string | undefined> {
-  const candidates = name.includes("/")
-    ? [path.resolve(name)]
-    : (process.env.PATH ?? "")
-        .split(":")
-        .filter(Boolean)
-        .map((d) => path.join(d, name));
+  const candidates = name.includes("/") ? [path.resolve(name)] : searchPath().map((d) => path.join(d, name));
   for (const c of candidates) {
     try {
       await access(c, constants.X_OK);
@@ -33,7 +29,7 @@ export async function findExecutable(name: string): Promise<string | undefined> 
 
 /** $KINDLING_FIRECRACKER (a path or a name), else `firecracker` on $PATH. */
 export async function resolveFirecracker(explicit?: string): Promise<string> {
-  const want = explicit ?? process.env.KINDLING_FIRECRACKER ?? "firecracker";
+  const want = explicit ?? config().firecracker;
   const found = await findExecutable(want);
   if (!found) throw new KindlingError(FIRECRACKER_MISSING, "ENOFIRECRACKER");
   return found;
@@ -41,7 +37,7 @@ export async function resolveFirecracker(explicit?: string): Promise<string> {
 
 /** $KINDLING_JAILER, else `jailer` on $PATH (it ships in the same release tarball as firecracker). */
 export async function resolveJailer(explicit?: string): Promise<string> {
-  const want = explicit ?? process.env.KINDLING_JAILER ?? "jailer";
+  const want = explicit ?? config().jailer;
   const found = await findExecutable(want);
   if (!found) {
     throw new KindlingError(
@@ -126,7 +122,7 @@ export class Supervised {
     try {
       const child = spawn(cmd, argv, {
         cwd: opts.cwd,
-        env: opts.env ?? process.env,
+        env: opts.env, // undefined: ours
         // Our file descriptors: output survives us, and no pipe can fill up and stall the VMM.
         stdio: ["ignore", out.fd, err.fd],
       });
