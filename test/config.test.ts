@@ -6,6 +6,7 @@ import { test } from "node:test";
 import {
   ConfigError,
   config,
+  configure,
   formatEnvTable,
   loadConfig,
   RUNTIME_CHOICES,
@@ -99,6 +100,19 @@ test("bad values are errors naming the variable (or flag) and the value", () => 
   assert.throws(() => loadConfig({}, { runtime: "vmware" }), {
     message: /^--runtime: unknown value "vmware" \(expected one of: runc, runsc, qemu, firecracker, auto\)$/,
   });
+});
+
+test("configure() pins env + flags, and a later call keeps the earlier flags", () => {
+  const a = configure({ KINDLING_RUNTIME: "runc" }, { debug: "1" });
+  assert.equal(a.debug, true);
+  assert.equal(a.runtime, "runc");
+  const b = configure({ KINDLING_RUNTIME: "runc" }, { runtime: "qemu", debug: undefined });
+  assert.equal(b.runtime, "qemu");
+  assert.equal(b.debug, true, "the program's --debug survives the command's configure");
+  assert.equal(config(), b);
+  assert.throws(() => configure({}, { runtime: "nope" }), ConfigError);
+  assert.equal(config(), b, "a failed configure leaves the pinned configuration");
+  useConfig(undefined);
 });
 
 test("config() follows the environment until pinned; withConfig overrides for a test", async () => {

@@ -1,5 +1,5 @@
 import { Command, CommanderError } from "commander";
-import { loadConfig, useConfig } from "../config/index.js";
+import { configure } from "../config/index.js";
 import { setDebug } from "../util/debug.js";
 import { EXIT_KINDLING_FAILURE, errorMessage, KindlingError } from "../util/errors.js";
 import { closeAllScopes } from "../util/scope.js";
@@ -19,8 +19,7 @@ const program = new Command("kindling")
   .exitOverride()
   // Settings are read once, before any command runs: a bad KINDLING_* value is an error here (125).
   .hook("preAction", () => {
-    const cfg = loadConfig(process.env, { debug: program.opts().debug ? "1" : undefined });
-    useConfig(cfg);
+    const cfg = configure(process.env, { debug: program.opts().debug ? "1" : undefined });
     setDebug(cfg.debug);
   });
 

@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { type Config, loadConfig, useConfig } from "../config/index.js";
+import { configure } from "../config/index.js";
 import { resolveImage } from "../runtime/image.js";
 import { runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
@@ -57,8 +57,8 @@ export function registerRunCommand(program: Command): void {
       if (flags.name !== undefined) {
         throw new KindlingError("--name needs -d: an attached run keeps no container record");
       }
-      // flag > KINDLING_RUNTIME > auto; re-pinned so everything below sees the same settings
-      const cfg = useConfig(loadConfig(process.env, { runtime: flags.runtime })) as Config;
+      // flag > KINDLING_RUNTIME > auto; re-pinned (with main's flags) so everything below sees the same
+      const cfg = configure(process.env, { runtime: flags.runtime });
       const home = new KindlingHome(cfg.home);
       const options = await parseRunOptions(image, command, { ...flags, runtime: cfg.runtime }, process.env);
       // auto is decided here, when the run starts, not while parsing flags (it probes the host)

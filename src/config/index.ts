@@ -3,7 +3,8 @@
  * of precedence) into one typed object, then passed down. Only this folder and src/cli read
  * process.env (biome's noProcessEnv keeps it so).
  *
- *   CLI:        main.ts pins loadConfig(process.env) before any command runs; a bad value exits 125.
+ *   CLI:        main.ts pins configure(process.env, flags) before any command runs (a bad value
+ *               exits 125); a command with a flag of its own (run --runtime) calls configure again.
  *   Library:    config() is the pinned configuration, else one resolved from process.env when asked.
  *   Daemons:    get what they need from their parent in their own config file (they call neither).
  */
@@ -77,6 +78,25 @@ function parseOne(s: Setting<unknown>, raw: string, where: string): unknown {
 }
 
 let pinned: Config | undefined;
+/** The flags behind the pinned configuration (configure() adds a subcommand's to the program's). */
+let pinnedFlags: ConfigFlags = {};
+
+/**
+ * The CLI's entry: resolves from `env` and the flags given so far, pins the result and returns it.
+ * Called by main.ts with the program's flags, then by a command with its own (e.g. run's --runtime):
+ * each call keeps the flags of the calls before it.
+ */
+export function configure(
+  env: Readonly<Record<string, string | undefined>>,
+  flags: ConfigFlags = {},
+): Config {
+  const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
+  const merged = { ...pinnedFlags, ...given };
+  const c = loadConfig(env, merged);
+  pinnedFlags = merged;
+  pinned = c;
+  return c;
+}
 
 /**
  * The process's configuration: the one the CLI pinned with useConfig(), else resolved from the
@@ -89,6 +109,7 @@ export function config(): Config {
 /** Pins the configuration config() returns (undefined: back to resolving from the environment). */
 export function useConfig(c: Config | undefined): Config | undefined {
   pinned = c;
+  pinnedFlags = {};
   return c;
 }
 
