@@ -175,6 +175,35 @@ test("the CLI rejects a bad variable with one line naming it, exit 125", async (
   assert.match(r.stderr, /^kindling: --runtime: unknown value "vmware" \(expected one of/);
 });
 
+test("kindling config shows each setting's value and source, hiding secrets", async () => {
+  const bin = path.join(REPO, "bin", "kindling");
+  const r = await exec(process.execPath, [bin, "--debug", "config", "--json"], {
+    env: {
+      ...process.env,
+      KINDLING_FETCH_RETRIES: "5",
+      KINDLING_REGISTRY_PASSWORD: "hunter2",
+      KINDLING_DEBUG: "",
+    },
+    timeout: 30_000,
+  });
+  const rows = JSON.parse(r.stdout) as { env: string; value: unknown; source: string }[];
+  const row = (env: string) => rows.find((x) => x.env === env)!;
+  assert.deepEqual(
+    rows.map((x) => x.env),
+    Object.values(SETTINGS).map((s) => s.env),
+  );
+  assert.deepEqual(row("KINDLING_FETCH_RETRIES"), {
+    name: "fetchRetries",
+    env: "KINDLING_FETCH_RETRIES",
+    value: 5,
+    source: "env",
+  });
+  assert.equal(row("KINDLING_DEBUG").source, "flag");
+  assert.equal(row("KINDLING_LAZY_IDLE_MS").source, "default");
+  assert.equal(row("KINDLING_REGISTRY_PASSWORD").value, "(set)");
+  assert.ok(!r.stdout.includes("hunter2"));
+});
+
 test("the lazy daemon takes its settings from its parent, not from its environment", async () => {
   const home = new KindlingHome(await mkdtemp("/tmp/kindling-config-test-")).ensure();
   const data = randomBytes(256 << 10);

@@ -5,6 +5,7 @@ import { EXIT_KINDLING_FAILURE, errorMessage, KindlingError } from "../util/erro
 import { closeAllScopes } from "../util/scope.js";
 import { registerBenchCommand } from "./bench.js";
 import { registerCompletionCommand } from "./completion.js";
+import { registerConfigCommand } from "./config.js";
 import { registerContainerCommands } from "./containers.js";
 import { registerDaemonCommand } from "./daemon.js";
 import { registerDoctorCommand } from "./doctor.js";
@@ -28,6 +29,7 @@ registerRunCommand(program);
 registerContainerCommands(program);
 registerDaemonCommand(program);
 registerDoctorCommand(program);
+registerConfigCommand(program);
 registerBenchCommand(program);
 registerLoginCommands(program);
 registerCompletionCommand(program);

@@ -124,6 +124,27 @@ export async function withConfig<T>(overrides: Partial<Config>, fn: () => Promis
   }
 }
 
+/** One setting as `kindling config` shows it: its value (secrets hidden) and where it came from. */
+export interface SettingReport {
+  name: SettingName;
+  env: string;
+  flag?: string;
+  value: unknown;
+  source: ConfigSource;
+}
+
+/** The settings in effect, resolved as the CLI pinned them (the environment plus the flags given). */
+export function explainConfig(env: Readonly<Record<string, string | undefined>>): SettingReport[] {
+  const { config: c, sources } = resolve(env, pinnedFlags);
+  return entries().map(([name, s]) => ({
+    name,
+    env: s.env,
+    ...(s.flag ? { flag: s.flag } : {}),
+    value: s.secret && c[name] !== undefined ? "(set)" : c[name],
+    source: sources[name],
+  }));
+}
+
 /** The README's environment table, generated from SETTINGS (test/config.test.ts compares them). */
 export function formatEnvTable(): string {
   const rows = entries().map(([, s]) => {

@@ -20,6 +20,8 @@ export interface Setting<T> {
   readonly defaultText?: string;
   /** One line for the README's table. */
   readonly describe: string;
+  /** Never shown (`kindling config` says only whether it is set). */
+  readonly secret?: boolean;
 }
 
 /** Keeps each row's value type while checking it is a Setting. */
@@ -64,6 +66,7 @@ export const SETTINGS = {
     default: undefined,
     defaultText: "unset",
     describe: "registry password for `KINDLING_REGISTRY_USER`",
+    secret: true,
   }),
   authFile: setting<string | undefined>({
     env: "KINDLING_AUTH_FILE",
