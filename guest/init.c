@@ -11,7 +11,10 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <dirent.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -20,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -36,8 +40,8 @@
 #include <linux/magic.h>
 #include <linux/vm_sockets.h>
 
-/* 2: START carries the supplementary groups (list<u32> after gid) */
-#define PROTO_VERSION 2
+/* 2: START carries the supplementary groups (list<u32> after gid); 3: NETWORK (eth0, resolv.conf) */
+#define PROTO_VERSION 3
 #define HDR_LEN 12
 #define MAX_PAYLOAD (1u << 20)
 #define CHUNK (64u * 1024)
@@ -46,7 +50,7 @@
 #define MAX_GROUPS 64 /* supplementary groups per START (the host's limit too) */
 
 enum {
-  T_READY = 0x01, T_CONFIGURE = 0x10, T_CONFIGURED = 0x11, T_START = 0x20, T_STARTED = 0x21,
+  T_READY = 0x01, T_CONFIGURE = 0x10, T_CONFIGURED = 0x11, T_NETWORK = 0x12, T_START = 0x20, T_STARTED = 0x21,
   T_STDOUT = 0x22, T_STDERR = 0x23, T_STDIN_CREDIT = 0x24, T_EXITED = 0x25, T_STDIN = 0x26,
   T_STDIN_EOF = 0x27, T_SIGNAL = 0x28, T_OUTPUT_CREDIT = 0x29, T_FAILED = 0x2f, T_POWEROFF = 0x30,
 };
@@ -884,6 +888,113 @@ static void configure(struct in *r) {
   send_frame(T_CONFIGURED, 0, o.data, o.len);
 }
 
+/* ------------------------------------------------------------------ network (eth0 from the host, no DHCP) */
+
+/* The interface whose MAC is `mac` ("aa:bb:cc:dd:ee:ff"), found in /sys/class/net; waits up to 2 s for the driver. */
+static bool find_iface_by_mac(const char *mac, char *name, size_t size) {
+  for (int tries = 0; tries < 200; tries++) {
+    DIR *d = opendir("/sys/class/net");
+    for (struct dirent *e; d && (e = readdir(d));) {
+      if (e->d_name[0] == '.') continue;
+      char path[300], addr[32] = "";
+      snprintf(path, sizeof path, "/sys/class/net/%s/address", e->d_name);
+      int fd = open(path, O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      ssize_t n = read(fd, addr, sizeof addr - 1);
+      close(fd);
+      if (n > 0) addr[strcspn(addr, "\n")] = 0;
+      if (strcasecmp(addr, mac) == 0 && strlen(e->d_name) < size) {
+        memcpy(name, e->d_name, strlen(e->d_name) + 1);
+        closedir(d);
+        return true;
+      }
+    }
+    if (d) closedir(d);
+    usleep(10000);
+  }
+  return false;
+}
+
+static int set_inet(int s, unsigned long req, const char *ifname, in_addr_t a) {
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, ifname, strnlen(ifname, IFNAMSIZ - 1));
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+  sin->sin_family = AF_INET;
+  sin->sin_addr.s_addr = a;
+  return ioctl(s, req, &ifr) < 0 ? errno : 0;
+}
+
+/* Address, MTU, up, default route: what a container's eth0 gets from CNI, set with plain ioctls. */
+static int configure_iface(const char *mac, const char *address, uint32_t prefix, const char *gateway,
+                           uint32_t mtu, char *msg, size_t size) {
+  char ifname[IFNAMSIZ];
+  struct in_addr addr, gw;
+  if (inet_pton(AF_INET, address, &addr) != 1 || prefix > 32 || (*gateway && inet_pton(AF_INET, gateway, &gw) != 1))
+    return snprintf(msg, size, "network: bad address %s/%u via %s", address, prefix, gateway), EINVAL;
+  if (!find_iface_by_mac(mac, ifname, sizeof ifname))
+    return snprintf(msg, size, "network: no interface with MAC %s (is virtio_net loaded?)", mac), ENODEV;
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return snprintf(msg, size, "network: socket: %s", strerror(errno)), errno;
+  int err = 0;
+  const char *step = "";
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, ifname, strnlen(ifname, IFNAMSIZ - 1));
+  ifr.ifr_mtu = (int)mtu;
+  in_addr_t mask = prefix == 0 ? 0 : htonl(~0u << (32 - prefix));
+  if (mtu && ioctl(s, SIOCSIFMTU, &ifr) < 0) err = errno, step = "MTU";
+  if (!err && (err = set_inet(s, SIOCSIFADDR, ifname, addr.s_addr))) step = "address";
+  if (!err && (err = set_inet(s, SIOCSIFNETMASK, ifname, mask))) step = "netmask";
+  if (!err && ioctl(s, SIOCGIFFLAGS, &ifr) < 0) err = errno, step = "flags";
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (!err && ioctl(s, SIOCSIFFLAGS, &ifr) < 0) err = errno, step = "up";
+  if (!err && *gateway) {
+    struct rtentry rt;
+    memset(&rt, 0, sizeof rt);
+    ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+    ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+    struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
+    g->sin_family = AF_INET;
+    g->sin_addr = gw;
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    rt.rt_dev = ifname;
+    if (ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST) err = errno, step = "default route";
+  }
+  close(s);
+  if (err) snprintf(msg, size, "network: %s %s: %s", ifname, step, strerror(err));
+  else if (debug_on) logmsg("network: %s %s/%u via %s mtu %u", ifname, address, prefix, gateway, mtu);
+  return err;
+}
+
+/*
+ * NETWORK: flags (bit 0: an interface follows), mac, address, prefix, gateway, mtu, resolv.conf (written
+ * into the container's /etc when not empty). Answered by CONFIGURED, like CONFIGURE.
+ */
+static void configure_network(struct in *r) {
+  uint32_t flags = in_u32(r);
+  char *mac = in_str(r), *address = in_str(r);
+  uint32_t prefix = in_u32(r);
+  char *gateway = in_str(r);
+  uint32_t mtu = in_u32(r);
+  char *resolv = in_str(r);
+  int err = 0;
+  char msg[300] = "";
+  if (r->err) err = EINVAL, snprintf(msg, sizeof msg, "malformed NETWORK");
+  if (!err && (flags & 1)) err = configure_iface(mac, address, prefix, gateway, mtu, msg, sizeof msg);
+  if (!err && *resolv) {
+    if (mkdir("/etc", 0755) < 0 && errno != EEXIST) err = errno;
+    if (!err) err = replace_etc_file("resolv.conf", resolv);
+    if (err) snprintf(msg, sizeof msg, "write /etc/resolv.conf: %s", strerror(err));
+  }
+  free(mac), free(address), free(gateway), free(resolv);
+  if (err) logmsg("%s", msg);
+  struct out o = {.len = 0};
+  out_u32(&o, (uint32_t)err);
+  out_bytes(&o, msg);
+  send_frame(T_CONFIGURED, 0, o.data, o.len);
+}
+
 /* ------------------------------------------------------------------ power off */
 
 /* A mount point from /proc/mounts, whose fields escape space, tab, newline and backslash as \ooo. */
@@ -960,6 +1071,7 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *pl, size_t le
   host_spoke = true;
   switch (type) {
   case T_CONFIGURE: configure(&r); break;
+  case T_NETWORK: configure_network(&r); break;
   case T_START: start_process(id, &r); break;
   case T_STDIN: stdin_data(p, pl, len); break;
   case T_STDIN_EOF:

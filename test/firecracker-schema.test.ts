@@ -48,6 +48,10 @@ function specs(): Record<string, VmSpec> {
       vcpus: 1,
       memoryMiB: 128,
     }),
+    "root + a NIC (the TAP in the run's network namespace)": fx.spec({
+      drives: [d("rootfs", true, true)],
+      network: { netns: "/run/netns/kl-x-y", tap: "tap0", mac: "0a:58:0a:f0:00:05", mtu: 1500 },
+    }),
     "no root device (initramfs finds drives itself)": fx.spec({
       drives: [d("image", false, true), d("rw", false, false)],
     }),
@@ -287,4 +291,30 @@ test("jailer: arguments, chroot layout, and API paths inside the jail that still
     await undo();
   }
   await assert.rejects(stat(layout.jailDir), /ENOENT/);
+});
+
+test("a VM's NIC: PUT /network-interfaces/eth0 with the TAP, the veth's MAC and MTU; a broken body names its field", () => {
+  const spec = specs()["root + a NIC (the TAP in the run's network namespace)"];
+  const nic = renderApiCalls(spec, render(spec)).filter((c) => c.path.startsWith("/network-interfaces/"));
+  assert.deepEqual(nic, [
+    {
+      method: "PUT",
+      path: "/network-interfaces/eth0",
+      body: { iface_id: "eth0", host_dev_name: "tap0", guest_mac: "0a:58:0a:f0:00:05", mtu: 1500 },
+    },
+  ]);
+  assert.deepEqual(renderConfigFile(spec, render(spec))["network-interfaces"], [nic[0]!.body]);
+  const broken = schema.checkRequest("PUT", "/network-interfaces/eth0", { iface_id: "eth0", mtu: 10 });
+  assert.ok(
+    broken.some((e) => /host_dev_name/.test(e)),
+    broken.join("; "),
+  );
+  assert.ok(
+    broken.some((e) => /mtu/.test(e)),
+    broken.join("; "),
+  );
+  assert.equal(
+    renderApiCalls(specs()["initrd + ro root"]).filter((c) => c.path.includes("network")).length,
+    0,
+  );
 });

@@ -9,11 +9,15 @@ import path from "node:path";
 import { PassThrough, type Readable, type Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { config } from "../config/index.js";
+import { CONTAINER_IFNAME, setUpNetwork } from "../network/attach.js";
+import { networkSettings } from "../network/conflist.js";
+import { containerResolvConf, hostResolvConf } from "../network/resolv.js";
+import { wireTap } from "../network/tap.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import type { Scope } from "../util/scope.js";
 import type { GuestProcess } from "../vm/agent/client.js";
-import { MAX_GROUPS } from "../vm/agent/protocol.js";
+import { type GuestNetwork, MAX_GROUPS } from "../vm/agent/protocol.js";
 import { resolveFirecracker } from "../vm/firecracker/process.js";
 import { bootFirecrackerVm, type FirecrackerBootedVm } from "../vm/firecracker/run.js";
 import { prepareGuestBoot } from "../vm/kernel.js";
@@ -91,6 +95,7 @@ export class VmRuntime implements Runtime {
         `the user is in ${proc.additionalGids.length} supplementary groups; a VM process may have at most ${MAX_GROUPS}`,
       );
     const spec = await this.vmSpec(home, plan, runDir.file("vm"), memoryMiB, options.cpus);
+    const guestNet = await this.network(req, scope, spec);
     // Before the VMM exists: if kindling dies during boot, the next run's cleanup kills it by its paths.
     await runDir.hold(scope, { kind: "vm-processes", dir: runDir.path });
     const vm =
@@ -98,8 +103,47 @@ export class VmRuntime implements Runtime {
         ? await bootVm(spec, { home })
         : await bootFirecrackerVm(spec, { firecrackerBin: config().firecracker });
     scope.defer(`VM of ${req.id}`, () => vm.close());
+    // before CONFIGURE: resolv.conf goes into the root, never into a volume mounted on /etc
+    await vm.agent.network(guestNet);
     await vm.agent.configure({ hostname, mounts: plan.mounts });
     return new VmContainer(req.id, vm, proc, req.stdio, prepMs, plan.imageProblem);
+  }
+
+  /**
+   * bridge: the run's namespace and CNI attachment as for runc, plus a TAP wired to the veth (tap.ts);
+   * the VMM runs in the namespace and the guest gets CNI's address over the agent. none: no NIC.
+   */
+  private async network(req: PrepareRequest, scope: Scope, spec: VmSpec): Promise<GuestNetwork> {
+    const mode = req.options.network ?? "bridge";
+    const resolvConf = containerResolvConf(await hostResolvConf(), mode, req.options.dns ?? []);
+    if (mode !== "bridge") {
+      await req.runDir.setNetwork({ mode, ports: [] });
+      return { resolvConf };
+    }
+    const net = await setUpNetwork({
+      home: req.runDir.home,
+      runId: req.id,
+      mode,
+      ports: req.options.publish ?? [],
+      settings: networkSettings(),
+      holder: req.runDir,
+      scope,
+    });
+    const nic = await wireTap(net.netnsName!, CONTAINER_IFNAME);
+    const info = { ...net.info, mac: nic.mac };
+    await req.runDir.setNetwork(info);
+    spec.network = { netns: net.netnsPath!, tap: nic.tap, mac: nic.mac, mtu: nic.mtu };
+    if (!info.ip) throw new KindlingError(`CNI network ${info.name} gave no IPv4 address`);
+    return {
+      iface: {
+        mac: nic.mac,
+        address: info.ip,
+        prefixLength: info.prefixLength ?? 32,
+        ...(info.gateway ? { gateway: info.gateway } : {}),
+        mtu: nic.mtu,
+      },
+      resolvConf,
+    };
   }
 
   /** The VM description: kernel, initramfs, the guest init's options, drives and shares of the plan. */

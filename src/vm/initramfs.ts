@@ -17,6 +17,7 @@ export const GUEST_MODULES = [
   "virtio_mmio",
   "virtio_blk",
   "virtio_console",
+  "virtio_net", // eth0 (its failover deps come from modules.dep)
   "squashfs",
   "overlay",
   "ext4",

@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, readFileSync } from "node:fs";
-import { copyFile, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { copyFile, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { cpus } from "node:os";
 import path from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -52,7 +52,9 @@ export async function ensureGuestKernel(
     await exec("dpkg-deb", ["-x", path.join(work, deb), tree]);
     // The .deb ships no modules.dep (its postinst runs depmod): make one.
     await exec("depmod", ["-b", tree, version]);
-    const dest = path.join(home.kernel, version);
+    // per module list: a kernel cached for an older list (without virtio_net) stays for the VMs using it
+    // the real path: a home's kernel dir may be a symlink to a cache shared by homes that come and go
+    const dest = path.join(await realpath(home.kernel), `${version}-${modulesTag()}`);
     const staged = path.join(work, "kernel");
     await mkdir(staged);
     await extractVmlinux(path.join(tree, "boot", `vmlinuz-${version}`), path.join(staged, "vmlinux"));
@@ -72,16 +74,27 @@ export async function ensureGuestKernel(
       modulesDir: path.join(dest, "modules", version),
       version,
     };
-    await writeFileAtomic(path.join(home.kernel, MANIFEST), `${JSON.stringify(kernel, null, 2)}\n`);
+    await writeFileAtomic(
+      path.join(home.kernel, MANIFEST),
+      `${JSON.stringify({ ...kernel, modules: modulesTag() }, null, 2)}\n`,
+    );
     return kernel;
   } finally {
     await rm(work, { recursive: true, force: true });
   }
 }
 
+/** Names the module list a cached kernel kept (keepNeededModules keeps only those). */
+function modulesTag(): string {
+  return createHash("sha256").update(GUEST_MODULES.join(",")).digest("hex").slice(0, 8);
+}
+
 async function readCached(home: KindlingHome): Promise<GuestKernel | null> {
   try {
-    const k = JSON.parse(await readFile(path.join(home.kernel, MANIFEST), "utf8")) as GuestKernel;
+    const k = JSON.parse(await readFile(path.join(home.kernel, MANIFEST), "utf8")) as GuestKernel & {
+      modules?: string;
+    };
+    if (k.modules !== modulesTag()) return null; // cached with another module list: fetch again
     await stat(k.vmlinux);
     await stat(path.join(k.modulesDir, "modules.dep"));
     return k;

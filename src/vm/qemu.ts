@@ -76,6 +76,12 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, accel: Accel): string[]
     args.push("-drive", `id=${id},file=${file},format=raw,if=none,read-only=${d.readOnly ? "on" : "off"}`);
     args.push("-device", `virtio-blk-device,drive=${id}`);
   }
+  if (spec.network) {
+    // the TAP is opened by name in the namespace QEMU runs in (spawnTied's nsenter); no ifup scripts
+    const n = spec.network;
+    args.push("-netdev", `tap,id=net0,ifname=${n.tap},script=no,downscript=no`);
+    args.push("-device", `virtio-net-device,netdev=net0,mac=${n.mac},host_mtu=${n.mtu}`);
+  }
   args.push("-device", "virtio-serial-device,max_ports=2");
   args.push("-chardev", `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`);
   args.push("-device", "virtserialport,chardev=agent,name=kindling.agent");
@@ -95,9 +101,11 @@ const SETPRIV = "/usr/bin/setpriv";
  * Spawns a VMM-side process that dies with us: through `setpriv --pdeathsig KILL` (which then execs it,
  * keeping the pid) when available, so even a SIGKILLed Node leaves no QEMU or virtiofsd behind.
  */
-function spawnTied(cmd: string, args: string[], opts: SpawnOptions): ChildProcess {
-  if (!existsSync(SETPRIV)) return spawn(cmd, args, opts);
-  return spawn(SETPRIV, ["--pdeathsig", "KILL", "--", cmd, ...args], opts);
+function spawnTied(cmd: string, args: string[], opts: SpawnOptions, netns?: string): ChildProcess {
+  // in a network namespace: nsenter execs the VMM (same pid), after setpriv set the death signal
+  const argv = netns ? ["nsenter", `--net=${netns}`, "--", cmd, ...args] : [cmd, ...args];
+  if (!existsSync(SETPRIV)) return spawn(argv[0]!, argv.slice(1), opts);
+  return spawn(SETPRIV, ["--pdeathsig", "KILL", "--", ...argv], opts);
 }
 
 function onPath(cmd: string): boolean {
@@ -383,10 +391,12 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
   if (!onPath(opts.qemuBinary ?? QEMU_BINARY)) {
     throw new KindlingError(`${opts.qemuBinary ?? QEMU_BINARY} is not installed (run scripts/setup.sh)`);
   }
-  const child = spawnTied(opts.qemuBinary ?? QEMU_BINARY, args, {
-    cwd: spec.stateDir,
-    stdio: ["ignore", "ignore", "pipe"],
-  });
+  const child = spawnTied(
+    opts.qemuBinary ?? QEMU_BINARY,
+    args,
+    { cwd: spec.stateDir, stdio: ["ignore", "ignore", "pipe"] },
+    spec.network?.netns,
+  );
   track(child);
   let stderr = "";
   child.stderr!.on("data", (d) => {

@@ -18,6 +18,19 @@ export interface ShareSpec {
   source: string;
 }
 
+/**
+ * The VM's NIC (src/network/tap.ts): a TAP in the run's network namespace, wired to the CNI veth there.
+ * The VMM process runs in that namespace (it opens the TAP by name).
+ */
+export interface VmNetwork {
+  /** /run/netns/<name> */
+  netns: string;
+  tap: string;
+  /** The guest's MAC: the veth's, so the bridge and CNI's records match. */
+  mac: string;
+  mtu: number;
+}
+
 export interface VmSpec {
   /** Uncompressed vmlinux (ELF) to boot. */
   kernelPath: string;
@@ -30,4 +43,6 @@ export interface VmSpec {
   shares: ShareSpec[];
   /** Directory for the VM's sockets, logs and console output; owned by the run. */
   stateDir: string;
+  /** eth0 of the guest; none: loopback only. */
+  network?: VmNetwork;
 }

@@ -6,10 +6,12 @@ import {
   CHUNK,
   encodeConfigure,
   encodeFrame,
+  encodeNetwork,
   encodeStart,
   type Frame,
   FrameDecoder,
   type GuestConfig,
+  type GuestNetwork,
   MsgType,
   PayloadReader,
   PayloadWriter,
@@ -243,6 +245,16 @@ export class AgentClient extends EventEmitter {
     return new Promise((resolve, reject) => {
       this.pendingConfigure = { resolve, reject };
       this.send(MsgType.CONFIGURE, 0, encodeConfigure(cfg));
+    });
+  }
+
+  /** The guest's eth0 and resolv.conf, before CONFIGURE. Rejects with the guest's reason on failure. */
+  async network(net: GuestNetwork): Promise<void> {
+    await this.ready();
+    if (this.pendingConfigure) throw new KindlingError("configure is already in progress");
+    return new Promise((resolve, reject) => {
+      this.pendingConfigure = { resolve, reject };
+      this.send(MsgType.NETWORK, 0, encodeNetwork(net));
     });
   }
 

@@ -4,8 +4,11 @@
  */
 import { KindlingError } from "../../util/errors.js";
 
-/** 2: START carries the supplementary groups. Host and guest ship together; a mismatch is refused. */
-export const PROTOCOL_VERSION = 2;
+/**
+ * 2: START carries the supplementary groups; 3: NETWORK (eth0 and resolv.conf).
+ * Host and guest ship together; a mismatch is refused.
+ */
+export const PROTOCOL_VERSION = 3;
 export const HEADER_LENGTH = 12;
 export const MAX_PAYLOAD = 1 << 20;
 /** Initial credit per output stream, and the host's stdin window. */
@@ -20,6 +23,8 @@ export const MsgType = {
   READY: 0x01,
   CONFIGURE: 0x10,
   CONFIGURED: 0x11,
+  /** eth0 (MAC, address, route, MTU) and /etc/resolv.conf; answered by CONFIGURED. */
+  NETWORK: 0x12,
   START: 0x20,
   STARTED: 0x21,
   STDOUT: 0x22,
@@ -64,6 +69,46 @@ export interface GuestMount {
 export interface GuestConfig {
   hostname?: string;
   mounts?: GuestMount[];
+}
+
+/** The guest's network, sent in NETWORK before CONFIGURE: no DHCP in the guest. */
+export interface GuestNetwork {
+  /** The NIC the VMM gave the guest, found by its MAC; absent: loopback only. */
+  iface?: { mac: string; address: string; prefixLength: number; gateway?: string; mtu: number };
+  /** /etc/resolv.conf for the container; empty or absent: the image's stays. */
+  resolvConf?: string;
+}
+
+export function encodeNetwork(n: GuestNetwork): Buffer {
+  const i = n.iface;
+  if (i && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(i.mac))
+    throw new KindlingError(`not a MAC address: ${i.mac}`);
+  return new PayloadWriter()
+    .u32(i ? 1 : 0)
+    .bytes(i?.mac ?? "")
+    .bytes(i?.address ?? "")
+    .u32(i?.prefixLength ?? 0)
+    .bytes(i?.gateway ?? "")
+    .u32(i?.mtu ?? 0)
+    .bytes(n.resolvConf ?? "")
+    .done();
+}
+
+/** NETWORK's payload read back (tests and test doubles). */
+export function decodeNetwork(payload: Buffer): GuestNetwork {
+  const r = new PayloadReader(payload);
+  const has = (r.u32() & 1) === 1;
+  const mac = r.bytes().toString();
+  const address = r.bytes().toString();
+  const prefixLength = r.u32();
+  const gateway = r.bytes().toString();
+  const mtu = r.u32();
+  const resolvConf = r.bytes().toString();
+  r.end();
+  return {
+    ...(has ? { iface: { mac, address, prefixLength, ...(gateway ? { gateway } : {}), mtu } } : {}),
+    ...(resolvConf ? { resolvConf } : {}),
+  };
 }
 
 export interface ProcessSpec {

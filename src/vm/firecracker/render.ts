@@ -22,6 +22,12 @@ export interface MachineConfiguration {
   mem_size_mib: number;
   smt?: boolean;
 }
+export interface NetworkInterface {
+  iface_id: string;
+  host_dev_name: string;
+  guest_mac?: string;
+  mtu?: number;
+}
 export interface Vsock {
   guest_cid: number;
   uds_path: string;
@@ -43,6 +49,7 @@ export interface FirecrackerConfig {
   "boot-source": BootSource;
   drives: Drive[];
   "machine-config": MachineConfiguration;
+  "network-interfaces"?: NetworkInterface[];
   vsock?: Vsock;
   logger?: Logger;
   metrics?: Metrics;
@@ -153,6 +160,13 @@ export function renderMachineConfig(spec: VmSpec): MachineConfiguration {
   return { vcpu_count: spec.vcpus, mem_size_mib: spec.memoryMiB, smt: false };
 }
 
+/** The guest's eth0: the TAP in the namespace Firecracker runs in, with the veth's MAC and MTU. */
+export function renderNetworkInterfaces(spec: VmSpec): NetworkInterface[] {
+  const n = spec.network;
+  if (!n) return [];
+  return [{ iface_id: "eth0", host_dev_name: n.tap, guest_mac: n.mac, mtu: n.mtu }];
+}
+
 /**
  * The API calls, in order: logger and metrics first (so later faults are logged), then machine, boot
  * source, drives and vsock, then InstanceStart.
@@ -167,6 +181,9 @@ export function renderApiCalls(spec: VmSpec, opts: RenderOptions = {}): Firecrac
   for (const drive of renderDrives(spec, opts)) {
     calls.push({ method: "PUT", path: `/drives/${drive.drive_id}`, body: drive });
   }
+  for (const nic of renderNetworkInterfaces(spec)) {
+    calls.push({ method: "PUT", path: `/network-interfaces/${nic.iface_id}`, body: nic });
+  }
   if (opts.vsock) calls.push({ method: "PUT", path: "/vsock", body: opts.vsock });
   calls.push({ method: "PUT", path: "/actions", body: { action_type: "InstanceStart" } });
   return calls;
@@ -180,6 +197,8 @@ export function renderConfigFile(spec: VmSpec, opts: RenderOptions = {}): Firecr
     drives: renderDrives(spec, opts),
     "machine-config": renderMachineConfig(spec),
   };
+  const nics = renderNetworkInterfaces(spec);
+  if (nics.length > 0) config["network-interfaces"] = nics;
   if (opts.vsock) config.vsock = opts.vsock;
   if (opts.logger) config.logger = opts.logger;
   if (opts.metrics) config.metrics = opts.metrics;

@@ -213,9 +213,14 @@ async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Pr
     await writeFile(paths.configFile!, `${JSON.stringify(config, null, 2)}\n`);
     fcArgs.push("--config-file", inVm.config);
   }
+  // with a NIC, the VMM runs in the run's network namespace (the jailer joins it itself)
+  const netns = spec.network?.netns;
+  const jailerOpts = { ...opts.jailer!, execFile: opts.jailer?.execFile || bin, ...(netns ? { netns } : {}) };
   const [cmd, args] = jail
-    ? [jailerBin!, renderJailerArgs(id, { ...opts.jailer!, execFile: opts.jailer!.execFile || bin }, fcArgs)]
-    : [bin, fcArgs];
+    ? [jailerBin!, renderJailerArgs(id, jailerOpts, fcArgs)]
+    : netns
+      ? ["nsenter", [`--net=${netns}`, "--", bin, ...fcArgs]]
+      : [bin, fcArgs];
   const proc = await Supervised.spawn(cmd, args, {
     cwd: stateDir,
     stdoutPath: paths.console,

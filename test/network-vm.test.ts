@@ -1,0 +1,116 @@
+/**
+ * microVM networking with the real CNI plugins and a real QEMU VM: the guest's eth0 configured by its
+ * init from NETWORK (no DHCP), a server in the VM reached through -p from 127.0.0.1, and a runc
+ * container reaching the VM by address over the home's bridge. Nothing is left afterwards.
+ */
+import assert from "node:assert/strict";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { resolveImage } from "../src/runtime/image.js";
+import { type RunHandle, runContainer } from "../src/runtime/lifecycle.js";
+import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import { runtimeFor } from "../src/runtime/registry.js";
+import { cleanupStaleRuns, readOwner } from "../src/runtime/rundir.js";
+import { leftovers, readAll } from "../src/runtime/testing.js";
+import { decodeNetwork, encodeNetwork } from "../src/vm/agent/protocol.js";
+import { networkLeftovers } from "./helpers/network.js";
+import { freePort } from "./helpers/registry.js";
+import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
+
+let t: VmTestHome;
+
+before(async () => {
+  t = await vmTestHome();
+});
+
+after(async () => {
+  await cleanupStaleRuns(t.home).catch(() => {});
+  const left = [...(await leftovers(t.home.root)), ...(await networkLeftovers(t.home))];
+  await t.cleanup();
+  assert.deepEqual(left, []);
+});
+
+async function start(command: string[], flags: RawRunFlags) {
+  const opts = await parseRunOptions("ml", command, { stopTimeout: "1", ...flags });
+  const handle: RunHandle = runContainer({
+    home: t.home,
+    options: opts,
+    image: await resolveImage(t.home, "ml"),
+    runtime: await runtimeFor(opts),
+    stdio: { stdout: "pipe", stderr: "pipe" },
+    notify: () => {},
+  });
+  const started = await handle.started;
+  const output = Promise.all([readAll(started.stdout), readAll(started.stderr)]);
+  const owner = await readOwner(path.join(t.home.runs, started.id));
+  return { handle, id: started.id, network: owner?.network, output };
+}
+
+async function fetchText(url: string, timeoutMs: number): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      return await (await fetch(url, { signal: AbortSignal.timeout(3000) })).text();
+    } catch (err) {
+      last = err;
+      await sleep(200);
+    }
+  }
+  throw new Error(`${url} did not answer within ${timeoutMs} ms: ${(last as Error)?.message}`);
+}
+
+test("NETWORK round-trips; a bad MAC is refused before it is sent", () => {
+  const n = {
+    iface: {
+      mac: "0a:58:0a:f0:00:05",
+      address: "10.240.0.5",
+      prefixLength: 24,
+      gateway: "10.240.0.1",
+      mtu: 1500,
+    },
+    resolvConf: "nameserver 192.0.2.53\n",
+  };
+  assert.deepEqual(decodeNetwork(encodeNetwork(n)), n);
+  assert.deepEqual(decodeNetwork(encodeNetwork({ resolvConf: "x\n" })), { resolvConf: "x\n" });
+  assert.throws(() => encodeNetwork({ iface: { ...n.iface, mac: "zz" } }), /not a MAC address: zz/);
+});
+
+test("a server in a QEMU microVM answers on 127.0.0.1:PORT (-p), and a runc container reaches it by address", async () => {
+  const port = await freePort();
+  const vm = await start(["sh", "-c", "ip -o -4 addr show eth0 >&2; exec httpd -f -p 80 -h /data"], {
+    runtime: "qemu",
+    publish: [`127.0.0.1:${port}:80`],
+    dns: ["192.0.2.53"],
+  });
+  try {
+    const n = vm.network!;
+    assert.equal(n.mode, "bridge");
+    assert.match(n.ip ?? "", /^10\.\d+\.\d+\.\d+$/);
+    assert.match(n.mac ?? "", /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+    assert.deepEqual(n.ports, [{ hostIP: "127.0.0.1", hostPort: port, containerPort: 80, protocol: "tcp" }]);
+    assert.equal(await fetchText(`http://127.0.0.1:${port}/hello`, 120_000), "hello from layer 2\n");
+    // from a runc container on the same bridge, by the VM's address; the VM's resolv.conf came from --dns
+    const c = await start(["sh", "-c", `timeout 20 wget -q -O- http://${n.ip}/hello`], { runtime: "runc" });
+    const [[out, err], result] = await Promise.all([c.output, c.handle.result]);
+    assert.equal(result.status, 0, err);
+    assert.equal(out, "hello from layer 2\n");
+  } finally {
+    vm.handle.stop("SIGTERM");
+    const [[, stderr]] = await Promise.all([vm.output, vm.handle.result.catch(() => {})]);
+    assert.match(stderr, new RegExp(`inet ${vm.network?.ip?.replaceAll(".", "\\.")}/24`), stderr);
+  }
+  assert.deepEqual(await networkLeftovers(t.home), []);
+});
+
+test("a VM with --network none has only lo, and --dns still writes its resolv.conf", async () => {
+  const vm = await start(["sh", "-c", "ip -o link | cut -d: -f2 | tr -d ' '; cat /etc/resolv.conf"], {
+    runtime: "qemu",
+    network: "none",
+    dns: ["192.0.2.53"],
+  });
+  const [[out, err], result] = await Promise.all([vm.output, vm.handle.result]);
+  assert.equal(result.status, 0, err);
+  assert.equal(out, "lo\nnameserver 192.0.2.53\n");
+});
