@@ -132,8 +132,8 @@ test("START round-trips through encodeStart/decodeStart; the group count is capp
     .done();
   assert.throws(() => decodeStart(tooMany), /too many supplementary groups/);
   assert.throws(() => decodeStart(Buffer.concat([encodeStart(spec, false), Buffer.from([0])])), /trailing/);
-  assert.equal(PROTOCOL_VERSION, 2);
-  assert.equal(encodeFrame(MsgType.START, 1)[4], 2, "the header carries the version");
+  assert.equal(PROTOCOL_VERSION, 3);
+  assert.equal(encodeFrame(MsgType.START, 1)[4], 3, "the header carries the version");
 });
 
 /** A fake guest on the other end of a Duplex pair: reads host frames, lets the test answer. */

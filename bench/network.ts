@@ -1,0 +1,260 @@
+/**
+ * Network benchmark (not a test): what networking adds to a run, and throughput over the bridge.
+ *   node dist/bench/network.js [--n 20] [--gib 1] [--no-vm]
+ * "Warm": the home's bridge and default network exist (a first run made them) and the plugins are in
+ * the page cache; every row is a median of interleaved rounds in one run of this script.
+ * Rows:
+ *   setup+teardown (host side): namespace, loopback and the CNI chain (bridge/host-local, firewall;
+ *     portmap with one -p), DEL and namespace removal: what a runc run with --network bridge adds.
+ *     For a VM, plus the TAP wired to the veth (tap.ts). Design B (a TAP enslaved to the bridge, an
+ *     address from host-local called directly) measured beside it with the same plugins.
+ *   end to end: `kindling run -- true` with --network bridge vs host (runc), through the API.
+ *   throughput: 1 GiB over TCP, host -> runc container over the bridge and runc container -> QEMU VM,
+ *     as a ratio to the same transfer over plain loopback on the host (busybox nc on both ends).
+ */
+import { spawn } from "node:child_process";
+import { mkdtemp, rm, symlink } from "node:fs/promises";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { setUpNetwork } from "../src/network/attach.js";
+import { execPlugin } from "../src/network/cni.js";
+import {
+  DEFAULT_PLUGIN_DIRS,
+  homeDefaultNetwork,
+  homeNetworkNames,
+  networkSettings,
+  removeHomeNetwork,
+} from "../src/network/conflist.js";
+import { type NetworkResource, releaseNetworkResource } from "../src/network/resources.js";
+import { wireTap } from "../src/network/tap.js";
+import { resolveImage } from "../src/runtime/image.js";
+import { runContainer } from "../src/runtime/lifecycle.js";
+import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import { runtimeFor } from "../src/runtime/registry.js";
+import { readOwner } from "../src/runtime/rundir.js";
+import { buildBusyboxTree, makeSquashfs, readAll } from "../src/runtime/testing.js";
+import { exec } from "../src/util/exec.js";
+import { KindlingHome } from "../src/util/home.js";
+import { Scope } from "../src/util/scope.js";
+
+const argOf = (name: string): string | undefined => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : undefined;
+};
+const N = Number(argOf("n") ?? 20);
+const BYTES = Math.round(Number(argOf("gib") ?? 1) * 2 ** 30);
+const VM = !process.argv.includes("--no-vm");
+const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const now = () => Number(process.hrtime.bigint()) / 1e6;
+
+/** A holder that releases like RunDir does, without owner.json. */
+function holder(scope: Scope) {
+  return {
+    async hold(s: Scope, r: NetworkResource) {
+      s.defer("net", () => releaseNetworkResource(r));
+    },
+    async update(r: NetworkResource, change: Partial<NetworkResource>) {
+      Object.assign(r, change);
+    },
+    scope,
+  };
+}
+
+async function main(): Promise<void> {
+  const tmp = await mkdtemp(path.join(tmpdir(), "kindling-bench-net-"));
+  const home = new KindlingHome(path.join(tmp, "home")).ensure();
+  await rm(home.kernel, { recursive: true, force: true });
+  await symlink(path.join(REPO, ".cache", "vm-test-home", "kernel"), home.kernel).catch(() => {});
+  await buildBusyboxTree(path.join(tmp, "tree"));
+  const image = path.join(tmp, "busybox.sqfs");
+  await makeSquashfs(path.join(tmp, "tree"), image);
+  const names = homeNetworkNames(home);
+  const list = await homeDefaultNetwork(home);
+  const out: string[] = [];
+  const row = (label: string, value: string) => out.push(`  ${label.padEnd(72)} ${value}`);
+  try {
+    // -- host-side setup + teardown, runc shape and VM shape, and design B
+    let seq = 0;
+    const runcShape = async (ports: boolean, vm: boolean) => {
+      const t0 = now();
+      await Scope.with(async (scope) => {
+        const net = await setUpNetwork({
+          home,
+          runId: `b${process.pid}${seq++}`,
+          mode: "bridge",
+          ports: ports
+            ? [{ hostIP: "127.0.0.1", hostPort: 40000 + (seq % 1000), containerPort: 80, protocol: "tcp" }]
+            : [],
+          settings: networkSettings(),
+          holder: holder(scope),
+          scope,
+        });
+        if (vm) await wireTap(net.netnsName!, "eth0");
+      });
+      return now() - t0;
+    };
+    const designB = async () => {
+      const t0 = now();
+      const id = `tb${process.pid % 10000}${seq++ % 100}`;
+      const ipam = (list.plugins[0] as unknown as { ipam: Record<string, unknown> }).ipam;
+      const conf = { cniVersion: list.cniVersion, name: list.name, type: "host-local", ...ipam } as never;
+      const at = { containerId: id, netns: "", ifName: "eth0" };
+      await exec("ip", ["-batch", "-"], {
+        input: `tuntap add dev ${id} mode tap\nlink set dev ${id} master ${names.bridge} up\n`,
+      });
+      await execPlugin(conf, "ADD", at, DEFAULT_PLUGIN_DIRS);
+      // portmap and firewall would be called with a made-up prevResult here; DEL mirrors ADD
+      await execPlugin(conf, "DEL", at, DEFAULT_PLUGIN_DIRS);
+      await exec("ip", ["link", "delete", id]);
+      return now() - t0;
+    };
+    await runcShape(true, true); // warm: bridge made, plugins cached
+    const t = { runc: [] as number[], runcP: [] as number[], vm: [] as number[], b: [] as number[] };
+    for (let i = 0; i < N; i++) {
+      t.runc.push(await runcShape(false, false));
+      t.runcP.push(await runcShape(true, false));
+      t.vm.push(await runcShape(false, true));
+      t.b.push(await designB());
+    }
+    row(
+      "network setup+teardown, runc (netns, lo, bridge+host-local, firewall)",
+      `${median(t.runc).toFixed(1)} ms`,
+    );
+    row("  same with one -p (portmap too)", `${median(t.runcP).toFixed(1)} ms`);
+    row("  VM, design A: same + TAP wired to the veth with tc (chosen)", `${median(t.vm).toFixed(1)} ms`);
+    row("  VM, design B parts: TAP on the bridge + host-local ADD/DEL only", `${median(t.b).toFixed(1)} ms`);
+
+    // -- end to end, runc: bridge vs host
+    const run = async (flags: RawRunFlags, command: string[]) => {
+      const opts = await parseRunOptions(image, command, { runtime: "runc", ...flags });
+      const h = runContainer({
+        home,
+        options: opts,
+        image: await resolveImage(home, image),
+        runtime: await runtimeFor(opts),
+        stdio: { stdout: "pipe", stderr: "pipe" },
+        notify: () => {},
+      });
+      const s = await h.started;
+      const owner = await readOwner(path.join(home.runs, s.id));
+      const done = Promise.all([readAll(s.stdout), readAll(s.stderr), h.result]);
+      return { h, owner, done };
+    };
+    const e2e = async (network: string) => {
+      const t0 = now();
+      const r = await run({ network }, ["true"]);
+      await r.done;
+      return now() - t0;
+    };
+    await e2e("bridge");
+    await e2e("host");
+    const e = { bridge: [] as number[], host: [] as number[] };
+    for (let i = 0; i < N; i++) {
+      e.bridge.push(await e2e("bridge"));
+      e.host.push(await e2e("host"));
+    }
+    const eb = median(e.bridge);
+    const eh = median(e.host);
+    row("kindling run -- true, runc, --network host (no networking)", `${eh.toFixed(1)} ms`);
+    row("kindling run -- true, runc, --network bridge", `${eb.toFixed(1)} ms (+${(eb - eh).toFixed(1)} ms)`);
+
+    // -- throughput: plain loopback baseline, host -> container, container -> VM
+    const sendFromHost = async (host: string, port: number) => {
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        try {
+          return await new Promise<number>((resolve, reject) => {
+            const sock = net.connect(port, host);
+            const chunk = Buffer.alloc(1 << 20);
+            let left = BYTES;
+            let t0 = 0;
+            sock.once("connect", () => {
+              t0 = now();
+              const pump = () => {
+                while (left > 0) {
+                  left -= chunk.length;
+                  if (!sock.write(chunk)) return void sock.once("drain", pump);
+                }
+                sock.end();
+              };
+              pump();
+            });
+            sock.once("error", reject);
+            sock.once("close", (hadError) => (hadError ? reject(new Error("closed")) : resolve(now() - t0)));
+          });
+        } catch (err) {
+          if (Date.now() > deadline) throw err;
+          await sleep(100);
+        }
+      }
+    };
+    const mbps = (ms: number) => BYTES / 2 ** 20 / (ms / 1000);
+    const loopPort = 41000 + (process.pid % 1000);
+    const loopServer = spawn("busybox", ["nc", "-l", "-p", String(loopPort)], {
+      stdio: ["ignore", "ignore", "ignore"],
+    });
+    const loop = await sendFromHost("127.0.0.1", loopPort);
+    loopServer.kill();
+    row(
+      `TCP ${BYTES / 2 ** 30} GiB, plain loopback on the host (busybox nc)`,
+      `${mbps(loop).toFixed(0)} MiB/s (1.00x)`,
+    );
+    const server = await run({}, ["sh", "-c", "nc -l -p 5000 > /dev/null"]);
+    const toContainer = await sendFromHost(server.owner!.network!.ip!, 5000);
+    await server.done;
+    row(
+      "  host -> runc container over the bridge",
+      `${mbps(toContainer).toFixed(0)} MiB/s (${(loop / toContainer).toFixed(2)}x)`,
+    );
+    if (VM) {
+      const vmOpts = await parseRunOptions(
+        image,
+        ["sh", "-c", "nc -l -p 5000 | head -c 1 >/dev/null; nc -l -p 5001 > /dev/null"],
+        {
+          runtime: "qemu",
+        },
+      );
+      const vm = runContainer({
+        home,
+        options: vmOpts,
+        image: await resolveImage(home, image),
+        runtime: await runtimeFor(vmOpts),
+        stdio: { stdout: "pipe", stderr: "pipe" },
+        notify: () => {},
+      });
+      const vs = await vm.started;
+      const vmDone = Promise.all([readAll(vs.stdout), readAll(vs.stderr), vm.result]);
+      const vmIp = (await readOwner(path.join(home.runs, vs.id)))!.network!.ip!;
+      // the container measures its own transfer (uptime, 10 ms resolution), once the VM listens
+      const client = await run({}, [
+        "sh",
+        "-c",
+        `until echo x | nc ${vmIp} 5000; do sleep 0.2; done; sleep 0.5; ` +
+          `a=$(cut -d' ' -f1 /proc/uptime); head -c ${BYTES} /dev/zero | nc ${vmIp} 5001; ` +
+          `b=$(cut -d' ' -f1 /proc/uptime); echo "$a $b"`,
+      ]);
+      const [[stdout]] = await Promise.all([client.done, vmDone]);
+      const [a, b] = stdout.trim().split(" ").map(Number);
+      const toVm = (b! - a!) * 1000;
+      row(
+        "  runc container -> QEMU VM (TCG) over the bridge",
+        `${mbps(toVm).toFixed(0)} MiB/s (${(loop / toVm).toFixed(3)}x)`,
+      );
+    }
+  } finally {
+    await removeHomeNetwork(home).catch(() => {});
+    await rm(tmp, { recursive: true, force: true }).catch(() => {});
+  }
+  console.log(`network benchmark, medians of ${N} interleaved rounds (warm: bridge made, plugins cached)`);
+  console.log(`  command: node dist/bench/network.js ${process.argv.slice(2).join(" ")}`.trimEnd());
+  for (const l of out) console.log(l);
+}
+
+await main();
