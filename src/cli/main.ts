@@ -3,15 +3,6 @@ import { configure } from "../config/index.js";
 import { setDebug } from "../util/debug.js";
 import { EXIT_KINDLING_FAILURE, errorMessage, KindlingError } from "../util/errors.js";
 import { closeAllScopes } from "../util/scope.js";
-import { registerBenchCommand } from "./bench.js";
-import { registerCompletionCommand } from "./completion.js";
-import { registerConfigCommand } from "./config.js";
-import { registerContainerCommands } from "./containers.js";
-import { registerDaemonCommand } from "./daemon.js";
-import { registerDoctorCommand } from "./doctor.js";
-import { registerImageCommands } from "./image.js";
-import { registerLoginCommands } from "./login.js";
-import { registerRunCommand } from "./run.js";
 
 const program = new Command("kindling")
   .description("Run OCI images in microVMs and with runc/gVisor on a lazily loaded root filesystem")
@@ -24,15 +15,29 @@ const program = new Command("kindling")
     setDebug(cfg.debug);
   });
 
-registerImageCommands(program);
-registerRunCommand(program);
-registerContainerCommands(program);
-registerDaemonCommand(program);
-registerDoctorCommand(program);
-registerConfigCommand(program);
-registerBenchCommand(program);
-registerLoginCommands(program);
-registerCompletionCommand(program);
+type Register = (p: Command) => void;
+/**
+ * Each command's module, loaded only when that command runs: `kindling run` need not load the
+ * registry client, the bench harness or the image pipeline (bench/cli-cost.ts measures the effect).
+ * Help, completion and unknown commands load them all, in this order.
+ */
+const COMMANDS: [string[], () => Promise<Register>][] = [
+  [["image"], async () => (await import("./image.js")).registerImageCommands],
+  [["run"], async () => (await import("./run.js")).registerRunCommand],
+  [
+    ["ps", "logs", "exec", "stop", "kill", "rm", "wait", "inspect", "events", "info"],
+    async () => (await import("./containers.js")).registerContainerCommands,
+  ],
+  [["daemon"], async () => (await import("./daemon.js")).registerDaemonCommand],
+  [["doctor"], async () => (await import("./doctor.js")).registerDoctorCommand],
+  [["config"], async () => (await import("./config.js")).registerConfigCommand],
+  [["bench"], async () => (await import("./bench.js")).registerBenchCommand],
+  [["login", "logout"], async () => (await import("./login.js")).registerLoginCommands],
+  [["completion"], async () => (await import("./completion.js")).registerCompletionCommand],
+];
+const named = process.argv.slice(2).find((a) => !a.startsWith("-"));
+const only = COMMANDS.find(([names]) => named !== undefined && names.includes(named) && named !== "completion");
+for (const [, load] of only ? [only] : COMMANDS) (await load())(program);
 
 // Ctrl-C / TERM for commands that do not handle signals themselves: release what we hold, then exit.
 let stopping = false;
