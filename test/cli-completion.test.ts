@@ -40,7 +40,7 @@ test("the script registers a completion function for kindling", async () => {
 
 test("commands, subcommands, options and option values complete", async () => {
   assert.deepEqual(await complete(["kindling", "im"]), ["image"]);
-  assert.deepEqual(await complete(["kindling", "--debug", "lo"]), ["login", "logout"]);
+  assert.deepEqual(await complete(["kindling", "--debug", "lo"]), ["logs", "login", "logout"]);
   const sub = await complete(["kindling", "image", ""]);
   for (const c of ["pull", "push", "ls", "inspect", "export", "rm"])
     assert.ok(sub.includes(c), `${c} in ${sub}`);
