@@ -101,7 +101,17 @@ async function main(): Promise<void> {
       JSON.stringify(buildOciSpec({ process: proc, rootfs: plain, volumes: [], nofile: 1024 })),
     );
     // The entry before lazy command loading: every command module first, then main.
-    const modules = ["image", "run", "containers", "daemon", "doctor", "config", "bench", "login", "completion"];
+    const modules = [
+      "image",
+      "run",
+      "containers",
+      "daemon",
+      "doctor",
+      "config",
+      "bench",
+      "login",
+      "completion",
+    ];
     await writeFile(
       eagerEntry,
       `${modules.map((m) => `await import("./${m}.js");`).join("\n")}\nawait import("./main.js");\n`,

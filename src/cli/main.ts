@@ -36,7 +36,9 @@ const COMMANDS: [string[], () => Promise<Register>][] = [
   [["completion"], async () => (await import("./completion.js")).registerCompletionCommand],
 ];
 const named = process.argv.slice(2).find((a) => !a.startsWith("-"));
-const only = COMMANDS.find(([names]) => named !== undefined && names.includes(named) && named !== "completion");
+const only = COMMANDS.find(
+  ([names]) => named !== undefined && names.includes(named) && named !== "completion",
+);
 for (const [, load] of only ? [only] : COMMANDS) (await load())(program);
 
 // Ctrl-C / TERM for commands that do not handle signals themselves: release what we hold, then exit.
