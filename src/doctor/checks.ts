@@ -4,9 +4,12 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import { errorMessage } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import { findExecutable } from "../vm/firecracker/process.js";
+import { readGuestInit } from "../vm/guest-init.js";
+import { defaultInitBinary } from "../vm/initramfs.js";
 
 export interface Check {
   name: string;
@@ -139,4 +142,17 @@ export async function guestKernelCheck(home: KindlingHome): Promise<Check> {
         detail:
           "not cached, and apt knows no linux-image-cloud-amd64 (run apt-get update, or boot your own kernel)",
       };
+}
+
+/** The guest init binary: present, and matching the checksum it was built or shipped with. */
+export async function guestInitCheck(): Promise<Check> {
+  const name = "guest init";
+  const file = defaultInitBinary();
+  try {
+    const init = await readGuestInit(file);
+    const how = init.verified ? "sha256 verified" : "no checksum file to verify against";
+    return { name, ok: true, detail: `${file} (${how})` };
+  } catch (err) {
+    return { name, ok: false, detail: errorMessage(err) };
+  }
 }

@@ -10,6 +10,7 @@ import {
   type Check,
   deviceCheck,
   filesystemCheck,
+  guestInitCheck,
   guestKernelCheck,
   libfuseCheck,
   locate,
@@ -64,6 +65,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     overlay,
     squashfs,
     kernel,
+    guestInit,
   ] = await Promise.all([
     binaryCheck("runc", "runc", ["--version"]),
     binaryCheck("runsc", "runsc", ["--version"]),
@@ -85,6 +87,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     filesystemCheck("overlay", "the writable layer of runc/runsc"),
     filesystemCheck("squashfs", "mounting block images on the host"),
     guestKernelCheck(home),
+    guestInitCheck(),
   ]);
   const kvmCheck: Check = { name: "/dev/kvm", ok: kvm.usable, detail: kvm.detail };
   const checks: Check[] = [
@@ -104,6 +107,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     overlay,
     squashfs,
     kernel,
+    guestInit,
   ].map(({ name, ok, detail }) => ({ name, ok, detail }));
 
   const lazyNotes = (): string[] => {
@@ -135,18 +139,21 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
       ...(kvm.usable ? [] : [`gVisor's --platform=kvm needs working KVM: ${kvm.detail}`]),
       ...lazyNotes(),
     ]),
-    status("qemu-kvm", "qemu", [qemu, kvmCheck, kernel], `${version(qemu)} with KVM`, [
-      ...(virtiofsd.ok ? [] : [`--rootfs virtiofs unavailable: ${virtiofsd.detail}`]),
-      ...lazyNotes(),
-    ]),
-    status("qemu-tcg", "qemu", [qemu, kernel], `${version(qemu)} with TCG (software emulation, slower)`, [
+    status("qemu-kvm", "qemu", [qemu, kvmCheck, kernel, guestInit], `${version(qemu)} with KVM`, [
       ...(virtiofsd.ok ? [] : [`--rootfs virtiofs unavailable: ${virtiofsd.detail}`]),
       ...lazyNotes(),
     ]),
     status(
+      "qemu-tcg",
+      "qemu",
+      [qemu, kernel, guestInit],
+      `${version(qemu)} with TCG (software emulation, slower)`,
+      [...(virtiofsd.ok ? [] : [`--rootfs virtiofs unavailable: ${virtiofsd.detail}`]), ...lazyNotes()],
+    ),
+    status(
       "firecracker",
       "firecracker",
-      [firecracker, kvmCheck, kernel],
+      [firecracker, kvmCheck, kernel, guestInit],
       `${version(firecracker)} with KVM`,
       [
         ...(jailer.ok ? [] : ["jailer not found: --jailer unavailable"]),

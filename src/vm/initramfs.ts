@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
+import { readGuestInit } from "./guest-init.js";
 
 /**
  * What the guest needs beyond a built-in kernel: the virtio-mmio transport, block drives, the
@@ -182,9 +183,7 @@ export interface InitramfsOptions {
  */
 export async function buildInitramfs(opts: InitramfsOptions): Promise<string> {
   const initBinary = opts.initBinary ?? defaultInitBinary();
-  const init = await readFile(initBinary).catch(() => {
-    throw new KindlingError(`guest init ${initBinary} is missing: run \`npm run build\` (make -C guest)`);
-  });
+  const init = (await readGuestInit(initBinary)).bytes;
   const index = await readModuleIndex(opts.modulesDir);
   const order = moduleLoadOrder(index, opts.modules ?? GUEST_MODULES);
   const version = path.basename(opts.modulesDir);
