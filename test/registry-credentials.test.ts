@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -323,6 +324,42 @@ describe("kindling login / logout", () => {
     const out = await kindling(["logout", reg.host], env);
     assert.equal(out.stdout, `Removed login credentials for ${reg.host} from docker-credential-kt\n`);
     assert.deepEqual(JSON.parse(await readFile(env.KT_HELPER_STORE, "utf8")), {});
+  });
+
+  test("on a terminal the user and password are asked for, and the password is not echoed", async () => {
+    const env = isolatedEnv("tty");
+    // script(1) gives the CLI a pseudo-terminal; answers are typed only once their prompt is shown.
+    const child = spawn("script", ["-qec", `${bin} login ${reg.host}`, "/dev/null"], { env });
+    let screen = "";
+    child.stdout.on("data", (d: Buffer) => {
+      screen += d.toString();
+    });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    const waitFor = async (text: string) => {
+      const deadline = Date.now() + 30_000;
+      while (!screen.includes(text)) {
+        if (Date.now() > deadline) throw new Error(`no "${text}" prompt within 30 s: ${screen}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    try {
+      await waitFor("Username: ");
+      child.stdin.write(`${USER}\n`);
+      await waitFor("Password: ");
+      child.stdin.write(`${PASSWORD}\n`);
+      await waitFor("Login Succeeded");
+    } finally {
+      child.stdin.end();
+      const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    assert.ok(!screen.includes(PASSWORD), `the password was echoed: ${screen}`);
+    assert.ok(screen.includes(USER), "the user name is echoed as typed");
+    const stored = JSON.parse(await readFile(path.join(env.HOME, ".docker", "config.json"), "utf8")) as {
+      auths: Record<string, { auth: string }>;
+    };
+    assert.equal(stored.auths[reg.host]?.auth, basicAuth(USER, PASSWORD));
   });
 
   test("bad registry names are refused in one line", async () => {
