@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { test } from "node:test";
 import {
@@ -173,6 +173,24 @@ test("the CLI rejects a bad variable with one line naming it, exit 125", async (
   });
   assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /^kindling: --runtime: unknown value "vmware" \(expected one of/);
+});
+
+test("only src/config and src/cli read the environment (also the ways biome's noProcessEnv misses)", async () => {
+  const src = path.join(REPO, "src");
+  const files = (await readdir(src, { recursive: true })).filter((f) => f.endsWith(".ts"));
+  const offenders: string[] = [];
+  for (const f of files) {
+    if (/^(config|cli)\//.test(f)) continue;
+    const text = await readFile(path.join(src, f), "utf8");
+    if (
+      /process\s*(\.\s*env\b|\[\s*["'`]env)|from\s+["'](node:)?process["']|require\(["'](node:)?process["']\)/.test(
+        text,
+      )
+    ) {
+      offenders.push(f);
+    }
+  }
+  assert.deepEqual(offenders, [], "read settings through src/config (config(), hostEnv(), searchPath())");
 });
 
 test("kindling config shows each setting's value and source, hiding secrets", async () => {
