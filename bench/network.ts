@@ -13,7 +13,7 @@
  *     as a ratio to the same transfer over plain loopback on the host (busybox nc on both ends).
  */
 import { spawn } from "node:child_process";
-import { mkdtemp, rm, symlink } from "node:fs/promises";
+import { mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -82,8 +82,10 @@ async function main(): Promise<void> {
   try {
     // -- host-side setup + teardown, runc shape and VM shape, and design B
     let seq = 0;
+    const setupMs: number[] = [];
     const runcShape = async (ports: boolean, vm: boolean) => {
       const t0 = now();
+      let t1 = 0;
       await Scope.with(async (scope) => {
         const net = await setUpNetwork({
           home,
@@ -97,22 +99,27 @@ async function main(): Promise<void> {
           scope,
         });
         if (vm) await wireTap(net.netnsName!, "eth0");
+        t1 = now();
+        if (!ports && !vm) setupMs.push(t1 - t0);
       });
       return now() - t0;
     };
     const designB = async () => {
       const t0 = now();
       const id = `tb${process.pid % 10000}${seq++ % 100}`;
-      const ipam = (list.plugins[0] as unknown as { ipam: Record<string, unknown> }).ipam;
-      const conf = { cniVersion: list.cniVersion, name: list.name, type: "host-local", ...ipam } as never;
-      const at = { containerId: id, netns: "", ifName: "eth0" };
+      // host-local reads the parent plugin's config (its "ipam" key)
+      const conf = { ...list.plugins[0]!, type: "host-local", name: list.name, cniVersion: list.cniVersion };
+      const at = { containerId: id, netns: "/proc/self/ns/net", ifName: "eth0" }; // only checked to be set
       await exec("ip", ["-batch", "-"], {
         input: `tuntap add dev ${id} mode tap\nlink set dev ${id} master ${names.bridge} up\n`,
       });
-      await execPlugin(conf, "ADD", at, DEFAULT_PLUGIN_DIRS);
-      // portmap and firewall would be called with a made-up prevResult here; DEL mirrors ADD
-      await execPlugin(conf, "DEL", at, DEFAULT_PLUGIN_DIRS);
-      await exec("ip", ["link", "delete", id]);
+      try {
+        await execPlugin(conf, "ADD", at, DEFAULT_PLUGIN_DIRS);
+        // portmap and firewall would be called with a made-up prevResult here; DEL mirrors ADD
+        await execPlugin(conf, "DEL", at, DEFAULT_PLUGIN_DIRS);
+      } finally {
+        await exec("ip", ["link", "delete", id]);
+      }
       return now() - t0;
     };
     await runcShape(true, true); // warm: bridge made, plugins cached
@@ -127,6 +134,14 @@ async function main(): Promise<void> {
       "network setup+teardown, runc (netns, lo, bridge+host-local, firewall)",
       `${median(t.runc).toFixed(1)} ms`,
     );
+    row("  of which setup (before the process can start)", `${median(setupMs).toFixed(1)} ms`);
+    const spawnMs: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const t0 = now();
+      await exec("true", []);
+      spawnMs.push(now() - t0);
+    }
+    row("  (one spawn of /bin/true on this host now, for scale)", `${median(spawnMs).toFixed(1)} ms`);
     row("  same with one -p (portmap too)", `${median(t.runcP).toFixed(1)} ms`);
     row("  VM, design A: same + TAP wired to the veth with tc (chosen)", `${median(t.vm).toFixed(1)} ms`);
     row("  VM, design B parts: TAP on the bridge + host-local ADD/DEL only", `${median(t.b).toFixed(1)} ms`);
@@ -196,8 +211,11 @@ async function main(): Promise<void> {
       }
     };
     const mbps = (ms: number) => BYTES / 2 ** 20 / (ms / 1000);
+    // the receiver reads the socket to its end: `nc -l -e SINK` (nc itself would stop at its own stdin's EOF)
+    const sink = path.join(tmp, "sink");
+    await writeFile(sink, "#!/bin/sh\nexec cat >/dev/null\n", { mode: 0o755 });
     const loopPort = 41000 + (process.pid % 1000);
-    const loopServer = spawn("busybox", ["nc", "-l", "-p", String(loopPort)], {
+    const loopServer = spawn("busybox", ["nc", "-l", "-p", String(loopPort), "-e", sink], {
       stdio: ["ignore", "ignore", "ignore"],
     });
     const loop = await sendFromHost("127.0.0.1", loopPort);
@@ -206,7 +224,8 @@ async function main(): Promise<void> {
       `TCP ${BYTES / 2 ** 30} GiB, plain loopback on the host (busybox nc)`,
       `${mbps(loop).toFixed(0)} MiB/s (1.00x)`,
     );
-    const server = await run({}, ["sh", "-c", "nc -l -p 5000 > /dev/null"]);
+    const SINK = "printf '#!/bin/sh\\nexec cat >/dev/null\\n' >/tmp/sink; chmod +x /tmp/sink;";
+    const server = await run({}, ["sh", "-c", `${SINK} nc -l -p 5000 -e /tmp/sink`]);
     const toContainer = await sendFromHost(server.owner!.network!.ip!, 5000);
     await server.done;
     row(
@@ -216,7 +235,7 @@ async function main(): Promise<void> {
     if (VM) {
       const vmOpts = await parseRunOptions(
         image,
-        ["sh", "-c", "nc -l -p 5000 | head -c 1 >/dev/null; nc -l -p 5001 > /dev/null"],
+        ["sh", "-c", `${SINK} nc -l -p 5000 -e /tmp/sink; nc -l -p 5001 -e /tmp/sink`],
         {
           runtime: "qemu",
         },

@@ -96,19 +96,26 @@ export class OciRuntime implements Runtime {
     if (!this.binary) await this.checkHost();
     const { runDir, options, image } = req;
     const bundle = runDir.file("bundle");
-    const rootfs = await mountOverlayRootfs(runDir, scope, image.blockImage, `${bundle}/rootfs`);
+    const mode = options.network ?? "bridge";
+    // the network and the rootfs at the same time (each is mostly waiting for processes); both
+    // settle before an error is thrown, so the scope never releases while one is still acquiring
+    const [netting, mounting] = await Promise.allSettled([
+      setUpNetwork({
+        home: runDir.home,
+        runId: req.id,
+        mode,
+        ports: options.publish ?? [],
+        settings: networkSettings(),
+        holder: runDir,
+        scope,
+      }),
+      mountOverlayRootfs(runDir, scope, image.blockImage, `${bundle}/rootfs`),
+    ]);
+    if (mounting.status === "rejected") throw mounting.reason;
+    if (netting.status === "rejected") throw netting.reason;
+    const [net, rootfs] = [netting.value, mounting.value];
     const hostname = options.hostname ?? req.id;
     const proc = buildProcessSpec(image.config, options, await readUserDb(rootfs.merged), hostname);
-    const mode = options.network ?? "bridge";
-    const net = await setUpNetwork({
-      home: runDir.home,
-      runId: req.id,
-      mode,
-      ports: options.publish ?? [],
-      settings: networkSettings(),
-      holder: runDir,
-      scope,
-    });
     await runDir.setNetwork(net.info);
     const spec = buildOciSpec({
       process: proc,

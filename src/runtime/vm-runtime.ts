@@ -24,7 +24,7 @@ import { prepareGuestBoot } from "../vm/kernel.js";
 import { bootVm, QEMU_BINARY, type QemuVm } from "../vm/qemu.js";
 import { prepareRootfs } from "../vm/rootfs/strategies.js";
 import type { RootfsPlan } from "../vm/rootfs/types.js";
-import type { VmSpec } from "../vm/spec.js";
+import type { VmNetwork, VmSpec } from "../vm/spec.js";
 import { buildProcessSpec, mergeEnv } from "./process.js";
 import type {
   Container,
@@ -75,7 +75,10 @@ export class VmRuntime implements Runtime {
     const home = homeOf(runDir.path);
     const memoryMiB = options.memoryMiB ?? DEFAULT_VM_MEMORY_MIB;
     const prepStart = Date.now();
-    const plan = await prepareRootfs(options.rootfs, {
+    let prepMs = 0;
+    // the network is set up while the rootfs is prepared; both settle before an error is thrown
+    const networking = this.network(req, scope);
+    const preparing = prepareRootfs(options.rootfs, {
       runDir,
       scope,
       image: req.image,
@@ -85,8 +88,13 @@ export class VmRuntime implements Runtime {
       diskBytes: options.diskBytes,
       packing: options.mountPacking ?? "pack",
       warn: (m) => process.stderr.write(`kindling: ${m}\n`),
+    }).finally(() => {
+      prepMs = Date.now() - prepStart;
     });
-    const prepMs = Date.now() - prepStart;
+    const [netting, planning] = await Promise.allSettled([networking, preparing]);
+    if (planning.status === "rejected") throw planning.reason;
+    if (netting.status === "rejected") throw netting.reason;
+    const [{ guest: guestNet, vm: vmNet }, plan] = [netting.value, planning.value];
     const hostname = options.hostname ?? req.id;
     const proc = buildProcessSpec(req.image.config, options, plan.users, hostname);
     // before the boot: the agent's START carries at most MAX_GROUPS
@@ -95,7 +103,7 @@ export class VmRuntime implements Runtime {
         `the user is in ${proc.additionalGids.length} supplementary groups; a VM process may have at most ${MAX_GROUPS}`,
       );
     const spec = await this.vmSpec(home, plan, runDir.file("vm"), memoryMiB, options.cpus);
-    const guestNet = await this.network(req, scope, spec);
+    if (vmNet) spec.network = vmNet;
     // Before the VMM exists: if kindling dies during boot, the next run's cleanup kills it by its paths.
     await runDir.hold(scope, { kind: "vm-processes", dir: runDir.path });
     const vm =
@@ -113,12 +121,12 @@ export class VmRuntime implements Runtime {
    * bridge: the run's namespace and CNI attachment as for runc, plus a TAP wired to the veth (tap.ts);
    * the VMM runs in the namespace and the guest gets CNI's address over the agent. none: no NIC.
    */
-  private async network(req: PrepareRequest, scope: Scope, spec: VmSpec): Promise<GuestNetwork> {
+  private async network(req: PrepareRequest, scope: Scope): Promise<{ guest: GuestNetwork; vm?: VmNetwork }> {
     const mode = req.options.network ?? "bridge";
     const resolvConf = containerResolvConf(await hostResolvConf(), mode, req.options.dns ?? []);
     if (mode !== "bridge") {
       await req.runDir.setNetwork({ mode, ports: [] });
-      return { resolvConf };
+      return { guest: { resolvConf } };
     }
     const net = await setUpNetwork({
       home: req.runDir.home,
@@ -132,9 +140,8 @@ export class VmRuntime implements Runtime {
     const nic = await wireTap(net.netnsName!, CONTAINER_IFNAME);
     const info = { ...net.info, mac: nic.mac };
     await req.runDir.setNetwork(info);
-    spec.network = { netns: net.netnsPath!, tap: nic.tap, mac: nic.mac, mtu: nic.mtu };
     if (!info.ip) throw new KindlingError(`CNI network ${info.name} gave no IPv4 address`);
-    return {
+    const guest: GuestNetwork = {
       iface: {
         mac: nic.mac,
         address: info.ip,
@@ -144,6 +151,7 @@ export class VmRuntime implements Runtime {
       },
       resolvConf,
     };
+    return { guest, vm: { netns: net.netnsPath!, tap: nic.tap, mac: nic.mac, mtu: nic.mtu } };
   }
 
   /** The VM description: kernel, initramfs, the guest init's options, drives and shares of the plan. */
