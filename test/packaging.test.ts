@@ -72,8 +72,9 @@ test("the tarball holds the CLI, the compiled code and the guest init with its c
   ]) {
     assert.ok(files.includes(f), `${f} in the package`);
   }
+  // src/ ships as the types of the client library ("types" in exports); tests and benchmarks do not.
   const stray = files.filter(
-    (f) => /^package\/(src|test|bench|dist\/test|\.cache)\//.test(f) || f.endsWith(".map"),
+    (f) => /^package\/(test|bench|dist\/test|dist\/bench|\.cache)\//.test(f) || f.endsWith(".map"),
   );
   assert.deepEqual(stray, []);
 });
@@ -91,6 +92,13 @@ test("the installed kindling runs doctor from any directory, with a verified gue
   // The native FUSE binding loads from its prebuilt binary (install scripts of dependencies may be off).
   await exec(process.execPath, ["-e", "require('fuse-native')"], { cwd: installed, timeout: 30_000 });
   assert.ok((await readdir(path.join(installed, "node_modules"))).includes("smol-toml"));
+  // The client library by the package name, through "exports".
+  const lib = await exec(
+    process.execPath,
+    ["--input-type=module", "-e", "const m = await import('kindling'); console.log(typeof m.Kindling)"],
+    { cwd: path.join(prefix, "lib"), timeout: 30_000 },
+  );
+  assert.equal(lib.stdout.trim(), "function");
 });
 
 test("an altered guest init is refused, naming the file and its checksum file", async () => {

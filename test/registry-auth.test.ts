@@ -4,12 +4,10 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { gzipSync } from "node:zlib";
-import type { RunConfig } from "../src/image/types.js";
 import { RegistryChunkSource } from "../src/registry/chunks.js";
 import { sha256Digest } from "../src/registry/manifest.js";
 import { pullFromRegistry } from "../src/registry/pull.js";
 import { pushKindlingImage } from "../src/registry/push.js";
-import { BLOCK_INDEX_MEDIA_TYPE, type Digest } from "../src/store/types.js";
 import { KindlingError } from "../src/util/errors.js";
 import {
   type BearerProxy,
@@ -20,6 +18,7 @@ import {
   startRegistry,
   type TestRegistry,
   tarDir,
+  tinyKindlingImage,
 } from "./helpers/registry.js";
 
 // Basic auth (docker-registry's htpasswd) with credentials from env or a docker-style auth file, and
@@ -214,37 +213,3 @@ describe("bearer token flow", () => {
     }
   });
 });
-
-function tinyKindlingImage() {
-  const chunk = Buffer.from(`chunk ${Math.random()}`);
-  const digest = sha256Digest(chunk);
-  const index = Buffer.from(
-    JSON.stringify({
-      mediaType: BLOCK_INDEX_MEDIA_TYPE,
-      format: "squashfs",
-      blockSize: chunk.length,
-      blockDigest: digest,
-      chunking: { algorithm: "fixed", avgSize: 524288 },
-      chunks: [{ offset: 0, length: chunk.length, digest }],
-    }),
-  );
-  const config: RunConfig = { entrypoint: [], cmd: ["sh"], env: [], workingDir: "/", user: "" };
-  return {
-    chunk,
-    image: {
-      record: {
-        name: "tiny",
-        digest: sha256Digest(index),
-        blockSize: chunk.length,
-        config,
-        origin: { kind: "local" as const },
-        created: new Date().toISOString(),
-      },
-      index,
-      readChunk: async (d: Digest) => {
-        if (d !== digest) throw new Error("unknown chunk");
-        return chunk;
-      },
-    },
-  };
-}

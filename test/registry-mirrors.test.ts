@@ -5,13 +5,11 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
-import type { RunConfig } from "../src/image/types.js";
 import { sha256Digest } from "../src/registry/manifest.js";
 import { originChunkSource } from "../src/registry/mirrored-chunks.js";
 import { pullFromRegistry } from "../src/registry/pull.js";
 import { pushKindlingImage } from "../src/registry/push.js";
 import type { RegistrySettings } from "../src/registry/settings.js";
-import { BLOCK_INDEX_MEDIA_TYPE, type Digest } from "../src/store/types.js";
 import { exec } from "../src/util/exec.js";
 import {
   freePort,
@@ -21,6 +19,7 @@ import {
   startRegistry,
   type TestRegistry,
   tarDir,
+  tinyKindlingImage,
 } from "./helpers/registry.js";
 
 // registries.conf mirrors (one serving, one down) and insecure registries, and --platform on a
@@ -280,37 +279,3 @@ describe("--platform", () => {
     assert.match(r.message, /is a single linux\/amd64 image, not linux\/arm64/);
   });
 });
-
-function tinyKindlingImage() {
-  const chunk = Buffer.from(`chunk ${Math.random()}`);
-  const digest = sha256Digest(chunk);
-  const index = Buffer.from(
-    JSON.stringify({
-      mediaType: BLOCK_INDEX_MEDIA_TYPE,
-      format: "squashfs",
-      blockSize: chunk.length,
-      blockDigest: digest,
-      chunking: { algorithm: "fixed", avgSize: 524288 },
-      chunks: [{ offset: 0, length: chunk.length, digest }],
-    }),
-  );
-  const config: RunConfig = { entrypoint: [], cmd: ["sh"], env: [], workingDir: "/", user: "" };
-  return {
-    chunk,
-    image: {
-      record: {
-        name: "tiny",
-        digest: sha256Digest(index),
-        blockSize: chunk.length,
-        config,
-        origin: { kind: "local" as const },
-        created: new Date().toISOString(),
-      },
-      index,
-      readChunk: async (d: Digest) => {
-        if (d !== digest) throw new Error("unknown chunk");
-        return chunk;
-      },
-    },
-  };
-}

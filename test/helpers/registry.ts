@@ -8,6 +8,9 @@ import https from "node:https";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
+import type { RunConfig } from "../../src/image/types.js";
+import { sha256Digest } from "../../src/registry/manifest.js";
+import { BLOCK_INDEX_MEDIA_TYPE, type Digest } from "../../src/store/types.js";
 import { exec } from "../../src/util/exec.js";
 
 export interface RegistryOptions {
@@ -448,4 +451,39 @@ export async function zstdCompress(data: Buffer): Promise<Buffer> {
     await rm(base, { force: true });
     await rm(`${base}.zst`, { force: true });
   }
+}
+
+/** A one-chunk Kindling image (record, block index, chunk reader) for push and lazy-fetch tests. */
+export function tinyKindlingImage() {
+  const chunk = Buffer.from(`chunk ${Math.random()}`);
+  const digest = sha256Digest(chunk);
+  const index = Buffer.from(
+    JSON.stringify({
+      mediaType: BLOCK_INDEX_MEDIA_TYPE,
+      format: "squashfs",
+      blockSize: chunk.length,
+      blockDigest: digest,
+      chunking: { algorithm: "fixed", avgSize: 524288 },
+      chunks: [{ offset: 0, length: chunk.length, digest }],
+    }),
+  );
+  const config: RunConfig = { entrypoint: [], cmd: ["sh"], env: [], workingDir: "/", user: "" };
+  return {
+    chunk,
+    image: {
+      record: {
+        name: "tiny",
+        digest: sha256Digest(index),
+        blockSize: chunk.length,
+        config,
+        origin: { kind: "local" as const },
+        created: new Date().toISOString(),
+      },
+      index,
+      readChunk: async (d: Digest) => {
+        if (d !== digest) throw new Error("unknown chunk");
+        return chunk;
+      },
+    },
+  };
 }
