@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { exec } from "../src/util/exec.js";
@@ -93,5 +93,111 @@ describe("kindling image (CLI)", () => {
     const bad = await kindling(["image", "import", "/nonexistent/thing.tar", "--name", "x"]);
     assert.equal(bad.code, 125);
     assert.match(bad.stderr, /\/nonexistent\/thing\.tar: no such file or directory/);
+  });
+
+  /** stderr is exactly one "kindling: ..." line: no stack, no tool output dumped. */
+  const oneLine = (stderr: string) => {
+    assert.match(stderr, /^kindling: [^\n]+\n$/, `one line expected, got:\n${stderr}`);
+    assert.doesNotMatch(stderr, /\n\s+at /);
+  };
+
+  describe("damaged state and wrong arguments give one-line errors", () => {
+    test("a truncated catalog record: ls skips and reports it, inspect names it, rm removes it", async () => {
+      const bb = await fixture("busybox-rootfs.tar");
+      assert.equal((await kindling(["image", "import", bb, "--name", "bb"])).code, 0);
+      assert.equal((await kindling(["image", "import", bb, "--name", "bb2"])).code, 0);
+      const rec = path.join(home.images, "bb.json");
+      const text = await readFile(rec, "utf8");
+      await writeFile(rec, text.slice(0, Math.floor(text.length / 2)));
+
+      const ls = await kindling(["image", "ls"]);
+      assert.equal(ls.code, 0, ls.stderr);
+      assert.match(ls.stdout, /^bb2 /m);
+      assert.doesNotMatch(ls.stdout, /^bb /m);
+      assert.match(
+        ls.stderr,
+        /skipped the damaged catalog record .*bb\.json \(not valid JSON \(truncated\?\)\); `kindling image rm bb` removes it/,
+      );
+      oneLine(ls.stderr);
+
+      const insp = await kindling(["image", "inspect", "bb"]);
+      assert.equal(insp.code, 125);
+      oneLine(insp.stderr);
+      assert.match(insp.stderr, /catalog record of image "bb" .* is damaged/);
+
+      const rm1 = await kindling(["image", "rm", "bb"]);
+      assert.equal(rm1.code, 0, rm1.stderr);
+      assert.equal((await kindling(["image", "ls"])).stderr, "");
+      // bb2 has the same digest: its chunks were kept
+      const info = JSON.parse((await kindling(["image", "inspect", "bb2", "--json"])).stdout);
+      assert.equal(info.localBytes, info.blockSize);
+      assert.equal((await kindling(["image", "rm", "bb2"])).code, 0);
+    });
+
+    test("image mount on a regular file, export -o on a directory", async () => {
+      const bb = await fixture("busybox-rootfs.tar");
+      assert.equal((await kindling(["image", "import", bb, "--name", "bb"])).code, 0);
+      const file = path.join(work, "plain-file");
+      await writeFile(file, "x");
+      const m = await kindling(["image", "mount", "bb", file]);
+      assert.equal(m.code, 125);
+      oneLine(m.stderr);
+      assert.match(m.stderr, /mountpoint .*plain-file is not a directory/);
+      const e = await kindling(["image", "export", "bb", "-o", work]);
+      assert.equal(e.code, 125);
+      oneLine(e.stderr);
+      assert.equal((await kindling(["image", "rm", "bb"])).code, 0);
+    });
+
+    describe("a home on a full file system", () => {
+      let small: string;
+      const inSmall = (args: string[]) =>
+        exec(process.execPath, [BIN, ...args], {
+          env: { ...process.env, KINDLING_HOME: small },
+          allowFailure: true,
+        });
+      before(async () => {
+        small = path.join(work, "small-home");
+        await mkdir(small);
+        await exec("mount", ["-t", "tmpfs", "-o", "size=8m", "kindling-test-home", small]);
+      });
+      after(async () => {
+        await exec("umount", [small]);
+      });
+
+      test("mksquashfs's FATAL ERROR on a full disk becomes one line saying the disk is full", async () => {
+        const filler = path.join(small, "filler");
+        const free = async () => {
+          const st = await statfs(small);
+          return st.bavail * st.bsize;
+        };
+        // leave less room than the busybox block image needs (~1 MiB)
+        await exec("fallocate", ["-l", String((await free()) - (256 << 10)), filler]);
+        const r = await inSmall(["image", "import", await fixture("busybox-rootfs.tar"), "--name", "bb"]);
+        assert.equal(r.code, 125);
+        const last = r.stderr.trimEnd().split("\n").at(-1)!;
+        oneLine(`${last}\n`);
+        assert.match(
+          last,
+          /building the block image failed: no space left on the file system of .* \(mksquashfs: /,
+        );
+        assert.doesNotMatch(r.stderr, /FATAL ERROR: Failed/);
+        await rm(filler);
+      });
+
+      test("a QEMU run whose run dir cannot be created: one line, exit 125", async () => {
+        const r0 = await inSmall(["image", "import", await fixture("busybox-rootfs.tar"), "--name", "bb"]);
+        assert.equal(r0.code, 0, r0.stderr);
+        const filler = path.join(small, "filler");
+        await writeFile(filler, "");
+        // fill it up to the last block
+        const st = await statfs(small);
+        await exec("fallocate", ["-l", String(st.bavail * st.bsize), filler]);
+        const r = await inSmall(["run", "--runtime", "qemu", "bb", "--", "/bin/true"]);
+        assert.equal(r.code, 125, r.stderr);
+        oneLine(r.stderr);
+        assert.match(r.stderr, /no space left on device/);
+      });
+    });
   });
 });

@@ -1,3 +1,5 @@
+import { statfs } from "node:fs/promises";
+import path from "node:path";
 import { hostEnv } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
@@ -58,6 +60,21 @@ export async function buildSquashfs(
     const { SOURCE_DATE_EPOCH: _ignored, ...env } = hostEnv();
     await exec("mksquashfs", mksquashfsArgs(src, out, opts), { env });
   } catch (err) {
-    throw new KindlingError(`building the block image failed: ${(err as Error).message}`);
+    throw new KindlingError(`building the block image failed: ${await mksquashfsProblem(err, out)}`);
   }
+}
+
+/**
+ * mksquashfs's own reason, not its whole stderr: the "FATAL ERROR: ..." line, and on a full file
+ * system (it prints only "Failed to write to output filesystem") that the disk is full.
+ */
+async function mksquashfsProblem(err: unknown, out: string): Promise<string> {
+  const text = (err as Error).message;
+  const fatal = /FATAL ERROR: ?([^\n]*)/.exec(text)?.[1]?.trim();
+  if (!fatal) return text;
+  const fs = await statfs(path.dirname(out)).catch(() => null);
+  const full = /No space left/i.test(text) || fs?.bavail === 0;
+  return full
+    ? `no space left on the file system of ${path.dirname(out)} (mksquashfs: ${fatal})`
+    : `mksquashfs: ${fatal}`;
 }

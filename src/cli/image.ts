@@ -1,9 +1,10 @@
+import { stat } from "node:fs/promises";
 import type { Command } from "commander";
 import { describeImage } from "../image/describe.js";
 import { exportImage } from "../image/export.js";
 import { importImage } from "../image/import.js";
 import { removeImage } from "../image/remove.js";
-import { listImages, loadImage } from "../store/catalog.js";
+import { loadImage, readCatalog } from "../store/catalog.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import { fmtBytes } from "../util/progress.js";
@@ -68,7 +69,13 @@ export function registerImageCommands(program: Command): void {
     .description("list images")
     .option("--json", "JSON output", false)
     .action(async (opts: { json: boolean }) => {
-      const images = await listImages(home());
+      const { images, damaged } = await readCatalog(home());
+      // Skipped, not fatal: the rest of the catalog still lists, and the record can be removed.
+      for (const d of damaged) {
+        process.stderr.write(
+          `kindling: skipped the damaged catalog record ${d.file} (${d.problem}); \`kindling image rm ${d.name}\` removes it\n`,
+        );
+      }
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(images, null, 2)}\n`);
         return;
@@ -130,6 +137,7 @@ export function registerImageCommands(program: Command): void {
     .argument("<dir>", "mountpoint")
     .action(async (name: string, dir: string) => {
       const h = home();
+      await requireDirectory(dir, "image mount: the mountpoint");
       const record = await loadImage(h, name);
       const lazy = await loadLazy();
       await lazy.mountImage(h, record, dir);
@@ -143,6 +151,13 @@ export function registerImageCommands(program: Command): void {
       const lazy = await loadLazy();
       await lazy.umountImage(home(), dir);
     });
+}
+
+/** Throws a one-line KindlingError unless `dir` is an existing directory. */
+async function requireDirectory(dir: string, what: string): Promise<void> {
+  const st = await stat(dir).catch(() => null);
+  if (!st) throw new KindlingError(`${what} ${dir} does not exist`);
+  if (!st.isDirectory()) throw new KindlingError(`${what} ${dir} is not a directory`);
 }
 
 /** The lazy FUSE file (src/lazy) is another component; loaded on demand so the rest works without it. */

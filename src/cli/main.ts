@@ -1,7 +1,7 @@
 import { Command, CommanderError } from "commander";
 import { configure } from "../config/index.js";
-import { setDebug } from "../util/debug.js";
-import { EXIT_KINDLING_FAILURE, errorMessage, KindlingError } from "../util/errors.js";
+import { debugEnabled, setDebug } from "../util/debug.js";
+import { EXIT_KINDLING_FAILURE, userMessage } from "../util/errors.js";
 import { closeAllScopes } from "../util/scope.js";
 
 const program = new Command("kindling")
@@ -57,8 +57,8 @@ try {
   if (err instanceof CommanderError) {
     process.exit(err.exitCode === 0 ? 0 : 2);
   }
-  const msg = err instanceof KindlingError ? err.message : ((err as Error)?.stack ?? errorMessage(err));
-  process.stderr.write(`kindling: ${msg}\n`);
+  // One line naming the problem, never a stack unless --debug asked for it (issue 15).
+  process.stderr.write(`kindling: ${userMessage(err, debugEnabled())}\n`);
   await closeAllScopes();
   process.exit(EXIT_KINDLING_FAILURE);
 }

@@ -1,9 +1,9 @@
-import { mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-import type { ImageRecord } from "./types.js";
+import type { Digest, ImageRecord } from "./types.js";
 
 /** The image catalog: $KINDLING_HOME/images/<encoded name>.json, one ImageRecord each. */
 
@@ -30,13 +30,69 @@ export async function saveImage(home: KindlingHome, record: ImageRecord): Promis
   await writeFileAtomic(recordPath(home, record.name), `${JSON.stringify(record, null, 2)}\n`);
 }
 
-export async function findImage(home: KindlingHome, name: string): Promise<ImageRecord | null> {
+/** A catalog file that could not be read as an image record (truncated by a full disk, edited, ...). */
+export interface DamagedRecord {
+  /** The image name the file name encodes: `kindling image rm NAME` removes the record. */
+  name: string;
+  file: string;
+  problem: string;
+  /** The block index digest, when it could still be read from the damaged text (gc keeps its blobs). */
+  digest?: Digest;
+}
+
+/** Thrown by findImage/loadImage for a damaged record: one line, and how to get rid of it. */
+export class DamagedRecordError extends KindlingError {
+  constructor(readonly damaged: DamagedRecord) {
+    super(
+      `the catalog record of image ${JSON.stringify(damaged.name)} (${damaged.file}) is damaged: ${damaged.problem}; \`kindling image rm ${damaged.name}\` removes it`,
+      "EDAMAGED",
+    );
+  }
+}
+
+/** The image name a record file name encodes (recordFileName's inverse). */
+export function nameOfRecordFile(file: string): string {
   try {
-    return JSON.parse(await readFile(recordPath(home, name), "utf8")) as ImageRecord;
+    return decodeURIComponent(file.replace(/\.json$/, ""));
+  } catch {
+    return file;
+  }
+}
+
+const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
+
+/** Parses a record file; a DamagedRecordError says what is wrong with it. */
+function parseRecord(text: string, file: string): ImageRecord {
+  const damaged = (problem: string) => {
+    const digest = /"digest"\s*:\s*"(sha256:[0-9a-f]{64})"/.exec(text)?.[1] as Digest | undefined;
+    return new DamagedRecordError({ name: nameOfRecordFile(path.basename(file)), file, problem, digest });
+  };
+  let rec: Partial<ImageRecord>;
+  try {
+    rec = JSON.parse(text) as Partial<ImageRecord>;
+  } catch {
+    throw damaged(text.length === 0 ? "empty" : "not valid JSON (truncated?)");
+  }
+  if (!rec || typeof rec !== "object") throw damaged("not a JSON object");
+  if (typeof rec.name !== "string") throw damaged("no name");
+  if (typeof rec.digest !== "string" || !DIGEST_RE.test(rec.digest)) throw damaged("no valid digest");
+  if (typeof rec.blockSize !== "number") throw damaged("no blockSize");
+  if (!rec.config || typeof rec.config !== "object") throw damaged("no config");
+  if (!rec.origin || typeof rec.origin !== "object") throw damaged("no origin");
+  return rec as ImageRecord;
+}
+
+/** The record of `name`, null if there is none; a DamagedRecordError if its file is damaged. */
+export async function findImage(home: KindlingHome, name: string): Promise<ImageRecord | null> {
+  const file = recordPath(home, name);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw err;
   }
+  return parseRecord(text, file);
 }
 
 /** The image with this name; a KindlingError naming it if there is none. */
@@ -50,31 +106,45 @@ export async function loadImage(home: KindlingHome, name: string): Promise<Image
   return rec;
 }
 
-/** All images, sorted by name. */
-export async function listImages(home: KindlingHome): Promise<ImageRecord[]> {
+/** Every record, sorted by name, and the damaged ones beside them (skipped, not fatal). */
+export async function readCatalog(
+  home: KindlingHome,
+): Promise<{ images: ImageRecord[]; damaged: DamagedRecord[] }> {
   let files: string[];
   try {
     files = await readdir(home.images);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { images: [], damaged: [] };
     throw err;
   }
-  const out: ImageRecord[] = [];
+  const images: ImageRecord[] = [];
+  const damaged: DamagedRecord[] = [];
   for (const f of files) {
     if (!f.endsWith(".json") || f.startsWith(".tmp-")) continue;
+    const file = path.join(home.images, f);
     try {
-      out.push(JSON.parse(await readFile(path.join(home.images, f), "utf8")) as ImageRecord);
+      images.push(parseRecord(await readFile(file, "utf8"), file));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err; // removed meanwhile
+      if (err instanceof DamagedRecordError) damaged.push(err.damaged);
+      else if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err; // ENOENT: removed meanwhile
     }
   }
-  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  images.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return { images, damaged };
+}
+
+/** All readable images, sorted by name (readCatalog also reports the damaged records). */
+export async function listImages(home: KindlingHome): Promise<ImageRecord[]> {
+  return (await readCatalog(home)).images;
 }
 
 /** Deletes the record; returns whether there was one. */
 export async function deleteImageRecord(home: KindlingHome, name: string): Promise<boolean> {
   const p = recordPath(home, name);
-  const existed = (await findImage(home, name)) !== null;
+  const existed = await stat(p).then(
+    () => true,
+    () => false,
+  );
   await rm(p, { force: true });
   return existed;
 }

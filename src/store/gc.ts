@@ -3,7 +3,8 @@ import path from "node:path";
 import type { KindlingHome } from "../util/home.js";
 import { readBlob } from "./blobs.js";
 import { decodeBlockIndex } from "./blockindex.js";
-import { listImages } from "./catalog.js";
+import { readCatalog } from "./catalog.js";
+import type { Digest } from "./types.js";
 
 const STALE_TEMP_MS = 3600_000;
 
@@ -13,7 +14,10 @@ const STALE_TEMP_MS = 3600_000;
  */
 export async function collectGarbage(home: KindlingHome): Promise<{ blobs: number; bytes: number }> {
   const live = new Set<string>();
-  for (const rec of await listImages(home)) {
+  const catalog = await readCatalog(home);
+  // A damaged record whose digest is still legible keeps its blobs: it may be repaired by a re-pull.
+  const kept = [...catalog.images, ...catalog.damaged.filter((d) => d.digest !== undefined)];
+  for (const rec of kept as { digest: Digest }[]) {
     live.add(rec.digest.slice(7));
     let bytes: Buffer;
     try {
