@@ -246,6 +246,11 @@ describe("--platform", () => {
     const exported = await kindling(["image", "export", ref, "-o", out]);
     assert.equal(exported.code, 0, exported.stderr);
     assert.equal((await exec("tar", ["-xOf", out, "./arch"])).stdout, "arm64\n");
+    // registries.conf's insecure holds for push too: no --insecure needed.
+    const pushed = await kindling(["image", "push", ref, `${upstream.host}/team/pushed:v1`], {
+      KINDLING_REGISTRIES_CONF: await conf("push", []),
+    });
+    assert.equal(pushed.code, 0, pushed.stderr);
   });
 
   test("a platform the index lacks: one line listing what it offers", async () => {

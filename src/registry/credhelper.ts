@@ -1,6 +1,7 @@
 // The docker-credential-helpers protocol: `docker-credential-NAME get|store|erase`, the server on
 // stdin (JSON for store), JSON on stdout. https://github.com/docker/docker-credential-helpers
 import { spawn } from "node:child_process";
+import { hostEnv } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
 
 export interface HelperCredentials {
@@ -70,7 +71,12 @@ function runHelper(
   }
   const cmd = `docker-credential-${helper}`;
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, [action], { stdio: ["pipe", "pipe", "pipe"], timeout: TIMEOUT_MS });
+    // Helpers run with the user's environment (PATH, D-Bus session, pass's GNUPGHOME...).
+    const child = spawn(cmd, [action], {
+      stdio: ["pipe", "pipe", "pipe"],
+      timeout: TIMEOUT_MS,
+      env: hostEnv(),
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on("data", (d: Buffer) => out.push(d));
