@@ -203,3 +203,15 @@ test("CLI: --runtime firecracker without the binary names kindling doctor", asyn
   assert.equal(v.code, 125);
   assert.match(v.stderr, /--rootfs virtiofs does not apply to --runtime firecracker/);
 });
+
+for (const agent of ["vsock", "serial"] as const) {
+  test(`--agent ${agent}: stdout, stderr and 1 MiB of output arrive complete, the exit status too`, async () => {
+    const r = await run(
+      ["/bin/sh", "-c", "echo out; echo err >&2; head -c 1048576 /dev/zero | tr '\\0' 'v'; exit 5"],
+      { rootfs: "squashfs", agent },
+    );
+    assert.equal(r.status, 5);
+    assert.equal(r.stderr, "err\n");
+    assert.equal(r.stdout, `out\n${"v".repeat(1048576)}`);
+  });
+}

@@ -36,6 +36,10 @@ export function registerRunCommand(program: Command): void {
     .option("--disk <size>", "VM runtimes: sparse ext4 scratch drive for the writable layer (default: tmpfs)")
     .option("--mount-packing <mode>", "VM runtimes: pack (-v mounts in two drives, default) | per-mount")
     .option(
+      "--agent <channel>",
+      "qemu: the guest agent's channel, vsock (default where vhost-device-vsock is installed) | serial",
+    )
+    .option(
       "--network <mode>",
       "bridge (a CNI network, default) | none (loopback only) | host (runc/runsc only)",
     )

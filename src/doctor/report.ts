@@ -39,6 +39,8 @@ export interface DoctorReport {
   kvm: KvmFacts;
   /** What `kindling run` picks for a VM when no --runtime is given. */
   defaultVmm: "firecracker" | "qemu";
+  /** The guest agent's channel under QEMU when no --agent is given (vsock needs vhost-device-vsock). */
+  qemuAgent: "vsock" | "virtio-serial";
 }
 
 export interface DoctorOptions {
@@ -59,6 +61,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     mkfs,
     kvm,
     vsock,
+    vhostVsock,
     fuse,
     libfuse,
     loop,
@@ -79,8 +82,9 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     deviceCheck(
       "/dev/vhost-vsock",
       "/dev/vhost-vsock",
-      "vsock under QEMU; Kindling uses virtio-serial there, so optional",
+      "kernel vsock under QEMU; Kindling uses vhost-device-vsock instead, so optional",
     ),
+    binaryCheck("vhost-device-vsock", "vhost-device-vsock", ["--version"]),
     deviceCheck("/dev/fuse", "/dev/fuse", "the lazy FUSE file"),
     libfuseCheck(),
     loopCheck(),
@@ -101,6 +105,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     mkfs,
     kvmCheck,
     vsock,
+    vhostVsock,
     fuse,
     libfuse,
     loop,
@@ -162,8 +167,18 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
       ],
     ),
   ];
+  const agentNote = vhostVsock.ok
+    ? "guest agent over vsock (vhost-device-vsock, Firecracker's hybrid vsock); --agent serial for virtio-serial"
+    : `guest agent over virtio-serial (vsock needs vhost-device-vsock: ${vhostVsock.detail})`;
+  for (const r of runtimes) if (r.runName === "qemu") r.notes.unshift(agentNote);
   const fc = runtimes.find((r) => r.runtime === "firecracker")!;
-  return { runtimes, checks, kvm, defaultVmm: fc.usable ? "firecracker" : "qemu" };
+  return {
+    runtimes,
+    checks,
+    kvm,
+    defaultVmm: fc.usable ? "firecracker" : "qemu",
+    qemuAgent: vhostVsock.ok ? "vsock" : "virtio-serial",
+  };
 }
 
 async function firecrackerCheck(): Promise<Check> {
@@ -222,5 +237,6 @@ export function formatReport(r: DoctorReport): string {
   lines.push(
     `default VMM for \`kindling run\`: ${r.defaultVmm}${r.defaultVmm === "qemu" ? ` (firecracker: ${fc.reason})` : ""}`,
   );
+  lines.push(`guest agent channel under qemu (no --agent): ${r.qemuAgent}`);
   return `${lines.join("\n")}\n`;
 }

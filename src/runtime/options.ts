@@ -41,6 +41,8 @@ export interface RawRunFlags {
   publish?: string[];
   /** --dns IP, repeatable */
   dns?: string[];
+  /** QEMU: the guest agent's channel, vsock | serial. */
+  agent?: string;
 }
 
 export const DEFAULT_STOP_GRACE_SECONDS = 10;
@@ -82,6 +84,14 @@ export async function parseRunOptions(
   if (publish.length > 0 && network !== "bridge") {
     throw new KindlingError(`-p needs --network bridge (got --network ${network})`);
   }
+  const agent =
+    flags.agent === undefined
+      ? undefined
+      : (oneOf("--agent", flags.agent, ["vsock", "serial"]) as "vsock" | "serial");
+  if (agent !== undefined && !vm)
+    throw new KindlingError(`--agent applies to VM runtimes (qemu, firecracker)`);
+  if (agent === "serial" && runtime === "firecracker")
+    throw new KindlingError("--agent serial: Firecracker has no virtio-serial; its agent always uses vsock");
   return {
     runtime,
     network,
@@ -105,6 +115,7 @@ export async function parseRunOptions(
     hostname: flags.hostname === undefined ? undefined : parseHostname(flags.hostname),
     interactive: flags.interactive ?? false,
     ...(flags.disk === undefined ? {} : { diskBytes: parseDisk(flags.disk) }),
+    ...(agent === undefined ? {} : { agent }),
     ...(flags.mountPacking === undefined
       ? {}
       : {

@@ -58,6 +58,8 @@ export interface RunOptions {
   publish?: PortMapping[];
   /** `--dns`: nameservers for the container's /etc/resolv.conf (default: the host's, by Docker's rules). */
   dns?: string[];
+  /** `--agent` (VM runtimes): the guest agent's channel; default vsock where vhost-device-vsock is installed (QEMU). */
+  agent?: "vsock" | "serial";
 }
 
 /** The process to run, after merging the image config with the flags. */

@@ -21,7 +21,7 @@ import { type GuestNetwork, MAX_GROUPS } from "../vm/agent/protocol.js";
 import { resolveFirecracker } from "../vm/firecracker/process.js";
 import { bootFirecrackerVm, type FirecrackerBootedVm } from "../vm/firecracker/run.js";
 import { prepareGuestBoot } from "../vm/kernel.js";
-import { bootVm, QEMU_BINARY, type QemuVm } from "../vm/qemu.js";
+import { type AgentTransport, bootVm, QEMU_BINARY, type QemuVm, VHOST_VSOCK } from "../vm/qemu.js";
 import { prepareRootfs } from "../vm/rootfs/strategies.js";
 import type { RootfsPlan } from "../vm/rootfs/types.js";
 import type { VmNetwork, VmSpec } from "../vm/spec.js";
@@ -102,13 +102,14 @@ export class VmRuntime implements Runtime {
       throw new KindlingError(
         `the user is in ${proc.additionalGids.length} supplementary groups; a VM process may have at most ${MAX_GROUPS}`,
       );
-    const spec = await this.vmSpec(home, plan, runDir.file("vm"), memoryMiB, options.cpus);
+    const agent = await this.agentTransport(options.agent);
+    const spec = await this.vmSpec(home, plan, runDir.file("vm"), memoryMiB, options.cpus, agent);
     if (vmNet) spec.network = vmNet;
     // Before the VMM exists: if kindling dies during boot, the next run's cleanup kills it by its paths.
     await runDir.hold(scope, { kind: "vm-processes", dir: runDir.path });
     const vm =
       this.name === "qemu"
-        ? await bootVm(spec, { home })
+        ? await bootVm(spec, { home, agent })
         : await bootFirecrackerVm(spec, { firecrackerBin: config().firecracker });
     scope.defer(`VM of ${req.id}`, () => vm.close());
     // before CONFIGURE: resolv.conf goes into the root, never into a volume mounted on /etc
@@ -154,13 +155,24 @@ export class VmRuntime implements Runtime {
     return { guest, vm: { netns: net.netnsPath!, tap: nic.tap, mac: nic.mac, mtu: nic.mtu } };
   }
 
+  /**
+   * The agent's channel: Firecracker has only vsock; QEMU uses vsock through vhost-device-vsock (the same
+   * hybrid vsock host code as Firecracker) where that is installed, else virtio-serial; --agent decides.
+   */
+  private async agentTransport(flag?: "vsock" | "serial"): Promise<AgentTransport> {
+    if (this.name === "firecracker" || flag === "vsock") return "vsock";
+    if (flag === "serial") return "virtio-serial";
+    return (await findBinary(VHOST_VSOCK)) ? "vsock" : "virtio-serial";
+  }
+
   /** The VM description: kernel, initramfs, the guest init's options, drives and shares of the plan. */
   private async vmSpec(
     home: KindlingHome,
     plan: RootfsPlan,
     stateDir: string,
     memoryMiB: number,
-    cpus?: number,
+    cpus: number | undefined,
+    agent: AgentTransport,
   ): Promise<VmSpec> {
     const virtiofs = plan.root.rootfsType === "virtiofs";
     const boot = await prepareGuestBoot(home, {
@@ -169,7 +181,7 @@ export class VmRuntime implements Runtime {
         rootfsType: plan.root.rootfsType === "virtiofs" ? undefined : plan.root.rootfsType,
         tmpfsSize: plan.tmpfsSize,
         scratch: plan.scratch,
-        agent: this.name === "qemu" ? "virtio-serial" : "vsock",
+        agent,
         debug: config().vmDebug,
         extra: virtiofs ? ["kindling.rootfstype=virtiofs"] : [],
       },

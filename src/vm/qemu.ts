@@ -1,6 +1,7 @@
 /**
- * QEMU `microvm` backend: renders a VmSpec into a command line, supervises QEMU (and virtiofsd),
- * connects the agent over a virtio-serial chardev socket, and runs processes in the guest.
+ * QEMU `microvm` backend: renders a VmSpec into a command line, supervises QEMU (and virtiofsd,
+ * vhost-device-vsock), connects the agent over vsock (Firecracker's hybrid vsock, through
+ * vhost-device-vsock) or a virtio-serial chardev socket, and runs processes in the guest.
  */
 import { type ChildProcess, type SpawnOptions, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -16,11 +17,19 @@ import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { AgentClient, type ProcessExit } from "./agent/client.js";
 import type { GuestConfig, ProcessSpec } from "./agent/protocol.js";
+import { VsockListener, vsockConnect } from "./firecracker/vsock.js";
 import { ensureGuestKernel, tcgKernelParams } from "./kernel.js";
 import type { VmSpec } from "./spec.js";
 
 export const QEMU_BINARY = "qemu-system-x86_64";
 export const VIRTIOFSD = "/usr/lib/qemu/virtiofsd";
+/** rust-vmm's vhost-user vsock device (scripts/setup.sh builds it with cargo): Firecracker's hybrid vsock. */
+export const VHOST_VSOCK = "vhost-device-vsock";
+/** docs/guest.md: the guest agent connects to the host (CID 2) on this vsock port, as under Firecracker. */
+export const AGENT_VSOCK_PORT = 1024;
+const GUEST_CID = 3;
+/** sockaddr_un.sun_path holds 108 bytes including the NUL. */
+const MAX_SOCKET_PATH = 107;
 const DEFAULT_BOOT_TIMEOUT_MS = 60_000;
 
 export type Accel = "kvm" | "tcg";
@@ -33,7 +42,16 @@ export interface QemuBootOptions {
   bootTimeoutMs?: number;
   /** for the cached KVM probe result; without it, auto means TCG unless /dev/kvm probes fine now */
   home?: KindlingHome;
+  /**
+   * The agent's channel: "vsock" (hybrid vsock through vhost-device-vsock, as under Firecracker) or
+   * "virtio-serial" (default). The spec's cmdline must say the same (kindling.agent=).
+   */
+  agent?: AgentTransport;
+  /** the vhost-device-vsock binary (default: on PATH) */
+  vhostVsockBin?: string;
 }
+
+export type AgentTransport = "vsock" | "virtio-serial";
 
 export interface QemuPaths {
   consoleLog: string;
@@ -41,6 +59,10 @@ export interface QemuPaths {
   qmpSocket: string;
   /** virtiofsd socket per share tag */
   virtiofsSockets?: Map<string, string>;
+  /** vhost-user socket of vhost-device-vsock: the agent goes over vsock instead of virtio-serial */
+  vhostVsockSocket?: string;
+  /** hybrid vsock's host socket (uds_path): CONNECT <port> here; the guest's connections arrive at <it>_<port> */
+  vsockUds?: string;
 }
 
 /** The QEMU command line for a VmSpec (no side effects). */
@@ -54,7 +76,7 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, accel: Accel): string[]
   if (accel === "kvm") args.push("-accel", "kvm", "-cpu", "host");
   else args.push("-accel", "tcg", "-cpu", "max");
   args.push("-m", `${spec.memoryMiB}`, "-smp", `${spec.vcpus}`);
-  if (shares.length > 0) {
+  if (shares.length > 0 || paths.vhostVsockSocket) {
     // vhost-user needs guest memory a second process can map, and modern virtio-mmio
     args.push("-object", `memory-backend-memfd,id=mem,size=${spec.memoryMiB}M,share=on`);
     machine.push("memory-backend=mem");
@@ -82,9 +104,14 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, accel: Accel): string[]
     args.push("-netdev", `tap,id=net0,ifname=${n.tap},script=no,downscript=no`);
     args.push("-device", `virtio-net-device,netdev=net0,mac=${n.mac},host_mtu=${n.mtu}`);
   }
-  args.push("-device", "virtio-serial-device,max_ports=2");
-  args.push("-chardev", `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`);
-  args.push("-device", "virtserialport,chardev=agent,name=kindling.agent");
+  if (paths.vhostVsockSocket) {
+    args.push("-chardev", `socket,id=vsock,path=${paths.vhostVsockSocket}`);
+    args.push("-device", "vhost-user-vsock-device,chardev=vsock");
+  } else {
+    args.push("-device", "virtio-serial-device,max_ports=2");
+    args.push("-chardev", `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`);
+    args.push("-device", "virtserialport,chardev=agent,name=kindling.agent");
+  }
   for (const [i, s] of shares.entries()) {
     const sock = paths.virtiofsSockets?.get(s.tag);
     if (!sock) throw new Error(`no virtiofsd socket for share ${s.tag}`);
@@ -140,6 +167,10 @@ export class QemuVm {
   private exitInfo?: VmExit;
   private closing?: Promise<void>;
   agent!: AgentClient;
+  /** Why a helper process (vhost-device-vsock) ended the VM, if one did. */
+  helperFailure?: string;
+  /** The hybrid vsock's listener for guest-initiated connections (agent transport "vsock"). */
+  vsockListener?: VsockListener;
 
   constructor(
     readonly child: ChildProcess,
@@ -162,6 +193,25 @@ export class QemuVm {
 
   get exited(): boolean {
     return this.exitInfo !== undefined;
+  }
+
+  get isClosing(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /** The agent's channel in this VM. */
+  get transport(): AgentTransport {
+    return this.paths.vsockUds ? "vsock" : "virtio-serial";
+  }
+
+  /**
+   * A host-initiated vsock connection to a port the guest listens on: `CONNECT <port>` on the hybrid vsock
+   * socket, exactly as under Firecracker (src/vm/firecracker/vsock.ts). Only with the vsock transport.
+   */
+  connect(port: number, timeoutMs = 10_000): Promise<net.Socket> {
+    if (!this.paths.vsockUds)
+      throw new KindlingError("this VM has no vsock device (agent transport virtio-serial)");
+    return vsockConnect(this.paths.vsockUds, port, { timeoutMs });
   }
 
   /** Resolves when QEMU has exited. */
@@ -208,6 +258,7 @@ export class QemuVm {
       }
       await this.kill();
       this.agent?.close();
+      await this.vsockListener?.close();
       for (const h of this.helpers) {
         if (h.exitCode === null && h.signalCode === null) {
           h.kill("SIGKILL");
@@ -346,6 +397,63 @@ async function startVirtiofsd(source: string, socketPath: string, deadline: numb
 }
 
 /**
+ * Starts vhost-device-vsock for one VM: the vhost-user socket QEMU connects to, and the hybrid vsock's
+ * uds_path. Runs in the state dir with relative paths (sun_path is short). Resolves once QEMU can connect.
+ */
+async function startVhostVsock(
+  bin: string,
+  paths: { vhostVsockSocket: string; vsockUds: string },
+  deadline: number,
+): Promise<ChildProcess> {
+  if (!onPath(bin)) {
+    throw new KindlingError(
+      `${bin} is not installed (scripts/setup.sh builds it with cargo); use --agent serial, see \`kindling doctor\``,
+    );
+  }
+  const dir = path.dirname(paths.vhostVsockSocket);
+  const vm = `guest-cid=${GUEST_CID},socket=${path.basename(paths.vhostVsockSocket)},uds-path=${path.basename(paths.vsockUds)}`;
+  const child = spawnTied(bin, ["--vm", vm], { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
+  track(child);
+  let err = "";
+  child.stderr!.on("data", (d) => {
+    err = (err + d.toString()).slice(-2000);
+  });
+  child.on("error", (e) => {
+    err += e.message;
+  });
+  while (!existsSync(paths.vhostVsockSocket)) {
+    if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new KindlingError(`${bin} did not start: ${err.trim() || "no socket before the deadline"}`);
+    }
+    await sleep(10);
+  }
+  (child as ChildProcess & { stderrTail?: () => string }).stderrTail = () => err.trim();
+  return child;
+}
+
+/** The guest's first connection to <uds>_<agent port>, or an error when QEMU exits or the deadline passes. */
+async function acceptAgent(
+  listener: VsockListener,
+  child: ChildProcess,
+  deadline: number,
+): Promise<net.Socket> {
+  const ac = new AbortController();
+  const timer = setTimeout(
+    () => ac.abort(new Error(`the guest did not connect to the host over vsock port ${AGENT_VSOCK_PORT}`)),
+    Math.max(0, deadline - Date.now()),
+  );
+  const onExit = () => ac.abort(new Error("VMM exited"));
+  child.once("exit", onExit);
+  try {
+    return await listener.accept(ac.signal);
+  } finally {
+    clearTimeout(timer);
+    child.off("exit", onExit);
+  }
+}
+
+/**
  * Boots a VM and waits for its agent's READY. On any failure (VMM error, kernel panic, exit before
  * READY, deadline) everything is torn down and a KindlingError carries the console's last lines.
  */
@@ -368,6 +476,8 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
   const killHelpers = async () => {
     for (const h of helpers) h.kill("SIGKILL");
   };
+  let listener: VsockListener | undefined;
+  let vhostVsock: ChildProcess | undefined;
   try {
     for (const [i, share] of (spec.shares ?? []).entries()) {
       const sock = abs(`virtiofs-${i}-${tag}.sock`);
@@ -375,8 +485,28 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
       paths.virtiofsSockets!.set(share.tag, sock);
       helpers.push(await startVirtiofsd(share.source, sock, deadline));
     }
+    if (opts.agent === "vsock") {
+      paths.vsockUds = abs(`vsock-${tag}.sock`);
+      paths.vhostVsockSocket = abs(`vhost-vsock-${tag}.sock`);
+      const agentPath = `${paths.vsockUds}_${AGENT_VSOCK_PORT}`;
+      if (Buffer.byteLength(agentPath) > MAX_SOCKET_PATH)
+        throw new KindlingError(
+          `socket path ${agentPath} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter KINDLING_HOME`,
+        );
+      owned.push(paths.vsockUds, paths.vhostVsockSocket, agentPath);
+      // the guest connects as soon as its init runs: listen before anything starts
+      listener = await VsockListener.listen(paths.vsockUds, AGENT_VSOCK_PORT);
+      vhostVsock = await startVhostVsock(
+        opts.vhostVsockBin ?? VHOST_VSOCK,
+        { vhostVsockSocket: paths.vhostVsockSocket, vsockUds: paths.vsockUds },
+        deadline,
+      );
+      helpers.push(vhostVsock);
+    }
   } catch (err) {
     await killHelpers();
+    await listener?.close();
+    for (const f of owned) await rm(f, { force: true });
     throw err;
   }
   // QEMU runs in stateDir so that relative socket paths keep sun_path short
@@ -385,10 +515,13 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
     agentSocket: path.basename(paths.agentSocket),
     qmpSocket: path.basename(paths.qmpSocket),
     virtiofsSockets: new Map([...paths.virtiofsSockets!].map(([k, v]) => [k, path.basename(v)])),
+    vhostVsockSocket: paths.vhostVsockSocket && path.basename(paths.vhostVsockSocket),
   };
   const args = qemuArgs(spec, rel, accel);
   await writeFileAtomic(abs("qemu.args"), `${JSON.stringify([opts.qemuBinary ?? QEMU_BINARY, ...args])}\n`);
   if (!onPath(opts.qemuBinary ?? QEMU_BINARY)) {
+    await killHelpers();
+    await listener?.close();
     throw new KindlingError(`${opts.qemuBinary ?? QEMU_BINARY} is not installed (run scripts/setup.sh)`);
   }
   const child = spawnTied(
@@ -418,6 +551,14 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
     helpers,
     owned,
   );
+  vm.vsockListener = listener;
+  // Without its vsock device the guest cannot reach us: a dead vhost-device-vsock ends the VM.
+  vhostVsock?.once("exit", (code, signal) => {
+    if (vm.isClosing || vm.exited) return;
+    const tail = (vhostVsock as ChildProcess & { stderrTail?: () => string }).stderrTail?.() ?? "";
+    vm.helperFailure = `${VHOST_VSOCK} exited (${signal ? `signal ${signal}` : `status ${code}`})${tail ? `: ${tail.split("\n").slice(-3).join("; ")}` : ""}`;
+    vm.kill().catch(() => {});
+  });
   const fail = async (why: string): Promise<never> => {
     await vm.kill().catch(() => {});
     await vm.close(0).catch(() => {});
@@ -430,7 +571,9 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
   try {
     const agentSock = await Promise.race([
       spawnError,
-      connectWhenListening(connectablePath(paths.agentSocket, child), child, deadline),
+      listener
+        ? acceptAgent(listener, child, deadline)
+        : connectWhenListening(connectablePath(paths.agentSocket, child), child, deadline),
     ]);
     vm.agent = new AgentClient(agentSock);
     const timer = sleep(Math.max(0, deadline - Date.now()), undefined, { ref: false }).then(
@@ -458,12 +601,13 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
       const panic = await vm.panicLine();
       const fatal = /kindling-init: \[\d+ ms\] FATAL: ([^\r\n]*)/.exec(await vm.consoleTail(200))?.[1];
       if (panic) return await fail(`guest kernel panic: ${panic}`);
+      if (vm.helperFailure) return await fail(vm.helperFailure);
       return await fail(fatal ? `guest init failed: ${fatal}` : `QEMU exited (${fmtExit(await vm.wait())})`);
     }
     return await fail(`guest kernel panic: ${result}`);
   } catch (err) {
     if (err instanceof KindlingError) throw err;
-    return await fail((err as Error).message);
+    return await fail(vm.helperFailure ?? (err as Error).message);
   }
 }
 
@@ -564,7 +708,11 @@ export async function runInVm(opts: RunInVmOptions): Promise<RunResult> {
       await Promise.race([vm.wait(), sleep(1000, undefined, { ref: false })]);
       const tail = await vm.consoleTail(20);
       const panic = await vm.panicLine();
-      const why = panic ? `guest kernel panic: ${panic}` : "the VM stopped while the process ran";
+      const why = panic
+        ? `guest kernel panic: ${panic}`
+        : vm.helperFailure
+          ? `the VM stopped while the process ran: ${vm.helperFailure}`
+          : "the VM stopped while the process ran";
       throw new KindlingError(`${why}\n--- last console lines (${vm.paths.consoleLog}) ---\n${tail}`);
     }
     const exit = outcome as ProcessExit;
