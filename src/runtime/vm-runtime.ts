@@ -21,7 +21,14 @@ import { type GuestNetwork, MAX_GROUPS } from "../vm/agent/protocol.js";
 import { resolveFirecracker } from "../vm/firecracker/process.js";
 import { bootFirecrackerVm, type FirecrackerBootedVm } from "../vm/firecracker/run.js";
 import { prepareGuestBoot } from "../vm/kernel.js";
-import { type AgentTransport, bootVm, QEMU_BINARY, type QemuVm, VHOST_VSOCK } from "../vm/qemu.js";
+import {
+  type AgentTransport,
+  bootVm,
+  QEMU_BINARY,
+  type QemuProfile,
+  type QemuVm,
+  VHOST_VSOCK,
+} from "../vm/qemu.js";
 import { prepareRootfs } from "../vm/rootfs/strategies.js";
 import type { RootfsPlan } from "../vm/rootfs/types.js";
 import type { VmNetwork, VmSpec } from "../vm/spec.js";
@@ -52,7 +59,19 @@ function homeOf(runDirPath: string): KindlingHome {
 }
 
 export class VmRuntime implements Runtime {
-  constructor(readonly name: VmmName) {}
+  /**
+   * @param qemuProfile QEMU only: "firecracker" gives the guest what Firecracker gives it (the tests run
+   *   every guest-side step of a Firecracker run this way; docs/firecracker.md).
+   */
+  constructor(
+    readonly name: VmmName,
+    private readonly qemuProfile: QemuProfile = "default",
+  ) {}
+
+  /** Firecracker, and QEMU shaped like it, end the VM by a guest reboot (there is no power-off device). */
+  private get firecrackerShaped(): boolean {
+    return this.name === "firecracker" || this.qemuProfile === "firecracker";
+  }
 
   async checkHost(): Promise<void> {
     if (this.name === "firecracker") {
@@ -109,7 +128,7 @@ export class VmRuntime implements Runtime {
     await runDir.hold(scope, { kind: "vm-processes", dir: runDir.path });
     const vm =
       this.name === "qemu"
-        ? await bootVm(spec, { home, agent })
+        ? await bootVm(spec, { home, agent, profile: this.qemuProfile })
         : await bootFirecrackerVm(spec, { firecrackerBin: config().firecracker });
     scope.defer(`VM of ${req.id}`, () => vm.close());
     // before CONFIGURE: resolv.conf goes into the root, never into a volume mounted on /etc
@@ -160,7 +179,7 @@ export class VmRuntime implements Runtime {
    * hybrid vsock host code as Firecracker) where that is installed, else virtio-serial; --agent decides.
    */
   private async agentTransport(flag?: "vsock" | "serial"): Promise<AgentTransport> {
-    if (this.name === "firecracker" || flag === "vsock") return "vsock";
+    if (this.firecrackerShaped || flag === "vsock") return "vsock";
     if (flag === "serial") return "virtio-serial";
     return (await findBinary(VHOST_VSOCK)) ? "vsock" : "virtio-serial";
   }
@@ -182,6 +201,7 @@ export class VmRuntime implements Runtime {
         tmpfsSize: plan.tmpfsSize,
         scratch: plan.scratch,
         agent,
+        ...(this.firecrackerShaped ? { halt: "reboot" as const } : {}),
         debug: config().vmDebug,
         extra: virtiofs ? ["kindling.rootfstype=virtiofs"] : [],
       },

@@ -17,6 +17,7 @@ import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { AgentClient, type ProcessExit } from "./agent/client.js";
 import type { GuestConfig, ProcessSpec } from "./agent/protocol.js";
+import { firecrackerBootArgs } from "./firecracker/render.js";
 import { VsockListener, vsockConnect } from "./firecracker/vsock.js";
 import { ensureGuestKernel, tcgKernelParams } from "./kernel.js";
 import type { VmSpec } from "./spec.js";
@@ -49,7 +50,16 @@ export interface QemuBootOptions {
   agent?: AgentTransport;
   /** the vhost-device-vsock binary (default: on PATH) */
   vhostVsockBin?: string;
+  /**
+   * "firecracker": the guest sees what Firecracker gives it (docs/firecracker.md, "The Firecracker-shaped
+   * QEMU profile"): virtio-mmio devices described only in ACPI, the serial console and an i8042 (for the
+   * reset) as the only legacy devices, no RTC, Firecracker's boot arguments, a guest reboot ends the VM.
+   * Use it with the vsock agent.
+   */
+  profile?: QemuProfile;
 }
+
+export type QemuProfile = "default" | "firecracker";
 
 export type AgentTransport = "vsock" | "virtio-serial";
 
@@ -66,12 +76,20 @@ export interface QemuPaths {
 }
 
 /** The QEMU command line for a VmSpec (no side effects). */
-export function qemuArgs(spec: VmSpec, paths: QemuPaths, accel: Accel): string[] {
+export function qemuArgs(
+  spec: VmSpec,
+  paths: QemuPaths,
+  accel: Accel,
+  profile: QemuProfile = "default",
+): string[] {
   const shares = spec.shares ?? [];
+  const fc = profile === "firecracker";
   // rtc=on: with rtc=off the kernel spends seconds under TCG failing to read the CMOS clock at boot
   // (measured: ~3 s of a 5-6 s boot under load) and the guest's clock starts in 1970. The RTC driver
   // itself (cmos_init) is skipped by initcall_blacklist, which is where the saving DESIGN.md saw lies.
-  const machine = ["microvm", "rtc=on"];
+  // The Firecracker profile: no RTC (Firecracker has none on x86), devices only in ACPI's DSDT (no
+  // virtio_mmio.device= on the command line), and an i8042 whose reset (reboot=k) QEMU turns into an exit.
+  const machine = fc ? ["microvm", "rtc=off", "acpi=on", "auto-kernel-cmdline=off"] : ["microvm", "rtc=on"];
   const args = ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"];
   if (accel === "kvm") args.push("-accel", "kvm", "-cpu", "host");
   else args.push("-accel", "tcg", "-cpu", "max");
@@ -84,9 +102,10 @@ export function qemuArgs(spec: VmSpec, paths: QemuPaths, accel: Accel): string[]
   }
   args.unshift("-M", machine.join(","));
   args.push("-chardev", `file,id=console,path=${paths.consoleLog}`, "-serial", "chardev:console");
+  if (fc) args.push("-device", "i8042");
   args.push("-kernel", spec.kernelPath);
   if (spec.initrdPath) args.push("-initrd", spec.initrdPath);
-  let cmdline = spec.cmdline;
+  let cmdline = fc ? firecrackerBootArgs(spec.cmdline) : spec.cmdline;
   if (accel === "tcg" && !/\btsc_early_khz=/.test(cmdline))
     cmdline = `${cmdline} ${tcgKernelParams().join(" ")}`;
   args.push("-append", cmdline.trim());
@@ -517,7 +536,7 @@ export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<
     virtiofsSockets: new Map([...paths.virtiofsSockets!].map(([k, v]) => [k, path.basename(v)])),
     vhostVsockSocket: paths.vhostVsockSocket && path.basename(paths.vhostVsockSocket),
   };
-  const args = qemuArgs(spec, rel, accel);
+  const args = qemuArgs(spec, rel, accel, opts.profile);
   await writeFileAtomic(abs("qemu.args"), `${JSON.stringify([opts.qemuBinary ?? QEMU_BINARY, ...args])}\n`);
   if (!onPath(opts.qemuBinary ?? QEMU_BINARY)) {
     await killHelpers();
