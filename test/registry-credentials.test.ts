@@ -51,7 +51,7 @@ function kindling(args: string[], env: Record<string, string>, input?: string) {
 }
 
 /** Pulls in this process with settings from `env` only (the CLI path is covered by the tests below). */
-async function pullWith(env: Record<string, string>) {
+async function pullWith(env: Record<string, string>, reference = ref, insecure = false) {
   const tmpDir = path.join(env.HOME!, "tmp");
   await mkdir(tmpDir, { recursive: true });
   // A credential helper runs with this process's environment (PATH, its store).
@@ -60,7 +60,7 @@ async function pullWith(env: Record<string, string>) {
   for (const k of keys) process.env[k] = env[k];
   try {
     const settings = registrySettings(loadConfig(env));
-    const r = await pullFromRegistry(ref, { insecure: false, tmpDir, quiet: true, settings });
+    const r = await pullFromRegistry(reference, { insecure, tmpDir, quiet: true, settings });
     if (r.kind === "image") await r.dispose();
     return r;
   } finally {
@@ -402,6 +402,18 @@ describe("identity tokens", () => {
       assert.equal(grant.get("grant_type"), "refresh_token");
       assert.equal(grant.get("scope"), "repository:public/app:pull");
       assert.equal(front.tokenAuth.at(-1), "", "no Basic header with an identity token");
+
+      // A helper answering with the user "<token>" gives an identity token too (docker's convention).
+      const viaHelper = isolatedEnv("identity-helper");
+      await writeJson(path.join(viaHelper.HOME, ".docker", "config.json"), {
+        credHelpers: { [front.host]: "kt" },
+      });
+      await writeJson(viaHelper.KT_HELPER_STORE!, {
+        [front.host]: { Username: "<token>", Secret: "refresh-123" },
+      });
+      const before = front.tokenRequests.length;
+      assert.equal((await pullWith(viaHelper, `${front.host}/public/app:v1`, true)).kind, "image");
+      assert.equal(front.tokenRequests.at(before)?.get("refresh_token"), "refresh-123");
     } finally {
       await front.stop();
       await open.stop();
