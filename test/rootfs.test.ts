@@ -4,6 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { test } from "node:test";
+import { pickDefaultVmm } from "../src/doctor/index.js";
 import { parseRunOptions } from "../src/runtime/options.js";
 import { DriveTable, guestDiskName, QEMU_MAX_VIRTIO_DEVICES } from "../src/vm/rootfs/drives.js";
 import { byDepth } from "../src/vm/rootfs/hostmounts.js";
@@ -88,7 +89,9 @@ test("run flags: --disk and --mount-packing are for VM runtimes; --runtime auto 
   const saved = process.env.KINDLING_FIRECRACKER;
   try {
     process.env.KINDLING_FIRECRACKER = path.join(dir, "no-firecracker");
-    assert.equal((await parseRunOptions("img", [], { runtime: "auto" })).runtime, "qemu");
+    // auto stays auto while flags are parsed (no host probe then); the run picks the VMM when it starts
+    assert.equal((await parseRunOptions("img", [], { runtime: "auto" })).runtime, "auto");
+    assert.equal(await pickDefaultVmm(), "qemu");
   } finally {
     if (saved === undefined) delete process.env.KINDLING_FIRECRACKER;
     else process.env.KINDLING_FIRECRACKER = saved;
