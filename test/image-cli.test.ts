@@ -200,4 +200,48 @@ describe("kindling image (CLI)", () => {
       });
     });
   });
+
+  test("inputs that are not images or not names are refused with one printable line, leaving nothing", async () => {
+    const bb = await fixture("busybox-rootfs.tar");
+    for (const name of ["a\nb", "/abs", "a/../b", "./bb", "..", "a//b", "Upper", "x:"]) {
+      const r = await kindling(["image", "import", bb, "--name", name]);
+      assert.equal(r.code, 125, name);
+      oneLine(r.stderr);
+      assert.match(r.stderr, /^kindling: image name .* is not valid: /);
+    }
+    const empty = path.join(work, "empty.tar");
+    await writeFile(empty, "");
+    const e = await kindling(["image", "import", empty, "--name", "e"]);
+    assert.equal(e.code, 125);
+    assert.match(e.stderr, /empty\.tar: the file is empty/);
+    const zeros = path.join(work, "zeros.tar");
+    await writeFile(zeros, Buffer.alloc(10240));
+    const z = await kindling(["image", "import", zeros, "--name", "z"]);
+    assert.equal(z.code, 125);
+    assert.match(z.stderr, /zeros\.tar: the tar holds no files/);
+    const binary = path.join(work, "binary");
+    // an ELF header and every byte value: none of it may reach the terminal raw
+    await writeFile(
+      binary,
+      Buffer.concat([
+        Buffer.from("\x7fELF\x02\x01\x01\x00", "latin1"),
+        Buffer.from([...Array(256).keys()]),
+        Buffer.alloc(1024, 0x1b),
+      ]),
+    );
+    const b = await kindling(["image", "import", binary, "--name", "b"]);
+    assert.equal(b.code, 125);
+    oneLine(b.stderr);
+    assert.match(
+      b.stderr,
+      /binary: not a tar archive \(no valid tar header; the data starts with bytes 7f 45 4c 46 02 01 01 00\)/,
+    );
+    assert.match(b.stderr, /^[\x20-\x7e\n]*$/, "printable ASCII only");
+    const ls = await kindling(["image", "ls", "--json"]);
+    assert.deepEqual(JSON.parse(ls.stdout), []);
+    // `run ./x` is a path, never a name
+    const run = await kindling(["run", "--runtime", "runc", "./bb"]);
+    assert.equal(run.code, 125);
+    assert.match(run.stderr, /image file \.\/bb does not exist/);
+  });
 });

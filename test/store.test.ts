@@ -11,6 +11,7 @@ import { canonicalJson } from "../src/store/canonical.js";
 import { listImages, loadImage, recordFileName, saveImage } from "../src/store/catalog.js";
 import { chunkFile, fastcdcSpec } from "../src/store/chunker.js";
 import { LocalChunkSource, localBytes } from "../src/store/local.js";
+import { imageNameProblem } from "../src/store/names.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex } from "../src/store/types.js";
 import { fixture, tempHome } from "./helpers/fixtures.js";
 
@@ -79,6 +80,38 @@ describe("chunking", () => {
     assert.notEqual(JSON.stringify(shuffled), JSON.stringify(index));
     assert.deepEqual(encodeBlockIndex(shuffled), encodeBlockIndex(index));
     assert.equal(canonicalJson({ b: 1, a: [{ d: 1, c: 2 }] }), '{"a":[{"c":2,"d":1}],"b":1}');
+  });
+
+  test("image names follow the OCI reference grammar", () => {
+    for (const ok of [
+      "bb",
+      "bb-tag",
+      "multilayer-oci:v1",
+      "127.0.0.1:5000/team/app:v1",
+      "localhost/x",
+      "a.b/c_d__e",
+      `x@sha256:${"a".repeat(64)}`,
+    ]) {
+      assert.equal(imageNameProblem(ok), null, ok);
+    }
+    for (const bad of [
+      "",
+      "a\nb",
+      "/x",
+      "./bb",
+      "../x",
+      "a/../b",
+      "a//b",
+      "a/",
+      "UPPER",
+      "-x",
+      "x:",
+      "x:-t",
+      "x@sha256:12",
+      "a b",
+    ]) {
+      assert.ok(imageNameProblem(bad), JSON.stringify(bad));
+    }
   });
 
   test("image names that are registry references map to safe file names", () => {

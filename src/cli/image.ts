@@ -5,6 +5,7 @@ import { exportImage } from "../image/export.js";
 import { importImage } from "../image/import.js";
 import { removeImage } from "../image/remove.js";
 import { loadImage, readCatalog } from "../store/catalog.js";
+import { checkImageName, imageNameProblem } from "../store/names.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import { fmtBytes } from "../util/progress.js";
@@ -31,6 +32,9 @@ export function registerImageCommands(program: Command): void {
           .filter(Boolean)
           .at(-1)!
           .replace(/\.tar(\.gz|\.zst)?$/, "");
+      if (opts.name === undefined && imageNameProblem(name)) {
+        checkImageName(name, "the image name taken from the file name,");
+      }
       const rec = await importImage(home(), spec, { name });
       process.stdout.write(`${rec.name} ${rec.digest} (${rec.format}, ${fmtBytes(rec.blockSize)})\n`);
     });

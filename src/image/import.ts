@@ -2,6 +2,7 @@ import { createWriteStream } from "node:fs";
 import { open, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
+import { checkImageName } from "../store/names.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { indexTar, memberKey } from "./archive.js";
@@ -59,7 +60,12 @@ export async function importImage(
   spec: string,
   opts: ImportOptions,
 ): Promise<ImageRecord & { format: ImportFormat }> {
+  checkImageName(opts.name); // before any work: a bad name leaves nothing behind
   const { path: src, tag } = await parseImportSpec(spec);
+  const st = await stat(src);
+  if (st.isFile() && st.size === 0) {
+    throw new KindlingError(`${src}: the file is empty (not an image archive or a tar)`);
+  }
   home.ensure();
   const work = await makeTempDir(home.tmp, "import");
   const build = async (resolved: ResolvedImage, format: ImportFormat) => {
@@ -100,7 +106,9 @@ export async function importImage(
         await pipeline(opened.stream, createWriteStream(tarPath));
         await opened.finished();
       }
-      const index = await indexTar(tarPath);
+      const index = await indexTar(tarPath).catch((err: unknown) => {
+        throw err instanceof KindlingError ? new KindlingError(`${src}: ${err.message}`) : err;
+      });
       const files = tarFiles(index);
       if (await files.has("manifest.json")) {
         resolved = await resolveDockerArchive(files, tag);
@@ -111,6 +119,7 @@ export async function importImage(
       } else {
         if (tag !== undefined)
           throw new KindlingError(`${src}: a plain rootfs tar has no tags (got :${tag})`);
+        if (index.members.size === 0) throw new KindlingError(`${src}: the tar holds no files`);
         resolved = { configJson: null, layers: [{ path: tarPath }] };
         format = "rootfs-tar";
       }

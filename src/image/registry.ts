@@ -7,6 +7,7 @@ import { putBlob, readBlob } from "../store/blobs.js";
 import { decodeBlockIndex } from "../store/blockindex.js";
 import { loadImage, saveImage } from "../store/catalog.js";
 import { withStoreLock } from "../store/lock.js";
+import { checkImageName, imageNameProblem } from "../store/names.js";
 import type { Digest } from "../store/types.js";
 import type { KindlingHome } from "../util/home.js";
 import { buildImage } from "./build.js";
@@ -30,7 +31,10 @@ export async function pullImage(
     signal: opts.signal,
     quiet: opts.progress === false,
   });
-  const names = [...new Set([ref, res.reference])];
+  // Recorded as typed and as normalized; the typed form only if it is itself a valid image name
+  // (e.g. not "docker://..."): the normalized one always is (parseReference checked it).
+  const names = [...new Set([ref, res.reference].filter((n) => imageNameProblem(n) === null))];
+  if (names.length === 0) checkImageName(res.reference);
   let record: ImageRecord;
   if (res.kind === "image") {
     try {

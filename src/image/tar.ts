@@ -201,6 +201,7 @@ export function tarReader(source: AsyncIterable<Buffer | string>): TarReader {
   let padding = 0;
   let current: TarEntry | null = null;
   let done = false;
+  let lastName: string | undefined; // the last entry read, to say where a bad header sits
 
   async function skipPending(): Promise<void> {
     const want = pending + padding;
@@ -228,8 +229,15 @@ export function tarReader(source: AsyncIterable<Buffer | string>): TarReader {
       }
       if (h.length < BLOCK) throw new KindlingError("tar archive is truncated inside a header");
       const rawName = cstr(h.subarray(0, 100));
-      if (!checksumOk(h))
-        throw new KindlingError(`tar header checksum mismatch near ${JSON.stringify(rawName)}`);
+      if (!checksumOk(h)) {
+        // Described by its first bytes in hex: a binary file's bytes must never reach a terminal.
+        const head = [...h.subarray(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join(" ");
+        throw new KindlingError(
+          lastName === undefined
+            ? `not a tar archive (no valid tar header; the data starts with bytes ${head})`
+            : `tar header checksum mismatch after entry ${JSON.stringify(lastName)}`,
+        );
+      }
       const flag = String.fromCharCode(h[156]!);
       const magic = h.subarray(257, 263).toString("latin1");
       const prefix = magic.startsWith("ustar") && magic !== "ustar " ? cstr(h.subarray(345, 500)) : "";
@@ -289,6 +297,7 @@ export function tarReader(source: AsyncIterable<Buffer | string>): TarReader {
       pending = type === "file" ? entry.size : entrySize;
       padding = (BLOCK - (pending % BLOCK)) % BLOCK;
       current = entry;
+      lastName = entry.name;
       return entry;
     }
   }

@@ -3,6 +3,7 @@ import path from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
+import { checkImageName } from "./names.js";
 import type { Digest, ImageRecord } from "./types.js";
 
 /** The image catalog: $KINDLING_HOME/images/<encoded name>.json, one ImageRecord each. */
@@ -26,6 +27,7 @@ function recordPath(home: KindlingHome, name: string): string {
 }
 
 export async function saveImage(home: KindlingHome, record: ImageRecord): Promise<void> {
+  checkImageName(record.name);
   await mkdir(home.images, { recursive: true });
   await writeFileAtomic(recordPath(home, record.name), `${JSON.stringify(record, null, 2)}\n`);
 }
@@ -97,6 +99,7 @@ export async function findImage(home: KindlingHome, name: string): Promise<Image
 
 /** The image with this name; a KindlingError naming it if there is none. */
 export async function loadImage(home: KindlingHome, name: string): Promise<ImageRecord> {
+  checkImageName(name);
   const rec = await findImage(home, name);
   if (!rec) {
     throw new KindlingError(
