@@ -6,7 +6,7 @@
  *   CLI:        main.ts pins configure(process.env, flags) before any command runs (a bad value
  *               exits 125); a command with a flag of its own (run --runtime) calls configure again.
  *   Library:    config() is the pinned configuration, else one resolved from process.env when asked.
- *   Daemons:    get what they need from their parent in their own config file (they call neither).
+ *   Daemons:    the lazy daemon pins its parent's Config (DaemonConfig.settings) and reads no environment.
  */
 import { KindlingError } from "../util/errors.js";
 import { type Config, SETTINGS, type Setting, type SettingName } from "./settings.js";
