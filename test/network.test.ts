@@ -5,12 +5,13 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { withConfig } from "../src/config/index.js";
 import {
   addNetworkList,
   CniError,
@@ -313,4 +314,43 @@ test("a killed kindling leaves nothing behind after the next start", async () =>
   assert.deepEqual(await leftovers(home.root, image), []);
   // the dead run's port is free again: nothing answers on it
   await assert.rejects(fetch(`http://127.0.0.1:${port}/hello`, { signal: AbortSignal.timeout(2000) }));
+});
+
+test("KINDLING_CNI_CONF_DIR: the first config of the user's directory is the network", async () => {
+  const dir = path.join(tmp, "cni");
+  await mkdir(dir);
+  const bridge = `kl-u${process.pid % 100000}`;
+  const conf = {
+    cniVersion: "1.0.0",
+    name: "user-net",
+    plugins: [
+      {
+        type: "bridge",
+        bridge,
+        isGateway: true,
+        ipam: {
+          type: "host-local",
+          ranges: [[{ subnet: "10.191.77.0/24" }]],
+          dataDir: path.join(tmp, "user-ipam"),
+        },
+      },
+    ],
+  };
+  await writeFile(path.join(dir, "10-user.conflist"), JSON.stringify(conf));
+  await writeFile(path.join(dir, "99-other.conf"), "not json");
+  try {
+    const r = await withConfig({ cniConfDir: dir }, () => run(["sh", "-c", "ip -o -4 addr show eth0"]));
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.network?.name, "user-net");
+    assert.match(r.network?.ip ?? "", /^10\.191\.77\.\d+$/);
+    assert.ok(r.stdout.includes(`inet ${r.network!.ip}/24`), r.stdout);
+    await writeFile(path.join(dir, "00-broken.conflist"), "{");
+    await assert.rejects(
+      withConfig({ cniConfDir: dir }, () => run(["true"])),
+      /CNI config .*00-broken.conflist: not valid JSON/,
+    );
+    assert.deepEqual(await listNetns(homeNetworkNames(home).netnsPrefix), []);
+  } finally {
+    await exec("ip", ["link", "delete", bridge], { allowFailure: true });
+  }
 });

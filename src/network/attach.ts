@@ -65,6 +65,7 @@ export async function setUpNetwork(req: NetworkRequest): Promise<RunNetwork> {
   const netns = await createNetns(netnsName);
   const dirs = req.settings.pluginDirs;
   const loopback = addNetworkList(LOOPBACK_LIST, { containerId: req.runId, netns, ifName: "lo" }, dirs);
+  loopback.catch(() => {}); // awaited below; no unhandled rejection if a step before that fails
   if (!list) {
     await loopback;
     return { info: { mode, netns, ports: [] }, netnsName, netnsPath: netns };
@@ -77,7 +78,11 @@ export async function setUpNetwork(req: NetworkRequest): Promise<RunNetwork> {
   };
   const cni: NetworkResource = { kind: "cni", list, attachment, pluginDirs: dirs };
   await req.holder.hold(req.scope, cni);
-  const [result] = await Promise.all([addNetworkList(list, attachment, dirs), loopback]);
+  // both settle before an error is thrown: nothing still runs in the namespace when the scope deletes it
+  const [adding, lo] = await Promise.allSettled([addNetworkList(list, attachment, dirs), loopback]);
+  if (adding.status === "rejected") throw adding.reason;
+  if (lo.status === "rejected") throw lo.reason;
+  const result = adding.value;
   await req.holder.update(cni, { result });
   return { info: infoOf(result, list.name, netns, ports), netnsName, netnsPath: netns, result };
 }
