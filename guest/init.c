@@ -1048,7 +1048,11 @@ static void unmount_container_mounts(void) {
   }
 }
 
+static bool session_child; /* an exec session's agent (exec_listener), not PID 1 */
+static void end_session(void) __attribute__((noreturn));
+
 static void power_off(void) {
+  if (session_child) end_session(); /* a session ending is not the VM ending */
   logmsg("poweroff");
   kill(-1, SIGTERM);
   for (int i = 0; i < 50 && waitpid(-1, NULL, WNOHANG) >= 0; i++) usleep(10000);
@@ -1173,6 +1177,67 @@ static void agent_loop(int sfd) {
   }
 }
 
+/* ------------------------------------------------------------------ exec sessions over vsock */
+
+/* A session's channel closed (or it failed): its processes go with it, the VM stays. */
+static void end_session(void) {
+  for (int i = 0; i < MAX_PROCS; i++)
+    if (procs[i].used && !procs[i].exited) kill(procs[i].pid, SIGKILL);
+  while (waitpid(-1, NULL, 0) > 0) {}
+  _exit(0);
+}
+
+/*
+ * Host-initiated connections (Firecracker's CONNECT <port>, the same through vhost-device-vsock): each one
+ * is a second agent channel, served by a forked copy of the agent with its own process table, so the host
+ * can exec into a running VM without sharing the first channel. Runs in a child of PID 1 that only
+ * accepts; it never touches PID 1's channel or processes.
+ */
+static void exec_listener(int sfd, unsigned port) {
+  int l = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_vm addr = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port};
+  if (l < 0 || bind(l, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(l, 8) < 0) {
+    logmsg("agent: exec sessions on vsock port %u unavailable: %s", port, strerror(errno));
+    _exit(0);
+  }
+  for (;;) {
+    int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    while (waitpid(-1, NULL, WNOHANG) > 0) {} /* ended sessions */
+    if (c < 0) {
+      if (errno != EINTR) usleep(100000);
+      continue;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(l);
+      session_child = true;
+      chan = c;
+      host_spoke = false;
+      rxlen = 0;
+      send_ready();
+      agent_loop(sfd);
+    }
+    close(c);
+  }
+}
+
+/* With the vsock channel: accept exec sessions on kindling.exec_port (default 1025; 0 turns them off). */
+static void start_exec_listener(int sfd) {
+  if (strcmp(opt("kindling.agent", "auto"), "vsock") != 0) return;
+  unsigned port = (unsigned)strtoul(opt("kindling.exec_port", "1025"), NULL, 10);
+  if (port == 0) return;
+  pid_t pid = fork();
+  if (pid < 0) {
+    logmsg("agent: no exec sessions: fork: %s", strerror(errno));
+    return;
+  }
+  if (pid == 0) {
+    close(chan);
+    chan = -1;
+    exec_listener(sfd, port);
+  }
+}
+
 /* ------------------------------------------------------------------ main */
 
 /* The kernel may start us without fds 0-2 (no /dev/console in the initramfs): open the console. */
@@ -1220,6 +1285,7 @@ int main(void) {
   for (int i = 0; i < MAX_PROCS; i++) procs[i].out.fd = procs[i].err.fd = procs[i].in_fd = -1;
 
   open_channel();
+  start_exec_listener(sfd);
   send_ready();
   logmsg("agent: ready");
   agent_loop(sfd);

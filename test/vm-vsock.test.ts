@@ -145,6 +145,27 @@ describe("one VM with the agent over vsock", () => {
     assert.equal(createHash("sha256").update(r.out).digest("hex"), want);
   });
 
+  test("exec over a host-initiated CONNECT: a second session runs a process while the first channel works", async () => {
+    const session = await vm.openSession(20_000);
+    try {
+      const out = sink();
+      const p = await session.start(
+        { args: ["sh", "-c", "echo from the session; exit 7"], env: ["PATH=/bin"] },
+        {
+          stdout: out,
+        },
+      );
+      assert.equal((await within(p.exited, 60_000, "the session's process")).status, 7);
+      assert.equal(out.data().toString(), "from the session\n");
+      // the first channel is untouched
+      assert.equal((await run(["echo", "still here"])).out.toString(), "still here\n");
+    } finally {
+      session.close();
+    }
+    // closing the session does not end the VM
+    assert.equal((await run(["true"])).status, 0);
+  });
+
   test("a host-initiated CONNECT to a port nothing listens on is refused, within its deadline", async () => {
     await assert.rejects(vm.connect(4242, 1500), /did not accept a vsock connection on port 4242/);
   });

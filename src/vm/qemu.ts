@@ -28,6 +28,8 @@ export const VIRTIOFSD = "/usr/lib/qemu/virtiofsd";
 export const VHOST_VSOCK = "vhost-device-vsock";
 /** docs/guest.md: the guest agent connects to the host (CID 2) on this vsock port, as under Firecracker. */
 export const AGENT_VSOCK_PORT = 1024;
+/** docs/guest.md: with the vsock channel the guest accepts exec sessions here (kindling.exec_port). */
+export const EXEC_VSOCK_PORT = 1025;
 const GUEST_CID = 3;
 /** sockaddr_un.sun_path holds 108 bytes including the NUL. */
 const MAX_SOCKET_PATH = 107;
@@ -248,6 +250,33 @@ export class QemuVm {
   async panicLine(): Promise<string | undefined> {
     const text = await readFile(this.paths.consoleLog, "latin1").catch(() => "");
     return /Kernel panic[^\r\n]*/.exec(text)?.[0];
+  }
+
+  /**
+   * A second agent session over a host-initiated vsock connection (CONNECT 1025): its own READY, START,
+   * output and exit statuses, independent of the first channel. Closing it kills its processes only.
+   */
+  async openSession(timeoutMs = 10_000): Promise<AgentClient> {
+    const sock = await this.connect(EXEC_VSOCK_PORT, timeoutMs);
+    const session = new AgentClient(sock);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        session.ready(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new KindlingError(`no READY on the exec session within ${timeoutMs} ms`)),
+            timeoutMs,
+          );
+        }),
+      ]);
+      return session;
+    } catch (err) {
+      session.close();
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Kills QEMU at once (SIGKILL) and waits for it. */
