@@ -4,9 +4,11 @@
  * container reaching the VM by address over the home's bridge. Nothing is left afterwards.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
 import { resolveImage } from "../src/runtime/image.js";
 import { type RunHandle, runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
@@ -18,6 +20,7 @@ import { networkLeftovers } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
+const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let t: VmTestHome;
 
 before(async () => {
@@ -113,4 +116,40 @@ test("a VM with --network none has only lo, and --dns still writes its resolv.co
   const [[out, err], result] = await Promise.all([vm.output, vm.handle.result]);
   assert.equal(result.status, 0, err);
   assert.equal(out, "lo\nnameserver 192.0.2.53\n");
+});
+
+test("a SIGKILLed `kindling run` of a VM leaves no namespace, TAP, lease or rule after the next start", async () => {
+  const port = await freePort();
+  const child = spawn(
+    KINDLING,
+    [
+      "run",
+      "--runtime",
+      "qemu",
+      "-p",
+      `127.0.0.1:${port}:80`,
+      "ml",
+      "--",
+      "httpd",
+      "-f",
+      "-p",
+      "80",
+      "-h",
+      "/data",
+    ],
+    { env: { ...process.env, KINDLING_HOME: t.home.root }, stdio: "ignore" },
+  );
+  try {
+    assert.equal(await fetchText(`http://127.0.0.1:${port}/hello`, 180_000), "hello from layer 2\n");
+    assert.notDeepEqual(await networkLeftovers(t.home), [], "the run holds a namespace, a lease and rules");
+  } finally {
+    child.kill("SIGKILL");
+  }
+  await new Promise((r) => child.once("exit", r));
+  // the next start (any run) cleans up after the dead one
+  const report = await cleanupStaleRuns(t.home);
+  assert.deepEqual(report.errors, []);
+  assert.equal(report.cleaned.length, 1);
+  assert.deepEqual(await networkLeftovers(t.home), []);
+  assert.deepEqual(await leftovers(t.home.root), []);
 });
