@@ -29,6 +29,7 @@
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -628,6 +629,29 @@ static char **in_strv(struct in *r) {
   return v;
 }
 
+/*
+ * -w as docker and runc do: a missing working directory is created (mode 0755, owned by root, made
+ * before the process drops to its uid), so `-w /nonexistent` behaves the same under every runtime.
+ */
+static int enter_workdir(const char *cwd) {
+  if (!*cwd) cwd = "/";
+  if (chdir(cwd) == 0) return 0;
+  if (errno != ENOENT) return -1;
+  char path[PATH_MAX];
+  if (strlen(cwd) >= sizeof path) return errno = ENAMETOOLONG, -1;
+  strcpy(path, cwd);
+  for (char *p = path + 1;; p++) {
+    if (*p == '/' || *p == 0) {
+      char c = *p;
+      *p = 0;
+      if (mkdir(path, 0755) < 0 && errno != EEXIST) return -1;
+      *p = c;
+      if (!c) break;
+    }
+  }
+  return chdir(cwd);
+}
+
 /* The child side of START: never returns; errors go back to the parent through errpipe. */
 static void exec_child(struct start_req *q, int in_rd, int out_wr, int err_wr, int errpipe) {
   sigset_t none;
@@ -638,7 +662,7 @@ static void exec_child(struct start_req *q, int in_rd, int out_wr, int err_wr, i
   int step = 0;
   if (dup2(in_rd, 0) < 0 || dup2(out_wr, 1) < 0 || dup2(err_wr, 2) < 0) goto fail;
   step = 1;
-  if (chdir(*q->cwd ? q->cwd : "/") < 0) goto fail;
+  if (enter_workdir(q->cwd) < 0) goto fail;
   step = 2;
   if (setgroups(q->ngroups, q->groups) < 0 || setgid(q->gid) < 0 || setuid(q->uid) < 0) goto fail;
   step = 3;

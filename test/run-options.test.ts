@@ -268,3 +268,18 @@ test("a missing runtime binary is named, with how to install it", async () => {
     process.env.PATH = saved;
   }
 });
+
+test("a -v source that is a symlink is its target, for every runtime", async () => {
+  const target = path.join(tmp, "vol-target");
+  await writeFile(target, "x");
+  await symlink("vol-target", path.join(tmp, "vol-link"));
+  for (const runtime of ["runc", "qemu"]) {
+    const o = await parseRunOptions("img", [], { runtime, volume: [`${tmp}/vol-link:/f`] });
+    assert.equal(o.volumes[0]!.source, target);
+  }
+  await symlink("nowhere", path.join(tmp, "dangling"));
+  await assert.rejects(
+    parseRunOptions("img", [], { runtime: "runc", volume: [`${tmp}/dangling:/f`] }),
+    /source .*dangling does not exist/,
+  );
+});

@@ -4,7 +4,7 @@
  * failures; the CLI end to end. After every run nothing is left mounted, attached or running.
  */
 import assert from "node:assert/strict";
-import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -139,6 +139,28 @@ test("exit status, a missing command (127) and a guest mount failure leave nothi
   assert.equal(missing.status, 127);
   // /data/hello is a file in the image: a directory cannot be bound onto it
   await assert.rejects(run(["true"], { volume: [`${ro}:/data/hello/sub`] }), /guest setup failed/);
+});
+
+test("-w creates a missing working directory, and a symlinked -v source is written through (as runc)", async () => {
+  const cwd = await run(["sh", "-c", "pwd; ls -ld . | cut -c1-10"], { workdir: "/made/for/me" });
+  assert.equal(cwd.status, 0, cwd.stderr);
+  assert.equal(cwd.stdout, "/made/for/me\ndrwxr-xr-x\n");
+  const target = path.join(t.tmp, "target-file");
+  const link = path.join(t.tmp, "link-file");
+  const dirTarget = path.join(t.tmp, "target-dir");
+  const dirLink = path.join(t.tmp, "link-dir");
+  await writeFile(target, "before\n");
+  await symlink("target-file", link);
+  await mkdir(dirTarget);
+  await symlink("target-dir", dirLink);
+  const r = await run(["sh", "-c", "echo after > /f; echo new > /d/new"], {
+    volume: [`${link}:/f`, `${dirLink}:/d`],
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok((await lstat(link)).isSymbolicLink(), "the link stays a link");
+  assert.ok((await lstat(dirLink)).isSymbolicLink(), "the dir link stays a link");
+  assert.equal(await readFile(target, "utf8"), "after\n");
+  assert.equal(await readFile(path.join(dirTarget, "new"), "utf8"), "new\n");
 });
 
 test("CLI: kindling run --runtime qemu streams stdout and stderr apart and exits with the status", async () => {

@@ -1,4 +1,4 @@
-import { stat } from "node:fs/promises";
+import { realpath } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import path from "node:path";
 import { hostEnv } from "../config/index.js";
@@ -147,11 +147,13 @@ export async function parseVolume(spec: string): Promise<VolumeSpec> {
   if (!path.isAbsolute(src) && !src.startsWith(".")) {
     throw new KindlingError(`-v ${spec}: SRC must be a host path (absolute, or relative starting with ".")`);
   }
-  const source = path.resolve(src);
+  // Symlinks resolved here, once, for every runtime: runc's bind mount follows them, so a VM's
+  // copy and sync-back must use the target too (else sync-back replaces the link with a file).
+  let source: string;
   try {
-    await stat(source);
+    source = await realpath(path.resolve(src));
   } catch {
-    throw new KindlingError(`-v ${spec}: source ${source} does not exist`);
+    throw new KindlingError(`-v ${spec}: source ${path.resolve(src)} does not exist`);
   }
   const destination = containerPath(`-v ${spec}: DST`, dst);
   if (destination === "/") throw new KindlingError(`-v ${spec}: DST cannot be /`);
