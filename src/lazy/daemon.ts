@@ -13,8 +13,9 @@ import { KindlingHome } from "../util/home.js";
 import { processStartTime } from "../util/proc.js";
 import { ChunkCache } from "./cache.js";
 import { validateIndex } from "./chunkmap.js";
+import { DaemonDir } from "./daemondir.js";
 import { mountBlockFile } from "./fusefs.js";
-import { lowerDirOf, mountLower, unmountLower } from "./lower.js";
+import { LowerMounts } from "./lower.js";
 import { lazyUnmount } from "./mountinfo.js";
 import { prefetchTables } from "./prefetch.js";
 import { Readahead } from "./readahead.js";
@@ -54,7 +55,14 @@ async function main(): Promise<void> {
     cache.stats.updated = new Date().toISOString();
     await writeStats(home, cfg.id, cache.stats).catch((err) => log(`stats: ${err}`));
   };
-  const lowerDir = lowerDirOf(dir);
+  const ddir = new DaemonDir(home, cfg.id);
+  const filePath = path.join(cfg.mountpoint, cfg.fileName);
+  let state: DaemonState | undefined;
+  const lowers = new LowerMounts(ddir, filePath, log, async (lower) => {
+    if (!state) return;
+    state.lower = lower;
+    await writeFileAtomic(ddir.stateFile, `${JSON.stringify(state)}\n`);
+  });
   let stopping = false;
   const stop = async (why: string) => {
     if (stopping) return;
@@ -62,7 +70,7 @@ async function main(): Promise<void> {
     log(`stopping: ${why}`);
     await flush();
     // The SquashFS over our file first: it reads through the FUSE mount.
-    await unmountLower(lowerDir).catch((err) => log(`unmount lower: ${err}`));
+    await lowers.closeAll().catch((err) => log(`unmount lower: ${err}`));
     await lazyUnmount(cfg.mountpoint).catch((err) => log(`unmount: ${err}`));
     await cache.close();
     process.exit(0);
@@ -89,11 +97,11 @@ async function main(): Promise<void> {
     opTimeoutMs: cfg.policy.deadlineMs + 5000,
     kernelCache: cfg.settings.lazyKernelCache,
     directIo: cfg.settings.lazyDirectIo,
+    onReadError: () => lowers.readFailed(),
     log,
   });
-  const filePath = path.join(cfg.mountpoint, cfg.fileName);
-  if (cfg.lower) await mountLower(filePath, lowerDir);
-  const state: DaemonState = {
+  const lowerDir = cfg.lower ? await lowers.mount() : undefined;
+  state = {
     pid: process.pid,
     startTime: (await processStartTime(process.pid)) ?? "",
     mountpoint: cfg.mountpoint,
@@ -101,14 +109,14 @@ async function main(): Promise<void> {
     digest: cfg.record.digest,
     detached: cfg.detached,
     shared: Boolean(cfg.shared),
-    ...(cfg.lower ? { lower: lowerDir } : {}),
+    ...(lowerDir ? { lower: lowerDir } : {}),
     policy: cfg.policy,
     owner: cfg.owner,
     ownerStartTime: cfg.ownerStartTime,
   };
-  await writeFileAtomic(path.join(dir, "state.json"), `${JSON.stringify(state)}\n`);
+  await writeFileAtomic(ddir.stateFile, `${JSON.stringify(state)}\n`);
   await flush();
-  send({ t: "ready", pid: process.pid, path: path.join(cfg.mountpoint, cfg.fileName) });
+  send({ t: "ready", pid: process.pid, path: filePath, lower: lowerDir });
   log(`serving ${cfg.record.name} (${cfg.record.digest}) at ${cfg.mountpoint}`);
 
   // A connection aborted from outside (fusectl) leaves us alive but useless: notice and go.
@@ -124,12 +132,12 @@ async function main(): Promise<void> {
     setInterval(
       async () => {
         if (stopping) return;
-        if ((await liveUsers(dir)) > 0) {
+        if ((await liveUsers(ddir)) > 0) {
           idleSince = undefined;
           return;
         }
         idleSince ??= Date.now();
-        if (Date.now() - idleSince >= shared.idleMs && (await markStopping(dir))) void stop("idle");
+        if (Date.now() - idleSince >= shared.idleMs && (await markStopping(ddir))) void stop("idle");
       },
       Math.min(1000, Math.max(50, shared.idleMs / 4)),
     ).unref();

@@ -32,6 +32,8 @@ export interface FuseFileOptions {
   kernelCache: boolean;
   /** Mount with direct_io (KINDLING_LAZY_DIRECT_IO; measuring only). */
   directIo: boolean;
+  /** Called after a read was answered with EIO (see LowerMounts). */
+  onReadError?(): void;
   log(msg: string): void;
 }
 
@@ -85,6 +87,7 @@ export function mountBlockFile(o: FuseFileOptions): Promise<void> {
           o.cache.stats.readErrors++;
           o.log(`read ${len}@${pos}: ${err instanceof Error ? err.message : err}`);
           cb(Fuse.EIO);
+          o.onReadError?.();
         },
       );
     },

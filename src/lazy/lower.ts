@@ -1,11 +1,9 @@
-import { mkdir, stat } from "node:fs/promises";
+import { mkdir, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { exec } from "../util/exec.js";
+import type { DaemonDir } from "./daemondir.js";
 import { lazyUnmount, mountAt } from "./mountinfo.js";
-
-/** Where a daemon (directory mnt/<id>) mounts its image's SquashFS. */
-export const lowerDirOf = (daemonDir: string): string => path.join(daemonDir, "lower");
 
 /**
  * The image's SquashFS mounted read-only from a daemon's own lazy file, for the lower layer of
@@ -46,5 +44,77 @@ export async function unmountLower(dir: string): Promise<void> {
     );
     if (!attached) return;
     await sleep(10);
+  }
+}
+
+/**
+ * A daemon's lower mounts, by generation. The kernel's SquashFS keeps a failed read in its caches
+ * (a fragment that could not be read fails again, "Unable to read fragment cache entry", for as
+ * long as the mount lives), so after any failed read the next runs must not get that mount: a
+ * fresh one (new loop device, new SquashFS) becomes the current generation and the old one is
+ * detached, to go with its last overlay. Runs that start meanwhile keep whatever they got.
+ * A warm run pays nothing for this: it reads the current directory from state.json as before.
+ */
+export class LowerMounts {
+  private gen = 0;
+  private current_: string | undefined;
+  private renewing: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly dir: DaemonDir,
+    private readonly file: string,
+    private readonly log: (msg: string) => void,
+    /** Publishes a new current directory (the daemon rewrites state.json). */
+    private readonly publish: (lower: string) => Promise<void>,
+  ) {}
+
+  get current(): string | undefined {
+    return this.current_;
+  }
+
+  async mount(): Promise<string> {
+    const dir = this.dir.lower(this.gen);
+    await mountLower(this.file, dir);
+    this.current_ = dir;
+    return dir;
+  }
+
+  /** A read of the file failed: the next runs get a fresh mount (once the burst is over). */
+  readFailed(): void {
+    if (this.closed || !this.current_) return;
+    this.renewing ??= sleep(100)
+      .then(() => this.renew())
+      .catch((err) => this.log(`new lower mount: ${err instanceof Error ? err.message : err}`))
+      .finally(() => {
+        this.renewing = undefined;
+      });
+  }
+
+  private async renew(): Promise<void> {
+    if (this.closed) return;
+    const old = this.current_!;
+    const gen = this.gen + 1;
+    const next = this.dir.lower(gen);
+    try {
+      await mountLower(this.file, next);
+    } catch (err) {
+      // The superblock itself could not be read (source still down): the next failure tries again.
+      await rm(next, { recursive: true, force: true }).catch(() => {});
+      throw err;
+    }
+    this.gen = gen;
+    this.current_ = next;
+    await this.publish(next);
+    this.log(`lower mount generation ${gen} at ${next} after a failed read`);
+    await unmountLower(old);
+    if (!(await mountAt(old))) await rm(old, { recursive: true, force: true }).catch(() => {});
+  }
+
+  /** Unmounts every generation (the SquashFS reads through our FUSE file: before it goes). */
+  async closeAll(): Promise<void> {
+    this.closed = true;
+    await this.renewing;
+    for (const lower of await this.dir.lowers()) await unmountLower(lower);
   }
 }

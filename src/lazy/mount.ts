@@ -7,7 +7,7 @@ import { errorMessage, KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import { isSameProcess, processStartTime } from "../util/proc.js";
-import { openLazyImage } from "./index.js";
+import { openLazyImage } from "./client.js";
 import { lazyUnmount, mountAt } from "./mountinfo.js";
 import { stopDaemon } from "./stale.js";
 
@@ -19,12 +19,10 @@ export interface ImageMountRecord {
   dir: string;
   image: string;
   digest: string;
-  loop: string;
   /** The lazy daemon (detached) and its directory id under mnt/. */
   pid: number;
   startTime: string;
   id: string;
-  file: string;
   created: string;
 }
 
@@ -40,16 +38,10 @@ async function readRecord(file: string): Promise<ImageMountRecord | null> {
   }
 }
 
-/** Detaches a loop device, but only if it is still backed by our lazy file. */
-async function detachLoop(loop: string, file: string): Promise<void> {
-  const r = await exec("losetup", ["-n", "-O", "BACK-FILE", loop], { allowFailure: true });
-  if (r.code !== 0 || r.stdout.trim().replace(/ \(deleted\)$/, "") !== file) return;
-  await exec("losetup", ["-d", loop], { allowFailure: true });
-}
-
 /**
- * `kindling image mount N DIR`: the image's files, read-only, at DIR. Lazy file -> read-only loop
- * device -> squashfs mount. The daemon and the loop device outlive this process.
+ * `kindling image mount N DIR`: the image's files, read-only, at DIR. The same lower mount as
+ * runs use (lazy file -> loop device -> SquashFS, owned by the daemon: lower.ts), bound at DIR.
+ * The daemon (detached) outlives this process; `image umount` or a later cleanup stops it.
  */
 export async function mountImage(home: KindlingHome, record: ImageRecord, dir: string): Promise<void> {
   const target = path.resolve(dir);
@@ -58,32 +50,28 @@ export async function mountImage(home: KindlingHome, record: ImageRecord, dir: s
   if (old && (await mountAt(target)))
     throw new KindlingError(`${target} already has image ${old.image} mounted`);
   if (await mountAt(target)) throw new KindlingError(`${target} is already a mountpoint`);
-  // A record without its mount (unmounted by hand): release its loop device and daemon first.
+  // A record without its mount (unmounted by hand): stop its daemon first.
   if (old) await release(home, old, true);
   await mkdir(target, { recursive: true });
   if (!(await stat(target)).isDirectory()) throw new KindlingError(`${target} is not a directory`);
 
-  const lazy = await openLazyImage(home, record, "auto", { detached: true });
-  let loop = "";
+  const lazy = await openLazyImage(home, record, "auto", { detached: true, lower: true });
   try {
-    loop = (await exec("losetup", ["-r", "--direct-io=on", "--show", "-f", lazy.path])).stdout.trim();
-    await exec("mount", ["-t", "squashfs", "-o", "ro", loop, target]);
+    await exec("mount", ["--bind", lazy.lowerDir!, target]);
+    await exec("mount", ["-o", "remount,bind,ro", target]);
     const rec: ImageMountRecord = {
       dir: target,
       image: record.name,
       digest: record.digest,
-      loop,
       pid: lazy.pid,
       startTime: (await processStartTime(lazy.pid)) ?? "",
       id: path.basename(lazy.dir),
-      file: lazy.path,
       created: new Date().toISOString(),
     };
     await mkdir(recordsDir(home), { recursive: true });
     await writeFileAtomic(recFile, `${JSON.stringify(rec, null, 2)}\n`);
   } catch (err) {
     if (await mountAt(target)) await lazyUnmount(target);
-    if (loop) await detachLoop(loop, lazy.path);
     await lazy.close();
     throw new KindlingError(`cannot mount image ${record.name} at ${target}: ${errorMessage(err)}`);
   }
@@ -91,7 +79,7 @@ export async function mountImage(home: KindlingHome, record: ImageRecord, dir: s
 
 async function release(home: KindlingHome, rec: ImageMountRecord, lazy: boolean): Promise<void> {
   const m = await mountAt(rec.dir);
-  if (m && m.source === rec.loop) {
+  if (m && m.fstype === "squashfs") {
     if (lazy) await lazyUnmount(rec.dir);
     else {
       const r = await exec("umount", [rec.dir], { allowFailure: true });
@@ -100,7 +88,6 @@ async function release(home: KindlingHome, rec: ImageMountRecord, lazy: boolean)
       }
     }
   }
-  await detachLoop(rec.loop, rec.file);
   await stopDaemon(home, rec.id);
   await rm(recordPath(home, rec.dir), { force: true });
 }

@@ -1,71 +1,47 @@
-import { readdir, readFile, rm, stat } from "node:fs/promises";
+import { rm, stat } from "node:fs/promises";
 import path from "node:path";
+import { removeChunkLeftovers } from "../store/chunkstore.js";
 import type { KindlingHome } from "../util/home.js";
 import { isSameProcess, signal, waitExit } from "../util/proc.js";
-import { lowerDirOf, unmountLower } from "./lower.js";
+import { DaemonDir } from "./daemondir.js";
+import { unmountLower } from "./lower.js";
 import { mountAt, readMountinfo, releaseFuseMount } from "./mountinfo.js";
-import type { DaemonConfig, DaemonState } from "./types.js";
-
-async function readJson<T>(file: string): Promise<T | null> {
-  try {
-    return JSON.parse(await readFile(file, "utf8")) as T;
-  } catch {
-    return null;
-  }
-}
-
-export const daemonDir = (home: KindlingHome, id: string) => path.join(home.mounts, id);
-const isDaemonId = (name: string) => /^[0-9a-f]{16}$/.test(name);
 
 /**
  * Stops a daemon and releases its FUSE mount and directory: TERM first; a daemon that does not
  * exit in time is stuck, so its connection is aborted (freeing its readers) and it is killed.
  */
 export async function stopDaemon(home: KindlingHome, id: string, graceMs = 5000): Promise<void> {
-  const dir = daemonDir(home, id);
-  const state = await readJson<DaemonState>(path.join(dir, "state.json"));
-  const mountpoint = path.join(dir, "fs");
+  const dir = new DaemonDir(home, id);
+  const state = await dir.readState();
   if (state && (await isSameProcess(state.pid, state.startTime))) {
     signal(state.pid, "SIGTERM");
     if (!(await waitExit(state.pid, graceMs, state.startTime))) {
-      await releaseFuseMount(mountpoint);
+      await releaseFuseMount(dir.mountpoint);
       signal(state.pid, "SIGKILL");
       await waitExit(state.pid, 2000, state.startTime);
     }
   }
-  // A daemon that died leaves its SquashFS mount (lower.ts) on top of the dead FUSE file.
-  await unmountLower(lowerDirOf(dir));
-  await releaseFuseMount(mountpoint);
-  if (!(await mountAt(mountpoint))) await rm(dir, { recursive: true, force: true });
-}
-
-/** Half-written chunks (writeFileAtomic temp files) and fetch locks of a daemon that died. */
-async function removeTempFiles(home: KindlingHome, pid: number): Promise<void> {
-  const marker = `-${pid}-`;
-  for (const name of await readdir(home.blobs).catch(() => [] as string[])) {
-    const file = path.join(home.blobs, name);
-    if (name.startsWith(".tmp-") && name.includes(marker)) await rm(file, { force: true });
-    else if (name.startsWith(".fetch-")) {
-      const holder = await readFile(file, "utf8").catch(() => "");
-      if (holder.split(" ")[0] === String(pid)) await rm(file, { force: true });
-    }
-  }
+  // A daemon that died leaves its SquashFS mounts (lower.ts) on top of the dead FUSE file.
+  for (const lower of await dir.lowers()) await unmountLower(lower);
+  await releaseFuseMount(dir.mountpoint);
+  if (!(await mountAt(dir.mountpoint))) await rm(dir.path, { recursive: true, force: true });
 }
 
 /**
  * Whether the daemon in mnt/<id> is gone, or stuck, and its leftovers can go. Decided from /proc
  * alone: a stat of the mountpoint would block forever if a live daemon were stuck.
  */
-async function isStale(home: KindlingHome, id: string): Promise<boolean> {
-  const dir = daemonDir(home, id);
-  const state = await readJson<DaemonState>(path.join(dir, "state.json"));
+async function isStale(dir: DaemonDir): Promise<boolean> {
+  const state = await dir.readState();
   if (!state) {
-    // Still starting? Give a daemon whose owner lives a minute to write its state.
-    const cfg = await readJson<DaemonConfig>(path.join(dir, "config.json"));
+    // Still starting? Give a daemon whose owner lives a minute to write its state. (A directory
+    // appears with its config: one without is not ours, or was half removed.)
+    const cfg = await dir.readConfig();
     const ownerLives = cfg !== null && (await isSameProcess(cfg.owner, cfg.ownerStartTime || undefined));
     const age =
       Date.now() -
-      (await stat(dir)
+      (await stat(dir.path)
         .then((s) => s.mtimeMs)
         .catch(() => 0));
     return !(ownerLives && age < 60_000);
@@ -78,27 +54,26 @@ async function isStale(home: KindlingHome, id: string): Promise<boolean> {
 
 /**
  * Releases lazy daemons' leftovers in this home whose processes are gone: FUSE mounts (aborted,
- * then detached), their directories, and image mounts (squashfs mount, loop device). Returns what
- * it released, for messages.
+ * then detached), their directories, directories their creator left half made. Returns what it
+ * released, for messages. Safe while other processes start daemons: each directory is judged
+ * on its own state at the time, never on an earlier listing.
  */
 export async function cleanupStaleDaemons(home: KindlingHome): Promise<string[]> {
-  const released: string[] = [];
-  const ids = (await readdir(home.mounts).catch(() => [] as string[])).filter(isDaemonId);
-  const live = new Set<string>();
-  for (const id of ids) {
-    if (!(await isStale(home, id))) {
-      live.add(path.join(daemonDir(home, id), "fs"));
-      continue;
-    }
-    const state = await readJson<DaemonState>(path.join(daemonDir(home, id), "state.json"));
-    await stopDaemon(home, id, 1000);
-    if (state) await removeTempFiles(home, state.pid);
-    released.push(daemonDir(home, id));
+  const released = await DaemonDir.removeAbandoned(home);
+  for (const dir of await DaemonDir.all(home)) {
+    if (!(await isStale(dir))) continue;
+    const state = await dir.readState();
+    await stopDaemon(home, dir.id, 1000);
+    if (state) await removeChunkLeftovers(home, state.pid);
+    released.push(dir.path);
   }
   // FUSE mounts of ours that no live daemon claims (their bookkeeping is gone).
   const prefix = `${home.mounts}${path.sep}`;
   for (const m of await readMountinfo()) {
-    if (m.fstype !== "fuse.kindling" || !m.mountpoint.startsWith(prefix) || live.has(m.mountpoint)) continue;
+    if (m.fstype !== "fuse.kindling" || !m.mountpoint.startsWith(prefix)) continue;
+    const id = m.mountpoint.slice(prefix.length).split(path.sep)[0];
+    // A daemon started since the listing above has its directory: judge it now.
+    if (DaemonDir.isId(id) && !(await isStale(new DaemonDir(home, id)))) continue;
     await releaseFuseMount(m.mountpoint);
     released.push(m.mountpoint);
   }

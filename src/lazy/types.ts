@@ -105,7 +105,7 @@ export interface DaemonState {
 
 /** Messages over the IPC channel between the API and the daemon. */
 export type DaemonMessage =
-  | { t: "ready"; pid: number; path: string }
+  | { t: "ready"; pid: number; path: string; lower?: string }
   | { t: "fatal"; message: string }
   | { t: "fetch"; id: number; digest: string; length: number }
   | { t: "abort"; id: number }

@@ -82,16 +82,21 @@ export class LazyBlockImage implements BlockImageProvider {
       path: lazy.path,
       mountedAt: lazy.lowerDir,
       close: () => lazy.close(),
+      holdFor: (pid) => lazy.holdFor(pid),
       problem: async () => {
         if (!isAlive(lazy.pid))
           return `the lazy image daemon of ${name} (pid ${lazy.pid}) died during the run`;
         const now = await lazy.stats().catch(() => undefined);
         if (!now) return undefined;
-        const since = (key: "readErrors" | "fetchErrors" | "verifyFailures") =>
+        const since = (key: "readErrors" | "fetchErrors" | "verifyFailures" | "fetchesRefused") =>
           now[key] - (before?.[key] ?? 0);
+        // One message that says why: the source not answering, the cache full, or the counts.
         if (since("readErrors") > 0) {
-          return `${since("readErrors")} read(s) of image ${name} failed (EIO after ${since("fetchErrors")} failed fetch(es), ${since("verifyFailures")} corrupt chunk(s))`;
+          const why = now.sourceDown ?? now.cacheFull;
+          const counts = `${since("fetchErrors")} failed fetch(es), ${since("fetchesRefused")} refused while the source was down, ${since("verifyFailures")} corrupt chunk(s)`;
+          return `${since("readErrors")} read(s) of image ${name} failed${why ? `: ${why}` : ""} (${counts})`;
         }
+        if (now.cacheFull) return now.cacheFull;
         return undefined;
       },
     };

@@ -130,6 +130,7 @@ export class OciRuntime implements Runtime {
     });
     await writeFile(`${bundle}/config.json`, `${JSON.stringify(spec, null, 2)}\n`);
     const imageProblem = async () => rootfs.image.problem?.().catch(() => undefined);
+    const holdImage = async (pid: number) => rootfs.image.holdFor?.(pid).catch(() => {});
     return new OciContainer(
       this.flavor,
       this.binary!,
@@ -140,6 +141,7 @@ export class OciRuntime implements Runtime {
       scope,
       imageProblem,
       mode,
+      holdImage,
     );
   }
 }
@@ -198,6 +200,8 @@ class OciContainer implements Container {
     private readonly scope: Scope,
     private readonly imageProblem: () => Promise<string | undefined>,
     private readonly network: NetworkMode,
+    /** The runtime's process outlives us if we are killed: it keeps the image served (and kept). */
+    private readonly holdImage: (pid: number) => Promise<void>,
   ) {
     // A runtime state root per run: containers of different homes or runs never see each other.
     this.root = runDir.file("state");
@@ -235,6 +239,7 @@ class OciContainer implements Container {
       },
     );
     this.child = child;
+    if (child.pid) await this.holdImage(child.pid);
     if (relayIn) {
       child.stdin!.on("error", () => {}); // the process may exit without reading it all
       process.stdin.pipe(child.stdin!);

@@ -79,6 +79,8 @@ export interface OpenBlockImage {
   /** Where the file's SquashFS is already mounted read-only and shared, if the provider does that. */
   mountedAt?: string;
   close(): Promise<void>;
+  /** Keeps the file served while process `pid` lives (a container that may outlive this CLI). */
+  holdFor?(pid: number): Promise<void>;
   /** What went wrong serving the file so far (a dead daemon, reads that failed), if anything. */
   problem?(): Promise<string | undefined>;
 }

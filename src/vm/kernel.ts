@@ -91,10 +91,18 @@ function modulesTag(): string {
 
 async function readCached(home: KindlingHome): Promise<GuestKernel | null> {
   try {
-    const k = JSON.parse(await readFile(path.join(home.kernel, MANIFEST), "utf8")) as GuestKernel & {
+    const recorded = JSON.parse(await readFile(path.join(home.kernel, MANIFEST), "utf8")) as GuestKernel & {
       modules?: string;
     };
-    if (k.modules !== modulesTag()) return null; // cached with another module list: fetch again
+    if (recorded.modules !== modulesTag()) return null; // cached with another module list: fetch again
+    // Paths under this home's kernel dir, not as recorded: homes may share one dir through a
+    // symlink, and the home that fetched it may be gone.
+    const dir = path.join(home.kernel, recorded.version);
+    const k: GuestKernel = {
+      vmlinux: path.join(dir, "vmlinux"),
+      modulesDir: path.join(dir, "modules", recorded.version),
+      version: recorded.version,
+    };
     await stat(k.vmlinux);
     await stat(path.join(k.modulesDir, "modules.dep"));
     return k;

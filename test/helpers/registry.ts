@@ -40,6 +40,8 @@ export interface TestRegistry {
   users: Record<string, string>;
   /** Kills the registry and removes its temp dir; safe to call twice. */
   stop(): Promise<void>;
+  /** Sends a signal to the registry process: SIGSTOP freezes it (it stops answering), SIGCONT thaws it. */
+  signal(sig: NodeJS.Signals): void;
 }
 
 // Registries still running when the test process exits (e.g. a crash between before and after hooks).
@@ -169,7 +171,8 @@ async function startOnce(opts: RegistryOptions): Promise<TestRegistry> {
       await new Promise((r) => setTimeout(r, 100));
     }
     const url = `${caFile ? "https" : "http"}://${host}`;
-    return { host, url, dataDir, configPath, caFile, auth: opts.auth ?? "none", users, stop };
+    const signal = (sig: NodeJS.Signals) => void child?.kill(sig);
+    return { host, url, dataDir, configPath, caFile, auth: opts.auth ?? "none", users, stop, signal };
   } catch (err) {
     await stop();
     throw err;

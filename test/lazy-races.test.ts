@@ -1,0 +1,115 @@
+/**
+ * Issue 15, class 2: concurrent runs, pulls and removals of one lazily pulled image in one home
+ * (real registry, real runc and QEMU, real FUSE). Each run either works or ends with a one-line
+ * error; nothing is left mounted, attached or running; a cold start never loses its daemon
+ * directory to another process's stale-daemon cleanup.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { rm, symlink } from "node:fs/promises";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { pullImage, pushImage } from "../src/image/registry.js";
+import { stopIdleShared } from "../src/lazy/index.js";
+import { leftovers } from "../src/runtime/testing.js";
+import { KindlingHome } from "../src/util/home.js";
+import { REPO } from "./helpers/fixtures.js";
+import { startRegistry, type TestRegistry } from "./helpers/registry.js";
+import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
+
+const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
+let t: VmTestHome;
+let registry: TestRegistry;
+let home: KindlingHome;
+let ref: string;
+
+before(async () => {
+  t = await vmTestHome();
+  registry = await startRegistry();
+  ref = `${registry.host}/races/ml:1`;
+  await pushImage(t.home, "ml", ref, { insecure: true, progress: false });
+  home = new KindlingHome(path.join(t.tmp, "pulled")).ensure();
+  await rm(home.kernel, { recursive: true, force: true });
+  await symlink(path.join(REPO, ".cache", "vm-test-home", "kernel"), home.kernel);
+  await pullImage(home, ref, { insecure: true, progress: false });
+});
+
+after(async () => {
+  await stopIdleShared(home).catch(() => {});
+  const left = await leftovers(home.root);
+  await registry.stop();
+  await t.cleanup();
+  assert.deepEqual(left, []);
+});
+
+/** Runs the CLI with this home; bounded: a run that hangs is killed and reported. */
+function kindling(
+  args: string[],
+  timeoutMs = 240_000,
+): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(KINDLING, args, {
+      env: { ...process.env, KINDLING_HOME: home.root, KINDLING_LAZY_IDLE_MS: "2000" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (b) => (out += b));
+    child.stderr.on("data", (b) => (err += b));
+    const timer = setTimeout(() => {
+      err += `\n(killed after ${timeoutMs} ms)`;
+      child.kill("SIGKILL");
+    }, timeoutMs);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, err });
+    });
+  });
+}
+
+const noStack = (err: string) => !/^\s+at /m.test(err);
+
+test("6 runc + 2 QEMU runs of one lazily pulled image started at once all work", async () => {
+  const runs = [
+    ...Array.from({ length: 6 }, () =>
+      kindling(["run", "--runtime", "runc", ref, "--", "cat", "/data/layer2"]),
+    ),
+    ...Array.from({ length: 2 }, () =>
+      kindling(["run", "--runtime", "qemu", ref, "--", "cat", "/data/layer2"]),
+    ),
+  ];
+  const results = await Promise.all(runs);
+  for (const [i, r] of results.entries()) {
+    assert.equal(r.code, 0, `run ${i}: status ${r.code}: ${r.err}`);
+    assert.equal(r.out, "from layer 2\n", `run ${i}`);
+  }
+  assert.deepEqual(await leftovers(home.root), []);
+});
+
+test("runs, pulls and removals of one image at once: each works or fails with one line; nothing leaks", async () => {
+  const ops = [
+    ...Array.from({ length: 3 }, () =>
+      kindling(["run", "--runtime", "runc", ref, "--", "cat", "/data/layer2"]),
+    ),
+    kindling(["image", "pull", "--insecure", ref]),
+    kindling(["image", "pull", "--insecure", ref]),
+    new Promise<void>((r) => setTimeout(r, 300)).then(() => kindling(["image", "rm", ref])),
+    kindling(["run", "--runtime", "runc", ref, "--", "cat", "/data/layer2"]),
+  ];
+  const results = await Promise.all(ops);
+  for (const [i, r] of results.entries()) {
+    assert.ok(r.code === 0 || r.code === 125, `op ${i}: status ${r.code}: ${r.err}`);
+    assert.ok(noStack(r.err), `op ${i}: no stack trace: ${r.err}`);
+    if (r.code === 125) assert.equal(r.err.trim().split("\n").length, 1, `op ${i}: one line: ${r.err}`);
+    if (r.code === 0 && i < 3) assert.equal(r.out, "from layer 2\n", `op ${i}`);
+  }
+  await stopIdleShared(home);
+  assert.deepEqual(await leftovers(home.root), []);
+  // Whatever won, a pull and a run afterwards work.
+  const pulled = await kindling(["image", "pull", "--insecure", ref]);
+  assert.equal(pulled.code, 0, pulled.err);
+  const r = await kindling(["run", "--runtime", "runc", ref, "--", "cat", "/data/layer2"]);
+  assert.equal(r.code, 0, r.err);
+  assert.equal(r.out, "from layer 2\n");
+});
