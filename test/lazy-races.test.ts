@@ -43,14 +43,20 @@ after(async () => {
   assert.deepEqual(left, []);
 });
 
-/** Runs the CLI with this home; bounded: a run that hangs is killed and reported. */
+/** Runs the CLI (default: in `home`); bounded: a run that hangs is killed and reported. */
 function kindling(
   args: string[],
-  timeoutMs = 240_000,
+  opts: { home?: KindlingHome; env?: Record<string, string>; timeoutMs?: number } = {},
 ): Promise<{ code: number | null; out: string; err: string }> {
+  const timeoutMs = opts.timeoutMs ?? 240_000;
   return new Promise((resolve) => {
     const child = spawn(KINDLING, args, {
-      env: { ...process.env, KINDLING_HOME: home.root, KINDLING_LAZY_IDLE_MS: "2000" },
+      env: {
+        ...process.env,
+        KINDLING_HOME: (opts.home ?? home).root,
+        KINDLING_LAZY_IDLE_MS: "2000",
+        ...opts.env,
+      },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let out = "";
@@ -112,4 +118,32 @@ test("runs, pulls and removals of one image at once: each works or fails with on
   const r = await kindling(["run", "--runtime", "runc", ref, "--", "cat", "/data/layer2"]);
   assert.equal(r.code, 0, r.err);
   assert.equal(r.out, "from layer 2\n");
+});
+
+test("a failed read does not poison the image's shared SquashFS mount: later runc runs work once the registry is back", async () => {
+  const cold = new KindlingHome(path.join(t.tmp, "poison")).ensure();
+  await pullImage(cold, ref, { insecure: true, progress: false });
+  const opts = { home: cold, env: { KINDLING_FETCH_TIMEOUT_MS: "1500", KINDLING_LAZY_IDLE_MS: "60000" } };
+  const readAll = "find / -xdev -type f -exec cat {} + >/dev/null && echo all-read";
+  try {
+    const warm = await kindling(["run", "--runtime", "runc", ref, "--", "cat", "/data/hello"], opts);
+    assert.equal(warm.code, 0, warm.err);
+    registry.signal("SIGSTOP");
+    const failed = await kindling(["run", "--runtime", "runc", ref, "--", "sh", "-c", readAll], opts);
+    registry.signal("SIGCONT");
+    assert.notEqual(failed.code, 0, "reads fail while the registry is frozen");
+    assert.match(failed.err, /did not answer within 1500 ms/, "one message that says why");
+    // The same shared daemon serves the next run; the breaker and the failure memo need a moment.
+    let again = { code: -1 as number | null, out: "", err: "" };
+    for (let tries = 0; tries < 5 && again.code !== 0; tries++) {
+      await new Promise((r) => setTimeout(r, 2500));
+      again = await kindling(["run", "--runtime", "runc", ref, "--", "sh", "-c", readAll], opts);
+    }
+    assert.equal(again.code, 0, `a later run reads every file: ${again.err}`);
+    assert.equal(again.out, "all-read\n");
+  } finally {
+    registry.signal("SIGCONT");
+    await stopIdleShared(cold);
+  }
+  assert.deepEqual(await leftovers(cold.root), []);
 });

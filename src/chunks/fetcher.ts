@@ -103,7 +103,7 @@ export class ChunkFetcher {
     } catch (err) {
       if (Date.now() - started >= deadlineMs * 0.95) {
         this.breaker.timedOut();
-        this.counters.sourceDown = `${this.source.description} did not answer within ${deadlineMs} ms (reads fail fast until it answers again)`;
+        this.counters.sourceDown = `${this.source.description} did not answer within ${this.policy.deadlineMs} ms (reads fail fast until it answers again)`;
         this.opts.log?.(`circuit open: ${this.counters.sourceDown}`);
       } else this.breaker.failed(admitted === "probe");
       throw err;
