@@ -4,9 +4,10 @@
  * two homes (two workers) never hand out the same address, and host-local's leases under the home.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { link, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { type Config, config } from "../config/index.js";
+import { tempPathFor } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
@@ -155,12 +156,17 @@ export async function homeDefaultNetwork(home: KindlingHome): Promise<CniConfLis
   await removeOrphanBridges();
   const subnet = await pickSubnet(names.tag);
   const list = defaultConfList(names, subnet);
+  // Of two first runs in one home, one publishes; the other reads what it published. Written aside
+  // and linked into place (link fails if the name exists), so no reader ever sees a partial file.
+  const tmp = tempPathFor(file);
   try {
-    // wx: of two first runs in one home, one writes; the other reads what it wrote
-    await writeFile(file, `${JSON.stringify(list, null, 2)}\n`, { flag: "wx" });
+    await writeFile(tmp, `${JSON.stringify(list, null, 2)}\n`);
+    await link(tmp, file);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     return parseConf(JSON.parse(await readFile(file, "utf8")), file);
+  } finally {
+    await rm(tmp, { force: true });
   }
   await mkdir(BRIDGE_OWNERS, { recursive: true });
   await writeFile(path.join(BRIDGE_OWNERS, names.bridge), file);

@@ -97,7 +97,7 @@ async function readCached(home: KindlingHome): Promise<GuestKernel | null> {
     if (recorded.modules !== modulesTag()) return null; // cached with another module list: fetch again
     // Paths under this home's kernel dir, not as recorded: homes may share one dir through a
     // symlink, and the home that fetched it may be gone.
-    const dir = path.join(home.kernel, recorded.version);
+    const dir = path.join(home.kernel, path.basename(path.dirname(recorded.vmlinux)));
     const k: GuestKernel = {
       vmlinux: path.join(dir, "vmlinux"),
       modulesDir: path.join(dir, "modules", recorded.version),
