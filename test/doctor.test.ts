@@ -62,6 +62,7 @@ test("kindling doctor --json reports every runtime, and firecracker as unavailab
     "loop devices",
     "mksquashfs",
     "guest kernel",
+    "CNI plugins",
   ]) {
     assert.ok(
       report.checks.some((c) => c.name === name),
@@ -132,4 +133,15 @@ test("the probe VM reaches 64-bit mode and exits with its code (checked under TC
   const res = await probeAccel("tcg", { qemu, timeoutMs: 10_000 });
   assert.equal(res.ok, true, res.detail);
   assert.equal(PROBE_EXIT_CODE, 85);
+});
+
+test("doctor: the CNI check names what --network bridge would miss", async () => {
+  const { cniCheck } = await import("../src/doctor/checks.js");
+  assert.equal((await cniCheck()).ok, true);
+  const missing = await cniCheck(["/nonexistent"]);
+  assert.equal(missing.ok, false);
+  assert.match(
+    missing.detail,
+    /^missing bridge, host-local, portmap, firewall, loopback .*--network bridge will fail/,
+  );
 });

@@ -4,6 +4,8 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import { findPlugin } from "../network/cni.js";
+import { DEFAULT_PLUGIN_DIRS } from "../network/conflist.js";
 import { errorMessage } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
@@ -155,4 +157,29 @@ export async function guestInitCheck(): Promise<Check> {
   } catch (err) {
     return { name, ok: false, detail: errorMessage(err) };
   }
+}
+
+/** The CNI plugins of Kindling's default network, and what they call: `--network bridge` needs them. */
+export async function cniCheck(dirs: string[] = DEFAULT_PLUGIN_DIRS): Promise<Check> {
+  const name = "CNI plugins";
+  const missing: string[] = [];
+  let where = "";
+  for (const type of ["bridge", "host-local", "portmap", "firewall", "loopback"]) {
+    const found = await findPlugin(type, dirs).catch(() => undefined);
+    if (found) where ||= path.dirname(found);
+    else missing.push(type);
+  }
+  for (const tool of ["iptables", "tc", "nsenter"]) if (!(await locate(tool))) missing.push(tool);
+  if (missing.length > 0) {
+    return {
+      name,
+      ok: false,
+      detail: `missing ${missing.join(", ")} (apt-get install containernetworking-plugins iptables iproute2): --network bridge will fail; none/host work`,
+    };
+  }
+  return {
+    name,
+    ok: true,
+    detail: `bridge, host-local, portmap, firewall, loopback in ${where}; iptables, tc, nsenter`,
+  };
 }

@@ -8,6 +8,7 @@ import { FIRECRACKER_MISSING, findExecutable, firecrackerVersion } from "../vm/f
 import {
   binaryCheck,
   type Check,
+  cniCheck,
   deviceCheck,
   filesystemCheck,
   guestInitCheck,
@@ -69,6 +70,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     squashfs,
     kernel,
     guestInit,
+    cni,
   ] = await Promise.all([
     binaryCheck("runc", "runc", ["--version"]),
     binaryCheck("runsc", "runsc", ["--version"]),
@@ -92,6 +94,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     filesystemCheck("squashfs", "mounting block images on the host"),
     guestKernelCheck(home),
     guestInitCheck(),
+    cniCheck(),
   ]);
   const kvmCheck: Check = { name: "/dev/kvm", ok: kvm.usable, detail: kvm.detail };
   const checks: Check[] = [
@@ -113,6 +116,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
     squashfs,
     kernel,
     guestInit,
+    cni,
   ].map(({ name, ok, detail }) => ({ name, ok, detail }));
 
   const lazyNotes = (): string[] => {
