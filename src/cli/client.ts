@@ -19,3 +19,11 @@ export async function api<T>(call: Promise<T>): Promise<T> {
     throw err;
   }
 }
+
+/** A client of this home's service if one answers (none is started). */
+export async function runningService(): Promise<Kindling | undefined> {
+  const { Kindling } = await import("../client/index.js");
+  const cfg = config();
+  const k = new Kindling({ home: cfg.home, socket: cfg.socket });
+  return (await k.ping()) ? k : undefined;
+}

@@ -23,7 +23,13 @@ export function registerDaemonCommand(program: Command): void {
       const cfg = config();
       const home = new KindlingHome(cfg.home);
       const log = jsonLogger();
-      const service = new KindlingService({ home, socket: cfg.socket, log, idleExitMs });
+      const service = new KindlingService({
+        home,
+        socket: cfg.socket,
+        log,
+        idleExitMs,
+        warmImages: cfg.serviceWarmImages,
+      });
       try {
         await service.start();
       } catch (err) {

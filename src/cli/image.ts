@@ -9,6 +9,7 @@ import { checkImageName, imageNameProblem } from "../store/names.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import { fmtBytes } from "../util/progress.js";
+import { api, runningService } from "./client.js";
 
 function home(): KindlingHome {
   return new KindlingHome();
@@ -128,8 +129,12 @@ export function registerImageCommands(program: Command): void {
     .argument("<names...>", "image names")
     .action(async (names: string[]) => {
       const h = home();
+      // A running service keeps images' lazy daemons warm: it lets go of the image and removes it.
+      const service = await runningService();
       for (const name of names) {
-        const freed = await removeImage(h, name);
+        const freed = service
+          ? await api(service.removeImage(name)).then((r) => ({ blobs: r.freedBlobs, bytes: r.freedBytes }))
+          : await removeImage(h, name);
         process.stdout.write(`removed ${name} (freed ${freed.blobs} blobs, ${fmtBytes(freed.bytes)})\n`);
       }
     });

@@ -156,6 +156,13 @@ export const SETTINGS = {
     default: 30_000,
     describe: "how long an image's shared lazy daemon stays after its last run",
   }),
+  serviceWarmImages: setting({
+    env: "KINDLING_SERVICE_WARM_IMAGES",
+    type: count,
+    default: 8,
+    describe:
+      "images whose lazy daemon the service keeps running while it runs (least recently used evicted; `0`: none)",
+  }),
   lazyDirectIo: setting({
     env: "KINDLING_LAZY_DIRECT_IO",
     type: boolean,

@@ -4,6 +4,7 @@
  */
 import { spawn } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { pickDefaultVmm } from "../doctor/report.js";
@@ -218,6 +219,23 @@ export class Containers {
       attributes: { image: record.image },
     });
     const failure = await this.startShim(dir);
+    if (failure) {
+      // A supervisor that died before its last word leaves the state as it was: say what happened.
+      const now = await readContainer(dir);
+      if (now && now.state.status !== "exited") {
+        const tail = (await readFile(shimLog(dir), "utf8").catch(() => ""))
+          .trim()
+          .split("\n")
+          .slice(-3)
+          .join("; ");
+        await writeState(dir, {
+          ...now.state,
+          status: "exited",
+          exitCode: 125,
+          error: `${failure}${tail ? ` (${tail})` : ""}`,
+        });
+      }
+    }
     const c = (await readContainer(dir)) ?? { dir, record, state: { status: "exited" as const } };
     if (failure) {
       this.hooks.onExit(c);

@@ -69,13 +69,16 @@ export class Metrics {
       this.of(c.record.options.runtime).firstOutput.observe(c.state.firstOutputMs);
   }
 
-  async render(home: KindlingHome, containers: StoredContainer[]): Promise<string> {
+  async render(home: KindlingHome, containers: StoredContainer[], warmImages: number): Promise<string> {
     const lines: string[] = [];
     const esc = (s: string) => s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
     lines.push("# HELP kindling_uptime_seconds Seconds since this service started.");
     lines.push("# TYPE kindling_uptime_seconds gauge");
     lines.push(`kindling_uptime_seconds ${((Date.now() - this.startedAt) / 1000).toFixed(3)}`);
 
+    lines.push("# HELP kindling_warm_images Images whose lazy daemon the service keeps running.");
+    lines.push("# TYPE kindling_warm_images gauge");
+    lines.push(`kindling_warm_images ${warmImages}`);
     lines.push("# HELP kindling_containers Containers on this worker by state and runtime.");
     lines.push("# TYPE kindling_containers gauge");
     const byKey = new Map<string, number>();

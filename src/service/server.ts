@@ -26,6 +26,7 @@ import { Metrics } from "./metrics.js";
 import { logFile, readContainer, shimSocket } from "./records.js";
 import { normalizeSignal } from "./signals.js";
 import { upgradeRequest } from "./unixhttp.js";
+import { WarmImages } from "./warm.js";
 
 export const VERSION: string = (
   JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }
@@ -37,6 +38,8 @@ export interface ServiceOptions {
   log: LogFn;
   /** Exit after this long with no container running and no request (an auto-started service). */
   idleExitMs?: number;
+  /** How many images' lazy daemons the service keeps running (warm.ts); default 8. */
+  warmImages?: number;
 }
 
 type Handler = (req: IncomingMessage, res: ServerResponse, params: string[], url: URL) => Promise<void>;
@@ -80,6 +83,7 @@ export class KindlingService {
   readonly containers: Containers;
   readonly events: EventBus;
   private readonly metrics = new Metrics();
+  private readonly warm: WarmImages;
   private readonly startedAt = new Date();
   private server?: Server;
   private lock?: NetServer;
@@ -93,9 +97,11 @@ export class KindlingService {
 
   constructor(private readonly opts: ServiceOptions) {
     this.events = new EventBus(opts.log);
+    this.warm = new WarmImages(opts.home, opts.warmImages ?? 8, opts.log);
     this.containers = new Containers(opts.home, this.events, {
       onStart: (c) => {
         this.metrics.started(c);
+        this.warm.touch(c.record.image, c.record.options.runtime);
         this.events.emit({
           type: "container",
           action: "start",
@@ -143,6 +149,9 @@ export class KindlingService {
     await unlink(socket).catch(() => {}); // a socket an earlier service left: we hold the lock
     // Before answering anyone: watch what an earlier service left running.
     const adopted = await this.containers.adopt();
+    for (const c of await this.containers.list()) {
+      if (adopted.includes(c.record.id)) this.warm.touch(c.record.image, c.record.options.runtime);
+    }
     this.server = createServer((req, res) => void this.handle(req, res));
     this.server.on("upgrade", (req, sock: Socket, head: Buffer) => void this.upgrade(req, sock, head));
     const old = process.umask(0o177); // the socket is created 0600: root only
@@ -157,6 +166,7 @@ export class KindlingService {
     await chmod(socket, 0o600);
     // For people and test kits (who stops this home's service); the lock is the abstract socket.
     await writeFile(pidFile(home), `${process.pid}\n`);
+    void this.info().catch(() => {}); // the host's runtimes (doctor) are probed once, now, not at the first info
     log("info", "service started", { pid: process.pid, socket, home: home.root, version: VERSION, adopted });
     if (this.opts.idleExitMs) {
       this.idleTimer = setInterval(() => void this.checkIdle(), Math.min(5000, this.opts.idleExitMs));
@@ -181,6 +191,7 @@ export class KindlingService {
     }
     await unlink(pidFile(this.opts.home)).catch(() => {});
     this.lock?.close();
+    await this.warm.releaseAll();
     this.opts.log("info", "service stopped", { pid: process.pid });
     this.resolveClosed();
   }
@@ -237,7 +248,7 @@ export class KindlingService {
     this.route("GET", "/v1/ping", async (_req, res) => sendJson(res, 200, { ok: true, pid: process.pid }));
     this.route("GET", "/v1/info", async (_req, res) => sendJson(res, 200, await this.info()));
     this.route("GET", "/metrics", async (_req, res) => {
-      const text = await this.metrics.render(this.opts.home, await c.list());
+      const text = await this.metrics.render(this.opts.home, await c.list(), this.warm.size);
       res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
       res.end(text);
     });
@@ -328,6 +339,7 @@ export class KindlingService {
       sendJson(res, 200, await describeImage(this.opts.home, name!));
     });
     this.route("DELETE", "/v1/images/{name}", async (_req, res, [name]) => {
+      await this.warm.release(name!); // else removeImage refuses it as in use
       const freed = await removeImage(this.opts.home, name!);
       this.events.emit({ type: "image", action: "remove", id: name!, name });
       sendJson(res, 200, { name, freedBlobs: freed.blobs, freedBytes: freed.bytes });

@@ -28,9 +28,13 @@ export interface TestService {
 }
 
 /** Starts `kindling daemon` for `home` and waits (bounded) until it answers. */
-export async function startService(home: string, extraArgs: string[] = []): Promise<TestService> {
+export async function startService(
+  home: string,
+  extraArgs: string[] = [],
+  env: Record<string, string> = {},
+): Promise<TestService> {
   const child = spawn(process.execPath, [KINDLING, "daemon", ...extraArgs], {
-    env: { ...process.env, KINDLING_HOME: home, KINDLING_SOCKET: "" },
+    env: { ...process.env, KINDLING_HOME: home, KINDLING_SOCKET: "", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
