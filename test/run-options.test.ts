@@ -12,6 +12,7 @@ import { getRuntime, runtimeFor } from "../src/runtime/registry.js";
 import { resolveInRoot } from "../src/runtime/rootpath.js";
 import { exitStatusOf } from "../src/runtime/status.js";
 import { parseGroup, parsePasswd, resolveUser, type UserDb } from "../src/runtime/users.js";
+import { decodeBytes, encodeBytes, rawArgv } from "../src/util/bytestring.js";
 import { KindlingError } from "../src/util/errors.js";
 
 let tmp: string;
@@ -282,4 +283,33 @@ test("a -v source that is a symlink is its target, for every runtime", async () 
     parseRunOptions("img", [], { runtime: "runc", volume: [`${tmp}/dangling:/f`] }),
     /source .*dangling does not exist/,
   );
+});
+
+test("argument bytes that are not UTF-8 survive decoding and encoding (surrogateescape)", async () => {
+  const raw = Buffer.from([
+    0x61, 0xff, 0x62, 0xc3, 0xa9, 0xe2, 0x82, 0xed, 0xa0, 0x80, 0xf0, 0x9f, 0x98, 0x80,
+  ]);
+  const s = decodeBytes(raw);
+  assert.equal(s, "a\udcffbé\udce2\udc82\udced\udca0\udc80😀");
+  assert.deepEqual(encodeBytes(s), raw);
+  assert.deepEqual(encodeBytes("plain é 😀"), Buffer.from("plain é 😀"));
+  // rawArgv: the user's arguments are the tail of /proc/self/cmdline, node's own options before them
+  const cmdline = path.join(tmp, "cmdline");
+  await writeFile(
+    cmdline,
+    Buffer.concat([
+      Buffer.from("node\0--enable-x\0/bin/k\0run\0-e\0X=a"),
+      Buffer.from([0xff]),
+      Buffer.from("\0"),
+    ]),
+  );
+  assert.deepEqual(rawArgv(["/usr/bin/node", "/bin/k", "run", "-e", "X=a\ufffd"], cmdline), [
+    "/usr/bin/node",
+    "/bin/k",
+    "run",
+    "-e",
+    "X=a\udcff",
+  ]);
+  // when the tail does not match what Node decoded, argv is kept as it is
+  assert.deepEqual(rawArgv(["n", "k", "other"], cmdline), ["n", "k", "other"]);
 });

@@ -13,6 +13,8 @@ import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { buildBusyboxTree, leftovers, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { KindlingHome } from "../src/util/home.js";
 
+import { kindlingRaw } from "./helpers/rawbytes.js";
+
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let tmp: string;
 let home: KindlingHome;
@@ -368,4 +370,17 @@ test("-i passes stdin; a second Ctrl-C kills at once", async () => {
     `took ${Date.now() - t0} ms: the second Ctrl-C did not skip the 10 s grace`,
   );
   await assertClean();
+});
+
+test("CLI: bytes that are not UTF-8 in -e and arguments reach runc as runc reads config.json (U+FFFD)", async () => {
+  // config.json is JSON, which runc decodes with Go's encoding/json: an invalid byte (raw or as a
+  // lone-surrogate escape) becomes U+FFFD. The VM runtimes carry the byte itself (vm-runtime.test.ts).
+  const r = await kindlingRaw(
+    KINDLING,
+    `run --runtime runc -e $'X=a\\xffb' ${image} -- sh -c 'printf %s "$X" "$1"' sh $'c\\xfed'`,
+    { ...process.env, KINDLING_HOME: home.root },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  const fffd = [0xef, 0xbf, 0xbd];
+  assert.deepEqual(r.stdout, Buffer.from([0x61, ...fffd, 0x62, 0x63, ...fffd, 0x64]));
 });

@@ -14,6 +14,7 @@ import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { runtimeFor } from "../src/runtime/registry.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
+import { kindlingRaw } from "./helpers/rawbytes.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
@@ -161,6 +162,16 @@ test("-w creates a missing working directory, and a symlinked -v source is writt
   assert.ok((await lstat(dirLink)).isSymbolicLink(), "the dir link stays a link");
   assert.equal(await readFile(target, "utf8"), "after\n");
   assert.equal(await readFile(path.join(dirTarget, "new"), "utf8"), "new\n");
+});
+
+test("CLI: bytes that are not UTF-8 in -e values and arguments reach the process as themselves", async () => {
+  const r = await kindlingRaw(
+    KINDLING,
+    `run --runtime qemu -e $'X=a\\xffb' ml -- sh -c 'printf %s "$X" "$1"' sh $'c\\xfe\\xc3d'`,
+    { ...process.env, KINDLING_HOME: t.home.root },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout, Buffer.from([0x61, 0xff, 0x62, 0x63, 0xfe, 0xc3, 0x64]));
 });
 
 test("CLI: kindling run --runtime qemu streams stdout and stderr apart and exits with the status", async () => {

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { configure } from "../config/index.js";
+import { rawArgv } from "../util/bytestring.js";
 import { debugEnabled, setDebug } from "../util/debug.js";
 import { EXIT_KINDLING_FAILURE, userMessage } from "../util/errors.js";
 import { closeAllScopes } from "../util/scope.js";
@@ -52,7 +53,9 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
 }
 
 try {
-  await program.parseAsync(process.argv);
+  // Arguments as the bytes given (src/util/bytestring.ts): a non-UTF-8 byte in `-e` or a command's
+  // arguments reaches the container as itself, not as U+FFFD.
+  await program.parseAsync(rawArgv());
 } catch (err) {
   if (err instanceof CommanderError) {
     process.exit(err.exitCode === 0 ? 0 : 2);

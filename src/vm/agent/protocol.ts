@@ -1,3 +1,4 @@
+import { encodeBytes } from "../../util/bytestring.js";
 /**
  * The agent wire format, version 2 (docs/guest.md is the reference; guest/init.c the other side).
  * A frame: u32 payload length, u8 version, u8 type, u16 flags (0), u32 id, payload. Little-endian.
@@ -144,7 +145,8 @@ export class PayloadWriter {
     return this;
   }
   bytes(v: Bytes): this {
-    const b = typeof v === "string" ? Buffer.from(v, "utf8") : v;
+    // encodeBytes: a byte the CLI carried as an escape (not UTF-8) goes to the guest as itself
+    const b = typeof v === "string" ? encodeBytes(v) : v;
     this.u32(b.length);
     this.parts.push(b);
     return this;
