@@ -86,6 +86,9 @@ async function fakeAgent(onStart: () => Promise<void> = async () => {}) {
             seen.mounts.push({ kind, source, target, fstype, ro: r.u32() === 1 });
           }
           s.write(encodeFrame(MsgType.CONFIGURED, 0, new PayloadWriter().u32(0).bytes("").done()));
+        } else if (f.type === MsgType.NETWORK) {
+          // protocol 3: eth0 and resolv.conf before CONFIGURE; the init answers CONFIGURED
+          s.write(encodeFrame(MsgType.CONFIGURED, 0, new PayloadWriter().u32(0).bytes("").done()));
         } else if (f.type === MsgType.START) {
           const { spec } = decodeStart(f.payload);
           seen.args = spec.args.map(String);

@@ -162,8 +162,12 @@ export function checkNetworkInterface(b: Body, ifaces: Map<string, Body>): strin
     if (other.guest_mac !== undefined && other.guest_mac === b.guest_mac)
       return `The guest MAC address ${b.guest_mac} is already in use.`;
   }
-  if (!existsSync(`/sys/class/net/${b.host_dev_name as string}`))
-    return "Cannot open TAP device. Invalid name/permissions.";
+  // /proc/self/net/dev lists the devices of our own network namespace (the VMM runs in the run's netns;
+  // /sys/class/net would show the namespace sysfs was mounted in)
+  const devs = readFileSync("/proc/self/net/dev", "utf8")
+    .split("\n")
+    .map((l) => l.split(":")[0].trim());
+  if (!devs.includes(b.host_dev_name as string)) return "Cannot open TAP device. Invalid name/permissions.";
   return undefined;
 }
 
