@@ -8,7 +8,7 @@ import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { importImage } from "../src/image/import.js";
 import { removeImage } from "../src/image/remove.js";
-import { liveDaemonPids } from "../src/lazy/index.js";
+import { imageStats, liveDaemonPids } from "../src/lazy/index.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { mountsUnder } from "../src/runtime/mounts.js";
@@ -201,6 +201,43 @@ test("corrupt chunks in the store: a clear error (125) and nothing left behind",
   assert.equal(r.stdout, "");
   assert.match(r.stderr, /^kindling: .*bb.*(corrupt|digest|verif|EIO|failed)/im);
   assert.deepEqual(await leftovers(home.root), []);
+});
+
+test("`image rm` refuses an image whose container outlives its killed CLI; the container reads on", async () => {
+  const child = spawn(
+    process.execPath,
+    [KINDLING, "run", "--runtime", "runc", "bb", "--", "echo ready; sleep 8; cat /data/big | wc -c"],
+    { env: { ...process.env, KINDLING_HOME: home.root }, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  // "exit", not "close": the orphaned container keeps the CLI's stdout pipe open.
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  let out = "";
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (d: Buffer) => {
+      out += d;
+      if (out.includes("ready")) resolve();
+    });
+    child.on("exit", () => reject(new Error("exited before ready")));
+  });
+  // The CLI dies at once; runc and its container go on (orphaned), and the image must stay.
+  child.kill("SIGKILL");
+  await exited;
+  const runc = async () =>
+    (
+      await exec("pgrep", ["-f", "--", `runc --root ${home.root}/run/`], { allowFailure: true })
+    ).stdout.trim();
+  assert.ok((await runc()).length > 0, "the orphaned container runs");
+  await assert.rejects(removeImage(home, "bb"), /image bb is in use/);
+  assert.ok(await findImage(home, "bb"), "refused: the image is still there");
+  // It reads its 4 MiB file after the refused rm (8 s after it started): the chunks and the daemon stayed. (Its output went
+  // to the dead CLI's pipe; it ends with status 0 or SIGPIPE either way: wait for it, bounded.)
+  for (let waited = 0; (await runc()).length > 0; waited += 200) {
+    assert.ok(waited < 60_000, "the orphaned container ends");
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const stats = await imageStats(home, (await loadImage(home, "bb")).digest);
+  assert.equal(stats.readErrors, 0, "no read of the orphaned container failed");
+  await cleanupStaleRuns(home);
 });
 
 test("`image rm` refuses an image a run still reads, and stops its idle daemon otherwise", async () => {
