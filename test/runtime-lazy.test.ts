@@ -185,24 +185,6 @@ test("every run of an image shares one lazy daemon and one SquashFS mount, kept 
 });
 
 // Last but one: it corrupts the store's chunks, which other tests share.
-test("corrupt chunks in the store: a clear error (125) and nothing left behind", async () => {
-  const record = await loadImage(home, "bb");
-  const index = await readBlockIndex(home, record.digest);
-  for (const c of index.chunks) await writeFile(home.blobPath(c.digest), randomBytes(c.length));
-  const r = await exec(
-    process.execPath,
-    [KINDLING, "run", "--runtime", "runc", "bb", "--", "cat", "/data/hello"],
-    {
-      env: { ...process.env, KINDLING_HOME: home.root },
-      allowFailure: true,
-    },
-  );
-  assert.equal(r.code, 125);
-  assert.equal(r.stdout, "");
-  assert.match(r.stderr, /^kindling: .*bb.*(corrupt|digest|verif|EIO|failed)/im);
-  assert.deepEqual(await leftovers(home.root), []);
-});
-
 test("`image rm` refuses an image whose container outlives its killed CLI; the container reads on", async () => {
   const child = spawn(
     process.execPath,
@@ -218,6 +200,7 @@ test("`image rm` refuses an image whose container outlives its killed CLI; the c
       if (out.includes("ready")) resolve();
     });
     child.on("exit", () => reject(new Error("exited before ready")));
+    child.stderr.on("data", (d: Buffer) => process.stderr.write(d));
   });
   // The CLI dies at once; runc and its container go on (orphaned), and the image must stay.
   child.kill("SIGKILL");
@@ -237,7 +220,26 @@ test("`image rm` refuses an image whose container outlives its killed CLI; the c
   }
   const stats = await imageStats(home, (await loadImage(home, "bb")).digest);
   assert.equal(stats.readErrors, 0, "no read of the orphaned container failed");
-  await cleanupStaleRuns(home);
+  await cleanupStaleRuns(home); // the killed CLI's run dir
+  assert.deepEqual(await leftovers(home.root, undefined, ids), []);
+});
+
+test("corrupt chunks in the store: a clear error (125) and nothing left behind", async () => {
+  const record = await loadImage(home, "bb");
+  const index = await readBlockIndex(home, record.digest);
+  for (const c of index.chunks) await writeFile(home.blobPath(c.digest), randomBytes(c.length));
+  const r = await exec(
+    process.execPath,
+    [KINDLING, "run", "--runtime", "runc", "bb", "--", "cat", "/data/hello"],
+    {
+      env: { ...process.env, KINDLING_HOME: home.root },
+      allowFailure: true,
+    },
+  );
+  assert.equal(r.code, 125);
+  assert.equal(r.stdout, "");
+  assert.match(r.stderr, /^kindling: .*bb.*(corrupt|digest|verif|EIO|failed)/im);
+  assert.deepEqual(await leftovers(home.root), []);
 });
 
 test("`image rm` refuses an image a run still reads, and stops its idle daemon otherwise", async () => {
