@@ -1,0 +1,93 @@
+/**
+ * `ps` with many containers (not a test): starts N runc containers (`sleep`) under a real service,
+ * then measures GET /v1/containers (the API, in process) and `kindling ps` (the CLI, a process) while
+ * they all run: medians of R rounds. Everything is removed afterwards.
+ *   node dist/bench/service-ps.js [--n 50] [--rounds 20]
+ */
+import { spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { loadavg, tmpdir } from "node:os";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { REPO } from "../src/bench/images.js";
+import { Kindling } from "../src/client/index.js";
+import { buildBusyboxTree, makeSquashfs } from "../src/runtime/testing.js";
+import { jsonRequest } from "../src/service/unixhttp.js";
+
+const argOf = (name: string): string | undefined => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : undefined;
+};
+const N = Number(argOf("n") ?? 50);
+const ROUNDS = Number(argOf("rounds") ?? 20);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+
+function timedCli(home: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const c = spawn(process.execPath, [path.join(REPO, "bin", "kindling"), "ps", "-q"], {
+      env: { ...process.env, KINDLING_HOME: home, KINDLING_SOCKET: "" },
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    c.on("error", reject);
+    c.on("close", (code) =>
+      code === 0 ? resolve(Number(process.hrtime.bigint() - t0) / 1e6) : reject(new Error(`ps ${code}`)),
+    );
+  });
+}
+
+async function main(): Promise<void> {
+  const tmp = await mkdtemp(path.join(tmpdir(), "kindling-ps-"));
+  const home = path.join(tmp, "home");
+  await buildBusyboxTree(path.join(tmp, "tree"));
+  const image = path.join(tmp, "bb.sqfs");
+  await makeSquashfs(path.join(tmp, "tree"), image);
+  const k = new Kindling({ home, autoStart: true, idleExitSeconds: 30 });
+  const ids: string[] = [];
+  try {
+    const t0 = Date.now();
+    // Two at a time: the 2-core host starts a Node supervisor per container.
+    for (let i = 0; i < N; i += 2) {
+      const batch = [i, i + 1].filter((j) => j < N);
+      const made = await Promise.all(
+        batch.map((j) =>
+          k.createContainer({
+            image,
+            runtime: "runc",
+            network: "none",
+            name: `s${j}`,
+            command: ["sleep", "3600"],
+          }),
+        ),
+      );
+      ids.push(...made.map((m) => m.id));
+    }
+    const startS = (Date.now() - t0) / 1000;
+    const running = (await k.listContainers()).length;
+    const api: number[] = [];
+    const cli: number[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      const a0 = process.hrtime.bigint();
+      await jsonRequest(k.socket, "GET", "/v1/containers");
+      api.push(Number(process.hrtime.bigint() - a0) / 1e6);
+      cli.push(await timedCli(home));
+      await sleep(20);
+    }
+    console.log(
+      `${running} runc containers running (started in ${startS.toFixed(1)} s); load ${loadavg()[0]!.toFixed(1)}; median of ${ROUNDS}`,
+    );
+    console.log(`command: node dist/bench/service-ps.js ${process.argv.slice(2).join(" ")}`.trimEnd());
+    console.log(`| what | ms |`);
+    console.log(`|---|---:|`);
+    console.log(`| GET /v1/containers (API) | ${median(api).toFixed(1)} |`);
+    console.log(`| kindling ps -q (CLI process) | ${median(cli).toFixed(1)} |`);
+  } finally {
+    for (const id of ids) await k.remove(id, { force: true }).catch(() => {});
+    const info = await k.info().catch(() => undefined);
+    if (info) process.kill(info.daemon.pid, "SIGTERM");
+    await sleep(500);
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+await main();
