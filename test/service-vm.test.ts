@@ -117,5 +117,7 @@ test("a VM container: run -d, exec (output, stdin, status), kill -9 of the servi
   assert.ok(wait.body.exitCode === 143 || wait.body.exitCode === 137, `status ${wait.body.exitCode}`);
   const rm = await cli(home, ["rm", "vm1"]);
   assert.equal(rm.code, 0, rm.stderr);
+  // The service keeps the image's lazy daemon warm while it runs; stopped, it lets go of it.
+  await service.stop();
   assert.deepEqual(await leftovers(home), []);
 });

@@ -45,6 +45,8 @@ export async function tempHome(): Promise<KindlingHome & { remove(): Promise<voi
   const dir = await mkdtemp("/tmp/kindling-test-home-");
   const home = new KindlingHome(dir).ensure() as KindlingHome & { remove(): Promise<void> };
   home.remove = async () => {
+    // a service (and its containers' supervisors) a test or an auto-starting CLI left under this home
+    await (await import("./service.js")).stopServiceAndContainers(dir);
     await stopIdleShared(home);
     await removeHomeNetwork(home); // the home's bridge, if a run made one
     await rm(dir, { recursive: true, force: true });

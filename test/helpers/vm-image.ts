@@ -50,6 +50,8 @@ export async function vmTestHome(): Promise<VmTestHome> {
   await rm(l1, { recursive: true, force: true });
   await rm(l2, { recursive: true, force: true });
   const cleanup = async () => {
+    // a service (and its containers' supervisors) a test or an auto-starting CLI left under this home
+    await (await import("./service.js")).stopServiceAndContainers(home.root);
     await stopIdleShared(home);
     await removeHomeNetwork(home); // the home's bridge, if a run made one
     await rm(tmp, { recursive: true, force: true });
