@@ -30,6 +30,7 @@ APT_PACKAGES=(
   iptables            # what the bridge (ipMasq), portmap and firewall plugins program
   rsync               # copies rw mounts back to the host after a VM exits
   gcc libc6-dev make  # the static guest init
+  linux-source-6.1 bc flex bison libelf-dev # kindling kernel build: Kindling's own guest kernel
 )
 
 missing=()

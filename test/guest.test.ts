@@ -266,6 +266,18 @@ test("the initramfs holds /init, the modules in order and their list; it is cach
   );
 });
 
+test("for a kernel with every driver built in the initramfs holds only /init and no module list", async () => {
+  const init = path.join(tmp, "init-bin-2");
+  await writeFile(init, "#!init2");
+  const home = new KindlingHome(path.join(tmp, "home-built")).ensure();
+  const cpio = await buildInitramfs({ home, initBinary: init });
+  const out = path.join(tmp, "x-built");
+  await mkdir(out);
+  await exec("sh", ["-c", `cpio -idm --quiet < ${cpio}`], { cwd: out });
+  assert.equal(await readFile(path.join(out, "init"), "utf8"), "#!init2");
+  assert.equal(await readFile(path.join(out, "kindling", "modules"), "utf8").catch(() => "none"), "none");
+});
+
 test("vmlinux is found by its compression magic inside a bzImage-like file", async () => {
   const elf = Buffer.concat([Buffer.from("\x7fELF", "latin1"), randomBytes(64), Buffer.alloc(2 << 20, 7)]);
   const raw = path.join(tmp, "vmlinux.raw");

@@ -68,6 +68,7 @@ test("the tarball holds the CLI, the compiled code and the guest init with its c
     "package/dist/src/cli/main.js",
     "package/guest/build/kindling-init",
     "package/guest/build/kindling-init.sha256",
+    "package/guest/kernel/kindling.config", // kindling kernel build
     "package/package.json",
   ]) {
     assert.ok(files.includes(f), `${f} in the package`);

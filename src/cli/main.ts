@@ -32,6 +32,7 @@ const COMMANDS: [string[], () => Promise<Register>][] = [
   [["daemon"], async () => (await import("./daemon.js")).registerDaemonCommand],
   [["doctor"], async () => (await import("./doctor.js")).registerDoctorCommand],
   [["config"], async () => (await import("./config.js")).registerConfigCommand],
+  [["kernel"], async () => (await import("./kernel.js")).registerKernelCommands],
   [["bench"], async () => (await import("./bench.js")).registerBenchCommand],
   [["login", "logout"], async () => (await import("./login.js")).registerLoginCommands],
   [["completion"], async () => (await import("./completion.js")).registerCompletionCommand],

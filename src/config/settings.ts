@@ -183,6 +183,13 @@ export const SETTINGS = {
     describe:
       "a CNI config directory: its first network (`.conflist`/`.conf`/`.json`, in name order) is `--network bridge`",
   }),
+  guestKernel: setting<"auto" | "built" | "debian">({
+    env: "KINDLING_GUEST_KERNEL",
+    type: oneOf(["auto", "built", "debian"] as const),
+    default: "auto",
+    describe:
+      "guest kernel of VMs: `built` (Kindling's, from `kindling kernel build`), `debian` (Debian's cloud kernel with an initramfs of modules); `auto`: built when present",
+  }),
   vmDebug: setting({
     env: "KINDLING_VM_DEBUG",
     type: boolean,

@@ -4,6 +4,7 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import { config } from "../config/index.js";
 import { findPlugin } from "../network/cni.js";
 import { DEFAULT_PLUGIN_DIRS } from "../network/conflist.js";
 import { errorMessage } from "../util/errors.js";
@@ -12,6 +13,7 @@ import type { KindlingHome } from "../util/home.js";
 import { findExecutable } from "../vm/firecracker/process.js";
 import { readGuestInit } from "../vm/guest-init.js";
 import { defaultInitBinary } from "../vm/initramfs.js";
+import { findBuiltKernel } from "../vm/kernel-build.js";
 
 export interface Check {
   name: string;
@@ -118,16 +120,39 @@ export async function libfuseCheck(): Promise<Check> {
       };
 }
 
-/** The guest kernel: cached under $KINDLING_HOME/kernel, else fetchable with apt (src/vm/kernel.ts). */
+/**
+ * The guest kernel VMs boot: Kindling's built one (kindling kernel build) when present and chosen, else
+ * Debian's, cached under $KINDLING_HOME/kernel or fetchable with apt (src/vm/kernel.ts).
+ */
 export async function guestKernelCheck(home: KindlingHome): Promise<Check> {
   const name = "guest kernel";
+  const choice = config().guestKernel;
+  const built = choice === "debian" ? null : await findBuiltKernel(home);
+  if (built) {
+    return {
+      name,
+      ok: true,
+      detail: `in use: Kindling's ${built.release} (built from source ${built.sourceVersion}, ${built.vmlinux}; no initramfs modules)`,
+    };
+  }
+  if (choice === "built") {
+    return {
+      name,
+      ok: false,
+      detail: "KINDLING_GUEST_KERNEL=built but none is built: run kindling kernel build",
+    };
+  }
   try {
     const k = JSON.parse(await readFile(path.join(home.kernel, "current.json"), "utf8")) as {
       vmlinux: string;
       version: string;
     };
     await stat(k.vmlinux);
-    return { name, ok: true, detail: `${k.version} cached (${k.vmlinux})` };
+    return {
+      name,
+      ok: true,
+      detail: `in use: Debian's ${k.version} with an initramfs of modules (${k.vmlinux}); kindling kernel build makes a faster one`,
+    };
   } catch {
     // not cached: can apt fetch it?
   }

@@ -163,7 +163,10 @@ export async function kvmFacts(
       accessible,
       flavor,
       usable: false,
-      detail: `${dev} is provided by kvm_pvm (PVM): only PVM-enabled guest kernels boot under it, stock kernels hang`,
+      detail:
+        `${dev} is provided by kvm_pvm (PVM) without VMX/SVM: only PVM-enabled guest kernels boot under it, stock kernels hang; ` +
+        "and there guest kernel code is emulated at ~0.6 us per instruction (only guest user code runs natively), " +
+        "so a kernel boot and every system call would be slower than TCG: Kindling uses TCG",
     };
   }
   if (!opts.qemu) {

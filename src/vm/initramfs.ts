@@ -169,8 +169,8 @@ async function decompressed(file: string): Promise<Buffer> {
 
 export interface InitramfsOptions {
   home: KindlingHome;
-  /** lib/modules/<version> of the guest kernel */
-  modulesDir: string;
+  /** lib/modules/<version> of the guest kernel; none: a kernel with every driver built in (only /init) */
+  modulesDir?: string;
   /** the init binary; default guest/build/kindling-init */
   initBinary?: string;
   /** module names; default GUEST_MODULES */
@@ -184,22 +184,24 @@ export interface InitramfsOptions {
 export async function buildInitramfs(opts: InitramfsOptions): Promise<string> {
   const initBinary = opts.initBinary ?? defaultInitBinary();
   const init = (await readGuestInit(initBinary)).bytes;
-  const index = await readModuleIndex(opts.modulesDir);
-  const order = moduleLoadOrder(index, opts.modules ?? GUEST_MODULES);
-  const version = path.basename(opts.modulesDir);
   const files: CpioEntry[] = [];
-  const loadList: string[] = [];
-  for (const rel of order) {
-    const name = `lib/modules/${version}/${rel.replace(/\.(xz|zst|gz)$/, "")}`;
-    files.push({ name, mode: S_IFREG | 0o644, data: await decompressed(path.join(opts.modulesDir, rel)) });
-    loadList.push(`/${name}`);
+  if (opts.modulesDir) {
+    const index = await readModuleIndex(opts.modulesDir);
+    const order = moduleLoadOrder(index, opts.modules ?? GUEST_MODULES);
+    const version = path.basename(opts.modulesDir);
+    const loadList: string[] = [];
+    for (const rel of order) {
+      const name = `lib/modules/${version}/${rel.replace(/\.(xz|zst|gz)$/, "")}`;
+      files.push({ name, mode: S_IFREG | 0o644, data: await decompressed(path.join(opts.modulesDir, rel)) });
+      loadList.push(`/${name}`);
+    }
+    files.push({
+      name: MODULE_LIST_PATH,
+      mode: S_IFREG | 0o644,
+      data: Buffer.from(`${loadList.join("\n")}\n`),
+    });
   }
   files.push({ name: "init", mode: S_IFREG | 0o755, data: init });
-  files.push({
-    name: MODULE_LIST_PATH,
-    mode: S_IFREG | 0o644,
-    data: Buffer.from(`${loadList.join("\n")}\n`),
-  });
   const fixed: CpioEntry[] = [
     { name: "dev", mode: S_IFDIR | 0o755 },
     { name: "dev/console", mode: S_IFCHR | 0o600, rdevMajor: 5, rdevMinor: 1 },

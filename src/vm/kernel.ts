@@ -4,11 +4,13 @@ import { createReadStream, readFileSync } from "node:fs";
 import { copyFile, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { cpus } from "node:os";
 import path from "node:path";
+import { config } from "../config/index.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import { buildInitramfs, GUEST_MODULES, moduleLoadOrder, readModuleIndex } from "./initramfs.js";
+import { findBuiltKernel } from "./kernel-build.js";
 
 /** Debian's cloud kernel: virtio-mmio, virtio-blk, squashfs, overlay, vsock, virtio-fs (as modules). */
 export const GUEST_KERNEL_PACKAGE = "linux-image-cloud-amd64";
@@ -260,6 +262,29 @@ export interface GuestBoot {
   kernelPath: string;
   initrdPath?: string;
   cmdline: string;
+  /** which kernel: "built <release>", "debian <release>" or "user" */
+  kernelName?: string;
+}
+
+export type GuestKernelChoice = "auto" | "built" | "debian";
+
+/** The kernel a VM boots: Kindling's built one when present (or asked for), else Debian's with modules. */
+export async function chooseGuestKernel(
+  home: KindlingHome,
+  choice: GuestKernelChoice = config().guestKernel,
+  log?: (msg: string) => void,
+): Promise<{ vmlinux: string; modulesDir?: string; name: string }> {
+  if (choice !== "debian") {
+    const built = await findBuiltKernel(home);
+    if (built) return { vmlinux: built.vmlinux, name: `built ${built.release}` };
+    if (choice === "built") {
+      throw new KindlingError(
+        "KINDLING_GUEST_KERNEL=built but no kernel is built for this configuration: run kindling kernel build",
+      );
+    }
+  }
+  const kernel = await ensureGuestKernel(home, { log });
+  return { vmlinux: kernel.vmlinux, modulesDir: kernel.modulesDir, name: `debian ${kernel.version}` };
 }
 
 /**
@@ -273,14 +298,19 @@ export async function prepareGuestBoot(
     kernelPath?: string;
     initrdPath?: string;
     boot?: GuestBootOptions;
+    /** default: the guestKernel setting */
+    kernel?: GuestKernelChoice;
     log?: (msg: string) => void;
   } = {},
 ): Promise<GuestBoot> {
   const cmdline = guestCmdline(opts.boot);
-  if (opts.kernelPath) return { kernelPath: opts.kernelPath, initrdPath: opts.initrdPath, cmdline };
-  const kernel = await ensureGuestKernel(home, { log: opts.log });
+  if (opts.kernelPath) {
+    return { kernelPath: opts.kernelPath, initrdPath: opts.initrdPath, cmdline, kernelName: "user" };
+  }
+  const kernel = await chooseGuestKernel(home, opts.kernel, opts.log);
+  // built kernel: an initramfs of just /init (no modules to load); Debian's: /init and the modules
   const initrdPath = opts.initrdPath ?? (await buildInitramfs({ home, modulesDir: kernel.modulesDir }));
-  return { kernelPath: kernel.vmlinux, initrdPath, cmdline };
+  return { kernelPath: kernel.vmlinux, initrdPath, cmdline, kernelName: kernel.name };
 }
 
 /**

@@ -1,0 +1,228 @@
+/**
+ * microVM start benchmark (not a test), issue 14. Two parts, each interleaved in one run:
+ *
+ * 1. End to end: `kindling run --network none bb true` as a process (the CLI, as a user runs it) with
+ *    --runtime runc, --runtime qemu on Debian's kernel (initramfs of modules), --runtime qemu on Kindling's
+ *    built kernel (no modules). Warm: image imported, its chunks cached by an unrecorded first run of each
+ *    variant, kernel and initramfs cached, accel probe cached. Medians and ratios to runc.
+ * 2. Boot stages of a bare QEMU VM (squashfs root, no container) per kernel, cold and warm, from the host
+ *    (spawn -> READY, START -> STARTED) and the guest init's CLOCK_BOOTTIME markers on the console
+ *    (kernel: clock start -> init; stage 1: modules + root; stage 2: overlay; agent: channel + READY).
+ *    Cold: the kernel, initramfs and root image dropped from the page cache first (dd iflag=nocache).
+ *    Also the host RSS of the idle VMM (QEMU) after READY.
+ *
+ *   node dist/bench/vm-start.js [--n 5] [--boots 3] [--kernels debian,built]
+ * Needs the built kernel (scripts/fixtures/guest-kernel.sh, or KINDLING_GUEST_KERNEL_DIR=<home>/kernel/built).
+ */
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { importImage } from "../src/image/import.js";
+import { buildBusyboxTree, makeSquashfs } from "../src/runtime/testing.js";
+import { exec } from "../src/util/exec.js";
+import { KindlingHome } from "../src/util/home.js";
+import { type GuestKernelChoice, prepareGuestBoot } from "../src/vm/kernel.js";
+import { bootVm } from "../src/vm/qemu.js";
+
+const REPO = fileURLToPath(new URL("../..", import.meta.url));
+const KINDLING = path.join(REPO, "bin", "kindling");
+const argOf = (name: string): string | undefined => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : undefined;
+};
+const N = Number(argOf("n") ?? 5);
+const BOOTS = Number(argOf("boots") ?? 3);
+const KERNELS = (argOf("kernels") ?? "debian,built").split(",") as GuestKernelChoice[];
+const BUILT =
+  process.env.KINDLING_GUEST_KERNEL_DIR ?? path.join(REPO, ".cache", "guest-kernel", "kernel", "built");
+const DEBIAN_CACHE = path.join(REPO, ".cache", "vm-test-home", "kernel", "current.json");
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+interface Variant {
+  name: string;
+  runtime: "runc" | "qemu";
+  kernel?: GuestKernelChoice;
+}
+const VARIANTS = (
+  [
+    { name: "runc", runtime: "runc" },
+    { name: "qemu, Debian kernel + initramfs modules", runtime: "qemu", kernel: "debian" },
+    { name: "qemu, Kindling kernel (built, no modules)", runtime: "qemu", kernel: "built" },
+  ] as Variant[]
+).filter((v) => !v.kernel || KERNELS.includes(v.kernel));
+
+/** One `kindling run` as a process; its wall time in ms. */
+function runCli(home: KindlingHome, v: Variant): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    const child = spawn(KINDLING, ["run", "--runtime", v.runtime, "--network", "none", "bb", "true"], {
+      env: { ...process.env, KINDLING_HOME: home.root, KINDLING_GUEST_KERNEL: v.kernel ?? "auto" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let err = "";
+    child.stderr.on("data", (d) => {
+      err += d;
+    });
+    child.on("close", (code) =>
+      code === 0
+        ? resolve(Number(process.hrtime.bigint() - t0) / 1e6)
+        : reject(new Error(`${v.name}: exit ${code}: ${err.trim()}`)),
+    );
+  });
+}
+
+/** Guest markers: "kindling-init: [N ms] <what>" (CLOCK_BOOTTIME since the kernel's clock started). */
+function markers(consoleLog: string): Record<string, number> {
+  const at: Record<string, number> = {};
+  const find = (key: string, re: RegExp) => {
+    for (const m of consoleLog.matchAll(/kindling-init: \[(\d+) ms\] ([^\n]*)/g)) {
+      if (re.test(m[2]) && at[key] === undefined) at[key] = Number(m[1]);
+    }
+  };
+  find("init", /^stage1: (initramfs|root mounted by the kernel)/);
+  find("root", /^stage1: root .* mounted|^stage1: root mounted by the kernel/);
+  find("overlay", /^stage2: root is the overlay/);
+  find("ready", /^agent: ready/);
+  return at;
+}
+
+interface Stages {
+  vmmStart: number;
+  kernel: number;
+  stage1: number;
+  stage2: number;
+  agentReady: number;
+  processStart: number;
+  total: number;
+  rssMiB: number;
+}
+
+async function bootStages(
+  home: KindlingHome,
+  kernel: GuestKernelChoice,
+  rootImage: string,
+  dir: string,
+  cold: boolean,
+): Promise<Stages> {
+  const boot = await prepareGuestBoot(home, { kernel, boot: { tmpfsSize: "64m" } });
+  if (cold) {
+    for (const f of [boot.kernelPath, boot.initrdPath, rootImage]) {
+      if (f) await exec("dd", [`if=${f}`, "iflag=nocache", "count=0"], { allowFailure: true });
+    }
+  }
+  const vm = await bootVm(
+    {
+      ...boot,
+      memoryMiB: 256,
+      vcpus: 1,
+      drives: [{ id: "root", path: rootImage, readOnly: true, isRoot: true }],
+      shares: [],
+      stateDir: dir,
+    },
+    { home },
+  );
+  try {
+    const status = await readFile(`/proc/${vm.pid}/status`, "utf8");
+    const rssMiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+    const t0 = process.hrtime.bigint();
+    const p = await vm.agent.start({ args: ["/bin/true"], env: ["PATH=/bin"], cwd: "/" });
+    const processStart = Number(process.hrtime.bigint() - t0) / 1e6;
+    await p.exited;
+    const m = markers(await readFile(path.join(dir, "console.log"), "latin1"));
+    if (m.init === undefined || m.ready === undefined)
+      throw new Error(`no init markers in ${dir}/console.log`);
+    return {
+      vmmStart: vm.bootMs - m.ready,
+      kernel: m.init,
+      stage1: (m.root ?? m.init) - m.init,
+      stage2: (m.overlay ?? m.root ?? m.init) - (m.root ?? m.init),
+      agentReady: m.ready - (m.overlay ?? m.root ?? m.init),
+      processStart,
+      total: vm.bootMs + processStart,
+      rssMiB,
+    };
+  } finally {
+    await vm.close();
+  }
+}
+
+async function main(): Promise<void> {
+  if (KERNELS.includes("built") && (await readdir(BUILT).catch(() => [])).length === 0) {
+    throw new Error(
+      `no built guest kernel in ${BUILT}: run bash scripts/fixtures/guest-kernel.sh .cache/fixtures`,
+    );
+  }
+  const tmp = await mkdtemp(path.join(tmpdir(), "kindling-bench-vm-"));
+  try {
+    const home = new KindlingHome(path.join(tmp, "home")).ensure();
+    await symlink(BUILT, path.join(home.kernel, "built")).catch(() => {});
+    // Debian's kernel from the test cache when there (no apt download); else fetched on first use
+    await symlink(DEBIAN_CACHE, path.join(home.kernel, "current.json")).catch(() => {});
+    await importImage(home, `${path.join(REPO, ".cache", "fixtures", "busybox-oci")}:latest`, { name: "bb" });
+    const load = (await readFile("/proc/loadavg", "utf8")).split(" ").slice(0, 3).join(" ");
+    console.log(`# vm-start: load average ${load}, ${N} rounds end to end, ${BOOTS} boots per stage row`);
+
+    // 1. end to end, interleaved, after one unrecorded warm-up run per variant
+    for (const v of VARIANTS) await runCli(home, v);
+    const times = new Map(VARIANTS.map((v) => [v.name, [] as number[]]));
+    for (let r = 0; r < N; r++) {
+      for (let i = 0; i < VARIANTS.length; i++) {
+        const v = VARIANTS[(i + r) % VARIANTS.length];
+        times.get(v.name)!.push(await runCli(home, v));
+      }
+    }
+    const runc = median(times.get("runc")!);
+    console.log("\n| kindling run (warm, --network none, `true`) | median ms | vs runc |\n|---|---|---|");
+    for (const v of VARIANTS) {
+      const m = median(times.get(v.name)!);
+      console.log(`| ${v.name} | ${m.toFixed(0)} | ${(m / runc).toFixed(2)}x |`);
+    }
+
+    // 2. boot stages, cold then warm, kernels interleaved
+    await buildBusyboxTree(path.join(tmp, "tree"));
+    const rootImage = path.join(tmp, "root.sqfs");
+    await makeSquashfs(path.join(tmp, "tree"), rootImage);
+    const rows: { kernel: GuestKernelChoice; cold: boolean; s: Stages }[] = [];
+    let n = 0;
+    for (let b = 0; b < BOOTS; b++) {
+      for (const cold of [true, false]) {
+        for (const kernel of KERNELS) {
+          const dir = path.join(tmp, `vm-${n++}`);
+          await mkdir(dir);
+          rows.push({ kernel, cold, s: await bootStages(home, kernel, rootImage, dir, cold) });
+        }
+      }
+    }
+    const keys: (keyof Stages)[] = [
+      "vmmStart",
+      "kernel",
+      "stage1",
+      "stage2",
+      "agentReady",
+      "processStart",
+      "total",
+      "rssMiB",
+    ];
+    console.log(
+      "\n| bare VM boot (median ms) | VMM start | kernel | init stage 1 | init stage 2 | agent READY | process start | total | idle QEMU RSS MiB |",
+    );
+    console.log("|---|---|---|---|---|---|---|---|---|");
+    for (const kernel of KERNELS) {
+      for (const cold of [true, false]) {
+        const sel = rows.filter((r) => r.kernel === kernel && r.cold === cold).map((r) => r.s);
+        const cells = keys.map((k) => median(sel.map((s) => s[k])).toFixed(0));
+        console.log(`| ${kernel}, ${cold ? "cold" : "warm"} | ${cells.join(" | ")} |`);
+      }
+    }
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+await main();
