@@ -1,5 +1,6 @@
 import { policyFrom } from "../chunks/policy.js";
 import { chunkReaderFor } from "../chunks/sources.js";
+import { checkProfile, readProfileFile, writeProfile } from "../lazy/profile.js";
 import type { Platform } from "../registry/platform.js";
 import { pullFromRegistry } from "../registry/pull.js";
 import { pushKindlingImage } from "../registry/push.js";
@@ -65,6 +66,7 @@ export async function pullImage(
     await putBlob(home, res.index, res.indexDigest);
     for (const name of names) await saveImage(home, { ...rec, name });
   });
+  await keepStartupProfile(home, res.startupProfile, res.indexDigest, index.chunks.length);
   return record;
 }
 
@@ -77,11 +79,38 @@ export async function pushImage(
 ): Promise<{ manifestDigest: Digest }> {
   const record = await loadImage(home, name);
   const index = await readBlob(home, record.digest, "block index");
-  const chunks = new Map(decodeBlockIndex(index, record.digest).chunks.map((c) => [c.digest, c.length]));
+  const decoded = decodeBlockIndex(index, record.digest);
+  const chunks = new Map(decoded.chunks.map((c) => [c.digest, c.length]));
   const reader = chunkReaderFor(home, record.origin, policyFrom());
+  // The startup profile a run here recorded travels with the image (a bad one stays home).
+  const profile = checkProfile(
+    await readProfileFile(home, record.digest),
+    record.digest,
+    decoded.chunks.length,
+  );
   return pushKindlingImage(
     ref,
     { insecure: opts.insecure, signal: opts.signal, quiet: opts.progress === false },
-    { record, index, readChunk: (d: Digest) => reader.read({ digest: d, length: chunks.get(d) ?? -1 }) },
+    {
+      record,
+      index,
+      readChunk: (d: Digest) => reader.read({ digest: d, length: chunks.get(d) ?? -1 }),
+      startupProfile: "chunks" in profile ? { image: record.digest, chunks: profile.chunks } : undefined,
+    },
   );
+}
+
+/** Writes a pulled image's startup profile into the home (a bad one: a warning, no profile). */
+async function keepStartupProfile(
+  home: KindlingHome,
+  value: unknown,
+  digest: Digest,
+  chunkCount: number,
+): Promise<void> {
+  if (value === undefined) return;
+  const checked = checkProfile(value, digest, chunkCount);
+  if ("chunks" in checked) await writeProfile(home, { image: digest, chunks: checked.chunks });
+  else if ("corrupt" in checked) {
+    process.stderr.write(`warning: ignoring the image's startup profile: ${checked.corrupt}\n`);
+  }
 }

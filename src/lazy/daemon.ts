@@ -18,6 +18,7 @@ import { mountBlockFile } from "./fusefs.js";
 import { LowerMounts } from "./lower.js";
 import { lazyUnmount } from "./mountinfo.js";
 import { prefetchTables } from "./prefetch.js";
+import { checkProfile, ProfileRecorder, prefetchProfile, readProfileFile, writeProfile } from "./profile.js";
 import { Readahead } from "./readahead.js";
 import { liveUsers, markStopping } from "./shared.js";
 import { IpcChunkSource, send } from "./sources.js";
@@ -48,12 +49,27 @@ async function main(): Promise<void> {
   });
   const cache = new ChunkCache(index, loader, stats, cfg.memoryCacheBytes);
   const readahead = new Readahead(cache, cfg.readaheadChunks, log);
+  // A startup profile for this image: prefetch it; none (or a stale one): record one.
+  const profileFile = await readProfileFile(home, cfg.record.digest);
+  const profile = checkProfile(profileFile, cfg.record.digest, index.chunks.length);
+  const recorder = "chunks" in profile ? undefined : new ProfileRecorder(cache);
+  if ("corrupt" in profile && profileFile !== undefined) {
+    log(`warning: ignoring the startup profile of ${cfg.record.name}: ${profile.corrupt}`);
+  }
+  if (recorder) stats.profile.state = "recording";
+  let recorded = 0;
 
   let written = "";
   const flush = async () => {
     written = JSON.stringify({ ...cache.stats, updated: "" });
     cache.stats.updated = new Date().toISOString();
     await writeStats(home, cfg.id, cache.stats).catch((err) => log(`stats: ${err}`));
+    if (recorder && recorder.version !== recorded) {
+      recorded = recorder.version;
+      await writeProfile(home, { image: cfg.record.digest, chunks: recorder.chunks }).catch((err) =>
+        log(`startup profile: ${err}`),
+      );
+    }
   };
   const ddir = new DaemonDir(home, cfg.id);
   const filePath = path.join(cfg.mountpoint, cfg.fileName);
@@ -94,6 +110,7 @@ async function main(): Promise<void> {
     fileName: cfg.fileName,
     cache,
     readahead,
+    onRead: recorder ? (pos, len) => recorder.touch(pos, len) : undefined,
     opTimeoutMs: cfg.policy.deadlineMs + 5000,
     kernelCache: cfg.settings.lazyKernelCache,
     directIo: cfg.settings.lazyDirectIo,
@@ -153,6 +170,12 @@ async function main(): Promise<void> {
       })
       .catch((err) => log(`prefetch failed: ${err instanceof Error ? err.message : err}`));
   } else cache.stats.prefetch.state = "skipped";
+  if ("chunks" in profile && cfg.prefetch) {
+    // Leaves readers a slot or two: the limiter hands freed slots to readers first anyway.
+    prefetchProfile(cache, profile.chunks, Math.max(1, cfg.fetchConcurrency - 2))
+      .then(() => log(`startup profile: ${cache.stats.profile.chunks} chunks fetched ahead`))
+      .catch((err) => log(`startup profile prefetch failed: ${err instanceof Error ? err.message : err}`));
+  }
 }
 
 main().catch((err) => {

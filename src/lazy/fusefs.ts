@@ -26,6 +26,8 @@ export interface FuseFileOptions {
   fileName: string;
   cache: ChunkCache;
   readahead: Readahead;
+  /** Told of every read while a startup profile is being recorded (profile.ts). */
+  onRead?: (pos: number, len: number) => void;
   /** Backstop for a read that never answers (our own deadline should always come first). */
   opTimeoutMs: number;
   /** Let the kernel keep the file's pages (KINDLING_LAZY_KERNEL_CACHE; off only for measuring). */
@@ -79,6 +81,7 @@ export function mountBlockFile(o: FuseFileOptions): Promise<void> {
     read(p: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
       if (p !== file) return cb(Fuse.ENOENT);
       const seq = o.readahead.observe(pos, len);
+      o.onRead?.(pos, len);
       const fast = o.cache.readFromMemory(buf, pos, len);
       if (fast >= 0) return cb(fast);
       o.cache.read(buf, pos, len, seq).then(

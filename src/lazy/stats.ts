@@ -20,6 +20,7 @@ export function newStats(digest: string, blockSize: number): LazyStats {
     readErrors: 0,
     readaheadChunks: 0,
     prefetch: { state: "pending", chunks: 0, bytes: 0 },
+    profile: { state: "none", chunks: 0, bytes: 0, errors: 0 },
     updated: new Date().toISOString(),
   };
 }

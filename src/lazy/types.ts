@@ -20,6 +20,16 @@ export interface LazyStats extends FetchCounters, StoreCounters {
   readErrors: number;
   readaheadChunks: number;
   prefetch: { state: "pending" | "running" | "done" | "skipped" | "failed"; chunks: number; bytes: number };
+  /**
+   * The startup profile (profile.ts): "prefetching"/"done" when the image came with one (chunks
+   * and bytes it fetched, fetches that failed), "recording" when this daemon records one, "none".
+   */
+  profile: {
+    state: "none" | "recording" | "running" | "done";
+    chunks: number;
+    bytes: number;
+    errors: number;
+  };
   /** ISO time these counters were taken. */
   updated: string;
 }

@@ -13,6 +13,11 @@ export interface KindlingConfig {
   digest: Digest;
   blockSize: number;
   runConfig: RunConfig;
+  /**
+   * The image's startup profile ({ image, chunks }: src/lazy/profile.ts), when the pushing home
+   * had one. Checked by whoever uses it: a bad one is ignored with a warning, never an error.
+   */
+  startupProfile?: unknown;
 }
 
 export function isKindlingManifest(m: ImageManifest): boolean {

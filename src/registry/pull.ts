@@ -44,6 +44,8 @@ export type PullResult =
       indexDigest: Digest;
       runConfig: RunConfig;
       origin: ImageOrigin;
+      /** The config's startup profile, unchecked (see KindlingConfig). */
+      startupProfile?: unknown;
     };
 
 export interface PullOptions {
@@ -123,6 +125,7 @@ export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<
       index,
       indexDigest,
       runConfig: cfg.runConfig,
+      startupProfile: cfg.startupProfile,
       origin: {
         kind: "registry",
         registry: parsed.registry,

@@ -21,6 +21,8 @@ export interface PushImage {
   /** The block index blob; its sha256 is record.digest. */
   index: Buffer;
   readChunk(digest: Digest): Promise<Buffer>;
+  /** Its startup profile, pushed in the config blob (see KindlingConfig). */
+  startupProfile?: unknown;
 }
 
 export interface PushOptions {
@@ -89,6 +91,7 @@ export async function pushKindlingImage(
     digest: indexDigest,
     blockSize: image.record.blockSize,
     runConfig: image.record.config,
+    ...(image.startupProfile ? { startupProfile: image.startupProfile } : {}),
   };
   const configBytes = Buffer.from(JSON.stringify(config));
   const configDesc: Descriptor = {
