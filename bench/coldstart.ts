@@ -116,13 +116,13 @@ async function main(): Promise<void> {
     await kindling(source, ["image", "import", fixture, "--name", "numpy"]);
     blockRef = `${registry.host}/bench/numpy:latest`;
     await kindling(source, ["image", "push", "--insecure", "numpy", blockRef]);
+    blockSize = (await loadImage(new KindlingHome(source), "numpy")).blockSize;
     // One run in the pushing home records the startup profile; the second tag carries it.
     profiledRef = `${registry.host}/bench/numpy:profiled`;
     await kindling(source, ["run", "--runtime", "runc", "numpy", "--", ...CMD]);
     await new Promise((r) => setTimeout(r, 1500)); // the daemon writes the profile within 1 s
     await kindling(source, ["image", "push", "--insecure", "numpy", profiledRef]);
     await releaseHome(new KindlingHome(source));
-    blockSize = (await loadImage(new KindlingHome(source), "numpy")).blockSize;
     ociRef = `${registry.host}/bench/numpy-oci:latest`;
     const oci = await buildOci(tmp, fixture);
     await run("skopeo", [

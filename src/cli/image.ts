@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { stat } from "node:fs/promises";
 import type { Command } from "commander";
 import { describeImage } from "../image/describe.js";
@@ -137,6 +138,45 @@ export function registerImageCommands(program: Command): void {
           : await removeImage(h, name);
         process.stdout.write(`removed ${name} (freed ${freed.blobs} blobs, ${fmtBytes(freed.bytes)})\n`);
       }
+    });
+
+  image
+    .command("profile")
+    .description(
+      "record the startup profile of NAME (the chunks CMD reads first, in order; `image push` sends it along): runs CMD with runc",
+    )
+    .argument("<name>", "image name")
+    .argument("<cmd...>", "the command whose start to record (after --)")
+    .action(async (name: string, cmd: string[]) => {
+      const h = home();
+      const record = await loadImage(h, name);
+      const lazy = await loadLazy();
+      const profile = await import("../lazy/profile.js");
+      // The next daemon records: none of this image may stay running, and the old profile goes.
+      await lazy.stopIdleShared(h, record.digest);
+      await profile.removeProfile(h, record.digest);
+      const run = spawnSync(
+        process.execPath,
+        [process.argv[1], "run", "--runtime", "runc", name, "--", ...cmd],
+        {
+          stdio: "inherit",
+        },
+      );
+      if (run.status !== 0)
+        throw new KindlingError(`image profile: the run of ${name} failed (status ${run.status})`);
+      // The daemon writes what it recorded within a second.
+      let chunks: number[] | undefined;
+      for (let waited = 0; waited < 3000 && !chunks; waited += 100) {
+        await new Promise((r) => setTimeout(r, 100));
+        chunks = ((await profile.readProfileFile(h, record.digest)) as { chunks?: number[] } | undefined)
+          ?.chunks;
+      }
+      if (!chunks) {
+        throw new KindlingError(
+          `image profile: no profile was recorded (is a container of ${name} still running?)`,
+        );
+      }
+      process.stdout.write(`startup profile of ${name}: ${chunks.length} chunks\n`);
     });
 
   image

@@ -6,7 +6,7 @@
  * Bounded: the first RECORD_WINDOW_MS after the mount, at most MAX_PROFILE_CHUNKS chunks. A missing
  * or stale profile means no prefetch; a corrupt one is ignored with a warning.
  */
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
@@ -72,6 +72,11 @@ export async function writeProfile(home: KindlingHome, profile: StartupProfile):
   const file = profilePath(home, profile.image);
   await mkdir(path.dirname(file), { recursive: true });
   await writeFileAtomic(file, `${JSON.stringify(profile)}\n`);
+}
+
+/** Drops the home's profile for `digest`: the image's next first run records a new one. */
+export async function removeProfile(home: KindlingHome, digest: string): Promise<void> {
+  await rm(profilePath(home, digest), { force: true });
 }
 
 /** Notes the chunks readers touch, in first-touch order, within the recording bounds. */
