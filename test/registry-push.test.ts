@@ -134,6 +134,28 @@ describe("pushKindlingImage", () => {
     }
   });
 
+  test("a startup profile travels in the config blob; the image (index digest) stays the same", async () => {
+    const fake = fakeImage("profiled");
+    const startupProfile = { image: fake.image.record.digest, chunks: [2, 0] };
+    const plain = await pushKindlingImage(
+      `${reg.host}/kindling/profiled:a`,
+      { insecure: true, quiet: true },
+      fake.image,
+    );
+    const ref = `${reg.host}/kindling/profiled:b`;
+    const withProfile = await pushKindlingImage(
+      ref,
+      { insecure: true, quiet: true },
+      { ...fake.image, startupProfile },
+    );
+    assert.notEqual(withProfile.manifestDigest, plain.manifestDigest, "the config blob differs");
+    const pulled = await pullFromRegistry(ref, { insecure: true, tmpDir, quiet: true });
+    assert.equal(pulled.kind, "kindling");
+    if (pulled.kind !== "kindling") return;
+    assert.equal(pulled.indexDigest, fake.image.record.digest);
+    assert.deepEqual(pulled.startupProfile, startupProfile);
+  });
+
   test("pushing again uploads nothing new and gives the same manifest digest", async () => {
     const fake = fakeImage("again");
     const ref = `${reg.host}/kindling/again:v1`;
