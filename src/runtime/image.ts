@@ -93,8 +93,8 @@ export class LazyBlockImage implements BlockImageProvider {
         // One message that says why: the source not answering, the cache full, or the counts.
         if (since("readErrors") > 0) {
           const why = now.sourceDown ?? now.cacheFull;
-          const counts = `${since("fetchErrors")} failed fetch(es), ${since("fetchesRefused")} refused while the source was down, ${since("verifyFailures")} corrupt chunk(s)`;
-          return `${since("readErrors")} read(s) of image ${name} failed${why ? `: ${why}` : ""} (${counts})`;
+          const counts = `EIO after ${since("fetchErrors")} failed fetch(es), ${since("fetchesRefused")} refused while the source was down, ${since("verifyFailures")} corrupt chunk(s)`;
+          return `${since("readErrors")} read(s) of image ${name} failed (${counts})${why ? `: ${why}` : ""}`;
         }
         if (now.cacheFull) return now.cacheFull;
         return undefined;
