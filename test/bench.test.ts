@@ -1,16 +1,14 @@
 // `kindling bench` in its quickest form (one cheap variant: runc, busybox, warm, 1 repetition):
 // the row shape and the JSON output, and that it leaves nothing behind. No timing is asserted.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { planUnits } from "../src/bench/plan.js";
 import { type BenchRow, medianRow, variantKey } from "../src/bench/rows.js";
 import { leftovers } from "../src/runtime/testing.js";
 import { findBinary } from "../src/runtime/which.js";
+import { runCli } from "./helpers/cli.js";
 
-const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let work: string;
 
 before(async () => {
@@ -23,24 +21,6 @@ after(async () => {
   assert.deepEqual(left, []);
   assert.deepEqual(files, [], "the bench removes its homes, registry and bind-mount sources");
 });
-
-function run(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(KINDLING, args, { stdio: ["ignore", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => err.push(d));
-    child.on("error", reject);
-    child.on("close", (code) =>
-      resolve({
-        code: code ?? 128,
-        stdout: Buffer.concat(out).toString(),
-        stderr: Buffer.concat(err).toString(),
-      }),
-    );
-  });
-}
 
 const ROW_TYPES: Record<string, string> = {
   runtime: "string",
@@ -59,7 +39,9 @@ const ROW_TYPES: Record<string, string> = {
 test("bench --json: one runc/lazy busybox warm row with every column", { timeout: 60_000 }, async (t) => {
   if (!(await findBinary("runc"))) return t.skip("runc is not installed");
   const filter = "^runc:lazy:busybox:0:warm$";
-  const r = await run(["bench", "--json", "--reps", "1", "--filter", filter, "--work-dir", work]);
+  const r = await runCli(["bench", "--json", "--reps", "1", "--filter", filter, "--work-dir", work], {
+    timeoutMs: 55_000,
+  });
   assert.equal(r.code, 0, r.stderr);
   const rows = JSON.parse(r.stdout) as BenchRow[];
   assert.ok(Array.isArray(rows));

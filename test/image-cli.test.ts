@@ -3,18 +3,13 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from "
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { exec } from "../src/util/exec.js";
-import { fixture, REPO, tempHome } from "./helpers/fixtures.js";
-
-const BIN = path.join(REPO, "bin", "kindling");
+import { runCli } from "./helpers/cli.js";
+import { fixture, tempHome } from "./helpers/fixtures.js";
 
 describe("kindling image (CLI)", () => {
   let home: Awaited<ReturnType<typeof tempHome>>;
   let work: string;
-  const kindling = (args: string[]) =>
-    exec(process.execPath, [BIN, ...args], {
-      env: { ...process.env, KINDLING_HOME: home.root },
-      allowFailure: true,
-    });
+  const kindling = (args: string[]) => runCli(args, { home });
   before(async () => {
     home = await tempHome();
     work = await mkdtemp("/tmp/kindling-test-cli-");
@@ -151,11 +146,7 @@ describe("kindling image (CLI)", () => {
 
     describe("a home on a full file system", () => {
       let small: string;
-      const inSmall = (args: string[]) =>
-        exec(process.execPath, [BIN, ...args], {
-          env: { ...process.env, KINDLING_HOME: small },
-          allowFailure: true,
-        });
+      const inSmall = (args: string[]) => runCli(args, { home: small });
       before(async () => {
         small = path.join(work, "small-home");
         await mkdir(small);

@@ -2,19 +2,15 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { exec } from "../src/util/exec.js";
-import { fixture, REPO, tempHome } from "./helpers/fixtures.js";
+import { runCli } from "./helpers/cli.js";
+import { fixture, tempHome } from "./helpers/fixtures.js";
 import { loadOciLayout, startRegistry, type TestRegistry } from "./helpers/registry.js";
-
-const BIN = path.join(REPO, "bin", "kindling");
 
 describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
   let reg: TestRegistry;
   let homes: Awaited<ReturnType<typeof tempHome>>[];
   const kindling = async (home: { root: string }, args: string[]) => {
-    const r = await exec(process.execPath, [BIN, ...args], {
-      env: { ...process.env, KINDLING_HOME: home.root },
-      allowFailure: true,
-    });
+    const r = await runCli(args, { home });
     assert.equal(r.code, 0, `kindling ${args.join(" ")}: ${r.stderr}`);
     return r;
   };

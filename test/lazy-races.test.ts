@@ -5,20 +5,18 @@
  * directory to another process's stale-daemon cleanup.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { rm, symlink } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { pullImage, pushImage } from "../src/image/registry.js";
 import { stopIdleShared } from "../src/lazy/index.js";
 import { leftovers } from "../src/runtime/testing.js";
 import { KindlingHome } from "../src/util/home.js";
+import { runCli } from "./helpers/cli.js";
 import { REPO } from "./helpers/fixtures.js";
 import { startRegistry, type TestRegistry } from "./helpers/registry.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
-const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let t: VmTestHome;
 let registry: TestRegistry;
 let home: KindlingHome;
@@ -43,35 +41,9 @@ after(async () => {
   assert.deepEqual(left, []);
 });
 
-/** Runs the CLI (default: in `home`); bounded: a run that hangs is killed and reported. */
-function kindling(
-  args: string[],
-  opts: { home?: KindlingHome; env?: Record<string, string>; timeoutMs?: number } = {},
-): Promise<{ code: number | null; out: string; err: string }> {
-  const timeoutMs = opts.timeoutMs ?? 240_000;
-  return new Promise((resolve) => {
-    const child = spawn(KINDLING, args, {
-      env: {
-        ...process.env,
-        KINDLING_HOME: (opts.home ?? home).root,
-        KINDLING_LAZY_IDLE_MS: "2000",
-        ...opts.env,
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (b) => (out += b));
-    child.stderr.on("data", (b) => (err += b));
-    const timer = setTimeout(() => {
-      err += `\n(killed after ${timeoutMs} ms)`;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, out, err });
-    });
-  });
+/** Runs the CLI (default: in `home`) with a short lazy idle time; bounded by runCli. */
+function kindling(args: string[], opts: { home?: KindlingHome; env?: Record<string, string> } = {}) {
+  return runCli(args, { home: opts.home ?? home, env: { KINDLING_LAZY_IDLE_MS: "2000", ...opts.env } });
 }
 
 const noStack = (err: string) => !/^\s+at /m.test(err);
@@ -87,8 +59,8 @@ test("6 runc + 2 QEMU runs of one lazily pulled image started at once all work",
   ];
   const results = await Promise.all(runs);
   for (const [i, r] of results.entries()) {
-    assert.equal(r.code, 0, `run ${i}: status ${r.code}: ${r.err}`);
-    assert.equal(r.out, "from layer 2\n", `run ${i}`);
+    assert.equal(r.code, 0, `run ${i}: status ${r.code}: ${r.stderr}`);
+    assert.equal(r.stdout, "from layer 2\n", `run ${i}`);
   }
   assert.deepEqual(await leftovers(home.root), []);
 });
@@ -105,19 +77,19 @@ test("runs, pulls and removals of one image at once: each works or fails with on
   ];
   const results = await Promise.all(ops);
   for (const [i, r] of results.entries()) {
-    assert.ok(r.code === 0 || r.code === 125, `op ${i}: status ${r.code}: ${r.err}`);
-    assert.ok(noStack(r.err), `op ${i}: no stack trace: ${r.err}`);
-    if (r.code === 125) assert.equal(r.err.trim().split("\n").length, 1, `op ${i}: one line: ${r.err}`);
-    if (r.code === 0 && i < 3) assert.equal(r.out, "from layer 2\n", `op ${i}`);
+    assert.ok(r.code === 0 || r.code === 125, `op ${i}: status ${r.code}: ${r.stderr}`);
+    assert.ok(noStack(r.stderr), `op ${i}: no stack trace: ${r.stderr}`);
+    if (r.code === 125) assert.equal(r.stderr.trim().split("\n").length, 1, `op ${i}: one line: ${r.stderr}`);
+    if (r.code === 0 && i < 3) assert.equal(r.stdout, "from layer 2\n", `op ${i}`);
   }
   await stopIdleShared(home);
   assert.deepEqual(await leftovers(home.root), []);
   // Whatever won, a pull and a run afterwards work.
   const pulled = await kindling(["image", "pull", "--insecure", ref]);
-  assert.equal(pulled.code, 0, pulled.err);
+  assert.equal(pulled.code, 0, pulled.stderr);
   const r = await kindling(["run", "--runtime", "runc", ref, "--", "cat", "/data/layer2"]);
-  assert.equal(r.code, 0, r.err);
-  assert.equal(r.out, "from layer 2\n");
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "from layer 2\n");
 });
 
 test("a failed read does not poison the image's shared SquashFS mount: later runc runs work once the registry is back", async () => {
@@ -127,20 +99,20 @@ test("a failed read does not poison the image's shared SquashFS mount: later run
   const readAll = "find / -xdev -type f -exec cat {} + >/dev/null && echo all-read";
   try {
     const warm = await kindling(["run", "--runtime", "runc", ref, "--", "cat", "/data/hello"], opts);
-    assert.equal(warm.code, 0, warm.err);
+    assert.equal(warm.code, 0, warm.stderr);
     registry.signal("SIGSTOP");
     const failed = await kindling(["run", "--runtime", "runc", ref, "--", "sh", "-c", readAll], opts);
     registry.signal("SIGCONT");
     assert.notEqual(failed.code, 0, "reads fail while the registry is frozen");
-    assert.match(failed.err, /did not answer within 1500 ms/, "one message that says why");
+    assert.match(failed.stderr, /did not answer within 1500 ms/, "one message that says why");
     // The same shared daemon serves the next run; the breaker and the failure memo need a moment.
-    let again = { code: -1 as number | null, out: "", err: "" };
+    let again = { code: -1, stdout: "", stderr: "" };
     for (let tries = 0; tries < 5 && again.code !== 0; tries++) {
       await new Promise((r) => setTimeout(r, 2500));
       again = await kindling(["run", "--runtime", "runc", ref, "--", "sh", "-c", readAll], opts);
     }
-    assert.equal(again.code, 0, `a later run reads every file: ${again.err}`);
-    assert.equal(again.out, "all-read\n");
+    assert.equal(again.code, 0, `a later run reads every file: ${again.stderr}`);
+    assert.equal(again.stdout, "all-read\n");
   } finally {
     registry.signal("SIGCONT");
     await stopIdleShared(cold);

@@ -4,6 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { exec } from "../src/util/exec.js";
+import { runCli } from "./helpers/cli.js";
 import { REPO } from "./helpers/fixtures.js";
 
 // The npm package: `npm pack`, then `npm install -g` of the tarball into a temp prefix with real
@@ -19,11 +20,11 @@ let installed: string;
 const NPM_TIMEOUT_MS = 300_000;
 
 function kindling(args: string[]) {
-  return exec(path.join(prefix, "bin", "kindling"), args, {
+  return runCli(args, {
+    bin: path.join(prefix, "bin", "kindling"),
     cwd: work,
-    env: { ...process.env, KINDLING_HOME: path.join(work, "home") },
-    allowFailure: true,
-    timeout: 120_000,
+    home: path.join(work, "home"),
+    timeoutMs: 120_000,
   });
 }
 

@@ -3,7 +3,6 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { gzipSync } from "node:zlib";
 import { RegistryChunkSource } from "../src/registry/chunks.js";
 import { sha256Digest } from "../src/registry/manifest.js";
 import { pullFromRegistry } from "../src/registry/pull.js";
@@ -11,13 +10,11 @@ import { pushKindlingImage } from "../src/registry/push.js";
 import { KindlingError } from "../src/util/errors.js";
 import {
   type BearerProxy,
+  filesLayout,
   loadOciLayout,
-  MT,
-  OciLayoutWriter,
   startBearerProxy,
   startRegistry,
   type TestRegistry,
-  tarDir,
   tinyKindlingImage,
 } from "./helpers/registry.js";
 
@@ -45,15 +42,7 @@ before(async () => {
   tmpDir = path.join(work, "tmp");
   authFile = path.join(work, "auth.json");
   await mkdir(tmpDir);
-  const root = path.join(work, "root");
-  await mkdir(root);
-  await writeFile(path.join(root, "hello"), "hi\n");
-  const layout = await OciLayoutWriter.create(path.join(work, "layout"));
-  await layout.tag(
-    await layout.image([{ data: gzipSync(await tarDir(root)), mediaType: MT.layerGzip }]),
-    "v1",
-  );
-  layoutDir = layout.dir;
+  layoutDir = (await filesLayout(path.join(work, "layout"))).dir;
 });
 
 after(async () => {

@@ -3,9 +3,8 @@ import { copyFile, mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
-import { exec } from "../src/util/exec.js";
+import { runCli } from "./helpers/cli.js";
 import {
   loadOciLayout,
   MT,
@@ -19,15 +18,11 @@ import {
 // `kindling image pull/push` through the CLI against a real registry, with two KINDLING_HOMEs as two
 // workers: worker A pulls and converts, pushes the converted image; worker B pulls only its index.
 
-const bin = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let reg: TestRegistry;
 let work: string;
 
 function kindling(home: string, args: string[], env: Record<string, string> = {}) {
-  return exec(bin, args, {
-    env: { ...process.env, KINDLING_HOME: path.join(work, home), KINDLING_AUTH_FILE: "/nonexistent", ...env },
-    allowFailure: true,
-  });
+  return runCli(args, { home: path.join(work, home), env: { KINDLING_AUTH_FILE: "/nonexistent", ...env } });
 }
 
 before(async () => {

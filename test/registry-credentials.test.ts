@@ -9,15 +9,15 @@ import { gzipSync } from "node:zlib";
 import { loadConfig } from "../src/config/index.js";
 import { pullFromRegistry } from "../src/registry/pull.js";
 import { registrySettings } from "../src/registry/settings.js";
-import { exec } from "../src/util/exec.js";
+import { runCli } from "./helpers/cli.js";
 import {
+  filesLayout,
   loadOciLayout,
   MT,
   OciLayoutWriter,
   startBearerProxy,
   startRegistry,
   type TestRegistry,
-  tarDir,
 } from "./helpers/registry.js";
 
 // Credentials found where docker, podman and skopeo keep them, a docker-credential-* helper, and
@@ -47,7 +47,7 @@ function isolatedEnv(name: string): Record<string, string> & { HOME: string } {
 }
 
 function kindling(args: string[], env: Record<string, string>, input?: string) {
-  return exec(bin, args, { env, allowFailure: true, input });
+  return runCli(args, { baseEnv: env, input });
 }
 
 /** Pulls in this process with settings from `env` only (the CLI path is covered by the tests below). */
@@ -114,14 +114,7 @@ before(async () => {
   await writeFile(path.join(helperBin, "docker-credential-broken"), BROKEN_HELPER);
   await chmod(path.join(helperBin, "docker-credential-kt"), 0o755);
   await chmod(path.join(helperBin, "docker-credential-broken"), 0o755);
-  const root = path.join(work, "root");
-  await mkdir(root);
-  await writeFile(path.join(root, "hello"), "hi\n");
-  const layout = await OciLayoutWriter.create(path.join(work, "layout"));
-  await layout.tag(
-    await layout.image([{ data: gzipSync(await tarDir(root)), mediaType: MT.layerGzip }]),
-    "v1",
-  );
+  const layout = await filesLayout(path.join(work, "layout"));
   reg = await startRegistry({ auth: "basic", users: { [USER]: PASSWORD } });
   await loadOciLayout(reg, layout.dir, "v1", "private/app");
   ref = `${reg.host}/private/app:v1`;

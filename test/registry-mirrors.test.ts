@@ -3,29 +3,26 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { gzipSync } from "node:zlib";
 import { sha256Digest } from "../src/registry/manifest.js";
 import { originChunkSource } from "../src/registry/mirrored-chunks.js";
 import { pullFromRegistry } from "../src/registry/pull.js";
 import { pushKindlingImage } from "../src/registry/push.js";
 import type { RegistrySettings } from "../src/registry/settings.js";
 import { exec } from "../src/util/exec.js";
+import { runCli } from "./helpers/cli.js";
 import {
   freePort,
+  gzipLayer,
   loadOciLayout,
-  MT,
   OciLayoutWriter,
   startRegistry,
   type TestRegistry,
-  tarDir,
   tinyKindlingImage,
 } from "./helpers/registry.js";
 
 // registries.conf mirrors (one serving, one down) and insecure registries, and --platform on a
 // multi-platform index, against real docker-registry instances.
 
-const bin = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let upstream: TestRegistry;
 let mirror: TestRegistry;
 let down: string; // host:port where nothing listens
@@ -34,11 +31,7 @@ let tmpDir: string;
 /** Manifest digests: what the upstream and the mirror serve for app:v1, and the index entries. */
 const digests: Record<string, string> = {};
 
-async function layer(files: Record<string, string>) {
-  const root = await mkdtemp(path.join(work, "root-"));
-  for (const [name, body] of Object.entries(files)) await writeFile(path.join(root, name), body);
-  return { data: gzipSync(await tarDir(root)), mediaType: MT.layerGzip };
-}
+const layer = (files: Record<string, string>) => gzipLayer(work, files);
 
 /** A registries.conf for the upstream with these mirrors (all plain HTTP, as is the upstream). */
 async function conf(name: string, mirrors: string[]): Promise<string> {
@@ -56,15 +49,9 @@ const settingsFor = (registriesConf: string): RegistrySettings => ({
 });
 
 function kindling(args: string[], env: Record<string, string> = {}) {
-  return exec(bin, args, {
-    env: {
-      ...process.env,
-      KINDLING_HOME: path.join(work, "home"),
-      KINDLING_AUTH_FILE: "/nonexistent",
-      KINDLING_REGISTRIES_CONF: "/nonexistent",
-      ...env,
-    },
-    allowFailure: true,
+  return runCli(args, {
+    home: path.join(work, "home"),
+    env: { KINDLING_AUTH_FILE: "/nonexistent", KINDLING_REGISTRIES_CONF: "/nonexistent", ...env },
   });
 }
 

@@ -1,20 +1,12 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { gzipSync } from "node:zlib";
 import { pullFromRegistry } from "../src/registry/pull.js";
 import { exec } from "../src/util/exec.js";
-import {
-  loadOciLayout,
-  MT,
-  OciLayoutWriter,
-  startRegistry,
-  type TestRegistry,
-  tarDir,
-} from "./helpers/registry.js";
+import { filesLayout, loadOciLayout, startRegistry, type TestRegistry } from "./helpers/registry.js";
 
 // Without --insecure the client speaks HTTPS and checks certificates like any Node program.
 
@@ -24,14 +16,7 @@ before(async () => {
   process.env.KINDLING_AUTH_FILE = "/nonexistent/kindling-auth.json";
   work = await mkdtemp(path.join(os.tmpdir(), "kindling-tls-"));
   reg = await startRegistry({ tls: true });
-  const root = path.join(work, "root");
-  await mkdir(root);
-  await writeFile(path.join(root, "hello"), "hi\n");
-  const layout = await OciLayoutWriter.create(path.join(work, "layout"));
-  await layout.tag(
-    await layout.image([{ data: gzipSync(await tarDir(root)), mediaType: MT.layerGzip }]),
-    "v1",
-  );
+  const layout = await filesLayout(path.join(work, "layout"));
   await loadOciLayout(reg, layout.dir, "v1", "tls/app");
 });
 after(async () => {

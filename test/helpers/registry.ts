@@ -8,6 +8,7 @@ import https from "node:https";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { gzipSync } from "node:zlib";
 import type { RunConfig } from "../../src/image/types.js";
 import { sha256Digest } from "../../src/registry/manifest.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type Digest } from "../../src/store/types.js";
@@ -441,6 +442,35 @@ export async function tarDir(dir: string): Promise<Buffer> {
   } finally {
     await rm(out, { force: true });
   }
+}
+
+/** A gzip-compressed layer of `files` (path -> content), written out under a fresh dir below `work`. */
+export async function gzipLayer(
+  work: string,
+  files: Record<string, string | Buffer>,
+): Promise<{ data: Buffer; mediaType: string }> {
+  const root = await mkdtemp(path.join(work, "layer-root-"));
+  for (const [name, content] of Object.entries(files)) {
+    await mkdir(path.dirname(path.join(root, name)), { recursive: true });
+    await writeFile(path.join(root, name), content);
+  }
+  return { data: gzipSync(await tarDir(root)), mediaType: MT.layerGzip };
+}
+
+/**
+ * An OCI layout at `dir` holding one image of one gzip layer of `files` (default: /hello "hi"),
+ * tagged `tag` (default "v1"); load it into a registry with loadOciLayout.
+ */
+export async function filesLayout(
+  dir: string,
+  files: Record<string, string | Buffer> = { hello: "hi\n" },
+  opts: { tag?: string; config?: Record<string, unknown> } = {},
+): Promise<{ dir: string; image: Descriptor }> {
+  await mkdir(path.dirname(dir), { recursive: true });
+  const layout = await OciLayoutWriter.create(dir);
+  const image = await layout.image([await gzipLayer(path.dirname(dir), files)], { config: opts.config });
+  await layout.tag(image, opts.tag ?? "v1");
+  return { dir, image };
 }
 
 /** zstd-compresses a buffer with the zstd CLI (Node 20's zlib has no zstd). */

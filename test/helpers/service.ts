@@ -10,7 +10,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { load } from "js-yaml";
 import { Kindling } from "../../src/client/index.js";
-import { exec } from "../../src/util/exec.js";
+import { runCli } from "./cli.js";
 import { REPO } from "./fixtures.js";
 
 export const KINDLING = path.join(REPO, "bin", "kindling");
@@ -225,9 +225,5 @@ export async function apiCall(
 
 /** `kindling ARGS` with this home; never throws on a non-zero status. */
 export async function cli(home: string, args: string[], input?: string) {
-  return exec(process.execPath, [KINDLING, ...args], {
-    env: { ...process.env, KINDLING_HOME: home, KINDLING_SOCKET: "" },
-    allowFailure: true,
-    input,
-  });
+  return runCli(args, { home, env: { KINDLING_SOCKET: "" }, input });
 }
