@@ -94,11 +94,12 @@ async function main(): Promise<void> {
       uid: 0,
       gid: 0,
       additionalGids: [],
-      hostname: "b",
     };
     await writeFile(
       path.join(bundle, "config.json"),
-      JSON.stringify(buildOciSpec({ process: proc, rootfs: plain, volumes: [], nofile: 1024 })),
+      JSON.stringify(
+        buildOciSpec({ process: proc, hostname: "b", rootfs: plain, volumes: [], nofile: 1024 }),
+      ),
     );
     // The entry before lazy command loading: every command module first, then main.
     const modules = [

@@ -16,9 +16,9 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { buildOciSpec } from "../src/runtime/oci.js";
 import { RUNC, RUNSC } from "../src/runtime/oci-runtime.js";
 import { parseRunOptions } from "../src/runtime/options.js";
-import { getRuntime } from "../src/runtime/registry.js";
 import { mountOverlayRootfs } from "../src/runtime/rootfs.js";
 import { RunDir } from "../src/runtime/rundir.js";
+import { getRuntime } from "../src/runtime/runtimes.js";
 import { buildBusyboxTree, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { findBinary } from "../src/runtime/which.js";
 import { exec } from "../src/util/exec.js";
@@ -79,14 +79,13 @@ async function main(): Promise<void> {
       uid: 0,
       gid: 0,
       additionalGids: [],
-      hostname: "bench",
     };
     await exec("mkdir", ["-p", plainBundle]);
     for (const [bundle, rootfs] of [
       [overlayBundle, "rootfs"],
       [plainBundle, plain],
     ]) {
-      const spec = buildOciSpec({ process: process_, rootfs, volumes: [], nofile });
+      const spec = buildOciSpec({ process: process_, hostname: "bench", rootfs, volumes: [], nofile });
       await writeFile(path.join(bundle, "config.json"), JSON.stringify(spec));
     }
     const state = path.join(tmp, "runc-state");

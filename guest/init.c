@@ -41,7 +41,8 @@
 #include <linux/magic.h>
 #include <linux/vm_sockets.h>
 
-/* 2: START carries the supplementary groups (list<u32> after gid); 3: NETWORK (eth0, resolv.conf) */
+/* 2: START carries the supplementary groups (list<u32> after gid); 3: NETWORK (eth0, resolv.conf) and
+   FAILED's step (where a START failed) */
 #define PROTO_VERSION 3
 #define HDR_LEN 12
 #define MAX_PAYLOAD (1u << 20)
@@ -396,7 +397,10 @@ static void out_bytes(struct out *o, const char *s) {
   o->len += n;
 }
 
-static void send_failed(uint32_t id, int err, const char *fmt, ...) {
+/* FAILED's step: where a START failed (0: before the child ran, e.g. fork, pipes, a refused START). */
+enum { STEP_NONE = 0, STEP_STDIO = 1, STEP_CHDIR = 2, STEP_CREDENTIALS = 3, STEP_EXEC = 4 };
+
+static void send_failed_at(uint32_t id, int err, uint32_t step, const char *fmt, ...) {
   char msg[600];
   va_list ap;
   va_start(ap, fmt);
@@ -405,8 +409,10 @@ static void send_failed(uint32_t id, int err, const char *fmt, ...) {
   struct out o = {.len = 0};
   out_u32(&o, (uint32_t)err);
   out_bytes(&o, msg);
+  out_u32(&o, step);
   send_frame(T_FAILED, id, o.data, o.len);
 }
+#define send_failed(id, err, ...) send_failed_at(id, err, STEP_NONE, __VA_ARGS__)
 
 static void send_ready(void) {
   struct utsname u;
@@ -705,7 +711,8 @@ static pid_t spawn_child(uint32_t id, struct start_req *q, int in[2], int out[2]
   int info[2] = {0, 0};
   if (read(ep[0], info, sizeof info) != (ssize_t)sizeof info) return pid;
   const char *what = info[0] == 1 ? q->cwd : q->argv[0];
-  send_failed(id, info[1], "cannot %s %s: %s", steps[info[0] & 3], what, strerror(info[1]));
+  send_failed_at(id, info[1], (uint32_t)(info[0] & 3) + STEP_STDIO, "cannot %s %s: %s", steps[info[0] & 3], what,
+                 strerror(info[1]));
   return -1;
 }
 

@@ -1,5 +1,5 @@
 /**
- * bootFirecrackerVm/runInFirecrackerVm against the test double, with the guest agent played by this test
+ * The Firecracker Vmm (boot -> BootedVm) against the test double, with the guest agent played by this test
  * over the agent wire format (docs/guest.md): the whole host path a `kindling run --runtime firecracker`
  * takes, minus a real VMM and guest.
  */
@@ -17,7 +17,7 @@ import {
   PayloadWriter,
   PROTOCOL_VERSION,
 } from "../src/vm/agent/protocol.js";
-import { bootFirecrackerVm, runInFirecrackerVm } from "../src/vm/firecracker/run.js";
+import { bootFirecrackerVm, FirecrackerVmm } from "../src/vm/firecracker/backend.js";
 import { alive, type Fixture, makeFixture } from "./helpers/firecracker-fixtures.js";
 
 let fx: Fixture;
@@ -71,7 +71,7 @@ async function fakeAgent(opts: { ready?: boolean } = {}): Promise<{ log: GuestLo
   return { log, close: () => server.close() };
 }
 
-test("runInFirecrackerVm: boot to READY, run a process, stream its output, power off; nothing left", async () => {
+test("FirecrackerVmm: boot to READY, run a process, stream its output, power off; nothing left", async () => {
   const guest = await fakeAgent();
   const stdout = new PassThrough();
   let out = "";
@@ -83,18 +83,20 @@ test("runInFirecrackerVm: boot to READY, run a process, stream its output, power
   });
   let pid = 0;
   try {
-    const res = await runInFirecrackerVm({
-      spec,
-      process: { args: ["exit", "7"], env: ["PATH=/bin"] },
-      stdout,
-      firecracker: { firecrackerBin: fx.fakeBin, bootTimeoutMs: 10_000 },
-      onBoot: (vm) => {
-        pid = vm.pid;
-      },
+    const vmm = new FirecrackerVmm({
+      firecrackerBin: fx.fakeBin,
+      bootTimeoutMs: 10_000,
     });
-    assert.equal(res.exitCode, 7);
-    assert.equal(res.timedOut, false);
-    assert.ok(res.bootMs > 0);
+    const vm = await vmm.boot(spec);
+    try {
+      pid = vm.pid;
+      assert.equal(vm.vmm, "firecracker");
+      assert.ok(vm.bootMs > 0);
+      const proc = await vm.agent.start({ args: ["exit", "7"], env: ["PATH=/bin"] }, { stdout });
+      assert.equal((await proc.exited).status, 7);
+    } finally {
+      await vm.close();
+    }
   } finally {
     guest.close();
   }

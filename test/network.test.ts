@@ -33,8 +33,8 @@ import {
 import { resolveImage } from "../src/runtime/image.js";
 import { type RunHandle, runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { runtimeFor } from "../src/runtime/registry.js";
 import { cleanupStaleRuns, readOwner } from "../src/runtime/rundir.js";
+import { runtimeFor } from "../src/runtime/runtimes.js";
 import { buildBusyboxTree, leftovers, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";

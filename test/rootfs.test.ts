@@ -6,7 +6,9 @@ import path from "node:path";
 import { test } from "node:test";
 import { pickDefaultVmm } from "../src/doctor/index.js";
 import { parseRunOptions } from "../src/runtime/options.js";
-import { DriveTable, guestDiskName, QEMU_MAX_VIRTIO_DEVICES } from "../src/vm/rootfs/drives.js";
+import { FIRECRACKER_TRAITS } from "../src/vm/firecracker/backend.js";
+import { QEMU_MAX_VIRTIO_DEVICES, QEMU_TRAITS } from "../src/vm/qemu.js";
+import { DriveTable, guestDiskName } from "../src/vm/rootfs/drives.js";
 import { byDepth } from "../src/vm/rootfs/hostmounts.js";
 import { ext4Size, parseSize } from "../src/vm/rootfs/images.js";
 
@@ -40,9 +42,10 @@ test("DriveTable: root first, names in order, QEMU's device limit counts shares 
   );
   const full = new DriveTable();
   for (let i = 0; i < QEMU_MAX_VIRTIO_DEVICES - 1; i++) full.add(`d${i}`, "/f", true, i === 0);
-  full.check("qemu", 0); // 22 drives + the agent port: fits
-  assert.throws(() => full.check("qemu", 1), /too many devices for QEMU microvm: 22 drives, 1 shares/);
-  full.check("firecracker", 0);
+  const qemu = { traits: QEMU_TRAITS };
+  full.check(qemu, 0); // 22 drives + the agent port: fits
+  assert.throws(() => full.check(qemu, 1), /too many devices for QEMU microvm: 22 drives, 1 shares/);
+  full.check({ traits: FIRECRACKER_TRAITS }, 0);
 });
 
 test("sizes: --disk values, ext4 headroom", () => {

@@ -8,8 +8,8 @@ import type { RunConfig } from "../src/image/types.js";
 import { buildOciSpec } from "../src/runtime/oci.js";
 import { parseRunOptions } from "../src/runtime/options.js";
 import { buildProcessSpec, mergeEnv, resolveArgs } from "../src/runtime/process.js";
-import { getRuntime, runtimeFor } from "../src/runtime/registry.js";
 import { resolveInRoot } from "../src/runtime/rootpath.js";
+import { getRuntime, runtimeFor } from "../src/runtime/runtimes.js";
 import { exitStatusOf } from "../src/runtime/status.js";
 import { parseGroup, parsePasswd, resolveUser, type UserDb } from "../src/runtime/users.js";
 import { decodeBytes, encodeBytes, rawArgv } from "../src/util/bytestring.js";
@@ -184,6 +184,7 @@ test("the OCI spec carries args, env, cwd, user, mounts, limits and rlimits", as
   const p = buildProcessSpec(config, o, users, "host");
   const spec = buildOciSpec({
     process: p,
+    hostname: "host",
     rootfs: "rootfs",
     volumes: o.volumes,
     memoryMiB: o.memoryMiB,
@@ -214,7 +215,14 @@ test("the OCI spec carries args, env, cwd, user, mounts, limits and rlimits", as
   }
   assert.equal(spec.linux.seccomp?.defaultAction, "SCMP_ACT_ALLOW");
   assert.ok(spec.linux.seccomp?.syscalls.some((r) => r.names.includes("unshare")));
-  const unfiltered = buildOciSpec({ process: p, rootfs: "rootfs", volumes: [], nofile: 1, seccomp: false });
+  const unfiltered = buildOciSpec({
+    process: p,
+    hostname: "host",
+    rootfs: "rootfs",
+    volumes: [],
+    nofile: 1,
+    seccomp: false,
+  });
   assert.equal(unfiltered.linux.seccomp, undefined);
   assert.deepEqual(
     spec.linux.namespaces.map((n) => n.type),

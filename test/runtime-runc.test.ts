@@ -8,8 +8,8 @@ import { fileURLToPath } from "node:url";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { getRuntime, runtimeFor } from "../src/runtime/registry.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
+import { getRuntime, runtimeFor } from "../src/runtime/runtimes.js";
 import { buildBusyboxTree, leftovers, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { KindlingHome } from "../src/util/home.js";
 

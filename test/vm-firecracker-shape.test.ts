@@ -15,7 +15,7 @@ import { buildBusyboxTree, leftovers, readAll } from "../src/runtime/testing.js"
 import { VmRuntime } from "../src/runtime/vm-runtime.js";
 import { exec } from "../src/util/exec.js";
 import { prepareGuestBoot } from "../src/vm/kernel.js";
-import { bootVm } from "../src/vm/qemu.js";
+import { bootQemuVm } from "../src/vm/qemu.js";
 import { within } from "./helpers/bounded.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
@@ -99,7 +99,7 @@ test("the reboot ending: POWEROFF makes the guest reboot (i8042 reset) and QEMU 
   await buildBusyboxTree(tree);
   const image = path.join(t.tmp, "root.sqfs");
   await exec("mksquashfs", [tree, image, "-noappend", "-quiet"]);
-  const vm = await bootVm(
+  const vm = await bootQemuVm(
     {
       ...boot,
       memoryMiB: 128,

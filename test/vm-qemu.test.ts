@@ -10,13 +10,25 @@ import path from "node:path";
 import { Readable, Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { resolveImage } from "../src/runtime/image.js";
+import { runContainer } from "../src/runtime/lifecycle.js";
+import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import { runtimeFor } from "../src/runtime/runtimes.js";
+import { readAll } from "../src/runtime/testing.js";
+import { startFailureStatus } from "../src/runtime/vm-runtime.js";
 import { KindlingError } from "../src/util/errors.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
-import type { GuestProcess } from "../src/vm/agent/client.js";
-import { MAX_GROUPS, MsgType, PayloadWriter } from "../src/vm/agent/protocol.js";
+import { type GuestProcess, StartFailedError } from "../src/vm/agent/client.js";
+import {
+  type GuestConfig,
+  MAX_GROUPS,
+  MsgType,
+  PayloadWriter,
+  type StartSpec,
+} from "../src/vm/agent/protocol.js";
 import { prepareGuestBoot } from "../src/vm/kernel.js";
-import { bootVm, type QemuVm, runInVm } from "../src/vm/qemu.js";
+import { bootQemuVm, type QemuVm, QemuVmm } from "../src/vm/qemu.js";
 import type { VmSpec } from "../src/vm/spec.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -26,6 +38,8 @@ const home = new KindlingHome(
 ).ensure();
 let tmp: string;
 let rootImage: string;
+/** A home for `kindling run` (its run dirs), sharing the kernel cache. */
+let runHome: KindlingHome;
 let baseSpec: (name: string) => VmSpec;
 
 /** A collecting Writable; `delayMs` makes it a slow consumer to exercise flow control. */
@@ -72,6 +86,9 @@ async function runningQemuPids(): Promise<number[]> {
 before(async () => {
   tmp = await mkdtemp("/tmp/kindling-vm-test-");
   rootImage = await buildBusyboxRoot(tmp);
+  runHome = new KindlingHome(path.join(tmp, "home")).ensure();
+  await rm(runHome.kernel, { recursive: true, force: true });
+  await symlink(home.kernel, runHome.kernel);
   const boot = await prepareGuestBoot(home, { boot: { tmpfsSize: "64m" } });
   baseSpec = (name) => ({
     ...boot,
@@ -94,7 +111,7 @@ describe("one VM, many processes", () => {
   let vm: QemuVm;
 
   before(async () => {
-    vm = await bootVm(baseSpec("shared"), { home });
+    vm = await bootQemuVm(baseSpec("shared"), { home });
     process.stderr.write(`# boot (spawn -> agent READY) under ${vm.accel}: ${vm.bootMs} ms\n`);
     await vm.agent.configure({
       hostname: "kindling-test",
@@ -290,36 +307,75 @@ describe("one VM, many processes", () => {
     assert.equal(r.out.toString(), "persisted-in-this-vm\n1\n0x9\nping-ok\n");
   });
 
-  test("a command that cannot start is a clear error", async () => {
-    await assert.rejects(vm.agent.start({ args: ["/no/such/program"], env: [PATH] }), /No such file/);
-    await assert.rejects(vm.agent.start({ args: ["true"], env: [PATH], cwd: "/nonexistent" }), /chdir/);
+  test("a command that cannot start is a clear error carrying its errno and step (126/127 without the text)", async () => {
+    const failure = (p: Promise<unknown>) =>
+      p.then(
+        () => assert.fail("started"),
+        (e: Error) => {
+          assert.ok(e instanceof StartFailedError, String(e));
+          return e;
+        },
+      );
+    const missing = await failure(vm.agent.start({ args: ["/no/such/program"], env: [PATH] }));
+    assert.match(missing.message, /No such file/);
+    assert.deepEqual([missing.errno, missing.step, startFailureStatus(missing)], [2, "exec", 127]);
+    const badCwd = await failure(vm.agent.start({ args: ["true"], env: [PATH], cwd: "/nonexistent" }));
+    assert.match(badCwd.message, /chdir/);
+    assert.deepEqual([badCwd.errno, badCwd.step, startFailureStatus(badCwd)], [2, "chdir", 126]);
+    const notExec = await failure(vm.agent.start({ args: ["/etc/passwd"], env: [PATH] }));
+    assert.deepEqual([notExec.errno, notExec.step, startFailureStatus(notExec)], [13, "exec", 126]);
   });
 });
 
-test("runInVm: a fresh VM does not see the previous VM's writes; --timeout stops the VM", async () => {
-  const out = sink();
-  const t0 = Date.now();
-  const r = await runInVm({
-    spec: baseSpec("timeout"),
-    qemu: { home },
-    process: {
-      // no hostname configured: no /etc/hostname is written
-      args: [
-        "sh",
-        "-c",
-        "test -e /marker && echo leaked || echo clean; test -e /etc/hostname || echo none; sleep 100",
-      ],
-      env: [PATH],
-    },
-    stdout: out,
-    stderr: process.stderr,
-    timeoutMs: 4000,
+/** `kindling run` of the busybox root (a SquashFS path: no import) through the real runtime path. */
+async function runContainerOf(command: string[], flags: RawRunFlags) {
+  const options = await parseRunOptions(rootImage, command, { runtime: "qemu", ...flags });
+  const handle = runContainer({
+    home: runHome,
+    options,
+    image: await resolveImage(runHome, rootImage),
+    runtime: await runtimeFor(options),
+    stdio: { stdout: "pipe", stderr: "pipe" },
   });
-  assert.equal(out.data().toString(), "clean\nnone\n");
-  assert.equal(r.timedOut, true);
-  assert.equal(r.exitCode, 137);
-  assert.ok(Date.now() - t0 < 60_000);
+  return handle;
+}
+
+/** Boots `spec`, sends CONFIGURE when given, runs one process to its end, and always closes the VM. */
+async function bootAndRun(
+  spec: VmSpec,
+  opts: { guest?: GuestConfig; process: StartSpec; stdout?: Writable; stderr?: Writable },
+) {
+  const vm = await new QemuVmm({ home }).boot(spec);
+  try {
+    if (opts.guest) await vm.agent.configure(opts.guest);
+    const p = await vm.agent.start(opts.process, { stdout: opts.stdout, stderr: opts.stderr });
+    return { ...(await p.exited), bootMs: vm.bootMs };
+  } finally {
+    await vm.close();
+  }
+}
+
+test("run: a fresh VM does not see the previous VM's writes; --timeout stops the process", async () => {
+  const handle = await runContainerOf(
+    ["sh", "-c", "test -e /marker && echo leaked || echo clean; sleep 100"],
+    { timeout: "4" },
+  );
+  const s = await handle.started;
+  const [out, , r] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
+  assert.equal(out, "clean\n");
+  assert.equal(r.stoppedBy, "timeout");
+  assert.equal(r.status, 143);
   assert.deepEqual(await runningQemuPids(), []);
+});
+
+test("a guest without CONFIGURE's hostname gets no /etc/hostname", async () => {
+  const out = sink();
+  const r = await bootAndRun(baseSpec("no-hostname"), {
+    process: { args: ["sh", "-c", "test -e /etc/hostname || echo none"], env: [PATH] },
+    stdout: out,
+  });
+  assert.equal(r.status, 0);
+  assert.equal(out.data().toString(), "none\n");
 });
 
 /** A squashfs of the busybox root changed by `edit` (a copy of the tree; the shared image is untouched). */
@@ -332,58 +388,55 @@ async function variantRoot(name: string, edit: (root: string) => Promise<void>):
   return image;
 }
 
-test("runInVm: exit status and output of a short run; an image without /etc gets the hostname files", async () => {
+test("exit status and output of a short run; an image without /etc gets the hostname files", async () => {
   const noEtc = await variantRoot("no-etc", (root) => rm(path.join(root, "etc"), { recursive: true }));
   const out = sink();
-  const r = await runInVm({
-    spec: { ...baseSpec("short"), drives: [{ id: "root", path: noEtc, readOnly: true, isRoot: true }] },
-    qemu: { home },
-    guest: { hostname: "box" },
-    process: {
-      args: [
-        "sh",
-        "-c",
-        "hostname; cat /etc/hostname; grep -c '^127.0.1.1\tbox$' /etc/hosts; ls -ld /etc | cut -c1-10; exit 7",
-      ],
-      env: [PATH],
+  const r = await bootAndRun(
+    { ...baseSpec("short"), drives: [{ id: "root", path: noEtc, readOnly: true, isRoot: true }] },
+    {
+      guest: { hostname: "box" },
+      process: {
+        args: [
+          "sh",
+          "-c",
+          "hostname; cat /etc/hostname; grep -c '^127.0.1.1\tbox$' /etc/hosts; ls -ld /etc | cut -c1-10; exit 7",
+        ],
+        env: [PATH],
+      },
+      stdout: out,
     },
-    stdout: out,
-  });
-  assert.equal(r.exitCode, 7);
+  );
+  assert.equal(r.status, 7);
   assert.equal(out.data().toString(), "box\nbox\n1\ndrwxr-xr-x\n");
-  process.stderr.write(`# runInVm boot: ${r.bootMs} ms\n`);
+  process.stderr.write(`# boot: ${r.bootMs} ms\n`);
 });
 
-test("runInVm: an abort signal kills the process, then the VM", async () => {
-  const ac = new AbortController();
-  const out = sink();
-  const t0 = Date.now();
-  const r = await runInVm({
-    spec: baseSpec("abort"),
-    qemu: { home },
-    process: { args: ["sh", "-c", "echo running; sleep 100"], env: [PATH] },
-    stdout: out,
-    signal: ac.signal,
-    onBoot: () => setTimeout(() => ac.abort(), 500),
-  });
-  assert.equal(r.exitCode, 137);
-  assert.equal(r.timedOut, false);
-  assert.ok(Date.now() - t0 < 60_000);
+test("run: a stop request (Ctrl-C) stops the process, then the VM", async () => {
+  const handle = await runContainerOf(["sh", "-c", "echo running; sleep 100"], {});
+  const s = await handle.started;
+  let text = "";
+  await new Promise<void>((resolve) =>
+    s.stdout!.on("data", (d: Buffer) => {
+      text += d;
+      if (text.includes("running")) resolve();
+    }),
+  );
+  s.stderr!.resume();
+  handle.stop("SIGINT");
+  const [rest, r] = await Promise.all([readAll(s.stdout), handle.result]);
+  assert.equal(text + rest, "running\n");
+  assert.equal(r.stoppedBy, "SIGINT");
+  assert.equal(r.status, 143);
   assert.deepEqual(await runningQemuPids(), []);
 });
 
 test("an /etc/hosts that cannot be written fails CONFIGURE with the reason", async () => {
   const hostsDir = await variantRoot("hosts-dir", (root) => mkdir(path.join(root, "etc", "hosts")));
   await assert.rejects(
-    runInVm({
-      spec: {
-        ...baseSpec("hosts-dir"),
-        drives: [{ id: "root", path: hostsDir, readOnly: true, isRoot: true }],
-      },
-      qemu: { home },
-      guest: { hostname: "box" },
-      process: { args: ["true"], env: [PATH] },
-    }),
+    bootAndRun(
+      { ...baseSpec("hosts-dir"), drives: [{ id: "root", path: hostsDir, readOnly: true, isRoot: true }] },
+      { guest: { hostname: "box" }, process: { args: ["true"], env: [PATH] } },
+    ),
     (e: Error) => {
       assert.ok(e instanceof KindlingError, String(e));
       assert.match(e.message, /guest setup failed: write \/etc\/hosts: Is a directory/);
@@ -396,7 +449,7 @@ test("an /etc/hosts that cannot be written fails CONFIGURE with the reason", asy
 test("a guest kernel panic is a clear error with the console's last lines", async () => {
   const spec = baseSpec("panic");
   spec.cmdline += " rdinit=/nonexistent root=/dev/null";
-  const err = await bootVm(spec, { home, bootTimeoutMs: 60_000 }).then(
+  const err = await bootQemuVm(spec, { home, bootTimeoutMs: 60_000 }).then(
     () => null,
     (e: Error) => e,
   );
@@ -408,19 +461,13 @@ test("a guest kernel panic is a clear error with the console's last lines", asyn
 });
 
 test("a kernel panic while the process runs is a clear error, and the VM is gone", async () => {
-  await assert.rejects(
-    runInVm({
-      spec: baseSpec("midrun-panic"),
-      qemu: { home },
-      process: { args: ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 100"], env: [PATH] },
-    }),
-    (e: Error) => {
-      assert.ok(e instanceof KindlingError);
-      assert.match(e.message, /guest kernel panic/);
-      assert.match(e.message, /sysrq/i);
-      return true;
-    },
-  );
+  const handle = await runContainerOf(["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 100"], {});
+  await assert.rejects(handle.result, (e: Error) => {
+    assert.ok(e instanceof KindlingError);
+    assert.match(e.message, /guest kernel panic/);
+    assert.match(e.message, /sysrq/i);
+    return true;
+  });
   assert.deepEqual(await runningQemuPids(), []);
 });
 
@@ -431,7 +478,7 @@ test("a garbage root drive fails the boot with the init's reason", async () => {
     ...baseSpec("garbage"),
     drives: [{ id: "root", path: garbage, readOnly: true, isRoot: true }],
   };
-  await assert.rejects(bootVm(spec, { home }), (e: Error) => {
+  await assert.rejects(bootQemuVm(spec, { home }), (e: Error) => {
     assert.ok(e instanceof KindlingError);
     assert.match(e.message, /guest init failed: mount root \/dev\/vda/);
     assert.match(e.message, /FATAL: mount root \/dev\/vda/);
@@ -442,7 +489,7 @@ test("a garbage root drive fails the boot with the init's reason", async () => {
 
 test("a boot deadline is enforced", async () => {
   await assert.rejects(
-    bootVm(baseSpec("deadline"), { home, bootTimeoutMs: 300 }),
+    bootQemuVm(baseSpec("deadline"), { home, bootTimeoutMs: 300 }),
     /no agent READY within 300 ms/,
   );
   assert.deepEqual(await runningQemuPids(), []);
@@ -480,9 +527,7 @@ test("an ext4 root, ro and rw drives by device, a scratch disk as the writable l
   };
   const out = sink();
   const err = sink();
-  const r = await runInVm({
-    spec,
-    qemu: { home },
+  const r = await bootAndRun(spec, {
     guest: {
       mounts: [
         { kind: "block", source: "/dev/vdb", target: "/mnt/data", fstype: "ext4", readOnly: true },
@@ -505,7 +550,7 @@ test("an ext4 root, ro and rw drives by device, a scratch disk as the writable l
     stdout: out,
     stderr: err,
   });
-  assert.equal(r.exitCode, 0, err.data().toString());
+  assert.equal(r.status, 0, err.data().toString());
   const lines = out.data().toString().split("\n");
   assert.deepEqual(lines.slice(0, 4), ["from a read-only ext4 drive", "host file", "ro-data", "1"]);
   assert.equal(await readFile(path.join(shared, "out.txt"), "utf8"), "guest\n");
@@ -525,9 +570,9 @@ test("an ext4 root, ro and rw drives by device, a scratch disk as the writable l
 test("QEMU dies with the Node process that started it, even on SIGKILL", async () => {
   const stateDir = path.join(tmp, "orphan");
   const script = `
-    import { bootVm } from ${JSON.stringify(path.join(repo, "dist/src/vm/qemu.js"))};
+    import { bootQemuVm } from ${JSON.stringify(path.join(repo, "dist/src/vm/qemu.js"))};
     const spec = JSON.parse(process.argv[1]);
-    const vm = await bootVm(spec, { accel: "tcg" });
+    const vm = await bootQemuVm(spec, { accel: "tcg" });
     process.stdout.write(vm.pid + "\\n");
     setInterval(() => {}, 1000);
   `;

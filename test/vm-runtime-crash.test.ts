@@ -12,8 +12,8 @@ import { cleanupStale } from "../src/lazy/index.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
-import { runtimeFor } from "../src/runtime/registry.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
+import { runtimeFor } from "../src/runtime/runtimes.js";
 import { leftovers } from "../src/runtime/testing.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 

@@ -12,7 +12,7 @@ import { after, before, test } from "node:test";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { runtimeFor } from "../src/runtime/registry.js";
+import { runtimeFor } from "../src/runtime/runtimes.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import {
   decodeStart,

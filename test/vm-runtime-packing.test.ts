@@ -13,11 +13,12 @@ import { importImage } from "../src/image/import.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
-import { runtimeFor } from "../src/runtime/registry.js";
 import { RunDir } from "../src/runtime/rundir.js";
+import { runtimeFor } from "../src/runtime/runtimes.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import type { Container, Runtime } from "../src/runtime/types.js";
 import { Scope } from "../src/util/scope.js";
+import { FIRECRACKER_TRAITS } from "../src/vm/firecracker/backend.js";
 import { prepareRootfs } from "../src/vm/rootfs/strategies.js";
 import { fixture } from "./helpers/fixtures.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
@@ -100,7 +101,7 @@ async function prepOnly(n: number, packing: "pack" | "per-mount"): Promise<numbe
       scope,
       image,
       volumes: options.volumes,
-      vmm: "firecracker",
+      vmm: { name: "firecracker", traits: FIRECRACKER_TRAITS },
       memoryMiB: 512,
       packing,
       warn: () => {},

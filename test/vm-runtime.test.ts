@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { runtimeFor } from "../src/runtime/registry.js";
+import { runtimeFor } from "../src/runtime/runtimes.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
 import { kindlingRaw } from "./helpers/rawbytes.js";

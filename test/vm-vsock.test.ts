@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { prepareGuestBoot } from "../src/vm/kernel.js";
-import { bootVm, type QemuVm, VHOST_VSOCK } from "../src/vm/qemu.js";
+import { bootQemuVm, type QemuVm, VHOST_VSOCK } from "../src/vm/qemu.js";
 import type { VmSpec } from "../src/vm/spec.js";
 import { within } from "./helpers/bounded.js";
 
@@ -94,7 +94,7 @@ after(async () => {
 describe("one VM with the agent over vsock", () => {
   let vm: QemuVm;
   before(async () => {
-    vm = await bootVm(await spec("shared"), { home, agent: "vsock" });
+    vm = await bootQemuVm(await spec("shared"), { home, agent: "vsock" });
     process.stderr.write(`# boot over vsock (spawn -> agent READY) under ${vm.accel}: ${vm.bootMs} ms\n`);
   });
   after(async () => {
@@ -176,7 +176,7 @@ test("a guest that never connects over vsock: a clear error with the console tai
   const s = await spec("never", ["kindling.agent_port=1999"]);
   s.cmdline = s.cmdline.replace("kindling.agent_port=1024 ", "");
   await assert.rejects(
-    bootVm(s, { home, agent: "vsock", bootTimeoutMs: 45_000 }),
+    bootQemuVm(s, { home, agent: "vsock", bootTimeoutMs: 45_000 }),
     (e: Error) =>
       /did not connect to the host over vsock port 1024/.test(e.message) &&
       /last console lines/.test(e.message) &&
@@ -191,7 +191,7 @@ test("a guest that never connects over vsock: a clear error with the console tai
 });
 
 test("vhost-device-vsock dying mid-run: the process fails at once with a clear error; nothing is left", async () => {
-  const vm = await bootVm(await spec("dies"), { home, agent: "vsock" });
+  const vm = await bootQemuVm(await spec("dies"), { home, agent: "vsock" });
   try {
     const p = await vm.agent.start({ args: ["sleep", "600"], env: ["PATH=/bin"] }, {});
     const [pid] = await pidsMatching(VHOST_VSOCK);

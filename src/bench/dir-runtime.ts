@@ -35,6 +35,7 @@ export class DirRuntime implements Runtime {
     const proc = buildProcessSpec(req.image.config, req.options, await readUserDb(this.tree), req.id);
     const spec = buildOciSpec({
       process: proc,
+      hostname: req.id,
       rootfs: this.tree,
       volumes: req.options.volumes,
       nofile: 1024,

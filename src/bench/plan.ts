@@ -2,7 +2,7 @@
  * What `kindling bench` runs: the note's testing plan (image sizes x bind mounts x runtimes and
  * rootfs strategies x cold/warm), narrowed by --quick and --filter, minus what this host lacks.
  */
-import { getRuntime } from "../runtime/registry.js";
+import { getRuntime } from "../runtime/runtimes.js";
 import type { RootfsStrategy, Runtime, RuntimeName } from "../runtime/types.js";
 import { findBinary } from "../runtime/which.js";
 import { errorMessage } from "../util/errors.js";

@@ -7,7 +7,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseRunOptions } from "../runtime/options.js";
-import { getRuntime } from "../runtime/registry.js";
+import { getRuntime } from "../runtime/runtimes.js";
 import type { RootfsStrategy, Runtime } from "../runtime/types.js";
 import { errorMessage } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";

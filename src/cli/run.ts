@@ -3,7 +3,7 @@ import { configure } from "../config/index.js";
 import { resolveImage } from "../runtime/image.js";
 import { runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
-import { runtimeFor } from "../runtime/registry.js";
+import { runtimeFor } from "../runtime/runtimes.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 

@@ -119,6 +119,7 @@ export class OciRuntime implements Runtime {
     await runDir.setNetwork(net.info);
     const spec = buildOciSpec({
       process: proc,
+      hostname,
       rootfs: "rootfs",
       volumes: options.volumes,
       netns: mode === "host" ? "host" : net.netnsPath,

@@ -38,7 +38,8 @@ export interface OciSpec {
 }
 
 export interface OciSpecInput {
-  process: ProcessSpec;
+  process: Required<ProcessSpec>;
+  hostname: string;
   /** Bundle-relative or absolute path of the rootfs. */
   rootfs: string;
   volumes: VolumeSpec[];
@@ -150,7 +151,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
       noNewPrivileges: false,
     },
     root: { path: input.rootfs, readonly: false },
-    hostname: p.hostname,
+    hostname: input.hostname,
     // Kindling's own binds first so a user's -v on the same path wins (later mounts cover earlier).
     mounts: [...defaultMounts(), ...(input.extraBinds ?? []).map(bind), ...input.volumes.map(bind)],
     linux: {

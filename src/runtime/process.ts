@@ -31,13 +31,13 @@ export function mergeEnv(...lists: string[][]): string[] {
   return [...out.values()];
 }
 
-/** The process spec for a container: image config merged with the flags (flags win). */
+/** The process spec for a container: image config merged with the flags (flags win); every field set. */
 export function buildProcessSpec(
   config: RunConfig,
   opts: RunOptions,
   users: UserDb,
   hostname: string,
-): ProcessSpec {
+): Required<ProcessSpec> {
   const args = resolveArgs(config, opts);
   const user = resolveUser(opts.user ?? parseImageUser(config.user), users);
   const cwd = opts.workdir ?? (config.workingDir || "/");
@@ -52,6 +52,5 @@ export function buildProcessSpec(
     uid: user.uid,
     gid: user.gid,
     additionalGids: user.additionalGids,
-    hostname,
   };
 }

@@ -4,7 +4,7 @@ import type { NetworkMode, PortMapping } from "../network/types.js";
 import type { Scope } from "../util/scope.js";
 import type { RunDir } from "./rundir.js";
 
-/** Every runtime `kindling run --runtime` names; VM runtimes are dispatched but not implemented yet. */
+/** Every runtime `kindling run --runtime` names (runtimes.ts: what implements each). */
 export const RUNTIME_NAMES = ["runc", "runsc", "qemu", "firecracker"] as const;
 export type RuntimeName = (typeof RUNTIME_NAMES)[number];
 
@@ -62,16 +62,8 @@ export interface RunOptions {
   agent?: "vsock" | "serial";
 }
 
-/** The process to run, after merging the image config with the flags. */
-export interface ProcessSpec {
-  args: string[];
-  env: string[];
-  cwd: string;
-  uid: number;
-  gid: number;
-  additionalGids: number[];
-  hostname: string;
-}
+/** The process to run: the one description every runtime uses (runc's config.json, the agent's START). */
+export type { ProcessSpec } from "../vm/spec.js";
 
 /** An opened block image file. */
 export interface OpenBlockImage {

@@ -1,8 +1,9 @@
 /**
  * `kindling run --runtime qemu|firecracker`: the container is a microVM. prepare() builds the rootfs
- * (src/vm/rootfs: --rootfs lazy|squashfs|copy|virtiofs), boots the VM and sends CONFIGURE (hostname,
- * mounts); start() runs the merged process through the guest agent; its stdout/stderr are piped like
- * runc's, so the lifecycle (timeout, Ctrl-C, exit status) is the same.
+ * (src/vm/rootfs: --rootfs lazy|squashfs|copy|virtiofs), boots the VM through the Vmm interface
+ * (src/vm/vmm.ts; no backend-specific code here) and sends NETWORK and CONFIGURE (hostname, mounts);
+ * start() runs the merged process through the guest agent; its stdout/stderr are piped like runc's, so
+ * the lifecycle (timeout, Ctrl-C, exit status) is the same.
  */
 import { constants } from "node:os";
 import path from "node:path";
@@ -16,22 +17,15 @@ import { wireTap } from "../network/tap.js";
 import { KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import type { Scope } from "../util/scope.js";
-import type { GuestProcess } from "../vm/agent/client.js";
+import { type GuestProcess, StartFailedError } from "../vm/agent/client.js";
 import { type GuestNetwork, MAX_GROUPS } from "../vm/agent/protocol.js";
-import { resolveFirecracker } from "../vm/firecracker/process.js";
-import { bootFirecrackerVm, type FirecrackerBootedVm } from "../vm/firecracker/run.js";
+import { createVmm } from "../vm/backends.js";
 import { prepareGuestBoot } from "../vm/kernel.js";
-import {
-  type AgentTransport,
-  bootVm,
-  QEMU_BINARY,
-  type QemuProfile,
-  type QemuVm,
-  VHOST_VSOCK,
-} from "../vm/qemu.js";
+import type { QemuProfile } from "../vm/qemu.js";
 import { prepareRootfs } from "../vm/rootfs/strategies.js";
 import type { RootfsPlan } from "../vm/rootfs/types.js";
-import type { VmNetwork, VmSpec } from "../vm/spec.js";
+import type { AgentTransport, VmNetwork, VmSpec } from "../vm/spec.js";
+import type { BootedVm, Vmm, VmmName } from "../vm/vmm.js";
 import { buildProcessSpec, mergeEnv } from "./process.js";
 import type {
   Container,
@@ -45,13 +39,9 @@ import type {
   RunStdio,
   Runtime,
 } from "./types.js";
-import { findBinary } from "./which.js";
 
-export type VmmName = "qemu" | "firecracker";
 /** VM memory when --memory is not given (MiB); the tmpfs writable layer may use half of it. */
 export const DEFAULT_VM_MEMORY_MIB = 512;
-
-type BootedVm = QemuVm | FirecrackerBootedVm;
 
 /** The run dir is $KINDLING_HOME/run/<id>: the home it belongs to (kernel cache, accel probe). */
 function homeOf(runDirPath: string): KindlingHome {
@@ -68,30 +58,23 @@ export class VmRuntime implements Runtime {
     private readonly qemuProfile: QemuProfile = "default",
   ) {}
 
-  /** Firecracker, and QEMU shaped like it, end the VM by a guest reboot (there is no power-off device). */
-  private get firecrackerShaped(): boolean {
-    return this.name === "firecracker" || this.qemuProfile === "firecracker";
+  /** The backend, for runs in `home` (QEMU keeps its KVM probe result in the home's kernel cache). */
+  private vmm(home?: KindlingHome): Vmm {
+    return createVmm(this.name, {
+      home,
+      qemu: { profile: this.qemuProfile },
+      firecracker: { firecrackerBin: config().firecracker },
+    });
   }
 
-  async checkHost(): Promise<void> {
-    if (this.name === "firecracker") {
-      try {
-        await resolveFirecracker();
-      } catch (err) {
-        throw new KindlingError(`--runtime firecracker: ${(err as Error).message}`);
-      }
-      return;
-    }
-    if (!(await findBinary(QEMU_BINARY))) {
-      throw new KindlingError(
-        `--runtime qemu: ${QEMU_BINARY} is not installed (run scripts/setup.sh); run \`kindling doctor\``,
-      );
-    }
+  checkHost(): Promise<void> {
+    return this.vmm().checkHost();
   }
 
   async prepare(req: PrepareRequest, scope: Scope): Promise<Container> {
     const { runDir, options } = req;
     const home = homeOf(runDir.path);
+    const vmm = this.vmm(home);
     const memoryMiB = options.memoryMiB ?? DEFAULT_VM_MEMORY_MIB;
     const prepStart = Date.now();
     let prepMs = 0;
@@ -102,7 +85,7 @@ export class VmRuntime implements Runtime {
       scope,
       image: req.image,
       volumes: options.volumes,
-      vmm: this.name,
+      vmm,
       memoryMiB,
       diskBytes: options.diskBytes,
       packing: options.mountPacking ?? "pack",
@@ -121,15 +104,12 @@ export class VmRuntime implements Runtime {
       throw new KindlingError(
         `the user is in ${proc.additionalGids.length} supplementary groups; a VM process may have at most ${MAX_GROUPS}`,
       );
-    const agent = await this.agentTransport(options.agent);
-    const spec = await this.vmSpec(home, plan, runDir.file("vm"), memoryMiB, options.cpus, agent);
+    const agent = await vmm.agentTransport(options.agent);
+    const spec = await vmSpec(vmm, home, plan, runDir.file("vm"), memoryMiB, options.cpus, agent);
     if (vmNet) spec.network = vmNet;
     // Before the VMM exists: if kindling dies during boot, the next run's cleanup kills it by its paths.
     await runDir.hold(scope, { kind: "vm-processes", dir: runDir.path });
-    const vm =
-      this.name === "qemu"
-        ? await bootVm(spec, { home, agent, profile: this.qemuProfile })
-        : await bootFirecrackerVm(spec, { firecrackerBin: config().firecracker });
+    const vm = await vmm.boot(spec);
     scope.defer(`VM of ${req.id}`, () => vm.close());
     // before CONFIGURE: resolv.conf goes into the root, never into a volume mounted on /etc
     await vm.agent.network(guestNet);
@@ -173,49 +153,53 @@ export class VmRuntime implements Runtime {
     };
     return { guest, vm: { netns: net.netnsPath!, tap: nic.tap, mac: nic.mac, mtu: nic.mtu } };
   }
+}
 
-  /**
-   * The agent's channel: Firecracker has only vsock; QEMU uses vsock through vhost-device-vsock (the same
-   * hybrid vsock host code as Firecracker) where that is installed, else virtio-serial; --agent decides.
-   */
-  private async agentTransport(flag?: "vsock" | "serial"): Promise<AgentTransport> {
-    if (this.firecrackerShaped || flag === "vsock") return "vsock";
-    if (flag === "serial") return "virtio-serial";
-    return (await findBinary(VHOST_VSOCK)) ? "vsock" : "virtio-serial";
-  }
+/** The VM description: kernel, initramfs, the guest init's options, drives and shares of the plan. */
+async function vmSpec(
+  vmm: Vmm,
+  home: KindlingHome,
+  plan: RootfsPlan,
+  stateDir: string,
+  memoryMiB: number,
+  cpus: number | undefined,
+  agent: AgentTransport,
+): Promise<VmSpec> {
+  const virtiofs = plan.root.rootfsType === "virtiofs";
+  const boot = await prepareGuestBoot(home, {
+    boot: {
+      root: plan.root.root,
+      rootfsType: plan.root.rootfsType === "virtiofs" ? undefined : plan.root.rootfsType,
+      tmpfsSize: plan.tmpfsSize,
+      scratch: plan.scratch,
+      agent,
+      ...(vmm.traits.halt ? { halt: vmm.traits.halt } : {}),
+      debug: config().vmDebug,
+      extra: virtiofs ? ["kindling.rootfstype=virtiofs"] : [],
+    },
+    log: (m) => process.stderr.write(`${m}\n`),
+  });
+  return {
+    ...boot,
+    memoryMiB,
+    vcpus: Math.max(1, Math.ceil(cpus ?? 1)),
+    drives: plan.drives,
+    shares: plan.shares,
+    stateDir,
+    agent,
+  };
+}
 
-  /** The VM description: kernel, initramfs, the guest init's options, drives and shares of the plan. */
-  private async vmSpec(
-    home: KindlingHome,
-    plan: RootfsPlan,
-    stateDir: string,
-    memoryMiB: number,
-    cpus: number | undefined,
-    agent: AgentTransport,
-  ): Promise<VmSpec> {
-    const virtiofs = plan.root.rootfsType === "virtiofs";
-    const boot = await prepareGuestBoot(home, {
-      boot: {
-        root: plan.root.root,
-        rootfsType: plan.root.rootfsType === "virtiofs" ? undefined : plan.root.rootfsType,
-        tmpfsSize: plan.tmpfsSize,
-        scratch: plan.scratch,
-        agent,
-        ...(this.firecrackerShaped ? { halt: "reboot" as const } : {}),
-        debug: config().vmDebug,
-        extra: virtiofs ? ["kindling.rootfstype=virtiofs"] : [],
-      },
-      log: (m) => process.stderr.write(`${m}\n`),
-    });
-    return {
-      ...boot,
-      memoryMiB,
-      vcpus: Math.max(1, Math.ceil(cpus ?? 1)),
-      drives: plan.drives,
-      shares: plan.shares,
-      stateDir,
-    };
-  }
+/**
+ * The status for a process the guest could not start, as Docker reports it: 127 for a command that is
+ * not there, 126 for one that cannot be run (permission, a bad working directory or user). Undefined
+ * for a failure that is kindling's (fork, pipes), not the command's.
+ */
+export function startFailureStatus(err: StartFailedError): 126 | 127 | undefined {
+  if (err.step === "exec" && (err.errno === constants.errno.ENOENT || err.errno === constants.errno.ENOTDIR))
+    return 127;
+  if (err.step === "exec" || err.step === "chdir" || err.step === "credentials") return 126;
+  return undefined;
 }
 
 /** Signal number -> name, for ExitStatus.signal. */
@@ -251,7 +235,7 @@ class VmContainer implements Container {
   constructor(
     readonly id: string,
     private readonly vm: BootedVm,
-    private readonly spec: ProcessSpec,
+    private readonly spec: Required<ProcessSpec>,
     private readonly stdio: RunStdio,
     /** Host-side rootfs preparation (strategy and -v drives), ms. */
     readonly prepMs: number,
@@ -287,17 +271,14 @@ class VmContainer implements Container {
         },
       );
     } catch (e) {
-      // The guest could not start it (FAILED): as Docker, 127 for a command that is not there, 126 for
-      // one that cannot be run (permission, a bad working directory or user).
-      const message = (e as Error).message;
-      if (/^cannot (execute|chdir to|set uid\/gid for) /.test(message)) {
-        const notFound = /^cannot execute .*: (No such file or directory|Not a directory)$/.test(message);
-        this.exited = Promise.resolve({ status: notFound ? 127 : 126, message });
-        end();
+      // The guest could not start it (FAILED): the command's failure (126/127), or kindling's.
+      const status = e instanceof StartFailedError ? startFailureStatus(e) : undefined;
+      end();
+      if (status !== undefined) {
+        this.exited = Promise.resolve({ status, message: (e as Error).message });
         return { stdout: out.pipe, stderr: err.pipe };
       }
-      end();
-      throw await this.vmFailure(message);
+      throw await this.vmFailure((e as Error).message);
     }
     const proc = this.proc;
     this.exited = (async (): Promise<ExitStatus> => {
@@ -323,10 +304,10 @@ class VmContainer implements Container {
     const tail = await this.vm.consoleTail(20);
     const problem = await this.imageProblem();
     if (problem) why = `${why}; ${problem}`;
-    const what = /Kernel panic/.test(tail)
-      ? "guest kernel panic"
-      : `the VM failed while the process ran (${why})`;
-    return new KindlingError(`${what}\n--- last console lines (${this.vm.paths.consoleLog}) ---\n${tail}`);
+    // the panic line itself may be further up than the tail: its trace follows it
+    const panic = (await this.vm.panicLine()) ?? /Kernel panic[^\n]*/.exec(tail)?.[0];
+    const what = panic ? `guest kernel panic: ${panic}` : `the VM failed while the process ran (${why})`;
+    return new KindlingError(`${what}\n--- last console lines (${this.vm.consoleLog}) ---\n${tail}`);
   }
 
   wait(): Promise<ExitStatus> {

@@ -1,7 +1,8 @@
 /**
- * QEMU `microvm` backend: renders a VmSpec into a command line, supervises QEMU (and virtiofsd,
- * vhost-device-vsock), connects the agent over vsock (Firecracker's hybrid vsock, through
- * vhost-device-vsock) or a virtio-serial chardev socket, and runs processes in the guest.
+ * QEMU `microvm` backend (a Vmm, src/vm/vmm.ts): renders a VmSpec into a command line, supervises QEMU
+ * (and virtiofsd, vhost-device-vsock), and connects the agent over vsock (Firecracker's hybrid vsock,
+ * through vhost-device-vsock) or a virtio-serial chardev socket. The boot is a list of named steps
+ * (QEMU_BOOT_STEPS); the vsock agent is an adaptation of it (withVsockAgent).
  */
 import { type ChildProcess, type SpawnOptions, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -9,18 +10,20 @@ import { existsSync } from "node:fs";
 import { mkdir, readFile, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
-import type { Readable, Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { searchPath } from "../config/index.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-import { AgentClient, type ProcessExit } from "./agent/client.js";
-import type { GuestConfig, ProcessSpec } from "./agent/protocol.js";
+import { Scope } from "../util/scope.js";
+import { AgentClient } from "./agent/client.js";
+import { consolePanicLine } from "./console.js";
 import { firecrackerBootArgs } from "./firecracker/render.js";
 import { VsockListener, vsockConnect } from "./firecracker/vsock.js";
 import { ensureGuestKernel, tcgKernelParams } from "./kernel.js";
 import type { VmSpec } from "./spec.js";
+import { StepList } from "./steps.js";
+import type { Accel, AgentTransport, BootedVm, VmExit, Vmm, VmmTraits } from "./vmm.js";
 
 export const QEMU_BINARY = "qemu-system-x86_64";
 export const VIRTIOFSD = "/usr/lib/qemu/virtiofsd";
@@ -34,8 +37,11 @@ const GUEST_CID = 3;
 /** sockaddr_un.sun_path holds 108 bytes including the NUL. */
 const MAX_SOCKET_PATH = 107;
 const DEFAULT_BOOT_TIMEOUT_MS = 60_000;
-
-export type Accel = "kvm" | "tcg";
+/**
+ * QEMU microvm has 24 virtio-mmio slots, but a guest sees only 23 devices (measured: with 23 drives and
+ * the agent's virtio-serial the serial port is missing). One is the agent's port.
+ */
+export const QEMU_MAX_VIRTIO_DEVICES = 23;
 
 export interface QemuBootOptions {
   qemuBinary?: string;
@@ -63,7 +69,7 @@ export interface QemuBootOptions {
 
 export type QemuProfile = "default" | "firecracker";
 
-export type AgentTransport = "vsock" | "virtio-serial";
+export type { AgentTransport } from "./vmm.js";
 
 export interface QemuPaths {
   consoleLog: string;
@@ -175,13 +181,9 @@ function track(child: ChildProcess): void {
   child.once("exit", () => liveChildren.delete(child));
 }
 
-export interface VmExit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
 /** A running QEMU microvm with its agent connected. */
-export class QemuVm {
+export class QemuVm implements BootedVm {
+  readonly vmm = "qemu" as const;
   /** spawn -> guest READY, in ms */
   bootMs = 0;
   private readonly exitPromise: Promise<VmExit>;
@@ -197,8 +199,8 @@ export class QemuVm {
     readonly child: ChildProcess,
     readonly accel: Accel,
     readonly paths: QemuPaths,
-    private readonly helpers: ChildProcess[],
-    private readonly ownsStateFiles: string[],
+    /** virtiofsd, vhost-device-vsock, the vsock listener and the sockets: released last by close() */
+    private readonly scope: Scope,
   ) {
     this.exitPromise = new Promise((resolve) => {
       child.once("exit", (code, signal) => {
@@ -214,6 +216,10 @@ export class QemuVm {
 
   get exited(): boolean {
     return this.exitInfo !== undefined;
+  }
+
+  get consoleLog(): string {
+    return this.paths.consoleLog;
   }
 
   get isClosing(): boolean {
@@ -247,9 +253,8 @@ export class QemuVm {
   }
 
   /** The console's "Kernel panic - ..." line, if the guest kernel panicked (its trace follows it). */
-  async panicLine(): Promise<string | undefined> {
-    const text = await readFile(this.paths.consoleLog, "latin1").catch(() => "");
-    return /Kernel panic[^\r\n]*/.exec(text)?.[0];
+  panicLine(): Promise<string | undefined> {
+    return consolePanicLine(this.paths.consoleLog);
   }
 
   /**
@@ -306,14 +311,7 @@ export class QemuVm {
       }
       await this.kill();
       this.agent?.close();
-      await this.vsockListener?.close();
-      for (const h of this.helpers) {
-        if (h.exitCode === null && h.signalCode === null) {
-          h.kill("SIGKILL");
-          await new Promise((r) => h.once("exit", r));
-        }
-      }
-      for (const f of this.ownsStateFiles) await rm(f, { force: true });
+      await this.scope.close();
     })();
     return this.closing;
   }
@@ -501,161 +499,326 @@ async function acceptAgent(
   }
 }
 
-/**
- * Boots a VM and waits for its agent's READY. On any failure (VMM error, kernel panic, exit before
- * READY, deadline) everything is torn down and a KindlingError carries the console's last lines.
- */
-export async function bootVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<QemuVm> {
-  const started = Date.now();
-  const deadline = started + (opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS);
-  await mkdir(spec.stateDir, { recursive: true });
-  const accel = await chooseAccel(opts);
-  const tag = randomBytes(3).toString("hex");
-  const abs = (name: string) => path.join(spec.stateDir, name);
-  const paths: QemuPaths = {
-    consoleLog: abs("console.log"),
-    agentSocket: abs(`agent-${tag}.sock`),
-    qmpSocket: abs(`qmp-${tag}.sock`),
-    virtiofsSockets: new Map(),
-  };
-  const owned = [paths.agentSocket, paths.qmpSocket];
-  await rm(paths.consoleLog, { force: true });
-  const helpers: ChildProcess[] = [];
-  const killHelpers = async () => {
-    for (const h of helpers) h.kill("SIGKILL");
-  };
-  let listener: VsockListener | undefined;
-  let vhostVsock: ChildProcess | undefined;
-  try {
-    for (const [i, share] of (spec.shares ?? []).entries()) {
-      const sock = abs(`virtiofs-${i}-${tag}.sock`);
-      owned.push(sock);
-      paths.virtiofsSockets!.set(share.tag, sock);
-      helpers.push(await startVirtiofsd(share.source, sock, deadline));
-    }
-    if (opts.agent === "vsock") {
-      paths.vsockUds = abs(`vsock-${tag}.sock`);
-      paths.vhostVsockSocket = abs(`vhost-vsock-${tag}.sock`);
-      const agentPath = `${paths.vsockUds}_${AGENT_VSOCK_PORT}`;
-      if (Buffer.byteLength(agentPath) > MAX_SOCKET_PATH)
-        throw new KindlingError(
-          `socket path ${agentPath} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter KINDLING_HOME`,
-        );
-      owned.push(paths.vsockUds, paths.vhostVsockSocket, agentPath);
-      // the guest connects as soon as its init runs: listen before anything starts
-      listener = await VsockListener.listen(paths.vsockUds, AGENT_VSOCK_PORT);
-      vhostVsock = await startVhostVsock(
-        opts.vhostVsockBin ?? VHOST_VSOCK,
-        { vhostVsockSocket: paths.vhostVsockSocket, vsockUds: paths.vsockUds },
-        deadline,
+/** What the boot steps share: each step fills in what the later ones use. */
+interface QemuBoot {
+  readonly spec: VmSpec;
+  readonly opts: QemuBootOptions;
+  readonly started: number;
+  readonly deadline: number;
+  /** a suffix that keeps this VM's socket names apart from a previous one's in the same state dir */
+  readonly tag: string;
+  accel?: Accel;
+  paths?: QemuPaths;
+  helpers: ChildProcess[];
+  args?: string[];
+  stderr: string;
+  spawnError?: Promise<never>;
+  vm?: QemuVm;
+  /** the vsock agent: the hybrid vsock listener and vhost-device-vsock (withVsockAgent) */
+  listener?: VsockListener;
+  vhostVsock?: ChildProcess;
+}
+
+/** A boot that failed after QEMU started: the reason, to be reported with the console's last lines. */
+class BootFailure extends Error {}
+
+const abs = (ctx: QemuBoot, name: string) => path.join(ctx.spec.stateDir, name);
+const binary = (ctx: QemuBoot) => ctx.opts.qemuBinary ?? QEMU_BINARY;
+
+/** The steps of a QEMU boot, in order. */
+export const QEMU_BOOT_STEPS: StepList<QemuBoot> = StepList.of<QemuBoot>(
+  {
+    name: "make-state-dir",
+    run: async (ctx) => {
+      await mkdir(ctx.spec.stateDir, { recursive: true });
+    },
+  },
+  {
+    name: "choose-accel",
+    run: async (ctx) => {
+      ctx.accel = await chooseAccel(ctx.opts);
+    },
+  },
+  {
+    name: "plan-paths",
+    run: async (ctx, scope) => {
+      ctx.paths = {
+        consoleLog: abs(ctx, "console.log"),
+        agentSocket: abs(ctx, `agent-${ctx.tag}.sock`),
+        qmpSocket: abs(ctx, `qmp-${ctx.tag}.sock`),
+        virtiofsSockets: new Map(),
+      };
+      const p = ctx.paths;
+      scope.defer("VMM sockets", async () => {
+        const vsock = p.vsockUds ? [p.vsockUds, `${p.vsockUds}_${AGENT_VSOCK_PORT}`] : [];
+        const owned = [p.agentSocket, p.qmpSocket, ...p.virtiofsSockets!.values(), ...vsock];
+        for (const f of [...owned, p.vhostVsockSocket ?? ""].filter(Boolean)) await rm(f, { force: true });
+      });
+      await rm(ctx.paths.consoleLog, { force: true });
+    },
+  },
+  {
+    name: "start-virtiofsd",
+    run: async (ctx, scope) => {
+      scope.defer("virtiofsd", async () => {
+        for (const h of ctx.helpers) {
+          if (h.exitCode === null && h.signalCode === null) {
+            h.kill("SIGKILL");
+            await new Promise((r) => h.once("exit", r));
+          }
+        }
+      });
+      for (const [i, share] of (ctx.spec.shares ?? []).entries()) {
+        const sock = abs(ctx, `virtiofs-${i}-${ctx.tag}.sock`);
+        ctx.paths!.virtiofsSockets!.set(share.tag, sock);
+        ctx.helpers.push(await startVirtiofsd(share.source, sock, ctx.deadline));
+      }
+    },
+  },
+  {
+    name: "render-args",
+    run: async (ctx) => {
+      const paths = ctx.paths!;
+      // QEMU runs in stateDir so that relative socket paths keep sun_path short
+      const rel: QemuPaths = {
+        consoleLog: paths.consoleLog,
+        agentSocket: path.basename(paths.agentSocket),
+        qmpSocket: path.basename(paths.qmpSocket),
+        virtiofsSockets: new Map([...paths.virtiofsSockets!].map(([k, v]) => [k, path.basename(v)])),
+        vhostVsockSocket: paths.vhostVsockSocket && path.basename(paths.vhostVsockSocket),
+      };
+      ctx.args = qemuArgs(ctx.spec, rel, ctx.accel!, ctx.opts.profile);
+      await writeFileAtomic(abs(ctx, "qemu.args"), `${JSON.stringify([binary(ctx), ...ctx.args])}\n`);
+      if (!onPath(binary(ctx))) {
+        throw new KindlingError(`${binary(ctx)} is not installed (run scripts/setup.sh)`);
+      }
+    },
+  },
+  {
+    name: "spawn-qemu",
+    run: (ctx, scope) => {
+      const child = spawnTied(
+        binary(ctx),
+        ctx.args!,
+        { cwd: ctx.spec.stateDir, stdio: ["ignore", "ignore", "pipe"] },
+        ctx.spec.network?.netns,
       );
-      helpers.push(vhostVsock);
-    }
-  } catch (err) {
-    await killHelpers();
-    await listener?.close();
-    for (const f of owned) await rm(f, { force: true });
-    throw err;
-  }
-  // QEMU runs in stateDir so that relative socket paths keep sun_path short
-  const rel: QemuPaths = {
-    consoleLog: paths.consoleLog,
-    agentSocket: path.basename(paths.agentSocket),
-    qmpSocket: path.basename(paths.qmpSocket),
-    virtiofsSockets: new Map([...paths.virtiofsSockets!].map(([k, v]) => [k, path.basename(v)])),
-    vhostVsockSocket: paths.vhostVsockSocket && path.basename(paths.vhostVsockSocket),
+      track(child);
+      child.stderr!.on("data", (d) => {
+        ctx.stderr = (ctx.stderr + d.toString()).slice(-4000);
+      });
+      ctx.spawnError = new Promise<never>((_, reject) =>
+        child.once("error", (e: NodeJS.ErrnoException) =>
+          reject(
+            e.code === "ENOENT"
+              ? new KindlingError(`${QEMU_BINARY} is not installed (run scripts/setup.sh)`)
+              : e,
+          ),
+        ),
+      );
+      ctx.spawnError.catch(() => {});
+      // paths as this process reaches them (sun_path is short: long ones go through /proc/<pid>/cwd)
+      const paths = { ...ctx.paths!, qmpSocket: connectablePath(ctx.paths!.qmpSocket, child) };
+      ctx.vm = new QemuVm(child, ctx.accel!, paths, scope);
+    },
+  },
+  {
+    name: "connect-agent",
+    run: async (ctx) => {
+      const vm = ctx.vm!;
+      const agentSock = await Promise.race([
+        ctx.spawnError!,
+        connectWhenListening(connectablePath(ctx.paths!.agentSocket, vm.child), vm.child, ctx.deadline),
+      ]).catch((err: Error) => {
+        throw err instanceof KindlingError ? err : new BootFailure(vm.helperFailure ?? err.message);
+      });
+      vm.agent = new AgentClient(agentSock);
+    },
+  },
+  {
+    name: "wait-ready",
+    run: async (ctx) => {
+      const vm = ctx.vm!;
+      const timer = sleep(Math.max(0, ctx.deadline - Date.now()), undefined, { ref: false }).then(
+        () => "timeout" as const,
+      );
+      const exited = vm.wait().then(() => "exited" as const);
+      // a channel that closes before READY means QEMU is going away: let its exit decide the message
+      const ready = vm.agent.ready().then(
+        () => "ready" as const,
+        () => vm.wait().then(() => "exited" as const),
+      );
+      const panicked = watchConsole(
+        ctx.paths!.consoleLog,
+        /Kernel panic[^\n]*/,
+        Promise.race([vm.wait(), ready, timer]),
+      );
+      const result = await Promise.race([ready, timer, exited, panicked, ctx.spawnError!]);
+      if (result === "ready") {
+        vm.bootMs = Date.now() - ctx.started;
+        return;
+      }
+      if (result === "timeout")
+        throw new BootFailure(
+          `no agent READY within ${ctx.opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS} ms`,
+        );
+      if (result === "exited") {
+        const panic = await vm.panicLine();
+        const fatal = /kindling-init: \[\d+ ms\] FATAL: ([^\r\n]*)/.exec(await vm.consoleTail(200))?.[1];
+        if (panic) throw new BootFailure(`guest kernel panic: ${panic}`);
+        if (vm.helperFailure) throw new BootFailure(vm.helperFailure);
+        throw new BootFailure(
+          fatal ? `guest init failed: ${fatal}` : `QEMU exited (${fmtExit(await vm.wait())})`,
+        );
+      }
+      throw new BootFailure(`guest kernel panic: ${result}`);
+    },
+  },
+);
+
+/**
+ * The agent over vsock (Firecracker's hybrid vsock, through vhost-device-vsock): listen for the guest's
+ * connection and start vhost-device-vsock before QEMU, watch it once QEMU runs (without its vsock device
+ * the guest cannot reach us: a dead vhost-device-vsock ends the VM), and accept instead of connecting.
+ */
+export function withVsockAgent(steps: StepList<QemuBoot>): StepList<QemuBoot> {
+  return steps
+    .insertAfter("start-virtiofsd", {
+      name: "start-vhost-vsock",
+      run: async (ctx, scope) => {
+        const p = ctx.paths!;
+        p.vsockUds = abs(ctx, `vsock-${ctx.tag}.sock`);
+        p.vhostVsockSocket = abs(ctx, `vhost-vsock-${ctx.tag}.sock`);
+        const agentPath = `${p.vsockUds}_${AGENT_VSOCK_PORT}`;
+        if (Buffer.byteLength(agentPath) > MAX_SOCKET_PATH)
+          throw new KindlingError(
+            `socket path ${agentPath} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter KINDLING_HOME`,
+          );
+        // the guest connects as soon as its init runs: listen before anything starts
+        const listener = await VsockListener.listen(p.vsockUds, AGENT_VSOCK_PORT);
+        ctx.listener = listener;
+        scope.defer("vsock listener", () => listener.close());
+        ctx.vhostVsock = await startVhostVsock(
+          ctx.opts.vhostVsockBin ?? VHOST_VSOCK,
+          { vhostVsockSocket: p.vhostVsockSocket, vsockUds: p.vsockUds },
+          ctx.deadline,
+        );
+        ctx.helpers.push(ctx.vhostVsock);
+      },
+    })
+    .insertAfter("spawn-qemu", {
+      name: "watch-vhost-vsock",
+      run: (ctx) => {
+        const vm = ctx.vm!;
+        const helper = ctx.vhostVsock! as ChildProcess & { stderrTail?: () => string };
+        vm.vsockListener = ctx.listener;
+        helper.once("exit", (code, signal) => {
+          if (vm.isClosing || vm.exited) return;
+          const tail = helper.stderrTail?.() ?? "";
+          vm.helperFailure = `${VHOST_VSOCK} exited (${signal ? `signal ${signal}` : `status ${code}`})${tail ? `: ${tail.split("\n").slice(-3).join("; ")}` : ""}`;
+          vm.kill().catch(() => {});
+        });
+      },
+    })
+    .swap({
+      name: "connect-agent",
+      run: async (ctx) => {
+        const vm = ctx.vm!;
+        const agentSock = await Promise.race([
+          ctx.spawnError!,
+          acceptAgent(ctx.listener!, vm.child, ctx.deadline),
+        ]).catch((err: Error) => {
+          throw err instanceof KindlingError ? err : new BootFailure(vm.helperFailure ?? err.message);
+        });
+        vm.agent = new AgentClient(agentSock);
+      },
+    });
+}
+
+/** The boot steps for this VM: the default list, with the vsock agent when the spec asks for it. */
+export function qemuBootSteps(spec: VmSpec, opts: QemuBootOptions = {}): StepList<QemuBoot> {
+  return (spec.agent ?? opts.agent) === "vsock" ? withVsockAgent(QEMU_BOOT_STEPS) : QEMU_BOOT_STEPS;
+}
+
+/**
+ * Boots a VM under QEMU and waits for its agent's READY. On any failure (VMM error, kernel panic, exit
+ * before READY, deadline) everything is torn down; once QEMU ran, a KindlingError carries the console's
+ * last lines.
+ */
+export async function bootQemuVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<QemuVm> {
+  const started = Date.now();
+  const ctx: QemuBoot = {
+    spec,
+    opts,
+    started,
+    deadline: started + (opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS),
+    tag: randomBytes(3).toString("hex"),
+    helpers: [],
+    stderr: "",
   };
-  const args = qemuArgs(spec, rel, accel, opts.profile);
-  await writeFileAtomic(abs("qemu.args"), `${JSON.stringify([opts.qemuBinary ?? QEMU_BINARY, ...args])}\n`);
-  if (!onPath(opts.qemuBinary ?? QEMU_BINARY)) {
-    await killHelpers();
-    await listener?.close();
-    throw new KindlingError(`${opts.qemuBinary ?? QEMU_BINARY} is not installed (run scripts/setup.sh)`);
-  }
-  const child = spawnTied(
-    opts.qemuBinary ?? QEMU_BINARY,
-    args,
-    { cwd: spec.stateDir, stdio: ["ignore", "ignore", "pipe"] },
-    spec.network?.netns,
-  );
-  track(child);
-  let stderr = "";
-  child.stderr!.on("data", (d) => {
-    stderr = (stderr + d.toString()).slice(-4000);
-  });
-  const spawnError = new Promise<never>((_, reject) =>
-    child.once("error", (e: NodeJS.ErrnoException) =>
-      reject(
-        e.code === "ENOENT" ? new KindlingError(`${QEMU_BINARY} is not installed (run scripts/setup.sh)`) : e,
-      ),
-    ),
-  );
-  spawnError.catch(() => {});
-  // paths as this process reaches them (sun_path is short: long ones go through /proc/<pid>/cwd)
-  const vm = new QemuVm(
-    child,
-    accel,
-    { ...paths, qmpSocket: connectablePath(paths.qmpSocket, child) },
-    helpers,
-    owned,
-  );
-  vm.vsockListener = listener;
-  // Without its vsock device the guest cannot reach us: a dead vhost-device-vsock ends the VM.
-  vhostVsock?.once("exit", (code, signal) => {
-    if (vm.isClosing || vm.exited) return;
-    const tail = (vhostVsock as ChildProcess & { stderrTail?: () => string }).stderrTail?.() ?? "";
-    vm.helperFailure = `${VHOST_VSOCK} exited (${signal ? `signal ${signal}` : `status ${code}`})${tail ? `: ${tail.split("\n").slice(-3).join("; ")}` : ""}`;
-    vm.kill().catch(() => {});
-  });
-  const fail = async (why: string): Promise<never> => {
+  const scope = new Scope();
+  try {
+    await qemuBootSteps(spec, opts).run(ctx, scope);
+    return ctx.vm!;
+  } catch (err) {
+    const vm = ctx.vm;
+    if (!vm) {
+      await scope.close();
+      throw err;
+    }
     await vm.kill().catch(() => {});
     await vm.close(0).catch(() => {});
-    const tail = await vm.consoleTail(20);
-    const err = stderr.trim() ? `\nqemu: ${stderr.trim().split("\n").slice(-5).join("\nqemu: ")}` : "";
-    throw new KindlingError(
-      `VM failed to boot: ${why}${err}\n--- last console lines (${paths.consoleLog}) ---\n${tail}`,
-    );
-  };
-  try {
-    const agentSock = await Promise.race([
-      spawnError,
-      listener
-        ? acceptAgent(listener, child, deadline)
-        : connectWhenListening(connectablePath(paths.agentSocket, child), child, deadline),
-    ]);
-    vm.agent = new AgentClient(agentSock);
-    const timer = sleep(Math.max(0, deadline - Date.now()), undefined, { ref: false }).then(
-      () => "timeout" as const,
-    );
-    const exited = vm.wait().then(() => "exited" as const);
-    // a channel that closes before READY means QEMU is going away: let its exit decide the message
-    const ready = vm.agent.ready().then(
-      () => "ready" as const,
-      () => vm.wait().then(() => "exited" as const),
-    );
-    const panicked = watchConsole(
-      paths.consoleLog,
-      /Kernel panic[^\n]*/,
-      Promise.race([vm.wait(), ready, timer]),
-    );
-    const result = await Promise.race([ready, timer, exited, panicked, spawnError]);
-    if (result === "ready") {
-      vm.bootMs = Date.now() - started;
-      return vm;
-    }
-    if (result === "timeout")
-      return await fail(`no agent READY within ${opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS} ms`);
-    if (result === "exited") {
-      const panic = await vm.panicLine();
-      const fatal = /kindling-init: \[\d+ ms\] FATAL: ([^\r\n]*)/.exec(await vm.consoleTail(200))?.[1];
-      if (panic) return await fail(`guest kernel panic: ${panic}`);
-      if (vm.helperFailure) return await fail(vm.helperFailure);
-      return await fail(fatal ? `guest init failed: ${fatal}` : `QEMU exited (${fmtExit(await vm.wait())})`);
-    }
-    return await fail(`guest kernel panic: ${result}`);
-  } catch (err) {
     if (err instanceof KindlingError) throw err;
-    return await fail(vm.helperFailure ?? (err as Error).message);
+    const tail = await vm.consoleTail(20);
+    const qemu = ctx.stderr.trim()
+      ? `\nqemu: ${ctx.stderr.trim().split("\n").slice(-5).join("\nqemu: ")}`
+      : "";
+    throw new KindlingError(
+      `VM failed to boot: ${(err as Error).message}${qemu}\n--- last console lines (${vm.consoleLog}) ---\n${tail}`,
+    );
+  }
+}
+
+/** QEMU microvm: virtio-fs shares through virtiofsd, 23 virtio-mmio devices; shaped like Firecracker, it ends on a reboot. */
+export function qemuTraits(profile: QemuProfile = "default"): VmmTraits {
+  return {
+    shares: true,
+    maxDevices: QEMU_MAX_VIRTIO_DEVICES,
+    ...(profile === "firecracker" ? { halt: "reboot" as const } : {}),
+  };
+}
+
+export const QEMU_TRAITS: VmmTraits = qemuTraits();
+
+export class QemuVmm implements Vmm {
+  readonly name = "qemu" as const;
+  readonly traits: VmmTraits;
+
+  constructor(private readonly opts: QemuBootOptions = {}) {
+    this.traits = qemuTraits(opts.profile);
+  }
+
+  async checkHost(): Promise<void> {
+    const bin = this.opts.qemuBinary ?? QEMU_BINARY;
+    if (!onPath(bin)) {
+      throw new KindlingError(
+        `--runtime qemu: ${bin} is not installed (run scripts/setup.sh); run \`kindling doctor\``,
+      );
+    }
+  }
+
+  /**
+   * vsock through vhost-device-vsock (the same hybrid vsock host code as Firecracker) where that is
+   * installed, else virtio-serial; the Firecracker-shaped profile always uses vsock; --agent decides.
+   */
+  async agentTransport(flag?: "vsock" | "serial"): Promise<AgentTransport> {
+    if (this.opts.profile === "firecracker" || flag === "vsock") return "vsock";
+    if (flag === "serial") return "virtio-serial";
+    return onPath(this.opts.vhostVsockBin ?? VHOST_VSOCK) ? "vsock" : "virtio-serial";
+  }
+
+  boot(spec: VmSpec): Promise<QemuVm> {
+    return bootQemuVm(spec, this.opts);
   }
 }
 
@@ -680,92 +843,4 @@ function watchConsole(file: string, re: RegExp, until: Promise<unknown>): Promis
     };
     poll();
   });
-}
-
-export interface RunInVmOptions {
-  /** the VM: kernel, initrd and cmdline included (see prepareGuestBoot in kernel.ts) */
-  spec: VmSpec;
-  /** hostname and mounts, sent before the process starts */
-  guest?: GuestConfig;
-  process: ProcessSpec;
-  stdout?: Writable;
-  stderr?: Writable;
-  /** fed to the process's stdin; without it stdin is /dev/null */
-  stdin?: Readable;
-  /** host-side deadline for the process: on expiry it is killed, then the VM */
-  timeoutMs?: number;
-  /** aborting kills the process, then the VM */
-  signal?: AbortSignal;
-  qemu?: QemuBootOptions;
-  /** called once the VM is up (e.g. to exec more processes into it) */
-  onBoot?: (vm: QemuVm) => void;
-}
-
-export interface RunResult {
-  /** the process's status: exit code, or 128+n when killed by signal n */
-  exitCode: number;
-  signal: number;
-  timedOut: boolean;
-  bootMs: number;
-}
-
-/**
- * Boots a VM, runs one process in it, streams its output, and always stops the VM. A guest that dies
- * while the process runs (kernel panic, VMM crash) is a KindlingError with the console's last lines.
- */
-export async function runInVm(opts: RunInVmOptions): Promise<RunResult> {
-  if (opts.signal?.aborted) throw new KindlingError("run aborted before it started");
-  const vm = await bootVm(opts.spec, opts.qemu);
-  try {
-    opts.onBoot?.(vm);
-    if (opts.guest && (opts.guest.hostname || opts.guest.mounts?.length))
-      await vm.agent.configure(opts.guest);
-    const proc = await vm.agent.start(opts.process, {
-      stdout: opts.stdout,
-      stderr: opts.stderr,
-      stdin: opts.stdin,
-    });
-    let timedOut = false;
-    let timer: NodeJS.Timeout | undefined;
-    let onAbort: (() => void) | undefined;
-    const stop = new Promise<"stopped">((resolve) => {
-      if (opts.timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          timedOut = true;
-          resolve("stopped");
-        }, opts.timeoutMs);
-      }
-      onAbort = () => resolve("stopped");
-      if (opts.signal?.aborted) resolve("stopped"); // aborted while the VM booted
-      opts.signal?.addEventListener("abort", onAbort, { once: true });
-    });
-    const vmGone = vm.wait().then(() => "gone" as const);
-    const outcome = await Promise.race([proc.exited, stop, vmGone]).catch((err: Error) => err);
-    clearTimeout(timer);
-    if (onAbort) opts.signal?.removeEventListener("abort", onAbort);
-    if (outcome === "stopped") {
-      // kill the process, give its EXITED a moment to arrive, then the VM goes in finally
-      proc.kill("SIGKILL");
-      const exit = await Promise.race([
-        proc.exited.catch(() => null),
-        sleep(1000, undefined, { ref: false }).then(() => null),
-      ]);
-      return { exitCode: exit?.status ?? 137, signal: exit?.signal ?? 9, timedOut, bootMs: vm.bootMs };
-    }
-    if (outcome === "gone" || outcome instanceof Error) {
-      await Promise.race([vm.wait(), sleep(1000, undefined, { ref: false })]);
-      const tail = await vm.consoleTail(20);
-      const panic = await vm.panicLine();
-      const why = panic
-        ? `guest kernel panic: ${panic}`
-        : vm.helperFailure
-          ? `the VM stopped while the process ran: ${vm.helperFailure}`
-          : "the VM stopped while the process ran";
-      throw new KindlingError(`${why}\n--- last console lines (${vm.paths.consoleLog}) ---\n${tail}`);
-    }
-    const exit = outcome as ProcessExit;
-    return { exitCode: exit.status, signal: exit.signal, timedOut: false, bootMs: vm.bootMs };
-  } finally {
-    await vm.close();
-  }
 }

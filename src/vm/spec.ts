@@ -1,7 +1,27 @@
 /**
  * One VM description, rendered by each VMM backend (QEMU microvm, Firecracker).
  * A backend turns it into a command line or API calls; nothing here is VMM-specific.
+ * Also the one description of a process to run, shared by every runtime (the agent's START, runc's config.json).
  */
+
+/** How the guest's agent reaches the host: a virtio-serial port, or vsock. */
+export type AgentTransport = "virtio-serial" | "vsock";
+
+/**
+ * A process to run. `S` is string for a container's process (the runtime resolves every field:
+ * Required<ProcessSpec>); the agent also carries raw bytes (Buffer) intact.
+ */
+export interface ProcessSpec<S extends string | Buffer = string> {
+  args: S[];
+  /** "K=V" entries; nothing is added (the runtime supplies PATH) */
+  env?: S[];
+  /** default / */
+  cwd?: S;
+  uid?: number;
+  gid?: number;
+  /** supplementary groups (setgroups); none when empty or absent */
+  additionalGids?: number[];
+}
 export interface DriveSpec {
   id: string;
   /** Host path of the file or block device. */
@@ -45,4 +65,6 @@ export interface VmSpec {
   stateDir: string;
   /** eth0 of the guest; none: loopback only. */
   network?: VmNetwork;
+  /** The agent's channel (a device of the VM); default: the backend's (QEMU virtio-serial, Firecracker vsock). */
+  agent?: AgentTransport;
 }

@@ -15,9 +15,27 @@ import {
   MsgType,
   PayloadReader,
   PayloadWriter,
-  type ProcessSpec,
   STDIN_WINDOW,
+  type StartSpec,
+  type StartStep,
+  startStepName,
 } from "./protocol.js";
+
+/**
+ * The guest could not start a process (FAILED): its errno and the step that failed, so a caller decides
+ * on them (e.g. 127 for a command that is not there) instead of on the message's text.
+ */
+export class StartFailedError extends KindlingError {
+  constructor(
+    message: string,
+    /** errno in the guest (Linux numbering) */
+    readonly errno: number,
+    readonly step: StartStep,
+  ) {
+    super(message, "ESTARTFAILED");
+    this.name = "StartFailedError";
+  }
+}
 
 export interface ReadyInfo {
   protocolVersion: number;
@@ -258,8 +276,8 @@ export class AgentClient extends EventEmitter {
     });
   }
 
-  /** Starts a process; resolves once it runs (rejects with the guest's errno message if it cannot start). */
-  async start(spec: ProcessSpec, io: ProcessIo = {}): Promise<GuestProcess> {
+  /** Starts a process; resolves once it runs (rejects with a StartFailedError if it cannot start). */
+  async start(spec: StartSpec, io: ProcessIo = {}): Promise<GuestProcess> {
     await this.ready();
     if (this.closedError) throw this.closedError;
     const id = this.nextId++;
@@ -319,8 +337,9 @@ export class AgentClient extends EventEmitter {
       }
       case MsgType.FAILED: {
         const r = new PayloadReader(f.payload);
-        r.u32();
-        const err = new KindlingError(r.bytes().toString());
+        const errno = r.u32();
+        const message = r.bytes().toString();
+        const err = new StartFailedError(message, errno, startStepName(r.u32()));
         const pending = this.pendingStarts.get(f.id);
         if (pending) {
           this.pendingStarts.delete(f.id);

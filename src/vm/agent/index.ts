@@ -1,2 +1,9 @@
-export { AgentClient, GuestProcess, type ProcessExit, type ProcessIo, type ReadyInfo } from "./client.js";
+export {
+  AgentClient,
+  GuestProcess,
+  type ProcessExit,
+  type ProcessIo,
+  type ReadyInfo,
+  StartFailedError,
+} from "./client.js";
 export * from "./protocol.js";

@@ -1,12 +1,14 @@
 import { encodeBytes } from "../../util/bytestring.js";
 /**
- * The agent wire format, version 2 (docs/guest.md is the reference; guest/init.c the other side).
+ * The agent wire format, version 3 (docs/guest.md is the reference; guest/init.c the other side).
  * A frame: u32 payload length, u8 version, u8 type, u16 flags (0), u32 id, payload. Little-endian.
  */
 import { KindlingError } from "../../util/errors.js";
+import type { ProcessSpec } from "../spec.js";
 
 /**
- * 2: START carries the supplementary groups; 3: NETWORK (eth0 and resolv.conf).
+ * 2: START carries the supplementary groups; 3: NETWORK (eth0 and resolv.conf), and FAILED carries the
+ * step that failed (StartStep).
  * Host and guest ship together; a mismatch is refused.
  */
 export const PROTOCOL_VERSION = 3;
@@ -40,6 +42,14 @@ export const MsgType = {
   POWEROFF: 0x30,
 } as const;
 export type MsgType = (typeof MsgType)[keyof typeof MsgType];
+
+/** FAILED's last field: where a START failed. `none`: before the child ran (fork, pipes, a refused START). */
+export const StartStep = { none: 0, stdio: 1, chdir: 2, credentials: 3, exec: 4 } as const;
+export type StartStep = keyof typeof StartStep;
+
+export function startStepName(n: number): StartStep {
+  return (Object.keys(StartStep) as StartStep[]).find((k) => StartStep[k] === n) ?? "none";
+}
 
 export interface Frame {
   type: number;
@@ -112,16 +122,8 @@ export function decodeNetwork(payload: Buffer): GuestNetwork {
   };
 }
 
-export interface ProcessSpec {
-  args: Bytes[];
-  /** "K=V" entries; the guest adds nothing (the host supplies PATH) */
-  env?: Bytes[];
-  cwd?: Bytes;
-  uid?: number;
-  gid?: number;
-  /** supplementary groups (setgroups); none when empty or absent */
-  additionalGids?: number[];
-}
+/** What START carries: a ProcessSpec whose strings may be raw bytes. */
+export type StartSpec = ProcessSpec<Bytes>;
 
 export function encodeFrame(type: number, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
   if (payload.length > MAX_PAYLOAD)
@@ -232,7 +234,7 @@ function checkId(what: string, v: number): number {
   return v;
 }
 
-export function encodeStart(p: ProcessSpec, stdinPipe: boolean): Buffer {
+export function encodeStart(p: StartSpec, stdinPipe: boolean): Buffer {
   if (p.args.length === 0) throw new KindlingError("no command to run");
   const groups = p.additionalGids ?? [];
   if (groups.length > MAX_GROUPS)
@@ -251,7 +253,7 @@ export function encodeStart(p: ProcessSpec, stdinPipe: boolean): Buffer {
 }
 
 /** START's payload read back (the guest's side of encodeStart; used by tests and test doubles). */
-export function decodeStart(payload: Buffer): { stdinPipe: boolean; spec: ProcessSpec & { cwd: Buffer } } {
+export function decodeStart(payload: Buffer): { stdinPipe: boolean; spec: StartSpec & { cwd: Buffer } } {
   const r = new PayloadReader(payload);
   const stdinPipe = (r.u32() & 1) === 1;
   const uid = r.u32();

@@ -1,7 +1,8 @@
 /**
  * The Firecracker backend: starts one firecracker process for a VmSpec, configures it over its API
  * socket (or with --config-file), and gives the caller the agent's byte stream over hybrid vsock.
- * Setup is a list of steps, each registering its undo, so a failure at any point leaves nothing behind.
+ * Setup is a list of named steps (firecrackerBootSteps), each registering its undo, so a failure at any
+ * point leaves nothing behind; the jailer and the config file are adaptations of that list.
  */
 import { chown, mkdir, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
@@ -10,8 +11,9 @@ import type { Duplex } from "node:stream";
 import { KindlingError } from "../../util/errors.js";
 import { Scope } from "../../util/scope.js";
 import type { VmSpec } from "../spec.js";
+import { StepList } from "../steps.js";
 import { FirecrackerApi } from "./client.js";
-import { type JailerOptions, planJail, prepareJail, renderJailerArgs } from "./jailer.js";
+import { type JailerOptions, type JailLayout, planJail, prepareJail, renderJailerArgs } from "./jailer.js";
 import {
   describeExit,
   type ExitInfo,
@@ -111,151 +113,303 @@ export async function startFirecrackerVm(
   spec: VmSpec,
   opts: FirecrackerVmOptions = {},
 ): Promise<FirecrackerVm> {
-  checkSpec(spec);
   const scope = new Scope();
   try {
-    return await start(spec, opts, scope);
+    const ctx: FirecrackerBoot = { spec, opts, ...initialBoot(spec, opts) };
+    await firecrackerBootSteps(opts, spec).run(ctx, scope);
+    return makeHandle({
+      id: ctx.id,
+      spec,
+      paths: ctx.paths!,
+      api: ctx.api!,
+      proc: ctx.proc!,
+      listener: ctx.listener!,
+      scope,
+      config: ctx.config,
+      agentTimeoutMs: opts.agentTimeoutMs,
+    });
   } catch (err) {
     await scope.close();
     throw err;
   }
 }
 
-async function start(spec: VmSpec, opts: FirecrackerVmOptions, scope: Scope): Promise<FirecrackerVm> {
-  const bin = await resolveFirecracker(opts.firecrackerBin);
-  const jailerBin = opts.jailer ? await resolveJailer(opts.jailer.jailerBin) : undefined;
-  const id = opts.id ?? vmId(spec.stateDir);
-  const agentPort = opts.agentPort ?? AGENT_VSOCK_PORT;
-  const stateDir = path.resolve(spec.stateDir);
-  await mkdir(stateDir, { recursive: true });
+/** Paths as firecracker sees them: in the state directory, or inside the chroot when jailed. */
+interface InVmPaths {
+  api: string;
+  vsock: string;
+  log: string;
+  metrics: string;
+  config: string;
+}
 
-  // Paths as firecracker sees them (inside the chroot when jailed) and as we see them.
-  const jail = opts.jailer
-    ? planJail(spec, id, { ...opts.jailer, execFile: opts.jailer.execFile || bin })
-    : undefined;
-  const inVm = jail
-    ? {
-        api: "/run/firecracker.socket",
-        vsock: "/run/vsock.sock",
-        log: "/logs/firecracker.log",
-        metrics: "/logs/metrics.json",
-        config: "/run/config.json",
-      }
-    : {
-        api: path.join(stateDir, "api.sock"),
-        vsock: path.join(stateDir, "vsock.sock"),
-        log: path.join(stateDir, "firecracker.log"),
-        metrics: path.join(stateDir, "metrics.json"),
-        config: path.join(stateDir, "config.json"),
-      };
-  const onHost = (p: string) => (jail ? jail.hostPath(p) : p);
-  const paths: FirecrackerPaths = {
-    stateDir,
+/** What the boot steps share: each step fills in what the later ones use. */
+export interface FirecrackerBoot {
+  readonly spec: VmSpec;
+  readonly opts: FirecrackerVmOptions;
+  readonly id: string;
+  readonly agentPort: number;
+  readonly stateDir: string;
+  bin?: string;
+  inVm?: InVmPaths;
+  paths?: FirecrackerPaths;
+  render?: RenderOptions;
+  /** firecracker's own arguments */
+  fcArgs: string[];
+  listener?: VsockListener;
+  config?: FirecrackerConfig;
+  proc?: Supervised;
+  api?: FirecrackerApi;
+}
+
+function initialBoot(spec: VmSpec, opts: FirecrackerVmOptions) {
+  return {
+    id: opts.id ?? vmId(spec.stateDir),
+    agentPort: opts.agentPort ?? AGENT_VSOCK_PORT,
+    stateDir: path.resolve(spec.stateDir),
+    fcArgs: [] as string[],
+  };
+}
+
+/** Host paths of a VM whose files firecracker sees at `inVm` (mapped by onHost when jailed). */
+function planPaths(ctx: FirecrackerBoot, inVm: InVmPaths, onHost: (p: string) => string, jailRoot?: string) {
+  ctx.inVm = inVm;
+  ctx.paths = {
+    stateDir: ctx.stateDir,
     apiSocket: onHost(inVm.api),
     vsockSocket: onHost(inVm.vsock),
-    agentSocket: `${onHost(inVm.vsock)}_${agentPort}`,
+    agentSocket: `${onHost(inVm.vsock)}_${ctx.agentPort}`,
     log: onHost(inVm.log),
     metrics: onHost(inVm.metrics),
-    console: path.join(stateDir, "console.log"),
-    stderr: path.join(stateDir, "firecracker.stderr"),
-    configFile: opts.configFile ? onHost(inVm.config) : undefined,
-    jailRoot: jail?.root,
+    console: path.join(ctx.stateDir, "console.log"),
+    stderr: path.join(ctx.stateDir, "firecracker.stderr"),
+    configFile: ctx.opts.configFile ? onHost(inVm.config) : undefined,
+    jailRoot,
   };
-  for (const p of [paths.apiSocket, paths.agentSocket]) {
-    if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
-      throw new KindlingError(
-        `socket path ${p} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter KINDLING_HOME`,
-      );
-    }
-  }
-
-  const render: RenderOptions = {
-    vsock: { guest_cid: opts.guestCid ?? DEFAULT_GUEST_CID, uds_path: inVm.vsock },
+  ctx.render = {
+    vsock: { guest_cid: ctx.opts.guestCid ?? DEFAULT_GUEST_CID, uds_path: inVm.vsock },
     logger: {
       log_path: inVm.log,
-      level: opts.logLevel ?? "Warning",
+      level: ctx.opts.logLevel ?? "Warning",
       show_level: true,
       show_log_origin: false,
     },
     metrics: { metrics_path: inVm.metrics },
-    mapPath: jail
-      ? (_p, kind, fileId) => jail.files.find((f) => f.kind === kind && f.id === fileId)!.inJail
-      : undefined,
   };
+  ctx.fcArgs = ["--api-sock", inVm.api];
+}
 
-  if (jail) {
-    if (process.getuid?.() !== 0)
-      throw new KindlingError("the jailer must be started as root (it chroots and drops to --uid/--gid)");
-    const { undo } = await prepareJail(jail, opts.jailer!, [inVm.log, inVm.metrics]);
-    scope.defer("jail", undo);
-  } else {
-    // Firecracker opens its log and metrics files but does not create them.
-    await writeFile(paths.log, "", { flag: "a" });
-    await writeFile(paths.metrics, "", { flag: "a" });
-  }
-  const socketsToRemove = [paths.apiSocket, paths.vsockSocket, paths.agentSocket];
-  for (const s of socketsToRemove) await rm(s, { force: true });
-  scope.defer("sockets", async () => {
-    for (const s of socketsToRemove) await rm(s, { force: true });
-  });
-
-  // The guest connects as soon as its agent starts, so the listener must exist before the VM boots.
-  const listener = await VsockListener.listen(paths.vsockSocket, agentPort);
-  scope.defer("agent listener", () => listener.close());
-  // connect(2) on a Unix socket needs write permission: the jailed VMM runs as the jail's uid.
-  if (jail) await chown(listener.path, opts.jailer!.uid, opts.jailer!.gid);
-
-  let config: FirecrackerConfig | undefined;
-  const fcArgs = ["--api-sock", inVm.api];
-  if (!jail) fcArgs.push("--id", id); // the jailer passes --id itself
-  if (opts.configFile) {
-    config = renderConfigFile(spec, render);
-    await writeFile(paths.configFile!, `${JSON.stringify(config, null, 2)}\n`);
-    fcArgs.push("--config-file", inVm.config);
-  }
-  // with a NIC, the VMM runs in the run's network namespace (the jailer joins it itself)
-  const netns = spec.network?.netns;
-  const jailerOpts = { ...opts.jailer!, execFile: opts.jailer?.execFile || bin, ...(netns ? { netns } : {}) };
-  const [cmd, args] = jail
-    ? [jailerBin!, renderJailerArgs(id, jailerOpts, fcArgs)]
-    : netns
-      ? ["nsenter", [`--net=${netns}`, "--", bin, ...fcArgs]]
-      : [bin, fcArgs];
+async function spawnVmm(ctx: FirecrackerBoot, scope: Scope, cmd: string, args: string[]): Promise<void> {
   const proc = await Supervised.spawn(cmd, args, {
-    cwd: stateDir,
-    stdoutPath: paths.console,
-    stderrPath: paths.stderr,
+    cwd: ctx.stateDir,
+    stdoutPath: ctx.paths!.console,
+    stderrPath: ctx.paths!.stderr,
   });
+  ctx.proc = proc;
   scope.defer("firecracker process", async () => {
     await proc.kill();
   });
+}
 
-  const api = new FirecrackerApi(paths.apiSocket);
-  await waitForSocket(paths.apiSocket, proc, opts.startTimeoutMs ?? 10_000, paths.console);
-  const fail = async (what: string, err: unknown): Promise<never> => {
-    const exit = await proc.waitFor(200);
-    const why = exit ? `; ${describeExit("firecracker", exit)}` : "";
-    throw new KindlingError(`${what}: ${(err as Error).message}${why}`);
-  };
-  if (!opts.configFile) {
-    for (const call of renderApiCalls(spec, render)) {
-      await api
-        .call(call.method, call.path, call.body)
-        .catch((err) => fail("configuring the Firecracker VM failed", err));
-    }
-  }
+/** The steps of a plain (unjailed) boot configured over the API; see withConfigFile and withJailer. */
+const DEFAULT_STEPS: StepList<FirecrackerBoot> = StepList.of<FirecrackerBoot>(
+  { name: "validate-spec", run: (ctx) => checkSpec(ctx.spec) },
+  {
+    name: "resolve-firecracker",
+    run: async (ctx) => {
+      ctx.bin = await resolveFirecracker(ctx.opts.firecrackerBin);
+    },
+  },
+  {
+    name: "make-state-dir",
+    run: async (ctx) => {
+      await mkdir(ctx.stateDir, { recursive: true });
+    },
+  },
+  {
+    name: "plan-paths",
+    run: (ctx) => {
+      const at = (name: string) => path.join(ctx.stateDir, name);
+      planPaths(
+        ctx,
+        {
+          api: at("api.sock"),
+          vsock: at("vsock.sock"),
+          log: at("firecracker.log"),
+          metrics: at("metrics.json"),
+          config: at("config.json"),
+        },
+        (p) => p,
+      );
+      ctx.fcArgs.push("--id", ctx.id);
+    },
+  },
+  {
+    name: "check-socket-paths",
+    run: (ctx) => {
+      for (const p of [ctx.paths!.apiSocket, ctx.paths!.agentSocket]) {
+        if (Buffer.byteLength(p) > MAX_SOCKET_PATH) {
+          throw new KindlingError(
+            `socket path ${p} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter KINDLING_HOME`,
+          );
+        }
+      }
+    },
+  },
+  {
+    name: "create-log-files",
+    run: async (ctx) => {
+      // Firecracker opens its log and metrics files but does not create them.
+      await writeFile(ctx.paths!.log, "", { flag: "a" });
+      await writeFile(ctx.paths!.metrics, "", { flag: "a" });
+    },
+  },
+  {
+    name: "clean-sockets",
+    run: async (ctx, scope) => {
+      const p = ctx.paths!;
+      const sockets = [p.apiSocket, p.vsockSocket, p.agentSocket];
+      for (const s of sockets) await rm(s, { force: true });
+      scope.defer("sockets", async () => {
+        for (const s of sockets) await rm(s, { force: true });
+      });
+    },
+  },
+  {
+    // The guest connects as soon as its agent starts, so the listener must exist before the VM boots.
+    name: "listen-agent",
+    run: async (ctx, scope) => {
+      const listener = await VsockListener.listen(ctx.paths!.vsockSocket, ctx.agentPort);
+      ctx.listener = listener;
+      scope.defer("agent listener", () => listener.close());
+    },
+  },
+  { name: "start-vmm", run: (ctx, scope) => spawnVmm(ctx, scope, ctx.bin!, ctx.fcArgs) },
+  {
+    name: "wait-api-socket",
+    run: async (ctx) => {
+      ctx.api = new FirecrackerApi(ctx.paths!.apiSocket);
+      await waitForSocket(
+        ctx.paths!.apiSocket,
+        ctx.proc!,
+        ctx.opts.startTimeoutMs ?? 10_000,
+        ctx.paths!.console,
+      );
+    },
+  },
+  {
+    name: "configure-api",
+    run: async (ctx) => {
+      for (const call of renderApiCalls(ctx.spec, ctx.render!)) {
+        await ctx.api!.call(call.method, call.path, call.body).catch(async (err) => {
+          const exit = await ctx.proc!.waitFor(200);
+          const why = exit ? `; ${describeExit("firecracker", exit)}` : "";
+          throw new KindlingError(`configuring the Firecracker VM failed: ${(err as Error).message}${why}`);
+        });
+      }
+    },
+  },
+);
 
-  return makeHandle({
-    id,
-    spec,
-    paths,
-    api,
-    proc,
-    listener,
-    scope,
-    config,
-    agentTimeoutMs: opts.agentTimeoutMs,
+/** --config-file: one document written before the start (the VM boots as soon as firecracker reads it). */
+export function withConfigFile(steps: StepList<FirecrackerBoot>): StepList<FirecrackerBoot> {
+  return steps.remove("configure-api").insertBefore("start-vmm", {
+    name: "write-config-file",
+    run: async (ctx) => {
+      const config = renderConfigFile(ctx.spec, ctx.render!);
+      ctx.config = config;
+      await writeFile(ctx.paths!.configFile!, `${JSON.stringify(config, null, 2)}\n`);
+      ctx.fcArgs.push("--config-file", ctx.inVm!.config);
+    },
   });
+}
+
+/**
+ * The jailer: paths inside the chroot, the chroot laid out instead of plain log files, the agent socket
+ * handed to the jail's uid, and the jailer (which execs firecracker) started instead of firecracker.
+ */
+export function withJailer(
+  steps: StepList<FirecrackerBoot>,
+  jailer: JailerOptions,
+): StepList<FirecrackerBoot> {
+  let jailerBin = "";
+  let jail: JailLayout | undefined;
+  // with a NIC, the jailer joins the run's network namespace itself
+  const jailOpts = (ctx: FirecrackerBoot): JailerOptions => {
+    const netns = ctx.spec.network?.netns;
+    return { ...jailer, execFile: jailer.execFile || ctx.bin!, ...(netns ? { netns } : {}) };
+  };
+  return steps
+    .insertAfter("resolve-firecracker", {
+      name: "resolve-jailer",
+      run: async () => {
+        jailerBin = await resolveJailer(jailer.jailerBin);
+      },
+    })
+    .swap({
+      name: "plan-paths",
+      run: (ctx) => {
+        const layout = planJail(ctx.spec, ctx.id, jailOpts(ctx));
+        jail = layout;
+        planPaths(
+          ctx,
+          {
+            api: "/run/firecracker.socket",
+            vsock: "/run/vsock.sock",
+            log: "/logs/firecracker.log",
+            metrics: "/logs/metrics.json",
+            config: "/run/config.json",
+          },
+          (p) => layout.hostPath(p),
+          layout.root,
+        );
+        // the jailer passes --id itself; drives and kernel are at their paths inside the chroot
+        ctx.render!.mapPath = (_p, kind, fileId) =>
+          layout.files.find((f) => f.kind === kind && f.id === fileId)!.inJail;
+      },
+    })
+    .swap({
+      name: "create-log-files",
+      run: async (ctx, scope) => {
+        if (process.getuid?.() !== 0)
+          throw new KindlingError("the jailer must be started as root (it chroots and drops to --uid/--gid)");
+        const { undo } = await prepareJail(jail!, jailer, [ctx.inVm!.log, ctx.inVm!.metrics]);
+        scope.defer("jail", undo);
+      },
+    })
+    .insertAfter("listen-agent", {
+      // connect(2) on a Unix socket needs write permission: the jailed VMM runs as the jail's uid.
+      name: "chown-agent-socket",
+      run: (ctx) => chown(ctx.listener!.path, jailer.uid, jailer.gid),
+    })
+    .swap({
+      name: "start-vmm",
+      run: (ctx, scope) =>
+        spawnVmm(ctx, scope, jailerBin, renderJailerArgs(ctx.id, jailOpts(ctx), ctx.fcArgs)),
+    });
+}
+
+/** With a NIC, the VMM runs in the run's network namespace: nsenter execs it (same pid). */
+export function withNetworkNamespace(
+  steps: StepList<FirecrackerBoot>,
+  netns: string,
+): StepList<FirecrackerBoot> {
+  return steps.swap({
+    name: "start-vmm",
+    run: (ctx, scope) => spawnVmm(ctx, scope, "nsenter", [`--net=${netns}`, "--", ctx.bin!, ...ctx.fcArgs]),
+  });
+}
+
+/**
+ * The boot steps for this VM: the default list, adapted for a config file, a network namespace and the
+ * jailer (which joins the namespace itself, so it comes last and replaces how the VMM starts).
+ */
+export function firecrackerBootSteps(opts: FirecrackerVmOptions, spec?: VmSpec): StepList<FirecrackerBoot> {
+  let steps = DEFAULT_STEPS;
+  if (opts.configFile) steps = withConfigFile(steps);
+  if (spec?.network) steps = withNetworkNamespace(steps, spec.network.netns);
+  if (opts.jailer) steps = withJailer(steps, opts.jailer);
+  return steps;
 }
 
 /** A Firecracker id (alphanumerics and hyphens, as the jailer wants) from the state directory's name. */

@@ -1,12 +1,6 @@
 import { KindlingError } from "../../util/errors.js";
 import type { DriveSpec } from "../spec.js";
-import type { Vmm } from "./types.js";
-
-/**
- * QEMU microvm has 24 virtio-mmio slots, but a guest sees only 23 devices (measured: with 23 drives and
- * the agent's virtio-serial the serial port is missing). One is the agent's serial port.
- */
-export const QEMU_MAX_VIRTIO_DEVICES = 23;
+import type { Vmm } from "../vmm.js";
 
 /** Linux's virtio-blk names: vda..vdz, vdaa..vdaz, ... (sd_format_disk_name). */
 export function guestDiskName(index: number): string {
@@ -32,14 +26,15 @@ export class DriveTable {
   }
 
   /** Fails with the limit and a way out when the VMM cannot attach this many devices (+ moreDrives to come). */
-  check(vmm: Vmm, shares: number, moreDrives = 0): void {
-    if (vmm !== "qemu") return;
+  check(vmm: Pick<Vmm, "traits">, shares: number, moreDrives = 0): void {
+    const max = vmm.traits.maxDevices;
+    if (max === undefined) return;
     const drives = this.drives.length + moreDrives;
-    const devices = drives + shares + 1; // + the agent's virtio-serial
-    if (devices > QEMU_MAX_VIRTIO_DEVICES) {
+    const devices = drives + shares + 1; // + the agent's port
+    if (devices > max) {
       throw new KindlingError(
         `too many devices for QEMU microvm: ${drives} drives, ${shares} shares and the agent port ` +
-          `need ${devices} virtio-mmio slots, the guest sees at most ${QEMU_MAX_VIRTIO_DEVICES}; ` +
+          `need ${devices} virtio-mmio slots, the guest sees at most ${max}; ` +
           "use --mount-packing pack (all -v mounts in two drives)",
       );
     }

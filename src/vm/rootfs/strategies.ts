@@ -146,7 +146,7 @@ async function copyRootfs(req: RootfsRequest): Promise<RootfsPlan> {
  * (the guest stacks its own overlay on the root share, which would keep writes inside the VM).
  */
 async function virtiofsRootfs(req: RootfsRequest): Promise<RootfsPlan> {
-  if (req.vmm !== "qemu") {
+  if (!req.vmm.traits.shares) {
     throw new KindlingError(
       "--rootfs virtiofs needs --runtime qemu: Firecracker has no virtio-fs (see `kindling doctor`)",
     );

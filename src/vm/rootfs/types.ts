@@ -4,8 +4,7 @@ import type { UserDb } from "../../runtime/users.js";
 import type { Scope } from "../../util/scope.js";
 import type { GuestMount } from "../agent/protocol.js";
 import type { DriveSpec, ShareSpec } from "../spec.js";
-
-export type Vmm = "qemu" | "firecracker";
+import type { Vmm } from "../vmm.js";
 
 /** How -v mounts reach a guest that sees only block devices: all in two drives, or one drive each. */
 export type MountPacking = "pack" | "per-mount";
@@ -18,7 +17,8 @@ export interface RootfsRequest {
   scope: Scope;
   image: ResolvedImage;
   volumes: VolumeSpec[];
-  vmm: Vmm;
+  /** The backend: its traits decide what a plan may use (shares, how many devices). */
+  vmm: Pick<Vmm, "name" | "traits">;
   /** VM memory: the tmpfs writable layer gets half of it. */
   memoryMiB: number;
   /** `--disk`: bytes of a sparse ext4 scratch drive for the writable layer instead of tmpfs. */

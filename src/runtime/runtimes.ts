@@ -11,11 +11,11 @@ export interface RuntimeEntry {
 }
 
 /**
- * The runtimes `kindling run --runtime` dispatches to. To add one (qemu, firecracker): implement
- * Runtime (prepare returns a Container with start/wait/kill/delete; hold every host resource in the
- * RunDir) and put it here.
+ * The table of runtimes `kindling run --runtime` dispatches to (not the OCI registry: that is
+ * src/registry). To add one: implement Runtime (prepare returns a Container with start/wait/kill/delete;
+ * hold every host resource in the RunDir) and put it here.
  */
-const RUNTIMES: Record<RuntimeName, RuntimeEntry | undefined> = {
+const RUNTIMES: Record<RuntimeName, RuntimeEntry> = {
   runc: { create: () => new OciRuntime(RUNC), rootfs: ["lazy"] },
   runsc: { create: () => new OciRuntime(RUNSC), rootfs: ["lazy"] },
   qemu: { create: () => new VmRuntime("qemu"), rootfs: ["lazy", "squashfs", "copy", "virtiofs"] },
@@ -26,7 +26,6 @@ const RUNTIMES: Record<RuntimeName, RuntimeEntry | undefined> = {
 /** The runtime for `--runtime name --rootfs strategy`, or a KindlingError saying why not. */
 export function getRuntime(name: RuntimeName, rootfs: RootfsStrategy): Runtime {
   const entry = RUNTIMES[name];
-  if (!entry) throw new KindlingError(`--runtime ${name} is not implemented yet`);
   if (!entry.rootfs.includes(rootfs)) {
     throw new KindlingError(
       `--rootfs ${rootfs} does not apply to --runtime ${name} (it supports: ${entry.rootfs.join(", ")})`,

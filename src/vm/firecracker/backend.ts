@@ -1,13 +1,14 @@
 /**
- * Firecracker with the guest agent: boot until the agent's READY, run one process, always stop the VM.
- * Mirrors bootVm/runInVm of the QEMU backend (src/vm/qemu.ts) so the caller picks a backend by name.
+ * Firecracker as a Vmm (src/vm/vmm.ts): start it (vm.ts), wait for the guest agent's READY over vsock,
+ * and hand back a BootedVm.
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { KindlingError } from "../../util/errors.js";
-import { AgentClient, type ProcessExit } from "../agent/client.js";
-import type { RunInVmOptions, RunResult } from "../qemu.js";
+import { AgentClient } from "../agent/client.js";
+import { consolePanicLine } from "../console.js";
 import type { VmSpec } from "../spec.js";
-import { tail } from "./process.js";
+import type { AgentTransport, BootedVm, VmExit, Vmm, VmmTraits } from "../vmm.js";
+import { resolveFirecracker, tail } from "./process.js";
 import { type FirecrackerVm, type FirecrackerVmOptions, startFirecrackerVm } from "./vm.js";
 
 const DEFAULT_BOOT_TIMEOUT_MS = 60_000;
@@ -30,37 +31,47 @@ export interface FirecrackerBootOptions extends FirecrackerVmOptions {
   bootTimeoutMs?: number;
 }
 
-/** A running Firecracker microVM with its agent connected (the shape of QemuVm). */
-export class FirecrackerBootedVm {
-  /** spawn -> guest READY, in ms */
-  bootMs = 0;
+/** A running Firecracker microVM with its agent connected. */
+export class FirecrackerBootedVm implements BootedVm {
+  readonly vmm = "firecracker" as const;
   readonly accel = "kvm" as const;
   private closing?: Promise<void>;
+  private ended = false;
 
   constructor(
     readonly vm: FirecrackerVm,
     readonly agent: AgentClient,
-  ) {}
+    /** spawn -> guest READY, in ms */
+    readonly bootMs: number,
+  ) {
+    vm.wait().then(() => {
+      this.ended = true;
+    });
+  }
 
   get pid(): number {
     return this.vm.pid;
   }
 
-  get paths(): { consoleLog: string; apiSocket: string; vsockSocket: string } {
-    return {
-      consoleLog: this.vm.paths.console,
-      apiSocket: this.vm.paths.apiSocket,
-      vsockSocket: this.vm.paths.vsockSocket,
-    };
+  get consoleLog(): string {
+    return this.vm.paths.console;
   }
 
-  async wait(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  get exited(): boolean {
+    return this.ended;
+  }
+
+  async wait(): Promise<VmExit> {
     const e = await this.vm.wait();
     return { code: e.code, signal: e.signal };
   }
 
   consoleTail(lines = 20): Promise<string> {
     return tail(this.vm.paths.console, lines, 16_000);
+  }
+
+  panicLine(): Promise<string | undefined> {
+    return consolePanicLine(this.vm.paths.console);
   }
 
   kill(): Promise<void> {
@@ -123,70 +134,35 @@ export async function bootFirecrackerVm(
   );
   const result = await Promise.race([ready, timer, vm.wait()]);
   stopTimer.abort(); // a pending timer would keep Node alive until the deadline
-  if (result === "ready") {
-    const booted = new FirecrackerBootedVm(vm, agent);
-    booted.bootMs = Date.now() - started;
-    return booted;
-  }
+  if (result === "ready") return new FirecrackerBootedVm(vm, agent, Date.now() - started);
   agent.close();
   if (result === "timeout") return fail(`no agent READY within ${timeoutMs} ms`);
   return fail(result.reason);
 }
 
-export type RunInFirecrackerOptions = Omit<RunInVmOptions, "qemu" | "onBoot"> & {
-  firecracker?: FirecrackerBootOptions;
-  onBoot?: (vm: FirecrackerBootedVm) => void;
-};
+/** Firecracker: the guest reboots to end the VM, no virtio-fs, no device limit (the agent is on vsock). */
+export const FIRECRACKER_TRAITS: VmmTraits = { halt: "reboot", shares: false };
 
-/**
- * Boots a VM, runs one process in it, streams its output, and always stops the VM. A guest that dies
- * while the process runs is a KindlingError with the console's last lines.
- */
-export async function runInFirecrackerVm(opts: RunInFirecrackerOptions): Promise<RunResult> {
-  if (opts.signal?.aborted) throw new KindlingError("run aborted before it started");
-  const vm = await bootFirecrackerVm(opts.spec, opts.firecracker);
-  try {
-    opts.onBoot?.(vm);
-    if (opts.guest && (opts.guest.hostname || opts.guest.mounts?.length))
-      await vm.agent.configure(opts.guest);
-    const proc = await vm.agent.start(opts.process, {
-      stdout: opts.stdout,
-      stderr: opts.stderr,
-      stdin: opts.stdin,
-    });
-    let timedOut = false;
-    let timer: NodeJS.Timeout | undefined;
-    const stop = new Promise<"stopped">((resolve) => {
-      if (opts.timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          timedOut = true;
-          resolve("stopped");
-        }, opts.timeoutMs);
-      }
-      opts.signal?.addEventListener("abort", () => resolve("stopped"), { once: true });
-    });
-    const vmGone = vm.wait().then(() => "gone" as const);
-    const outcome = await Promise.race([proc.exited, stop, vmGone]).catch((err: Error) => err);
-    clearTimeout(timer);
-    if (outcome === "stopped") {
-      proc.kill("SIGKILL");
-      const exit = await within(
-        proc.exited.catch(() => undefined),
-        1000,
-      );
-      return { exitCode: exit?.status ?? 137, signal: exit?.signal ?? 9, timedOut, bootMs: vm.bootMs };
+export class FirecrackerVmm implements Vmm {
+  readonly name = "firecracker" as const;
+  readonly traits = FIRECRACKER_TRAITS;
+
+  constructor(private readonly opts: FirecrackerBootOptions = {}) {}
+
+  async checkHost(): Promise<void> {
+    try {
+      await resolveFirecracker(this.opts.firecrackerBin);
+    } catch (err) {
+      throw new KindlingError(`--runtime firecracker: ${(err as Error).message}`);
     }
-    if (outcome === "gone" || outcome instanceof Error) {
-      const e = await within(vm.vm.wait(), 1000);
-      const why = e ? e.reason : (outcome as Error).message;
-      const lines = await vm.consoleTail(20);
-      throw new KindlingError(
-        `the VM stopped while the process ran (${why})\n--- last console lines (${vm.paths.consoleLog}) ---\n${lines}`,
-      );
-    }
-    const exit = outcome as ProcessExit;
-    return { exitCode: exit.status, signal: exit.signal, timedOut: false, bootMs: vm.bootMs };
-  } finally {
-    await vm.close();
+  }
+
+  /** Firecracker has only vsock. */
+  async agentTransport(): Promise<AgentTransport> {
+    return "vsock";
+  }
+
+  boot(spec: VmSpec): Promise<FirecrackerBootedVm> {
+    return bootFirecrackerVm(spec, this.opts);
   }
 }
