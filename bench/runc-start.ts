@@ -11,6 +11,7 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { config } from "../src/config/index.js";
 import { isPathRef, resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { buildOciSpec } from "../src/runtime/oci.js";
@@ -47,7 +48,8 @@ async function main(): Promise<void> {
   if (!runc) throw new Error(`${RUNTIME} is not installed`);
   const tmp = await mkdtemp(path.join(tmpdir(), "kindling-bench-runc-"));
   // An image name is looked up (and run) in $KINDLING_HOME; a file or the built busybox in a temp home.
-  const home = IMAGE && !isPathRef(IMAGE) ? new KindlingHome() : new KindlingHome(path.join(tmp, "home"));
+  const home =
+    IMAGE && !isPathRef(IMAGE) ? new KindlingHome(config().home) : new KindlingHome(path.join(tmp, "home"));
   let imageRef = IMAGE;
   if (!imageRef) {
     await buildBusyboxTree(path.join(tmp, "tree"));

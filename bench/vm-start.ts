@@ -24,7 +24,7 @@ import { buildBusyboxTree, makeSquashfs } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { type GuestKernelChoice, prepareGuestBoot } from "../src/vm/kernel.js";
-import { bootVm } from "../src/vm/qemu.js";
+import { bootQemuVm } from "../src/vm/qemu.js";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const KINDLING = path.join(REPO, "bin", "kindling");
@@ -116,7 +116,7 @@ async function bootStages(
       if (f) await exec("dd", [`if=${f}`, "iflag=nocache", "count=0"], { allowFailure: true });
     }
   }
-  const vm = await bootVm(
+  const vm = await bootQemuVm(
     {
       ...boot,
       memoryMiB: 256,

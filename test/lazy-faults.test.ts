@@ -9,8 +9,8 @@ import { randomBytes } from "node:crypto";
 import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { readMountinfo } from "../src/host/mounts.js";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
-import { readMountinfo } from "../src/lazy/mountinfo.js";
 import { indexBytes } from "../src/lazy/testing.js";
 import type { ChunkSource, Digest } from "../src/store/types.js";
 import { exec } from "../src/util/exec.js";
@@ -29,7 +29,7 @@ after(async () => {
   await registry.stop();
   for (const h of ["frozen", "full"]) await cleanupStale(new KindlingHome(path.join(tmp, h))).catch(() => {});
   await exec("umount", ["-l", path.join(tmp, "full", "blobs", "sha256")], { allowFailure: true });
-  const left = (await readMountinfo()).filter((m) => m.mountpoint.startsWith(tmp));
+  const left = (await readMountinfo()).filter((m) => m.mountPoint.startsWith(tmp));
   await rm(tmp, { recursive: true, force: true });
   assert.deepEqual(left, [], "nothing of ours stays mounted");
 });

@@ -3,9 +3,9 @@ import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { readMountinfo } from "../src/host/mounts.js";
 import { chunksIn } from "../src/lazy/chunkmap.js";
 import { cleanupStale, mountImage, openLazyImage, umountImage } from "../src/lazy/index.js";
-import { readMountinfo } from "../src/lazy/mountinfo.js";
 import { parseSquashfsSuperblock } from "../src/lazy/squashfs.js";
 import { indexBytes } from "../src/lazy/testing.js";
 import type { ChunkSource, Digest } from "../src/store/types.js";
@@ -35,7 +35,7 @@ before(async () => {
 
 after(async () => {
   await cleanupStale(home);
-  const left = (await readMountinfo()).filter((m) => m.mountpoint.startsWith(tmp));
+  const left = (await readMountinfo()).filter((m) => m.mountPoint.startsWith(tmp));
   const loops = (await exec("losetup", ["-a"])).stdout.split("\n").filter((l) => l.includes(tmp));
   await rm(tmp, { recursive: true, force: true });
   assert.deepEqual(left, [], "nothing of ours stays mounted");
@@ -99,7 +99,7 @@ test("image mount / umount leave nothing mounted or attached, and a dead mount i
   const dir = path.join(tmp, "view");
   const attached = async () =>
     (await exec("losetup", ["-a"])).stdout.split("\n").filter((l) => l.includes(home.root));
-  const ours = async () => (await readMountinfo()).filter((m) => m.mountpoint.startsWith(tmp));
+  const ours = async () => (await readMountinfo()).filter((m) => m.mountPoint.startsWith(tmp));
 
   await mountImage(home, record, dir);
   try {

@@ -6,9 +6,9 @@ import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { Limiter } from "../src/chunks/limiter.js";
+import { readMountinfo } from "../src/host/mounts.js";
 import { chunkAt, chunksIn } from "../src/lazy/chunkmap.js";
 import { cleanupStale, openLazyImage, stopIdleShared } from "../src/lazy/index.js";
-import { readMountinfo } from "../src/lazy/mountinfo.js";
 import { parseSquashfsSuperblock } from "../src/lazy/squashfs.js";
 import { indexBytes } from "../src/lazy/testing.js";
 import type { ChunkSource, Digest } from "../src/store/types.js";
@@ -20,7 +20,7 @@ before(async () => {
 });
 after(async () => {
   await cleanupStale(home);
-  const left = (await readMountinfo()).filter((m) => m.mountpoint.startsWith(home.root));
+  const left = (await readMountinfo()).filter((m) => m.mountPoint.startsWith(home.root));
   await rm(home.root, { recursive: true, force: true });
   assert.deepEqual(left, [], "nothing of ours stays mounted");
 });
@@ -181,12 +181,12 @@ test("a killed daemon gives readers an error, and the next open cleans its stale
     assert.ok(Date.now() - t0 < 2000, "no hang");
     const stale = `${first.dir}/fs`;
     assert.ok(
-      (await readMountinfo()).some((m) => m.mountpoint === stale),
+      (await readMountinfo()).some((m) => m.mountPoint === stale),
       "the dead mount is still there",
     );
 
     second = await openLazyImage(home, record, "auto");
-    assert.ok(!(await readMountinfo()).some((m) => m.mountpoint === stale), "stale mount released");
+    assert.ok(!(await readMountinfo()).some((m) => m.mountPoint === stale), "stale mount released");
     assert.ok(!existsSync(first.dir), "stale directory removed");
     assert.ok((await pread(second.path, 700_000, 4096)).equals(data.subarray(700_000, 704_096)));
   } finally {
@@ -212,7 +212,7 @@ test("a hung daemon is aborted on close: its readers get an error, not a hang", 
     await lazy.close();
     assert.match(String(await reading), /ENOTCONN|ECONNABORTED|EIO/);
     assert.ok(Date.now() - t0 < 10_000);
-    assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(lazy.dir)));
+    assert.ok(!(await readMountinfo()).some((m) => m.mountPoint.startsWith(lazy.dir)));
   } finally {
     try {
       process.kill(lazy.pid, "SIGKILL");
@@ -338,7 +338,7 @@ setInterval(() => {}, 1000);
     assert.ok(released.includes(daemon.dir), `released ${released.join(", ")}`);
     assert.match(String(await reading), /ENOTCONN|ECONNABORTED|EIO/);
     assert.ok(Date.now() - t0 < 8000, `took ${Date.now() - t0} ms`);
-    assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(daemon.dir)));
+    assert.ok(!(await readMountinfo()).some((m) => m.mountPoint.startsWith(daemon.dir)));
   } finally {
     owner.kill("SIGKILL");
     try {
@@ -375,7 +375,7 @@ test("several lazy images of one image at once: each chunk fetched once across d
   } finally {
     await Promise.all(images.map((l) => l.close()));
   }
-  assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(home.mounts)));
+  assert.ok(!(await readMountinfo()).some((m) => m.mountPoint.startsWith(home.mounts)));
 });
 
 test("shared: one daemon per image for every user; it leaves once its last user is gone", async () => {
@@ -404,7 +404,7 @@ test("shared: one daemon per image for every user; it leaves once its last user 
     await b.close();
   }
   assert.ok(await gone(a.pid), "the daemon left after its last user");
-  assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(a.dir)));
+  assert.ok(!(await readMountinfo()).some((m) => m.mountPoint.startsWith(a.dir)));
   const c = await openLazyImage(home, record, "auto", { shared: { idleMs: 60_000 } });
   try {
     assert.notEqual(c.pid, a.pid, "a new daemon once the old one left");
@@ -415,7 +415,7 @@ test("shared: one daemon per image for every user; it leaves once its last user 
   }
   assert.equal(await stopIdleShared(home, record.digest), 1, "idle: stopped without waiting");
   assert.ok(await gone(c.pid));
-  assert.ok(!(await readMountinfo()).some((m) => m.mountpoint.startsWith(c.dir)));
+  assert.ok(!(await readMountinfo()).some((m) => m.mountPoint.startsWith(c.dir)));
 });
 
 test("chunk lookup is a binary search over variable-size chunks; the superblock parser finds the tables", async () => {

@@ -1,4 +1,4 @@
-/** Unit tests of src/vm/rootfs and the VM run flags: no VM, no root needed. */
+/** Unit tests of src/runtime/vm-rootfs and the VM run flags: no VM, no root needed. */
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -6,11 +6,11 @@ import path from "node:path";
 import { test } from "node:test";
 import { pickDefaultVmm } from "../src/doctor/index.js";
 import { parseRunOptions } from "../src/runtime/options.js";
+import { DriveTable, guestDiskName } from "../src/runtime/vm-rootfs/drives.js";
+import { byDepth } from "../src/runtime/vm-rootfs/hostmounts.js";
+import { ext4Size, parseSize } from "../src/runtime/vm-rootfs/images.js";
 import { FIRECRACKER_TRAITS } from "../src/vm/firecracker/backend.js";
 import { QEMU_MAX_VIRTIO_DEVICES, QEMU_TRAITS } from "../src/vm/qemu.js";
-import { DriveTable, guestDiskName } from "../src/vm/rootfs/drives.js";
-import { byDepth } from "../src/vm/rootfs/hostmounts.js";
-import { ext4Size, parseSize } from "../src/vm/rootfs/images.js";
 
 test("guest disk names follow Linux's virtio-blk scheme", () => {
   assert.deepEqual([0, 1, 25, 26, 27, 51, 52, 701, 702].map(guestDiskName), [

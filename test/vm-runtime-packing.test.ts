@@ -17,9 +17,9 @@ import { RunDir } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
 import { leftovers, readAll } from "../src/runtime/testing.js";
 import type { Container, Runtime } from "../src/runtime/types.js";
+import { prepareRootfs } from "../src/runtime/vm-rootfs/strategies.js";
 import { Scope } from "../src/util/scope.js";
 import { FIRECRACKER_TRAITS } from "../src/vm/firecracker/backend.js";
-import { prepareRootfs } from "../src/vm/rootfs/strategies.js";
 import { fixture } from "./helpers/fixtures.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 

@@ -1,9 +1,10 @@
 /** Fresh KINDLING_HOMEs for the bench (one per unit and repetition), released without fail. */
 import { cp, mkdir, rm, stat, symlink } from "node:fs/promises";
 import path from "node:path";
+import { config } from "../config/index.js";
+import { mountsUnder, unmount } from "../host/mounts.js";
 import { pullImage } from "../image/registry.js";
 import { cleanupStale, stopIdleShared } from "../lazy/index.js";
-import { mountsUnder, unmount } from "../runtime/mounts.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import { REPO } from "./images.js";
@@ -18,7 +19,10 @@ let seq = 0;
 export async function sharedKernelDir(parent: string): Promise<string> {
   const dir = path.join(parent, "kernel");
   let seeded = false;
-  for (const from of [new KindlingHome().kernel, path.join(REPO, ".cache", "vm-test-home", "kernel")]) {
+  for (const from of [
+    new KindlingHome(config().home).kernel,
+    path.join(REPO, ".cache", "vm-test-home", "kernel"),
+  ]) {
     if (seeded || !(await stat(path.join(from, "current.json")).catch(() => null))) continue;
     await cp(from, dir, { recursive: true });
     seeded = true;

@@ -1,6 +1,7 @@
 /** The machine a bench ran on, for the report (CPU, cores, memory, kernel, accelerator). */
-import { access, readFile } from "node:fs/promises";
+import { access } from "node:fs/promises";
 import os from "node:os";
+import { cpuinfo } from "../host/proc.js";
 
 export interface MachineInfo {
   cpu: string;
@@ -15,8 +16,7 @@ export interface MachineInfo {
 }
 
 export async function machineInfo(): Promise<MachineInfo> {
-  const cpuinfo = await readFile("/proc/cpuinfo", "utf8").catch(() => "");
-  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? "unknown";
+  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo())?.[1]?.trim() ?? "unknown";
   const kvmDevice = await access("/dev/kvm").then(
     () => true,
     () => false,

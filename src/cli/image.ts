@@ -1,6 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { stat } from "node:fs/promises";
 import type { Command } from "commander";
+import { config } from "../config/index.js";
 import { describeImage } from "../image/describe.js";
 import { exportImage } from "../image/export.js";
 import { importImage } from "../image/import.js";
@@ -13,7 +14,7 @@ import { fmtBytes } from "../util/progress.js";
 import { api, runningService } from "./client.js";
 
 function home(): KindlingHome {
-  return new KindlingHome();
+  return new KindlingHome(config().home);
 }
 
 export function registerImageCommands(program: Command): void {

@@ -5,6 +5,8 @@
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { config } from "../config/index.js";
+import { findFreeLoop } from "../host/loop.js";
+import { kernelFilesystems, kernelRelease } from "../host/proc.js";
 import { findPlugin } from "../network/cni.js";
 import { DEFAULT_PLUGIN_DIRS } from "../network/conflist.js";
 import { errorMessage } from "../util/errors.js";
@@ -77,11 +79,10 @@ export async function deviceCheck(label: string, dev: string, purpose: string): 
 
 /** A file system the kernel can mount now (/proc/filesystems) or as a module (modules.dep). */
 export async function filesystemCheck(fs: string, purpose: string): Promise<Check> {
-  const filesystems = await readFile("/proc/filesystems", "utf8").catch(() => "");
-  if (filesystems.split("\n").some((l) => l.trim().split(/\s+/).pop() === fs)) {
+  if ((await kernelFilesystems()).includes(fs)) {
     return { name: fs, ok: true, detail: `${fs} supported by the host kernel (${purpose})` };
   }
-  const release = (await readFile("/proc/sys/kernel/osrelease", "utf8").catch(() => "")).trim();
+  const release = await kernelRelease();
   const dep = await readFile(`/lib/modules/${release}/modules.dep`, "utf8").catch(() => "");
   if (new RegExp(`/${fs}\\.ko`).test(dep)) {
     return { name: fs, ok: true, detail: `${fs} available as a module (${purpose})` };
@@ -96,14 +97,11 @@ export async function loopCheck(): Promise<Check> {
   }
   const losetup = await locate("losetup");
   if (!losetup) return { name: "loop devices", ok: false, detail: "losetup (util-linux) not found" };
-  const res = await exec(losetup, ["-f"], { allowFailure: true, timeout: 5000 });
-  return res.code === 0
-    ? { name: "loop devices", ok: true, detail: `free loop device ${res.stdout.trim()}` }
-    : {
-        name: "loop devices",
-        ok: false,
-        detail: `losetup -f: ${firstLine(res.stderr) ?? `status ${res.code}`}`,
-      };
+  try {
+    return { name: "loop devices", ok: true, detail: `free loop device ${await findFreeLoop(losetup)}` };
+  } catch (err) {
+    return { name: "loop devices", ok: false, detail: `losetup -f: ${errorMessage(err)}` };
+  }
 }
 
 /** fuse-native needs Debian's libfuse2 (libfuse.so.2) at run time. */

@@ -1,6 +1,7 @@
 /** `kindling doctor` and the automatic VMM choice for `kindling run`. */
+
+export { type KvmFacts, kvmFacts } from "../host/kvm.js";
 export type { Check } from "./checks.js";
-export { type KvmFacts, kvmFacts } from "./kvm.js";
 export {
   type DoctorReport,
   type DoctorRuntime,

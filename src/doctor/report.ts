@@ -3,6 +3,7 @@
  * checks (checks.ts, kvm.ts); printed as a table or as JSON.
  */
 import { config } from "../config/index.js";
+import { type KvmFacts, kvmFacts } from "../host/kvm.js";
 import { KindlingHome } from "../util/home.js";
 import { FIRECRACKER_MISSING, findExecutable, firecrackerVersion } from "../vm/firecracker/process.js";
 import {
@@ -17,7 +18,6 @@ import {
   locate,
   loopCheck,
 } from "./checks.js";
-import { type KvmFacts, kvmFacts } from "./kvm.js";
 
 /** Snapshot restore (issue 14 item 3) is designed (docs/vm-start.md) but not built: every run boots. */
 const SNAPSHOTS: Check = {
@@ -56,7 +56,7 @@ export interface DoctorOptions {
 }
 
 export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport> {
-  const home = opts.home ?? new KindlingHome();
+  const home = opts.home ?? new KindlingHome(config().home);
   const qemuPath = await locate("qemu-system-x86_64");
   const [
     runc,

@@ -2,6 +2,7 @@ import { mkdtemp, readdir, rm, stat, statfs } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { config } from "../config/index.js";
+import { isSameProcess } from "../host/process.js";
 
 const SHM = "/dev/shm";
 /** Largest tree built on tmpfs (KINDLING_BUILD_TMPFS_MAX overrides, in bytes). */
@@ -53,15 +54,6 @@ export async function onDisk(diskParent: string): Promise<TreeDir> {
   return { dir, maxBytes: Math.max(0, (await freeBytes(diskParent)) - 1024 ** 3), tmpfs: false };
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /** Removes build trees (and other kindling temp dirs) left by processes that no longer exist. */
 export async function sweepStaleTrees(dirs: string[]): Promise<void> {
   for (const parent of dirs) {
@@ -73,7 +65,8 @@ export async function sweepStaleTrees(dirs: string[]): Promise<void> {
     }
     for (const name of names) {
       const m = /^kindling-(?:build|import|export)-(\d+)-/.exec(name);
-      if (m && !alive(Number(m[1]))) await rm(path.join(parent, name), { recursive: true, force: true });
+      if (m && !isSameProcess(Number(m[1])))
+        await rm(path.join(parent, name), { recursive: true, force: true });
     }
   }
 }

@@ -8,14 +8,14 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { policyFrom } from "../chunks/policy.js";
 import { config } from "../config/index.js";
+import { releaseFuseMount } from "../host/mounts.js";
+import { isSameProcess, processStartTime } from "../host/process.js";
 import { registrySettings } from "../registry/settings.js";
 import { FetchLocks } from "../store/fetchlock.js";
 import type { ChunkSource, Digest, ImageRecord } from "../store/types.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-import { isSameProcess, processStartTime } from "../util/proc.js";
 import { DaemonDir } from "./daemondir.js";
-import { releaseFuseMount } from "./mountinfo.js";
 import { addUser, findShared, isStopping, markStopping, sharedDaemonDirs } from "./shared.js";
 import { cleanupStaleDaemons, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
@@ -100,7 +100,7 @@ async function startDaemon(
   opts: LazyOptions,
   policy: FetchPolicy,
 ): Promise<LazyImage> {
-  const ownerStartTime = (await processStartTime(process.pid)) ?? "";
+  const ownerStartTime = processStartTime(process.pid) ?? 0;
   const detached = Boolean(opts.detached || opts.shared);
   const dir = await DaemonDir.create(home, (d) => ({
     home: home.root,
@@ -169,7 +169,7 @@ async function startDaemon(
   const pid = child.pid!;
   const filePath = ready.path;
   if (token) {
-    const startTime = (await processStartTime(pid)) ?? "";
+    const startTime = processStartTime(pid) ?? 0;
     return sharedUse(home, record, dir, { pid, startTime, path: filePath, lower: ready.lower }, token);
   }
 
@@ -222,7 +222,7 @@ export async function useRunningShared(
   if (!found) return null;
   const token = await addUser(found.dir);
   // Seen after our token is written, `stopping` means the daemon may not have seen it.
-  if (!(await isStopping(found.dir)) && (await isSameProcess(found.state.pid, found.state.startTime))) {
+  if (!(await isStopping(found.dir)) && isSameProcess(found.state.pid, found.state.startTime)) {
     return sharedUse(home, record, found.dir, found.state, token);
   }
   await rm(token, { force: true });
@@ -254,7 +254,7 @@ function sharedUse(
     lowerDir: daemon.lower,
     async stats(): Promise<LazyStats> {
       const asked = new Date().toISOString();
-      if (await isSameProcess(pid, daemon.startTime)) {
+      if (isSameProcess(pid, daemon.startTime)) {
         process.kill(pid, "SIGUSR2");
         // The daemon answers in a few ms: poll briefly (a run's start waits on this), give up after 2 s.
         for (let waited = 0; waited < 2000; waited += 2) {

@@ -7,16 +7,16 @@ import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { useConfig } from "../config/index.js";
+import { lazyUnmount } from "../host/mounts.js";
+import { processStartTime } from "../host/process.js";
 import { readBlockIndex } from "../store/blockindex.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
-import { processStartTime } from "../util/proc.js";
 import { ChunkCache } from "./cache.js";
 import { validateIndex } from "./chunkmap.js";
 import { DaemonDir } from "./daemondir.js";
 import { mountBlockFile } from "./fusefs.js";
 import { LowerMounts } from "./lower.js";
-import { lazyUnmount } from "./mountinfo.js";
 import { prefetchTables } from "./prefetch.js";
 import { checkProfile, ProfileRecorder, prefetchProfile, readProfileFile, writeProfile } from "./profile.js";
 import { Readahead } from "./readahead.js";
@@ -120,7 +120,7 @@ async function main(): Promise<void> {
   const lowerDir = cfg.lower ? await lowers.mount() : undefined;
   state = {
     pid: process.pid,
-    startTime: (await processStartTime(process.pid)) ?? "",
+    startTime: processStartTime(process.pid) ?? 0,
     mountpoint: cfg.mountpoint,
     path: path.join(cfg.mountpoint, cfg.fileName),
     digest: cfg.record.digest,

@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { isSameProcess } from "../host/process.js";
 import type { KindlingHome } from "../util/home.js";
-import { isSameProcess } from "../util/proc.js";
 import type { DaemonConfig, DaemonState } from "./types.js";
 
 const ID = /^[0-9a-f]{16}$/;
@@ -80,7 +80,7 @@ export class DaemonDir {
     const removed: string[] = [];
     for (const name of await readdir(home.mounts).catch(() => [] as string[])) {
       const m = NEW.exec(name);
-      if (!m || (await isSameProcess(Number(m[1])))) continue;
+      if (!m || isSameProcess(Number(m[1]))) continue;
       await rm(path.join(home.mounts, name), { recursive: true, force: true });
       removed.push(path.join(home.mounts, name));
     }

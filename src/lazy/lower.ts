@@ -1,9 +1,10 @@
-import { mkdir, rm, stat } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { attachLoop, detachLoop, isLoopAttached, setLoopAutoclear } from "../host/loop.js";
+import { lazyUnmount, mount, mountAt } from "../host/mounts.js";
 import { exec } from "../util/exec.js";
 import type { DaemonDir } from "./daemondir.js";
-import { lazyUnmount, mountAt } from "./mountinfo.js";
 
 /**
  * The image's SquashFS mounted read-only from a daemon's own lazy file, for the lower layer of
@@ -12,15 +13,15 @@ import { lazyUnmount, mountAt } from "./mountinfo.js";
  */
 export async function mountLower(file: string, dir: string): Promise<void> {
   await mkdir(dir, { recursive: true });
-  const loop = (await exec("losetup", ["-r", "--direct-io=on", "--show", "-f", file])).stdout.trim();
+  const loop = await attachLoop(file);
   try {
-    await exec("mount", ["-t", "squashfs", "-o", "ro", loop, dir]);
+    await mount("squashfs", loop, dir, "ro");
   } catch (err) {
-    await exec("losetup", ["-d", loop], { allowFailure: true });
+    await detachLoop(loop, file).catch(() => {});
     throw err;
   }
   // Autoclear: from now on the loop device goes away with the mount.
-  await exec("losetup", ["-d", loop], { allowFailure: true });
+  await setLoopAutoclear(loop).catch(() => {});
 }
 
 /**
@@ -38,11 +39,7 @@ export async function unmountLower(dir: string): Promise<void> {
   const loop = path.basename(m.source);
   if (!/^loop\d+$/.test(loop)) return;
   for (let waited = 0; waited < 2000; waited += 10) {
-    const attached = await stat(`/sys/block/${loop}/loop/backing_file`).then(
-      () => true,
-      () => false,
-    );
-    if (!attached) return;
+    if (!(await isLoopAttached(loop))) return;
     await sleep(10);
   }
 }

@@ -1,14 +1,14 @@
 import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
+import { lazyUnmount, mountAt } from "../host/mounts.js";
+import { isSameProcess, processStartTime, type StartTime } from "../host/process.js";
 import type { ImageRecord } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
-import { isSameProcess, processStartTime } from "../util/proc.js";
 import { openLazyImage } from "./client.js";
-import { lazyUnmount, mountAt } from "./mountinfo.js";
 import { stopDaemon } from "./stale.js";
 
 /**
@@ -21,7 +21,7 @@ export interface ImageMountRecord {
   digest: string;
   /** The lazy daemon (detached) and its directory id under mnt/. */
   pid: number;
-  startTime: string;
+  startTime: StartTime;
   id: string;
   created: string;
 }
@@ -64,7 +64,7 @@ export async function mountImage(home: KindlingHome, record: ImageRecord, dir: s
       image: record.name,
       digest: record.digest,
       pid: lazy.pid,
-      startTime: (await processStartTime(lazy.pid)) ?? "",
+      startTime: processStartTime(lazy.pid) ?? 0,
       id: path.basename(lazy.dir),
       created: new Date().toISOString(),
     };
@@ -79,7 +79,7 @@ export async function mountImage(home: KindlingHome, record: ImageRecord, dir: s
 
 async function release(home: KindlingHome, rec: ImageMountRecord, lazy: boolean): Promise<void> {
   const m = await mountAt(rec.dir);
-  if (m && m.fstype === "squashfs") {
+  if (m && m.fsType === "squashfs") {
     if (lazy) await lazyUnmount(rec.dir);
     else {
       const r = await exec("umount", [rec.dir], { allowFailure: true });
@@ -106,7 +106,7 @@ export async function cleanupStaleImageMounts(home: KindlingHome): Promise<strin
   for (const f of await readdir(recordsDir(home)).catch(() => [] as string[])) {
     if (!f.endsWith(".json")) continue;
     const rec = await readRecord(path.join(recordsDir(home), f));
-    if (!rec || (await isSameProcess(rec.pid, rec.startTime))) continue;
+    if (!rec || isSameProcess(rec.pid, rec.startTime)) continue;
     await release(home, rec, true).catch(() => {});
     released.push(rec.dir);
   }

@@ -2,8 +2,8 @@ import { randomBytes } from "node:crypto";
 import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { isDeepStrictEqual } from "node:util";
+import { isSameProcess, processStartTime } from "../host/process.js";
 import type { KindlingHome } from "../util/home.js";
-import { isSameProcess, processStartTime } from "../util/proc.js";
 import { DaemonDir } from "./daemondir.js";
 import type { DaemonState, FetchPolicy } from "./types.js";
 
@@ -17,7 +17,7 @@ import type { DaemonState, FetchPolicy } from "./types.js";
  */
 export async function addUser(dir: DaemonDir, pid = process.pid): Promise<string> {
   await mkdir(dir.usersDir, { recursive: true });
-  const start = (await processStartTime(pid)) ?? "0";
+  const start = processStartTime(pid) ?? 0;
   const token = path.join(dir.usersDir, `${pid}-${start}-${randomBytes(4).toString("hex")}`);
   await writeFile(token, "");
   return token;
@@ -28,7 +28,7 @@ export async function liveUsers(dir: DaemonDir): Promise<number> {
   let live = 0;
   for (const name of await readdir(dir.usersDir).catch(() => [] as string[])) {
     const [pid, start] = name.split("-");
-    if (await isSameProcess(Number(pid), start)) live++;
+    if (isSameProcess(Number(pid), Number(start))) live++;
     else await rm(path.join(dir.usersDir, name), { force: true });
   }
   return live;
@@ -69,7 +69,7 @@ export async function findShared(
   for (const { dir, state } of await daemonStates(home)) {
     if (!state.shared || state.digest !== digest) continue;
     if (!isDeepStrictEqual(state.policy, policy) || Boolean(state.lower) !== lower) continue;
-    if ((await isSameProcess(state.pid, state.startTime)) && !(await isStopping(dir))) return { dir, state };
+    if (isSameProcess(state.pid, state.startTime) && !(await isStopping(dir))) return { dir, state };
   }
   return null;
 }
@@ -85,7 +85,7 @@ export async function sharedDaemonDirs(home: KindlingHome, digest?: string): Pro
 export async function liveDaemonPids(home: KindlingHome, digest: string): Promise<number[]> {
   const pids: number[] = [];
   for (const { state } of await daemonStates(home)) {
-    if (state.digest === digest && (await isSameProcess(state.pid, state.startTime))) pids.push(state.pid);
+    if (state.digest === digest && isSameProcess(state.pid, state.startTime)) pids.push(state.pid);
   }
   return pids;
 }

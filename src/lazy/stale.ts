@@ -1,11 +1,11 @@
 import { rm, stat } from "node:fs/promises";
 import path from "node:path";
+import { mountAt, readMountinfo, releaseFuseMount } from "../host/mounts.js";
+import { isSameProcess, signalProcess, waitExit } from "../host/process.js";
 import { removeChunkLeftovers } from "../store/chunkstore.js";
 import type { KindlingHome } from "../util/home.js";
-import { isSameProcess, signal, waitExit } from "../util/proc.js";
 import { DaemonDir } from "./daemondir.js";
 import { unmountLower } from "./lower.js";
-import { mountAt, readMountinfo, releaseFuseMount } from "./mountinfo.js";
 
 /**
  * Stops a daemon and releases its FUSE mount and directory: TERM first; a daemon that does not
@@ -14,11 +14,11 @@ import { mountAt, readMountinfo, releaseFuseMount } from "./mountinfo.js";
 export async function stopDaemon(home: KindlingHome, id: string, graceMs = 5000): Promise<void> {
   const dir = new DaemonDir(home, id);
   const state = await dir.readState();
-  if (state && (await isSameProcess(state.pid, state.startTime))) {
-    signal(state.pid, "SIGTERM");
+  if (state && isSameProcess(state.pid, state.startTime)) {
+    signalProcess(state.pid, "SIGTERM");
     if (!(await waitExit(state.pid, graceMs, state.startTime))) {
       await releaseFuseMount(dir.mountpoint);
-      signal(state.pid, "SIGKILL");
+      signalProcess(state.pid, "SIGKILL");
       await waitExit(state.pid, 2000, state.startTime);
     }
   }
@@ -38,7 +38,7 @@ async function isStale(dir: DaemonDir): Promise<boolean> {
     // Still starting? Give a daemon whose owner lives a minute to write its state. (A directory
     // appears with its config: one without is not ours, or was half removed.)
     const cfg = await dir.readConfig();
-    const ownerLives = cfg !== null && (await isSameProcess(cfg.owner, cfg.ownerStartTime || undefined));
+    const ownerLives = cfg !== null && isSameProcess(cfg.owner, cfg.ownerStartTime || undefined);
     const age =
       Date.now() -
       (await stat(dir.path)
@@ -46,10 +46,10 @@ async function isStale(dir: DaemonDir): Promise<boolean> {
         .catch(() => 0));
     return !(ownerLives && age < 60_000);
   }
-  if (!(await isSameProcess(state.pid, state.startTime))) return true;
+  if (!isSameProcess(state.pid, state.startTime)) return true;
   // An attached daemon leaves when its owner's IPC channel closes; one still here after its owner
   // died is stuck (its event loop never saw the channel close). It gets stopped, and aborted.
-  return !state.detached && !(await isSameProcess(state.owner, state.ownerStartTime || undefined));
+  return !state.detached && !isSameProcess(state.owner, state.ownerStartTime || undefined);
 }
 
 /**
@@ -70,12 +70,12 @@ export async function cleanupStaleDaemons(home: KindlingHome): Promise<string[]>
   // FUSE mounts of ours that no live daemon claims (their bookkeeping is gone).
   const prefix = `${home.mounts}${path.sep}`;
   for (const m of await readMountinfo()) {
-    if (m.fstype !== "fuse.kindling" || !m.mountpoint.startsWith(prefix)) continue;
-    const id = m.mountpoint.slice(prefix.length).split(path.sep)[0];
+    if (m.fsType !== "fuse.kindling" || !m.mountPoint.startsWith(prefix)) continue;
+    const id = m.mountPoint.slice(prefix.length).split(path.sep)[0];
     // A daemon started since the listing above has its directory: judge it now.
     if (DaemonDir.isId(id) && !(await isStale(new DaemonDir(home, id)))) continue;
-    await releaseFuseMount(m.mountpoint);
-    released.push(m.mountpoint);
+    await releaseFuseMount(m.mountPoint);
+    released.push(m.mountPoint);
   }
   return released;
 }

@@ -1,6 +1,7 @@
 import type { FetchCounters } from "../chunks/fetcher.js";
 import type { FetchPolicy } from "../chunks/policy.js";
 import type { Config } from "../config/index.js";
+import type { StartTime } from "../host/process.js";
 import type { RegistrySettings } from "../registry/settings.js";
 import type { StoreCounters } from "../store/chunkstore.js";
 import type { ImageRecord } from "../store/types.js";
@@ -90,14 +91,14 @@ export interface DaemonConfig {
   lower: boolean;
   /** Pid and start time of the process that asked for this image. */
   owner: number;
-  ownerStartTime: string;
+  ownerStartTime: StartTime;
 }
 
 /** Written by the daemon once its mount is up; used to find and release it later. */
 export interface DaemonState {
   pid: number;
   /** Process start time (from /proc/<pid>/stat), so a reused pid is not mistaken for the daemon. */
-  startTime: string;
+  startTime: StartTime;
   mountpoint: string;
   /** The lazy file: mountpoint/fileName. */
   path: string;
@@ -110,7 +111,7 @@ export interface DaemonState {
   policy: FetchPolicy;
   /** Copied from the config, so liveness checks need not parse the (large) index. */
   owner: number;
-  ownerStartTime: string;
+  ownerStartTime: StartTime;
 }
 
 /** Messages over the IPC channel between the API and the daemon. */

@@ -1,7 +1,6 @@
 // Chunks of a pulled Kindling image come from its registry's mirrors first (registries.conf order),
 // then from the registry itself. A mirror that failed is passed over for a while.
-import type { ImageOrigin } from "../image/types.js";
-import type { ChunkSource, Digest } from "../store/types.js";
+import type { ChunkSource, Digest, ImageOrigin } from "../store/types.js";
 import { debug } from "../util/debug.js";
 import { errorMessage } from "../util/errors.js";
 import { RegistryChunkSource, type RegistryChunkSourceOptions, type RegistryOrigin } from "./chunks.js";

@@ -1,5 +1,6 @@
 import { stat } from "node:fs/promises";
 import { config } from "../config/index.js";
+import { isSameProcess } from "../host/process.js";
 import type { ImageRecord, RunConfig } from "../image/types.js";
 import { openLazyImage, useRunningShared } from "../lazy/index.js";
 import { loadImage } from "../store/catalog.js";
@@ -8,15 +9,6 @@ import type { KindlingHome } from "../util/home.js";
 import { DEFAULT_PATH } from "./process.js";
 import { FileBlockImage } from "./rootfs.js";
 import type { BlockImageProvider, OpenBlockImage, ResolvedImage } from "./types.js";
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The config of an image given as a bare SquashFS file: no ENTRYPOINT/CMD, so a command is needed. */
 export const BARE_CONFIG: RunConfig = {
@@ -84,7 +76,7 @@ export class LazyBlockImage implements BlockImageProvider {
       close: () => lazy.close(),
       holdFor: (pid) => lazy.holdFor(pid),
       problem: async () => {
-        if (!isAlive(lazy.pid))
+        if (!isSameProcess(lazy.pid))
           return `the lazy image daemon of ${name} (pid ${lazy.pid}) died during the run`;
         const now = await lazy.stats().catch(() => undefined);
         if (!now) return undefined;

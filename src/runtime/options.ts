@@ -6,7 +6,6 @@ import { parsePublishFlags } from "../network/ports.js";
 import { parseDnsFlags } from "../network/resolv.js";
 import { NETWORK_MODES, type NetworkMode } from "../network/types.js";
 import { KindlingError } from "../util/errors.js";
-import { parseSize } from "../vm/rootfs/images.js";
 import {
   ROOTFS_STRATEGIES,
   type RootfsStrategy,
@@ -15,6 +14,7 @@ import {
   type UserSpec,
   type VolumeSpec,
 } from "./types.js";
+import { parseSize } from "./vm-rootfs/images.js";
 
 /** The `kindling run` flags as commander hands them over: strings, unchecked. */
 export interface RawRunFlags {

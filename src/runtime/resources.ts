@@ -1,15 +1,16 @@
-import { readdir, readFile } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
+import { detachLoop } from "../host/loop.js";
+import { unmount } from "../host/mounts.js";
+import { listPids, readCmdline } from "../host/proc.js";
+import { isSameProcess, processStartTime } from "../host/process.js";
 import {
   describeNetworkResource,
   type NetworkResource,
   releaseNetworkResource,
 } from "../network/resources.js";
 import { exec } from "../util/exec.js";
-import { type SyncTarget, syncBack } from "../vm/rootfs/syncback.js";
-import { detachLoop } from "./loop.js";
-import { unmount } from "./mounts.js";
-import { isProcessAlive, processStartTime } from "./procstat.js";
+import { type SyncTarget, syncBack } from "./vm-rootfs/syncback.js";
 
 /**
  * Something a run holds on the host, as recorded in its owner.json. A live run releases it through
@@ -24,7 +25,7 @@ export type Resource =
   | { kind: "process"; pid: number; startTime: number; name: string }
   /** A VM's processes (QEMU or Firecracker, virtiofsd): every process whose command line names `dir`. */
   | { kind: "vm-processes"; dir: string }
-  /** An ext4 drive holding rw -v mounts, copied back to the host when released (src/vm/rootfs/syncback.ts). */
+  /** An ext4 drive holding rw -v mounts, copied back to the host when released (src/runtime/vm-rootfs/syncback.ts). */
   | { kind: "sync-back"; image: string; mountPoint: string; targets: SyncTarget[] }
   /** A network namespace or a CNI attachment (src/network/resources.ts). */
   | NetworkResource;
@@ -80,10 +81,9 @@ async function killProcessesNaming(dir: string): Promise<void> {
   const needle = `${dir}/`;
   for (let round = 0; round < 50; round++) {
     const found: number[] = [];
-    for (const p of await readdir("/proc")) {
-      if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
-      const cmd = await readFile(`/proc/${p}/cmdline`, "utf8").catch(() => "");
-      if (cmd.includes(needle) && (await processStartTime(Number(p))) !== undefined) found.push(Number(p));
+    for (const pid of await listPids()) {
+      if (pid === process.pid) continue;
+      if ((await readCmdline(pid)).includes(needle) && processStartTime(pid) !== undefined) found.push(pid);
     }
     if (found.length === 0) return;
     for (const pid of found) {
@@ -113,7 +113,7 @@ async function deleteOciContainer(binary: string, root: string, id: string): Pro
 }
 
 async function killProcess(pid: number, startTime: number): Promise<void> {
-  for (let i = 0; i < 50 && (await isProcessAlive(pid, startTime)); i++) {
+  for (let i = 0; i < 50 && isSameProcess(pid, startTime); i++) {
     try {
       process.kill(pid, "SIGKILL");
     } catch {

@@ -1,8 +1,8 @@
 import { mkdir, stat } from "node:fs/promises";
+import { attachLoop, fileIdentity, setLoopAutoclear } from "../host/loop.js";
+import { mount } from "../host/mounts.js";
 import { KindlingError } from "../util/errors.js";
 import type { Scope } from "../util/scope.js";
-import { attachLoop, fileIdentity, setLoopAutoclear } from "./loop.js";
-import { mount } from "./mounts.js";
 import type { Resource } from "./resources.js";
 import type { RunDir } from "./rundir.js";
 import type { BlockImageProvider, OpenBlockImage } from "./types.js";

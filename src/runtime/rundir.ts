@@ -1,13 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
+import { mountsUnder, unmount } from "../host/mounts.js";
+import { isSameProcess, processStartTime } from "../host/process.js";
 import type { NetworkInfo } from "../network/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { errorMessage } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import type { Scope } from "../util/scope.js";
-import { mountsUnder, unmount } from "./mounts.js";
-import { isProcessAlive, processStartTime } from "./procstat.js";
 import { describeResource, type Resource, releaseResource } from "./resources.js";
 
 /** $KINDLING_HOME/run/<id>/owner.json: who owns the run and what it holds, for cleanup after a crash. */
@@ -67,7 +67,7 @@ export class RunDir {
     const record: OwnerRecord = {
       id,
       pid: process.pid,
-      startTime: (await processStartTime(process.pid)) ?? 0,
+      startTime: processStartTime(process.pid) ?? 0,
       runtime,
       image,
       created: new Date().toISOString(),
@@ -164,7 +164,7 @@ export async function cleanupStaleRuns(home: KindlingHome): Promise<CleanupRepor
       }
       if (name.startsWith(".")) continue;
       const owner = await readOwner(dir);
-      if (owner && (await isProcessAlive(owner.pid, owner.startTime))) continue;
+      if (owner && isSameProcess(owner.pid, owner.startTime)) continue;
       if (!(await claim(dir))) continue;
       await releaseStaleRun(dir, owner, report);
     } catch (err) {
@@ -189,14 +189,14 @@ async function claim(dir: string): Promise<boolean> {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fh = await open(lock, "wx");
-      await fh.writeFile(`${process.pid} ${(await processStartTime(process.pid)) ?? 0}\n`);
+      await fh.writeFile(`${process.pid} ${processStartTime(process.pid) ?? 0}\n`);
       await fh.close();
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return false; // removed meanwhile
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
       const [pid, start] = (await readFile(lock, "utf8").catch(() => "0 0")).trim().split(" ").map(Number);
-      if (pid > 0 && (await isProcessAlive(pid, start))) return false;
+      if (pid > 0 && isSameProcess(pid, start)) return false;
       await unlink(lock).catch(() => {}); // its cleaner died too: take over
     }
   }

@@ -1,11 +1,13 @@
 /** Helpers for tests and benchmarks of runtimes: a busybox SquashFS image and leak checks. */
-import { chmod, copyFile, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readdir, stat, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { Readable } from "node:stream";
+import { attachedLoops } from "../host/loop.js";
+import { mountsUnder } from "../host/mounts.js";
+import { listPids, readCgroup, readCmdline } from "../host/proc.js";
 import { stopIdleShared } from "../lazy/index.js";
 import { exec } from "../util/exec.js";
 import { KindlingHome } from "../util/home.js";
-import { mountsUnder } from "./mounts.js";
 
 /**
  * Builds a small image tree from the host's static busybox: /bin/<applet> links, a root and an
@@ -64,15 +66,15 @@ export async function leftovers(home: string, imageFile?: string, ids: string[] 
   await stopIdleShared(new KindlingHome(home));
   const out: string[] = [];
   for (const m of await mountsUnder(home)) out.push(`mount ${m.mountPoint}`);
-  for (const line of (await exec("losetup", ["-a"])).stdout.split("\n")) {
+  for (const line of await attachedLoops()) {
     if (line.includes(`(${home}/`) || (imageFile && line.includes(`(${imageFile})`)))
       out.push(`loop ${line}`);
   }
-  for (const pid of await readdir("/proc")) {
-    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
-    const cmd = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  for (const pid of await listPids()) {
+    if (pid === process.pid) continue;
+    const cmd = await readCmdline(pid);
     if (cmd.includes(`${home}/`)) out.push(`process ${pid}: ${cmd.replaceAll("\0", " ")}`);
-    const cgroup = await readFile(`/proc/${pid}/cgroup`, "utf8").catch(() => "");
+    const cgroup = await readCgroup(pid);
     for (const id of ids) {
       if (cgroup.includes(`/kindling/${id}\n`)) out.push(`process ${pid} of container ${id}`);
     }

@@ -22,8 +22,6 @@ import { type GuestNetwork, MAX_GROUPS } from "../vm/agent/protocol.js";
 import { createVmm } from "../vm/backends.js";
 import { prepareGuestBoot } from "../vm/kernel.js";
 import type { QemuProfile } from "../vm/qemu.js";
-import { prepareRootfs } from "../vm/rootfs/strategies.js";
-import type { RootfsPlan } from "../vm/rootfs/types.js";
 import type { AgentTransport, VmNetwork, VmSpec } from "../vm/spec.js";
 import type { BootedVm, Vmm, VmmName } from "../vm/vmm.js";
 import { buildProcessSpec, mergeEnv } from "./process.js";
@@ -39,6 +37,8 @@ import type {
   RunStdio,
   Runtime,
 } from "./types.js";
+import { prepareRootfs } from "./vm-rootfs/strategies.js";
+import type { RootfsPlan } from "./vm-rootfs/types.js";
 
 /** VM memory when --memory is not given (MiB); the tmpfs writable layer may use half of it. */
 export const DEFAULT_VM_MEMORY_MIB = 512;

@@ -8,9 +8,9 @@ import { readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { pickDefaultVmm } from "../doctor/report.js";
+import { isSameProcess } from "../host/process.js";
 import { resolveImage } from "../runtime/image.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
-import { isProcessAlive } from "../runtime/procstat.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import type { ContainerCreateRequest, ContainerExit, ContainerInspect, ContainerSummary } from "./api.js";
@@ -285,8 +285,7 @@ export class Containers {
           await jsonRequest(shimSocket(dir), "GET", "/wait");
         } catch {
           // Not listening yet (starting), or gone (exited, died): look again shortly.
-          const alive =
-            c.state.shimPid && (await isProcessAlive(c.state.shimPid, c.state.shimStartTime ?? 0));
+          const alive = c.state.shimPid && isSameProcess(c.state.shimPid, c.state.shimStartTime ?? 0);
           if (!alive) await sleep(50);
           else await sleep(200);
         }

@@ -10,8 +10,8 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
+import { isSameProcess } from "../host/process.js";
 import type { NetworkInfo } from "../network/types.js";
-import { isProcessAlive } from "../runtime/procstat.js";
 import type { RunOptions } from "../runtime/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
@@ -128,7 +128,7 @@ export async function readContainer(dir: string): Promise<StoredContainer | unde
   if (!record) return undefined;
   const state = (await readJson<ContainerState>(stateFile(dir))) ?? { status: "created" };
   if (state.status === "starting" || state.status === "running") {
-    if (state.shimPid && !(await isProcessAlive(state.shimPid, state.shimStartTime ?? 0))) {
+    if (state.shimPid && !isSameProcess(state.shimPid, state.shimStartTime ?? 0)) {
       // Re-read: it may have written its last state and exited meanwhile.
       const again = (await readJson<ContainerState>(stateFile(dir))) ?? state;
       if (again.status === "exited") return { dir, record, state: again };

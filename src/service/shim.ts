@@ -15,9 +15,9 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { Socket } from "node:net";
 import path from "node:path";
 import { PassThrough, Writable } from "node:stream";
+import { processStartTime } from "../host/process.js";
 import { resolveImage } from "../runtime/image.js";
 import { type RunHandle, runContainer } from "../runtime/lifecycle.js";
-import { processStartTime } from "../runtime/procstat.js";
 import { readOwner } from "../runtime/rundir.js";
 import { runtimeFor } from "../runtime/runtimes.js";
 import type { ExecProcess } from "../runtime/types.js";
@@ -201,7 +201,7 @@ async function main(): Promise<void> {
   const stored = await readContainer(dir);
   if (!stored) throw new Error(`no container record in ${dir}`);
   const record: ContainerRecord = stored.record;
-  const startTime = await processStartTime(process.pid);
+  const startTime = processStartTime(process.pid);
   await setState({ status: "starting", shimPid: process.pid, shimStartTime: startTime });
 
   const server = createServer((req, res) => {

@@ -1,5 +1,6 @@
 import { open, readFile, rm, stat } from "node:fs/promises";
-import { isSameProcess, processStartTime, sleep } from "../util/proc.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { isSameProcess, processStartTime } from "../host/process.js";
 
 /**
  * One fetch per chunk across processes: several containers (each with its own daemon) of an image
@@ -12,7 +13,7 @@ export class FetchLocks {
 
   /** Takes the lock; false if another live daemon holds it (a dead holder's lock is taken over). */
   async tryLock(lock: string): Promise<boolean> {
-    this.me ??= `${process.pid} ${(await processStartTime(process.pid)) ?? ""}`;
+    this.me ??= `${process.pid} ${processStartTime(process.pid) ?? ""}`;
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const fh = await open(lock, "wx");
@@ -46,7 +47,7 @@ export class FetchLocks {
     const [pid, start] = text.split(" ");
     // Written but not yet filled in by its holder: treat as live for now.
     if (!pid) return true;
-    return isSameProcess(Number(pid), start || undefined);
+    return isSameProcess(Number(pid), Number(start) || undefined);
   }
 
   /**

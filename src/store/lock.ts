@@ -1,17 +1,9 @@
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { isSameProcess } from "../host/process.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /**
  * Runs fn holding the store lock ($KINDLING_HOME/store.lock, a directory: mkdir is atomic). Held only
@@ -34,7 +26,7 @@ export async function withStoreLock<T>(
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
       const owner = Number.parseInt(await readFile(path.join(dir, "owner"), "utf8").catch(() => ""), 10);
-      if (Number.isFinite(owner) && !alive(owner)) {
+      if (Number.isFinite(owner) && !isSameProcess(owner)) {
         // Stale: move it aside atomically so only one waiter takes it over.
         const aside = `${dir}.stale-${process.pid}`;
         await rename(dir, aside).then(

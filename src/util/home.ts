@@ -1,6 +1,5 @@
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { config } from "../config/index.js";
 
 /**
  * Where Kindling keeps its state. Two different homes behave as two workers.
@@ -13,7 +12,8 @@ import { config } from "../config/index.js";
  */
 export class KindlingHome {
   readonly root: string;
-  constructor(root = config().home) {
+  /** `root`: usually config().home (src/config sits above util: util imports nothing from it). */
+  constructor(root: string) {
     this.root = path.resolve(root);
   }
   get blobs(): string {

@@ -1,10 +1,11 @@
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream, readFileSync } from "node:fs";
+import { createReadStream } from "node:fs";
 import { copyFile, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { cpus } from "node:os";
 import path from "node:path";
 import { config } from "../config/index.js";
+import { cpuinfo } from "../host/proc.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
@@ -319,7 +320,7 @@ export async function prepareGuestBoot(
  */
 function hostTscKhz(): number {
   try {
-    const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
+    const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(cpuinfo());
     if (m) return Math.round(Number.parseFloat(m[1]) * 1000);
   } catch {
     // not Linux, or no /proc: fall back below

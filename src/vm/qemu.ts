@@ -12,6 +12,8 @@ import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { searchPath } from "../config/index.js";
+import { kvmFacts } from "../host/kvm.js";
+import { bootId } from "../host/proc.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
@@ -20,7 +22,7 @@ import { AgentClient } from "./agent/client.js";
 import { consolePanicLine } from "./console.js";
 import { firecrackerBootArgs } from "./firecracker/render.js";
 import { VsockListener, vsockConnect } from "./firecracker/vsock.js";
-import { ensureGuestKernel, tcgKernelParams } from "./kernel.js";
+import { tcgKernelParams } from "./kernel.js";
 import type { VmSpec } from "./spec.js";
 import { StepList } from "./steps.js";
 import type { Accel, AgentTransport, BootedVm, VmExit, Vmm, VmmTraits } from "./vmm.js";
@@ -366,7 +368,7 @@ async function connectWhenListening(
 ): Promise<net.Socket> {
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error("VMM exited");
-    if (Date.now() > deadline) throw new Error("timed out connecting to the VMM");
+    if (Date.now() > deadline) throw new DeadlineError();
     const sock = await new Promise<net.Socket | null>((resolve) => {
       const s = net.connect(sockPath);
       s.once("connect", () => resolve(s));
@@ -377,40 +379,25 @@ async function connectWhenListening(
   }
 }
 
-/** KVM when /dev/kvm exists and a probe boot of the guest kernel under it gets as far as the kernel's banner. */
+/**
+ * KVM when /dev/kvm is usable as `kindling doctor` sees it (src/host/kvm.ts: the module behind it and a
+ * probe VM that must reach 64-bit mode), cached per host boot in the home's kernel directory.
+ */
 export async function chooseAccel(opts: QemuBootOptions): Promise<Accel> {
   if (opts.accel && opts.accel !== "auto") return opts.accel;
   if (!existsSync("/dev/kvm")) return "tcg";
-  const bootId = (await readFile("/proc/sys/kernel/random/boot_id", "utf8").catch(() => "")).trim();
+  const boot = await bootId();
   const cacheFile = opts.home ? path.join(opts.home.kernel, "accel-probe.json") : undefined;
   if (cacheFile) {
     const cached = await readFile(cacheFile, "utf8")
       .then((t) => JSON.parse(t) as { bootId: string; accel: Accel })
       .catch(() => null);
-    if (cached?.bootId === bootId) return cached.accel;
+    if (cached?.bootId === boot) return cached.accel;
   }
-  const accel = opts.home ? await probeKvm(opts) : "tcg";
-  if (cacheFile) await writeFileAtomic(cacheFile, JSON.stringify({ bootId, accel })).catch(() => {});
+  const usable = opts.home ? (await kvmFacts({ qemu: opts.qemuBinary ?? QEMU_BINARY })).usable : false;
+  const accel: Accel = usable ? "kvm" : "tcg";
+  if (cacheFile) await writeFileAtomic(cacheFile, JSON.stringify({ bootId: boot, accel })).catch(() => {});
   return accel;
-}
-
-async function probeKvm(opts: QemuBootOptions): Promise<Accel> {
-  const kernel = await ensureGuestKernel(opts.home!);
-  const args = ["-M", "microvm,rtc=on", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults"];
-  args.push("-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-kernel", kernel.vmlinux);
-  // no init anywhere: the kernel panics right after booting and panic=-1 ends QEMU
-  args.push("-append", "console=ttyS0 panic=-1 reboot=t rdinit=/nonexistent root=/dev/null");
-  const child = spawnTied(opts.qemuBinary ?? QEMU_BINARY, args, { stdio: ["ignore", "pipe", "pipe"] });
-  track(child);
-  let out = "";
-  child.stdout!.on("data", (d) => {
-    out += d.toString();
-  });
-  child.on("error", () => {});
-  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-  await new Promise((r) => child.once("close", r));
-  clearTimeout(timer);
-  return /Kernel panic|Linux version/.test(out) ? "kvm" : "tcg";
 }
 
 async function startVirtiofsd(source: string, socketPath: string, deadline: number): Promise<ChildProcess> {
@@ -521,7 +508,11 @@ interface QemuBoot {
 
 /** A boot that failed after QEMU started: the reason, to be reported with the console's last lines. */
 class BootFailure extends Error {}
+/** The boot deadline passed (before QEMU even opened the agent socket, on a loaded host). */
+class DeadlineError extends Error {}
 
+const noReadyWithin = (ctx: QemuBoot) =>
+  `no agent READY within ${ctx.opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS} ms`;
 const abs = (ctx: QemuBoot, name: string) => path.join(ctx.spec.stateDir, name);
 const binary = (ctx: QemuBoot) => ctx.opts.qemuBinary ?? QEMU_BINARY;
 
@@ -630,7 +621,10 @@ export const QEMU_BOOT_STEPS: StepList<QemuBoot> = StepList.of<QemuBoot>(
         ctx.spawnError!,
         connectWhenListening(connectablePath(ctx.paths!.agentSocket, vm.child), vm.child, ctx.deadline),
       ]).catch((err: Error) => {
-        throw err instanceof KindlingError ? err : new BootFailure(vm.helperFailure ?? err.message);
+        if (err instanceof KindlingError) throw err;
+        throw new BootFailure(
+          err instanceof DeadlineError ? noReadyWithin(ctx) : (vm.helperFailure ?? err.message),
+        );
       });
       vm.agent = new AgentClient(agentSock);
     },
@@ -658,10 +652,7 @@ export const QEMU_BOOT_STEPS: StepList<QemuBoot> = StepList.of<QemuBoot>(
         vm.bootMs = Date.now() - ctx.started;
         return;
       }
-      if (result === "timeout")
-        throw new BootFailure(
-          `no agent READY within ${ctx.opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS} ms`,
-        );
+      if (result === "timeout") throw new BootFailure(noReadyWithin(ctx));
       if (result === "exited") {
         const panic = await vm.panicLine();
         const fatal = /kindling-init: \[\d+ ms\] FATAL: ([^\r\n]*)/.exec(await vm.consoleTail(200))?.[1];

@@ -5,7 +5,7 @@
  */
 import { mkdir, rename, stat } from "node:fs/promises";
 import path from "node:path";
-import { unmount } from "../../runtime/mounts.js";
+import { unmount } from "../../host/mounts.js";
 import { exec } from "../../util/exec.js";
 
 export interface SyncTarget {

@@ -1,3 +1,4 @@
+/** Loop devices: the one wrapper of `losetup` (util-linux) and the sysfs files of the loop driver. */
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { exec } from "../util/exec.js";
@@ -13,14 +14,22 @@ export async function attachLoop(file: string): Promise<string> {
   return device;
 }
 
-/** The file a loop device is attached to, or undefined when it is free. */
+/** The file a loop device is attached to (" (deleted)" dropped), or undefined when it is free. */
 export async function loopBackingFile(device: string): Promise<string | undefined> {
   try {
     const text = await readFile(`/sys/block/${path.basename(device)}/loop/backing_file`, "utf8");
-    return text.trim();
+    return text.trim().replace(/ \(deleted\)$/, "");
   } catch {
     return undefined;
   }
+}
+
+/** Whether a loop device is still attached (its sysfs backing file exists). */
+export async function isLoopAttached(device: string): Promise<boolean> {
+  return stat(`/sys/block/${path.basename(device)}/loop/backing_file`).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** A file's identity as the loop driver reports it: "<inode> <major>:<minor>". */
@@ -66,4 +75,16 @@ export async function detachLoop(device: string, file: string, identity?: string
  */
 export async function setLoopAutoclear(device: string): Promise<void> {
   await exec("losetup", ["-d", device]);
+}
+
+/** The first free loop device (`losetup -f`), or an Error with losetup's reason. */
+export async function findFreeLoop(losetup = "losetup"): Promise<string> {
+  const r = await exec(losetup, ["-f"], { allowFailure: true, timeout: 5000 });
+  if (r.code !== 0) throw new Error(r.stderr.trim().split("\n")[0] || `status ${r.code}`);
+  return r.stdout.trim();
+}
+
+/** Every attached loop device as `losetup -a` lists it: "/dev/loopN: []: (FILE)". */
+export async function attachedLoops(): Promise<string[]> {
+  return (await exec("losetup", ["-a"])).stdout.split("\n").filter(Boolean);
 }

@@ -3,11 +3,11 @@
  * the guest's root and CONFIGURE mounts; every host resource is held by the run dir (docs/rootfs-strategies.md).
  */
 import path from "node:path";
-import { mountOverlayRootfs } from "../../runtime/rootfs.js";
-import type { OpenBlockImage, RootfsStrategy } from "../../runtime/types.js";
 import { KindlingError } from "../../util/errors.js";
 import { Scope } from "../../util/scope.js";
-import type { GuestMount } from "../agent/protocol.js";
+import type { GuestMount } from "../../vm/agent/protocol.js";
+import { mountOverlayRootfs } from "../rootfs.js";
+import type { OpenBlockImage, RootfsStrategy } from "../types.js";
 import { DriveTable } from "./drives.js";
 import { bindMount, bindVolumesInto } from "./hostmounts.js";
 import { ext4Size, mkfsExt4, mksquashfs, NOTE_SQUASHFS_FLAGS, treeUsage } from "./images.js";

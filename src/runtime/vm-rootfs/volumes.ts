@@ -7,9 +7,9 @@
  */
 import { mkdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
-import type { VolumeSpec } from "../../runtime/types.js";
 import { exec } from "../../util/exec.js";
-import type { GuestMount } from "../agent/protocol.js";
+import type { GuestMount } from "../../vm/agent/protocol.js";
+import type { VolumeSpec } from "../types.js";
 import type { DriveTable } from "./drives.js";
 import { byDepth } from "./hostmounts.js";
 import { ext4Args, ext4Size, PACK_SQUASHFS_FLAGS, sparseFile, treeUsage } from "./images.js";

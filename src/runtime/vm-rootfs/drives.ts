@@ -1,6 +1,6 @@
 import { KindlingError } from "../../util/errors.js";
-import type { DriveSpec } from "../spec.js";
-import type { Vmm } from "../vmm.js";
+import type { DriveSpec } from "../../vm/spec.js";
+import type { Vmm } from "../../vm/vmm.js";
 
 /** Linux's virtio-blk names: vda..vdz, vdaa..vdaz, ... (sd_format_disk_name). */
 export function guestDiskName(index: number): string {

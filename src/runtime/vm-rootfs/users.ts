@@ -1,5 +1,5 @@
-import { parseGroup, parsePasswd, readUserDb, type UserDb } from "../../runtime/users.js";
 import { exec } from "../../util/exec.js";
+import { parseGroup, parsePasswd, readUserDb, type UserDb } from "../users.js";
 
 /**
  * The image's users, read straight from its SquashFS file with `unsquashfs -cat`: no mount, and through

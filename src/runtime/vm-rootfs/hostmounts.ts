@@ -1,11 +1,11 @@
 /** Host-side bind mounts for building per-run images, each held by the run dir (crash-safe). */
 import { mkdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { resolveInRoot } from "../../runtime/rootpath.js";
-import type { RunDir } from "../../runtime/rundir.js";
-import type { VolumeSpec } from "../../runtime/types.js";
 import { exec } from "../../util/exec.js";
 import type { Scope } from "../../util/scope.js";
+import { resolveInRoot } from "../rootpath.js";
+import type { RunDir } from "../rundir.js";
+import type { VolumeSpec } from "../types.js";
 
 /** Binds `source` onto `target` (created as a directory or an empty file to match), read-only if asked. */
 export async function bindMount(

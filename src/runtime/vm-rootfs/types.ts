@@ -1,10 +1,10 @@
-import type { RunDir } from "../../runtime/rundir.js";
-import type { ResolvedImage, VolumeSpec } from "../../runtime/types.js";
-import type { UserDb } from "../../runtime/users.js";
 import type { Scope } from "../../util/scope.js";
-import type { GuestMount } from "../agent/protocol.js";
-import type { DriveSpec, ShareSpec } from "../spec.js";
-import type { Vmm } from "../vmm.js";
+import type { GuestMount } from "../../vm/agent/protocol.js";
+import type { DriveSpec, ShareSpec } from "../../vm/spec.js";
+import type { Vmm } from "../../vm/vmm.js";
+import type { RunDir } from "../rundir.js";
+import type { ResolvedImage, VolumeSpec } from "../types.js";
+import type { UserDb } from "../users.js";
 
 /** How -v mounts reach a guest that sees only block devices: all in two drives, or one drive each. */
 export type MountPacking = "pack" | "per-mount";
