@@ -319,9 +319,10 @@ describe("one VM, many processes", () => {
     const missing = await failure(vm.agent.start({ args: ["/no/such/program"], env: [PATH] }));
     assert.match(missing.message, /No such file/);
     assert.deepEqual([missing.errno, missing.step, startFailureStatus(missing)], [2, "exec", 127]);
-    const badCwd = await failure(vm.agent.start({ args: ["true"], env: [PATH], cwd: "/nonexistent" }));
+    // a missing working directory is created (as docker and runc do): a file in its place cannot be entered
+    const badCwd = await failure(vm.agent.start({ args: ["true"], env: [PATH], cwd: "/etc/passwd" }));
     assert.match(badCwd.message, /chdir/);
-    assert.deepEqual([badCwd.errno, badCwd.step, startFailureStatus(badCwd)], [2, "chdir", 126]);
+    assert.deepEqual([badCwd.errno, badCwd.step, startFailureStatus(badCwd)], [20, "chdir", 126]);
     const notExec = await failure(vm.agent.start({ args: ["/etc/passwd"], env: [PATH] }));
     assert.deepEqual([notExec.errno, notExec.step, startFailureStatus(notExec)], [13, "exec", 126]);
   });
