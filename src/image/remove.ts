@@ -1,4 +1,5 @@
 import { liveDaemonPids, stopIdleShared } from "../lazy/index.js";
+import { removeProfile } from "../lazy/profile.js";
 import { DamagedRecordError, deleteImageRecord, findImage, listImages } from "../store/catalog.js";
 import { collectGarbage } from "../store/gc.js";
 import { withStoreLock } from "../store/lock.js";
@@ -35,6 +36,8 @@ export async function removeImage(
       }
     }
     await deleteImageRecord(home, name);
+    // Its startup profile goes with the last name of the image (a re-pull brings the pushed one).
+    if (digest && !keptByOther) await removeProfile(home, digest);
     return collectGarbage(home);
   });
 }
