@@ -20,6 +20,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { importImage } from "../src/image/import.js";
+import { stopIdleShared } from "../src/lazy/index.js";
 import { buildBusyboxTree, makeSquashfs } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
@@ -221,6 +222,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
+    await stopIdleShared(new KindlingHome(path.join(tmp, "home"))); // the image's lazy daemon
     await rm(tmp, { recursive: true, force: true });
   }
 }

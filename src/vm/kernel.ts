@@ -265,6 +265,7 @@ export interface GuestBoot {
   cmdline: string;
   /** which kernel: "built <release>", "debian <release>" or "user" */
   kernelName?: string;
+  deviceDiscovery?: "acpi" | "cmdline";
 }
 
 export type GuestKernelChoice = "auto" | "built" | "debian";
@@ -311,7 +312,13 @@ export async function prepareGuestBoot(
   const kernel = await chooseGuestKernel(home, opts.kernel, opts.log);
   // built kernel: an initramfs of just /init (no modules to load); Debian's: /init and the modules
   const initrdPath = opts.initrdPath ?? (await buildInitramfs({ home, modulesDir: kernel.modulesDir }));
-  return { kernelPath: kernel.vmlinux, initrdPath, cmdline, kernelName: kernel.name };
+  return {
+    kernelPath: kernel.vmlinux,
+    initrdPath,
+    cmdline,
+    kernelName: kernel.name,
+    ...(kernel.modulesDir ? {} : { deviceDiscovery: "cmdline" as const }),
+  };
 }
 
 /**

@@ -99,7 +99,10 @@ export function qemuArgs(
   // itself (cmos_init) is skipped by initcall_blacklist, which is where the saving DESIGN.md saw lies.
   // The Firecracker profile: no RTC (Firecracker has none on x86), devices only in ACPI's DSDT (no
   // virtio_mmio.device= on the command line), and an i8042 whose reset (reboot=k) QEMU turns into an exit.
-  const machine = fc ? ["microvm", "rtc=off", "acpi=on", "auto-kernel-cmdline=off"] : ["microvm", "rtc=on"];
+  // acpi=off: QEMU puts each device on the command line instead (virtio_mmio.device=)
+  const machine = fc
+    ? ["microvm", "rtc=off", "acpi=on", "auto-kernel-cmdline=off"]
+    : ["microvm", "rtc=on", ...(spec.deviceDiscovery === "cmdline" ? ["acpi=off"] : [])];
   const args = ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"];
   if (accel === "kvm") args.push("-accel", "kvm", "-cpu", "host");
   else args.push("-accel", "tcg", "-cpu", "max");

@@ -57,6 +57,11 @@ export interface VmSpec {
   initrdPath?: string;
   /** Kernel command line (console, root=, init= and the guest init's own options). */
   cmdline: string;
+  /**
+   * How the guest finds its virtio-mmio devices: ACPI's DSDT (default), or `virtio_mmio.device=` on the
+   * command line (Kindling's built kernel: its ACPI cannot load microvm's tables without PCI, docs/vm-start.md)
+   */
+  deviceDiscovery?: "acpi" | "cmdline";
   memoryMiB: number;
   vcpus: number;
   drives: DriveSpec[];
