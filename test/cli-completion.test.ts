@@ -3,18 +3,18 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { exec } from "../src/util/exec.js";
+import { runCli } from "./helpers/cli.js";
 
 // `kindling completion bash`, loaded into a real bash (in a subshell) and asked for completions.
 
-const bin = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let work: string;
 let script: string;
 
 before(async () => {
   work = await mkdtemp(path.join(os.tmpdir(), "kindling-completion-"));
-  const r = await exec(bin, ["completion", "bash"], { env: { ...process.env, KINDLING_HOME: work } });
+  const r = await runCli(["completion", "bash"], { home: work });
+  assert.equal(r.code, 0, r.stderr);
   script = path.join(work, "kindling.bash");
   await writeFile(script, r.stdout);
 });
@@ -59,10 +59,7 @@ test("commands, subcommands, options and option values complete", async () => {
 });
 
 test("an unknown shell is one line, exit 125", async () => {
-  const r = await exec(bin, ["completion", "zsh"], {
-    allowFailure: true,
-    env: { ...process.env, KINDLING_HOME: work },
-  });
+  const r = await runCli(["completion", "zsh"], { home: work });
   assert.equal(r.code, 125);
   assert.equal(r.stderr, 'kindling: completion for "zsh" is not available; supported: bash\n');
 });

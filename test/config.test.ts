@@ -18,8 +18,8 @@ import {
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
 import { indexBytes } from "../src/lazy/testing.js";
 import { RUNTIME_NAMES } from "../src/runtime/types.js";
-import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { runCli } from "./helpers/cli.js";
 import { REPO } from "./helpers/fixtures.js";
 
 test("defaults when nothing is set", () => {
@@ -151,25 +151,23 @@ test("the README's environment table is the one the settings table generates", a
 });
 
 test("the CLI rejects a bad variable with one line naming it, exit 125", async () => {
-  const bin = path.join(REPO, "bin", "kindling");
   for (const [name, value] of [
     ["KINDLING_FETCH_TIMEOUT_MS", "abc"],
     ["KINDLING_LAZY_IDLE_MS", "-1"],
     ["KINDLING_RUNTIME", "vmware"],
   ]) {
-    const r = await exec(process.execPath, [bin, "image", "ls"], {
-      env: { ...process.env, KINDLING_HOME: "/nonexistent/kindling-config-test", [name]: value },
-      allowFailure: true,
-      timeout: 30_000,
+    const r = await runCli(["image", "ls"], {
+      home: "/nonexistent/kindling-config-test",
+      env: { [name]: value },
+      timeoutMs: 30_000,
     });
     assert.equal(r.code, 125, `${name}=${value}: ${r.stderr}`);
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`^kindling: ${name}: (invalid|unknown) value "${value}" \\(expected `));
   }
-  const r = await exec(process.execPath, [bin, "run", "--runtime", "vmware", "img"], {
-    env: { ...process.env, KINDLING_HOME: "/nonexistent/kindling-config-test" },
-    allowFailure: true,
-    timeout: 30_000,
+  const r = await runCli(["run", "--runtime", "vmware", "img"], {
+    home: "/nonexistent/kindling-config-test",
+    timeoutMs: 30_000,
   });
   assert.equal(r.code, 125, r.stderr);
   assert.match(r.stderr, /^kindling: --runtime: unknown value "vmware" \(expected one of/);
@@ -194,16 +192,11 @@ test("only src/config and src/cli read the environment (also the ways biome's no
 });
 
 test("kindling config shows each setting's value and source, hiding secrets", async () => {
-  const bin = path.join(REPO, "bin", "kindling");
-  const r = await exec(process.execPath, [bin, "--debug", "config", "--json"], {
-    env: {
-      ...process.env,
-      KINDLING_FETCH_RETRIES: "5",
-      KINDLING_REGISTRY_PASSWORD: "hunter2",
-      KINDLING_DEBUG: "",
-    },
-    timeout: 30_000,
+  const r = await runCli(["--debug", "config", "--json"], {
+    env: { KINDLING_FETCH_RETRIES: "5", KINDLING_REGISTRY_PASSWORD: "hunter2", KINDLING_DEBUG: "" },
+    timeoutMs: 30_000,
   });
+  assert.equal(r.code, 0, r.stderr);
   const rows = JSON.parse(r.stdout) as { env: string; value: unknown; source: string }[];
   const row = (env: string) => rows.find((x) => x.env === env)!;
   assert.deepEqual(

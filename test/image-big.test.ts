@@ -1,9 +1,8 @@
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
-import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { exec } from "../src/util/exec.js";
-import { fixture, REPO, tempHome } from "./helpers/fixtures.js";
+import { runCli } from "./helpers/cli.js";
+import { fixture, tempHome } from "./helpers/fixtures.js";
 
 describe("a >1 GB image", () => {
   let home: Awaited<ReturnType<typeof tempHome>>;
@@ -16,18 +15,15 @@ describe("a >1 GB image", () => {
 
   test("imports with progress, is stored whole, and is removed whole", async () => {
     const tar = await fixture("debian-big.tar");
-    const env = { ...process.env, KINDLING_HOME: home.root };
-    const bin = path.join(REPO, "bin", "kindling");
-    const imp = await exec(process.execPath, [bin, "image", "import", tar, "--name", "big"], { env });
+    const imp = await runCli(["image", "import", tar, "--name", "big"], { home });
+    assert.equal(imp.code, 0, imp.stderr);
     assert.match(imp.stderr, /applying 1 layer\(s\): 50%/);
     assert.match(imp.stderr, /storing chunks: done/);
-    const info = JSON.parse(
-      (await exec(process.execPath, [bin, "image", "inspect", "big", "--json"], { env })).stdout,
-    );
+    const info = JSON.parse((await runCli(["image", "inspect", "big", "--json"], { home })).stdout);
     assert.ok(info.blockSize > 1024 ** 3, `blockSize ${info.blockSize}`);
     assert.equal(info.localBytes, info.blockSize);
     assert.ok(info.chunkCount > 1000);
-    await exec(process.execPath, [bin, "image", "rm", "big"], { env });
+    assert.equal((await runCli(["image", "rm", "big"], { home })).code, 0);
     assert.deepEqual(
       (await readdir(home.blobs)).filter((n) => !n.startsWith(".")),
       [],

@@ -10,10 +10,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import { load } from "js-yaml";
 import { Kindling } from "../../src/client/index.js";
-import { runCli } from "./cli.js";
+import { KINDLING, runCli } from "./cli.js";
 import { REPO } from "./fixtures.js";
-
-export const KINDLING = path.join(REPO, "bin", "kindling");
 
 export interface TestService {
   child: ChildProcess;
