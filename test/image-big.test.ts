@@ -15,7 +15,7 @@ describe("a >1 GB image", () => {
 
   test("imports with progress, is stored whole, and is removed whole", async () => {
     const tar = await fixture("debian-big.tar");
-    const imp = await runCli(["image", "import", tar, "--name", "big"], { home });
+    const imp = await runCli(["image", "import", tar, "--name", "big"], { home, timeoutMs: 900_000 });
     assert.equal(imp.code, 0, imp.stderr);
     assert.match(imp.stderr, /applying 1 layer\(s\): 50%/);
     assert.match(imp.stderr, /storing chunks: done/);

@@ -19,7 +19,8 @@ describe("kindling run on a >1 GB image pulled lazily from a registry", () => {
   let ref: string;
   let tmp: string;
 
-  const kindling = (home: KindlingHome, args: string[]) => runCli(args, { home });
+  // Import, push and pull of >1 GB take minutes on a loaded host: a wider bound than runCli's default.
+  const kindling = (home: KindlingHome, args: string[]) => runCli(args, { home, timeoutMs: 900_000 });
   const inspect = async () =>
     JSON.parse((await kindling(worker, ["image", "inspect", ref, "--json"])).stdout) as {
       blockSize: number;
