@@ -14,8 +14,8 @@ import { closeSync, constants, openSync, readSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { type LazyImage, openLazyImage } from "../src/lazy/index.js";
-import { indexBytes } from "../src/lazy/testing.js";
 import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "../test/helpers/blockindex.js";
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);

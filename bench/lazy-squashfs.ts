@@ -9,9 +9,10 @@ import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { type LazyImage, openLazyImage } from "../src/lazy/index.js";
-import { indexBytes } from "../src/lazy/testing.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "../test/helpers/blockindex.js";
+import { makeSquashfs } from "../test/helpers/images.js";
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -72,17 +73,7 @@ async function main(): Promise<void> {
   try {
     await makeTree(path.join(tmp, "src"));
     const img = path.join(tmp, "image.sqfs");
-    await exec("mksquashfs", [
-      path.join(tmp, "src"),
-      img,
-      "-noappend",
-      "-quiet",
-      "-no-progress",
-      "-comp",
-      "zstd",
-      "-Xcompression-level",
-      "3",
-    ]);
+    await makeSquashfs(path.join(tmp, "src"), img);
     const data = await readFile(img);
     const { record } = await indexBytes(home, data, 256 << 10);
     lazy = await openLazyImage(home, record, "auto", { memoryCacheBytes: data.length + (1 << 20) });

@@ -34,10 +34,11 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { readOwner } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { buildBusyboxTree, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { Scope } from "../src/util/scope.js";
+import { buildBusyboxTree, makeSquashfs } from "../test/helpers/images.js";
+import { readAll } from "../test/helpers/streams.js";
 
 const argOf = (name: string): string | undefined => {
   const i = process.argv.indexOf(`--${name}`);

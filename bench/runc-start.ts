@@ -20,11 +20,12 @@ import { parseRunOptions } from "../src/runtime/options.js";
 import { mountOverlayRootfs } from "../src/runtime/rootfs.js";
 import { RunDir } from "../src/runtime/rundir.js";
 import { getRuntime } from "../src/runtime/runtimes.js";
-import { buildBusyboxTree, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { findBinary } from "../src/runtime/which.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { Scope } from "../src/util/scope.js";
+import { buildBusyboxTree, makeSquashfs } from "../test/helpers/images.js";
+import { readAll } from "../test/helpers/streams.js";
 
 const argOf = (name: string): string | undefined => {
   const i = process.argv.indexOf(`--${name}`);

@@ -11,8 +11,8 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { REPO } from "../src/bench/images.js";
 import { Kindling } from "../src/client/index.js";
-import { buildBusyboxTree, makeSquashfs } from "../src/runtime/testing.js";
 import { jsonRequest } from "../src/service/unixhttp.js";
+import { buildBusyboxTree, makeSquashfs } from "../test/helpers/images.js";
 
 const argOf = (name: string): string | undefined => {
   const i = process.argv.indexOf(`--${name}`);

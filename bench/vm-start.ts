@@ -21,11 +21,11 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { importImage } from "../src/image/import.js";
 import { stopIdleShared } from "../src/lazy/index.js";
-import { buildBusyboxTree, makeSquashfs } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { type GuestKernelChoice, prepareGuestBoot } from "../src/vm/kernel.js";
 import { bootQemuVm } from "../src/vm/qemu.js";
+import { buildBusyboxTree, makeSquashfs } from "../test/helpers/images.js";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const KINDLING = path.join(REPO, "bin", "kindling");

@@ -5,9 +5,9 @@ import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { after, before, test } from "node:test";
 import { planUnits } from "../src/bench/plan.js";
 import { type BenchRow, medianRow, variantKey } from "../src/bench/rows.js";
-import { leftovers } from "../src/runtime/testing.js";
 import { findBinary } from "../src/runtime/which.js";
 import { runCli } from "./helpers/cli.js";
+import { leftovers } from "./helpers/leftovers.js";
 
 let work: string;
 

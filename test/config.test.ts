@@ -16,9 +16,9 @@ import {
   withConfig,
 } from "../src/config/index.js";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
-import { indexBytes } from "../src/lazy/testing.js";
 import { RUNTIME_NAMES } from "../src/runtime/types.js";
 import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "./helpers/blockindex.js";
 import { runCli } from "./helpers/cli.js";
 import { REPO } from "./helpers/fixtures.js";
 

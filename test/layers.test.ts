@@ -100,6 +100,20 @@ test("src/vm imports nothing from src/runtime (the VM layer sits below the runti
   assert.deepEqual(graph.get("vm")?.get("runtime") ?? [], []);
 });
 
+test("no file under src/ imports the test kit or anything else outside src/ (the kit is test/helpers)", async () => {
+  const outside: string[] = [];
+  for (const file of await sourceFiles(SRC)) {
+    const text = await readFile(file, "utf8");
+    for (const m of text.matchAll(IMPORT)) {
+      const target = path.resolve(path.dirname(file), m[1]);
+      if (path.relative(SRC, target).startsWith("..")) outside.push(`${path.relative(REPO, file)}: ${m[1]}`);
+    }
+    if (/(^|\/)testing\.ts$/.test(file))
+      outside.push(`${path.relative(REPO, file)}: a test helper in the product`);
+  }
+  assert.deepEqual(outside, [], "test helpers live in test/helpers; src/ imports only src/");
+});
+
 test("the scan sees a cycle when there is one", () => {
   const graph = new Map([
     ["a", new Map([["b", ["a.ts"]]])],

@@ -11,10 +11,10 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { readMountinfo } from "../src/host/mounts.js";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
-import { indexBytes } from "../src/lazy/testing.js";
 import type { ChunkSource, Digest } from "../src/store/types.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "./helpers/blockindex.js";
 import { startRegistry, type TestRegistry } from "./helpers/registry.js";
 
 let tmp: string;

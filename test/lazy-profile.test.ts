@@ -6,9 +6,9 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { cleanupStale, type LazyImage, openLazyImage } from "../src/lazy/index.js";
 import { checkProfile, profilePath, readProfileFile, writeProfile } from "../src/lazy/profile.js";
-import { indexBytes } from "../src/lazy/testing.js";
 import type { ChunkSource, Digest } from "../src/store/types.js";
 import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "./helpers/blockindex.js";
 
 const CHUNK = 256 << 10;
 let tmp: string;

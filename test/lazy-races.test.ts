@@ -10,10 +10,10 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { pullImage, pushImage } from "../src/image/registry.js";
 import { stopIdleShared } from "../src/lazy/index.js";
-import { leftovers } from "../src/runtime/testing.js";
 import { KindlingHome } from "../src/util/home.js";
 import { runCli } from "./helpers/cli.js";
 import { REPO } from "./helpers/fixtures.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { startRegistry, type TestRegistry } from "./helpers/registry.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 

@@ -5,9 +5,9 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { cleanupStale, openLazyImage } from "../src/lazy/index.js";
-import { indexBytes } from "../src/lazy/testing.js";
 import { writeBlockIndex } from "../src/store/blockindex.js";
 import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "./helpers/blockindex.js";
 import { startRegistry, type TestRegistry } from "./helpers/registry.js";
 
 let tmp: string;

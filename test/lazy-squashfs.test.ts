@@ -7,10 +7,10 @@ import { readMountinfo } from "../src/host/mounts.js";
 import { chunksIn } from "../src/lazy/chunkmap.js";
 import { cleanupStale, mountImage, openLazyImage, umountImage } from "../src/lazy/index.js";
 import { parseSquashfsSuperblock } from "../src/lazy/squashfs.js";
-import { indexBytes } from "../src/lazy/testing.js";
 import type { ChunkSource, Digest } from "../src/store/types.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "./helpers/blockindex.js";
 
 let home: KindlingHome;
 let tmp: string;

@@ -10,9 +10,9 @@ import { readMountinfo } from "../src/host/mounts.js";
 import { chunkAt, chunksIn } from "../src/lazy/chunkmap.js";
 import { cleanupStale, openLazyImage, stopIdleShared } from "../src/lazy/index.js";
 import { parseSquashfsSuperblock } from "../src/lazy/squashfs.js";
-import { indexBytes } from "../src/lazy/testing.js";
 import type { ChunkSource, Digest } from "../src/store/types.js";
 import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "./helpers/blockindex.js";
 
 let home: KindlingHome;
 before(async () => {

@@ -14,10 +14,11 @@ import { type RunHandle, runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns, readOwner } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { leftovers, readAll } from "../src/runtime/testing.js";
 import { decodeNetwork, encodeNetwork } from "../src/vm/agent/protocol.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { networkLeftovers } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
+import { readAll } from "./helpers/streams.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));

@@ -35,11 +35,13 @@ import { type RunHandle, runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns, readOwner } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { buildBusyboxTree, leftovers, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { networkLeftovers } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
+import { readAll } from "./helpers/streams.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let tmp: string;

@@ -3,10 +3,10 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { leftovers } from "../src/runtime/testing.js";
 import type { KindlingHome } from "../src/util/home.js";
 import { runCli } from "./helpers/cli.js";
 import { fixture, tempHome } from "./helpers/fixtures.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { startRegistry, type TestRegistry } from "./helpers/registry.js";
 
 // The issue's end-to-end check: a >1 GB image pushed to a registry on 127.0.0.1 and pulled lazily

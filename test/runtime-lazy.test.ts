@@ -15,12 +15,14 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { buildBusyboxTree, leftovers, readAll } from "../src/runtime/testing.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
 import { findImage, loadImage } from "../src/store/catalog.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { buildBusyboxTree } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { MT, OciLayoutWriter, tarDir } from "./helpers/registry.js";
+import { readAll } from "./helpers/streams.js";
 
 // `kindling run NAME` on an imported image: the lower layer is the lazy FUSE file (src/lazy).
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));

@@ -10,10 +10,11 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { getRuntime, runtimeFor } from "../src/runtime/runtimes.js";
-import { buildBusyboxTree, leftovers, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { KindlingHome } from "../src/util/home.js";
-
+import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { kindlingRaw } from "./helpers/rawbytes.js";
+import { readAll } from "./helpers/streams.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let tmp: string;

@@ -10,9 +10,11 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { getRuntime } from "../src/runtime/runtimes.js";
-import { buildBusyboxTree, leftovers, makeSquashfs, readAll } from "../src/runtime/testing.js";
 import { findBinary } from "../src/runtime/which.js";
 import { KindlingHome } from "../src/util/home.js";
+import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
+import { readAll } from "./helpers/streams.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let tmp: string;

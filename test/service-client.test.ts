@@ -11,8 +11,9 @@ import { PassThrough } from "node:stream";
 import { after, before, test } from "node:test";
 import { Kindling, type KindlingApiError, type ServiceEvent } from "kindling";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { buildBusyboxTree, leftovers, makeSquashfs } from "../src/runtime/testing.js";
 import { KindlingHome } from "../src/util/home.js";
+import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { assertMatchesApi, stopServiceAndContainers } from "./helpers/service.js";
 
 let tmp: string;

@@ -11,8 +11,9 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { buildBusyboxTree, leftovers, makeSquashfs } from "../src/runtime/testing.js";
 import { KindlingHome } from "../src/util/home.js";
+import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { apiCall, cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
 
 let tmp: string;

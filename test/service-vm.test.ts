@@ -9,7 +9,7 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { leftovers } from "../src/runtime/testing.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { apiCall, cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 

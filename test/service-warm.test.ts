@@ -12,10 +12,10 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { importImage } from "../src/image/import.js";
 import { liveDaemonPids } from "../src/lazy/index.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { leftovers } from "../src/runtime/testing.js";
 import { loadImage } from "../src/store/catalog.js";
 import { KindlingHome } from "../src/util/home.js";
 import { fixture } from "./helpers/fixtures.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
 
 let tmp: string;

@@ -11,12 +11,14 @@ import { after, before, test } from "node:test";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { buildBusyboxTree, leftovers, readAll } from "../src/runtime/testing.js";
 import { VmRuntime } from "../src/runtime/vm-runtime.js";
 import { exec } from "../src/util/exec.js";
 import { prepareGuestBoot } from "../src/vm/kernel.js";
 import { bootQemuVm } from "../src/vm/qemu.js";
 import { within } from "./helpers/bounded.js";
+import { buildBusyboxTree } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
+import { readAll } from "./helpers/streams.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 let t: VmTestHome;

@@ -14,10 +14,11 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { leftovers, readAll } from "../src/runtime/testing.js";
 import { findBuiltKernel } from "../src/vm/kernel-build.js";
 import { REPO } from "./helpers/fixtures.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { networkLeftovers } from "./helpers/network.js";
+import { readAll } from "./helpers/streams.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 const BUILT = path.join(REPO, ".cache", "guest-kernel", "kernel", "built");

@@ -14,7 +14,6 @@ import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { readAll } from "../src/runtime/testing.js";
 import { startFailureStatus } from "../src/runtime/vm-runtime.js";
 import { KindlingError } from "../src/util/errors.js";
 import { exec } from "../src/util/exec.js";
@@ -30,6 +29,7 @@ import {
 import { prepareGuestBoot } from "../src/vm/kernel.js";
 import { bootQemuVm, type QemuVm, QemuVmm } from "../src/vm/qemu.js";
 import type { VmSpec } from "../src/vm/spec.js";
+import { readAll } from "./helpers/streams.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 // The kernel cache survives between runs (a fresh checkout fetches it with apt on the first one).

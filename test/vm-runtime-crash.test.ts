@@ -14,7 +14,7 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { leftovers } from "../src/runtime/testing.js";
+import { leftovers, pidsNaming } from "./helpers/leftovers.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
@@ -29,17 +29,6 @@ before(async () => {
 after(async () => {
   await t.cleanup();
 });
-
-/** Pids of processes whose command line starts with `prog` and names `dir/`. */
-async function pidsOf(prog: string, dir: string): Promise<number[]> {
-  const out: number[] = [];
-  for (const p of await readdir("/proc")) {
-    if (!/^\d+$/.test(p)) continue;
-    const cmd = await readFile(`/proc/${p}/cmdline`, "utf8").catch(() => "");
-    if (cmd.startsWith(prog) && cmd.includes(`${dir}/`)) out.push(Number(p));
-  }
-  return out;
-}
 
 const WRITE_THEN_WAIT = "echo $0 > /rw/$0; sync; echo ready; exec sleep 600";
 
@@ -58,7 +47,7 @@ test("the VM dies while the process runs: a clear error, and the rw mount's writ
   const s = await handle.started;
   await new Promise<void>((resolve) => s.stdout!.on("data", (d: Buffer) => d.includes("ready") && resolve()));
   s.stderr!.resume();
-  const qemu = await pidsOf("qemu-system", path.join(t.home.runs, s.id));
+  const qemu = await pidsNaming(`${path.join(t.home.runs, s.id)}/`, "qemu-system");
   assert.equal(qemu.length, 1);
   process.kill(qemu[0], "SIGKILL");
   await assert.rejects(handle.result, /the VM failed while the process ran/);

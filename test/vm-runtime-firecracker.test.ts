@@ -13,7 +13,6 @@ import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { leftovers, readAll } from "../src/runtime/testing.js";
 import {
   decodeStart,
   encodeFrame,
@@ -24,6 +23,8 @@ import {
   PROTOCOL_VERSION,
 } from "../src/vm/agent/protocol.js";
 import { type Fixture, makeFixture } from "./helpers/firecracker-fixtures.js";
+import { leftovers } from "./helpers/leftovers.js";
+import { readAll } from "./helpers/streams.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 let fx: Fixture;

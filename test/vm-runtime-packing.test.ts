@@ -15,12 +15,13 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
 import { RunDir } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { leftovers, readAll } from "../src/runtime/testing.js";
 import type { Container, Runtime } from "../src/runtime/types.js";
 import { prepareRootfs } from "../src/runtime/vm-rootfs/strategies.js";
 import { Scope } from "../src/util/scope.js";
 import { FIRECRACKER_TRAITS } from "../src/vm/firecracker/backend.js";
 import { fixture } from "./helpers/fixtures.js";
+import { leftovers } from "./helpers/leftovers.js";
+import { readAll } from "./helpers/streams.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 /** KINDLING_MEASURE=1 (both), packing, or strategies. */

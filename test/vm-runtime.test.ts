@@ -12,9 +12,10 @@ import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { leftovers, readAll } from "../src/runtime/testing.js";
 import { exec } from "../src/util/exec.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { kindlingRaw } from "./helpers/rawbytes.js";
+import { readAll } from "./helpers/streams.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { readdir, readFile, rm } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Ajv2020 } from "ajv/dist/2020.js";
@@ -12,6 +12,7 @@ import { load } from "js-yaml";
 import { Kindling } from "../../src/client/index.js";
 import { KINDLING, runCli } from "./cli.js";
 import { REPO } from "./fixtures.js";
+import { pidsNaming } from "./leftovers.js";
 
 export interface TestService {
   child: ChildProcess;
@@ -75,16 +76,6 @@ export async function startService(
       await waitExit("SIGKILL");
     },
   };
-}
-
-async function pidsNaming(needle: string): Promise<number[]> {
-  const out: number[] = [];
-  for (const p of await readdir("/proc")) {
-    if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
-    const cmd = await readFile(`/proc/${p}/cmdline`, "utf8").catch(() => "");
-    if (cmd.includes(needle)) out.push(Number(p));
-  }
-  return out;
 }
 
 /**

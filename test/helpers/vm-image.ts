@@ -9,9 +9,9 @@ import path from "node:path";
 import { importImage } from "../../src/image/import.js";
 import { stopIdleShared } from "../../src/lazy/index.js";
 import { removeHomeNetwork } from "../../src/network/conflist.js";
-import { buildBusyboxTree } from "../../src/runtime/testing.js";
 import { KindlingHome } from "../../src/util/home.js";
 import { REPO } from "./fixtures.js";
+import { buildBusyboxTree } from "./images.js";
 import { MT, OciLayoutWriter, tarDir } from "./registry.js";
 
 export interface VmTestHome {

@@ -1,15 +1,15 @@
-/** Helpers for tests and benchmarks: a block index made here, without the image pipeline. */
+/** A block index made here, without the image pipeline, for tests and benchmarks. */
 import { createHash } from "node:crypto";
 import { mkdir, writeFile } from "node:fs/promises";
-import { writeBlockIndex } from "../store/blockindex.js";
+import { writeBlockIndex } from "../../src/store/blockindex.js";
 import {
   BLOCK_INDEX_MEDIA_TYPE,
   type BlockIndex,
   type ChunkRef,
   type Digest,
   type ImageRecord,
-} from "../store/types.js";
-import type { KindlingHome } from "../util/home.js";
+} from "../../src/store/types.js";
+import type { KindlingHome } from "../../src/util/home.js";
 
 const sha = (b: Uint8Array): Digest => `sha256:${createHash("sha256").update(b).digest("hex")}`;
 
