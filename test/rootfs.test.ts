@@ -44,6 +44,10 @@ test("DriveTable: root first, names in order, QEMU's device limit counts shares 
   for (let i = 0; i < QEMU_MAX_VIRTIO_DEVICES - 1; i++) full.add(`d${i}`, "/f", true, i === 0);
   const qemu = { traits: QEMU_TRAITS };
   full.check(qemu, 0); // 22 drives + the agent port: fits
+  assert.throws(
+    () => full.check(qemu, 0, 0, 1),
+    /22 drives, 0 shares, 1 network card and the agent's device need 24/,
+  );
   assert.throws(() => full.check(qemu, 1), /too many devices for QEMU microvm: 22 drives, 1 shares/);
   full.check({ traits: FIRECRACKER_TRAITS }, 0);
 });

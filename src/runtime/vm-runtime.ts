@@ -89,6 +89,7 @@ export class VmRuntime implements Runtime {
       memoryMiB,
       diskBytes: options.diskBytes,
       packing: options.mountPacking ?? "pack",
+      nics: options.network === "none" ? 0 : 1,
       warn: (m) => process.stderr.write(`kindling: ${m}\n`),
     }).finally(() => {
       prepMs = Date.now() - prepStart;

@@ -25,15 +25,19 @@ export class DriveTable {
     return guestDiskName(this.drives.length - 1);
   }
 
-  /** Fails with the limit and a way out when the VMM cannot attach this many devices (+ moreDrives to come). */
-  check(vmm: Pick<Vmm, "traits">, shares: number, moreDrives = 0): void {
+  /**
+   * Fails with the limit and a way out when the VMM cannot attach this many devices (+ moreDrives to
+   * come). `nics`: network cards, which take a virtio-mmio slot each too.
+   */
+  check(vmm: Pick<Vmm, "traits">, shares: number, moreDrives = 0, nics = 0): void {
     const max = vmm.traits.maxDevices;
     if (max === undefined) return;
     const drives = this.drives.length + moreDrives;
-    const devices = drives + shares + 1; // + the agent's port
+    const devices = drives + shares + nics + 1; // + the agent's device
     if (devices > max) {
+      const nic = nics > 0 ? `, ${nics} network card${nics > 1 ? "s" : ""}` : "";
       throw new KindlingError(
-        `too many devices for QEMU microvm: ${drives} drives, ${shares} shares and the agent port ` +
+        `too many devices for QEMU microvm: ${drives} drives, ${shares} shares${nic} and the agent's device ` +
           `need ${devices} virtio-mmio slots, the guest sees at most ${max}; ` +
           "use --mount-packing pack (all -v mounts in two drives)",
       );

@@ -52,7 +52,7 @@ async function lazyRootfs(req: RootfsRequest): Promise<RootfsPlan> {
   const users = await readImageUsers(image.path);
   const layer = await writable(req, table);
   const mounts = await attachVolumes(req, table, req.volumes);
-  table.check(req.vmm, 0);
+  table.check(req.vmm, 0, 0, req.nics);
   return {
     drives: table.drives,
     shares: [],
@@ -102,7 +102,7 @@ async function squashfsRootfs(req: RootfsRequest): Promise<RootfsPlan> {
   const table = new DriveTable();
   const root = table.add("rootfs", file, true, true);
   const layer = await writable(req, table);
-  table.check(req.vmm, 0);
+  table.check(req.vmm, 0, 0, req.nics);
   return {
     drives: table.drives,
     shares: [],
@@ -136,7 +136,7 @@ async function copyRootfs(req: RootfsRequest): Promise<RootfsPlan> {
     table,
     req.volumes.filter((v) => !v.readOnly),
   );
-  table.check(req.vmm, 0);
+  table.check(req.vmm, 0, 0, req.nics);
   return { drives: table.drives, shares: [], root: { root, rootfsType: "ext4" }, ...layer, mounts, users };
 }
 
@@ -176,7 +176,7 @@ async function virtiofsRootfs(req: RootfsRequest): Promise<RootfsPlan> {
   }
   const table = new DriveTable();
   const layer = await writable(req, table);
-  table.check(req.vmm, shares.length);
+  table.check(req.vmm, shares.length, 0, req.nics);
   return {
     drives: table.drives,
     shares,

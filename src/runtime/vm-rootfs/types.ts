@@ -24,6 +24,8 @@ export interface RootfsRequest {
   /** `--disk`: bytes of a sparse ext4 scratch drive for the writable layer instead of tmpfs. */
   diskBytes?: number;
   packing: MountPacking;
+  /** Network cards the VM gets (0 or 1): each takes a device slot, as drives do. */
+  nics: number;
   /** Warnings for the user (stderr). */
   warn(message: string): void;
 }

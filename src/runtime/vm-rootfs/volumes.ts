@@ -40,7 +40,7 @@ export async function attachVolumes(
           { name: "rw", readOnly: false, volumes: volumes.filter((v) => !v.readOnly) },
         ].filter((g) => g.volumes.length > 0)
       : volumes.map((v, i) => ({ name: `v${i}`, readOnly: v.readOnly, volumes: [v] }));
-  table.check(req.vmm, 0, groups.length); // before building anything
+  table.check(req.vmm, 0, groups.length, req.nics); // before building anything
   // Built one after the other: mksquashfs and mkfs.ext4 each use every core already.
   const helpers: GuestMount[] = [];
   const binds: (GuestMount & { destination: string })[] = [];
