@@ -26,6 +26,17 @@ export interface FetchCounters {
   fetchesRefused: number;
   /** Why the source is unavailable, while its circuit is open or half-open. */
   sourceDown?: string;
+  /** Requests at the source right now (a gauge, for timelines). */
+  inFlight: number;
+  /** Summed time of requests at the source, from the request to verified bytes (ms). */
+  sourceMs: number;
+  /** Summed time fetches waited for a slot of the concurrency limit (ms). */
+  queuedMs: number;
+  /** Epoch ms the first request started and the first verified chunk arrived (time to first byte). */
+  firstRequestAt?: number;
+  firstChunkAt?: number;
+  /** Epoch ms the last verified chunk arrived. */
+  lastChunkAt?: number;
 }
 
 export const newFetchCounters = (): FetchCounters => ({
@@ -34,6 +45,9 @@ export const newFetchCounters = (): FetchCounters => ({
   fetchErrors: 0,
   verifyFailures: 0,
   fetchesRefused: 0,
+  inFlight: 0,
+  sourceMs: 0,
+  queuedMs: 0,
 });
 
 export interface FetchHooks {
@@ -131,28 +145,41 @@ export class ChunkFetcher {
           if (deadline.signal.aborted) break;
         }
         let verifyFailed = false;
+        const c = this.counters;
+        const queued = Date.now();
         try {
           const data = await raceAbort(
             this.limiter.run(async () => {
               // Queued past the deadline: do not start a request nobody waits for.
               if (deadline.signal.aborted) throw deadline.signal.reason;
-              const timeout = Math.max(1, Math.min(policy.attemptTimeoutMs, end - Date.now()));
-              const signal = AbortSignal.any([deadline.signal, AbortSignal.timeout(timeout)]);
-              const got = await raceAbort(
-                this.source.fetch(ref.digest as Digest, ref.length, signal),
-                signal,
-              );
-              const bytes = Buffer.isBuffer(got) ? got : Buffer.from(got);
-              if (!(await isChunk(ref, bytes))) {
-                verifyFailed = true;
-                throw new Error(`got ${bytes.length} bytes that do not match ${ref.digest}`);
+              const started = Date.now();
+              c.queuedMs += started - queued;
+              c.firstRequestAt ??= started;
+              c.inFlight++;
+              try {
+                const timeout = Math.max(1, Math.min(policy.attemptTimeoutMs, end - Date.now()));
+                const signal = AbortSignal.any([deadline.signal, AbortSignal.timeout(timeout)]);
+                const got = await raceAbort(
+                  this.source.fetch(ref.digest as Digest, ref.length, signal),
+                  signal,
+                );
+                const bytes = Buffer.isBuffer(got) ? got : Buffer.from(got);
+                if (!(await isChunk(ref, bytes))) {
+                  verifyFailed = true;
+                  throw new Error(`got ${bytes.length} bytes that do not match ${ref.digest}`);
+                }
+                return bytes;
+              } finally {
+                c.inFlight--;
+                c.sourceMs += Date.now() - started;
               }
-              return bytes;
             }, hooks.urgent),
             deadline.signal,
           );
-          this.counters.chunksFetched++;
-          this.counters.bytesFetched += data.length;
+          c.chunksFetched++;
+          c.bytesFetched += data.length;
+          c.lastChunkAt = Date.now();
+          c.firstChunkAt ??= c.lastChunkAt;
           return data;
         } catch (err) {
           last = err;

@@ -3,7 +3,7 @@
  * here (the README's environment table is checked against it by test/config.test.ts).
  */
 import os from "node:os";
-import { boolean, bytes, count, milliseconds, oneOf, text, type ValueType } from "./types.js";
+import { boolean, bytes, count, integer, milliseconds, oneOf, text, type ValueType } from "./types.js";
 
 export interface Setting<T> {
   /** The environment variable. */
@@ -174,6 +174,14 @@ export const SETTINGS = {
     type: boolean,
     default: true,
     describe: "`0`: mount the lazy file without `kernel_cache` (measurement only)",
+  }),
+  lazyFileReadahead: setting({
+    env: "KINDLING_LAZY_FILE_READAHEAD",
+    type: integer("bytes", 0),
+    default: 8 << 20,
+    defaultText: "`8388608` (8 MiB)",
+    describe:
+      "file-aware readahead: the first read of a file taking at most this many bytes of the block image fetches the rest of the file in parallel (`0`: off)",
   }),
   cniConfDir: setting<string | undefined>({
     env: "KINDLING_CNI_CONF_DIR",

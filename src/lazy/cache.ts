@@ -25,14 +25,15 @@ export class ChunkCache {
   /**
    * Fills target with bytes [pos, pos+len) of the block image; returns how many (0 past EOF).
    * `whole` asks to pull whole chunks into memory (sequential readers); otherwise a small read of
-   * a chunk on disk is a pread from a kept-open fd.
+   * a chunk on disk is a pread from a kept-open fd. `reader` false: the daemon's own read (tables,
+   * layout), not counted as served.
    */
-  async read(target: Buffer, pos: number, len: number, whole: boolean): Promise<number> {
+  async read(target: Buffer, pos: number, len: number, whole: boolean, reader = true): Promise<number> {
     const n = Math.max(0, Math.min(len, this.index.blockSize - pos));
     if (n === 0) return 0;
-    this.stats.reads++;
+    if (reader) this.stats.reads++;
     await Promise.all(chunksIn(this.index, pos, n).map((i) => this.copyChunk(i, target, pos, n, whole)));
-    this.stats.bytesServed += n;
+    if (reader) this.stats.bytesServed += n;
     return n;
   }
 

@@ -12,9 +12,11 @@ import { processStartTime } from "../host/process.js";
 import { readBlockIndex } from "../store/blockindex.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
+import { BackgroundLoads } from "./background.js";
 import { ChunkCache } from "./cache.js";
 import { validateIndex } from "./chunkmap.js";
 import { DaemonDir } from "./daemondir.js";
+import { FileReadahead } from "./files.js";
 import { mountBlockFile } from "./fusefs.js";
 import { LowerMounts } from "./lower.js";
 import { prefetchTables } from "./prefetch.js";
@@ -23,6 +25,7 @@ import { Readahead } from "./readahead.js";
 import { liveUsers, markStopping } from "./shared.js";
 import { IpcChunkSource, send } from "./sources.js";
 import { newStats, writeStats } from "./stats.js";
+import { ReadTracer } from "./trace.js";
 import type { DaemonConfig, DaemonState, ParentMessage } from "./types.js";
 
 const dir = process.argv[2];
@@ -49,6 +52,9 @@ async function main(): Promise<void> {
   });
   const cache = new ChunkCache(index, loader, stats, cfg.memoryCacheBytes);
   const readahead = new Readahead(cache, cfg.readaheadChunks, log);
+  const tracer = new ReadTracer(stats);
+  // Set once the image's file extents are read (after the tables' prefetch).
+  let files: FileReadahead | undefined;
   // A startup profile for this image: prefetch it; none (or a stale one): record one.
   const profileFile = await readProfileFile(home, cfg.record.digest);
   const profile = checkProfile(profileFile, cfg.record.digest, index.chunks.length);
@@ -110,7 +116,11 @@ async function main(): Promise<void> {
     fileName: cfg.fileName,
     cache,
     readahead,
-    onRead: recorder ? (pos, len) => recorder.touch(pos, len) : undefined,
+    onRead: (pos, len) => {
+      recorder?.touch(pos, len);
+      files?.observe(pos, len);
+    },
+    tracer,
     opTimeoutMs: cfg.policy.deadlineMs + 5000,
     kernelCache: cfg.settings.lazyKernelCache,
     directIo: cfg.settings.lazyDirectIo,
@@ -132,6 +142,8 @@ async function main(): Promise<void> {
     ownerStartTime: cfg.ownerStartTime,
   };
   await writeFileAtomic(ddir.stateFile, `${JSON.stringify(state)}\n`);
+  stats.trace.mountedAt = Date.now();
+  tracer.start();
   await flush();
   send({ t: "ready", pid: process.pid, path: filePath, lower: lowerDir });
   log(`serving ${cfg.record.name} (${cfg.record.digest}) at ${cfg.mountpoint}`);
@@ -164,9 +176,20 @@ async function main(): Promise<void> {
     if (JSON.stringify({ ...cache.stats, updated: "" }) !== written) void flush();
   }, 1000).unref();
   if (cfg.prefetch) {
+    const fileBytes = cfg.settings.lazyFileReadahead;
     prefetchTables(cache)
-      .then(() => {
+      .then(async () => {
         log(`prefetch ${cache.stats.prefetch.state}: ${cache.stats.prefetch.chunks} chunks`);
+        if (fileBytes <= 0 || cache.stats.prefetch.state !== "done") return;
+        // Leaves readers a slot or two: the limiter hands freed slots to readers first anyway.
+        const loads = new BackgroundLoads(cache, Math.max(1, cfg.fetchConcurrency - 2), log);
+        await FileReadahead.load(cache, loads, fileBytes).then(
+          (f) => {
+            files = f;
+            log(`file-aware readahead: ${f.files} files of at most ${fileBytes} bytes`);
+          },
+          (err) => log(`file-aware readahead off: ${err instanceof Error ? err.message : err}`),
+        );
       })
       .catch((err) => log(`prefetch failed: ${err instanceof Error ? err.message : err}`));
   } else cache.stats.prefetch.state = "skipped";

@@ -2,6 +2,7 @@ import { constants } from "node:fs";
 import { createRequire } from "node:module";
 import type { ChunkCache } from "./cache.js";
 import type { Readahead } from "./readahead.js";
+import type { ReadTracer } from "./trace.js";
 
 type Cb = (...args: unknown[]) => void;
 interface FuseInstance {
@@ -26,8 +27,10 @@ export interface FuseFileOptions {
   fileName: string;
   cache: ChunkCache;
   readahead: Readahead;
-  /** Told of every read while a startup profile is being recorded (profile.ts). */
+  /** Told of every read (startup profile recording, file-aware readahead). */
   onRead?: (pos: number, len: number) => void;
+  /** Times reads that wait for a chunk (trace.ts). */
+  tracer?: ReadTracer;
   /** Backstop for a read that never answers (our own deadline should always come first). */
   opTimeoutMs: number;
   /** Let the kernel keep the file's pages (KINDLING_LAZY_KERNEL_CACHE; off only for measuring). */
@@ -83,10 +86,18 @@ export function mountBlockFile(o: FuseFileOptions): Promise<void> {
       const seq = o.readahead.observe(pos, len);
       o.onRead?.(pos, len);
       const fast = o.cache.readFromMemory(buf, pos, len);
-      if (fast >= 0) return cb(fast);
+      if (fast >= 0) {
+        o.tracer?.read();
+        return cb(fast);
+      }
+      const answered = o.tracer?.slowRead();
       o.cache.read(buf, pos, len, seq).then(
-        (n) => cb(n),
+        (n) => {
+          answered?.();
+          cb(n);
+        },
         (err) => {
+          answered?.();
           o.cache.stats.readErrors++;
           o.log(`read ${len}@${pos}: ${err instanceof Error ? err.message : err}`);
           cb(Fuse.EIO);

@@ -11,9 +11,7 @@ export async function prefetchTables(cache: ChunkCache, concurrency = 4): Promis
   p.state = "running";
   try {
     const sb = Buffer.alloc(96);
-    const n = await cache.read(sb, 0, 96, true);
-    cache.stats.reads--; // not a reader's read
-    cache.stats.bytesServed -= n;
+    const n = await cache.read(sb, 0, 96, true, false);
     p.chunks = 1;
     p.bytes = cache.index.chunks[0]?.length ?? 0;
     const layout = parseSquashfsSuperblock(sb.subarray(0, n));

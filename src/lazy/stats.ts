@@ -3,6 +3,7 @@ import path from "node:path";
 import { newFetchCounters } from "../chunks/fetcher.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
+import { newReadTrace } from "./trace.js";
 import type { LazyStats } from "./types.js";
 
 /** A daemon's counters at its start. */
@@ -21,6 +22,8 @@ export function newStats(digest: string, blockSize: number): LazyStats {
     readaheadChunks: 0,
     prefetch: { state: "pending", chunks: 0, bytes: 0 },
     profile: { state: "none", chunks: 0, bytes: 0, errors: 0 },
+    fileReadahead: { files: 0, chunks: 0, bytes: 0 },
+    trace: newReadTrace(),
     updated: new Date().toISOString(),
   };
 }

@@ -5,6 +5,7 @@ import type { StartTime } from "../host/process.js";
 import type { RegistrySettings } from "../registry/settings.js";
 import type { StoreCounters } from "../store/chunkstore.js";
 import type { ImageRecord } from "../store/types.js";
+import type { ReadTrace } from "./trace.js";
 
 /** Counters of one lazy image daemon; summed per image by imageStats(). */
 export interface LazyStats extends FetchCounters, StoreCounters {
@@ -31,6 +32,13 @@ export interface LazyStats extends FetchCounters, StoreCounters {
     bytes: number;
     errors: number;
   };
+  /**
+   * File-aware readahead (files.ts): files whose first chunk was read and whose other chunks were
+   * fetched ahead (chunks and bytes that had to be fetched).
+   */
+  fileReadahead: { files: number; chunks: number; bytes: number };
+  /** Where a cold start's time goes: blocked reads, requests in flight over time (trace.ts). */
+  trace: ReadTrace;
   /** ISO time these counters were taken. */
   updated: string;
 }

@@ -1,0 +1,107 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { link, mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { fileReader, LayoutError, readSquashfsFiles } from "../src/blockimage/layout.js";
+import { buildSquashfs } from "../src/blockimage/squashfs.js";
+import { exec } from "../src/util/exec.js";
+
+/** A tree with what the parser must step over: links, a fifo, a big file, a directory of 600 entries. */
+async function makeTree(root: string): Promise<Map<string, Buffer>> {
+  const files = new Map<string, Buffer>();
+  const put = async (rel: string, data: Buffer) => {
+    await mkdir(path.dirname(path.join(root, rel)), { recursive: true });
+    await writeFile(path.join(root, rel), data);
+    files.set(rel, data);
+  };
+  await put("bin/big", randomBytes(700_000)); // several blocks and a tail
+  await put("etc/empty", Buffer.alloc(0));
+  await put("etc/text", Buffer.from("kindling\n".repeat(5000)));
+  for (let i = 0; i < 600; i++) await put(`many/file-${String(i).padStart(3, "0")}`, randomBytes(i * 7));
+  await link(path.join(root, "etc/text"), path.join(root, "etc/text-link"));
+  await symlink("text", path.join(root, "etc/sym"));
+  await exec("mkfifo", [path.join(root, "etc/fifo")]);
+  return files;
+}
+
+describe("block image layout (file extents from the SquashFS tables)", () => {
+  let work: string;
+  let files: Map<string, Buffer>;
+  before(async () => {
+    work = await mkdtemp("/tmp/kindling-test-layout-");
+    files = await makeTree(path.join(work, "src"));
+  });
+  after(async () => {
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const parse = async (img: string, names: boolean) => {
+    const fh = await open(img, "r");
+    try {
+      return await readSquashfsFiles(fileReader(fh), { names });
+    } finally {
+      await fh.close();
+    }
+  };
+
+  for (const comp of ["zstd", "gzip"] as const) {
+    test(`${comp}: every regular file once, with its path and size, extents in order inside the image`, async () => {
+      const img = path.join(work, `${comp}.sqfs`);
+      await buildSquashfs(path.join(work, "src"), img, { compressor: comp, blockSize: 128 * 1024 });
+      const size = (await readFile(img)).length;
+      const got = await parse(img, true);
+      assert.equal(got.blockSize, 128 * 1024);
+      // The hard link is one inode, named once (by whichever name the walk meets first).
+      assert.equal(got.files.length, files.size);
+      const seen = new Set<string>();
+      let lastEnd = 0;
+      for (const f of got.files) {
+        assert.ok(f.path && files.has(f.path), `unknown path ${f.path}`);
+        seen.add(f.path);
+        assert.equal(f.size, files.get(f.path)!.length, f.path);
+        if (f.end > f.start) {
+          assert.ok(f.start >= 96 && f.end <= size, `${f.path} ${f.start}-${f.end}`);
+          assert.ok(f.start >= lastEnd, "data extents do not overlap");
+          lastEnd = f.end;
+        }
+      }
+      assert.equal(seen.size, files.size);
+      const big = got.files.find((f) => f.path === "bin/big")!;
+      assert.ok(big.end - big.start > 500_000, "the big file's blocks are in its extent");
+      // mksquashfs packs files smaller than a block into fragment blocks.
+      const small = got.files.find((f) => f.path === "etc/text" || f.path === "etc/text-link")!;
+      assert.ok(small.fragment && small.end === small.start, "a small file lies in a fragment block");
+      // Without names: the same extents.
+      const bare = await parse(img, false);
+      assert.deepEqual(
+        bare.files.map((f) => [f.start, f.end]),
+        got.files.map((f) => [f.start, f.end]),
+      );
+    });
+  }
+
+  test("uncompressed data without fragments: each extent holds exactly the file's bytes", async () => {
+    const img = path.join(work, "raw.sqfs");
+    await buildSquashfs(path.join(work, "src"), img, {
+      compressor: "none",
+      extraArgs: ["-no-fragments"],
+    });
+    const bytes = await readFile(img);
+    const got = await parse(img, true);
+    for (const f of got.files) {
+      if (f.size === 0) continue;
+      assert.ok(bytes.subarray(f.start, f.end).equals(files.get(f.path!)!), f.path);
+    }
+  });
+
+  test("not SquashFS, or metadata in a compressor it cannot read: a LayoutError", async () => {
+    await assert.rejects(
+      readSquashfsFiles(async (_p, len) => Buffer.alloc(len)),
+      (e) => e instanceof LayoutError && /not a SquashFS image/.test(e.message),
+    );
+    const img = path.join(work, "xz.sqfs");
+    await buildSquashfs(path.join(work, "src"), img, { compressor: "xz" });
+    await assert.rejects(parse(img, false), (e) => e instanceof LayoutError && /xz/.test(e.message));
+  });
+});
