@@ -16,7 +16,7 @@ import { cleanupStaleRuns, readOwner } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
 import { decodeNetwork, encodeNetwork } from "../src/vm/agent/protocol.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { networkLeftovers } from "./helpers/network.js";
+import { networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
 import { readAll } from "./helpers/streams.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
@@ -32,6 +32,7 @@ after(async () => {
   await cleanupStaleRuns(t.home).catch(() => {});
   const left = [...(await leftovers(t.home.root)), ...(await networkLeftovers(t.home))];
   await t.cleanup();
+  assert.deepEqual(await sweepDeadNetworks(), []);
   assert.deepEqual(left, []);
 });
 

@@ -39,7 +39,7 @@ import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { networkLeftovers } from "./helpers/network.js";
+import { networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
 import { readAll } from "./helpers/streams.js";
 
@@ -62,6 +62,7 @@ after(async () => {
   await removeHomeNetwork(home);
   const bridge = await exec("ip", ["link", "show", homeNetworkNames(home).bridge], { allowFailure: true });
   await rm(tmp, { recursive: true, force: true });
+  assert.deepEqual(await sweepDeadNetworks(), []);
   assert.deepEqual(left, []);
   assert.notEqual(bridge.code, 0, "the home's bridge is removed with the home");
 });

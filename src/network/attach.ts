@@ -9,7 +9,9 @@ import type { Scope } from "../util/scope.js";
 import { addNetworkList, type CniAttachment, type CniResult } from "./cni.js";
 import { homeNetworkNames, LOOPBACK_LIST, loadNetwork, type NetworkSettings } from "./conflist.js";
 import { createNetns } from "./netns.js";
+import { RunRecorder, recordHome } from "./owners.js";
 import type { NetworkResource } from "./resources.js";
+import { sweepNetwork } from "./sweep.js";
 import type { NetworkInfo, NetworkMode, PortMapping } from "./types.js";
 
 export const CONTAINER_IFNAME = "eth0";
@@ -57,11 +59,37 @@ export async function setUpNetwork(req: NetworkRequest): Promise<RunNetwork> {
     return { info: { mode, ports: [] } };
   }
   if (mode === "none" && ports.length > 0) throw new KindlingError("-p does not apply to --network none");
+  // What dead runs of vanished homes left: the quick part reads a few files; it spawns only for what
+  // it finds dead (and for the iptables part every FULL_SWEEP_EVERY_MS). Settled before returning.
+  // (the home is recorded first: a sweep never takes a live home's tag for a dead one)
+  await recordHome(req.home.root);
+  const sweeping = sweepNetwork({ rateLimited: true }).catch(() => undefined);
+  try {
+    return await attach(req);
+  } finally {
+    await sweeping;
+  }
+}
+
+async function attach(req: NetworkRequest): Promise<RunNetwork> {
+  const { mode, ports } = req;
   // bridge: read (or make) the network first: a bad user config fails before anything exists
   const list = mode === "bridge" ? await loadNetwork(req.home, req.settings) : undefined;
   const netnsName = `${homeNetworkNames(req.home).netnsPrefix}${req.runId}`;
+  // every resource is recorded on the host too (owners.ts), for the sweep if the home goes away
+  const recorder = new RunRecorder(req.home.root, req.runId, netnsName);
+  const holder: ResourceHolder = {
+    async hold(scope, r) {
+      await recorder.add(r);
+      await req.holder.hold(scope, r);
+    },
+    async update(r, change) {
+      await req.holder.update(r, change);
+      await recorder.save();
+    },
+  };
   const netnsResource: NetworkResource = { kind: "netns", name: netnsName };
-  await req.holder.hold(req.scope, netnsResource);
+  await holder.hold(req.scope, netnsResource);
   const netns = await createNetns(netnsName);
   const dirs = req.settings.pluginDirs;
   const loopback = addNetworkList(LOOPBACK_LIST, { containerId: req.runId, netns, ifName: "lo" }, dirs);
@@ -77,13 +105,13 @@ export async function setUpNetwork(req: NetworkRequest): Promise<RunNetwork> {
     capabilityArgs: { portMappings: portMappingsArg(ports) },
   };
   const cni: NetworkResource = { kind: "cni", list, attachment, pluginDirs: dirs };
-  await req.holder.hold(req.scope, cni);
+  await holder.hold(req.scope, cni);
   // both settle before an error is thrown: nothing still runs in the namespace when the scope deletes it
   const [adding, lo] = await Promise.allSettled([addNetworkList(list, attachment, dirs), loopback]);
   if (adding.status === "rejected") throw adding.reason;
   if (lo.status === "rejected") throw lo.reason;
   const result = adding.value;
-  await req.holder.update(cni, { result });
+  await holder.update(cni, { result });
   return { info: infoOf(result, list.name, netns, ports), netnsName, netnsPath: netns, result };
 }
 

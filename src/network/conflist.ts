@@ -3,7 +3,6 @@
  * orders them) or Kindling's default, made once per KINDLING_HOME: a bridge and a /24 of its own, so
  * two homes (two workers) never hand out the same address, and host-local's leases under the home.
  */
-import { createHash } from "node:crypto";
 import { link, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { type Config, config } from "../config/index.js";
@@ -12,6 +11,7 @@ import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import type { CniConfList, CniPluginConf } from "./cni.js";
+import { forgetHome, homeTag } from "./owners.js";
 
 /** Where Debian's containernetworking-plugins puts the plugins, then the upstream default. */
 export const DEFAULT_PLUGIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"];
@@ -41,7 +41,7 @@ export interface HomeNetworkNames {
 }
 
 export function homeNetworkNames(home: KindlingHome): HomeNetworkNames {
-  const tag = createHash("sha256").update(home.root).digest("hex").slice(0, 8);
+  const tag = homeTag(home.root);
   return {
     tag,
     bridge: `kl-${tag}`, // at most 15 characters (IFNAMSIZ)
@@ -153,7 +153,6 @@ export async function homeDefaultNetwork(home: KindlingHome): Promise<CniConfLis
   const existing = await readFile(file, "utf8").catch(() => undefined);
   if (existing !== undefined) return parseConf(JSON.parse(existing), file);
   await mkdir(names.dir, { recursive: true });
-  await removeOrphanBridges();
   const subnet = await pickSubnet(names.tag);
   const list = defaultConfList(names, subnet);
   // Of two first runs in one home, one publishes; the other reads what it published. Written aside
@@ -168,33 +167,7 @@ export async function homeDefaultNetwork(home: KindlingHome): Promise<CniConfLis
   } finally {
     await rm(tmp, { force: true });
   }
-  await mkdir(BRIDGE_OWNERS, { recursive: true });
-  await writeFile(path.join(BRIDGE_OWNERS, names.bridge), file);
   return list;
-}
-
-/** Which home's default network each `kl-` bridge belongs to: /run/kindling-bridges/<bridge> = its conflist. */
-const BRIDGE_OWNERS = "/run/kindling-bridges";
-
-/**
- * Bridges whose home is gone (a deleted worker or test home) are removed when a new home network is
- * made: a bridge outlives its runs on purpose, but not its home.
- */
-async function removeOrphanBridges(): Promise<void> {
-  for (const bridge of await readdir(BRIDGE_OWNERS).catch(() => [] as string[])) {
-    const owner = path.join(BRIDGE_OWNERS, bridge);
-    const conflist = await readFile(owner, "utf8").catch(() => undefined);
-    if (
-      conflist === undefined ||
-      (await readFile(conflist).then(
-        () => true,
-        () => false,
-      ))
-    )
-      continue;
-    await exec("ip", ["link", "delete", bridge, "type", "bridge"], { allowFailure: true });
-    await rm(owner, { force: true });
-  }
 }
 
 /** IPv4 prefixes the host uses (addresses and routes), as [network, length]. */
@@ -247,10 +220,10 @@ async function pickSubnet(tag: string): Promise<string> {
  * docker0). For a home that goes away (tests, `rm -rf` of a worker): its runs must have ended.
  */
 export async function removeHomeNetwork(home: KindlingHome): Promise<void> {
-  const { bridge } = homeNetworkNames(home);
-  await rm(path.join(BRIDGE_OWNERS, bridge), { force: true });
+  const { bridge, tag } = homeNetworkNames(home);
   const r = await exec("ip", ["link", "delete", bridge, "type", "bridge"], { allowFailure: true });
   if (r.code !== 0 && !/Cannot find device|does not exist/i.test(r.stderr)) {
     throw new Error(`ip link delete ${bridge} failed: ${r.stderr.trim()}`);
   }
+  await forgetHome(tag);
 }

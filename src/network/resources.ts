@@ -4,6 +4,7 @@
  */
 import { type CniAttachment, type CniConfList, type CniResult, delNetworkList } from "./cni.js";
 import { deleteNetns } from "./netns.js";
+import { forgetRun } from "./owners.js";
 
 export type NetworkResource =
   /** A named network namespace (/run/netns/<name>); deleting it also removes what lives in it (veth end, tap). */
@@ -21,6 +22,10 @@ export function describeNetworkResource(r: NetworkResource): string {
 }
 
 export async function releaseNetworkResource(r: NetworkResource): Promise<void> {
-  if (r.kind === "netns") return deleteNetns(r.name);
+  if (r.kind === "netns") {
+    // the namespace is the first thing a run makes and the last released: its host record goes with it
+    await deleteNetns(r.name);
+    return forgetRun(r.name);
+  }
   return delNetworkList(r.list, r.attachment, r.pluginDirs, r.result);
 }

@@ -5,6 +5,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { stopIdleShared } from "../../src/lazy/index.js";
 import { removeHomeNetwork } from "../../src/network/conflist.js";
+import { sweepNetwork } from "../../src/network/sweep.js";
 import { exec } from "../../src/util/exec.js";
 import { KindlingHome } from "../../src/util/home.js";
 
@@ -50,6 +51,7 @@ export async function tempHome(): Promise<KindlingHome & { remove(): Promise<voi
     await stopIdleShared(home);
     await removeHomeNetwork(home); // the home's bridge, if a run made one
     await rm(dir, { recursive: true, force: true });
+    await sweepNetwork(); // the network of a run killed in this home (quick: files only, unless one is found)
   };
   return home;
 }

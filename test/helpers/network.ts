@@ -5,7 +5,7 @@
  */
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import { homeNetworkNames, listNetns } from "../../src/network/index.js";
+import { homeNetworkNames, listNetns, sweepNetwork } from "../../src/network/index.js";
 import { exec } from "../../src/util/exec.js";
 import type { KindlingHome } from "../../src/util/home.js";
 
@@ -42,4 +42,12 @@ export async function networkLeftovers(home: KindlingHome): Promise<string[]> {
 /** Everything that names the home's network, for a before/after comparison. */
 export async function networkSnapshot(home: KindlingHome): Promise<string[]> {
   return (await networkLeftovers(home)).sort();
+}
+
+/**
+ * After a network test: releases what runs of homes that are gone left (a killed run of a removed home),
+ * iptables included; returns what could not be released. Cheap when there is nothing (three spawns).
+ */
+export async function sweepDeadNetworks(): Promise<string[]> {
+  return (await sweepNetwork({ full: true })).errors;
 }

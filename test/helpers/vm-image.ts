@@ -9,6 +9,7 @@ import path from "node:path";
 import { importImage } from "../../src/image/import.js";
 import { stopIdleShared } from "../../src/lazy/index.js";
 import { removeHomeNetwork } from "../../src/network/conflist.js";
+import { sweepNetwork } from "../../src/network/sweep.js";
 import { KindlingHome } from "../../src/util/home.js";
 import { REPO } from "./fixtures.js";
 import { buildBusyboxTree } from "./images.js";
@@ -55,6 +56,7 @@ export async function vmTestHome(): Promise<VmTestHome> {
     await stopIdleShared(home);
     await removeHomeNetwork(home); // the home's bridge, if a run made one
     await rm(tmp, { recursive: true, force: true });
+    await sweepNetwork(); // the network of a run killed in this home (quick: files only, unless one is found)
   };
   return { tmp, home, cleanup };
 }

@@ -1,0 +1,168 @@
+/**
+ * Who owns what Kindling made on the host's network, recorded outside any KINDLING_HOME so that a home
+ * deleted with runs still holding resources (a SIGKILLed test's temp home, `rm -rf` of a worker) can be
+ * swept by any later run (sweep.ts). Under /run: a tmpfs, gone at reboot with what it describes.
+ *   homes/<tag>.json   which home a tag (sha256 of the home's path, in every name: kl-<tag>, kindling-<tag>) is
+ *   runs/<netns>.json  a run's network resources, written before each is made, removed once all are released
+ */
+import { createHash } from "node:crypto";
+import { mkdir, open, readdir, readFile, stat, unlink } from "node:fs/promises";
+import path from "node:path";
+import { isSameProcess, processStartTime } from "../host/process.js";
+import { writeFileAtomic } from "../util/atomic.js";
+import type { NetworkResource } from "./resources.js";
+
+export const OWNERS_DIR = "/run/kindling/network";
+const HOMES = path.join(OWNERS_DIR, "homes");
+const RUNS = path.join(OWNERS_DIR, "runs");
+
+/** The short tag of a home's path: in its bridge, network and namespace names. */
+export function homeTag(homeRoot: string): string {
+  return createHash("sha256").update(homeRoot).digest("hex").slice(0, 8);
+}
+
+export interface HomeRecord {
+  home: string;
+  tag: string;
+}
+
+export interface RunRecord {
+  home: string;
+  runId: string;
+  /** The process that holds the resources; with startTime it names one process for good. */
+  pid: number;
+  startTime: number;
+  /** In the order made; released in reverse. */
+  resources: NetworkResource[];
+}
+
+const homeFile = (tag: string) => path.join(HOMES, `${tag}.json`);
+export const runRecordFile = (netnsName: string) => path.join(RUNS, `${netnsName}.json`);
+
+/** Records which home `tag` is, once (a stat per run afterwards). */
+export async function recordHome(homeRoot: string): Promise<void> {
+  const tag = homeTag(homeRoot);
+  const file = homeFile(tag);
+  if (await exists(file)) return;
+  await mkdir(HOMES, { recursive: true });
+  const rec: HomeRecord = { home: homeRoot, tag };
+  await writeFileAtomic(file, `${JSON.stringify(rec)}\n`);
+}
+
+export async function forgetHome(tag: string): Promise<void> {
+  await unlink(homeFile(tag)).catch(() => {});
+}
+
+export async function readHomeRecords(): Promise<HomeRecord[]> {
+  const out: HomeRecord[] = [];
+  for (const f of await readdir(HOMES).catch(() => [] as string[])) {
+    if (!f.endsWith(".json") || f.startsWith(".")) continue;
+    const rec = await readJson<HomeRecord>(path.join(HOMES, f));
+    if (rec?.home && rec.tag) out.push(rec);
+  }
+  return out;
+}
+
+/** A run's record, kept in step with what the run holds (see attach.ts's holder). */
+export class RunRecorder {
+  private readonly rec: RunRecord;
+  private writing: Promise<void> = Promise.resolve();
+
+  constructor(
+    homeRoot: string,
+    runId: string,
+    readonly netnsName: string,
+  ) {
+    this.rec = {
+      home: homeRoot,
+      runId,
+      pid: process.pid,
+      startTime: processStartTime(process.pid) ?? 0,
+      resources: [],
+    };
+  }
+
+  add(r: NetworkResource): Promise<void> {
+    this.rec.resources.push(r);
+    return this.save();
+  }
+
+  /** Writes the record again (a resource changed, e.g. got its CNI result). */
+  save(): Promise<void> {
+    const json = `${JSON.stringify(this.rec)}\n`;
+    const file = runRecordFile(this.netnsName);
+    this.writing = this.writing.then(async () => {
+      await mkdir(RUNS, { recursive: true });
+      await writeFileAtomic(file, json);
+    });
+    return this.writing;
+  }
+}
+
+export async function readRunRecords(): Promise<{ netnsName: string; rec: RunRecord }[]> {
+  const out: { netnsName: string; rec: RunRecord }[] = [];
+  for (const f of await readdir(RUNS).catch(() => [] as string[])) {
+    if (!f.endsWith(".json") || f.startsWith(".")) continue;
+    const rec = await readJson<RunRecord>(path.join(RUNS, f));
+    if (rec && Array.isArray(rec.resources)) out.push({ netnsName: f.slice(0, -5), rec });
+  }
+  return out;
+}
+
+/** Drops a run's record once its namespace (the first thing it made, released last) is gone. */
+export async function forgetRun(netnsName: string): Promise<void> {
+  await unlink(runRecordFile(netnsName)).catch(() => {});
+}
+
+/** Whether a run record's owner is gone: its process ended and its home or run directory too. */
+export async function runIsDead(rec: RunRecord): Promise<boolean> {
+  if (isSameProcess(rec.pid, rec.startTime)) return false;
+  return !(await exists(rec.home)) || !(await exists(path.join(rec.home, "run", rec.runId)));
+}
+
+/**
+ * The right to release a dead run's record, one sweeper at a time across processes: a lock file with
+ * the sweeper's pid; a lock whose sweeper died is taken over. Returns the release function, or undefined.
+ */
+export async function claimRun(netnsName: string): Promise<(() => Promise<void>) | undefined> {
+  const lock = path.join(RUNS, `.${netnsName}.lock`);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await open(lock, "wx");
+      await fh.writeFile(`${process.pid} ${processStartTime(process.pid) ?? 0}\n`);
+      await fh.close();
+      return () => unlink(lock).catch(() => {});
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") return undefined;
+      const [pid, start] = (await readFile(lock, "utf8").catch(() => "0 0")).trim().split(" ").map(Number);
+      if (pid! > 0 && isSameProcess(pid!, start)) return undefined;
+      await unlink(lock).catch(() => {});
+    }
+  }
+  return undefined;
+}
+
+/** When the last full sweep (iptables included) ran, and marking it done. */
+const STAMP = path.join(OWNERS_DIR, "swept");
+export async function lastFullSweepMs(): Promise<number> {
+  return (await stat(STAMP).catch(() => undefined))?.mtimeMs ?? 0;
+}
+export async function markFullSweep(): Promise<void> {
+  await mkdir(OWNERS_DIR, { recursive: true });
+  await writeFileAtomic(STAMP, `${new Date().toISOString()}\n`);
+}
+
+export async function exists(p: string): Promise<boolean> {
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function readJson<T>(file: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await readFile(file, "utf8")) as T;
+  } catch {
+    return undefined;
+  }
+}
