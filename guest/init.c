@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <arpa/inet.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -39,10 +40,11 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/magic.h>
+#include <linux/random.h>
 #include <linux/vm_sockets.h>
 
 /* 2: START carries the supplementary groups (list<u32> after gid); 3: NETWORK (eth0, resolv.conf) and
-   FAILED's step (where a START failed) */
+   FAILED's step (where a START failed), SETUP (a snapshot VM's per-container boot options, clock, entropy) */
 #define PROTO_VERSION 3
 #define HDR_LEN 12
 #define MAX_PAYLOAD (1u << 20)
@@ -52,7 +54,7 @@
 #define MAX_GROUPS 64 /* supplementary groups per START (the host's limit too) */
 
 enum {
-  T_READY = 0x01, T_CONFIGURE = 0x10, T_CONFIGURED = 0x11, T_NETWORK = 0x12, T_START = 0x20, T_STARTED = 0x21,
+  T_READY = 0x01, T_CONFIGURE = 0x10, T_CONFIGURED = 0x11, T_NETWORK = 0x12, T_SETUP = 0x13, T_START = 0x20, T_STARTED = 0x21,
   T_STDOUT = 0x22, T_STDERR = 0x23, T_STDIN_CREDIT = 0x24, T_EXITED = 0x25, T_STDIN = 0x26,
   T_STDIN_EOF = 0x27, T_SIGNAL = 0x28, T_OUTPUT_CREDIT = 0x29, T_FAILED = 0x2f, T_POWEROFF = 0x30,
 };
@@ -93,14 +95,21 @@ static void fatal(const char *fmt, ...) {
 }
 
 static char cmdline[4096];
+/* A snapshot VM's per-container options (root, writable layer), sent in SETUP after a restore. */
+static char setup_opts[2048];
 static bool debug_on;
 static bool halt_reboot;
+/* kindling.snapshot=1: booted to be snapshotted; the root and writable layer come later, in SETUP */
+static bool snapshot_mode;
+static bool setup_done;
 
-/* Value of a kindling.* option on the kernel command line, or def. */
+/* Value of a kindling.* option on the kernel command line (or in SETUP's options), or def. */
 static const char *opt(const char *name, const char *def) {
   static char val[256];
   size_t nlen = strlen(name);
-  for (char *p = cmdline; *p;) {
+  char both[sizeof cmdline + sizeof setup_opts + 2];
+  snprintf(both, sizeof both, "%s %s", cmdline, setup_opts);
+  for (char *p = both; *p;) {
     while (*p == ' ' || *p == '\n') p++;
     char *end = p + strcspn(p, " \n");
     if (strncmp(p, name, nlen) == 0 && p[nlen] == '=') {
@@ -123,6 +132,7 @@ static void read_cmdline(void) {
   cmdline[n > 0 ? n : 0] = 0;
   debug_on = strcmp(opt("kindling.debug", "0"), "1") == 0;
   halt_reboot = strcmp(opt("kindling.halt", "poweroff"), "reboot") == 0;
+  snapshot_mode = strcmp(opt("kindling.snapshot", "0"), "1") == 0;
 }
 
 static int mkdir_p(const char *path, mode_t mode) {
@@ -191,13 +201,16 @@ static int mount_block(const char *dev, const char *dst, const char *types, unsi
   return -1;
 }
 
-static void stage1(void) {
+static void stage1_base(void) {
   logmsg("stage1: initramfs");
   must_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   must_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   must_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
   read_cmdline();
   load_modules();
+}
+
+static void stage1_root(void) {
   char root[256], types[64];
   snprintf(root, sizeof root, "%s", opt("kindling.root", "/dev/vda"));
   snprintf(types, sizeof types, "%s", opt("kindling.rootfstype", "auto"));
@@ -212,6 +225,90 @@ static void stage1(void) {
       fatal("mount root %s (%s): %s", root, types, strerror(errno));
   }
   logmsg("stage1: root %s mounted read-only", root);
+}
+
+/* ------------------------------------------------------------------ snapshot VMs: drives and SETUP */
+
+/*
+ * A snapshot VM must not have read its drives before the snapshot: a restored VM gets other backing files
+ * (this container's image and scratch disk) behind the same devices. The kernel read each disk's size and
+ * partition table when virtio_blk bound it at boot, so the init unbinds them before READY and binds them
+ * again in SETUP: the new probe reads the new files' sizes, with a fresh page cache.
+ */
+#define MAX_DISKS 32
+static char unbound[MAX_DISKS][32]; /* virtio device names ("virtio3"), in the order of their disk names */
+static int n_unbound;
+
+static bool sys_write(const char *path, const char *value) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = write(fd, value, strlen(value)) == (ssize_t)strlen(value);
+  close(fd);
+  return ok;
+}
+
+/* vda < vdb < ... < vdz < vdaa: shorter names first, as the kernel hands them out */
+static int disk_order(const void *a, const void *b) {
+  const char *x = (const char *)a + 16, *y = (const char *)b + 16;
+  size_t lx = strlen(x), ly = strlen(y);
+  return lx != ly ? (lx < ly ? -1 : 1) : strcmp(x, y);
+}
+
+static void unbind_disks(void) {
+  const char *drv = "/sys/bus/virtio/drivers/virtio_blk";
+  DIR *d = opendir(drv);
+  if (!d) return;
+  char found[MAX_DISKS][48]; /* [0..15]: virtio device, [16..]: disk name */
+  int n = 0;
+  for (struct dirent *e; n < MAX_DISKS && (e = readdir(d));) {
+    if (strncmp(e->d_name, "virtio", 6) != 0) continue;
+    char path[300];
+    snprintf(path, sizeof path, "%s/%s/block", drv, e->d_name);
+    DIR *b = opendir(path);
+    struct dirent *disk = NULL;
+    while (b && (disk = readdir(b)) && disk->d_name[0] == '.') {}
+    memset(found[n], 0, sizeof found[n]);
+    snprintf(found[n], 16, "%.15s", e->d_name);
+    snprintf(found[n] + 16, 32, "%.31s", disk ? disk->d_name : "");
+    n++;
+    if (b) closedir(b);
+  }
+  closedir(d);
+  qsort(found, (size_t)n, sizeof found[0], disk_order);
+  char path[300];
+  snprintf(path, sizeof path, "%s/unbind", drv);
+  for (int i = 0; i < n; i++) {
+    if (!sys_write(path, found[i])) fatal("unbind %.15s from virtio_blk: %s", found[i], strerror(errno));
+    snprintf(unbound[n_unbound++], sizeof unbound[0], "%.15s", found[i]);
+  }
+  logmsg("snapshot: %d drives released until SETUP", n);
+}
+
+static int bind_disks(char *msg, size_t size) {
+  for (int i = 0; i < n_unbound; i++) {
+    if (!sys_write("/sys/bus/virtio/drivers/virtio_blk/bind", unbound[i])) {
+      int err = errno;
+      snprintf(msg, size, "bind %.31s to virtio_blk: %s", unbound[i], strerror(err));
+      return err;
+    }
+  }
+  return 0;
+}
+
+/* The host's bytes into the input pool (credited), then a reseed: every restored VM's RNG differs. */
+static int reseed_rng(const uint8_t *seed, size_t len, char *msg, size_t size) {
+  if (len == 0) return 0;
+  struct { struct rand_pool_info info; uint8_t buf[256]; } e;
+  if (len > sizeof e.buf) len = sizeof e.buf;
+  e.info.entropy_count = (int)(len * 8);
+  e.info.buf_size = (int)len;
+  memcpy(e.buf, seed, len);
+  int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  int err = fd < 0 || ioctl(fd, RNDADDENTROPY, &e) < 0 || ioctl(fd, RNDRESEEDCRNG) < 0 ? errno : 0;
+  if (fd >= 0) close(fd);
+  explicit_bzero(&e, sizeof e);
+  if (err) snprintf(msg, size, "reseed the RNG: %s", strerror(err));
+  return err;
 }
 
 /* ------------------------------------------------------------------ stage 2: overlay and switch */
@@ -801,6 +898,48 @@ static void flush_stdin(struct proc *p) {
   if (p->inlen == 0 && p->in_eof) close_fd(&p->in_fd);
 }
 
+/* ------------------------------------------------------------------ SETUP (snapshot VMs) */
+
+/*
+ * SETUP (a snapshot VM, after its restore): the host's clock, fresh entropy, this container's kindling.*
+ * options (root, writable layer); then the drives come back and stage 1 and 2 run as at a boot.
+ */
+static void setup(struct in *r) {
+  uint32_t sec_lo = in_u32(r), sec_hi = in_u32(r), nsec = in_u32(r);
+  uint32_t seed_len = in_u32(r);
+  const uint8_t *seed = r->p;
+  if (!r->err && seed_len <= r->left) r->p += seed_len, r->left -= seed_len;
+  else r->err = true;
+  char *opts = in_str(r);
+  int err = 0;
+  char msg[400] = "";
+  if (r->err || !opts || strlen(opts) >= sizeof setup_opts)
+    err = EINVAL, snprintf(msg, sizeof msg, "malformed SETUP");
+  else if (!snapshot_mode || setup_done)
+    err = EPROTO, snprintf(msg, sizeof msg, "SETUP only once, in a snapshot VM");
+  if (!err) {
+    struct timespec now = {.tv_sec = (time_t)((uint64_t)sec_hi << 32 | sec_lo), .tv_nsec = nsec};
+    if (clock_settime(CLOCK_REALTIME, &now) < 0) err = errno, snprintf(msg, sizeof msg, "set the clock: %s", strerror(errno));
+  }
+  if (!err) err = reseed_rng(seed, seed_len, msg, sizeof msg);
+  if (!err) {
+    memcpy(setup_opts, opts, strlen(opts) + 1);
+    logmsg("setup: restored, clock set, RNG reseeded");
+    err = bind_disks(msg, sizeof msg);
+  }
+  free(opts);
+  if (!err) {
+    setup_done = true;
+    /* failures past this point are fatal(), as at a boot: the host sees the VM end with the reason */
+    stage1_root();
+    stage2(true);
+  }
+  struct out o = {.len = 0};
+  out_u32(&o, (uint32_t)err);
+  out_bytes(&o, msg);
+  send_frame(T_CONFIGURED, 0, o.data, o.len);
+}
+
 /* ------------------------------------------------------------------ configure (mounts, hostname) */
 
 /* Kind 4: bind `src` (a path in the guest, e.g. a subdir of a packed mounts drive) onto `dst`. */
@@ -946,6 +1085,32 @@ static bool find_iface_by_mac(const char *mac, char *name, size_t size) {
   return false;
 }
 
+/* A snapshot VM's one NIC (the first interface that is not lo) gets `mac`; its name goes to `name`. */
+static int adopt_mac(const char *mac, char *name, size_t size, char *msg, size_t msize) {
+  unsigned b[6];
+  if (sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6)
+    return snprintf(msg, msize, "network: bad MAC %s", mac), EINVAL;
+  DIR *d = opendir("/sys/class/net");
+  bool found = false;
+  for (struct dirent *e; d && !found && (e = readdir(d));) {
+    if (e->d_name[0] == '.' || strcmp(e->d_name, "lo") == 0 || strlen(e->d_name) >= size) continue;
+    memcpy(name, e->d_name, strlen(e->d_name) + 1);
+    found = true;
+  }
+  if (d) closedir(d);
+  if (!found) return snprintf(msg, msize, "network: no interface for MAC %s", mac), ENODEV;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, name, strnlen(name, IFNAMSIZ - 1));
+  ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+  for (int i = 0; i < 6; i++) ifr.ifr_hwaddr.sa_data[i] = (char)b[i];
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  int err = s < 0 || ioctl(s, SIOCSIFHWADDR, &ifr) < 0 ? errno : 0;
+  if (s >= 0) close(s);
+  if (err) snprintf(msg, msize, "network: set %s's MAC to %s: %s", name, mac, strerror(err));
+  return err;
+}
+
 static int set_inet(int s, unsigned long req, const char *ifname, in_addr_t a) {
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
@@ -963,8 +1128,13 @@ static int configure_iface(const char *mac, const char *address, uint32_t prefix
   struct in_addr addr, gw;
   if (inet_pton(AF_INET, address, &addr) != 1 || prefix > 32 || (*gateway && inet_pton(AF_INET, gateway, &gw) != 1))
     return snprintf(msg, size, "network: bad address %s/%u via %s", address, prefix, gateway), EINVAL;
-  if (!find_iface_by_mac(mac, ifname, sizeof ifname))
+  if (snapshot_mode) {
+    /* restored: the NIC still has the snapshot's MAC; it takes this container's (the veth's) */
+    int err = adopt_mac(mac, ifname, sizeof ifname, msg, size);
+    if (err) return err;
+  } else if (!find_iface_by_mac(mac, ifname, sizeof ifname)) {
     return snprintf(msg, size, "network: no interface with MAC %s (is virtio_net loaded?)", mac), ENODEV;
+  }
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) return snprintf(msg, size, "network: socket: %s", strerror(errno)), errno;
   int err = 0;
@@ -1104,7 +1274,20 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *pl, size_t le
   struct in r = {pl, len, false};
   struct proc *p = find_proc(id);
   host_spoke = true;
+  if (snapshot_mode && !setup_done && type != T_SETUP && type != T_POWEROFF) {
+    /* nothing of a container before SETUP has given it its root */
+    if (type == T_CONFIGURE || type == T_NETWORK) {
+      struct out o = {.len = 0};
+      out_u32(&o, EPROTO);
+      out_bytes(&o, "SETUP first: this VM is waiting for its root");
+      send_frame(T_CONFIGURED, 0, o.data, o.len);
+    } else if (type == T_START) {
+      send_failed(id, EPROTO, "SETUP first: this VM is waiting for its root");
+    }
+    return;
+  }
   switch (type) {
+  case T_SETUP: setup(&r); break;
   case T_CONFIGURE: configure(&r); break;
   case T_NETWORK: configure_network(&r); break;
   case T_START: start_process(id, &r); break;
@@ -1292,7 +1475,8 @@ int main(void) {
     mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
     ensure_console();
     umount2("/dev", MNT_DETACH); /* stage1 mounts it again, in order */
-    stage1();
+    stage1_base();
+    if (!snapshot_mode) stage1_root();
   } else {
     ensure_console();
     mkdir("/proc", 0755);
@@ -1301,8 +1485,11 @@ int main(void) {
     mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
     read_cmdline();
     logmsg("stage1: root mounted by the kernel");
+    if (snapshot_mode) fatal("kindling.snapshot=1 needs the initramfs (the root comes in SETUP)");
   }
-  stage2(from_initramfs);
+  /* a snapshot VM: READY with no drive read; the root and overlay follow SETUP (after a restore) */
+  if (snapshot_mode) unbind_disks();
+  else stage2(from_initramfs);
 
   /* Signals arrive through a signalfd so the event loop handles them in order with everything else. */
   signal(SIGPIPE, SIG_IGN);

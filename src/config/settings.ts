@@ -198,6 +198,13 @@ export const SETTINGS = {
     describe:
       "guest kernel of VMs: `built` (Kindling's, from `kindling kernel build`), `debian` (Debian's cloud kernel with an initramfs of modules); `auto`: built when present",
   }),
+  vmSnapshots: setting({
+    env: "KINDLING_VM_SNAPSHOTS",
+    type: boolean,
+    default: true,
+    describe:
+      "QEMU VMs start from a snapshot of a booted guest (made by the first run of each VM shape, kept in `$KINDLING_HOME/snapshots`); `0`: every run boots",
+  }),
   vmDebug: setting({
     env: "KINDLING_VM_DEBUG",
     type: boolean,

@@ -62,7 +62,7 @@ export class VmRuntime implements Runtime {
   private vmm(home?: KindlingHome): Vmm {
     return createVmm(this.name, {
       home,
-      qemu: { profile: this.qemuProfile },
+      qemu: { profile: this.qemuProfile, snapshots: config().vmSnapshots },
       firecracker: { firecrackerBin: config().firecracker },
     });
   }
@@ -108,6 +108,7 @@ export class VmRuntime implements Runtime {
     const agent = await vmm.agentTransport(options.agent);
     const spec = await vmSpec(vmm, home, plan, runDir.file("vm"), memoryMiB, options.cpus, agent);
     if (vmNet) spec.network = vmNet;
+    if (config().vmSnapshots) spec.snapshots = home.snapshots;
     // Before the VMM exists: if kindling dies during boot, the next run's cleanup kills it by its paths.
     await runDir.hold(scope, { kind: "vm-processes", dir: runDir.path });
     const vm = await vmm.boot(spec);

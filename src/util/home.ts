@@ -8,6 +8,7 @@ import path from "node:path";
  *   mnt/<digest>/        lazy FUSE mounts, one per image, shared by every container of that image
  *   run/<id>/            per-run state (bundle, overlay dirs, VM sockets); owner.json names the owning pid
  *   kernel/              the guest kernel, modules and initramfs
+ *   snapshots/           VM snapshots (src/vm/snapshot.ts)
  *   tmp/                 temp files on the same filesystem, renamed into place when complete
  */
 export class KindlingHome {
@@ -30,6 +31,9 @@ export class KindlingHome {
   }
   get kernel(): string {
     return path.join(this.root, "kernel");
+  }
+  get snapshots(): string {
+    return path.join(this.root, "snapshots");
   }
   get tmp(): string {
     return path.join(this.root, "tmp");

@@ -216,6 +216,8 @@ export interface GuestBootOptions {
   agentPort?: number;
   /** how the VM ends: poweroff (QEMU) or reboot (Firecracker exits on a guest reboot) */
   halt?: "poweroff" | "reboot";
+  /** how the guest resets: kbd (the i8042: Firecracker; the default with halt reboot) or triple (a fault) */
+  reset?: "kbd" | "triple";
   /** kernel messages on the console and more init markers */
   debug?: boolean;
   /** running under TCG: add what a TCG guest needs (DESIGN.md) */
@@ -228,7 +230,8 @@ export interface GuestBootOptions {
 export function guestCmdline(opts: GuestBootOptions = {}): string {
   // panic=-1 reboots at once on a panic; QEMU (-no-reboot) exits on a triple-fault reset (reboot=t),
   // Firecracker on an i8042 reset (reboot=k)
-  const args = ["console=ttyS0", "panic=-1", opts.halt === "reboot" ? "reboot=k" : "reboot=t"];
+  const reset = opts.reset ?? (opts.halt === "reboot" ? "kbd" : "triple");
+  const args = ["console=ttyS0", "panic=-1", reset === "kbd" ? "reboot=k" : "reboot=t"];
   if (!opts.debug) args.push("quiet", "loglevel=3");
   if (opts.tcg) args.push(...tcgKernelParams());
   if (opts.root) args.push(`kindling.root=${opts.root}`);
@@ -312,10 +315,15 @@ export async function prepareGuestBoot(
   const kernel = await chooseGuestKernel(home, opts.kernel, opts.log);
   // built kernel: an initramfs of just /init (no modules to load); Debian's: /init and the modules
   const initrdPath = opts.initrdPath ?? (await buildInitramfs({ home, modulesDir: kernel.modulesDir }));
+  // The built kernel runs without ACPI (acpi=off, see deviceDiscovery): it cannot power the VM off and
+  // halts instead, so the host waited out its whole grace time (3 s) on every run. It ends the VM with a
+  // reboot (a triple fault: QEMU's microvm has no i8042), which QEMU (-no-reboot) turns into an exit.
+  const halt =
+    !kernel.modulesDir && !opts.boot?.halt ? { halt: "reboot" as const, reset: "triple" as const } : {};
   return {
     kernelPath: kernel.vmlinux,
     initrdPath,
-    cmdline,
+    cmdline: guestCmdline({ ...opts.boot, ...halt }),
     kernelName: kernel.name,
     ...(kernel.modulesDir ? {} : { deviceDiscovery: "cmdline" as const }),
   };

@@ -23,6 +23,7 @@ import { consolePanicLine } from "./console.js";
 import { firecrackerBootArgs } from "./firecracker/render.js";
 import { VsockListener, vsockConnect } from "./firecracker/vsock.js";
 import { tcgKernelParams } from "./kernel.js";
+import { RestoreFailed, snapshotBlocker, withSnapshot } from "./qemu-snapshot.js";
 import type { VmSpec } from "./spec.js";
 import { StepList } from "./steps.js";
 import type { Accel, AgentTransport, BootedVm, VmExit, Vmm, VmmTraits } from "./vmm.js";
@@ -60,6 +61,11 @@ export interface QemuBootOptions {
   agent?: AgentTransport;
   /** the vhost-device-vsock binary (default: on PATH) */
   vhostVsockBin?: string;
+  /**
+   * Snapshots are on (config vmSnapshots): without --agent, the agent goes over virtio-serial, which
+   * migrates (QEMU 7.2's vhost-user-vsock device blocks migration). The store is VmSpec.snapshots.
+   */
+  snapshots?: boolean;
   /**
    * "firecracker": the guest sees what Firecracker gives it (docs/firecracker.md, "The Firecracker-shaped
    * QEMU profile"): virtio-mmio devices described only in ACPI, the serial console and an i8042 (for the
@@ -189,8 +195,12 @@ function track(child: ChildProcess): void {
 /** A running QEMU microvm with its agent connected. */
 export class QemuVm implements BootedVm {
   readonly vmm = "qemu" as const;
-  /** spawn -> guest READY, in ms */
+  /** spawn -> guest READY (after a restore: READY again, the root mounted), in ms */
   bootMs = 0;
+  /** How this VM started: booted, booted and saved as a snapshot, or restored from one. */
+  startKind: "boot" | "snapshot-saved" | "restored" = "boot";
+  /** Host-measured stages of the start, ms (qemu-snapshot.ts: restore, save, setup). */
+  readonly stages: Record<string, number> = {};
   private readonly exitPromise: Promise<VmExit>;
   private exitInfo?: VmExit;
   private closing?: Promise<void>;
@@ -490,7 +500,7 @@ async function acceptAgent(
 }
 
 /** What the boot steps share: each step fills in what the later ones use. */
-interface QemuBoot {
+export interface QemuBoot {
   readonly spec: VmSpec;
   readonly opts: QemuBootOptions;
   readonly started: number;
@@ -507,14 +517,19 @@ interface QemuBoot {
   /** the vsock agent: the hybrid vsock listener and vhost-device-vsock (withVsockAgent) */
   listener?: VsockListener;
   vhostVsock?: ChildProcess;
+  /** what QEMU runs instead of `spec` (a snapshot VM's command line), and arguments after the device list */
+  bootSpec?: VmSpec;
+  extraArgs?: string[];
+  /** a snapshot to restore was found but failed: boot instead (qemu-snapshot.ts) */
+  noRestore?: boolean;
 }
 
 /** A boot that failed after QEMU started: the reason, to be reported with the console's last lines. */
-class BootFailure extends Error {}
+export class BootFailure extends Error {}
 /** The boot deadline passed (before QEMU even opened the agent socket, on a loaded host). */
 class DeadlineError extends Error {}
 
-const noReadyWithin = (ctx: QemuBoot) =>
+export const noReadyWithin = (ctx: QemuBoot) =>
   `no agent READY within ${ctx.opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS} ms`;
 const abs = (ctx: QemuBoot, name: string) => path.join(ctx.spec.stateDir, name);
 const binary = (ctx: QemuBoot) => ctx.opts.qemuBinary ?? QEMU_BINARY;
@@ -581,7 +596,10 @@ export const QEMU_BOOT_STEPS: StepList<QemuBoot> = StepList.of<QemuBoot>(
         virtiofsSockets: new Map([...paths.virtiofsSockets!].map(([k, v]) => [k, path.basename(v)])),
         vhostVsockSocket: paths.vhostVsockSocket && path.basename(paths.vhostVsockSocket),
       };
-      ctx.args = qemuArgs(ctx.spec, rel, ctx.accel!, ctx.opts.profile);
+      ctx.args = [
+        ...qemuArgs(ctx.bootSpec ?? ctx.spec, rel, ctx.accel!, ctx.opts.profile),
+        ...(ctx.extraArgs ?? []),
+      ];
       await writeFileAtomic(abs(ctx, "qemu.args"), `${JSON.stringify([binary(ctx), ...ctx.args])}\n`);
       if (!onPath(binary(ctx))) {
         throw new KindlingError(`${binary(ctx)} is not installed (run scripts/setup.sh)`);
@@ -729,9 +747,10 @@ export function withVsockAgent(steps: StepList<QemuBoot>): StepList<QemuBoot> {
     });
 }
 
-/** The boot steps for this VM: the default list, with the vsock agent when the spec asks for it. */
+/** The boot steps for this VM: the default list, with the vsock agent or snapshots when the spec asks. */
 export function qemuBootSteps(spec: VmSpec, opts: QemuBootOptions = {}): StepList<QemuBoot> {
-  return (spec.agent ?? opts.agent) === "vsock" ? withVsockAgent(QEMU_BOOT_STEPS) : QEMU_BOOT_STEPS;
+  if ((spec.agent ?? opts.agent) === "vsock") return withVsockAgent(QEMU_BOOT_STEPS);
+  return snapshotBlocker(spec, opts) ? QEMU_BOOT_STEPS : withSnapshot(QEMU_BOOT_STEPS);
 }
 
 /**
@@ -740,6 +759,17 @@ export function qemuBootSteps(spec: VmSpec, opts: QemuBootOptions = {}): StepLis
  * last lines.
  */
 export async function bootQemuVm(spec: VmSpec, opts: QemuBootOptions = {}): Promise<QemuVm> {
+  try {
+    return await bootOnce(spec, opts, false);
+  } catch (err) {
+    // a snapshot that does not restore (a QEMU that cannot load it): remove it, boot and save a new one
+    if (!(err instanceof RestoreFailed)) throw err;
+    await err.discard();
+    return bootOnce(spec, opts, true);
+  }
+}
+
+async function bootOnce(spec: VmSpec, opts: QemuBootOptions, noRestore: boolean): Promise<QemuVm> {
   const started = Date.now();
   const ctx: QemuBoot = {
     spec,
@@ -749,6 +779,7 @@ export async function bootQemuVm(spec: VmSpec, opts: QemuBootOptions = {}): Prom
     tag: randomBytes(3).toString("hex"),
     helpers: [],
     stderr: "",
+    noRestore,
   };
   const scope = new Scope();
   try {
@@ -762,7 +793,7 @@ export async function bootQemuVm(spec: VmSpec, opts: QemuBootOptions = {}): Prom
     }
     await vm.kill().catch(() => {});
     await vm.close(0).catch(() => {});
-    if (err instanceof KindlingError) throw err;
+    if (err instanceof KindlingError || err instanceof RestoreFailed) throw err;
     const tail = await vm.consoleTail(20);
     const qemu = ctx.stderr.trim()
       ? `\nqemu: ${ctx.stderr.trim().split("\n").slice(-5).join("\nqemu: ")}`
@@ -804,10 +835,11 @@ export class QemuVmm implements Vmm {
   /**
    * vsock through vhost-device-vsock (the same hybrid vsock host code as Firecracker) where that is
    * installed, else virtio-serial; the Firecracker-shaped profile always uses vsock; --agent decides.
+   * With snapshots on, virtio-serial unless --agent vsock: the vsock device cannot be migrated.
    */
   async agentTransport(flag?: "vsock" | "serial"): Promise<AgentTransport> {
     if (this.opts.profile === "firecracker" || flag === "vsock") return "vsock";
-    if (flag === "serial") return "virtio-serial";
+    if (flag === "serial" || this.opts.snapshots) return "virtio-serial";
     return onPath(this.opts.vhostVsockBin ?? VHOST_VSOCK) ? "vsock" : "virtio-serial";
   }
 

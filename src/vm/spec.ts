@@ -72,4 +72,10 @@ export interface VmSpec {
   network?: VmNetwork;
   /** The agent's channel (a device of the VM); default: the backend's (QEMU virtio-serial, Firecracker vsock). */
   agent?: AgentTransport;
+  /**
+   * A snapshot store's directory (src/vm/snapshot.ts): restore this VM's shape from a snapshot there, or
+   * boot, save one and go on. Used where the backend can (QEMU: no vhost-user device, the virtio-serial
+   * agent, an initramfs); otherwise the VM boots. Absent: always boot.
+   */
+  snapshots?: string;
 }

@@ -26,6 +26,12 @@ export class StepList<C> {
     return this.steps.some((s) => s.name === name);
   }
 
+  /** The step of that name (an adaptation that wraps it). */
+  step(name: string): Step<C> {
+    this.mustHave(name);
+    return this.steps.find((s) => s.name === name)!;
+  }
+
   /** Replaces the step of the same name. */
   swap(step: Step<C>): StepList<C> {
     this.mustHave(step.name);

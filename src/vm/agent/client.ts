@@ -7,11 +7,13 @@ import {
   encodeConfigure,
   encodeFrame,
   encodeNetwork,
+  encodeSetup,
   encodeStart,
   type Frame,
   FrameDecoder,
   type GuestConfig,
   type GuestNetwork,
+  type GuestSetup,
   MsgType,
   PayloadReader,
   PayloadWriter,
@@ -263,6 +265,26 @@ export class AgentClient extends EventEmitter {
     return new Promise((resolve, reject) => {
       this.pendingConfigure = { resolve, reject };
       this.send(MsgType.CONFIGURE, 0, encodeConfigure(cfg));
+    });
+  }
+
+  /**
+   * A guest restored from a snapshot said READY before the snapshot, to another host process: take its
+   * READY as said (the guest repeats READY only until the host first speaks).
+   */
+  assumeReady(info: ReadyInfo): void {
+    if (this.readyInfo || this.closedError) return;
+    this.readyInfo = info;
+    for (const w of this.readyWaiters.splice(0)) w.resolve(info);
+  }
+
+  /** A snapshot VM's SETUP (clock, entropy, root options): resolves once its root is mounted. */
+  async setup(s: GuestSetup): Promise<void> {
+    await this.ready();
+    if (this.pendingConfigure) throw new KindlingError("configure is already in progress");
+    return new Promise((resolve, reject) => {
+      this.pendingConfigure = { resolve, reject };
+      this.send(MsgType.SETUP, 0, encodeSetup(s));
     });
   }
 

@@ -28,6 +28,11 @@ export const MsgType = {
   CONFIGURED: 0x11,
   /** eth0 (MAC, address, route, MTU) and /etc/resolv.conf; answered by CONFIGURED. */
   NETWORK: 0x12,
+  /**
+   * A snapshot VM's per-container boot (kindling.snapshot=1): clock, entropy, its kindling.* root options;
+   * answered by CONFIGURED once the root and overlay are mounted. Sent first after a restore.
+   */
+  SETUP: 0x13,
   START: 0x20,
   STARTED: 0x21,
   STDOUT: 0x22,
@@ -88,6 +93,29 @@ export interface GuestNetwork {
   iface?: { mac: string; address: string; prefixLength: number; gateway?: string; mtu: number };
   /** /etc/resolv.conf for the container; empty or absent: the image's stays. */
   resolvConf?: string;
+}
+
+/** What SETUP carries. */
+export interface GuestSetup {
+  /** the host's CLOCK_REALTIME, ns since the epoch: the guest's clock is the snapshot's until set */
+  realtimeNs: bigint;
+  /** fresh random bytes the guest credits to its RNG before a reseed (at most 256) */
+  seed: Buffer;
+  /** kindling.* boot options of this container (kindling.root=..., kindling.tmpfs_size=...) */
+  options: string[];
+}
+
+export function encodeSetup(s: GuestSetup): Buffer {
+  if (s.seed.length > 256) throw new KindlingError("SETUP seed is at most 256 bytes");
+  const sec = s.realtimeNs / 1_000_000_000n;
+  const nsec = Number(s.realtimeNs % 1_000_000_000n);
+  const head = new PayloadWriter()
+    .u32(Number(sec & 0xffffffffn))
+    .u32(Number(sec >> 32n))
+    .u32(nsec)
+    .u32(s.seed.length)
+    .done();
+  return Buffer.concat([head, s.seed, new PayloadWriter().bytes(s.options.join(" ")).done()]);
 }
 
 export function encodeNetwork(n: GuestNetwork): Buffer {
