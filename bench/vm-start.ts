@@ -1,15 +1,20 @@
 /**
- * microVM start benchmark (not a test), issue 14. Two parts, each interleaved in one run:
+ * microVM start benchmark (not a test), issue 14. Three parts, each interleaved in one run:
  *
  * 1. End to end: `kindling run --network none bb true` as a process (the CLI, as a user runs it) with
- *    --runtime runc, --runtime qemu on Debian's kernel (initramfs of modules), --runtime qemu on Kindling's
- *    built kernel (no modules). Warm: image imported, its chunks cached by an unrecorded first run of each
- *    variant, kernel and initramfs cached, accel probe cached. Medians and ratios to runc.
+ *    --runtime runc, and --runtime qemu per kernel (Debian's with an initramfs of modules; Kindling's
+ *    built one, no modules), each booting (KINDLING_VM_SNAPSHOTS=0) and restoring a snapshot (=1). Warm:
+ *    image imported, its chunks cached, kernel and initramfs cached, accel probe cached and the snapshot
+ *    made, all by an unrecorded first run of each variant. Medians and ratios to runc.
  * 2. Boot stages of a bare QEMU VM (squashfs root, no container) per kernel, cold and warm, from the host
  *    (spawn -> READY, START -> STARTED) and the guest init's CLOCK_BOOTTIME markers on the console
  *    (kernel: clock start -> init; stage 1: modules + root; stage 2: overlay; agent: channel + READY).
  *    Cold: the kernel, initramfs and root image dropped from the page cache first (dd iflag=nocache).
  *    Also the host RSS of the idle VMM (QEMU) after READY.
+ * 3. The same bare VM restored from its snapshot (src/vm/qemu-snapshot.ts), per kernel, warm: QEMU's
+ *    start (spawn -> QMP answers), loading the state, SETUP (clock, entropy, drives bound again, root and
+ *    overlay mounted: host round trip, and the guest's markers for root and overlay), process start; the
+ *    save's cost on the run that made the snapshot; idle RSS after a restore.
  *
  *   node dist/bench/vm-start.js [--n 5] [--boots 3] [--kernels debian,built]
  * Needs the built kernel (scripts/fixtures/guest-kernel.sh, or KINDLING_GUEST_KERNEL_DIR=<home>/kernel/built).
@@ -49,12 +54,15 @@ interface Variant {
   name: string;
   runtime: "runc" | "qemu";
   kernel?: GuestKernelChoice;
+  snapshots?: boolean;
 }
 const VARIANTS = (
   [
     { name: "runc", runtime: "runc" },
-    { name: "qemu, Debian kernel + initramfs modules", runtime: "qemu", kernel: "debian" },
-    { name: "qemu, Kindling kernel (built, no modules)", runtime: "qemu", kernel: "built" },
+    { name: "qemu, Debian kernel, boot", runtime: "qemu", kernel: "debian", snapshots: false },
+    { name: "qemu, Debian kernel, restore", runtime: "qemu", kernel: "debian", snapshots: true },
+    { name: "qemu, Kindling kernel, boot", runtime: "qemu", kernel: "built", snapshots: false },
+    { name: "qemu, Kindling kernel, restore", runtime: "qemu", kernel: "built", snapshots: true },
   ] as Variant[]
 ).filter((v) => !v.kernel || KERNELS.includes(v.kernel));
 
@@ -63,7 +71,12 @@ function runCli(home: KindlingHome, v: Variant): Promise<number> {
   const t0 = process.hrtime.bigint();
   return new Promise((resolve, reject) => {
     const child = spawn(KINDLING, ["run", "--runtime", v.runtime, "--network", "none", "bb", "true"], {
-      env: { ...process.env, KINDLING_HOME: home.root, KINDLING_GUEST_KERNEL: v.kernel ?? "auto" },
+      env: {
+        ...process.env,
+        KINDLING_HOME: home.root,
+        KINDLING_GUEST_KERNEL: v.kernel ?? "auto",
+        KINDLING_VM_SNAPSHOTS: v.snapshots ? "1" : "0",
+      },
       stdio: ["ignore", "ignore", "pipe"],
     });
     let err = "";
@@ -90,6 +103,7 @@ function markers(consoleLog: string): Record<string, number> {
   find("root", /^stage1: root .* mounted|^stage1: root mounted by the kernel/);
   find("overlay", /^stage2: root is the overlay/);
   find("ready", /^agent: ready/);
+  find("setup", /^setup: restored/);
   return at;
 }
 
@@ -111,7 +125,7 @@ async function bootStages(
   dir: string,
   cold: boolean,
 ): Promise<Stages> {
-  const boot = await prepareGuestBoot(home, { kernel, boot: { tmpfsSize: "64m" } });
+  const boot = await prepareGuestBoot(home, { kernel, boot: { root: "/dev/vda", tmpfsSize: "64m" } });
   if (cold) {
     for (const f of [boot.kernelPath, boot.initrdPath, rootImage]) {
       if (f) await exec("dd", [`if=${f}`, "iflag=nocache", "count=0"], { allowFailure: true });
@@ -148,6 +162,63 @@ async function bootStages(
       total: vm.bootMs + processStart,
       rssMiB,
     };
+  } finally {
+    await vm.close();
+  }
+}
+
+interface RestoreStages {
+  vmmStart: number;
+  restore: number;
+  setup: number;
+  guestRoot: number;
+  guestOverlay: number;
+  processStart: number;
+  total: number;
+  rssMiB: number;
+}
+
+/** A bare VM from its snapshot (made first when missing: `save` is then that boot's save, else 0). */
+async function restoreStages(
+  home: KindlingHome,
+  kernel: GuestKernelChoice,
+  rootImage: string,
+  dir: string,
+): Promise<{ s: RestoreStages; kind: string; saveMs: number }> {
+  const boot = await prepareGuestBoot(home, { kernel, boot: { root: "/dev/vda", tmpfsSize: "64m" } });
+  const vm = await bootQemuVm(
+    {
+      ...boot,
+      memoryMiB: 256,
+      vcpus: 1,
+      drives: [{ id: "root", path: rootImage, readOnly: true, isRoot: true }],
+      shares: [],
+      stateDir: dir,
+      agent: "virtio-serial",
+      snapshots: home.snapshots,
+    },
+    { home },
+  );
+  try {
+    const status = await readFile(`/proc/${vm.pid}/status`, "utf8");
+    const rssMiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+    const t0 = process.hrtime.bigint();
+    const p = await vm.agent.start({ args: ["/bin/true"], env: ["PATH=/bin"], cwd: "/" });
+    const processStart = Number(process.hrtime.bigint() - t0) / 1e6;
+    await p.exited;
+    const m = markers(await readFile(path.join(dir, "console.log"), "latin1"));
+    const st = vm.stages;
+    const s: RestoreStages = {
+      vmmStart: st.vmmStart ?? 0,
+      restore: st.restore ?? 0,
+      setup: st.setup ?? 0,
+      guestRoot: m.setup !== undefined && m.root !== undefined ? m.root - m.setup : 0,
+      guestOverlay: m.root !== undefined && m.overlay !== undefined ? m.overlay - m.root : 0,
+      processStart,
+      total: vm.bootMs + processStart,
+      rssMiB,
+    };
+    return { s, kind: vm.startKind, saveMs: st.save ?? 0 };
   } finally {
     await vm.close();
   }
@@ -220,6 +291,40 @@ async function main(): Promise<void> {
         const cells = keys.map((k) => median(sel.map((s) => s[k])).toFixed(0));
         console.log(`| ${kernel}, ${cold ? "cold" : "warm"} | ${cells.join(" | ")} |`);
       }
+    }
+
+    // 3. restores of the same VM (the first of each kernel makes the snapshot), kernels interleaved
+    const restores: { kernel: GuestKernelChoice; s: RestoreStages }[] = [];
+    const saves = new Map<GuestKernelChoice, number>();
+    for (let b = 0; b <= BOOTS; b++) {
+      for (const kernel of KERNELS) {
+        const dir = path.join(tmp, `vm-${n++}`);
+        await mkdir(dir);
+        const r = await restoreStages(home, kernel, rootImage, dir);
+        if (r.kind === "snapshot-saved") saves.set(kernel, r.saveMs);
+        else if (r.kind === "restored") restores.push({ kernel, s: r.s });
+        else throw new Error(`${kernel}: the VM neither saved nor restored a snapshot (${r.kind})`);
+      }
+    }
+    const rkeys: (keyof RestoreStages)[] = [
+      "vmmStart",
+      "restore",
+      "setup",
+      "guestRoot",
+      "guestOverlay",
+      "processStart",
+      "total",
+      "rssMiB",
+    ];
+    console.log(
+      "\n| bare VM restore (median ms, warm) | VMM start (spawn -> QMP) | load state | SETUP round trip | of it: guest drives + root | of it: guest overlay | process start | total | idle QEMU RSS MiB | save (first run, once) |",
+    );
+    console.log("|---|---|---|---|---|---|---|---|---|---|");
+    for (const kernel of KERNELS) {
+      const sel = restores.filter((r) => r.kernel === kernel).map((r) => r.s);
+      if (sel.length === 0) continue;
+      const cells = rkeys.map((k) => median(sel.map((s) => s[k])).toFixed(0));
+      console.log(`| ${kernel} | ${cells.join(" | ")} | ${saves.get(kernel)?.toFixed(0) ?? "-"} |`);
     }
   } finally {
     await stopIdleShared(new KindlingHome(path.join(tmp, "home"))); // the image's lazy daemon
