@@ -17,6 +17,11 @@
  *     <dir>/connect_<p>.sock; when that connection ends, the "guest" reboots (the process exits 0), as
  *     the guest init powers off when its agent channel closes;
  * - SendCtrlAltDel makes the "guest" reboot, so the process exits 0 (unless $FAKE_FC_IGNORE_CAD=1).
+ * - snapshots: PATCH /vm pauses and resumes; PUT /snapshot/create (paused only) writes the state (the
+ *   configured resources, as JSON) and a memory file; PUT /snapshot/load (on a fresh process only, files
+ *   must exist, exactly one of mem_file_path and mem_backend) restores them with the vsock and TAP
+ *   overrides, paused unless resume_vm; PATCH /drives/{id} (post-boot, a known drive, the file exists)
+ *   swaps a drive's file; the first resume of a loaded VM starts its "guest" as InstanceStart does.
  * Failure modes for tests: $FAKE_FC_EXIT_EARLY="code:message" (exit before the socket exists),
  * $FAKE_FC_START_FAULT="message" (InstanceStart answers 400), $FAKE_FC_CRASH_AFTER_START="code:message".
  * Every request is appended as a JSON line to $FAKE_FC_RECORD when set.
@@ -96,6 +101,11 @@ type Body = Record<string, unknown>;
 
 interface State {
   started: boolean;
+  /** PATCH /vm Paused, or loaded without resume_vm */
+  paused?: boolean;
+  /** restored by PUT /snapshot/load: its guest starts on the first resume */
+  loaded?: boolean;
+  guestRunning?: boolean;
   bootSource?: Body;
   machine?: Body;
   drives: Map<string, Body>;
@@ -172,6 +182,9 @@ async function main(flags: Map<string, string | true>): Promise<void> {
     }
     const b = body as Body;
     if (method === "PUT" && url === "/actions") return action(b.action_type as string);
+    const post = postBoot(method, url, b);
+    if (post) return post;
+    if (method === "PUT" && url === "/snapshot/load") return loadSnapshot(b);
     if (state.started)
       return fault(400, "The requested operation is not supported after starting the microVM.");
     if (method === "PUT" && url.startsWith("/drives/")) {
@@ -223,6 +236,112 @@ async function main(flags: Map<string, string | true>): Promise<void> {
     }
   };
 
+  const notStarted = () =>
+    fault(400, "The requested operation is not supported before starting the microVM.");
+
+  /** Post-boot calls (vmm/src/rpc_interface.rs: only in the running or paused state). */
+  const postBoot = (method: string, url: string, b: Body): { status: number; body?: unknown } | undefined => {
+    if (method === "PATCH" && url === "/vm") {
+      if (!state.started) return notStarted();
+      return ok(() => {
+        state.paused = b.state === "Paused";
+        if (!state.paused && !state.guestRunning) startGuest();
+      });
+    }
+    if (method === "PATCH" && url.startsWith("/drives/")) {
+      if (!state.started) return notStarted();
+      const pathId = decodeURIComponent(url.slice("/drives/".length));
+      const err = checkPathId(pathId, b.drive_id);
+      if (err) return fault(400, err);
+      const drive = state.drives.get(pathId);
+      if (!drive) return fault(400, `Unable to patch the block device: Invalid block device ID: ${pathId}`);
+      if (typeof b.path_on_host === "string" && !existsSync(b.path_on_host))
+        return fault(400, `Unable to patch the block device: Invalid block device path: ${b.path_on_host}`);
+      return ok(() => state.drives.set(pathId, { ...drive, ...b }));
+    }
+    if (method === "PUT" && url === "/snapshot/create") {
+      if (!state.started) return notStarted();
+      // vmm/src/lib.rs: a snapshot is only taken of a paused microVM
+      if (!state.paused) return fault(400, "Create snapshot error: the microVM must be paused");
+      for (const f of [b.snapshot_path, b.mem_file_path] as string[]) {
+        if (!existsSync(path.dirname(f)))
+          return fault(
+            400,
+            `Create snapshot error: Cannot open ${f}: No such file or directory (os error 2)`,
+          );
+      }
+      return ok(() => {
+        writeFileSync(b.mem_file_path as string, Buffer.alloc(4096));
+        writeFileSync(
+          b.snapshot_path as string,
+          JSON.stringify({
+            bootSource: state.bootSource,
+            machine: state.machine,
+            drives: [...state.drives.values()],
+            ifaces: [...state.ifaces.values()],
+            vsock: state.vsock,
+          }),
+        );
+      });
+    }
+    return undefined;
+  };
+
+  /** vmm/src/rpc_interface.rs load_snapshot: a fresh process only; the memory in exactly one way. */
+  const loadSnapshot = (b: Body): { status: number; body?: unknown } => {
+    if (
+      state.started ||
+      state.bootSource ||
+      state.machine ||
+      state.drives.size ||
+      state.vsock ||
+      state.ifaces.size
+    )
+      return fault(400, "Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+    const mem = (b.mem_backend as Body | undefined)?.backend_path ?? b.mem_file_path;
+    if ((b.mem_backend === undefined) === (b.mem_file_path === undefined))
+      return fault(400, "Load snapshot error: exactly one of mem_backend and mem_file_path must be given");
+    for (const f of [b.snapshot_path, mem] as string[]) {
+      if (!existsSync(f))
+        return fault(400, `Load snapshot error: Cannot open ${f}: No such file or directory (os error 2)`);
+    }
+    const saved = JSON.parse(readFileSync(b.snapshot_path as string, "utf8")) as {
+      bootSource?: Body;
+      machine?: Body;
+      drives: Body[];
+      ifaces: Body[];
+      vsock?: Body;
+    };
+    const ifaces = new Map(saved.ifaces.map((n) => [n.iface_id as string, n]));
+    for (const o of (b.network_overrides as Body[] | undefined) ?? []) {
+      const n = ifaces.get(o.iface_id as string);
+      if (!n) return fault(400, `Load snapshot error: invalid network override: no interface ${o.iface_id}`);
+      ifaces.set(o.iface_id as string, { ...n, host_dev_name: o.host_dev_name });
+    }
+    const vsock = saved.vsock && {
+      ...saved.vsock,
+      ...((b.vsock_override as Body | undefined) ? { uds_path: (b.vsock_override as Body).uds_path } : {}),
+    };
+    if (vsock) {
+      if (existsSync(vsock.uds_path as string))
+        return fault(
+          400,
+          "Load snapshot error: Cannot create backend for vsock device: UnixBind(Address in use (os error 98))",
+        );
+      state.vsockServer = bindVsock(vsock.uds_path as string);
+    }
+    state.bootSource = saved.bootSource;
+    state.machine = saved.machine;
+    for (const d of saved.drives) state.drives.set(d.drive_id as string, d);
+    state.ifaces = ifaces;
+    state.vsock = vsock;
+    state.started = true;
+    state.loaded = true;
+    state.paused = b.resume_vm !== true;
+    if (!state.paused) startGuest();
+    return { status: 204 };
+  };
+
   const action = (type: string): { status: number; body?: unknown } => {
     if (type === "FlushMetrics") {
       if (!state.metrics) return fault(400, "The metrics system is not initialized.");
@@ -252,6 +371,13 @@ async function main(flags: Map<string, string | true>): Promise<void> {
     state.started = true;
     process.stdout.write(`[    0.000000] Linux version 6.1.0 (fake guest of the Firecracker test double)\n`);
     process.stdout.write(`[    0.000001] Command line: ${state.bootSource?.boot_args ?? ""}\n`);
+    startGuest();
+  };
+
+  /** The "guest" runs: its agent connects (at InstanceStart, or at a loaded VM's first resume). */
+  const startGuest = () => {
+    state.guestRunning = true;
+    if (state.loaded) process.stdout.write("[    0.000002] restored from a snapshot (test double)\n");
     if (state.vsock) startGuestConnections(state.vsock.uds_path as string);
     const crash = process.env.FAKE_FC_CRASH_AFTER_START;
     if (crash) {

@@ -11,6 +11,13 @@ export { type JailerOptions, planJail, prepareJail, renderJailerArgs } from "./j
 export { FIRECRACKER_MISSING, firecrackerVersion, resolveFirecracker } from "./process.js";
 export { renderApiCalls, renderConfigFile } from "./render.js";
 export {
+  createFirecrackerSnapshot,
+  type FirecrackerSnapshotFiles,
+  renderSnapshotCreate,
+  renderSnapshotLoad,
+  withSnapshotLoad,
+} from "./snapshot.js";
+export {
   AGENT_VSOCK_PORT,
   type FirecrackerExit,
   type FirecrackerVm,

@@ -31,6 +31,7 @@ import {
   renderApiCalls,
   renderConfigFile,
 } from "./render.js";
+import { type FirecrackerSnapshotFiles, withSnapshotLoad } from "./snapshot.js";
 import { VsockListener, vsockConnect } from "./vsock.js";
 
 /** docs/guest.md: the guest connects to the host (CID 2) on this vsock port. */
@@ -57,6 +58,8 @@ export interface FirecrackerVmOptions {
   agentTimeoutMs?: number;
   /** Run firecracker under the jailer (chroot, uid/gid, cgroups). */
   jailer?: JailerOptions;
+  /** Restore this snapshot instead of booting (snapshot.ts: load, this spec's drives, resume). */
+  snapshotLoad?: FirecrackerSnapshotFiles;
 }
 
 export interface FirecrackerExit {
@@ -406,7 +409,10 @@ export function withNetworkNamespace(
  */
 export function firecrackerBootSteps(opts: FirecrackerVmOptions, spec?: VmSpec): StepList<FirecrackerBoot> {
   let steps = DEFAULT_STEPS;
+  if (opts.configFile && opts.snapshotLoad)
+    throw new KindlingError("a snapshot is loaded over the API: it cannot be combined with --config-file");
   if (opts.configFile) steps = withConfigFile(steps);
+  if (opts.snapshotLoad) steps = withSnapshotLoad(steps, opts.snapshotLoad);
   if (spec?.network) steps = withNetworkNamespace(steps, spec.network.netns);
   if (opts.jailer) steps = withJailer(steps, opts.jailer);
   return steps;
