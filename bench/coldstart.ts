@@ -7,6 +7,9 @@
  *   profiled: REF pushed after one run in the pushing home (so with its startup profile), file-aware
  *             readahead off
  *   profiled+files: profile and file-aware readahead (what a profiled image gets by default)
+ *   sorted+files, sorted+profiled+files: the same image rebuilt with its startup files first
+ *             (`mksquashfs -sort` by the first run's profile: blockimage/sortlist.ts), without and
+ *             with its own profile
  *   warm:     the run again in that cold home (chunks in its store, its shared lazy daemon still up)
  *   baseline: without Kindling: `skopeo copy` of the whole OCI image (same tree, gzip layer) to an OCI
  *             layout, `umoci unpack`, `runc run` of the unpacked bundle (no network setup either:
@@ -15,7 +18,8 @@
  * From the lazy daemon's counters (trace.ts) each cold row also gets: time to the first chunk byte,
  * time readers spent blocked, requests in flight over time (--trace-out FILE writes the timelines).
  *   node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py "import numpy"]
- *     [--variants cold,files,profiled,profiled+files,baseline] [--trace-out FILE]
+ *     [--variants cold,profiled+files,sorted+profiled+files,baseline (default; also files, profiled,
+ *      sorted+files)] [--trace-out FILE] [--reuse debian-minbase.tar (chunk reuse with that image)]
  * The fixture is built by scripts/fixtures/debian-numpy.sh (.cache/fixtures). KINDLING_BENCH_CLI=path/to/main.js
  * measures another build's CLI (e.g. main before a change).
  */
@@ -26,12 +30,18 @@ import path from "node:path";
 import { releaseHome } from "../src/bench/homes.js";
 import { FIXTURES, REPO } from "../src/bench/images.js";
 import { startBenchRegistry } from "../src/bench/registry.js";
+import { type ReadAt, readSquashfsFiles } from "../src/blockimage/layout.js";
+import { chunkSpans, startupFiles } from "../src/blockimage/sortlist.js";
+import { buildImage } from "../src/image/build.js";
+import { chunksIn } from "../src/lazy/chunkmap.js";
 import { liveDaemonPids } from "../src/lazy/index.js";
+import { checkProfile, readProfileFile, readProfileReads } from "../src/lazy/profile.js";
 import { statsDir } from "../src/lazy/stats.js";
 import type { LazyStats } from "../src/lazy/types.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
 import { loadImage } from "../src/store/catalog.js";
 import { localBytes } from "../src/store/local.js";
+import type { BlockIndex, ImageRecord } from "../src/store/types.js";
 import { KindlingHome } from "../src/util/home.js";
 
 const argOf = (name: string): string | undefined => {
@@ -43,11 +53,28 @@ const FIXTURE = argOf("fixture") ?? "debian-numpy.tar";
 const CMD = ["python3", "-c", argOf("py") ?? "import numpy; print(numpy.__version__)"];
 const KINDLING = process.env.KINDLING_BENCH_CLI ?? path.join(REPO, "dist", "src", "cli", "main.js");
 const TRACE_OUT = argOf("trace-out");
+/** --reuse FIXTURE: also measure chunk reuse between FIXTURE's image and the numpy images. */
+const REUSE = argOf("reuse");
 
-type ColdVariant = "cold" | "files" | "profiled" | "profiled+files";
+type ColdVariant =
+  | "cold"
+  | "files"
+  | "profiled"
+  | "profiled+files"
+  | "sorted+files"
+  | "sorted+profiled+files";
 type Variant = ColdVariant | "baseline";
-const ALL: Variant[] = ["cold", "files", "profiled", "profiled+files", "baseline"];
-const VARIANTS = (argOf("variants")?.split(",") ?? ALL) as Variant[];
+const ALL: Variant[] = [
+  "cold",
+  "files",
+  "profiled",
+  "profiled+files",
+  "sorted+files",
+  "sorted+profiled+files",
+  "baseline",
+];
+const DEFAULT_VARIANTS: Variant[] = ["cold", "profiled+files", "sorted+profiled+files", "baseline"];
+const VARIANTS = (argOf("variants")?.split(",") ?? DEFAULT_VARIANTS) as Variant[];
 for (const v of VARIANTS) if (!ALL.includes(v)) throw new Error(`unknown variant ${v} (${ALL.join(", ")})`);
 
 const median = (xs: number[]) => {
@@ -120,6 +147,8 @@ async function buildOci(tmp: string, fixture: string): Promise<string> {
 interface DaemonView {
   /** Run start -> first verified chunk from the registry (ms). */
   ttfbMs: number;
+  /** Bytes of the lazy file returned to readers (what the run read of the block image). */
+  servedBytes: number;
   /** Wall time with a reader blocked on a chunk, and the summed waits of all readers (ms). */
   blockedMs: number;
   readWaitMs: number;
@@ -134,7 +163,27 @@ interface DaemonView {
   /** Chunks fetched by file-aware readahead and by the profile prefetch. */
   fileChunks: number;
   profileChunks: number;
+  /** CPU time (user+system) of the lazy daemon, and of the registry during the cold run (ms). */
+  daemonCpuMs: number;
+  registryCpuMs: number;
   timeline: LazyStats["trace"]["timeline"];
+}
+
+/** CPU time (user + system, ms) a process has used so far; 0 if it is gone. */
+async function cpuMs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return stat ? ((Number(f[11]) + Number(f[12])) * 1000) / 100 : 0;
+}
+
+/** The bench registry's pid (docker-registry serving from under `tmp`). */
+async function registryPid(tmp: string): Promise<number> {
+  for (const d of await readdir("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    const cmd = await readFile(`/proc/${d}/cmdline`, "utf8").catch(() => "");
+    if (cmd.startsWith("docker-registry\0serve\0") && cmd.includes(tmp)) return Number(d);
+  }
+  return 0;
 }
 
 interface Row {
@@ -174,10 +223,11 @@ async function daemonStats(home: KindlingHome, digest: string): Promise<LazyStat
   return (await readAll()).sort((a, b) => b.bytesFetched - a.bytesFetched)[0];
 }
 
-function viewOf(s: LazyStats, runStartedAt: number): DaemonView {
+function viewOf(s: LazyStats, runStartedAt: number, cpu: { daemon: number; registry: number }): DaemonView {
   const chunks = Math.max(1, s.chunksFetched);
   return {
     ttfbMs: s.firstChunkAt ? s.firstChunkAt - runStartedAt : Number.NaN,
+    servedBytes: s.bytesServed,
     blockedMs: s.trace.blockedMs,
     readWaitMs: s.trace.readWaitMs,
     slowReads: s.trace.slowReads,
@@ -188,8 +238,61 @@ function viewOf(s: LazyStats, runStartedAt: number): DaemonView {
     fetchSpanMs: s.firstChunkAt && s.lastChunkAt ? s.lastChunkAt - s.firstChunkAt : 0,
     fileChunks: s.fileReadahead?.chunks ?? 0,
     profileChunks: s.profile?.chunks ?? 0,
+    daemonCpuMs: cpu.daemon,
+    registryCpuMs: cpu.registry,
     timeline: s.trace.timeline,
   };
+}
+
+let sortedFiles = 0;
+let reuse = "";
+
+/** Reads the block image of a local image from its home's chunks. */
+function storeReader(home: KindlingHome, index: BlockIndex): ReadAt {
+  return async (pos, len) => {
+    const parts: Buffer[] = [];
+    for (const i of chunksIn(index, pos, len)) {
+      const c = index.chunks[i];
+      const data = await readFile(home.blobPath(c.digest));
+      parts.push(data.subarray(Math.max(0, pos - c.offset), Math.min(c.length, pos + len - c.offset)));
+    }
+    return Buffer.concat(parts);
+  };
+}
+
+/** The startup files of `record` by its recorded profile (empty without one). */
+async function profileOrder(home: KindlingHome, record: ImageRecord): Promise<string[]> {
+  const index = await readBlockIndex(home, record.digest);
+  const profile = checkProfile(
+    await readProfileFile(home, record.digest),
+    record.digest,
+    index.chunks.length,
+  );
+  if (!("chunks" in profile)) throw new Error(`no startup profile for ${record.name}`);
+  const { files } = await readSquashfsFiles(storeReader(home, index), { names: true });
+  // What the run read, if the home kept it; else the profile's whole chunks.
+  const reads = await readProfileReads(home, record.digest);
+  return startupFiles(files, reads ?? chunkSpans(index, profile.chunks));
+}
+
+/**
+ * How much of the numpy image (default and profile-ordered) a worker that has `base` already holds:
+ * bytes of its chunks whose digest is also one of base's chunks.
+ */
+async function chunkReuse(home: KindlingHome, base: string): Promise<string> {
+  await kindling(home.root, ["image", "import", base, "--name", "base"]);
+  const digests = async (name: string) => {
+    const index = await readBlockIndex(home, (await loadImage(home, name)).digest);
+    return index;
+  };
+  const baseIndex = await digests("base");
+  const have = new Set(baseIndex.chunks.map((c) => c.digest));
+  const line = async (name: string) => {
+    const index = await digests(name);
+    const shared = index.chunks.filter((c) => have.has(c.digest)).reduce((a, c) => a + c.length, 0);
+    return `${name} ${((100 * shared) / index.blockSize).toFixed(1)}% (${(shared / 1e6).toFixed(1)} of ${(index.blockSize / 1e6).toFixed(1)} MB)`;
+  };
+  return `chunk reuse with ${path.basename(base)} (${(baseIndex.blockSize / 1e6).toFixed(1)} MB): ${await line("numpy")}, ${await line("numpy-sorted")}`;
 }
 
 async function main(): Promise<void> {
@@ -208,14 +311,33 @@ async function main(): Promise<void> {
     blockSize = (await loadImage(new KindlingHome(source), "numpy")).blockSize;
     refs.cold = plain;
     refs.files = plain;
-    if (VARIANTS.some((v) => v.startsWith("profiled"))) {
-      // One run in the pushing home records the startup profile; the second tag carries it.
-      const profiled = `${registry.host}/bench/numpy:profiled`;
-      await kindling(source, runArgs("numpy"));
-      await new Promise((r) => setTimeout(r, 1500)); // the daemon writes the profile within 1 s
-      await kindling(source, ["image", "push", "--insecure", "numpy", profiled]);
-      refs.profiled = profiled;
-      refs["profiled+files"] = profiled;
+    // One run in the pushing home records the startup profile; the second tag carries it.
+    const profiled = `${registry.host}/bench/numpy:profiled`;
+    await kindling(source, runArgs("numpy"));
+    await new Promise((r) => setTimeout(r, 1500)); // the daemon writes the profile within 1 s
+    await kindling(source, ["image", "push", "--insecure", "numpy", profiled]);
+    refs.profiled = profiled;
+    refs["profiled+files"] = profiled;
+    if (VARIANTS.some((v) => v.startsWith("sorted")) || REUSE) {
+      // The profile-ordered build: the files the profile read first, in its order (-sort).
+      const home = new KindlingHome(source);
+      const order = await profileOrder(home, await loadImage(home, "numpy"));
+      await buildImage(home, {
+        name: "numpy-sorted",
+        layers: [{ path: fixture }],
+        configJson: null,
+        origin: { kind: "local" },
+        progress: false,
+        layoutOrder: order,
+      });
+      sortedFiles = order.length;
+      refs["sorted+files"] = `${registry.host}/bench/numpy:sorted`;
+      await kindling(source, ["image", "push", "--insecure", "numpy-sorted", refs["sorted+files"]]);
+      await kindling(source, runArgs("numpy-sorted"));
+      await new Promise((r) => setTimeout(r, 1500));
+      refs["sorted+profiled+files"] = `${registry.host}/bench/numpy:sorted-profiled`;
+      await kindling(source, ["image", "push", "--insecure", "numpy-sorted", refs["sorted+profiled+files"]]);
+      if (REUSE) reuse = await chunkReuse(home, path.join(FIXTURES, REUSE));
     }
     await releaseHome(new KindlingHome(source));
     if (VARIANTS.includes("baseline")) {
@@ -236,7 +358,7 @@ async function main(): Promise<void> {
       for (const v of order) {
         loads.push(loadavg()[0]);
         if (v === "baseline") rows.push(await baselineRound(tmp, round, refs.baseline!));
-        else rows.push(...(await kindlingRound(tmp, `${round}-${v.replace("+", "-")}`, refs[v]!, v)));
+        else rows.push(...(await kindlingRound(tmp, `${round}-${v.replaceAll("+", "-")}`, refs[v]!, v)));
       }
     }
   } finally {
@@ -244,6 +366,9 @@ async function main(): Promise<void> {
     await rm(tmp, { recursive: true, force: true });
   }
   report(rows, blockSize, loads);
+  if (sortedFiles)
+    console.log(`sorted build: ${sortedFiles} files placed first (the profile's, in its order)`);
+  if (reuse) console.log(reuse);
   if (TRACE_OUT) {
     const traces = rows.filter((r) => r.daemon).map((r) => ({ variant: r.variant, ms: r.ms, ...r.daemon }));
     await writeFile(TRACE_OUT, `${JSON.stringify(traces)}\n`);
@@ -261,10 +386,15 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     const t0 = now();
     await kindling(root, ["image", "pull", "--insecure", ref], env);
     const pullMs = now() - t0;
+    const registry = await registryPid(tmp);
+    const regBefore = await cpuMs(registry);
     const cold = await kindling(root, runArgs(ref), env);
+    const registryCpu = (await cpuMs(registry)) - regBefore;
     const record = await loadImage(home, ref);
     const index = await readBlockIndex(home, record.digest);
     const fetchedBytes = await localBytes(home, index);
+    let daemonCpu = 0;
+    for (const pid of await liveDaemonPids(home, record.digest)) daemonCpu += await cpuMs(pid);
     const stats = await daemonStats(home, record.digest);
     const warm = await kindling(root, runArgs(ref), env);
     if (!cold.out.trim() || cold.out !== warm.out)
@@ -279,7 +409,9 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
         fetchedBytes,
         settledBytes,
         pullMs,
-        daemon: stats ? viewOf(stats, cold.startedAt) : undefined,
+        daemon: stats
+          ? viewOf(stats, cold.startedAt, { daemon: daemonCpu, registry: registryCpu })
+          : undefined,
       },
       { variant: "warm", of: variant, ms: warm.ms, firstOutputMs: warm.firstOutputMs },
     ];
@@ -339,9 +471,9 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
   );
   console.log("");
   console.log(
-    "| variant | total ms | first output ms | pull ms | fetched (run) | fetched (settled) | fetch rate | time to 1st chunk ms | readers blocked ms | slow reads | req ms/chunk | queued ms/chunk | file-ahead chunks | profile chunks |",
+    "| variant | total ms | first output ms | pull ms | read by the run | fetched (run) | fetched (settled) | fetch rate | time to 1st chunk ms | readers blocked ms | slow reads | req ms/chunk | queued ms/chunk | file-ahead chunks | profile chunks | daemon CPU ms | registry CPU ms |",
   );
-  console.log("|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+  console.log("|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   const base = pick("baseline");
   const colds = (VARIANTS.filter((v) => v !== "baseline") as ColdVariant[]).filter((v) => pick(v).length);
   for (const v of colds) {
@@ -351,16 +483,16 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
     const settled = med(rs, (r) => r.settledBytes);
     const runMs = med(rs, (r) => r.ms - (r.pullMs ?? 0));
     console.log(
-      `| ${v} | ${med(rs, (r) => r.ms).toFixed(0)} | ${med(rs, (r) => r.firstOutputMs).toFixed(0)} | ${med(rs, (r) => r.pullMs).toFixed(0)} | ${mb(fetched)} (${pct(fetched)}) | ${mb(settled)} (${pct(settled)}) | ${mb((fetched / runMs) * 1000)}/s | ${d((x) => x.ttfbMs).toFixed(0)} | ${d((x) => x.blockedMs).toFixed(0)} | ${d((x) => x.slowReads).toFixed(0)} | ${d((x) => x.requestMs).toFixed(1)} | ${d((x) => x.queuedMs).toFixed(1)} | ${d((x) => x.fileChunks).toFixed(0)} | ${d((x) => x.profileChunks).toFixed(0)} |`,
+      `| ${v} | ${med(rs, (r) => r.ms).toFixed(0)} | ${med(rs, (r) => r.firstOutputMs).toFixed(0)} | ${med(rs, (r) => r.pullMs).toFixed(0)} | ${mb(d((x) => x.servedBytes))} | ${mb(fetched)} (${pct(fetched)}) | ${mb(settled)} (${pct(settled)}) | ${mb((fetched / runMs) * 1000)}/s | ${d((x) => x.ttfbMs).toFixed(0)} | ${d((x) => x.blockedMs).toFixed(0)} | ${d((x) => x.slowReads).toFixed(0)} | ${d((x) => x.requestMs).toFixed(1)} | ${d((x) => x.queuedMs).toFixed(1)} | ${d((x) => x.fileChunks).toFixed(0)} | ${d((x) => x.profileChunks).toFixed(0)} | ${d((x) => x.daemonCpuMs).toFixed(0)} | ${d((x) => x.registryCpuMs).toFixed(0)} |`,
     );
     const w = pick("warm", v);
     console.log(
-      `| warm (${v} home) | ${med(w, (r) => r.ms).toFixed(0)} | ${med(w, (r) => r.firstOutputMs).toFixed(0)} | - | - | - | - | - | - | - | - | - | - | - |`,
+      `| warm (${v} home) | ${med(w, (r) => r.ms).toFixed(0)} | ${med(w, (r) => r.firstOutputMs).toFixed(0)} | - | - | - | - | - | - | - | - | - | - | - | - | - | - |`,
     );
   }
   if (base.length) {
     console.log(
-      `| baseline (skopeo+umoci+runc) | ${med(base, (r) => r.ms).toFixed(0)} | ${med(base, (r) => r.firstOutputMs).toFixed(0)} | ${med(base, (r) => r.pullMs).toFixed(0)} | ${mb(blockSize)} image, whole layer | - | - | - | - | - | - | - | - | - |`,
+      `| baseline (skopeo+umoci+runc) | ${med(base, (r) => r.ms).toFixed(0)} | ${med(base, (r) => r.firstOutputMs).toFixed(0)} | ${med(base, (r) => r.pullMs).toFixed(0)} | - | ${mb(blockSize)} image, whole layer | - | - | - | - | - | - | - | - | - | - | - |`,
     );
   }
   console.log("");

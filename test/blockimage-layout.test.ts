@@ -4,6 +4,7 @@ import { link, mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from "no
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileReader, LayoutError, readSquashfsFiles } from "../src/blockimage/layout.js";
+import { sortFileText, startupFiles } from "../src/blockimage/sortlist.js";
 import { buildSquashfs } from "../src/blockimage/squashfs.js";
 import { exec } from "../src/util/exec.js";
 
@@ -16,6 +17,7 @@ async function makeTree(root: string): Promise<Map<string, Buffer>> {
     files.set(rel, data);
   };
   await put("bin/big", randomBytes(700_000)); // several blocks and a tail
+  await put("bin/big2", randomBytes(300_000));
   await put("etc/empty", Buffer.alloc(0));
   await put("etc/text", Buffer.from("kindling\n".repeat(5000)));
   for (let i = 0; i < 600; i++) await put(`many/file-${String(i).padStart(3, "0")}`, randomBytes(i * 7));
@@ -103,5 +105,36 @@ describe("block image layout (file extents from the SquashFS tables)", () => {
     const img = path.join(work, "xz.sqfs");
     await buildSquashfs(path.join(work, "src"), img, { compressor: "xz" });
     await assert.rejects(parse(img, false), (e) => e instanceof LayoutError && /xz/.test(e.message));
+  });
+
+  test("a sort file from a startup set puts those files first, in its order", async () => {
+    const img = path.join(work, "plain.sqfs");
+    await buildSquashfs(path.join(work, "src"), img);
+    const plain = await parse(img, true);
+    const at = (name: string) => plain.files.find((f) => f.path === name)!;
+    // Spans read by a run: bin/big2's middle first, then bin/big's start.
+    const big = at("bin/big");
+    const big2 = at("bin/big2");
+    assert.ok(big.start < big2.start, "by default in name order");
+    const set = startupFiles(plain.files, [
+      [big2.start + 1000, big2.start + 2000],
+      [big.start, big.start + 10],
+    ]);
+    assert.deepEqual(set, ["bin/big2", "bin/big"]);
+    const sortFile = path.join(work, "sort");
+    await writeFile(sortFile, sortFileText(path.join(work, "src"), [...set, "has space"]));
+    assert.doesNotMatch(await readFile(sortFile, "utf8"), /has space/);
+    const sortedImg = path.join(work, "sorted.sqfs");
+    await buildSquashfs(path.join(work, "src"), sortedImg, {
+      compressor: "zstd",
+      level: 3,
+      extraArgs: ["-sort", sortFile],
+    });
+    const sorted = (await parse(sortedImg, true)).files.filter((f) => f.end > f.start);
+    sorted.sort((a, b) => a.start - b.start);
+    assert.deepEqual(
+      sorted.slice(0, 2).map((f) => f.path),
+      ["bin/big2", "bin/big"],
+    );
   });
 });

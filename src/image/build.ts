@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
-import { chmod, mkdir, open, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, open, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { sortFileText } from "../blockimage/sortlist.js";
 import { buildSquashfs, DEFAULT_SQUASHFS, type SquashfsOptions } from "../blockimage/squashfs.js";
 import { blobSize, putBlob } from "../store/blobs.js";
 import { writeBlockIndex } from "../store/blockindex.js";
@@ -30,6 +31,11 @@ export interface BuildImageInput {
   progress?: boolean;
   squashfs?: SquashfsOptions;
   chunking?: ChunkingSpec;
+  /**
+   * Files (paths relative to the image root) to place first in the block image, in this order
+   * (`mksquashfs -sort`): a startup profile's files (blockimage/sortlist.ts).
+   */
+  layoutOrder?: string[];
 }
 
 const quiet: Progress = { update() {}, done() {} };
@@ -157,7 +163,14 @@ export async function buildImage(home: KindlingHome, input: BuildImageInput): Pr
     }
     const image = path.join(work, "image.squashfs");
     if (show) process.stderr.write("building the block image (squashfs)\n");
-    await buildSquashfs(root, image, input.squashfs ?? DEFAULT_SQUASHFS);
+    let squashfs = input.squashfs ?? DEFAULT_SQUASHFS;
+    const sortText = input.layoutOrder ? sortFileText(root, input.layoutOrder) : "";
+    if (sortText) {
+      const sortFile = path.join(work, "layout.sort");
+      await writeFile(sortFile, sortText);
+      squashfs = { ...squashfs, extraArgs: [...(squashfs.extraArgs ?? []), "-sort", sortFile] };
+    }
+    await buildSquashfs(root, image, squashfs);
     await dropTree(tree); // free the space before the chunks take it
     const index = await storeChunks(home, image, input.chunking ?? DEFAULT_CHUNKING, show);
     const record: ImageRecord = {

@@ -20,7 +20,14 @@ import { FileReadahead } from "./files.js";
 import { mountBlockFile } from "./fusefs.js";
 import { LowerMounts } from "./lower.js";
 import { prefetchTables } from "./prefetch.js";
-import { checkProfile, ProfileRecorder, prefetchProfile, readProfileFile, writeProfile } from "./profile.js";
+import {
+  checkProfile,
+  ProfileRecorder,
+  prefetchProfile,
+  readProfileFile,
+  writeProfile,
+  writeProfileReads,
+} from "./profile.js";
 import { Readahead } from "./readahead.js";
 import { liveUsers, markStopping } from "./shared.js";
 import { IpcChunkSource, send } from "./sources.js";
@@ -72,9 +79,9 @@ async function main(): Promise<void> {
     await writeStats(home, cfg.id, cache.stats).catch((err) => log(`stats: ${err}`));
     if (recorder && recorder.version !== recorded) {
       recorded = recorder.version;
-      await writeProfile(home, { image: cfg.record.digest, chunks: recorder.chunks }).catch((err) =>
-        log(`startup profile: ${err}`),
-      );
+      await writeProfile(home, { image: cfg.record.digest, chunks: recorder.chunks })
+        .then(() => writeProfileReads(home, cfg.record.digest, recorder.ranges))
+        .catch((err) => log(`startup profile: ${err}`));
     }
   };
   const ddir = new DaemonDir(home, cfg.id);

@@ -27,6 +27,13 @@ export interface StartupProfile {
 
 export const profilePath = (home: KindlingHome, digest: string) =>
   path.join(home.root, "profiles", `${digest.replace(/^sha256:/, "")}.json`);
+/**
+ * Beside it, local only (never pushed): the byte ranges the recorded run read, merged, in first-read
+ * order: finer than chunks, for a profile-ordered rebuild (blockimage/sortlist.ts).
+ */
+export const profileReadsPath = (home: KindlingHome, digest: string) =>
+  path.join(home.root, "profiles", `${digest.replace(/^sha256:/, "")}.reads.json`);
+export const MAX_PROFILE_RANGES = 16_384;
 
 /**
  * Checks a profile against the image it is for: the chunk list, or why it is unusable.
@@ -77,11 +84,38 @@ export async function writeProfile(home: KindlingHome, profile: StartupProfile):
 /** Drops the home's profile for `digest`: the image's next first run records a new one. */
 export async function removeProfile(home: KindlingHome, digest: string): Promise<void> {
   await rm(profilePath(home, digest), { force: true });
+  await rm(profileReadsPath(home, digest), { force: true });
+}
+
+export async function writeProfileReads(
+  home: KindlingHome,
+  digest: string,
+  ranges: [number, number][],
+): Promise<void> {
+  await writeFileAtomic(profileReadsPath(home, digest), `${JSON.stringify({ image: digest, ranges })}\n`);
+}
+
+/** The recorded run's read ranges for `digest`, or undefined (none, or unreadable). */
+export async function readProfileReads(
+  home: KindlingHome,
+  digest: string,
+): Promise<[number, number][] | undefined> {
+  try {
+    const v = JSON.parse(await readFile(profileReadsPath(home, digest), "utf8")) as {
+      image?: string;
+      ranges?: [number, number][];
+    };
+    return v.image === digest && Array.isArray(v.ranges) ? v.ranges : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Notes the chunks readers touch, in first-touch order, within the recording bounds. */
 export class ProfileRecorder {
   readonly chunks: number[] = [];
+  /** [start, end) of what was read, merged with the previous range when they touch. */
+  readonly ranges: [number, number][] = [];
   private readonly seen = new Set<number>();
   private readonly until = Date.now() + RECORD_WINDOW_MS;
   /** Bumped on each new chunk, so the owner writes only when something changed. */
@@ -91,6 +125,16 @@ export class ProfileRecorder {
 
   touch(pos: number, len: number): void {
     if (this.chunks.length >= MAX_PROFILE_CHUNKS || Date.now() > this.until) return;
+    const last = this.ranges.at(-1);
+    if (last && pos >= last[0] && pos <= last[1]) {
+      if (pos + len > last[1]) {
+        last[1] = pos + len;
+        this.version++;
+      }
+    } else if (this.ranges.length < MAX_PROFILE_RANGES) {
+      this.ranges.push([pos, pos + len]);
+      this.version++;
+    }
     for (const i of chunksIn(this.cache.index, pos, len)) {
       if (this.seen.has(i)) continue;
       this.seen.add(i);
