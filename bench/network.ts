@@ -1,25 +1,27 @@
 /**
  * Network benchmark (not a test): what networking adds to a run, and throughput over the bridge.
- *   node dist/bench/network.js [--n 20] [--gib 1] [--no-vm]
+ *   node dist/bench/network.js [--n 20] [--gib 1] [--no-vm] [--host-only]
  * "Warm": the home's bridge and default network exist (a first run made them) and the plugins are in
  * the page cache; every row is a median of interleaved rounds in one run of this script.
  * Rows:
- *   setup+teardown (host side): namespace, loopback and the CNI chain (bridge/host-local, firewall;
- *     portmap with one -p), DEL and namespace removal: what a runc run with --network bridge adds.
- *     For a VM, plus the TAP wired to the veth (tap.ts). Design B (a TAP enslaved to the bridge, an
- *     address from host-local called directly) measured beside it with the same plugins.
+ *   setup+teardown (host side): what a runc run with --network bridge adds (setUpNetwork: the namespace
+ *     with lo up, the CNI chain bridge/host-local, portmap only with -p; then DEL and the namespace's
+ *     removal), beside the same work done as it was first landed (`ip netns add`, the loopback plugin,
+ *     the bridge plugin's per-run masquerade, the firewall plugin): ratios in one interleaved run.
+ *     A breakdown of each step of both. For a VM, plus the TAP wired to the veth (tap.ts). Design B (a
+ *     TAP enslaved to the bridge, an address from host-local called directly) measured beside it.
  *   end to end: `kindling run -- true` with --network bridge vs host (runc), through the API.
  *   throughput: 1 GiB over TCP, host -> runc container over the bridge and runc container -> QEMU VM,
  *     as a ratio to the same transfer over plain loopback on the host (busybox nc on both ends).
  */
 import { spawn } from "node:child_process";
-import { mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { setUpNetwork } from "../src/network/attach.js";
-import { execPlugin } from "../src/network/cni.js";
+import { addNetworkList, type CniConfList, delNetworkList, execPlugin } from "../src/network/cni.js";
 import {
   DEFAULT_PLUGIN_DIRS,
   homeDefaultNetwork,
@@ -27,6 +29,7 @@ import {
   networkSettings,
   removeHomeNetwork,
 } from "../src/network/conflist.js";
+import { createNetns, deleteNetns } from "../src/network/netns.js";
 import { type NetworkResource, releaseNetworkResource } from "../src/network/resources.js";
 import { wireTap } from "../src/network/tap.js";
 import { resolveImage } from "../src/runtime/image.js";
@@ -47,6 +50,8 @@ const argOf = (name: string): string | undefined => {
 const N = Number(argOf("n") ?? 20);
 const BYTES = Math.round(Number(argOf("gib") ?? 1) * 2 ** 30);
 const VM = !process.argv.includes("--no-vm");
+/** Only the host-side rows (no end-to-end runs, no throughput). */
+const HOST_ONLY = process.argv.includes("--host-only");
 const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
 
 const median = (xs: number[]) => {
@@ -123,19 +128,90 @@ async function main(): Promise<void> {
       }
       return now() - t0;
     };
+    // as first landed: `ip netns add`, loopback plugin beside the chain, per-run masquerade and firewall
+    const before: CniConfList = {
+      ...list,
+      plugins: [
+        { ...list.plugins[0]!, ipMasq: true },
+        { type: "firewall", backend: "iptables" },
+      ],
+    };
+    const loopbackList: CniConfList = {
+      cniVersion: list.cniVersion,
+      name: "lo",
+      plugins: [{ type: "loopback" }],
+    };
+    const steps: Record<string, number[]> = {};
+    const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+      const t0 = now();
+      const v = await fn();
+      (steps[name] ??= []).push(now() - t0);
+      return v;
+    };
+    const beforeSetupMs: number[] = [];
+    const beforeShape = async () => {
+      const t0 = now();
+      const ns = `${names.netnsPrefix}o${seq++}`;
+      const at = { containerId: ns, netns: `/run/netns/${ns}`, ifName: "eth0" };
+      await step("before: ip netns add", () => exec("ip", ["netns", "add", ns]));
+      const [r] = await Promise.all([
+        step("before: bridge+host-local ADD (per-run masquerade), firewall ADD", () =>
+          addNetworkList(before, at, DEFAULT_PLUGIN_DIRS),
+        ),
+        step("before: loopback ADD (beside the chain)", () =>
+          addNetworkList(loopbackList, { ...at, ifName: "lo" }, DEFAULT_PLUGIN_DIRS),
+        ),
+      ]);
+      beforeSetupMs.push(now() - t0);
+      await step("before: firewall DEL, bridge+host-local DEL", () =>
+        delNetworkList(before, at, DEFAULT_PLUGIN_DIRS, r),
+      );
+      await step("before: ip netns delete", () => exec("ip", ["netns", "delete", ns]));
+      return now() - t0;
+    };
+    const nowSteps = async () => {
+      const ns = `${names.netnsPrefix}s${seq++}`;
+      const at = { containerId: ns, netns: `/run/netns/${ns}`, ifName: "eth0" };
+      await step("now: namespace with lo up (unshare + ip)", () => createNetns(ns));
+      const r = await step("now: bridge+host-local ADD", () => addNetworkList(list, at, DEFAULT_PLUGIN_DIRS));
+      await step("now: bridge+host-local DEL", () => delNetworkList(list, at, DEFAULT_PLUGIN_DIRS, r));
+      await step("now: ip netns delete", () => deleteNetns(ns));
+    };
     await runcShape(true, true); // warm: bridge made, plugins cached
-    const t = { runc: [] as number[], runcP: [] as number[], vm: [] as number[], b: [] as number[] };
+    await beforeShape();
+    await nowSteps();
+    for (const k of Object.keys(steps)) steps[k] = [];
+    beforeSetupMs.length = 0;
+    setupMs.length = 0;
+    const t = {
+      runc: [] as number[],
+      before: [] as number[],
+      runcP: [] as number[],
+      vm: [] as number[],
+      b: [] as number[],
+    };
     for (let i = 0; i < N; i++) {
       t.runc.push(await runcShape(false, false));
+      t.before.push(await beforeShape());
+      await nowSteps();
       t.runcP.push(await runcShape(true, false));
       t.vm.push(await runcShape(false, true));
       t.b.push(await designB());
     }
+    const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
     row(
-      "network setup+teardown, runc (netns, lo, bridge+host-local, firewall)",
-      `${median(t.runc).toFixed(1)} ms`,
+      "network setup+teardown, runc, now (netns with lo, bridge+host-local)",
+      `${median(t.runc).toFixed(1)} ms (${ratio(median(t.runc), median(t.before))} of before)`,
     );
-    row("  of which setup (before the process can start)", `${median(setupMs).toFixed(1)} ms`);
+    row(
+      "  of which setup (before the process can start)",
+      `${median(setupMs).toFixed(1)} ms (${ratio(median(setupMs), median(beforeSetupMs))} of before)`,
+    );
+    row(
+      "  before: ip netns add, lo plugin, bridge with per-run masquerade, firewall",
+      `${median(t.before).toFixed(1)} ms (setup ${median(beforeSetupMs).toFixed(1)} ms)`,
+    );
+    for (const [k, v] of Object.entries(steps)) row(`    ${k}`, `${median(v).toFixed(1)} ms`);
     const spawnMs: number[] = [];
     for (let i = 0; i < N; i++) {
       const t0 = now();
@@ -143,10 +219,18 @@ async function main(): Promise<void> {
       spawnMs.push(now() - t0);
     }
     row("  (one spawn of /bin/true on this host now, for scale)", `${median(spawnMs).toFixed(1)} ms`);
+    const goMs: number[] = [];
+    for (let i = 0; i < N; i++) {
+      const t0 = now();
+      await exec("/usr/lib/cni/loopback", [], { env: { CNI_COMMAND: "VERSION" }, input: "{}" });
+      goMs.push(now() - t0);
+    }
+    row("  (one CNI plugin process, loopback VERSION, for scale)", `${median(goMs).toFixed(1)} ms`);
     row("  same with one -p (portmap too)", `${median(t.runcP).toFixed(1)} ms`);
     row("  VM, design A: same + TAP wired to the veth with tc (chosen)", `${median(t.vm).toFixed(1)} ms`);
     row("  VM, design B parts: TAP on the bridge + host-local ADD/DEL only", `${median(t.b).toFixed(1)} ms`);
 
+    if (HOST_ONLY) return;
     // -- end to end, runc: bridge vs host
     const run = async (flags: RawRunFlags, command: string[]) => {
       const opts = await parseRunOptions(image, command, { runtime: "runc", ...flags });
@@ -271,10 +355,12 @@ async function main(): Promise<void> {
   } finally {
     await removeHomeNetwork(home).catch(() => {});
     await rm(tmp, { recursive: true, force: true }).catch(() => {});
+    const load = (await readFile("/proc/loadavg", "utf8")).split(" ").slice(0, 3).join(" ");
+    console.log(`network benchmark, medians of ${N} interleaved rounds (warm: bridge made, plugins cached)`);
+    console.log(`  command: node dist/bench/network.js ${process.argv.slice(2).join(" ")}`.trimEnd());
+    console.log(`  load average at the end: ${load}`);
+    for (const l of out) console.log(l);
   }
-  console.log(`network benchmark, medians of ${N} interleaved rounds (warm: bridge made, plugins cached)`);
-  console.log(`  command: node dist/bench/network.js ${process.argv.slice(2).join(" ")}`.trimEnd());
-  for (const l of out) console.log(l);
 }
 
 await main();

@@ -1010,10 +1010,14 @@ static int replace_etc_file(const char *name, const char *data) {
  * the container's root (the overlay: the image is untouched). An image without /etc gets one. Returns 0,
  * or the errno with `msg` set.
  */
+/* eth0's address from NETWORK (sent before CONFIGURE): /etc/hosts names the container on it, as runc's does */
+static char net_address[64];
+
 static int write_etc_files(const char *hostname, char *msg, size_t size) {
   char hosts[400], line[300];
   snprintf(line, sizeof line, "%s\n", hostname);
-  snprintf(hosts, sizeof hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t%s\n", hostname);
+  snprintf(hosts, sizeof hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n%s\t%s\n",
+           *net_address ? net_address : "127.0.1.1", hostname);
   if (mkdir("/etc", 0755) < 0 && errno != EEXIST) {
     int err = errno;
     snprintf(msg, size, "create /etc: %s", strerror(err));
@@ -1183,6 +1187,7 @@ static void configure_network(struct in *r) {
   char msg[300] = "";
   if (r->err) err = EINVAL, snprintf(msg, sizeof msg, "malformed NETWORK");
   if (!err && (flags & 1)) err = configure_iface(mac, address, prefix, gateway, mtu, msg, sizeof msg);
+  if (!err && (flags & 1) && address) snprintf(net_address, sizeof net_address, "%s", address);
   if (!err && *resolv) {
     if (mkdir("/etc", 0755) < 0 && errno != EEXIST) err = errno;
     if (!err) err = replace_etc_file("resolv.conf", resolv);

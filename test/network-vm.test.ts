@@ -82,13 +82,12 @@ test("NETWORK round-trips; a bad MAC is refused before it is sent", () => {
   assert.throws(() => encodeNetwork({ iface: { ...n.iface, mac: "zz" } }), /not a MAC address: zz/);
 });
 
-test("a server in a QEMU microVM answers on 127.0.0.1:PORT (-p), and a runc container reaches it by address", async () => {
+test("a server in a QEMU microVM answers on 127.0.0.1:PORT (-p), and a runc container reaches it by address; /etc/hosts names the VM's address", async () => {
   const port = await freePort();
-  const vm = await start(["sh", "-c", "ip -o -4 addr show eth0 >&2; exec httpd -f -p 80 -h /data"], {
-    runtime: "qemu",
-    publish: [`127.0.0.1:${port}:80`],
-    dns: ["192.0.2.53"],
-  });
+  const vm = await start(
+    ["sh", "-c", "ip -o -4 addr show eth0 >&2; cat /etc/hosts >&2; exec httpd -f -p 80 -h /data"],
+    { runtime: "qemu", publish: [`127.0.0.1:${port}:80`], dns: ["192.0.2.53"], hostname: "vm1" },
+  );
   try {
     const n = vm.network!;
     assert.equal(n.mode, "bridge");
@@ -105,6 +104,8 @@ test("a server in a QEMU microVM answers on 127.0.0.1:PORT (-p), and a runc cont
     vm.handle.stop("SIGTERM");
     const [[, stderr]] = await Promise.all([vm.output, vm.handle.result.catch(() => {})]);
     assert.match(stderr, new RegExp(`inet ${vm.network?.ip?.replaceAll(".", "\\.")}/24`), stderr);
+    // /etc/hosts names the VM on its address, as runc's does for a container
+    assert.ok(stderr.includes(`\n${vm.network?.ip}\tvm1\n`), stderr);
   }
   assert.deepEqual(await networkLeftovers(t.home), []);
 });

@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -39,8 +40,9 @@ import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
+import { homeRulesLeft, networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
+import { apiCall, cli, startService, stopServiceAndContainers } from "./helpers/service.js";
 import { readAll } from "./helpers/streams.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
@@ -60,11 +62,13 @@ after(async () => {
   await cleanupStaleRuns(home).catch(() => {});
   const left = [...(await leftovers(home.root, image)), ...(await networkLeftovers(home))];
   await removeHomeNetwork(home);
+  const rules = await homeRulesLeft(home);
   const bridge = await exec("ip", ["link", "show", homeNetworkNames(home).bridge], { allowFailure: true });
   await rm(tmp, { recursive: true, force: true });
   assert.deepEqual(await sweepDeadNetworks(), []);
   assert.deepEqual(left, []);
   assert.notEqual(bridge.code, 0, "the home's bridge is removed with the home");
+  assert.deepEqual(rules, [], "the home's rules are removed with it");
 });
 
 async function options(command: string[], flags: RawRunFlags = {}) {
@@ -356,4 +360,86 @@ test("KINDLING_CNI_CONF_DIR: the first config of the user's directory is the net
   } finally {
     await exec("ip", ["link", "delete", bridge], { allowFailure: true });
   }
+});
+
+test("-p of a host port in use is refused (125) before anything is made; inspect --json shows the network", async () => {
+  const port = await freePort();
+  const taken = net.createServer();
+  await new Promise<void>((r) => taken.listen(port, "127.0.0.1", () => r()));
+  try {
+    const r = await exec(
+      KINDLING,
+      ["run", "--runtime", "runc", "-p", `127.0.0.1:${port}:80`, image, "--", "true"],
+      {
+        env: { ...process.env, KINDLING_HOME: home.root, KINDLING_SOCKET: "" },
+        allowFailure: true,
+        timeout: 120_000,
+      },
+    );
+    assert.equal(r.code, 125, r.stderr);
+    assert.equal(
+      r.stderr,
+      `kindling: -p 127.0.0.1:${port}:80/tcp: host port 127.0.0.1:${port}/tcp is already in use\n`,
+    );
+  } finally {
+    taken.close();
+  }
+  assert.deepEqual(await networkLeftovers(home), []);
+  assert.deepEqual(
+    (await readdir(home.runs)).filter((f) => !f.startsWith(".")),
+    [],
+  );
+
+  // through the service: inspect --json shows address, MAC, gateway and the published port
+  const svcHome = path.join(tmp, "svc");
+  const service = await startService(svcHome);
+  try {
+    const run = await cli(svcHome, [
+      "run",
+      "-d",
+      "--runtime",
+      "runc",
+      "-p",
+      `127.0.0.1:${port}:80`,
+      image,
+      "--",
+      ...HTTPD,
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    const id = run.stdout.trim();
+    const insp = await cli(svcHome, ["inspect", id, "--json"]);
+    assert.equal(insp.code, 0, insp.stderr);
+    const n = (JSON.parse(insp.stdout) as { network: Record<string, unknown> }).network;
+    assert.equal(n.mode, "bridge");
+    assert.match(String(n.ip), /^10\.\d+\.\d+\.\d+$/);
+    assert.match(String(n.mac), /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+    assert.match(String(n.gateway), /^10\.\d+\.\d+\.1$/);
+    assert.deepEqual(n.ports, [{ hostIP: "127.0.0.1", hostPort: port, containerPort: 80, protocol: "tcp" }]);
+    assert.equal(
+      (await apiCall(path.join(svcHome, "kindling.sock"), "GET", `/v1/containers/${id}`)).status,
+      200,
+    );
+    // the same port again: another container publishes it (portmap DNATs, nothing is bound)
+    const again = await cli(svcHome, [
+      "run",
+      "-d",
+      "--runtime",
+      "runc",
+      "-p",
+      `${port}:80`,
+      image,
+      "--",
+      "true",
+    ]);
+    assert.equal(again.code, 125);
+    assert.match(again.stderr, new RegExp(`host port ${port}/tcp is already published by a container`));
+    assert.equal((await cli(svcHome, ["rm", "-f", id])).code, 0);
+  } finally {
+    await service.stop().catch(() => {});
+    await stopServiceAndContainers(svcHome);
+  }
+  const svc = new KindlingHome(svcHome);
+  await cleanupStaleRuns(svc);
+  assert.deepEqual(await networkLeftovers(svc), []);
+  await removeHomeNetwork(svc);
 });

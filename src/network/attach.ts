@@ -7,7 +7,7 @@ import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import type { Scope } from "../util/scope.js";
 import { addNetworkList, type CniAttachment, type CniResult } from "./cni.js";
-import { homeNetworkNames, LOOPBACK_LIST, loadNetwork, type NetworkSettings } from "./conflist.js";
+import { homeNetworkNames, loadNetwork, type NetworkSettings } from "./conflist.js";
 import { createNetns } from "./netns.js";
 import { RunRecorder, recordHome } from "./owners.js";
 import type { NetworkResource } from "./resources.js";
@@ -90,14 +90,9 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
   };
   const netnsResource: NetworkResource = { kind: "netns", name: netnsName };
   await holder.hold(req.scope, netnsResource);
-  const netns = await createNetns(netnsName);
+  const netns = await createNetns(netnsName); // with lo up
   const dirs = req.settings.pluginDirs;
-  const loopback = addNetworkList(LOOPBACK_LIST, { containerId: req.runId, netns, ifName: "lo" }, dirs);
-  loopback.catch(() => {}); // awaited below; no unhandled rejection if a step before that fails
-  if (!list) {
-    await loopback;
-    return { info: { mode, netns, ports: [] }, netnsName, netnsPath: netns };
-  }
+  if (!list) return { info: { mode, netns, ports: [] }, netnsName, netnsPath: netns };
   const attachment: CniAttachment = {
     containerId: req.runId,
     netns,
@@ -106,11 +101,7 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
   };
   const cni: NetworkResource = { kind: "cni", list, attachment, pluginDirs: dirs };
   await holder.hold(req.scope, cni);
-  // both settle before an error is thrown: nothing still runs in the namespace when the scope deletes it
-  const [adding, lo] = await Promise.allSettled([addNetworkList(list, attachment, dirs), loopback]);
-  if (adding.status === "rejected") throw adding.reason;
-  if (lo.status === "rejected") throw lo.reason;
-  const result = adding.value;
+  const result = await addNetworkList(list, attachment, dirs);
   await holder.update(cni, { result });
   return { info: infoOf(result, list.name, netns, ports), netnsName, netnsPath: netns, result };
 }

@@ -11,6 +11,7 @@ import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import type { CniConfList, CniPluginConf } from "./cni.js";
+import { ensureHomeRules, removeHomeRules } from "./homerules.js";
 import { forgetHome, homeTag } from "./owners.js";
 
 /** Where Debian's containernetworking-plugins puts the plugins, then the upstream default. */
@@ -51,7 +52,11 @@ export function homeNetworkNames(home: KindlingHome): HomeNetworkNames {
   };
 }
 
-/** Kindling's default network for `names`, on `subnet`. */
+/**
+ * Kindling's default network for `names`, on `subnet`. Outbound NAT and forwarding are the home's rules
+ * (homerules.ts: made once per home and boot, one process) rather than the bridge plugin's `ipMasq` and
+ * the firewall plugin's, which cost about 8 iptables processes each per run on ADD and again on DEL.
+ */
 export function defaultConfList(names: HomeNetworkNames, subnet: string): CniConfList {
   return {
     cniVersion: CNI_VERSION,
@@ -61,7 +66,7 @@ export function defaultConfList(names: HomeNetworkNames, subnet: string): CniCon
         type: "bridge",
         bridge: names.bridge,
         isGateway: true,
-        ipMasq: true,
+        ipMasq: false,
         hairpinMode: true,
         ipam: {
           type: "host-local",
@@ -71,7 +76,6 @@ export function defaultConfList(names: HomeNetworkNames, subnet: string): CniCon
         },
       },
       { type: "portmap", capabilities: { portMappings: true }, snat: true },
-      { type: "firewall", backend: "iptables" },
     ],
   };
 }
@@ -86,7 +90,16 @@ export const LOOPBACK_LIST: CniConfList = {
 /** The network a run in `home` joins with `--network bridge`. */
 export async function loadNetwork(home: KindlingHome, settings: NetworkSettings): Promise<CniConfList> {
   if (settings.cniConfDir) return loadUserNetwork(settings.cniConfDir);
-  return homeDefaultNetwork(home);
+  const list = await homeDefaultNetwork(home);
+  const subnet = defaultSubnet(list);
+  if (subnet) await ensureHomeRules(homeNetworkNames(home).tag, subnet);
+  return list;
+}
+
+/** The subnet of a default network (its bridge's host-local range). */
+function defaultSubnet(list: CniConfList): string | undefined {
+  const ipam = list.plugins[0]?.ipam as { ranges?: { subnet?: string }[][] } | undefined;
+  return ipam?.ranges?.[0]?.[0]?.subnet;
 }
 
 /** The first config of `dir` in lexical order (.conflist, .conf, .json), as libcni picks the default. */
@@ -225,5 +238,6 @@ export async function removeHomeNetwork(home: KindlingHome): Promise<void> {
   if (r.code !== 0 && !/Cannot find device|does not exist/i.test(r.stderr)) {
     throw new Error(`ip link delete ${bridge} failed: ${r.stderr.trim()}`);
   }
+  await removeHomeRules(tag);
   await forgetHome(tag);
 }

@@ -49,7 +49,9 @@ export async function recordHome(homeRoot: string): Promise<void> {
   await writeFileAtomic(file, `${JSON.stringify(rec)}\n`);
 }
 
+/** Drops a home's record and the marker of its rules (homerules.ts). */
 export async function forgetHome(tag: string): Promise<void> {
+  await unlink(path.join(HOMES, `${tag}.rules`)).catch(() => {});
   await unlink(homeFile(tag)).catch(() => {});
 }
 

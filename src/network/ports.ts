@@ -1,6 +1,8 @@
 /** `-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`, checked and turned into CNI portMappings. */
-import { isIPv4 } from "node:net";
+import dgram from "node:dgram";
+import net, { isIPv4 } from "node:net";
 import { KindlingError } from "../util/errors.js";
+import { exec } from "../util/exec.js";
 import type { PortMapping } from "./types.js";
 
 function port(spec: string, what: string, s: string): number {
@@ -48,5 +50,68 @@ export function parsePublishFlags(specs: string[]): PortMapping[] {
       );
     seen.set(key, spec);
   });
+  return out;
+}
+
+/**
+ * Refuses a `-p` whose host port is taken, before anything is made: by a process on the host (bound
+ * now: tried with a bind of our own, released at once) or by another container's published port
+ * (portmap DNATs without binding, so only its rules tell; the first rule would win and this run's
+ * port would silently not reach it). Docker refuses both ("port is already allocated").
+ */
+export async function checkHostPortsFree(ports: PortMapping[]): Promise<void> {
+  if (ports.length === 0) return;
+  const published = await publishedPorts();
+  for (const p of ports) {
+    const what = `-p ${p.hostIP === "0.0.0.0" ? "" : `${p.hostIP}:`}${p.hostPort}:${p.containerPort}/${p.protocol}`;
+    if (published.has(`${p.hostPort}/${p.protocol}`)) {
+      throw new KindlingError(
+        `${what}: host port ${p.hostPort}/${p.protocol} is already published by a container`,
+      );
+    }
+    const err = await tryBind(p);
+    if (err === "EADDRINUSE") {
+      throw new KindlingError(`${what}: host port ${p.hostIP}:${p.hostPort}/${p.protocol} is already in use`);
+    }
+    if (err === "EADDRNOTAVAIL") {
+      throw new KindlingError(`${what}: ${p.hostIP} is not an address of this host`);
+    }
+  }
+}
+
+/** Binds the port and lets it go; the error code if that failed. */
+function tryBind(p: PortMapping): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const done = (err?: NodeJS.ErrnoException) => resolve(err?.code ?? (err ? String(err) : undefined));
+    if (p.protocol === "udp") {
+      const s = dgram.createSocket("udp4");
+      s.once("error", (err) => {
+        s.close();
+        done(err);
+      });
+      s.bind({ port: p.hostPort, address: p.hostIP, exclusive: true }, () => s.close(() => done()));
+      return;
+    }
+    const s = net.createServer();
+    s.once("error", done);
+    s.listen({ port: p.hostPort, host: p.hostIP, exclusive: true }, () => s.close(() => done()));
+  });
+}
+
+/** "PORT/proto" of every host port a CNI portmap rule (any network's) DNATs now. */
+async function publishedPorts(): Promise<Set<string>> {
+  const r = await exec("iptables", ["-w", "5", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT"], {
+    allowFailure: true,
+  });
+  const out = new Set<string>();
+  for (const line of r.stdout.split("\n")) {
+    const proto = / -p (tcp|udp) /.exec(line)?.[1];
+    const dports = / --dports (\S+)/.exec(line)?.[1];
+    if (!proto || !dports) continue;
+    for (const d of dports.split(",")) {
+      const [a, b = a] = d.split(":").map(Number);
+      for (let port = a!; port <= b! && port - a! < 65536; port++) out.add(`${port}/${proto}`);
+    }
+  }
   return out;
 }

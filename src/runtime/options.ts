@@ -2,7 +2,7 @@ import { realpath } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import path from "node:path";
 import { hostEnv } from "../config/index.js";
-import { parsePublishFlags } from "../network/ports.js";
+import { checkHostPortsFree, parsePublishFlags } from "../network/ports.js";
 import { parseDnsFlags } from "../network/resolv.js";
 import { NETWORK_MODES, type NetworkMode } from "../network/types.js";
 import { KindlingError } from "../util/errors.js";
@@ -84,6 +84,7 @@ export async function parseRunOptions(
   if (publish.length > 0 && network !== "bridge") {
     throw new KindlingError(`-p needs --network bridge (got --network ${network})`);
   }
+  await checkHostPortsFree(publish);
   const agent =
     flags.agent === undefined
       ? undefined

@@ -1,7 +1,8 @@
 /**
  * What runs of one home could have left on the host's network, scoped to that home so other tests
  * running at the same time do not count: namespaces with its prefix, links on its bridge, iptables
- * rules naming its network or addresses of its subnet, and IPAM leases.
+ * rules naming its network or addresses of its subnet (but the home's own rules, which stay with it as
+ * its bridge does), and IPAM leases.
  */
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
@@ -28,7 +29,12 @@ export async function networkLeftovers(home: KindlingHome): Promise<string[]> {
   for (const table of ["nat", "filter"]) {
     const rules = (await exec("iptables", ["-t", table, "-S"])).stdout.split("\n");
     for (const r of rules) {
-      if (r.includes(`"${names.network}"`) || (prefix && r.includes(prefix)))
+      if (r.includes(`"${names.network} `)) continue; // the home's own rules (homerules.ts), like its bridge
+      if (
+        r.includes(`"${names.network}`) ||
+        r.includes(`${names.network}\\"`) ||
+        (prefix && r.includes(prefix))
+      )
         out.push(`iptables -t ${table}: ${r}`);
     }
   }
@@ -50,4 +56,15 @@ export async function networkSnapshot(home: KindlingHome): Promise<string[]> {
  */
 export async function sweepDeadNetworks(): Promise<string[]> {
   return (await sweepNetwork({ full: true })).errors;
+}
+
+/** The iptables rules (nat and filter) that name the home's network at all, its own rules included. */
+export async function homeRulesLeft(home: KindlingHome): Promise<string[]> {
+  const { network } = homeNetworkNames(home);
+  const out: string[] = [];
+  for (const table of ["nat", "filter"]) {
+    for (const r of (await exec("iptables", ["-t", table, "-S"])).stdout.split("\n"))
+      if (r.includes(network)) out.push(`iptables -t ${table}: ${r}`);
+  }
+  return out;
 }
