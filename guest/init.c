@@ -905,6 +905,7 @@ static void flush_stdin(struct proc *p) {
  * options (root, writable layer); then the drives come back and stage 1 and 2 run as at a boot.
  */
 static void setup(struct in *r) {
+  if (debug_on) logmsg("setup: received");
   uint32_t sec_lo = in_u32(r), sec_hi = in_u32(r), nsec = in_u32(r);
   uint32_t seed_len = in_u32(r);
   const uint8_t *seed = r->p;

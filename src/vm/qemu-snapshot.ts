@@ -173,7 +173,9 @@ async function restore(ctx: QemuBoot, found: FoundSnapshot, plan: SnapshotPlan):
     const loading = Date.now();
     await migrationDone(ctx, qmp, ctx.deadline, "restore");
     vm.stages.restore = Date.now() - loading;
+    const cont = Date.now();
     await qmp.execute("cont");
+    vm.stages.cont = Date.now() - cont;
   } catch (err) {
     if (Date.now() > ctx.deadline)
       throw new BootFailure(`restore of snapshot ${plan.key}: ${(err as Error).message}`);
