@@ -10,12 +10,13 @@
  *     the bridge plugin's per-run masquerade, the firewall plugin): ratios in one interleaved run.
  *     A breakdown of each step of both. For a VM, plus the TAP wired to the veth (tap.ts). Design B (a
  *     TAP enslaved to the bridge, an address from host-local called directly) measured beside it.
- *   end to end: `kindling run -- true` with --network bridge vs host (runc), through the API.
+ *   end to end: `true` with --network bridge vs host (runc), through the API in-process (teardown inline)
+ *     and through the CLI (`kindling run`: a process per run, the network's teardown handed off).
  *   throughput: 1 GiB over TCP, host -> runc container over the bridge and runc container -> QEMU VM,
  *     as a ratio to the same transfer over plain loopback on the host (busybox nc on both ends).
  */
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -30,8 +31,10 @@ import {
   removeHomeNetwork,
 } from "../src/network/conflist.js";
 import { createNetns, deleteNetns } from "../src/network/netns.js";
+import { OWNERS_DIR } from "../src/network/owners.js";
 import { type NetworkResource, releaseNetworkResource } from "../src/network/resources.js";
 import { wireTap } from "../src/network/tap.js";
+import { teardownInBackground } from "../src/network/teardown.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
@@ -110,6 +113,44 @@ async function main(): Promise<void> {
       });
       return now() - t0;
     };
+    // the CLI's foreground run: the teardown is handed to a process of its own (teardown.ts); the row is
+    // setup + hand-off; the released process's own time is measured apart, and waited for before the next round
+    const handedOffMs: number[] = [];
+    const backgroundMs: number[] = [];
+    const handedOff = async () => {
+      const t0 = now();
+      const runId = `h${process.pid}${seq++}`;
+      teardownInBackground(true);
+      try {
+        await Scope.with(async (scope) => {
+          await setUpNetwork({
+            home,
+            runId,
+            mode: "bridge",
+            ports: [],
+            settings: networkSettings(),
+            holder: holder(scope),
+            scope,
+          });
+        });
+      } finally {
+        teardownInBackground(false);
+      }
+      const t1 = now();
+      handedOffMs.push(t1 - t0);
+      const record = path.join(OWNERS_DIR, "runs", `${names.netnsPrefix}${runId}.json`);
+      for (
+        let i = 0;
+        i < 3000 &&
+        (await readFile(record).then(
+          () => true,
+          () => false,
+        ));
+        i++
+      )
+        await sleep(5);
+      backgroundMs.push(now() - t1);
+    };
     const designB = async () => {
       const t0 = now();
       const id = `tb${process.pid % 10000}${seq++ % 100}`;
@@ -183,6 +224,9 @@ async function main(): Promise<void> {
     for (const k of Object.keys(steps)) steps[k] = [];
     beforeSetupMs.length = 0;
     setupMs.length = 0;
+    await handedOff();
+    handedOffMs.length = 0;
+    backgroundMs.length = 0;
     const t = {
       runc: [] as number[],
       before: [] as number[],
@@ -193,6 +237,7 @@ async function main(): Promise<void> {
     for (let i = 0; i < N; i++) {
       t.runc.push(await runcShape(false, false));
       t.before.push(await beforeShape());
+      await handedOff();
       await nowSteps();
       t.runcP.push(await runcShape(true, false));
       t.vm.push(await runcShape(false, true));
@@ -206,6 +251,14 @@ async function main(): Promise<void> {
     row(
       "  of which setup (before the process can start)",
       `${median(setupMs).toFixed(1)} ms (${ratio(median(setupMs), median(beforeSetupMs))} of before)`,
+    );
+    row(
+      "  setup + teardown handed to a process of its own (kindling run, the CLI)",
+      `${median(handedOffMs).toFixed(1)} ms (${ratio(median(handedOffMs), median(t.before))} of before)`,
+    );
+    row(
+      "    that process, from the hand-off to the record's removal (off the path)",
+      `${median(backgroundMs).toFixed(1)} ms`,
     );
     row(
       "  before: ip netns add, lo plugin, bridge with per-run masquerade, firewall",
@@ -262,8 +315,52 @@ async function main(): Promise<void> {
     }
     const eb = median(e.bridge);
     const eh = median(e.host);
-    row("kindling run -- true, runc, --network host (no networking)", `${eh.toFixed(1)} ms`);
-    row("kindling run -- true, runc, --network bridge", `${eb.toFixed(1)} ms (+${(eb - eh).toFixed(1)} ms)`);
+    row("runContainer `true` in-process, runc, --network host (no networking)", `${eh.toFixed(1)} ms`);
+    row(
+      "runContainer `true` in-process, runc, --network bridge (teardown inline)",
+      `${eb.toFixed(1)} ms (+${(eb - eh).toFixed(1)} ms)`,
+    );
+    // the CLI: a process per run; with bridge, the teardown is handed off (waited for between rounds)
+    const cli = async (network: string) => {
+      const t0 = now();
+      await exec(
+        process.execPath,
+        [
+          path.join(REPO, "bin", "kindling"),
+          "run",
+          "--runtime",
+          "runc",
+          "--network",
+          network,
+          image,
+          "--",
+          "true",
+        ],
+        {
+          env: { ...process.env, KINDLING_HOME: home.root, KINDLING_SOCKET: "" },
+        },
+      );
+      const ms = now() - t0;
+      const runs = path.join(OWNERS_DIR, "runs");
+      const mine = async () =>
+        (await readdir(runs).catch(() => [] as string[])).some((f) => f.startsWith(names.netnsPrefix));
+      for (let i = 0; i < 3000 && (await mine()); i++) await sleep(5);
+      return ms;
+    };
+    await cli("bridge");
+    await cli("host");
+    const c = { bridge: [] as number[], host: [] as number[] };
+    for (let i = 0; i < N; i++) {
+      c.bridge.push(await cli("bridge"));
+      c.host.push(await cli("host"));
+    }
+    const cb = median(c.bridge);
+    const ch = median(c.host);
+    row("kindling run --runtime runc IMAGE -- true (CLI), --network host", `${ch.toFixed(1)} ms`);
+    row(
+      "kindling run ... (CLI), --network bridge (teardown handed off)",
+      `${cb.toFixed(1)} ms (+${(cb - ch).toFixed(1)} ms, ${(cb / ch).toFixed(2)}x)`,
+    );
 
     // -- throughput: plain loopback baseline, host -> container, container -> VM
     const sendFromHost = async (host: string, port: number) => {

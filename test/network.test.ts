@@ -26,6 +26,7 @@ import {
   homeDefaultNetwork,
   homeNetworkNames,
   listNetns,
+  OWNERS_DIR,
   parseConf,
   parsePublish,
   parsePublishFlags,
@@ -442,4 +443,29 @@ test("-p of a host port in use is refused (125) before anything is made; inspect
   await cleanupStaleRuns(svc);
   assert.deepEqual(await networkLeftovers(svc), []);
   await removeHomeNetwork(svc);
+});
+
+test("the CLI's run hands its network teardown to a process of its own; nothing is left soon after", async () => {
+  const r = await exec(
+    KINDLING,
+    ["run", "--runtime", "runc", image, "--", "sh", "-c", "ip -o -4 addr show eth0"],
+    {
+      env: { ...process.env, KINDLING_HOME: home.root, KINDLING_SOCKET: "" },
+      allowFailure: true,
+      timeout: 120_000,
+    },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /inet 10\.\d+\.\d+\.\d+\/24/);
+  const deadline = Date.now() + 60_000;
+  let left = await networkLeftovers(home);
+  while (left.length > 0 && Date.now() < deadline) {
+    await sleep(100);
+    left = await networkLeftovers(home);
+  }
+  assert.deepEqual(left, [], "released within 60 s of the run's exit");
+  const records = (await readdir(path.join(OWNERS_DIR, "runs")).catch(() => [] as string[])).filter((f) =>
+    f.startsWith(homeNetworkNames(home).netnsPrefix),
+  );
+  assert.deepEqual(records, []);
 });

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { configure } from "../config/index.js";
+import { teardownInBackground } from "../network/teardown.js";
 import { resolveImage } from "../runtime/image.js";
 import { runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
@@ -67,6 +68,8 @@ export function registerRunCommand(program: Command): void {
       const options = await parseRunOptions(image, command, { ...flags, runtime: cfg.runtime }, process.env);
       // auto is decided here, when the run starts, not while parsing flags (it probes the host)
       const runtime = await runtimeFor(options);
+      // the process exits once the status is known: the network's teardown goes to a process of its own
+      teardownInBackground(true);
       const handle = runContainer({ home, options, image: await resolveImage(home, image), runtime });
       // Ours, not main.ts's: stop the container (TERM, grace, KILL), then exit with its status.
       const signals: StopReason[] = ["SIGINT", "SIGTERM", "SIGHUP"];

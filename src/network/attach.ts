@@ -5,13 +5,14 @@
  */
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-import type { Scope } from "../util/scope.js";
+import { Scope } from "../util/scope.js";
 import { addNetworkList, type CniAttachment, type CniResult } from "./cni.js";
 import { homeNetworkNames, loadNetwork, type NetworkSettings } from "./conflist.js";
 import { createNetns } from "./netns.js";
 import { RunRecorder, recordHome } from "./owners.js";
-import type { NetworkResource } from "./resources.js";
+import { type NetworkResource, releaseNetworkResource } from "./resources.js";
 import { sweepNetwork } from "./sweep.js";
+import { inBackground, startReleaseProcess } from "./teardown.js";
 import type { NetworkInfo, NetworkMode, PortMapping } from "./types.js";
 
 export const CONTAINER_IFNAME = "eth0";
@@ -78,10 +79,15 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
   const netnsName = `${homeNetworkNames(req.home).netnsPrefix}${req.runId}`;
   // every resource is recorded on the host too (owners.ts), for the sweep if the home goes away
   const recorder = new RunRecorder(req.home.root, req.runId, netnsName);
+  // A background teardown (teardown.ts): owner.json still records each resource (a crash before the
+  // hand-off is cleaned from it), but the run's scope releases them with one step that hands them over.
+  const handOff = inBackground();
+  if (handOff) req.scope.defer(`network of ${netnsName}`, () => handOver(recorder));
+  const releasingScope = handOff ? new Scope() : req.scope; // never closed: the hand-off releases
   const holder: ResourceHolder = {
-    async hold(scope, r) {
+    async hold(_scope, r) {
       await recorder.add(r);
-      await req.holder.hold(scope, r);
+      await req.holder.hold(releasingScope, r);
     },
     async update(r, change) {
       await req.holder.update(r, change);
@@ -104,6 +110,13 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
   const result = await addNetworkList(list, attachment, dirs);
   await holder.update(cni, { result });
   return { info: infoOf(result, list.name, netns, ports), netnsName, netnsPath: netns, result };
+}
+
+/** Hands the run's network to a release process (or, if none starts, releases it here). */
+async function handOver(recorder: RunRecorder): Promise<void> {
+  const pid = await startReleaseProcess(recorder.netnsName);
+  if (pid !== undefined) return recorder.handOver(pid);
+  for (const r of [...recorder.resources].reverse()) await releaseNetworkResource(r);
 }
 
 /** The container's address, MAC and gateway from a CNI result (the interface in the sandbox). */

@@ -9,4 +9,5 @@ export * from "./resolv.js";
 export * from "./resources.js";
 export * from "./sweep.js";
 export * from "./tap.js";
+export * from "./teardown.js";
 export * from "./types.js";

@@ -84,8 +84,19 @@ export class RunRecorder {
     };
   }
 
+  get resources(): readonly NetworkResource[] {
+    return this.rec.resources;
+  }
+
   add(r: NetworkResource): Promise<void> {
     this.rec.resources.push(r);
+    return this.save();
+  }
+
+  /** Makes `pid` the owner (the process the teardown was handed to), so no sweep takes it meanwhile. */
+  handOver(pid: number): Promise<void> {
+    this.rec.pid = pid;
+    this.rec.startTime = processStartTime(pid) ?? 0;
     return this.save();
   }
 
@@ -109,6 +120,10 @@ export async function readRunRecords(): Promise<{ netnsName: string; rec: RunRec
     if (rec && Array.isArray(rec.resources)) out.push({ netnsName: f.slice(0, -5), rec });
   }
   return out;
+}
+
+export async function readRunRecord(netnsName: string): Promise<RunRecord | undefined> {
+  return readJson<RunRecord>(runRecordFile(netnsName));
 }
 
 /** Drops a run's record once its namespace (the first thing it made, released last) is gone. */

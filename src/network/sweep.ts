@@ -172,7 +172,7 @@ async function kindlingBridges(): Promise<Set<string>> {
  * Releases a dead run's resources in reverse. A host-local lease kept under a home that is gone went
  * with it: its DEL is pointed at a scratch directory, or host-local would make the home's path again.
  */
-async function releaseRun(netnsName: string, rec: RunRecord, report: SweepReport): Promise<void> {
+export async function releaseRun(netnsName: string, rec: RunRecord, report: SweepReport): Promise<void> {
   const homeGone = !(await exists(rec.home));
   let scratch: string | undefined;
   const failed: { resource: NetworkResource; err: unknown }[] = [];
