@@ -60,6 +60,33 @@ test("bench --json: one runc/lazy busybox warm row with every column", { timeout
   assert.ok(row.firstOutputMs <= row.totalMs && row.prepMs <= row.firstOutputMs);
 });
 
+test("bench --json: a cold runc/lazy row has the fetch columns", { timeout: 120_000 }, async (t) => {
+  if (!(await findBinary("runc"))) return t.skip("runc is not installed");
+  const r = await runCli(
+    [
+      "bench",
+      "--json",
+      "--reps",
+      "1",
+      "--no-warmup",
+      "--filter",
+      "^runc:lazy:busybox:0:cold$",
+      "--work-dir",
+      work,
+    ],
+    { timeoutMs: 110_000 },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  const [row] = JSON.parse(r.stdout) as BenchRow[];
+  assert.equal(variantKey(row!), "runc:lazy:busybox:0:cold");
+  assert.ok(row!.fetchedBytes > 0, "a cold run fetches");
+  assert.ok(
+    Number.isFinite(row!.ttfbMs) && row!.ttfbMs! >= 0 && row!.ttfbMs! <= row!.totalMs,
+    `ttfbMs ${row!.ttfbMs}`,
+  );
+  assert.ok(Number.isFinite(row!.fetchMBps) && row!.fetchMBps! > 0, `fetchMBps ${row!.fetchMBps}`);
+});
+
 test("the plan: --filter narrows, --quick is the small image, a directory has only warm", () => {
   const units = planUnits({ quick: false, filters: [/^runc:dir:/] });
   assert.ok(units.length > 0);

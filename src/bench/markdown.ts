@@ -15,12 +15,24 @@ const KEY_HEADER = ["runtime", "rootfs", "image", "bindMounts", "cache"];
 /** What the host does and keeps per container: unaffected by the guest's emulation. */
 export function hostSideTable(rows: BenchRow[]): string {
   return table(
-    [...KEY_HEADER, "prepMs", "fetchedBytes", "fetched/image", "blockSize", "diskBytes", "disk/image"],
+    [
+      ...KEY_HEADER,
+      "prepMs",
+      "fetchedBytes",
+      "fetched/image",
+      "ttfbMs",
+      "fetch MB/s",
+      "blockSize",
+      "diskBytes",
+      "disk/image",
+    ],
     rows.map((r) => [
       ...key(r),
       formatMs(r.prepMs),
       formatBytes(r.fetchedBytes),
       formatPercent(r.fetchedBytes, r.blockSize),
+      formatMs(r.ttfbMs),
+      r.fetchMBps === undefined ? "-" : r.fetchMBps.toFixed(1),
       formatBytes(r.blockSize),
       formatBytes(r.diskBytes),
       formatPercent(r.diskBytes, r.blockSize),

@@ -2,11 +2,13 @@
  * One run of one variant, driven through the Runtime API in-process (no hooks in the runtimes):
  *   t0 = before the run dir and prepare(); prepMs = prepare() (or the runtime's own prepMs);
  *   firstOutputMs = t0 -> first byte on the piped stdout; totalMs = t0 -> exit and release;
- *   fetchedBytes = chunk bytes that arrived in the home during the run;
+ *   fetchedBytes = chunk bytes that arrived in the home during the run; for a run that fetched,
+ *   fetchMBps = fetchedBytes / totalMs, and ttfbMs = t0 -> the first chunk from the registry (lazy
+ *   daemons' counters);
  *   diskBytes = the run dir on disk after the process ended, before release.
  */
 
-import { imageStats } from "../lazy/index.js";
+import { daemonStats, imageStats, liveDaemonPids } from "../lazy/index.js";
 import { resolveImage } from "../runtime/image.js";
 import { RunDir } from "../runtime/rundir.js";
 import type { Container, RunOptions, Runtime } from "../runtime/types.js";
@@ -38,6 +40,8 @@ export interface Measured {
   blockSize: number;
   diskBytes: number;
   bootMs?: number;
+  ttfbMs?: number;
+  fetchMBps?: number;
 }
 
 /** What VM runtimes may report on their Container (optional: measured from outside otherwise). */
@@ -62,6 +66,7 @@ export async function measureRun(t: RunTarget): Promise<Measured> {
   let blockSize = 0;
   let bootMs: number | undefined;
   const t0 = now();
+  const startedAt = Date.now();
   await Scope.with(async (scope) => {
     const image = await resolveImage(t.home, t.imageRef);
     blockSize = (await loadImage(t.home, t.imageRef)).blockSize;
@@ -111,7 +116,27 @@ export async function measureRun(t: RunTarget): Promise<Measured> {
   const after = await fetchedSoFar(t.home, t.imageRef);
   // Whichever path fetched (lazy daemon, or a runtime reading the store), the larger count is real.
   const fetchedBytes = Math.max(after.local - before.local, after.lazy - before.lazy);
-  return { prepMs, firstOutputMs, totalMs, fetchedBytes, blockSize, diskBytes, bootMs };
+  const fetch = fetchedBytes > 0 ? await firstChunk(t.home, t.imageRef, startedAt) : undefined;
+  return {
+    prepMs,
+    firstOutputMs,
+    totalMs,
+    fetchedBytes,
+    blockSize,
+    diskBytes,
+    bootMs,
+    ...(fetchedBytes > 0 ? { fetchMBps: fetchedBytes / 1e3 / totalMs } : {}),
+    ...(fetch !== undefined ? { ttfbMs: fetch } : {}),
+  };
+}
+
+/** ms from `since` (epoch) to the first chunk a lazy daemon of the image got after it, if any. */
+async function firstChunk(home: KindlingHome, ref: string, since: number): Promise<number | undefined> {
+  const { digest } = await loadImage(home, ref);
+  const firsts = (await daemonStats(home, digest, await liveDaemonPids(home, digest)))
+    .map((s) => s.firstChunkAt ?? 0)
+    .filter((at) => at >= since);
+  return firsts.length ? Math.min(...firsts) - since : undefined;
 }
 
 function collect(stream: NodeJS.ReadableStream | null, into: Buffer[], onFirst?: () => void): Promise<void> {

@@ -11,6 +11,8 @@ export const COLUMNS: (keyof BenchRow)[] = [
   "firstOutputMs",
   "totalMs",
   "fetchedBytes",
+  "ttfbMs",
+  "fetchMBps",
   "blockSize",
   "diskBytes",
 ];

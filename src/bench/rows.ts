@@ -13,6 +13,10 @@ export interface BenchRow {
   totalMs: number;
   /** Bytes fetched from the store (registry) during the run. */
   fetchedBytes: number;
+  /** Runs whose lazy daemon fetched: from the start of `run` to its first chunk from the registry, ms. */
+  ttfbMs?: number;
+  /** Runs that fetched: fetchedBytes per second of the run (totalMs), MB/s. */
+  fetchMBps?: number;
   /** Bytes of the image's block image. */
   blockSize: number;
   /** Per-container disk used on the host (allocated blocks of the run dir), bytes. */
@@ -29,6 +33,8 @@ export const NUMERIC_COLUMNS = [
   "firstOutputMs",
   "totalMs",
   "fetchedBytes",
+  "ttfbMs",
+  "fetchMBps",
   "diskBytes",
   "bootMs",
 ] as const satisfies (keyof BenchRow)[];

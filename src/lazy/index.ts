@@ -17,7 +17,7 @@ export {
 } from "./client.js";
 export { mountImage, umountImage } from "./mount.js";
 export { liveDaemonPids } from "./shared.js";
-export { type ImageLazyStats, imageStats, removeImageStats } from "./stats.js";
+export { daemonStats, type ImageLazyStats, imageStats, removeImageStats } from "./stats.js";
 export { lazyUnsupportedReason } from "./support.js";
 export type { FetchPolicy, LazyOptions, LazyStats } from "./types.js";
 

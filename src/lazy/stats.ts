@@ -121,3 +121,37 @@ export async function imageStats(home: KindlingHome, digest: string): Promise<Im
 export async function removeImageStats(home: KindlingHome, digest: string): Promise<void> {
   await rm(statsDir(home, digest), { recursive: true, force: true });
 }
+
+/**
+ * The counters of every daemon that served `digest` in this home, fresh: live daemons are asked to
+ * write theirs now (SIGUSR2), waited for up to 2 s.
+ */
+export async function daemonStats(home: KindlingHome, digest: string, pids: number[]): Promise<LazyStats[]> {
+  const asked = new Date().toISOString();
+  for (const pid of pids) {
+    try {
+      process.kill(pid, "SIGUSR2");
+    } catch {
+      // gone meanwhile: its file is final
+    }
+  }
+  const dir = statsDir(home, digest);
+  const readAll = async () => {
+    const all: LazyStats[] = [];
+    for (const f of await readdir(dir).catch(() => [] as string[])) {
+      if (!f.endsWith(".json") || f.startsWith(".")) continue;
+      const s = await readFile(path.join(dir, f), "utf8").then(
+        (t) => JSON.parse(t) as LazyStats,
+        () => null,
+      );
+      if (s) all.push(s);
+    }
+    return all;
+  };
+  for (let waited = 0; waited < 2000; waited += 10) {
+    const all = await readAll();
+    if (all.filter((s) => s.updated >= asked).length >= pids.length) return all;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return readAll();
+}
