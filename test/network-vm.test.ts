@@ -15,6 +15,7 @@ import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns, readOwner } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
 import { decodeNetwork, encodeNetwork } from "../src/vm/agent/protocol.js";
+import { killRunOwner } from "./helpers/home-service.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
@@ -121,7 +122,7 @@ test("a VM with --network none has only lo, and --dns still writes its resolv.co
   assert.equal(out, "lo\nnameserver 192.0.2.53\n");
 });
 
-test("a SIGKILLed `kindling run` of a VM leaves no namespace, TAP, lease or rule after the next start", async () => {
+test("a SIGKILLed run owner of a VM leaves no namespace, TAP, lease or rule after the next start", async () => {
   const port = await freePort();
   const child = spawn(
     KINDLING,
@@ -146,9 +147,11 @@ test("a SIGKILLed `kindling run` of a VM leaves no namespace, TAP, lease or rule
     assert.equal(await fetchText(`http://127.0.0.1:${port}/hello`, 180_000), "hello from layer 2\n");
     assert.notDeepEqual(await networkLeftovers(t.home), [], "the run holds a namespace, a lease and rules");
   } finally {
-    child.kill("SIGKILL");
+    // the run's owner is its supervisor under the service: its crash leaves everything
+    const exited = new Promise((r) => child.once("exit", r));
+    await killRunOwner(t.home.runs).catch(() => child.kill("SIGKILL"));
+    await exited;
   }
-  await new Promise((r) => child.once("exit", r));
   // the next start (any run) cleans up after the dead one
   const report = await cleanupStaleRuns(t.home);
   assert.deepEqual(report.errors, []);

@@ -11,6 +11,7 @@ import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { getRuntime, runtimeFor } from "../src/runtime/runtimes.js";
 import { KindlingHome } from "../src/util/home.js";
+import { killRunOwner } from "./helpers/home-service.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { kindlingRaw } from "./helpers/rawbytes.js";
@@ -264,15 +265,17 @@ test("Ctrl-C (SIGINT to kindling) sends TERM to the container, then KILL; status
   await assertClean();
 });
 
-test("a run whose kindling was SIGKILLed is cleaned up by the next run, a live one is not touched", async () => {
+test("a run whose owner was SIGKILLed is cleaned up by the next run, a live one is not touched", async () => {
   const dead = await spawnCli([image, "--", "sh", "-c", "echo ready; exec sleep 30"]);
   const [id] = await readdir(home.runs);
   ids.push(id);
   // Its owner is alive: cleanup leaves it alone.
   assert.deepEqual((await cleanupStaleRuns(home)).cleaned, []);
   assert.ok((await leftovers(home.root, image, [id])).some((l) => l.startsWith("mount")));
-  dead.child.kill("SIGKILL");
-  await exitOf(dead.child);
+  // The owner is the container's supervisor (the run is the service's): its crash leaves it all.
+  await killRunOwner(home.runs);
+  assert.equal(await exitOf(dead.child), 125);
+  assert.match(dead.err(), /supervisor went away/);
   const left = await leftovers(home.root, image, [id]);
   for (const kind of ["mount", "loop", "process", "cgroup", "run dir"]) {
     assert.ok(

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, open, readdir, readFile, rm } from "node:fs/promises";
+import { mkdtemp, open, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -12,6 +12,7 @@ import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { getRuntime } from "../src/runtime/runtimes.js";
 import { findBinary } from "../src/runtime/which.js";
 import { KindlingHome } from "../src/util/home.js";
+import { killRunOwner } from "./helpers/home-service.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { readAll } from "./helpers/streams.js";
@@ -81,7 +82,7 @@ test("runsc output into a regular file is appended after what the file held", { 
   assert.equal(await readFile(file, "utf8"), "before\nhi\n");
 });
 
-test("a runsc run whose kindling was SIGKILLed is cleaned up by the next run", { skip }, async () => {
+test("a runsc run whose supervisor was SIGKILLed is cleaned up by the next run", { skip }, async () => {
   const child = spawn(
     process.execPath,
     [KINDLING, "run", "--runtime", "runsc", image, "--", "sh", "-c", "echo ready; exec sleep 30"],
@@ -91,10 +92,11 @@ test("a runsc run whose kindling was SIGKILLed is cleaned up by the next run", {
     child.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
     child.on("exit", () => reject(new Error("exited before ready")));
   });
-  const [id] = await readdir(home.runs);
+  const exited = new Promise((r) => child.on("exit", r));
+  // the run's owner is its supervisor under the service: its crash leaves everything
+  const id = await killRunOwner(home.runs);
   ids.push(id);
-  child.kill("SIGKILL");
-  await new Promise((r) => child.on("exit", r));
+  await exited;
   const left = await leftovers(home.root, image, [id]);
   assert.ok(
     left.some((l) => l.startsWith("process")) && left.some((l) => l.startsWith("mount")),

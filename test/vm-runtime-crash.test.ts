@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir, readdir, readFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -14,6 +14,7 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
+import { killRunOwner } from "./helpers/home-service.js";
 import { leftovers, pidsNaming } from "./helpers/leftovers.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
@@ -55,7 +56,7 @@ test("the VM dies while the process runs: a clear error, and the rw mount's writ
   assert.deepEqual(await leftovers(t.home.root), []);
 });
 
-test("kindling is SIGKILLed: the next cleanup stops the VM and syncs the rw mount back", async () => {
+test("the run's owner (its supervisor) is SIGKILLed: the next cleanup stops the VM and syncs the rw mount back", async () => {
   const child = spawn(
     process.execPath,
     [
@@ -79,9 +80,10 @@ test("kindling is SIGKILLed: the next cleanup stops the VM and syncs the rw moun
     child.stdout.on("data", (d: Buffer) => d.includes("ready") && resolve());
     child.on("exit", () => reject(new Error("kindling exited before the process was ready")));
   });
-  child.kill("SIGKILL");
-  await new Promise((r) => child.once("close", r));
-  const [id] = await readdir(t.home.runs);
+  const closed = new Promise((r) => child.once("close", r));
+  // the run's owner is its supervisor under the service: its crash leaves everything
+  const id = await killRunOwner(t.home.runs);
+  await closed;
   // The guest powers off when its agent channel closes, so QEMU may be gone already; either way the
   // writes are still only in the run dir's rw drive.
   assert.equal(await readFile(path.join(rw, "kindling-crash"), "utf8").catch(() => "not yet"), "not yet");

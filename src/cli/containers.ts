@@ -1,8 +1,6 @@
 /** Container commands, as clients of the service: ps, logs, exec, stop, kill, rm, wait, inspect, events, info. */
 import type { Command } from "commander";
-import type { ContainerCreateRequest, ContainerSummary } from "../client/index.js";
-import { config } from "../config/index.js";
-import type { RawRunFlags } from "../runtime/options.js";
+import type { ContainerSummary } from "../client/index.js";
 import { KindlingError } from "../util/errors.js";
 import { api, cliClient } from "./client.js";
 
@@ -43,54 +41,26 @@ function number(flag: string, v: string | undefined, min = 0): number | undefine
   return n;
 }
 
-/** `run -d`: the flags as the API's create request (`-e K` takes K from our environment here). */
-export function createRequest(
-  image: string,
-  command: string[],
-  flags: RawRunFlags & { name?: string; rm?: boolean },
-): ContainerCreateRequest {
-  const env = (flags.env ?? []).flatMap((e) => {
-    if (e.includes("=")) return [e];
-    const v = process.env[e];
-    return v === undefined ? [] : [`${e}=${v}`];
-  });
-  return {
-    image,
-    command,
-    ...(flags.name !== undefined ? { name: flags.name } : {}),
-    // flag > KINDLING_RUNTIME > auto (the service decides auto)
-    runtime: flags.runtime ?? config().runtime,
-    ...(flags.rootfs !== undefined ? { rootfs: flags.rootfs } : {}),
-    env,
-    volumes: flags.volume ?? [],
-    ...(flags.workdir !== undefined ? { workdir: flags.workdir } : {}),
-    ...(flags.user !== undefined ? { user: flags.user } : {}),
-    ...(flags.memory !== undefined ? { memory: number("--memory", flags.memory) } : {}),
-    ...(flags.cpus !== undefined ? { cpus: number("--cpus", flags.cpus) } : {}),
-    ...(flags.timeout !== undefined ? { timeout: number("--timeout", flags.timeout) } : {}),
-    ...(flags.stopTimeout !== undefined ? { stopTimeout: number("--stop-timeout", flags.stopTimeout) } : {}),
-    ...(flags.hostname !== undefined ? { hostname: flags.hostname } : {}),
-    ...(flags.entrypoint !== undefined ? { entrypoint: flags.entrypoint } : {}),
-    ...(flags.disk !== undefined ? { disk: flags.disk } : {}),
-    ...(flags.mountPacking !== undefined ? { mountPacking: flags.mountPacking as "pack" | "per-mount" } : {}),
-    ...(flags.network !== undefined ? { network: flags.network } : {}),
-    publish: flags.publish ?? [],
-    dns: flags.dns ?? [],
-    autoRemove: flags.rm === true,
-  };
-}
-
-/** `run -d`: creates and starts the container through the service, prints its id. */
-export async function runDetached(
-  image: string,
-  command: string[],
-  flags: RawRunFlags & { name?: string; rm?: boolean },
-): Promise<void> {
-  if (flags.interactive)
-    throw new KindlingError("-i cannot be combined with -d (a detached container reads no stdin)");
+/** `ps`: the service's listing as a table, ids (-q) or JSON. */
+export async function ps(opts: { all?: boolean; json?: boolean; quiet?: boolean }): Promise<void> {
   const k = await cliClient();
-  const created = await api(k.createContainer(createRequest(image, command, flags)));
-  process.stdout.write(`${created.id}\n`);
+  const list = await api(k.listContainers({ all: opts.all }));
+  if (opts.json) return void process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+  if (opts.quiet) return void process.stdout.write(list.map((c) => `${c.id}\n`).join(""));
+  const rows = [["CONTAINER ID", "IMAGE", "RUNTIME", "COMMAND", "CREATED", "STATUS", "NAMES"]];
+  for (const c of list) {
+    const cmd = c.command.join(" ");
+    rows.push([
+      c.id,
+      c.image,
+      c.runtime,
+      JSON.stringify(cmd.length > 24 ? `${cmd.slice(0, 21)}...` : cmd),
+      `${ago(c.created)} ago`,
+      statusText(c),
+      c.name,
+    ]);
+  }
+  process.stdout.write(table(rows));
 }
 
 export function registerContainerCommands(program: Command): void {
@@ -100,26 +70,7 @@ export function registerContainerCommands(program: Command): void {
     .option("-a, --all", "also containers that have exited", false)
     .option("--json", "JSON output", false)
     .option("-q, --quiet", "ids only", false)
-    .action(async (opts: { all: boolean; json: boolean; quiet: boolean }) => {
-      const k = await cliClient();
-      const list = await api(k.listContainers({ all: opts.all }));
-      if (opts.json) return void process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
-      if (opts.quiet) return void process.stdout.write(list.map((c) => `${c.id}\n`).join(""));
-      const rows = [["CONTAINER ID", "IMAGE", "RUNTIME", "COMMAND", "CREATED", "STATUS", "NAMES"]];
-      for (const c of list) {
-        const cmd = c.command.join(" ");
-        rows.push([
-          c.id,
-          c.image,
-          c.runtime,
-          JSON.stringify(cmd.length > 24 ? `${cmd.slice(0, 21)}...` : cmd),
-          `${ago(c.created)} ago`,
-          statusText(c),
-          c.name,
-        ]);
-      }
-      process.stdout.write(table(rows));
-    });
+    .action(ps);
 
   program
     .command("logs")

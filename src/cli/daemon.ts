@@ -29,6 +29,7 @@ export function registerDaemonCommand(program: Command): void {
         log,
         idleExitMs,
         warmImages: cfg.serviceWarmImages,
+        spareSupervisor: cfg.serviceSpareSupervisor,
       });
       try {
         await service.start();

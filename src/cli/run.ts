@@ -1,16 +1,8 @@
 import type { Command } from "commander";
 import { configure } from "../config/index.js";
-import { teardownInBackground } from "../network/teardown.js";
-import { resolveImage } from "../runtime/image.js";
-import { runContainer, type StopReason } from "../runtime/lifecycle.js";
-import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
-import { runtimeFor } from "../runtime/runtimes.js";
-import { KindlingError } from "../util/errors.js";
-import { KindlingHome } from "../util/home.js";
+import { type RunFlags, runAttached, runDetached } from "./run-client.js";
 
 const collect = (value: string, previous: string[]) => [...previous, value];
-
-type RunFlags = RawRunFlags & { detach?: boolean; name?: string; rm?: boolean };
 
 export function registerRunCommand(program: Command): void {
   program
@@ -52,43 +44,12 @@ export function registerRunCommand(program: Command): void {
     )
     .option("--dns <ip>", "nameserver for the container's /etc/resolv.conf (repeatable)", collect, [])
     .option("-d, --detach", "run in the background under the service; print the container's id")
-    .option("--name <name>", "with -d: the container's name")
-    .option("--rm", "with -d: remove the container once it ends (an attached run always leaves nothing)")
+    .option("--name <name>", "the container's name (ps, logs, rm...)")
+    .option("--rm", "remove the container (its record and log) once it ends, as docker does")
     .action(async (image: string, command: string[], flags: RunFlags) => {
-      if (flags.detach) {
-        const { runDetached } = await import("./containers.js");
-        return runDetached(image, command, flags);
-      }
-      if (flags.name !== undefined) {
-        throw new KindlingError("--name needs -d: an attached run keeps no container record");
-      }
-      // flag > KINDLING_RUNTIME > auto; re-pinned (with main's flags) so everything below sees the same
-      const cfg = configure(process.env, { runtime: flags.runtime });
-      const home = new KindlingHome(cfg.home);
-      const options = await parseRunOptions(image, command, { ...flags, runtime: cfg.runtime }, process.env);
-      // auto is decided here, when the run starts, not while parsing flags (it probes the host)
-      const runtime = await runtimeFor(options);
-      // the process exits once the status is known: the network's teardown goes to a process of its own
-      teardownInBackground(true);
-      const handle = runContainer({ home, options, image: await resolveImage(home, image), runtime });
-      // Ours, not main.ts's: stop the container (TERM, grace, KILL), then exit with its status.
-      const signals: StopReason[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-      const onSignal = (s: NodeJS.Signals) => handle.stop(s as StopReason);
-      for (const s of signals) process.on(s, onSignal);
-      try {
-        const result = await handle.result;
-        if (result.message) process.stderr.write(`kindling: ${result.message}\n`);
-        if (result.stoppedBy) {
-          const why =
-            result.stoppedBy === "timeout" ? `--timeout ${options.timeoutSeconds}s` : result.stoppedBy;
-          const sig = result.signal ? ` (${result.signal})` : "";
-          process.stderr.write(
-            `kindling: container ${result.id} stopped by ${why}: status ${result.status}${sig}\n`,
-          );
-        }
-        process.exitCode = result.status;
-      } finally {
-        for (const s of signals) process.off(s, onSignal);
-      }
+      // flag > KINDLING_RUNTIME > auto; re-pinned (with main's flags): a bad value is an error here
+      configure(process.env, { runtime: flags.runtime });
+      if (flags.detach) return runDetached(image, command, flags);
+      process.exitCode = await runAttached(image, command, flags);
     });
 }

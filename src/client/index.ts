@@ -25,6 +25,7 @@ import type {
   ServiceEvent,
 } from "../service/api.js";
 import {
+  type AttachExit,
   EXEC_PROTOCOL,
   type ExecExit,
   type ExecRequest,
@@ -35,6 +36,7 @@ import {
 import { jsonRequest, rawRequest, upgradeRequest } from "../service/unixhttp.js";
 
 export type {
+  AttachExit,
   ContainerCreated,
   ContainerCreateRequest,
   ContainerExit,
@@ -81,6 +83,19 @@ export interface ExecIo {
   stdin?: Readable;
   stdout?: Writable;
   stderr?: Writable;
+}
+
+export interface AttachIo extends ExecIo {
+  /** Kindling's own notices about the run (stopping, timeout, cleanup problems), one line each. */
+  onNotice?: (text: string) => void;
+}
+
+/** An attached run in progress. */
+export interface AttachSession {
+  /** The run's end, once everything it held is released; rejects with a KindlingApiError. */
+  exit: Promise<AttachExit>;
+  /** Stops it as Ctrl-C does: SIGINT, SIGTERM or SIGHUP (TERM, grace, KILL); a second one kills. */
+  signal(name: "SIGINT" | "SIGTERM" | "SIGHUP"): void;
 }
 
 const MAIN = fileURLToPath(new URL("../cli/main.js", import.meta.url));
@@ -195,6 +210,83 @@ export class Kindling {
           );
       });
     });
+  }
+
+  /**
+   * An attached run, as `kindling run` without -d: creates the container (attach: true), attaches,
+   * and streams its output until it ends. Going away (process exit, closed socket) stops it.
+   */
+  async run(req: ContainerCreateRequest, io: AttachIo = {}): Promise<AttachSession> {
+    const created = await this.createContainer({
+      ...req,
+      attach: true,
+      ...(io.stdin ? { interactive: true } : {}),
+    });
+    return this.attach(created.id, io, { direct: true });
+  }
+
+  /**
+   * Attaches to a container created with attach: true (it starts now). Through the service, or
+   * with `direct` (the id in full) on its supervisor's socket: then the run does not depend on the
+   * service, which may restart meanwhile.
+   */
+  async attach(ref: string, io: AttachIo = {}, opts: { direct?: boolean } = {}): Promise<AttachSession> {
+    let conn: Awaited<ReturnType<typeof upgradeRequest>>;
+    try {
+      if (opts.direct) {
+        const shim = path.join(this.home, "containers", ref, "shim.sock");
+        conn = await upgradeRequest(shim, "/attach", EXEC_PROTOCOL);
+      } else {
+        await this.ensureService();
+        conn = await upgradeRequest(this.socket, `/v1/containers/${enc(ref)}/attach`, EXEC_PROTOCOL);
+      }
+    } catch (err) {
+      const e = err as Error & { status?: number; code?: string };
+      throw new KindlingApiError(e.status ?? 0, e.code ?? "ECONN", e.message);
+    }
+    const { socket, head } = conn;
+    if (io.stdin) {
+      io.stdin.on("data", (d: Buffer | string) => socket.write(encodeFrame(Frame.STDIN, Buffer.from(d))));
+      io.stdin.on("end", () => socket.write(encodeFrame(Frame.STDIN_EOF)));
+    }
+    const exit = new Promise<AttachExit>((resolve, reject) => {
+      let result: AttachExit | undefined;
+      let failure: Error | undefined;
+      readFrames(
+        socket,
+        (type, payload) => {
+          if (type === Frame.STDOUT) io.stdout?.write(payload);
+          else if (type === Frame.STDERR) io.stderr?.write(payload);
+          else if (type === Frame.NOTICE) io.onNotice?.(payload.toString());
+          else if (type === Frame.EXIT) result = JSON.parse(payload.toString()) as AttachExit;
+          else if (type === Frame.ERROR) {
+            const e = JSON.parse(payload.toString()) as { code: string; message: string };
+            failure = new KindlingApiError(500, e.code, e.message);
+          }
+        },
+        head,
+      );
+      socket.on("error", (err) => {
+        failure ??= err;
+      });
+      // The supervisor closes the connection by exiting: resolved then, not at the EXIT frame.
+      socket.on("close", () => {
+        if (io.stdin && io.stdin !== process.stdin) io.stdin.destroy?.();
+        else io.stdin?.pause();
+        if (result) resolve(result);
+        else
+          reject(
+            failure ??
+              new KindlingApiError(0, "ECONN", "the container's supervisor went away before the run ended"),
+          );
+      });
+    });
+    return {
+      exit,
+      signal: (name) => {
+        if (!socket.destroyed) socket.write(encodeFrame(Frame.SIGNAL, name));
+      },
+    };
   }
 
   // --- images
@@ -313,6 +405,7 @@ export class Kindling {
     try {
       const child = spawn(process.execPath, [MAIN, "daemon", "--exit-idle", String(this.idleExitSeconds)], {
         detached: true,
+        cwd: "/", // not the client's: it may be removed while the service runs
         stdio: ["ignore", logFd, logFd],
         env: { ...hostEnv(), KINDLING_HOME: this.home, KINDLING_SOCKET: this.socket },
       });

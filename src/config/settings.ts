@@ -163,6 +163,13 @@ export const SETTINGS = {
     describe:
       "images whose lazy daemon the service keeps running while it runs (least recently used evicted; `0`: none)",
   }),
+  serviceSpareSupervisor: setting({
+    env: "KINDLING_SERVICE_SPARE_SUPERVISOR",
+    type: boolean,
+    default: true,
+    describe:
+      "the service keeps one container supervisor started ahead of time, so a run does not wait for it to start (`0`: start one per container)",
+  }),
   lazyDirectIo: setting({
     env: "KINDLING_LAZY_DIRECT_IO",
     type: boolean,

@@ -220,10 +220,11 @@ class OciContainer implements Container {
     await this.runDir.hold(this.scope, this.resource);
     const relay = (fd: number, mode: StdioMode) =>
       this.flavor.relayStdio && mode === "inherit" && isFileOrSocket(fd);
-    const relayIn = relay(0, this.stdio.stdin);
+    const given = typeof this.stdio.stdin === "object" ? this.stdio.stdin : undefined;
+    const relayIn = given !== undefined || relay(0, this.stdio.stdin as StdioMode);
     const relayOut = relay(1, this.stdio.stdout);
     const relayErr = relay(2, this.stdio.stderr);
-    const stdin = relayIn ? "pipe" : this.stdio.stdin;
+    const stdin = relayIn ? "pipe" : (this.stdio.stdin as StdioMode);
     const stdout = relayOut ? "pipe" : this.stdio.stdout;
     const stderr = relayErr ? "pipe" : this.stdio.stderr;
     const runArgs = this.flavor.runArgs?.(this.network) ?? [];
@@ -242,12 +243,13 @@ class OciContainer implements Container {
     this.child = child;
     if (child.pid) await this.holdImage(child.pid);
     if (relayIn) {
+      const source = given ?? process.stdin;
       child.stdin!.on("error", () => {}); // the process may exit without reading it all
-      process.stdin.pipe(child.stdin!);
+      source.pipe(child.stdin!);
       // Kindling reads nothing else: once the container is gone, stop reading (and exit).
       child.on("close", () => {
-        process.stdin.unpipe(child.stdin!);
-        process.stdin.destroy();
+        source.unpipe(child.stdin!);
+        source.destroy();
       });
     }
     if (relayOut) child.stdout!.pipe(process.stdout, { end: false });

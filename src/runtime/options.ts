@@ -53,10 +53,12 @@ export async function parseRunOptions(
   command: string[],
   flags: RawRunFlags,
   host: Readonly<Record<string, string | undefined>> = hostEnv(),
+  /** Where relative -v sources are (the client's working directory when a service parses them). */
+  cwd: string = process.cwd(),
 ): Promise<RunOptions> {
   if (!image) throw new KindlingError("run: an IMAGE is required");
   const volumes: VolumeSpec[] = [];
-  for (const v of flags.volume ?? []) volumes.push(await parseVolume(v));
+  for (const v of flags.volume ?? []) volumes.push(await parseVolume(v, cwd));
   const seen = new Set<string>();
   for (const v of volumes) {
     if (seen.has(v.destination)) throw new KindlingError(`-v: ${v.destination} is mounted twice`);
@@ -135,7 +137,7 @@ function oneOf(flag: string, value: string, allowed: readonly string[]): string 
 }
 
 /** `SRC:DST[:ro|rw]`. SRC must exist: a missing SRC is a typo more often than a wish to create it. */
-export async function parseVolume(spec: string): Promise<VolumeSpec> {
+export async function parseVolume(spec: string, cwd: string = process.cwd()): Promise<VolumeSpec> {
   const parts = spec.split(":");
   if (parts.length < 2 || parts.length > 3 || parts.some((p) => p === "")) {
     throw new KindlingError(`-v ${spec}: expected SRC:DST or SRC:DST:ro (paths may not contain ":")`);
@@ -152,9 +154,9 @@ export async function parseVolume(spec: string): Promise<VolumeSpec> {
   // copy and sync-back must use the target too (else sync-back replaces the link with a file).
   let source: string;
   try {
-    source = await realpath(path.resolve(src));
+    source = await realpath(path.resolve(cwd, src));
   } catch {
-    throw new KindlingError(`-v ${spec}: source ${path.resolve(src)} does not exist`);
+    throw new KindlingError(`-v ${spec}: source ${path.resolve(cwd, src)} does not exist`);
   }
   const destination = containerPath(`-v ${spec}: DST`, dst);
   if (destination === "/") throw new KindlingError(`-v ${spec}: DST cannot be /`);

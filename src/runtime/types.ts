@@ -95,7 +95,8 @@ export interface ResolvedImage {
 /** How the container's stdio is wired: inherit kindling's, pipe (caller reads), or /dev/null. */
 export type StdioMode = "inherit" | "pipe" | "ignore";
 export interface RunStdio {
-  stdin: StdioMode;
+  /** A stream: what it yields is the process's stdin (a supervisor relaying an attached client's). */
+  stdin: StdioMode | Readable;
   stdout: StdioMode;
   stderr: StdioMode;
 }

@@ -269,7 +269,12 @@ class VmContainer implements Container {
         {
           stdout: out.sink,
           stderr: err.sink,
-          stdin: this.stdio.stdin === "inherit" ? process.stdin : undefined,
+          stdin:
+            typeof this.stdio.stdin === "object"
+              ? this.stdio.stdin
+              : this.stdio.stdin === "inherit"
+                ? process.stdin
+                : undefined,
         },
       );
     } catch (e) {

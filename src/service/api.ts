@@ -23,27 +23,45 @@ export interface ContainerCreateRequest {
   volumes?: string[];
   workdir?: string;
   user?: string;
-  /** MiB. */
-  memory?: number;
-  cpus?: number;
+  /** MiB. A string is read as the CLI flag is (the CLI sends its flags as typed, for the same errors). */
+  memory?: number | string;
+  cpus?: number | string;
   /** Seconds before the container is stopped. */
-  timeout?: number;
+  timeout?: number | string;
   /** Seconds between TERM and KILL when stopping. */
-  stopTimeout?: number;
+  stopTimeout?: number | string;
   hostname?: string;
   /** A program, or the whole ENTRYPOINT as an array. */
   entrypoint?: string | string[];
   /** VM runtimes: ext4 scratch drive size (e.g. "2G"). */
   disk?: string;
   mountPacking?: "pack" | "per-mount";
+  /** QEMU: the guest agent's channel, vsock | serial. */
+  agent?: string;
   /** bridge (default) | none | host (runc/runsc). */
   network?: string;
   /** -p: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp] entries. */
   publish?: string[];
   /** --dns: nameservers. */
   dns?: string[];
-  /** Remove the container once its process has ended (`run -d --rm`). */
+  /** Remove the container once its process has ended (`run --rm`). */
   autoRemove?: boolean;
+  /**
+   * An attached run (`kindling run` without -d): the container starts once a client attaches
+   * (POST /v1/containers/{id}/attach, or the supervisor's socket), and a client that goes away
+   * stops it. Not attached within 60 s: it ends with status 125.
+   */
+  attach?: boolean;
+  /** With attach: the attached client's stdin is the process's (STDIN frames). */
+  interactive?: boolean;
+  /**
+   * The client's environment: the container's settings (KINDLING_* and the other variables of the
+   * README's settings table) are resolved from it, as an in-process run would from its own. Absent:
+   * the service's settings.
+   */
+  environment?: Record<string, string>;
+  /** The client's working directory: relative `-v` sources and image paths are resolved against it. */
+  cwd?: string;
 }
 
 export interface ContainerCreated {

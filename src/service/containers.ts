@@ -2,14 +2,16 @@
  * The service's side of containers: create (record + supervisor), watch (learn exits from each
  * supervisor, also of containers adopted from an earlier service), stop, kill, remove.
  */
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
 import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { type Config, config, loadConfig } from "../config/index.js";
 import { pickDefaultVmm } from "../doctor/report.js";
 import { isSameProcess } from "../host/process.js";
-import { resolveImage } from "../runtime/image.js";
+import { isPathRef, resolveImage } from "../runtime/image.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
@@ -19,6 +21,7 @@ import {
   type ContainerRecord,
   checkName,
   containerDir,
+  containersDir,
   createContainerDir,
   findContainer,
   listContainers,
@@ -31,6 +34,7 @@ import {
   shimSocket,
   writeState,
 } from "./records.js";
+import { SpareSupervisor } from "./spare.js";
 import { jsonRequest } from "./unixhttp.js";
 
 const SHIM = fileURLToPath(new URL("./shim.js", import.meta.url));
@@ -95,10 +99,10 @@ export function exitOf(c: StoredContainer): ContainerExit {
 }
 
 /** The request's flags as `kindling run` would get them from commander. */
-function flagsOf(req: ContainerCreateRequest): RawRunFlags {
-  const str = (v: number | undefined) => (v === undefined ? undefined : String(v));
+function flagsOf(req: ContainerCreateRequest, runtime: string): RawRunFlags {
+  const str = (v: number | string | undefined) => (v === undefined ? undefined : String(v));
   return {
-    runtime: req.runtime,
+    runtime,
     rootfs: req.rootfs,
     volume: req.volumes ?? [],
     env: req.env ?? [],
@@ -115,6 +119,8 @@ function flagsOf(req: ContainerCreateRequest): RawRunFlags {
     network: req.network,
     publish: req.publish ?? [],
     dns: req.dns ?? [],
+    agent: req.agent,
+    interactive: req.attach === true && req.interactive === true,
   };
 }
 
@@ -129,11 +135,21 @@ export class Containers {
   /** Serializes creates: a name is checked and taken atomically. */
   private creating: Promise<unknown> = Promise.resolve();
 
+  /** A supervisor started ahead of time for the next container (spare.ts). */
+  readonly spares: SpareSupervisor;
+
   constructor(
     private readonly home: KindlingHome,
     private readonly events: EventBus,
     private readonly hooks: ContainerEvents,
-  ) {}
+    opts: { spareSupervisor?: boolean } = {},
+  ) {
+    const dir = containersDir(home);
+    this.spares = new SpareSupervisor(
+      () => this.spawnShim(["--spare", `${dir}/`], path.join(dir, ".supervisors.log"), "pipe"),
+      opts.spareSupervisor ?? true,
+    );
+  }
 
   list(): Promise<StoredContainer[]> {
     return listContainers(this.home);
@@ -173,15 +189,31 @@ export class Containers {
     if (typeof req.image !== "string" || req.image.length === 0) {
       throw new ApiFailure(400, "EINVAL", "image: a non-empty string is required");
     }
-    let options = await parseRunOptions(req.image, req.command ?? [], flagsOf(req), {}).catch((err) => {
+    if (req.interactive && !req.attach)
+      throw new ApiFailure(400, "EINVAL", "interactive containers are not supported detached");
+    // The container's settings: the client's (as an in-process run had its own), else ours.
+    let settings: Config;
+    try {
+      settings = req.environment ? loadConfig(req.environment) : config();
+    } catch (err) {
+      throw new ApiFailure(400, "EINVAL", errorMessage(err));
+    }
+    const cwd = typeof req.cwd === "string" && path.isAbsolute(req.cwd) ? req.cwd : "/";
+    const image = isPathRef(req.image) ? path.resolve(cwd, req.image) : req.image;
+    let options = await parseRunOptions(
+      image,
+      req.command ?? [],
+      flagsOf(req, req.runtime ?? settings.runtime),
+      {},
+      cwd,
+    ).catch((err) => {
       throw new ApiFailure(400, "EINVAL", errorMessage(err));
     });
     // auto is decided now, so the record (and ps) names the runtime the container runs with
     if (options.runtime === "auto") options = { ...options, runtime: await pickDefaultVmm() };
-    if (options.interactive)
-      throw new ApiFailure(400, "EINVAL", "interactive containers are not supported detached");
-    await resolveImage(this.home, req.image).catch((err) => {
-      const msg = errorMessage(err);
+    await resolveImage(this.home, image).catch((err) => {
+      // named as the client gave it (a relative path stays relative)
+      const msg = errorMessage(err).replaceAll(image, req.image);
       if (/^no image named|does not exist/.test(msg)) throw new ApiFailure(404, "ENOIMAGE", msg);
       throw new ApiFailure(400, "EINVAL", msg);
     });
@@ -189,10 +221,11 @@ export class Containers {
     const record: ContainerRecord = {
       id,
       name: req.name ?? `c-${id.slice(0, 6)}`,
-      image: req.image,
+      image,
       created: new Date().toISOString(),
       options,
       autoRemove: req.autoRemove === true,
+      ...(req.attach ? { attach: true } : {}),
       network: null,
     };
     if (req.name !== undefined) {
@@ -203,11 +236,10 @@ export class Containers {
       }
     }
     const take = this.creating.then(async () => {
-      const all = await this.list();
-      if (all.some((c) => c.record.name === record.name)) {
+      if (req.name !== undefined && (await this.list()).some((c) => c.record.name === record.name)) {
         throw new ApiFailure(409, "ENAMEINUSE", `the name ${record.name} is already in use by a container`);
       }
-      return createContainerDir(this.home, record);
+      return createContainerDir(this.home, record, settings);
     });
     this.creating = take.catch(() => {});
     const dir = await take;
@@ -241,24 +273,22 @@ export class Containers {
       this.hooks.onExit(c);
       throw new ApiFailure(500, "ESTART", `container ${id} did not start: ${failure}`);
     }
-    this.hooks.onStart(c);
+    if (record.attach) {
+      // It starts when its client attaches: the start event comes then.
+      void jsonRequest(shimSocket(dir), "GET", "/started")
+        .then(async () => {
+          const now = await readContainer(dir);
+          if (now?.state.status === "running") this.hooks.onStart(now);
+        })
+        .catch(() => {});
+    } else this.hooks.onStart(c);
     this.watch(id);
     return c;
   }
 
-  /** Starts the supervisor detached; resolves with undefined once the process runs, or the failure. */
+  /** Starts the container's supervisor (a spare one if ready); undefined once it answers "ok", else the failure. */
   private async startShim(dir: string): Promise<string | undefined> {
-    const errFd = openSync(shimLog(dir), "a");
-    let child: ReturnType<typeof spawn>;
-    try {
-      child = spawn(process.execPath, [SHIM, dir], {
-        detached: true, // its own session: it outlives the service
-        stdio: ["ignore", "pipe", errFd],
-      });
-    } finally {
-      closeSync(errFd);
-    }
-    child.unref();
+    const child = this.spares.take(dir) ?? this.spawnShim([dir], shimLog(dir));
     const line = await new Promise<string>((resolve) => {
       let text = "";
       child.stdout!.on("data", (d: Buffer) => {
@@ -270,6 +300,22 @@ export class Containers {
     });
     child.stdout!.destroy();
     return line === "ok" ? undefined : line.replace(/^error /, "");
+  }
+
+  /** A supervisor process, detached (its own session: it outlives the service). */
+  private spawnShim(args: string[], logPath: string, stdin: "ignore" | "pipe" = "ignore"): ChildProcess {
+    const errFd = openSync(logPath, "a");
+    try {
+      const child = spawn(process.execPath, [SHIM, ...args], {
+        detached: true,
+        stdio: [stdin, "pipe", errFd],
+        cwd: "/",
+      });
+      child.unref();
+      return child;
+    } finally {
+      closeSync(errFd);
+    }
   }
 
   /** Waits (once per container) for the supervisor to report the end, then raises the exit event. */

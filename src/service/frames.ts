@@ -1,8 +1,12 @@
 /**
- * The byte stream of an exec after the HTTP upgrade (`Upgrade: kindling-exec`), both ways between
- * client, service and supervisor: frames of [type: u8][length: u32 big-endian][payload].
- * Client -> server: SPEC (first, JSON ExecRequest), STDIN, STDIN_EOF, SIGNAL (a signal name).
- * Server -> client: STDOUT, STDERR, then EXIT (JSON { status, signal? }) or ERROR (JSON { code, message }).
+ * The byte stream of an exec or an attach after the HTTP upgrade (`Upgrade: kindling-exec`), both
+ * ways between client, service and supervisor: frames of [type: u8][length: u32 big-endian][payload].
+ * Exec:   client -> server: SPEC (first, JSON ExecRequest), STDIN, STDIN_EOF, SIGNAL (a signal name).
+ *         server -> client: STDOUT, STDERR, then EXIT (JSON ExecExit) or ERROR (JSON { code, message }).
+ * Attach: (an attached run) no SPEC: the container starts when the client attaches. Client -> server:
+ *         STDIN, STDIN_EOF, SIGNAL (SIGINT/SIGTERM/SIGHUP: stop it as Ctrl-C does; again: KILL).
+ *         server -> client: STDOUT, STDERR, NOTICE (kindling's own one-line notices), then EXIT
+ *         (JSON AttachExit, once everything the container held is released) or ERROR.
  */
 import type { Duplex } from "node:stream";
 
@@ -17,6 +21,7 @@ export const Frame = {
   STDERR: 5,
   EXIT: 6,
   ERROR: 7,
+  NOTICE: 8,
 } as const;
 
 /** What to run: the args, extra K=V env, working directory, and whether stdin is sent. */
@@ -32,6 +37,19 @@ export interface ExecExit {
   status: number;
   signal?: string;
   message?: string;
+}
+
+/** How an attached run ended: the process's status, and why kindling stopped it if it did. */
+export interface AttachExit {
+  id: string;
+  status: number;
+  signal?: string;
+  /** A message for the user when the runtime, not the process, decided the status (126/127). */
+  message?: string;
+  /** timeout | SIGINT | SIGTERM | SIGHUP | request */
+  stoppedBy?: string;
+  /** With stoppedBy timeout: the --timeout it had (seconds). */
+  timeoutSeconds?: number;
 }
 
 const HEADER = 5;

@@ -4,12 +4,14 @@
  *   state.json   what happened (written by the container's supervisor, atomically, at each change)
  *   log.jsonl    every byte the process wrote (logfile.ts), kept whether a service runs or not
  *   shim.sock    the supervisor's control socket (shim.ts); shim.log its own notices
+ *   settings.json  the container's resolved settings (0600), pinned by its supervisor at start
  * A service reads these to list, inspect and adopt containers: nothing about a container lives only
  * in a service's memory, so a service killed with SIGKILL loses nothing.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
+import type { Config } from "../config/index.js";
 import { isSameProcess } from "../host/process.js";
 import type { NetworkInfo } from "../network/types.js";
 import type { RunOptions } from "../runtime/types.js";
@@ -26,8 +28,10 @@ export interface ContainerRecord {
   image: string;
   created: string;
   options: RunOptions;
-  /** `run -d --rm`: the supervisor removes the container when its process has ended. */
+  /** `run --rm`: the supervisor removes the container when its process has ended. */
   autoRemove: boolean;
+  /** An attached run: it starts once a client attaches, and stops when that client goes away. */
+  attach?: boolean;
   /** Reserved for network settings asked at create time; what it got is in the state (`network`). */
   network: Record<string, unknown> | null;
 }
@@ -70,6 +74,7 @@ export const stateFile = (dir: string) => path.join(dir, "state.json");
 export const logFile = (dir: string) => path.join(dir, "log.jsonl");
 export const shimSocket = (dir: string) => path.join(dir, "shim.sock");
 export const shimLog = (dir: string) => path.join(dir, "shim.log");
+export const settingsFile = (dir: string) => path.join(dir, "settings.json");
 
 /** A fresh container id: 12 hex digits (valid for runc and as a host name). */
 export function newContainerId(): string {
@@ -91,10 +96,16 @@ export function checkName(name: string): void {
  * Creates the container's directory with its record, under a temporary name renamed into place:
  * a reader never sees a container without its record, and a crash leaves only a `.new-` dir.
  */
-export async function createContainerDir(home: KindlingHome, record: ContainerRecord): Promise<string> {
+export async function createContainerDir(
+  home: KindlingHome,
+  record: ContainerRecord,
+  settings?: Config,
+): Promise<string> {
   const dir = containerDir(home, record.id);
   const tmp = path.join(containersDir(home), `.new-${record.id}`);
   await mkdir(tmp, { recursive: true });
+  // Settings may hold a registry password: readable by root only, as the lazy daemon's config.json.
+  if (settings) await writeFile(settingsFile(tmp), JSON.stringify(settings), { mode: 0o600 });
   await writeFileAtomic(recordFile(tmp), `${JSON.stringify(record, null, 2)}\n`);
   await writeFileAtomic(stateFile(tmp), `${JSON.stringify({ status: "created" }, null, 2)}\n`);
   await rename(tmp, dir);

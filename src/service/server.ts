@@ -6,7 +6,7 @@
 
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { chmod, mkdir, unlink, writeFile } from "node:fs/promises";
+import { chmod, mkdir, stat, unlink, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createServer as createNetServer, type Server as NetServer, type Socket } from "node:net";
 import path from "node:path";
@@ -40,6 +40,8 @@ export interface ServiceOptions {
   idleExitMs?: number;
   /** How many images' lazy daemons the service keeps running (warm.ts); default 8. */
   warmImages?: number;
+  /** Keep a spare supervisor started ahead of the next container (spare.ts); default true. */
+  spareSupervisor?: boolean;
 }
 
 type Handler = (req: IncomingMessage, res: ServerResponse, params: string[], url: URL) => Promise<void>;
@@ -98,32 +100,37 @@ export class KindlingService {
   constructor(private readonly opts: ServiceOptions) {
     this.events = new EventBus(opts.log);
     this.warm = new WarmImages(opts.home, opts.warmImages ?? 8, opts.log);
-    this.containers = new Containers(opts.home, this.events, {
-      onStart: (c) => {
-        this.metrics.started(c);
-        this.warm.touch(c.record.image, c.record.options.runtime);
-        this.events.emit({
-          type: "container",
-          action: "start",
-          id: c.record.id,
-          name: c.record.name,
-          attributes: { runtime: c.record.options.runtime },
-        });
+    this.containers = new Containers(
+      opts.home,
+      this.events,
+      {
+        onStart: (c) => {
+          this.metrics.started(c);
+          this.warm.touch(c.record.image, c.record.options.runtime);
+          this.events.emit({
+            type: "container",
+            action: "start",
+            id: c.record.id,
+            name: c.record.name,
+            attributes: { runtime: c.record.options.runtime },
+          });
+        },
+        onExit: (c) => {
+          this.metrics.exited(c);
+          this.events.emit({
+            type: "container",
+            action: "exit",
+            id: c.record.id,
+            name: c.record.name,
+            attributes: {
+              exitCode: c.state.exitCode ?? null,
+              ...(c.state.error ? { error: c.state.error } : {}),
+            },
+          });
+        },
       },
-      onExit: (c) => {
-        this.metrics.exited(c);
-        this.events.emit({
-          type: "container",
-          action: "exit",
-          id: c.record.id,
-          name: c.record.name,
-          attributes: {
-            exitCode: c.state.exitCode ?? null,
-            ...(c.state.error ? { error: c.state.error } : {}),
-          },
-        });
-      },
-    });
+      { spareSupervisor: opts.spareSupervisor },
+    );
     this.closed = new Promise((r) => {
       this.resolveClosed = r;
     });
@@ -168,6 +175,7 @@ export class KindlingService {
     await writeFile(pidFile(home), `${process.pid}\n`);
     void this.info().catch(() => {}); // the host's runtimes (doctor) are probed once, now, not at the first info
     log("info", "service started", { pid: process.pid, socket, home: home.root, version: VERSION, adopted });
+    this.containers.spares.schedule(0);
     if (this.opts.idleExitMs) {
       this.idleTimer = setInterval(() => void this.checkIdle(), Math.min(5000, this.opts.idleExitMs));
       this.idleTimer.unref();
@@ -175,6 +183,16 @@ export class KindlingService {
   }
 
   private async checkIdle(): Promise<void> {
+    // Our socket removed (the home deleted, as test homes are): nobody can reach us; leave.
+    if (
+      !(await stat(this.opts.socket).then(
+        () => true,
+        () => false,
+      ))
+    ) {
+      this.opts.log("info", "service socket gone: exiting", { socket: this.opts.socket });
+      return this.stop();
+    }
     if (this.active > 0 || Date.now() - this.lastActivity < this.opts.idleExitMs!) return;
     if ((await this.containers.running()) > 0) return;
     this.opts.log("info", "service idle: exiting", { idleMs: this.opts.idleExitMs });
@@ -184,6 +202,7 @@ export class KindlingService {
   /** Stops listening; containers keep running under their supervisors. */
   async stop(): Promise<void> {
     clearInterval(this.idleTimer);
+    this.containers.spares.stop();
     if (this.server) {
       this.server.close();
       this.server.closeAllConnections();
@@ -365,7 +384,10 @@ export class KindlingService {
     });
   }
 
-  /** POST /v1/containers/{id}/exec with `Upgrade: kindling-exec`: proxied to the container's supervisor. */
+  /**
+   * POST /v1/containers/{id}/exec and /attach with `Upgrade: kindling-exec`: proxied to the
+   * container's supervisor, which speaks the same frames.
+   */
   private async upgrade(req: IncomingMessage, sock: Socket, head: Buffer): Promise<void> {
     this.lastActivity = Date.now();
     const fail = (status: number, code: string, message: string) => {
@@ -375,16 +397,19 @@ export class KindlingService {
       );
     };
     sock.on("error", () => {});
-    const m = /^\/v1\/containers\/([^/]+)\/exec$/.exec(new URL(req.url ?? "/", "http://k").pathname);
+    const m = /^\/v1\/containers\/([^/]+)\/(exec|attach)$/.exec(new URL(req.url ?? "/", "http://k").pathname);
     if (!m || req.method !== "POST")
       return fail(404, "ENOROUTE", `no such upgrade endpoint: ${req.method} ${req.url}`);
     if (req.headers.upgrade !== EXEC_PROTOCOL) return fail(400, "EINVAL", `Upgrade must be ${EXEC_PROTOCOL}`);
     try {
       const c = await this.containers.find(decodeURIComponent(m[1]!));
-      if (c.state.status !== "running") {
+      if (m[2] === "exec" && c.state.status !== "running") {
         return fail(409, "ENOTRUNNING", `container ${c.record.id} is not running (${c.state.status})`);
       }
-      const shim = await upgradeRequest(shimSocket(c.dir), "/exec", EXEC_PROTOCOL);
+      if (m[2] === "attach" && c.state.status === "exited") {
+        return fail(409, "ENOTRUNNING", `container ${c.record.id} has ended`);
+      }
+      const shim = await upgradeRequest(shimSocket(c.dir), `/${m[2]}`, EXEC_PROTOCOL);
       sock.write(
         `HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${EXEC_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`,
       );
@@ -396,6 +421,8 @@ export class KindlingService {
       shim.socket.pipe(sock);
     } catch (err) {
       if (err instanceof ApiFailure) return fail(err.status, err.code, err.message);
+      const e = err as Error & { status?: number; code?: string };
+      if (typeof e.status === "number") return fail(e.status, e.code ?? "EHTTP", e.message);
       fail(500, "EEXEC", errorMessage(err));
     }
   }

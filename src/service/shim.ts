@@ -1,29 +1,38 @@
 /**
  * The supervisor of one container (`node shim.js <container dir>`), in the spirit of containerd's
  * shims: the service starts it detached (its own session), and it owns the container from start to
- * exit, whether a service runs or not. It runs the container with the same lifecycle as an attached
- * `kindling run` (src/runtime/lifecycle.ts: run dir, prepare, start, wait, release), writes the
- * process's stdout/stderr to log.jsonl, its states to state.json, and serves shim.sock:
- *   GET /state, GET /wait (answers once the container ended), POST /kill?signal=S,
- *   POST /stop?timeout=S (answers once ended), POST /exec (upgraded: frames.ts).
+ * exit, whether a service runs or not. It runs the container with the same lifecycle as the runtime
+ * tests use (src/runtime/lifecycle.ts: run dir, prepare, start, wait, release), writes the process's
+ * stdout/stderr to log.jsonl, its states to state.json, and serves shim.sock:
+ *   GET /state, GET /started (answers once it runs or ended), GET /wait (answers once it ended),
+ *   POST /kill?signal=S, POST /stop?timeout=S (answers once ended), POST /exec and POST /attach
+ *   (upgraded: frames.ts).
+ * An attached run (`kindling run` without -d; record.attach) starts when its client attaches and
+ * streams to it; a client that goes away stops it, as Ctrl-C does.
+ * `node shim.js --spare <containers dir>/` is a spare (spare.ts): it loads everything, then reads
+ * its container's directory from stdin (none: it exits).
+ * Settings: the container's settings.json (written by the service from its client's environment),
+ * pinned first thing; the inherited environment is not read.
  * Its stdout is the startup handshake: one line "ok" or "error <message>", then it is closed.
  * When the container has ended and everything it held is released, the supervisor exits.
  */
-import { closeSync } from "node:fs";
+import { appendFileSync, closeSync, readFileSync } from "node:fs";
 import { unlink } from "node:fs/promises";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import path from "node:path";
-import { PassThrough, Writable } from "node:stream";
+import { PassThrough, type Readable, Writable } from "node:stream";
+import { type Config, useConfig } from "../config/index.js";
 import { processStartTime } from "../host/process.js";
 import { resolveImage } from "../runtime/image.js";
-import { type RunHandle, runContainer } from "../runtime/lifecycle.js";
+import { type RunHandle, type RunResult, runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { readOwner } from "../runtime/rundir.js";
 import { runtimeFor } from "../runtime/runtimes.js";
 import type { ExecProcess } from "../runtime/types.js";
-import { errorMessage } from "../util/errors.js";
+import { errorMessage, userMessage } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import {
+  type AttachExit,
   EXEC_PROTOCOL,
   type ExecExit,
   type ExecRequest,
@@ -39,17 +48,29 @@ import {
   logFile,
   readContainer,
   removeContainerDir,
+  settingsFile,
+  shimLog,
   shimSocket,
   writeState,
 } from "./records.js";
 import { isSignalName } from "./signals.js";
 
-const dir = path.resolve(process.argv[2] ?? "");
-const home = new KindlingHome(path.dirname(path.dirname(dir)));
+/** How long an attached run waits for its client before it gives up (status 125). */
+const ATTACH_WAIT_MS = 60_000;
+
+let dir = "";
+let home: KindlingHome;
 let state: ContainerState = { status: "starting" };
 let handle: RunHandle | undefined;
 const waiters: (() => void)[] = [];
-const note = (m: string) => process.stderr.write(`${new Date().toISOString()} ${m}\n`);
+const startWaiters: (() => void)[] = [];
+const note = (m: string) => {
+  try {
+    appendFileSync(dir ? shimLog(dir) : "/dev/stderr", `${new Date().toISOString()} ${m}\n`);
+  } catch {
+    // nowhere to say it
+  }
+};
 
 let saving = Promise.resolve();
 function setState(change: Partial<ContainerState>): Promise<void> {
@@ -60,6 +81,7 @@ function setState(change: Partial<ContainerState>): Promise<void> {
     .catch((err) => {
       note(`cannot write state: ${errorMessage(err)}`);
     });
+  if (state.status === "running" || state.status === "exited") for (const w of startWaiters.splice(0)) w();
   return saving;
 }
 
@@ -93,6 +115,11 @@ function ended(): Promise<void> {
 async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = new URL(req.url ?? "/", "http://shim");
   if (req.method === "GET" && url.pathname === "/state") return json(res, 200, state);
+  if (req.method === "GET" && url.pathname === "/started") {
+    if (state.status !== "running" && state.status !== "exited")
+      await new Promise<void>((r) => startWaiters.push(r));
+    return json(res, 200, state);
+  }
   if (req.method === "GET" && url.pathname === "/wait") {
     await ended();
     return json(res, 200, state);
@@ -108,9 +135,9 @@ async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
   }
   if (req.method === "POST" && url.pathname === "/stop") {
     const timeout = Number(url.searchParams.get("timeout") ?? "");
-    if (state.status === "running" && handle) {
+    if (state.status !== "exited") {
       await setState({ stoppedBy: "request" });
-      handle.stop("request", Number.isFinite(timeout) && timeout >= 0 ? timeout : undefined);
+      stopRun("request", Number.isFinite(timeout) && timeout >= 0 ? timeout : undefined);
     }
     await ended();
     return json(res, 200, state);
@@ -118,11 +145,15 @@ async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
   json(res, 404, { code: "ENOENT", message: `no route ${req.method} ${url.pathname}` });
 }
 
+/** A stop asked before the run began is kept and applied when it does (it then never starts). */
+let pendingStop: { reason: StopReason; grace?: number } | undefined;
+function stopRun(reason: StopReason, grace?: number): void {
+  if (handle) handle.stop(reason, grace);
+  else pendingStop ??= { reason, grace };
+}
+
 /** An exec over an upgraded connection: SPEC first, then stdin frames; output and EXIT back. */
 function execSession(socket: Socket, head: Buffer): void {
-  socket.write(
-    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${EXEC_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`,
-  );
   let proc: ExecProcess | undefined;
   let finished = false;
   const stdin = new PassThrough();
@@ -190,6 +221,10 @@ function execSession(socket: Socket, head: Buffer): void {
     }
     try {
       const exit = await proc.exited;
+      // runc exec reports a program it could not start as its own failure: 127/126 as for run
+      if (exit.message && (exit.status === 126 || exit.status === 127)) {
+        return finish(Frame.EXIT, { status: exit.status, message: exit.message } satisfies ExecExit);
+      }
       finish(Frame.EXIT, { status: exit.status, signal: exit.signal } satisfies ExecExit);
     } catch (err) {
       finish(Frame.ERROR, { code: "EEXEC", message: errorMessage(err) });
@@ -197,7 +232,94 @@ function execSession(socket: Socket, head: Buffer): void {
   };
 }
 
+/** The attached client of an attached run: its stdin, its Ctrl-C, and where output and notices go. */
+class Attached {
+  readonly stdin = new PassThrough();
+  gone = false;
+
+  constructor(
+    readonly socket: Socket,
+    head: Buffer,
+  ) {
+    socket.on("error", () => {});
+    socket.on("close", () => {
+      this.gone = true;
+      this.stdin.end();
+      // The client went away (killed, disconnected): stop the container, as a hangup does.
+      if (state.status !== "exited") stopRun("SIGHUP");
+    });
+    readFrames(
+      socket,
+      (type, payload) => {
+        if (type === Frame.STDIN) this.stdin.write(payload);
+        else if (type === Frame.STDIN_EOF) this.stdin.end();
+        else if (type === Frame.SIGNAL) {
+          const sig = payload.toString();
+          if (sig === "SIGINT" || sig === "SIGTERM" || sig === "SIGHUP") stopRun(sig);
+        }
+      },
+      head,
+    );
+  }
+
+  send(type: number, payload: Buffer | string): boolean {
+    if (this.gone || this.socket.destroyed) return true;
+    return typeof payload === "string"
+      ? this.socket.write(encodeFrame(type, payload))
+      : writeOutput(this.socket, type, payload);
+  }
+
+  /** Relays a stream of the process, with backpressure from the client's socket. */
+  relay(stream: Readable, type: number): void {
+    stream.on("data", (d: Buffer) => {
+      if (!this.send(type, d)) {
+        stream.pause();
+        this.socket.once("drain", () => stream.resume());
+      }
+    });
+  }
+
+  /** The last frame; resolves once it is handed to the kernel. */
+  finish(type: number, body: unknown): Promise<void> {
+    if (this.gone || this.socket.destroyed) return Promise.resolve();
+    return new Promise((resolve) =>
+      this.socket.write(encodeFrame(type, JSON.stringify(body)), () => resolve()),
+    );
+  }
+}
+
+let attachedClient: ((a: Attached) => void) | undefined;
+
+/** The container's directory: argv, or for a spare, the line the service writes to our stdin. */
+function containerDirArg(): Promise<string | undefined> {
+  const args = process.argv.slice(2);
+  if (args[0] !== "--spare") return Promise.resolve(path.resolve(args[0] ?? ""));
+  return new Promise((resolve) => {
+    let text = "";
+    process.stdin.on("data", (d: Buffer) => {
+      text += d.toString();
+      if (text.includes("\n")) {
+        process.stdin.pause();
+        resolve(path.resolve(text.split("\n")[0]!));
+      }
+    });
+    process.stdin.on("end", () => resolve(undefined));
+    process.stdin.on("error", () => resolve(undefined));
+  });
+}
+
 async function main(): Promise<void> {
+  const given = await containerDirArg();
+  if (given === undefined) process.exit(0); // a spare nobody needed
+  dir = given;
+  home = new KindlingHome(path.dirname(path.dirname(dir)));
+  try {
+    const settings = JSON.parse(readFileSync(settingsFile(dir), "utf8")) as Config;
+    useConfig(Object.freeze(settings));
+  } catch (err) {
+    // A record from a service before pinned settings: the inherited environment decides.
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
   const stored = await readContainer(dir);
   if (!stored) throw new Error(`no container record in ${dir}`);
   const record: ContainerRecord = stored.record;
@@ -207,13 +329,32 @@ async function main(): Promise<void> {
   const server = createServer((req, res) => {
     route(req, res).catch((err) => json(res, 500, { code: "EINTERNAL", message: errorMessage(err) }));
   });
+  let attachTaken = false;
   server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
     const url = new URL(req.url ?? "/", "http://shim");
-    if (req.method !== "POST" || url.pathname !== "/exec" || req.headers.upgrade !== EXEC_PROTOCOL) {
+    const kind = url.pathname === "/exec" ? "exec" : url.pathname === "/attach" ? "attach" : undefined;
+    if (req.method !== "POST" || !kind || req.headers.upgrade !== EXEC_PROTOCOL) {
       socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
       return;
     }
-    execSession(socket, head);
+    if (kind === "attach" && (!record.attach || attachTaken || !attachedClient)) {
+      const body = JSON.stringify({
+        code: "EATTACHED",
+        message: record.attach
+          ? "the container has its client already"
+          : "the container was not created to be attached (run -d)",
+      });
+      socket.end(
+        `HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      );
+      return;
+    }
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${EXEC_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`,
+    );
+    if (kind === "exec") return execSession(socket, head);
+    attachTaken = true;
+    attachedClient?.(new Attached(socket, head));
   });
   const sock = shimSocket(dir);
   await unlink(sock).catch(() => {});
@@ -222,25 +363,51 @@ async function main(): Promise<void> {
     server.listen(sock, () => resolve());
   });
 
+  let client: Attached | undefined;
   const log = new LogWriter(logFile(dir));
-  const began = Date.now();
   let startedAt = 0;
+  let result: RunResult | undefined;
+  let failure: string | undefined;
   try {
+    if (record.attach) {
+      const attached = new Promise<Attached | undefined>((resolve) => {
+        attachedClient = resolve;
+        setTimeout(() => resolve(undefined), ATTACH_WAIT_MS).unref();
+      });
+      handshake("ok"); // the service answers its client, which attaches now
+      client = await attached;
+      if (!client) throw new Error(`no client attached within ${ATTACH_WAIT_MS / 1000} s`);
+    }
+    const began = Date.now();
     const options = record.options;
     handle = runContainer({
       home,
       options,
       image: await resolveImage(home, record.image),
       runtime: await runtimeFor(options),
-      stdio: { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
-      notify: note,
+      stdio: {
+        stdin: client && options.interactive ? client.stdin : "ignore",
+        stdout: "pipe",
+        stderr: "pipe",
+      },
+      notify: (m) => {
+        note(m);
+        client?.send(Frame.NOTICE, m);
+      },
       id: record.id,
     });
-    for (const s of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(s, () => handle?.stop("request"));
+    if (pendingStop) handle.stop(pendingStop.reason, pendingStop.grace);
+    for (const s of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(s, () => stopRun("request"));
     const started = await handle.started;
     startedAt = Date.now();
-    started.stdout?.on("data", (d: Buffer) => log.write("stdout", d));
-    started.stderr?.on("data", (d: Buffer) => log.write("stderr", d));
+    for (const [stream, name, type] of [
+      [started.stdout, "stdout", Frame.STDOUT],
+      [started.stderr, "stderr", Frame.STDERR],
+    ] as const) {
+      if (!stream) continue;
+      stream.on("data", (d: Buffer) => log.write(name, d));
+      client?.relay(stream, type);
+    }
     await setState({
       status: "running",
       startedAt: new Date(startedAt).toISOString(),
@@ -249,7 +416,7 @@ async function main(): Promise<void> {
       network: (await readOwner(path.join(home.runs, record.id)))?.network,
     });
     handshake("ok");
-    const result = await handle.result;
+    result = await handle.result;
     // The streams end before the result: all output is in the log.
     await setState({
       status: "exited",
@@ -261,10 +428,10 @@ async function main(): Promise<void> {
       firstOutputMs: log.firstWriteAt !== undefined ? log.firstWriteAt - startedAt : undefined,
     });
   } catch (err) {
-    const message = errorMessage(err);
-    note(`container failed: ${message}`);
-    await setState({ status: "exited", finishedAt: new Date().toISOString(), exitCode: 125, error: message });
-    handshake(`error ${message.split("\n")[0]}`);
+    failure = userMessage(err);
+    note(`container failed: ${failure}`);
+    await setState({ status: "exited", finishedAt: new Date().toISOString(), exitCode: 125, error: failure });
+    handshake(`error ${failure.split("\n")[0]}`);
   }
   await log.close();
   await saving;
@@ -272,9 +439,26 @@ async function main(): Promise<void> {
   // Let answers to /wait and /stop go out, then leave.
   server.close();
   setTimeout(() => server.closeAllConnections(), 200).unref();
-  await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => setTimeout(r, client ? 5 : 50));
   await unlink(sock).catch(() => {});
   if (record.autoRemove) await removeContainerDir(dir);
+  // Last: the attached client learns the end once everything is released (the CLI exits on it).
+  if (client) {
+    if (failure !== undefined || !result) {
+      await client.finish(Frame.ERROR, { code: "ERUN", message: failure ?? "the container did not run" });
+    } else {
+      await client.finish(Frame.EXIT, {
+        id: record.id,
+        status: result.status,
+        ...(result.signal ? { signal: result.signal } : {}),
+        ...(result.message ? { message: result.message } : {}),
+        ...(result.stoppedBy ? { stoppedBy: result.stoppedBy } : {}),
+        ...(result.stoppedBy === "timeout" && record.options.timeoutSeconds !== undefined
+          ? { timeoutSeconds: record.options.timeoutSeconds }
+          : {}),
+      } satisfies AttachExit);
+    }
+  }
 }
 
 main().then(

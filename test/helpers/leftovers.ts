@@ -7,6 +7,7 @@ import { listPids, readCgroup, readCmdline } from "../../src/host/proc.js";
 import { stopIdleShared } from "../../src/lazy/index.js";
 import { exec } from "../../src/util/exec.js";
 import { KindlingHome } from "../../src/util/home.js";
+import { spareMarker, stopHomeService } from "./home-service.js";
 
 /** Pids of other processes whose command line (NUL-separated) contains `needle` (and starts with `prog`). */
 export async function pidsNaming(needle: string, prog = ""): Promise<number[]> {
@@ -20,13 +21,16 @@ export async function pidsNaming(needle: string, prog = ""): Promise<number[]> {
 }
 
 /**
- * What a run under `home` might have left on the host: mounts under it (overlay, squashfs, lazy
+ * What a run under `home` might have left on the host (after stopping the home's service): mounts under it (overlay, squashfs, lazy
  * FUSE), loop devices on `imageFile` or on files under `home`, processes naming `home` (runc,
  * runsc, lazy daemons, VMMs, supervisors), processes and cgroups of containers `ids`, and run dirs.
  * Empty when clean. Shared lazy daemons that no live process uses are stopped first: they would
  * leave on their own after their idle time; one that a dead run still seems to use is reported.
  */
 export async function leftovers(home: string, imageFile?: string, ids: string[] = []): Promise<string[]> {
+  // A service the CLI started keeps images warm and a spare supervisor: its, not a run's. Stopped
+  // first; containers still running under their supervisors are not touched (and are reported).
+  await stopHomeService(home);
   await stopIdleShared(new KindlingHome(home));
   const out: string[] = [];
   for (const m of await mountsUnder(home)) out.push(`mount ${m.mountPoint}`);
@@ -37,6 +41,8 @@ export async function leftovers(home: string, imageFile?: string, ids: string[] 
   for (const pid of await listPids()) {
     if (pid === process.pid) continue;
     const cmd = await readCmdline(pid);
+    // a stopped service's spare supervisor exits on its own once loaded (the kit's teardown waits)
+    if (cmd.includes(spareMarker(home))) continue;
     if (cmd.includes(`${home}/`)) out.push(`process ${pid}: ${cmd.replaceAll("\0", " ")}`);
     const cgroup = await readCgroup(pid);
     for (const id of ids) {

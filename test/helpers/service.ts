@@ -12,6 +12,7 @@ import { load } from "js-yaml";
 import { Kindling } from "../../src/client/index.js";
 import { KINDLING, runCli } from "./cli.js";
 import { REPO } from "./fixtures.js";
+import { serviceOfTest, spareGone, stopHomeService } from "./home-service.js";
 import { pidsNaming } from "./leftovers.js";
 
 export interface TestService {
@@ -43,6 +44,7 @@ export async function startService(
   child.stderr!.on("data", (d) => {
     out += d;
   });
+  serviceOfTest(child.pid!);
   const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
   const client = new Kindling({ home, socket: path.join(home, "kindling.sock") });
   const deadline = Date.now() + 30_000;
@@ -83,14 +85,8 @@ export async function startService(
  * supervisor (SIGTERM: it stops its container and releases everything), bounded; SIGKILL after that.
  */
 export async function stopServiceAndContainers(home: string): Promise<void> {
-  const pid = Number((await readFile(path.join(home, "kindling.pid"), "utf8").catch(() => "")).trim());
-  if (pid > 0) {
-    try {
-      process.kill(pid, "SIGTERM");
-    } catch {
-      // gone
-    }
-  }
+  await stopHomeService(home, true);
+  await spareGone(home);
   const containers = path.join(home, "containers");
   const shims = await pidsNaming(`${containers}/`);
   for (const p of shims) {
@@ -107,16 +103,6 @@ export async function stopServiceAndContainers(home: string): Promise<void> {
       process.kill(p, "SIGKILL");
     } catch {
       // gone
-    }
-  }
-  if (pid > 0) {
-    for (let i = 0; i < 100; i++) {
-      try {
-        process.kill(pid, 0);
-      } catch {
-        break;
-      }
-      await sleep(50);
     }
   }
   await rm(containers, { recursive: true, force: true });

@@ -1,0 +1,127 @@
+/**
+ * The thin path of the CLI: the commands that are only requests to the service (`run`, `ps`), when
+ * written in their plain form, are parsed here and run without loading commander or any command
+ * module; everything else (help, an unknown or unusual flag, other commands) goes to main.ts, which
+ * parses the same flags with commander and reports errors as always. bench/cli-cost.ts measures it.
+ */
+import { configure } from "../config/index.js";
+import { EXIT_KINDLING_FAILURE, userMessage } from "../util/errors.js";
+import type { RunFlags } from "./run-client.js";
+
+/** `kindling run`'s flags (src/cli/run.ts): those taking a value, by spelling -> field. */
+const RUN_VALUES: Record<string, keyof RunFlags> = {
+  "--runtime": "runtime",
+  "--rootfs": "rootfs",
+  "-v": "volume",
+  "--volume": "volume",
+  "-e": "env",
+  "--env": "env",
+  "-w": "workdir",
+  "--workdir": "workdir",
+  "-u": "user",
+  "--user": "user",
+  "--memory": "memory",
+  "--cpus": "cpus",
+  "--timeout": "timeout",
+  "--stop-timeout": "stopTimeout",
+  "--hostname": "hostname",
+  "--entrypoint": "entrypoint",
+  "--disk": "disk",
+  "--mount-packing": "mountPacking",
+  "--agent": "agent",
+  "--network": "network",
+  "-p": "publish",
+  "--publish": "publish",
+  "--dns": "dns",
+  "--name": "name",
+};
+const RUN_REPEATED = new Set<keyof RunFlags>(["volume", "env", "publish", "dns"]);
+const RUN_SWITCHES: Record<string, keyof RunFlags> = {
+  "-i": "interactive",
+  "--interactive": "interactive",
+  "-d": "detach",
+  "--detach": "detach",
+  "--rm": "rm",
+};
+
+export interface ParsedRun {
+  image: string;
+  command: string[];
+  flags: RunFlags;
+}
+
+/** `run [flags] IMAGE [-- CMD...]` (or a CMD without dashes); undefined for anything else. */
+export function parseRun(args: string[]): ParsedRun | undefined {
+  const flags: Record<string, unknown> = {};
+  let i = 0;
+  for (; i < args.length; i++) {
+    const a = args[i]!;
+    if (!a.startsWith("-")) break;
+    const eq = a.startsWith("--") ? a.indexOf("=") : -1;
+    const name = eq > 0 ? a.slice(0, eq) : a;
+    const switched = RUN_SWITCHES[name];
+    if (switched && eq < 0) {
+      flags[switched] = true;
+      continue;
+    }
+    const field = RUN_VALUES[name];
+    if (!field) return undefined; // --help, combined short flags, unknown: commander says
+    const value = eq > 0 ? a.slice(eq + 1) : args[++i];
+    if (value === undefined || (eq < 0 && value.startsWith("-"))) return undefined;
+    if (RUN_REPEATED.has(field)) flags[field] = [...((flags[field] as string[]) ?? []), value];
+    else flags[field] = value;
+  }
+  const image = args[i];
+  if (image === undefined) return undefined;
+  let rest = args.slice(i + 1);
+  if (rest[0] === "--") rest = rest.slice(1);
+  else if (rest.some((a) => a.startsWith("-"))) return undefined;
+  return { image, command: rest, flags: flags as RunFlags };
+}
+
+/** `ps [-a] [-q] [--json]`; undefined for anything else. */
+export function parsePs(args: string[]): { all?: boolean; json?: boolean; quiet?: boolean } | undefined {
+  const opts: { all?: boolean; json?: boolean; quiet?: boolean } = {};
+  for (const a of args) {
+    if (a === "-a" || a === "--all") opts.all = true;
+    else if (a === "-q" || a === "--quiet") opts.quiet = true;
+    else if (a === "--json") opts.json = true;
+    else return undefined;
+  }
+  return opts;
+}
+
+/** Runs the command if it is one of the thin path's; false if main.ts should. */
+export async function runThin(argv: string[]): Promise<boolean> {
+  const [command, ...args] = argv;
+  let action: (() => Promise<void>) | undefined;
+  if (command === "run") {
+    const run = parseRun(args);
+    if (run) {
+      action = async () => {
+        configure(process.env, { runtime: run.flags.runtime });
+        const { runAttached, runDetached } = await import("./run-client.js");
+        if (run.flags.detach) return runDetached(run.image, run.command, run.flags);
+        process.exitCode = await runAttached(run.image, run.command, run.flags);
+      };
+    }
+  } else if (command === "ps") {
+    const opts = parsePs(args);
+    if (opts) {
+      action = async () => {
+        configure(process.env);
+        const { ps } = await import("./containers.js");
+        await ps(opts);
+      };
+    }
+  }
+  if (!action) return false;
+  try {
+    await action();
+  } catch (err) {
+    // as main.ts: one line naming the problem
+    process.stderr.write(`kindling: ${userMessage(err)}\n`);
+    process.exit(EXIT_KINDLING_FAILURE);
+  }
+  return true;
+}

@@ -1,0 +1,68 @@
+/**
+ * A spare supervisor: a supervisor process the service starts ahead of time, idle with its modules
+ * loaded, so a new container does not wait for Node to start and load them (bench/cli-cost.ts
+ * measures the difference). The service hands it a container by writing the container's directory
+ * to its stdin; a spare whose stdin closes without one (the service stopped or died) exits.
+ */
+import type { ChildProcess } from "node:child_process";
+
+export class SpareSupervisor {
+  private child?: ChildProcess;
+  private timer?: NodeJS.Timeout;
+  private stopped = false;
+  /** Spares that died idle in a row: after 3, no more (something is wrong with starting them). */
+  private deaths = 0;
+
+  constructor(
+    private readonly spawnSpare: () => ChildProcess,
+    private readonly enabled: boolean,
+  ) {}
+
+  /** Starts a spare after `delayMs` (not at once: it would compete with the container just started). */
+  schedule(delayMs = 0): void {
+    if (!this.enabled || this.stopped || this.child || this.deaths >= 3) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.spawn(), delayMs);
+    this.timer.unref();
+  }
+
+  private spawn(): void {
+    if (this.stopped || this.child) return;
+    const child = this.spawnSpare();
+    this.child = child;
+    child.stdin?.on("error", () => {});
+    child.on("exit", () => {
+      if (this.child !== child) return; // taken: it is a container's supervisor now
+      this.child = undefined;
+      this.deaths++;
+      this.schedule(1000);
+    });
+  }
+
+  /** The spare, now the supervisor of the container in `dir`; undefined when none is ready. */
+  take(dir: string): ChildProcess | undefined {
+    const child = this.child;
+    this.child = undefined;
+    if (!child) {
+      this.schedule(500);
+      return undefined;
+    }
+    const usable = child.exitCode === null && child.signalCode === null && child.stdin?.writable;
+    if (!usable) {
+      this.schedule(500);
+      return undefined;
+    }
+    this.deaths = 0;
+    child.stdin!.end(`${dir}\n`);
+    this.schedule(500);
+    return child;
+  }
+
+  /** No more spares; the idle one exits (its stdin closes). */
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.child?.stdin?.end();
+    this.child = undefined;
+  }
+}
