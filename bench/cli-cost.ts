@@ -1,17 +1,24 @@
 /**
  * The cost of what a user types (not a test): `kindling run --runtime runc` of a warm image against
  * `runc run` of the same image in a plain directory, end to end as processes, interleaved rounds,
- * medians and ratios. Variants of kindling's entry point are measured in the same run:
+ * medians and ratios. Since `kindling run` runs every container under the service (an attached run
+ * streams from the container's supervisor), the variants measure what each technique buys:
  *   runc          runc run, the image's tree unpacked in a plain directory (the baseline)
  *   node          `node -e 0`: the floor any Node CLI pays
- *   load          `kindling run --help`: Node + loading the run command's modules, no work
- *   kindling      `kindling run` as shipped (each command's modules load only when it runs)
- *   eager         `kindling run` with every command's modules loaded first (the entry before that change)
- *   bundle        `kindling run` from one esbuild bundle of dist/src/cli/main.js (npm packages inlined)
+ *   kindling      `kindling run` as shipped: thin entry (src/cli/thin.ts), the service, a spare supervisor
+ *   full-entry    the same run through main.ts (commander and the run command's modules loaded)
+ *   no-spare      `kindling run` in a home whose service starts a supervisor per container
+ *                 (KINDLING_SERVICE_SPARE_SUPERVISOR=0): Node's start and module loading on the path
+ *   in-process    the path before the service: one Node process parses, prepares, runs and releases
+ *                 (src/runtime/lifecycle.ts runContainer, as `kindling run` did until now)
+ *   bundle        `kindling run` from one esbuild bundle of the thin entry (dist/src/cli/entry.js)
+ * Then the phases of a service run, timed by the client library inside this process (no Node start):
+ * create (the API call), attach, attach to first output, first output to the end (the release included).
  * V8's compile cache (module.enableCompileCache, NODE_COMPILE_CACHE) exists from Node 22.1; on an
  * older Node the script says so and skips it.
- * Warm: the image was imported and run once in the bench's home; its lazy daemon (and SquashFS
- * mount) stays up (KINDLING_LAZY_IDLE_MS=600000), so every measured run reads cached chunks.
+ * Warm: the image was imported and run once in each home; its lazy daemon (and SquashFS mount) stays
+ * up (the service keeps it; KINDLING_LAZY_IDLE_MS=600000), so every measured run reads cached chunks,
+ * and each home's service runs already.
  * Both sides run `echo hi` with no network (kindling: --network none; runc: an empty netns).
  *   node dist/bench/cli-cost.js [--n 15] [--no-bundle]
  */
@@ -19,6 +26,7 @@ import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
+import { Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { REPO } from "../src/bench/images.js";
 import { importImage } from "../src/image/import.js";
@@ -63,19 +71,87 @@ function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ m
   });
 }
 
+/** The path before the service, as a script: `kindling run` in one process (for the in-process row). */
+const IN_PROCESS = `
+import { configure } from "../config/index.js";
+import { resolveImage } from "../runtime/image.js";
+import { runContainer } from "../runtime/lifecycle.js";
+import { parseRunOptions } from "../runtime/options.js";
+import { runtimeFor } from "../runtime/runtimes.js";
+import { KindlingHome } from "../util/home.js";
+const [image, ...command] = process.argv.slice(2);
+const cfg = configure(process.env, { runtime: "runc" });
+const home = new KindlingHome(cfg.home);
+const options = await parseRunOptions(image, command, { runtime: "runc", network: "none" }, process.env);
+const handle = runContainer({ home, options, image: await resolveImage(home, image), runtime: await runtimeFor(options) });
+process.exitCode = (await handle.result).status;
+`;
+
+/** Stops the service a CLI started for `home` (its pid file), bounded. */
+async function stopService(home: KindlingHome): Promise<void> {
+  const pid = Number((await readFile(path.join(home.root, "kindling.pid"), "utf8").catch(() => "")).trim());
+  if (!(pid > 0)) return;
+  try {
+    process.kill(pid, "SIGTERM");
+  } catch {
+    return;
+  }
+  for (let i = 0; i < 300; i++) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The phases of one attached run under the service, from the client library (ms). */
+async function phases(home: KindlingHome): Promise<Record<string, number>> {
+  const { Kindling } = await import("../src/client/index.js");
+  const k = new Kindling({ home: home.root, autoStart: true });
+  const t0 = performance.now();
+  const created = await k.createContainer({
+    image: "bb",
+    command: ["echo", "hi"],
+    runtime: "runc",
+    network: "none",
+    attach: true,
+    autoRemove: true,
+    environment: { KINDLING_HOME: home.root, KINDLING_LAZY_IDLE_MS: "600000" },
+  });
+  const t1 = performance.now();
+  let first = 0;
+  const out = new Writable({
+    write(_c, _e, cb) {
+      first ||= performance.now();
+      cb();
+    },
+  });
+  const session = await k.attach(created.id, { stdout: out, stderr: out }, { direct: true });
+  const t2 = performance.now();
+  await session.exit;
+  const t3 = performance.now();
+  return { create: t1 - t0, attach: t2 - t1, "to first output": first - t2, "to the end": t3 - first };
+}
+
 async function main(): Promise<void> {
   const tmp = await mkdtemp(path.join(tmpdir(), "kindling-cli-cost-"));
   const home = new KindlingHome(path.join(tmp, "home")).ensure();
+  const noSpareHome = new KindlingHome(path.join(tmp, "home-no-spare")).ensure();
   const env = {
     ...process.env,
     KINDLING_HOME: home.root,
     KINDLING_LAZY_IDLE_MS: "600000",
     KINDLING_SOCKET: "",
   };
-  const eagerEntry = path.join(DIST_CLI, "main-eager.bench.js");
-  const bundleEntry = path.join(DIST_CLI, "main.bundle.bench.js");
+  const noSpareEnv = { ...env, KINDLING_HOME: noSpareHome.root, KINDLING_SERVICE_SPARE_SUPERVISOR: "0" };
+  const inProcessEntry = path.join(DIST_CLI, "run-in-process.bench.js");
+  const bundleEntry = path.join(DIST_CLI, "entry.bundle.bench.js");
   try {
-    await importImage(home, path.join(REPO, ".cache", "fixtures", "busybox-rootfs.tar"), { name: "bb" });
+    const rootfsTar = path.join(REPO, ".cache", "fixtures", "busybox-rootfs.tar");
+    await importImage(home, rootfsTar, { name: "bb" });
+    await importImage(noSpareHome, rootfsTar, { name: "bb" });
     // The same tree as a plain directory, and a runc bundle running `echo hi` in it.
     const image = await resolveImage(home, "bb");
     const file = await image.blockImage.open();
@@ -101,25 +177,10 @@ async function main(): Promise<void> {
         buildOciSpec({ process: proc, hostname: "b", rootfs: plain, volumes: [], nofile: 1024 }),
       ),
     );
-    // The entry before lazy command loading: every command module first, then main.
-    const modules = [
-      "image",
-      "run",
-      "containers",
-      "daemon",
-      "doctor",
-      "config",
-      "bench",
-      "login",
-      "completion",
-    ];
-    await writeFile(
-      eagerEntry,
-      `${modules.map((m) => `await import("./${m}.js");`).join("\n")}\nawait import("./main.js");\n`,
-    );
+    await writeFile(inProcessEntry, IN_PROCESS);
     if (BUNDLE) {
       await exec(path.join(REPO, "node_modules", ".bin", "esbuild"), [
-        path.join(DIST_CLI, "main.js"),
+        path.join(DIST_CLI, "entry.js"),
         "--bundle",
         "--platform=node",
         "--format=esm",
@@ -131,7 +192,8 @@ async function main(): Promise<void> {
       ]);
     }
     const kindling = path.join(REPO, "bin", "kindling");
-    const runArgs = ["run", "--runtime", "runc", "--network", "none", "bb", "--", "echo", "hi"];
+    const runFlags = ["--rm", "--runtime", "runc", "--network", "none", "bb", "--", "echo", "hi"];
+    const runArgs = ["run", ...runFlags];
     const variants: [string, () => Promise<{ ms: number; out: string }>][] = [
       [
         "runc",
@@ -150,9 +212,10 @@ async function main(): Promise<void> {
           ),
       ],
       ["node", () => timed(process.execPath, ["-e", "0"], env)],
-      ["load", () => timed(process.execPath, [kindling, "run", "--help"], env)],
       ["kindling", () => timed(process.execPath, [kindling, ...runArgs], env)],
-      ["eager", () => timed(process.execPath, [eagerEntry, ...runArgs], env)],
+      ["full-entry", () => timed(process.execPath, [path.join(DIST_CLI, "main.js"), ...runArgs], env)],
+      ["no-spare", () => timed(process.execPath, [kindling, ...runArgs], noSpareEnv)],
+      ["in-process", () => timed(process.execPath, [inProcessEntry, "bb", "echo", "hi"], env)],
     ];
     if (BUNDLE) variants.push(["bundle", () => timed(process.execPath, [bundleEntry, ...runArgs], env)]);
     const { enableCompileCache } = (await import("node:module")) as { enableCompileCache?: unknown };
@@ -161,16 +224,19 @@ async function main(): Promise<void> {
       const cacheEnv = { ...env, NODE_COMPILE_CACHE: path.join(tmp, "v8-cache") };
       variants.push(["compile-cache", () => timed(process.execPath, [kindling, ...runArgs], cacheEnv)]);
     }
-    // Warm-up: the lazy daemon starts, chunks are cached, every variant runs once.
+    // Warm-up: the services start, the lazy daemons start, chunks are cached, every variant runs once.
     for (const [name, run] of variants) {
       const r = await run();
-      if (name !== "node" && name !== "load" && r.out !== "hi\n")
+      if (name !== "node" && r.out !== "hi\n")
         throw new Error(`${name}: unexpected output ${JSON.stringify(r.out)}`);
     }
     const times = new Map<string, number[]>(variants.map(([n]) => [n, []]));
+    const phaseTimes = new Map<string, number[]>();
     const load0 = loadavg()[0]!;
     for (let i = 0; i < N; i++) {
       for (const [name, run] of variants) times.get(name)!.push((await run()).ms);
+      for (const [k, v] of Object.entries(await phases(home)))
+        phaseTimes.set(k, [...(phaseTimes.get(k) ?? []), v]);
     }
     const base = median(times.get("runc")!);
     console.log(
@@ -187,11 +253,17 @@ async function main(): Promise<void> {
       console.log(
         `compile-cache: not measured (module.enableCompileCache needs Node >= 22.1; this is ${process.version})`,
       );
-    void readFile;
+    console.log("\nphases of a run under the service (client library in this process, no Node start):");
+    console.log("| phase | median ms |");
+    console.log("|---|---:|");
+    for (const [k, v] of phaseTimes) console.log(`| ${k} | ${median(v).toFixed(1)} |`);
   } finally {
-    await rm(eagerEntry, { force: true });
+    await rm(inProcessEntry, { force: true });
     await rm(bundleEntry, { force: true });
+    await stopService(home);
+    await stopService(noSpareHome);
     await stopIdleShared(home).catch(() => 0);
+    await stopIdleShared(noSpareHome).catch(() => 0);
     await exec("runc", ["--root", path.join(tmp, "state"), "list", "-q"], { allowFailure: true });
     await rm(tmp, { recursive: true, force: true });
   }

@@ -1,7 +1,8 @@
 /**
  * `ps` with many containers (not a test): starts N runc containers (`sleep`) under a real service,
- * then measures GET /v1/containers (the API, in process) and `kindling ps` (the CLI, a process) while
- * they all run: medians of R rounds. Everything is removed afterwards.
+ * then measures GET /v1/containers (the API, in process; the service answers from its cached listing)
+ * and `kindling ps -q` (the CLI, a process: the thin entry; the full CLI and `node -e 0` beside it)
+ * while they all run: medians of R rounds, interleaved. Everything is removed afterwards.
  *   node dist/bench/service-ps.js [--n 50] [--rounds 20]
  */
 import { spawn } from "node:child_process";
@@ -22,10 +23,11 @@ const N = Number(argOf("n") ?? 50);
 const ROUNDS = Number(argOf("rounds") ?? 20);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
-function timedCli(home: string): Promise<number> {
+/** `kindling ps -q` as a process (`entry`: bin/kindling, the thin path; or another script). */
+function timedCli(home: string, args = [path.join(REPO, "bin", "kindling"), "ps", "-q"]): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const c = spawn(process.execPath, [path.join(REPO, "bin", "kindling"), "ps", "-q"], {
+    const c = spawn(process.execPath, args, {
       env: { ...process.env, KINDLING_HOME: home, KINDLING_SOCKET: "" },
       stdio: ["ignore", "ignore", "inherit"],
     });
@@ -66,11 +68,16 @@ async function main(): Promise<void> {
     const running = (await k.listContainers()).length;
     const api: number[] = [];
     const cli: number[] = [];
+    const full: number[] = [];
+    const node: number[] = [];
+    const mainJs = path.join(REPO, "dist", "src", "cli", "main.js");
     for (let r = 0; r < ROUNDS; r++) {
       const a0 = process.hrtime.bigint();
       await jsonRequest(k.socket, "GET", "/v1/containers");
       api.push(Number(process.hrtime.bigint() - a0) / 1e6);
       cli.push(await timedCli(home));
+      full.push(await timedCli(home, [mainJs, "ps", "-q"]));
+      node.push(await timedCli(home, ["-e", "0"]));
       await sleep(20);
     }
     console.log(
@@ -80,7 +87,11 @@ async function main(): Promise<void> {
     console.log(`| what | ms |`);
     console.log(`|---|---:|`);
     console.log(`| GET /v1/containers (API) | ${median(api).toFixed(1)} |`);
-    console.log(`| kindling ps -q (CLI process) | ${median(cli).toFixed(1)} |`);
+    console.log(`| kindling ps -q (CLI process, thin entry) | ${median(cli).toFixed(1)} |`);
+    console.log(
+      `| node dist/src/cli/main.js ps -q (the full CLI: commander, every module of ps) | ${median(full).toFixed(1)} |`,
+    );
+    console.log(`| node -e 0 (Node's own start, the floor of any Node CLI) | ${median(node).toFixed(1)} |`);
   } finally {
     for (const id of ids) await k.remove(id, { force: true }).catch(() => {});
     const info = await k.info().catch(() => undefined);

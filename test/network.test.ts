@@ -39,6 +39,7 @@ import { cleanupStaleRuns, readOwner } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { killRunOwner } from "./helpers/home-service.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { homeRulesLeft, networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
@@ -301,7 +302,7 @@ test("runsc: a server reached through -p (gVisor's sandbox in Kindling's namespa
   assert.deepEqual(await networkLeftovers(home), []);
 });
 
-test("a killed kindling leaves nothing behind after the next start", async () => {
+test("a killed run owner leaves nothing behind after the next start", async () => {
   const port = await freePort();
   const child = spawn(
     KINDLING,
@@ -312,9 +313,11 @@ test("a killed kindling leaves nothing behind after the next start", async () =>
     assert.equal(await fetchText(`http://127.0.0.1:${port}/hello`, 60_000), "hello from the image\n");
     assert.notDeepEqual(await networkLeftovers(home), [], "the run holds a namespace, a lease and rules");
   } finally {
-    child.kill("SIGKILL");
+    // the run's owner is its supervisor under the service: its crash leaves everything
+    const exited = new Promise((r) => child.once("exit", r));
+    await killRunOwner(home.runs).catch(() => child.kill("SIGKILL"));
+    await exited;
   }
-  await new Promise((r) => child.once("exit", r));
   // the next start cleans up after the dead run
   const r = await run(["true"]);
   assert.equal(r.status, 0, r.stderr);

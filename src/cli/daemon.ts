@@ -1,6 +1,7 @@
-import type { Command } from "commander";
+import { closeSync, writeSync } from "node:fs";
+import { type Command, Option } from "commander";
 import { config } from "../config/index.js";
-import { KindlingError } from "../util/errors.js";
+import { KindlingError, userMessage } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 
 export function registerDaemonCommand(program: Command): void {
@@ -10,7 +11,21 @@ export function registerDaemonCommand(program: Command): void {
       "run the Kindling service in the foreground (HTTP API on a Unix socket; see contrib/kindling.service)",
     )
     .option("--exit-idle <seconds>", "exit after this long with no container running and no request")
-    .action(async (opts: { exitIdle?: string }) => {
+    .addOption(
+      // for a client that starts us: "ok" or "error <message>" on this fd once listening (or not)
+      new Option("--ready-fd <fd>").hideHelp(),
+    )
+    .action(async (opts: { exitIdle?: string; readyFd?: string }) => {
+      const readyFd = opts.readyFd === undefined ? undefined : Number(opts.readyFd);
+      const ready = (line: string) => {
+        if (readyFd === undefined) return;
+        try {
+          writeSync(readyFd, `${line}\n`);
+          closeSync(readyFd);
+        } catch {
+          // the client went away
+        }
+      };
       const { KindlingService, AlreadyRunning } = await import("../service/server.js");
       const { jsonLogger } = await import("../service/events.js");
       let idleExitMs: number | undefined;
@@ -34,9 +49,11 @@ export function registerDaemonCommand(program: Command): void {
       try {
         await service.start();
       } catch (err) {
+        ready(`error ${userMessage(err)}`);
         if (err instanceof AlreadyRunning) throw new KindlingError(err.message);
         throw err;
       }
+      ready("ok");
       // SIGTERM/SIGINT: stop listening; containers keep running under their supervisors.
       for (const s of ["SIGINT", "SIGTERM"] as const) {
         process.removeAllListeners(s);

@@ -402,18 +402,35 @@ export class Kindling {
     if (await this.connectable()) return;
     mkdirSync(this.home, { recursive: true });
     const logFd = openSync(path.join(this.home, "service.log"), "a");
+    let said: Promise<string>;
     try {
-      const child = spawn(process.execPath, [MAIN, "daemon", "--exit-idle", String(this.idleExitSeconds)], {
+      const args = [MAIN, "daemon", "--exit-idle", String(this.idleExitSeconds), "--ready-fd", "3"];
+      const child = spawn(process.execPath, args, {
         detached: true,
         cwd: "/", // not the client's: it may be removed while the service runs
-        stdio: ["ignore", logFd, logFd],
+        // fd 3: its word once it listens or could not ("ok" / "error <message>"); its log may be unwritable
+        stdio: ["ignore", logFd, logFd, "pipe"],
         env: { ...hostEnv(), KINDLING_HOME: this.home, KINDLING_SOCKET: this.socket },
       });
       child.unref();
+      const ready = child.stdio[3] as Readable;
+      said = new Promise((resolve) => {
+        let text = "";
+        ready.on("data", (d: Buffer) => {
+          text += d.toString();
+        });
+        ready.on("close", () => resolve(text.split("\n")[0] ?? ""));
+        ready.on("error", () => resolve(""));
+      });
+      void said.then(() => ready.destroy());
     } finally {
       closeSync(logFd);
     }
-    const deadline = Date.now() + 20_000;
+    const word = await Promise.race([said, sleep(20_000).then(() => "")]);
+    // Another client's service may have won the home's lock meanwhile: then it answers.
+    if (await this.connectable()) return;
+    if (word.startsWith("error ")) throw new KindlingApiError(0, "ESERVICE", word.slice("error ".length));
+    const deadline = Date.now() + 5_000;
     while (Date.now() < deadline) {
       if (await this.connectable()) return;
       await sleep(25);

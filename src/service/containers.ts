@@ -151,8 +151,29 @@ export class Containers {
     );
   }
 
-  list(): Promise<StoredContainer[]> {
-    return listContainers(this.home);
+  /**
+   * The containers as last seen, by id (oldest first): read from disk once, then kept current by
+   * what the service does and learns (create, start, exit from each supervisor, remove), so `ps`
+   * reads no files (bench/service-ps.ts). A supervisor's death is learnt by its watcher.
+   */
+  private cache?: Promise<Map<string, StoredContainer>>;
+
+  private known(): Promise<Map<string, StoredContainer>> {
+    this.cache ??= listContainers(this.home).then((all) => new Map(all.map((c) => [c.record.id, c])));
+    return this.cache;
+  }
+
+  /** Re-reads one container from disk into the listing (gone: dropped). */
+  private async refresh(id: string): Promise<StoredContainer | undefined> {
+    const c = await readContainer(containerDir(this.home, id));
+    const map = await this.known();
+    if (c) map.set(id, c);
+    else map.delete(id);
+    return c;
+  }
+
+  async list(): Promise<StoredContainer[]> {
+    return [...(await this.known()).values()];
   }
 
   async find(ref: string): Promise<StoredContainer> {
@@ -180,6 +201,7 @@ export class Containers {
           exitCode: 125,
           error: "the service died before it started",
         });
+        await this.refresh(c.record.id);
       }
     }
     return adopted;
@@ -243,6 +265,7 @@ export class Containers {
     });
     this.creating = take.catch(() => {});
     const dir = await take;
+    await this.refresh(id);
     this.events.emit({
       type: "container",
       action: "create",
@@ -268,7 +291,7 @@ export class Containers {
         });
       }
     }
-    const c = (await readContainer(dir)) ?? { dir, record, state: { status: "exited" as const } };
+    const c = (await this.refresh(id)) ?? { dir, record, state: { status: "exited" as const } };
     if (failure) {
       this.hooks.onExit(c);
       throw new ApiFailure(500, "ESTART", `container ${id} did not start: ${failure}`);
@@ -277,7 +300,7 @@ export class Containers {
       // It starts when its client attaches: the start event comes then.
       void jsonRequest(shimSocket(dir), "GET", "/started")
         .then(async () => {
-          const now = await readContainer(dir);
+          const now = await this.refresh(id);
           if (now?.state.status === "running") this.hooks.onStart(now);
         })
         .catch(() => {});
@@ -325,7 +348,7 @@ export class Containers {
     const dir = containerDir(this.home, id);
     const done = (async () => {
       for (;;) {
-        const c = await readContainer(dir);
+        const c = await this.refresh(id);
         if (!c || c.state.status === "exited") return c;
         try {
           await jsonRequest(shimSocket(dir), "GET", "/wait");
@@ -373,7 +396,7 @@ export class Containers {
     }));
     if (r.status !== 200)
       throw new ApiFailure(r.status, r.body.code ?? "EKILL", r.body.message ?? "kill failed");
-    return (await readContainer(c.dir)) ?? c;
+    return (await this.refresh(c.record.id)) ?? c;
   }
 
   /** TERM, then KILL after `timeout` seconds (default: the container's --stop-timeout); resolves when ended. */
@@ -402,6 +425,7 @@ export class Containers {
       }
     }
     await removeContainerDir(c.dir);
+    (await this.known()).delete(c.record.id);
     this.events.emit({ type: "container", action: "remove", id: c.record.id, name: c.record.name });
     return c;
   }
