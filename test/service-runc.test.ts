@@ -127,8 +127,12 @@ test("run -d, ps, logs, exec, kill, wait, inspect and rm through the CLI", async
   const exi = await cli(home, ["exec", "-i", "web", "--", "sh", "-c", "tr a-z A-Z"], "piped through stdin\n");
   assert.equal(exi.stdout, "PIPED THROUGH STDIN\n");
   assert.equal(exi.code, 0);
+  // as for run: a program that is not there 127, one that cannot be run 126 (runc exec's own error)
   const missing = await cli(home, ["exec", "web", "--", "/no/such/program"]);
-  assert.notEqual(missing.code, 0);
+  assert.equal(missing.code, 127, missing.stderr);
+  assert.match(missing.stderr, /^kindling: .*no such file or directory/m);
+  const notExecutable = await cli(home, ["exec", "web", "--", "/etc/passwd"]);
+  assert.equal(notExecutable.code, 126, notExecutable.stderr);
   assert.equal((await cli(home, ["exec", "-t", "web", "--", "true"])).code, 125);
 
   const kill = await cli(home, ["kill", "-s", "USR1", "web"]);
@@ -314,4 +318,37 @@ test("kill -9 of the service: containers keep running and logging; a new service
   assert.equal(rm1.code, 0, rm1.stderr);
   assert.equal((await cli(home, ["rm", "counter"])).code, 0);
   assert.deepEqual(await leftovers(home, image, ids), []);
+});
+
+test("a killed supervisor: its container shows exited 125 naming it, and rm releases everything", async () => {
+  const r = await cli(home, [
+    "run",
+    "-d",
+    "--runtime",
+    "runc",
+    "--network",
+    "none",
+    image,
+    "--",
+    "sleep",
+    "1000",
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const id = r.stdout.trim();
+  ids.push(id);
+  const before = await apiCall(socket, "GET", `/v1/containers/${id}`);
+  assert.equal(before.body.state.status, "running");
+  process.kill(before.body.state.supervisorPid, "SIGKILL");
+  await until(
+    "the container to show as exited",
+    async () => (await apiCall(socket, "GET", `/v1/containers/${id}`)).body.state.status === "exited",
+  );
+  const after = await apiCall(socket, "GET", `/v1/containers/${id}`);
+  assert.equal(after.body.state.exitCode, 125);
+  assert.equal(after.body.state.error, "the container's supervisor died");
+  // what it held is still there: nobody released it
+  assert.ok((await leftovers(home, image, [id])).length > 0, "the dead supervisor's run is left");
+  const rmc = await cli(home, ["rm", id]);
+  assert.equal(rmc.code, 0, rmc.stderr);
+  assert.deepEqual(await leftovers(home, image, [id]), []);
 });

@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { fstatSync } from "node:fs";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { hostNofileLimit } from "../host/proc.js";
@@ -184,6 +185,14 @@ async function writeEtcFiles(
   }));
 }
 
+/** As with Docker: a command that cannot be found is 127, one that cannot be run 126 (else undefined). */
+function commandFailureStatus(failure: string): 126 | 127 | undefined {
+  const notFound = /exec: .*(executable file not found|no such file or directory)|error finding executable/i;
+  if (notFound.test(failure)) return 127;
+  if (/exec: .*permission denied/i.test(failure)) return 126;
+  return undefined;
+}
+
 class OciContainer implements Container {
   private child?: ChildProcess;
   private exited?: Promise<ExitStatus>;
@@ -273,11 +282,8 @@ class OciContainer implements Container {
     const [failure, problem] = await Promise.all([this.runtimeError(), this.imageProblem()]);
     if (failure) {
       if (problem) throw new KindlingError(`${this.flavor.name} failed: ${failure} (${problem})`);
-      // As with Docker: a command that cannot be found is 127, one that cannot be run 126.
-      const notFound =
-        /exec: .*(executable file not found|no such file or directory)|error finding executable/i;
-      if (notFound.test(failure)) return { status: 127, message: failure };
-      if (/exec: .*permission denied/i.test(failure)) return { status: 126, message: failure };
+      const status = commandFailureStatus(failure);
+      if (status) return { status, message: failure };
       throw new KindlingError(`${this.flavor.name} failed: ${failure}`);
     }
     const status = exitStatusOf(code, signal);
@@ -285,10 +291,10 @@ class OciContainer implements Container {
   }
 
   /** The runtime's own last error, if it logged one: then the status is its, not the process's. */
-  private async runtimeError(): Promise<string | undefined> {
+  private async runtimeError(file = this.logFile): Promise<string | undefined> {
     let text = "";
     try {
-      text = await readFile(this.logFile, "utf8");
+      text = await readFile(file, "utf8");
     } catch {
       return undefined;
     }
@@ -337,9 +343,14 @@ class OciContainer implements Container {
   async exec(spec: ExecSpec, io: ExecIo): Promise<ExecProcess> {
     if (!this.running()) throw new KindlingError(`container ${this.id} is not running`);
     const flags = [...(spec.cwd ? ["--cwd", spec.cwd] : []), ...spec.env.flatMap((e) => ["--env", e])];
-    const child = spawn(this.binary, [...this.globalArgs(), "exec", ...flags, this.id, ...spec.args], {
-      stdio: [io.stdin ? "pipe" : "ignore", "pipe", "pipe"],
-    });
+    // its own log: a program it cannot start is its error there (127/126 as for run), not the process's
+    const log = this.runDir.file(`exec-${randomBytes(4).toString("hex")}.log`);
+    const logArgs = ["--log", log, "--log-format", "json"];
+    const child = spawn(
+      this.binary,
+      [...logArgs, ...this.globalArgs(), "exec", ...flags, this.id, ...spec.args],
+      { stdio: [io.stdin ? "pipe" : "ignore", "pipe", "pipe"] },
+    );
     if (io.stdin && child.stdin) {
       child.stdin.on("error", () => {}); // the process may exit without reading it all
       io.stdin.pipe(child.stdin);
@@ -348,7 +359,19 @@ class OciContainer implements Container {
     child.stderr!.pipe(io.stderr, { end: false });
     const exited = new Promise<ExitStatus>((resolve, reject) => {
       child.on("error", (err) => reject(new KindlingError(`cannot start ${this.binary}: ${err.message}`)));
-      child.on("close", (code, signal) => resolve(exitStatusOf(code, signal)));
+      child.on("close", (code, signal) => {
+        const status = exitStatusOf(code, signal);
+        const failed = code !== 0 ? this.runtimeError(log) : Promise.resolve(undefined);
+        void failed
+          .then(
+            (failure) => {
+              const decided = failure ? commandFailureStatus(failure) : undefined;
+              resolve(decided ? { status: decided, message: failure } : status);
+            },
+            () => resolve(status),
+          )
+          .finally(() => rm(log, { force: true }).catch(() => {}));
+      });
     });
     exited.catch(() => {});
     return {

@@ -13,6 +13,7 @@ import { pickDefaultVmm } from "../doctor/report.js";
 import { isSameProcess } from "../host/process.js";
 import { isPathRef, resolveImage } from "../runtime/image.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
+import { cleanupStaleRuns } from "../runtime/rundir.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import type { ContainerCreateRequest, ContainerExit, ContainerInspect, ContainerSummary } from "./api.js";
@@ -361,8 +362,10 @@ export class Containers {
       }
     })();
     this.watched.set(id, done);
-    void done.then((c) => {
+    void done.then(async (c) => {
       this.watched.delete(id);
+      // --rm: its supervisor removes it now (the dir may still be there for a moment)
+      if (c?.record.autoRemove) (await this.known()).delete(id);
       if (c) this.hooks.onExit(c);
     });
     return done;
@@ -423,6 +426,11 @@ export class Containers {
       if (ended?.state.status !== "exited") {
         throw new ApiFailure(500, "ESTOP", `container ${c.record.id} did not stop within 60 s`);
       }
+    }
+    if (c.state.error === "the container's supervisor died") {
+      // Nobody released what it held (process, mounts, network): the crash cleanup does, now.
+      const report = await cleanupStaleRuns(this.home);
+      if (report.errors.length > 0) throw new ApiFailure(500, "ECLEANUP", report.errors.join("; "));
     }
     await removeContainerDir(c.dir);
     (await this.known()).delete(c.record.id);
