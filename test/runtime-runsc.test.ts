@@ -113,3 +113,50 @@ test("a runsc run whose supervisor was SIGKILLed is cleaned up by the next run",
   assert.equal(next.status, 0);
   assert.deepEqual(await leftovers(home.root, image, ids), []);
 });
+
+test("runsc under the service: run -d, exec, logs, an attached run, rm -f; nothing left", {
+  skip,
+}, async () => {
+  const { runCli } = await import("./helpers/cli.js");
+  const cli = (args: string[]) => runCli(args, { home: home.root, env: { KINDLING_SOCKET: "" } });
+  const d = await cli([
+    "run",
+    "-d",
+    "--runtime",
+    "runsc",
+    "--network",
+    "none",
+    image,
+    "--",
+    "sh",
+    "-c",
+    "echo up; sleep 600",
+  ]);
+  assert.equal(d.code, 0, d.stderr);
+  const id = d.stdout.trim();
+  ids.push(id);
+  const ex = await cli(["exec", id, "--", "sh", "-c", "echo in gvisor; exit 4"]);
+  assert.equal(ex.code, 4, ex.stderr);
+  assert.equal(ex.stdout, "in gvisor\n");
+  const deadline = Date.now() + 30_000;
+  let logs = "";
+  while (!logs.includes("up") && Date.now() < deadline) logs = (await cli(["logs", id])).stdout;
+  assert.equal(logs, "up\n");
+  const attached = await cli([
+    "run",
+    "--rm",
+    "--runtime",
+    "runsc",
+    "--network",
+    "none",
+    image,
+    "--",
+    "sh",
+    "-c",
+    "echo hi; exit 5",
+  ]);
+  assert.equal(attached.code, 5, attached.stderr);
+  assert.equal(attached.stdout, "hi\n");
+  assert.equal((await cli(["rm", "-f", id])).code, 0);
+  assert.deepEqual(await leftovers(home.root, image, ids), []);
+});
