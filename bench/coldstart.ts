@@ -3,10 +3,10 @@
  *   cold:     a fresh KINDLING_HOME: `kindling image pull --insecure REF` +
  *             `kindling run --runtime runc --network none REF -- CMD`, REF pushed without a startup
  *             profile, file-aware readahead off (KINDLING_LAZY_FILE_READAHEAD=0)
- *   files:    the same with file-aware readahead (the default)
+ *   files:    the same with file-aware readahead (KINDLING_LAZY_FILE_READAHEAD=8388608; off by default)
  *   profiled: REF pushed after one run in the pushing home (so with its startup profile), file-aware
  *             readahead off
- *   profiled+files: profile and file-aware readahead (what a profiled image gets by default)
+ *   profiled+files: profile and file-aware readahead
  *   sorted+files, sorted+profiled+files: the same image rebuilt with its startup files first
  *             (`mksquashfs -sort` by the first run's profile: blockimage/sortlist.ts), without and
  *             with its own profile

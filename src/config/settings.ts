@@ -185,10 +185,9 @@ export const SETTINGS = {
   lazyFileReadahead: setting({
     env: "KINDLING_LAZY_FILE_READAHEAD",
     type: integer("bytes", 0),
-    default: 8 << 20,
-    defaultText: "`8388608` (8 MiB)",
+    default: 0,
     describe:
-      "file-aware readahead: the first read of a file taking at most this many bytes of the block image fetches the rest of the file in parallel (`0`: off)",
+      "file-aware readahead: the first read of a file taking at most this many bytes of the block image fetches the rest of the file in parallel (`0`: off; measured not to pay for a cold `import numpy`, docs/benchmarks.md)",
   }),
   cniConfDir: setting<string | undefined>({
     env: "KINDLING_CNI_CONF_DIR",
