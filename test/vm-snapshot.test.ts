@@ -51,6 +51,12 @@ before(async () => {
   await mkdir(t.home.kernel);
   await symlink(BUILT, path.join(t.home.kernel, "built"));
   assert.ok(await findBuiltKernel(t.home), "the built kernel matches guest/kernel/kindling.config");
+  // Debian's kernel from the shared test cache too (vm-image.ts fetched it there once)
+  const debian = path.join(REPO, ".cache", "vm-test-home", "kernel");
+  for (const e of await readdir(debian, { withFileTypes: true })) {
+    if (e.isDirectory() || e.name === "current.json")
+      await symlink(path.join(debian, e.name), path.join(t.home.kernel, e.name));
+  }
   work = path.join(t.tmp, "snap");
   store = path.join(work, "store");
   await mkdir(work, { recursive: true });
@@ -80,8 +86,11 @@ async function rootImage(name: string, marker: string, padBytes = 0): Promise<st
 }
 
 let vmCount = 0;
-async function vmSpec(root: string, opts: { memoryMiB?: number; initrd?: string } = {}): Promise<VmSpec> {
-  const boot = await withConfig({ guestKernel: "built" }, () =>
+async function vmSpec(
+  root: string,
+  opts: { memoryMiB?: number; initrd?: string; kernel?: "built" | "debian" } = {},
+): Promise<VmSpec> {
+  const boot = await withConfig({ guestKernel: opts.kernel ?? "built" }, () =>
     prepareGuestBoot(t.home, {
       boot: { root: "/dev/vda", rootfsType: "squashfs", agent: "virtio-serial" },
       ...(opts.initrd ? { initrdPath: opts.initrd } : {}),
@@ -204,6 +213,17 @@ describe("QEMU snapshots (VM level)", () => {
       assert.equal(await sh(vm, "cat /etc/marker"), "image A\n");
     });
     await withVm(await vmSpec(rootA), async (vm) => assert.equal(vm.startKind, "restored"));
+  });
+
+  test("Debian's kernel (modules from the initramfs): saved, then restored with another root", async () => {
+    await withVm(await vmSpec(rootA, { kernel: "debian" }), async (vm) => {
+      assert.equal(vm.startKind, "snapshot-saved");
+      assert.equal(await sh(vm, "cat /etc/marker"), "image A\n");
+    });
+    await withVm(await vmSpec(rootB, { kernel: "debian" }), async (vm) => {
+      assert.equal(vm.startKind, "restored");
+      assert.equal(await sh(vm, "cat /etc/marker; wc -c < /pad"), `image B\n${3 << 20}\n`);
+    });
   });
 
   test("without a store (snapshots off) the VM boots", async () => {
