@@ -408,12 +408,15 @@ static void loopback_up(void) {
   if (s >= 0) close(s);
 }
 
+/* A snapshot VM did the root-independent part of stage 2 before its snapshot (prepare_early_stage2). */
+static bool early_stage2;
+
 static void stage2(bool from_initramfs) {
   logmsg("stage2: overlay (%s)", *opt("kindling.scratch", "") ? "scratch disk" : "tmpfs");
   if (from_initramfs) {
     mount_writable("/mnt/rw");
     mount_overlay("/mnt/lower", "/mnt/rw", "/mnt/root");
-    enter_bound_initramfs();
+    if (!early_stage2) enter_bound_initramfs();
     pivot_into("/mnt/root");
   } else {
     /* The root is read-only: a small tmpfs gives us somewhere to create the mount points. */
@@ -432,7 +435,7 @@ static void stage2(bool from_initramfs) {
   mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620");
   mkdir_p("/dev/shm", 01777);
   mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
-  loopback_up();
+  if (!early_stage2) loopback_up();
   logmsg("stage2: root is the overlay");
 }
 
@@ -1493,9 +1496,17 @@ int main(void) {
     logmsg("stage1: root mounted by the kernel");
     if (snapshot_mode) fatal("kindling.snapshot=1 needs the initramfs (the root comes in SETUP)");
   }
-  /* a snapshot VM: READY with no drive read; the root and overlay follow SETUP (after a restore) */
-  if (snapshot_mode) unbind_disks();
-  else stage2(from_initramfs);
+  /* a snapshot VM: READY with no drive read; the root and overlay follow SETUP (after a restore). What of
+   * stage 2 does not need the root runs now, once, instead of after every restore: the initramfs emptied
+   * and bound for pivot_root (its mounts come along), loopback up. */
+  if (snapshot_mode) {
+    enter_bound_initramfs();
+    loopback_up();
+    early_stage2 = true;
+    unbind_disks();
+  } else {
+    stage2(from_initramfs);
+  }
 
   /* Signals arrive through a signalfd so the event loop handles them in order with everything else. */
   signal(SIGPIPE, SIG_IGN);
