@@ -24,6 +24,7 @@ import path from "node:path";
 import { PassThrough, type Readable, Writable } from "node:stream";
 import { type Config, useConfig } from "../config/index.js";
 import { processStartTime } from "../host/process.js";
+import { teardownInBackground } from "../network/teardown.js";
 import { resolveImage } from "../runtime/image.js";
 import { type RunHandle, type RunResult, runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { readOwner } from "../runtime/rundir.js";
@@ -378,6 +379,9 @@ async function main(): Promise<void> {
       client = await attached;
       if (!client) throw new Error(`no client attached within ${ATTACH_WAIT_MS / 1000} s`);
     }
+    // An attached run's status goes to its client once the container is released; the network's
+    // teardown (CNI DEL, the namespace) is handed to a process of its own, as the CLI's run did.
+    if (client) teardownInBackground(true);
     const began = Date.now();
     const options = record.options;
     handle = runContainer({
