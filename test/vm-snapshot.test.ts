@@ -226,6 +226,50 @@ describe("QEMU snapshots (VM level)", () => {
     });
   });
 
+  test("two first VMs of one shape save at once: one snapshot is published, the next VM restores it", async () => {
+    const own = path.join(work, "store-race");
+    const specs = [await vmSpec(rootA), await vmSpec(rootA)].map((s) => ({ ...s, snapshots: own }));
+    const vms = await Promise.all(specs.map((s) => bootQemuVm(s, { home: t.home, bootTimeoutMs: BOOT_MS })));
+    try {
+      assert.deepEqual(
+        vms.map((v) => v.startKind),
+        ["snapshot-saved", "snapshot-saved"],
+      );
+      for (const vm of vms) assert.equal(await sh(vm, "cat /etc/marker"), "image A\n");
+    } finally {
+      await Promise.all(vms.map((v) => v.close()));
+    }
+    const names = await readdir(own);
+    assert.equal(names.filter((n) => /^[0-9a-f]{32}$/.test(n)).length, 1);
+    assert.deepEqual(
+      names.filter((n) => n.startsWith(".tmp-")),
+      [],
+      "the loser's temp dir is gone",
+    );
+    await withVm({ ...(await vmSpec(rootA)), snapshots: own }, async (vm) =>
+      assert.equal(vm.startKind, "restored"),
+    );
+  });
+
+  test("a save that a crash interrupted leaves a temp dir that the next save removes", async () => {
+    const own = path.join(work, "store-crash");
+    await mkdir(path.join(own, ".tmp-0123456789abcdef0123456789abcdef-999999999-abcdef"), {
+      recursive: true,
+    });
+    await writeFile(
+      path.join(own, ".tmp-0123456789abcdef0123456789abcdef-999999999-abcdef", "state"),
+      "partial",
+    );
+    await withVm({ ...(await vmSpec(rootA)), snapshots: own }, async (vm) =>
+      assert.equal(vm.startKind, "snapshot-saved"),
+    );
+    assert.deepEqual(
+      (await readdir(own)).filter((n) => n.startsWith(".tmp-")),
+      [],
+      "the dead writer's temp dir is gone",
+    );
+  });
+
   test("without a store (snapshots off) the VM boots", async () => {
     const spec = await vmSpec(rootA);
     delete spec.snapshots;
