@@ -12,7 +12,14 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { homeNetworkNames, OWNERS_DIR, removeHomeNetwork, sweepNetwork } from "../src/network/index.js";
+import {
+  deadRulesScript,
+  homeNetworkNames,
+  OWNERS_DIR,
+  parseRules,
+  removeHomeNetwork,
+  sweepNetwork,
+} from "../src/network/index.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
@@ -99,6 +106,20 @@ async function hostLines(needles: string[]): Promise<string[]> {
     .sort();
 }
 
+/**
+ * What `get` finds once it is empty, else after `ms` (what it still finds): another process's sweep may
+ * have claimed the dead run first (every network setup sweeps) and still be releasing it.
+ */
+async function settled<T>(get: () => Promise<T[]>, ms = 30_000): Promise<T[]> {
+  const deadline = Date.now() + ms;
+  let found = await get();
+  while (found.length > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 200));
+    found = await get();
+  }
+  return found;
+}
+
 /** What a home's runs leave that names it: its tag, its runs' namespaces, veths and addresses. */
 function needlesOf(home: KindlingHome, held: Held[]): string[] {
   const { tag } = homeNetworkNames(home);
@@ -158,16 +179,19 @@ test("a killed run whose home was deleted is released by the next network setup 
   const [, , result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
   assert.equal(result.status, 0);
 
-  assert.deepEqual(await hostLines(needles), []);
-  const records = await readdir(path.join(OWNERS_DIR, "runs")).catch(() => []);
-  assert.deepEqual(
-    records.filter((f) => held.some((h) => f.includes(h.netns))),
-    [],
+  assert.deepEqual(await settled(() => hostLines(needles)), []);
+  const records = await settled(async () =>
+    (await readdir(path.join(OWNERS_DIR, "runs")).catch(() => [] as string[])).filter((f) =>
+      held.some((h) => f.includes(h.netns)),
+    ),
   );
-  assert.deepEqual(
-    (await readdir(path.join(OWNERS_DIR, "homes")).catch(() => [])).filter((f) => f.startsWith(tag)),
-    [],
+  assert.deepEqual(records, []);
+  const homes = await settled(async () =>
+    (await readdir(path.join(OWNERS_DIR, "homes")).catch(() => [] as string[])).filter((f) =>
+      f.startsWith(tag),
+    ),
   );
+  assert.deepEqual(homes, []);
   // host-local did not make the dead home's lease directory again
   await assert.rejects(readdir(dead.root));
 });
@@ -210,10 +234,13 @@ test("kindling doctor --fix releases them too, a lease kept outside the home inc
     const r = await exec(KINDLING, ["doctor", "--fix"], {
       env: { ...process.env, KINDLING_HOME: live.root },
       timeout: 120_000,
+      allowFailure: true,
     });
-    assert.match(r.stdout, new RegExp(`released network of run ${h.id} `));
-    assert.deepEqual(await hostLines(needles), []);
-    assert.deepEqual(await leases(), []);
+    // (any network setup on this host sweeps too: another test's run may have released it first, so
+    // doctor's output need not name it; what counts is that nothing is left)
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(await settled(() => hostLines(needles)), []);
+    assert.deepEqual(await settled(leases), []);
     // nothing more to do: a second run says so
     const again = await exec(KINDLING, ["doctor", "--fix"], {
       env: { ...process.env, KINDLING_HOME: live.root },
@@ -223,4 +250,54 @@ test("kindling doctor --fix releases them too, a lease kept outside the home inc
   } finally {
     await exec("ip", ["link", "delete", bridge], { allowFailure: true });
   }
+});
+
+test("which rules are dead: by the network's tag, the run's id, and addresses no host prefix covers", () => {
+  const save = [
+    '-A POSTROUTING -s 10.200.1.2/32 -m comment --comment "name: \\"kindling-aaaaaaaa\\" id: \\"r1\\"" -j CNI-0123456789abcdef01234567',
+    '-A CNI-0123456789abcdef01234567 -d 10.200.1.0/24 -m comment --comment "name: \\"kindling-aaaaaaaa\\" id: \\"r1\\"" -j ACCEPT',
+    '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"kindling-aaaaaaaa\\" id: \\"r1\\"" -m multiport --dports 8080 -j CNI-DN-0123456789abcdef0123',
+    "-A CNI-DN-0123456789abcdef0123 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.200.1.2:80",
+    '-A POSTROUTING -s 10.201.0.0/24 ! -d 10.201.0.0/24 -m comment --comment "kindling-bbbbbbbb masquerade" -j MASQUERADE',
+    '-A POSTROUTING -s 10.9.9.9/32 -m comment --comment "name: \\"other\\" id: \\"r2\\"" -j CNI-fedcba9876543210fedcba98',
+    '-A POSTROUTING -s 10.9.9.8/32 -m comment --comment "name: \\"other\\" id: \\"r3\\"" -j CNI-aaaabbbbccccddddeeeeffff',
+    "-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE",
+  ];
+  const rules = parseRules(save.join("\n"));
+  const live = {
+    tagIsDead: (t: string) => t === "aaaaaaaa",
+    runIsDead: (id: string) => id === "r2",
+    addressIsDead: (ip: string) => ip === "10.224.81.2",
+  };
+  const { script } = deadRulesScript("nat", rules, live);
+  const lines = script.split("\n");
+  assert.equal(lines[0], "*nat");
+  assert.equal(lines.at(-2), "COMMIT");
+  // the jumps into per-attachment chains go, then the chains; a live home's and another run's stay
+  assert.ok(lines.includes(save[0]!.replace("-A ", "-D ")));
+  assert.ok(lines.includes(save[2]!.replace("-A ", "-D ")));
+  assert.ok(lines.includes(save[5]!.replace("-A ", "-D ")));
+  for (const c of [
+    "CNI-0123456789abcdef01234567",
+    "CNI-DN-0123456789abcdef0123",
+    "CNI-fedcba9876543210fedcba98",
+  ]) {
+    assert.ok(lines.indexOf(`-F ${c}`) < lines.indexOf(`-X ${c}`), c);
+    assert.ok(lines.indexOf(`-X ${c}`) > lines.indexOf(save[0]!.replace("-A ", "-D ")), c);
+  }
+  assert.ok(!script.includes("kindling-bbbbbbbb"));
+  assert.ok(!script.includes("CNI-aaaabbbbccccddddeeeeffff"));
+  assert.ok(!script.includes("CNI-HOSTPORT-MASQ"));
+  // filter: the firewall plugin's address rules
+  const fw = parseRules(
+    [
+      "-A CNI-FORWARD -d 10.224.81.2/32 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+      "-A CNI-FORWARD -s 10.224.81.2/32 -j ACCEPT",
+      "-A CNI-FORWARD -s 10.224.81.3/32 -j ACCEPT",
+    ].join("\n"),
+  );
+  const f = deadRulesScript("filter", fw, live);
+  assert.equal(f.count, 2);
+  assert.ok(!f.script.includes("10.224.81.3"));
+  assert.deepEqual(deadRulesScript("filter", [], live), { script: "", count: 0 });
 });

@@ -26,9 +26,13 @@ export interface Rule {
 
 export async function readRules(table: Table): Promise<Rule[]> {
   const r = await exec("iptables-save", ["-t", table], { allowFailure: true });
-  if (r.code !== 0) return [];
+  return r.code === 0 ? parseRules(r.stdout) : [];
+}
+
+/** The rules of `iptables-save` output (its -A lines). */
+export function parseRules(text: string): Rule[] {
   const rules: Rule[] = [];
-  for (const line of r.stdout.split("\n")) {
+  for (const line of text.split("\n")) {
     const m = /^-A (\S+) .*?-j (\S+)/.exec(line) ?? /^-A (\S+)/.exec(line);
     if (m) rules.push({ chain: m[1]!, line, target: m[2] });
   }

@@ -131,6 +131,24 @@ export async function forgetRun(netnsName: string): Promise<void> {
   await unlink(runRecordFile(netnsName)).catch(() => {});
 }
 
+/**
+ * Waits (at most `ms`) until no run of `homeRoot` is being released by a process it was handed to (its
+ * run directory is gone, its owner lives): removing a home under such a process would let host-local's
+ * DEL make the home's lease directory again.
+ */
+export async function waitForHandOffs(homeRoot: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const pending: RunRecord[] = [];
+    for (const { rec } of await readRunRecords()) {
+      if (rec.home !== homeRoot || !isSameProcess(rec.pid, rec.startTime)) continue;
+      if (!(await exists(path.join(rec.home, "run", rec.runId)))) pending.push(rec);
+    }
+    if (pending.length === 0 || Date.now() > deadline) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** Whether a run record's owner is gone: its process ended and its home or run directory too. */
 export async function runIsDead(rec: RunRecord): Promise<boolean> {
   if (isSameProcess(rec.pid, rec.startTime)) return false;

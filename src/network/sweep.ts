@@ -112,6 +112,7 @@ export async function sweepNetwork(opts: SweepOptions = {}): Promise<SweepReport
   const due =
     opts.full === true ||
     (opts.rateLimited === true && Date.now() - (await lastFullSweepMs()) > FULL_SWEEP_EVERY_MS);
+  let rulesFailed = false;
   if (somethingDead || due) {
     const rules = await removeDeadRules(async () => {
       // read after the rules: what made a rule (home record, bridge, address) existed before it
@@ -134,11 +135,13 @@ export async function sweepNetwork(opts: SweepOptions = {}): Promise<SweepReport
     });
     if (rules.removed > 0) report.released.push(`${rules.removed} iptables rules and chains`);
     report.errors.push(...rules.errors);
+    rulesFailed = rules.errors.length > 0;
     await markFullSweep().catch(() => {});
   }
   // the records of dead homes go last: until then a failed step above is retried by the next sweep
-  if (report.errors.length === 0) {
+  if (!rulesFailed) {
     for (const tag of deadHomes) {
+      if (report.errors.some((e) => e.includes(`kl-${tag}`))) continue;
       await forgetHome(tag);
       const legacy = owners.get(tag)?.legacy;
       if (legacy) await unlink(legacy).catch(() => {});
