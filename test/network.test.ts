@@ -31,6 +31,7 @@ import {
   parsePublish,
   parsePublishFlags,
   removeHomeNetwork,
+  waitForHandOffs,
 } from "../src/network/index.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { type RunHandle, runContainer } from "../src/runtime/lifecycle.js";
@@ -444,11 +445,13 @@ test("-p of a host port in use is refused (125) before anything is made; inspect
   }
   const svc = new KindlingHome(svcHome);
   await cleanupStaleRuns(svc);
+  // the supervisor handed its teardown to a process of its own (src/network/teardown.ts)
+  await waitForHandOffs(svcHome, 60_000);
   assert.deepEqual(await networkLeftovers(svc), []);
   await removeHomeNetwork(svc);
 });
 
-test("the CLI's run hands its network teardown to a process of its own; nothing is left soon after", async () => {
+test("a kindling run (its supervisor) hands its network teardown to a process of its own; nothing is left soon after", async () => {
   const r = await exec(
     KINDLING,
     ["run", "--runtime", "runc", image, "--", "sh", "-c", "ip -o -4 addr show eth0"],

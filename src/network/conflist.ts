@@ -230,12 +230,12 @@ async function pickSubnet(tag: string): Promise<string> {
 
 /**
  * Removes the home's bridge (made by the bridge plugin on first use and kept for the next runs, like
- * docker0). For a home that goes away (tests, `rm -rf` of a worker): its runs must have ended; a CLI run's
+ * docker0). For a home that goes away (tests, `rm -rf` of a worker): its runs must have ended; a run's
  * teardown handed to a process of its own (teardown.ts) is waited for, bounded.
  */
 export async function removeHomeNetwork(home: KindlingHome): Promise<void> {
   const { bridge, tag } = homeNetworkNames(home);
-  await waitForHandOffs(home.root, 30_000); // a CLI run's teardown may still be under way (teardown.ts)
+  await waitForHandOffs(home.root, 30_000); // a supervised run's teardown may still be under way (teardown.ts)
   const r = await exec("ip", ["link", "delete", bridge, "type", "bridge"], { allowFailure: true });
   if (r.code !== 0 && !/Cannot find device|does not exist/i.test(r.stderr)) {
     throw new Error(`ip link delete ${bridge} failed: ${r.stderr.trim()}`);

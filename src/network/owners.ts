@@ -152,7 +152,7 @@ export async function waitForHandOffs(homeRoot: string, ms: number): Promise<voi
 /** Whether a run record's owner is gone: its process ended and its home or run directory too. */
 export async function runIsDead(rec: RunRecord): Promise<boolean> {
   if (isSameProcess(rec.pid, rec.startTime)) return false;
-  return !(await exists(rec.home)) || !(await exists(path.join(rec.home, "run", rec.runId)));
+  return !(await exists(path.join(rec.home, "run", rec.runId)));
 }
 
 /**
@@ -185,6 +185,14 @@ export async function lastFullSweepMs(): Promise<number> {
 export async function markFullSweep(): Promise<void> {
   await mkdir(OWNERS_DIR, { recursive: true });
   await writeFileAtomic(STAMP, `${new Date().toISOString()}\n`);
+}
+
+/**
+ * Whether a home is there: its run/ directory, not just its path (host-local's DEL of a lease kept under
+ * a home deleted meanwhile makes <home>/network/ipam/... again, and nothing else).
+ */
+export async function homeExists(homeRoot: string): Promise<boolean> {
+  return exists(path.join(homeRoot, "run"));
 }
 
 export async function exists(p: string): Promise<boolean> {

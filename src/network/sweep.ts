@@ -22,6 +22,7 @@ import {
   exists,
   forgetHome,
   forgetRun,
+  homeExists,
   lastFullSweepMs,
   markFullSweep,
   OWNERS_DIR,
@@ -161,7 +162,7 @@ async function tagOwners(): Promise<Map<string, TagOwner>> {
         legacy: path.join(LEGACY_BRIDGE_OWNERS, bridge),
       });
   }
-  for (const rec of await readHomeRecords()) out.set(rec.tag, { alive: await exists(rec.home) });
+  for (const rec of await readHomeRecords()) out.set(rec.tag, { alive: await homeExists(rec.home) });
   return out;
 }
 
@@ -176,7 +177,7 @@ async function kindlingBridges(): Promise<Set<string>> {
  * with it: its DEL is pointed at a scratch directory, or host-local would make the home's path again.
  */
 export async function releaseRun(netnsName: string, rec: RunRecord, report: SweepReport): Promise<void> {
-  const homeGone = !(await exists(rec.home));
+  const homeGone = !(await homeExists(rec.home));
   let scratch: string | undefined;
   const failed: { resource: NetworkResource; err: unknown }[] = [];
   try {

@@ -1,17 +1,18 @@
 /**
  * Taking a run's network teardown (CNI DEL, the namespace's removal) off the path that reports its exit
- * status: the CLI's foreground `run` exits once the status is known, and hands the teardown to a process
- * of its own (release-main.ts), which becomes the owner of the run's host record (owners.ts) before the
- * CLI exits: no sweep takes the record from a live owner, and if that process dies the sweep releases
- * what it left (its owner is dead and the run's directory is gone). Off by default: in-process callers
- * (the service's supervisors, tests, benchmarks) release inline, so "after the run, nothing is left" holds.
+ * status: a container's supervisor (src/service/shim.ts: every `kindling run`, attached or -d) exits once
+ * the status is known, and hands the teardown to a process of its own (release-main.ts), which becomes
+ * the owner of the run's host record (owners.ts) before the supervisor exits: no sweep takes the record
+ * from a live owner, and if that process dies the sweep releases what it left (its owner is dead and the
+ * run's directory is gone). Off by default: in-process callers (tests, benchmarks) release inline, so
+ * "after the run, nothing is left" holds there.
  */
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 let background = false;
 
-/** Set by the CLI's foreground `run`. */
+/** Set by a container's supervisor. */
 export function teardownInBackground(on: boolean): void {
   background = on;
 }
