@@ -1,7 +1,7 @@
 /**
  * Taking a run's network teardown (CNI DEL, the namespace's removal) off the path that reports its exit
- * status: a container's supervisor (src/service/shim.ts: every `kindling run`, attached or -d) exits once
- * the status is known, and hands the teardown to a process of its own (release-main.ts), which becomes
+ * status: an attached run's supervisor (src/service/shim.ts: `kindling run` without -d) sends the status
+ * once the run is released, and hands the teardown to a process of its own (release-main.ts), which becomes
  * the owner of the run's host record (owners.ts) before the supervisor exits: no sweep takes the record
  * from a live owner, and if that process dies the sweep releases what it left (its owner is dead and the
  * run's directory is gone). Off by default: in-process callers (tests, benchmarks) release inline, so
@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 
 let background = false;
 
-/** Set by a container's supervisor. */
+/** Set by an attached run's supervisor. */
 export function teardownInBackground(on: boolean): void {
   background = on;
 }

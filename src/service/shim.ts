@@ -384,8 +384,6 @@ async function main(): Promise<void> {
     if (client) teardownInBackground(true);
     const began = Date.now();
     const options = record.options;
-    // this process leaves once the status is out: the network's teardown goes to a process of its own
-    teardownInBackground(true);
     handle = runContainer({
       home,
       options,
