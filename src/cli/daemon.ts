@@ -12,7 +12,8 @@ export function registerDaemonCommand(program: Command): void {
     )
     .option("--exit-idle <seconds>", "exit after this long with no container running and no request")
     .addOption(
-      // for a client that starts us: "ok" or "error <message>" on this fd once listening (or not)
+      // for a client that starts us: "ok", "busy <message>" (another service holds the home) or
+      // "error <message>" on this fd once listening (or not)
       new Option("--ready-fd <fd>").hideHelp(),
     )
     .action(async (opts: { exitIdle?: string; readyFd?: string }) => {
@@ -49,7 +50,7 @@ export function registerDaemonCommand(program: Command): void {
       try {
         await service.start();
       } catch (err) {
-        ready(`error ${userMessage(err)}`);
+        ready(`${err instanceof AlreadyRunning ? "busy" : "error"} ${userMessage(err)}`);
         if (err instanceof AlreadyRunning) throw new KindlingError(err.message);
         throw err;
       }

@@ -430,7 +430,8 @@ export class Kindling {
     // Another client's service may have won the home's lock meanwhile: then it answers.
     if (await this.connectable()) return;
     if (word.startsWith("error ")) throw new KindlingApiError(0, "ESERVICE", word.slice("error ".length));
-    const deadline = Date.now() + 5_000;
+    // "busy": that other service holds the lock but may still be adopting containers before it listens.
+    const deadline = Date.now() + (word.startsWith("busy ") ? 20_000 : 5_000);
     while (Date.now() < deadline) {
       if (await this.connectable()) return;
       await sleep(25);
