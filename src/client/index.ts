@@ -331,11 +331,24 @@ export class Kindling {
   // --- plumbing
 
   private async call<T>(method: string, urlPath: string, body?: unknown): Promise<T> {
-    await this.ensureService();
     let r: { status: number; body: unknown };
     try {
-      r = await jsonRequest(this.socket, method, urlPath, { body });
+      if (this.autoStart && !this.started) {
+        // No ping first (a round trip on every command): the request itself finds out.
+        try {
+          r = await jsonRequest(this.socket, method, urlPath, { body });
+          this.started = Promise.resolve();
+        } catch (err) {
+          if (!notListening(err)) throw err;
+          await this.ensureService();
+          r = await jsonRequest(this.socket, method, urlPath, { body });
+        }
+      } else {
+        await this.ensureService();
+        r = await jsonRequest(this.socket, method, urlPath, { body });
+      }
     } catch (err) {
+      if (err instanceof KindlingApiError) throw err;
       throw new KindlingApiError(
         0,
         "ECONN",
@@ -454,3 +467,9 @@ export class Kindling {
 }
 
 const enc = encodeURIComponent;
+
+/** Nothing listens on the socket (no service yet): the request was never received. */
+function notListening(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === "ENOENT" || code === "ECONNREFUSED";
+}

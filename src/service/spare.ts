@@ -18,7 +18,7 @@ export class SpareSupervisor {
     private readonly enabled: boolean,
   ) {}
 
-  /** Starts a spare after `delayMs` (not at once: it would compete with the container just started). */
+  /** Starts a spare after `delayMs`. */
   schedule(delayMs = 0): void {
     if (!this.enabled || this.stopped || this.child || this.deaths >= 3) return;
     clearTimeout(this.timer);
@@ -54,7 +54,9 @@ export class SpareSupervisor {
     }
     this.deaths = 0;
     child.stdin!.end(`${dir}\n`);
-    this.schedule(500);
+    // the next one loads while this container starts (mostly waiting on runc and mounts): a run
+    // right after this one finds it ready (bench/cli-cost.ts: no-spare vs kindling)
+    this.schedule(0);
     return child;
   }
 
