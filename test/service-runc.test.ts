@@ -8,13 +8,21 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { Writable } from "node:stream";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { KindlingHome } from "../src/util/home.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { apiCall, cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
+import {
+  apiCall,
+  cli,
+  openApi,
+  startService,
+  stopServiceAndContainers,
+  type TestService,
+} from "./helpers/service.js";
 
 let tmp: string;
 let home: string;
@@ -351,4 +359,56 @@ test("a killed supervisor: its container shows exited 125 naming it, and rm rele
   const rmc = await cli(home, ["rm", id]);
   assert.equal(rmc.code, 0, rmc.stderr);
   assert.deepEqual(await leftovers(home, image, [id]), []);
+});
+
+test("attach through the API: frames, the AttachExit; the container's settings pinned from the request", async () => {
+  const created = await apiCall(socket, "POST", "/v1/containers", {
+    image,
+    runtime: "runc",
+    network: "none",
+    command: ["sh", "-c", "echo out; echo err >&2; exit 6"],
+    attach: true,
+    environment: { KINDLING_FETCH_RETRIES: "7" },
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const id = created.body.id as string;
+  ids.push(id);
+  // its settings: the request's environment, resolved, readable by root only
+  const file = path.join(home, "containers", id, "settings.json");
+  assert.equal((await stat(file)).mode & 0o777, 0o600);
+  assert.equal(JSON.parse(await readFile(file, "utf8")).fetchRetries, 7);
+  let out = "";
+  let err = "";
+  const sink = (add: (s: string) => void) =>
+    new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        add(chunk.toString());
+        cb();
+      },
+    });
+  const session = await service.client.attach(id, {
+    stdout: sink((s) => {
+      out += s;
+    }),
+    stderr: sink((s) => {
+      err += s;
+    }),
+  });
+  const exit = await session.exit;
+  assert.equal(exit.status, 6);
+  assert.equal(out, "out\n");
+  assert.equal(err, "err\n");
+  const { ajv } = await openApi();
+  const validate = ajv.getSchema("openapi#/components/schemas/AttachExit")!;
+  assert.ok(validate(exit), ajv.errorsText(validate.errors));
+  // ended: no second attach
+  await assert.rejects(service.client.attach(id), /has ended/);
+  const bad = await apiCall(socket, "POST", "/v1/containers", {
+    image,
+    runtime: "runc",
+    environment: { KINDLING_FETCH_RETRIES: "many" },
+  });
+  assert.equal(bad.status, 400);
+  assert.match(bad.body.message, /^KINDLING_FETCH_RETRIES: invalid value "many"/);
+  assert.equal((await cli(home, ["rm", id])).code, 0);
 });
