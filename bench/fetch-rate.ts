@@ -3,9 +3,13 @@
  * on 127.0.0.1, then loads its first --chunks chunks through chunkReaderFor (store tier, fetcher,
  * verification, commit to blobs/) with C loads in flight, for each C of --conc; interleaved rounds,
  * medians. Shows what concurrency in the fetch path buys on this host.
+ * --gogc LIST: then, for each GOGC value, a registry of its own serves the same chunks to curl (one
+ * connection, one GET after another): the registry's own cost per request, and its CPU time.
  *   node dist/bench/fetch-rate.js [--fixture debian-minbase.tar] [--chunks 200] [--conc 1,4,8,16] [--rounds 2]
+ *     [--gogc 100,800,off]
  */
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { loadavg } from "node:os";
 import path from "node:path";
 import { FIXTURES } from "../src/bench/images.js";
@@ -25,6 +29,7 @@ const FIXTURE = argOf("fixture", "debian-minbase.tar");
 const CHUNKS = Number(argOf("chunks", "200"));
 const CONC = argOf("conc", "1,4,8,16").split(",").map(Number);
 const ROUNDS = Number(argOf("rounds", "2"));
+const GOGC = argOf("gogc", "").split(",").filter(Boolean);
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -73,7 +78,7 @@ async function main(): Promise<void> {
     await rm(tmp, { recursive: true, force: true });
   }
   console.log(
-    `# node dist/bench/fetch-rate.js --fixture ${FIXTURE} --chunks ${CHUNKS} --conc ${CONC.join(",")} --rounds ${ROUNDS}`,
+    `# node dist/bench/fetch-rate.js --fixture ${FIXTURE} --chunks ${CHUNKS} --conc ${CONC.join(",")} --rounds ${ROUNDS}${GOGC.length ? ` --gogc ${GOGC.join(",")}` : ""}`,
   );
   console.log(
     `# load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; medians of ${ROUNDS} interleaved rounds`,
@@ -87,6 +92,54 @@ async function main(): Promise<void> {
     console.log(
       `${String(c).padStart(9)}  ${ms.toFixed(0).padStart(6)}  ${mb.toFixed(1).padStart(10)}  ${((mb / ms) * 1000).toFixed(1).padStart(5)}  ${(ms / CHUNKS).toFixed(1).padStart(12)}  ${(base / ms).toFixed(2)}x`,
     );
+  }
+  if (GOGC.length) await registryCost();
+}
+
+/** CPU time (user + system, ms) a process has used so far. */
+async function cpuMs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+}
+
+/** The registry alone: curl GETs the first --chunks chunks one after another, per GOGC value. */
+async function registryCost(): Promise<void> {
+  console.log("\nregistry alone (curl, one connection, sequential GETs):");
+  console.log("GOGC   ms      ms per GET  MB/s   registry CPU ms  CPU ms per GET");
+  for (const gogc of GOGC) {
+    const tmp = await mkdtemp("/var/tmp/kindling-fetchrate-");
+    const registry = await startBenchRegistry(tmp, { env: { GOGC: gogc } });
+    try {
+      const source = new KindlingHome(path.join(tmp, "source")).ensure();
+      await importImage(source, path.join(FIXTURES, FIXTURE), { name: "img", progress: false });
+      const ref = `${registry.host}/bench/img:latest`;
+      await pushImage(source, "img", ref, { insecure: true, progress: false });
+      const index = await readBlockIndex(
+        source,
+        (await pullImage(source, ref, { insecure: true, progress: false })).digest,
+      );
+      const todo = index.chunks.slice(0, CHUNKS);
+      const args = todo.flatMap((c) => [
+        `http://${ref.split("/")[0]}/v2/bench/img/blobs/${c.digest}`,
+        "-o",
+        "/dev/null",
+      ]);
+      const cpu0 = await cpuMs(registry.pid);
+      const t0 = performance.now();
+      await new Promise<void>((resolve, reject) =>
+        execFile("curl", ["-sf", ...args], { timeout: 300_000 }, (err) => (err ? reject(err) : resolve())),
+      );
+      const ms = performance.now() - t0;
+      const cpu = (await cpuMs(registry.pid)) - cpu0;
+      const mb = todo.reduce((a, c) => a + c.length, 0) / 1e6;
+      console.log(
+        `${gogc.padEnd(5)}  ${ms.toFixed(0).padStart(6)}  ${(ms / todo.length).toFixed(1).padStart(10)}  ${((mb / ms) * 1000).toFixed(1).padStart(5)}  ${cpu.toFixed(0).padStart(15)}  ${(cpu / todo.length).toFixed(1).padStart(14)}`,
+      );
+    } finally {
+      await registry.stop();
+      await rm(tmp, { recursive: true, force: true });
+    }
   }
 }
 

@@ -8,6 +8,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { hostEnv } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
 
 export interface BenchRegistry {
@@ -27,8 +28,14 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Starts docker-registry with filesystem storage under `parent`; stop() kills it and removes its data. */
-export async function startBenchRegistry(parent: string): Promise<BenchRegistry> {
+/**
+ * Starts docker-registry with filesystem storage under `parent`; stop() kills it and removes its data.
+ * `env`: extra environment for it (GOGC, for measuring its CPU per request).
+ */
+export async function startBenchRegistry(
+  parent: string,
+  opts: { env?: Record<string, string> } = {},
+): Promise<BenchRegistry & { pid: number }> {
   const dir = await mkdtemp(path.join(parent, "registry-"));
   const port = await freePort();
   const host = `127.0.0.1:${port}`;
@@ -51,6 +58,7 @@ export async function startBenchRegistry(parent: string): Promise<BenchRegistry>
   const log: string[] = [];
   const child: ChildProcess = spawn("docker-registry", ["serve", path.join(dir, "config.yml")], {
     stdio: ["ignore", "ignore", "pipe"],
+    ...(opts.env ? { env: { ...hostEnv(), ...opts.env } } : {}),
   });
   child.stderr!.on("data", (d: Buffer) => log.push(d.toString()));
   let exited = false;
@@ -77,7 +85,7 @@ export async function startBenchRegistry(parent: string): Promise<BenchRegistry>
       (r) => r.status === 200,
       () => false,
     );
-    if (ok) return { host, stop };
+    if (ok) return { host, stop, pid: child.pid ?? 0 };
     await sleep(100);
   }
   await stop();
