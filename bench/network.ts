@@ -259,7 +259,7 @@ async function main(): Promise<void> {
       `${median(handedOffMs).toFixed(1)} ms (${ratio(median(handedOffMs), median(t.before))} of before)`,
     );
     row(
-      "    that process, from the hand-off to the record's removal (off the path)",
+      "    that process (sh: the plugins' DEL, ip netns delete), hand-off to the record's removal",
       `${median(backgroundMs).toFixed(1)} ms`,
     );
     row(

@@ -114,7 +114,7 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
 
 /** Hands the run's network to a release process (or, if none starts, releases it here). */
 async function handOver(recorder: RunRecorder): Promise<void> {
-  const pid = await startReleaseProcess(recorder.netnsName);
+  const pid = await startReleaseProcess(recorder.netnsName, recorder.resources).catch(() => undefined);
   if (pid !== undefined) return recorder.handOver(pid);
   for (const r of [...recorder.resources].reverse()) await releaseNetworkResource(r);
 }

@@ -180,7 +180,7 @@ export function pluginConfig(
  * A plugin that has nothing to do for this attachment: portmap without port mappings changes nothing
  * on ADD and finds nothing on DEL, and skipping it saves a process (and its iptables calls) per run.
  */
-function skippable(plugin: CniPluginConf, at: CniAttachment): boolean {
+export function skippable(plugin: CniPluginConf, at: CniAttachment): boolean {
   if (plugin.type !== "portmap") return false;
   const ports = at.capabilityArgs?.portMappings;
   return !Array.isArray(ports) || ports.length === 0;

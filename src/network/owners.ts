@@ -122,6 +122,15 @@ export async function readRunRecords(): Promise<{ netnsName: string; rec: RunRec
   return out;
 }
 
+/** The DEL configs a release script (teardown.ts) left when it was killed: its record is gone. */
+export async function removeOrphanReleaseFiles(): Promise<void> {
+  const names = await readdir(RUNS).catch(() => [] as string[]);
+  for (const f of names) {
+    const m = /^(.*\.json)\.del-\d+$/.exec(f);
+    if (m && !names.includes(m[1]!)) await unlink(path.join(RUNS, f)).catch(() => {});
+  }
+}
+
 export async function readRunRecord(netnsName: string): Promise<RunRecord | undefined> {
   return readJson<RunRecord>(runRecordFile(netnsName));
 }

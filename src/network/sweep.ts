@@ -29,6 +29,7 @@ import {
   type RunRecord,
   readHomeRecords,
   readRunRecords,
+  removeOrphanReleaseFiles,
   runIsDead,
 } from "./owners.js";
 import { type NetworkResource, releaseNetworkResource } from "./resources.js";
@@ -81,6 +82,8 @@ export async function sweepNetwork(opts: SweepOptions = {}): Promise<SweepReport
       await release();
     }
   }
+
+  await removeOrphanReleaseFiles();
 
   // namespaces no record names: of a dead home, or (made before records existed) old and empty
   for (const name of await readdir(NETNS_DIR).catch(() => [] as string[])) {

@@ -1,14 +1,18 @@
 /**
  * Taking a run's network teardown (CNI DEL, the namespace's removal) off the path that reports its exit
  * status: an attached run's supervisor (src/service/shim.ts: `kindling run` without -d) sends the status
- * once the run is released, and hands the teardown to a process of its own (release-main.ts), which becomes
+ * once the run is released, and hands the teardown to a process of its own (a shell script running the plugins' DEL), which becomes
  * the owner of the run's host record (owners.ts) before the supervisor exits: no sweep takes the record
  * from a live owner, and if that process dies the sweep releases what it left (its owner is dead and the
  * run's directory is gone). Off by default: in-process callers (tests, benchmarks) release inline, so
  * "after the run, nothing is left" holds there.
  */
 import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
+import { writeFile } from "node:fs/promises";
+import { searchPath } from "../config/index.js";
+import { findPlugin, pluginConfig, skippable } from "./cni.js";
+import { runRecordFile } from "./owners.js";
+import type { NetworkResource } from "./resources.js";
 
 let background = false;
 
@@ -21,12 +25,51 @@ export function inBackground(): boolean {
   return background;
 }
 
-const HELPER = fileURLToPath(new URL("./release-main.js", import.meta.url));
-
-/** Starts the process that releases `netnsName`'s record; its pid, or undefined if it could not start. */
-export function startReleaseProcess(netnsName: string): Promise<number | undefined> {
+/**
+ * Starts the process that releases `netnsName` (its pid, or undefined if it could not start): a shell
+ * script, not node (whose start costs more than the teardown itself on a busy host): it waits until the
+ * run's record names it, runs each plugin's DEL in reverse (the protocol's environment, the config with
+ * prevResult from a file written here), deletes the namespace, and drops the record and its files only if
+ * all went well; else the sweep finds the record (dead owner, no run directory) and releases it (sweep.ts).
+ */
+export async function startReleaseProcess(
+  netnsName: string,
+  resources: readonly NetworkResource[],
+): Promise<number | undefined> {
+  const record = runRecordFile(netnsName);
+  const q = (v: string) => `'${v.replaceAll("'", `'\\''`)}'`;
+  const lines = [
+    `rec=${q(record)}`,
+    `i=0; while [ $i -lt 200 ] && ! grep -q "\\"pid\\":$$," "$rec"; do sleep 0.01; i=$((i+1)); done`,
+    "ok=0",
+  ];
+  const files: string[] = [];
+  for (const r of [...resources].reverse()) {
+    if (r.kind === "netns") {
+      lines.push(`ip netns delete ${q(r.name)} 2>/dev/null || [ ! -e ${q(`/run/netns/${r.name}`)} ] || ok=1`);
+      continue;
+    }
+    const at = r.attachment;
+    const env = [
+      `PATH=${q(searchPath("/usr/sbin:/usr/bin:/sbin:/bin").join(":"))}`,
+      "CNI_COMMAND=DEL",
+      `CNI_CONTAINERID=${q(at.containerId)}`,
+      `CNI_NETNS=${q(at.netns)}`,
+      `CNI_IFNAME=${q(at.ifName)}`,
+      `CNI_PATH=${q(r.pluginDirs.join(":"))}`,
+    ].join(" ");
+    for (const plugin of [...r.list.plugins].reverse()) {
+      if (skippable(plugin, at)) continue;
+      const file = `${record}.del-${files.length}`;
+      await writeFile(file, JSON.stringify(pluginConfig(r.list, plugin, at, r.result)));
+      files.push(file);
+      const bin = await findPlugin(plugin.type, r.pluginDirs);
+      lines.push(`${env} ${q(bin)} < ${q(file)} >/dev/null 2>&1 || ok=1`);
+    }
+  }
+  lines.push(`rm -f ${files.map(q).join(" ")}`, `[ $ok = 0 ] && rm -f "$rec"`, "exit 0");
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [HELPER, netnsName], { detached: true, stdio: "ignore" });
+    const child = spawn("/bin/sh", ["-c", lines.join("\n")], { detached: true, stdio: "ignore" });
     child.once("error", () => resolve(undefined));
     child.once("spawn", () => {
       child.unref();
