@@ -18,8 +18,8 @@
  * From the lazy daemon's counters (trace.ts) each cold row also gets: time to the first chunk byte,
  * time readers spent blocked, requests in flight over time (--trace-out FILE writes the timelines).
  *   node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py "import numpy"]
- *     [--variants cold,profiled+files,sorted+profiled+files,baseline (default; also files, profiled,
- *      sorted+files)] [--trace-out FILE] [--reuse debian-minbase.tar (chunk reuse with that image)]
+ *     [--variants cold,profiled,baseline (default; also files, profiled+files, sorted+files,
+ *      sorted+profiled+files)] [--trace-out FILE] [--reuse debian-minbase.tar (chunk reuse with that image)]
  * The fixture is built by scripts/fixtures/debian-numpy.sh (.cache/fixtures). KINDLING_BENCH_CLI=path/to/main.js
  * measures another build's CLI (e.g. main before a change).
  */
@@ -73,7 +73,8 @@ const ALL: Variant[] = [
   "sorted+profiled+files",
   "baseline",
 ];
-const DEFAULT_VARIANTS: Variant[] = ["cold", "profiled+files", "sorted+profiled+files", "baseline"];
+/** The product's defaults: file-aware readahead off, a profile when the image carries one. */
+const DEFAULT_VARIANTS: Variant[] = ["cold", "profiled", "baseline"];
 const VARIANTS = (argOf("variants")?.split(",") ?? DEFAULT_VARIANTS) as Variant[];
 for (const v of VARIANTS) if (!ALL.includes(v)) throw new Error(`unknown variant ${v} (${ALL.join(", ")})`);
 
