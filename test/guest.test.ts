@@ -311,7 +311,10 @@ test("the guest command line carries the init's options and TCG's needs", () => 
     assert.ok(line.split(" ").includes(p), p);
   }
   assert.match(line, /kindling.agent=vsock kindling.agent_port=1025/);
-  assert.match(line, /tsc_early_khz=\d+ initcall_blacklist=cmos_init,init_kprobe_trace cryptomgr.notests/);
+  assert.match(
+    line,
+    /tsc_early_khz=\d+ tsc=reliable initcall_blacklist=cmos_init,init_kprobe_trace cryptomgr.notests/,
+  );
   assert.throws(() => guestCmdline({ extra: ["a b"] }), /white space/);
 });
 
@@ -341,7 +344,7 @@ test("a VmSpec renders to a microvm command line: root first, read-only drives, 
   const line = args.join(" ");
   assert.match(line, /^-M microvm,rtc=on,memory-backend=mem /);
   assert.match(line, /-accel tcg -cpu max -m 512 -smp 2/);
-  assert.match(line, /-append console=ttyS0 tsc_early_khz=\d+ initcall_blacklist=cmos_init/);
+  assert.match(line, /-append console=ttyS0 tsc_early_khz=\d+ tsc=reliable initcall_blacklist=cmos_init/);
   const drives = args.filter((a) => a.startsWith("id=drive"));
   assert.deepEqual(drives, [
     "id=drive0,file=/r.img,format=raw,if=none,read-only=on",

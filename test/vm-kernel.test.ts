@@ -5,8 +5,6 @@
  * Firecracker-shaped profile, ACPI-only, is not covered yet; docs/vm-start.md). The rest of the VM suite boots Debian's kernel; this file is the small second-kernel set.
  */
 import assert from "node:assert/strict";
-import { mkdir, readdir, rm, symlink } from "node:fs/promises";
-import path from "node:path";
 import { after, before, test } from "node:test";
 import { withConfig } from "../src/config/index.js";
 import { resolveImage } from "../src/runtime/image.js";
@@ -14,26 +12,15 @@ import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
-import { findBuiltKernel } from "../src/vm/kernel-build.js";
-import { REPO } from "./helpers/fixtures.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { networkLeftovers } from "./helpers/network.js";
 import { readAll } from "./helpers/streams.js";
-import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
+import { builtKernelHome, type VmTestHome } from "./helpers/vm-image.js";
 
-const BUILT = path.join(REPO, ".cache", "guest-kernel", "kernel", "built");
 let t: VmTestHome;
 
 before(async () => {
-  if ((await readdir(BUILT).catch(() => [])).length === 0) {
-    throw new Error(`no built guest kernel in ${BUILT}: run bash scripts/fixtures.sh (guest-kernel.sh)`);
-  }
-  t = await vmTestHome();
-  // this home's kernel dir: the built kernels, and its own initramfs (just /init)
-  await rm(t.home.kernel, { force: true });
-  await mkdir(t.home.kernel);
-  await symlink(BUILT, path.join(t.home.kernel, "built"));
-  assert.ok(await findBuiltKernel(t.home), "the built kernel matches guest/kernel/kindling.config");
+  t = await builtKernelHome();
 });
 
 after(async () => {

@@ -4,17 +4,7 @@
  * clock, RNG seed and network; a changed init, memory size or a broken state file is never restored.
  */
 import assert from "node:assert/strict";
-import {
-  appendFile,
-  copyFile,
-  mkdir,
-  readdir,
-  readFile,
-  rm,
-  stat,
-  symlink,
-  writeFile,
-} from "node:fs/promises";
+import { appendFile, copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { withConfig } from "../src/config/index.js";
@@ -24,39 +14,23 @@ import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
 import { prepareGuestBoot } from "../src/vm/kernel.js";
-import { findBuiltKernel } from "../src/vm/kernel-build.js";
 import { bootQemuVm, type QemuVm } from "../src/vm/qemu.js";
 import type { SnapshotMeta } from "../src/vm/snapshot.js";
 import type { VmSpec } from "../src/vm/spec.js";
 import { within } from "./helpers/bounded.js";
-import { REPO } from "./helpers/fixtures.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers, pidsNaming } from "./helpers/leftovers.js";
 import { networkLeftovers } from "./helpers/network.js";
 import { readAll } from "./helpers/streams.js";
-import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
+import { builtKernelHome, type VmTestHome } from "./helpers/vm-image.js";
 
-const BUILT = path.join(REPO, ".cache", "guest-kernel", "kernel", "built");
 const BOOT_MS = 120_000;
 let t: VmTestHome;
 let work: string;
 let store: string;
 
 before(async () => {
-  if ((await readdir(BUILT).catch(() => [])).length === 0) {
-    throw new Error(`no built guest kernel in ${BUILT}: run bash scripts/fixtures.sh (guest-kernel.sh)`);
-  }
-  t = await vmTestHome();
-  await rm(t.home.kernel, { force: true });
-  await mkdir(t.home.kernel);
-  await symlink(BUILT, path.join(t.home.kernel, "built"));
-  assert.ok(await findBuiltKernel(t.home), "the built kernel matches guest/kernel/kindling.config");
-  // Debian's kernel from the shared test cache too (vm-image.ts fetched it there once)
-  const debian = path.join(REPO, ".cache", "vm-test-home", "kernel");
-  for (const e of await readdir(debian, { withFileTypes: true })) {
-    if (e.isDirectory() || e.name === "current.json")
-      await symlink(path.join(debian, e.name), path.join(t.home.kernel, e.name));
-  }
+  t = await builtKernelHome();
   work = path.join(t.tmp, "snap");
   store = path.join(work, "store");
   await mkdir(work, { recursive: true });

@@ -249,13 +249,18 @@ export function guestCmdline(opts: GuestBootOptions = {}): string {
 }
 
 /**
- * What a guest under TCG needs: without tsc_early_khz it hangs after "Marking TSC unstable". The rest is
+ * What a guest under TCG needs: without tsc_early_khz it hangs after "Marking TSC unstable", and tsc=reliable
+ * keeps it on the TSC under load. The rest is
  * boot time, measured with initcall_debug under TCG: cmos_init (~0.8 s, DESIGN.md), init_kprobe_trace
  * (~0.34 s), the crypto self-tests run by crypto_algapi_init (~0.34 s), probing 4 UARTs (~0.1 s).
  */
 export function tcgKernelParams(): string[] {
   return [
     `tsc_early_khz=${hostTscKhz()}`,
+    // Under TCG the guest's TSC is the host's clock, its steadiest source; on a loaded host the clocksource
+    // watchdog saw jiffies lose ticks, marked the TSC unstable and switched to jiffies, after which the
+    // guest's clock fell behind (measured: 100+ s within a minute at load 12). tsc=reliable skips that check.
+    "tsc=reliable",
     "initcall_blacklist=cmos_init,init_kprobe_trace",
     "cryptomgr.notests",
     "8250.nr_uarts=1",

@@ -3,7 +3,7 @@
  * shared one (.cache/vm-test-home/kernel: fetched with apt once, not per test home).
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { importImage } from "../../src/image/import.js";
@@ -11,6 +11,7 @@ import { stopIdleShared } from "../../src/lazy/index.js";
 import { removeHomeNetwork } from "../../src/network/conflist.js";
 import { sweepNetwork } from "../../src/network/sweep.js";
 import { KindlingHome } from "../../src/util/home.js";
+import { findBuiltKernel } from "../../src/vm/kernel-build.js";
 import { REPO } from "./fixtures.js";
 import { buildBusyboxTree } from "./images.js";
 import { MT, OciLayoutWriter, tarDir } from "./registry.js";
@@ -59,4 +60,33 @@ export async function vmTestHome(): Promise<VmTestHome> {
     await sweepNetwork(); // the network of a run killed in this home (quick: files only, unless one is found)
   };
   return { tmp, home, cleanup };
+}
+
+/** Kindling's built guest kernels (scripts/fixtures/guest-kernel.sh), shared by the tests that boot them. */
+export const BUILT_KERNELS = path.join(REPO, ".cache", "guest-kernel", "kernel", "built");
+
+/**
+ * A VM test home whose kernel dir is its own: the built kernels (checked to match
+ * guest/kernel/kindling.config), Debian's kernel from the shared cache, and initramfs files of its own.
+ */
+export async function builtKernelHome(): Promise<VmTestHome> {
+  if ((await readdir(BUILT_KERNELS).catch(() => [])).length === 0) {
+    throw new Error(
+      `no built guest kernel in ${BUILT_KERNELS}: run bash scripts/fixtures.sh (guest-kernel.sh)`,
+    );
+  }
+  const t = await vmTestHome();
+  const shared = path.join(REPO, ".cache", "vm-test-home", "kernel");
+  await rm(t.home.kernel, { force: true });
+  await mkdir(t.home.kernel);
+  await symlink(BUILT_KERNELS, path.join(t.home.kernel, "built"));
+  if (!(await findBuiltKernel(t.home))) {
+    await t.cleanup();
+    throw new Error(`the built kernel in ${BUILT_KERNELS} does not match guest/kernel/kindling.config`);
+  }
+  for (const e of await readdir(shared, { withFileTypes: true })) {
+    if (e.isDirectory() || e.name === "current.json")
+      await symlink(path.join(shared, e.name), path.join(t.home.kernel, e.name));
+  }
+  return t;
 }

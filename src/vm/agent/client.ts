@@ -259,12 +259,17 @@ export class AgentClient extends EventEmitter {
   }
 
   /** Hostname and mounts, before the first process. Rejects with the guest's reason on failure. */
-  async configure(cfg: GuestConfig): Promise<void> {
+  configure(cfg: GuestConfig): Promise<void> {
+    return this.exchange(MsgType.CONFIGURE, () => encodeConfigure(cfg));
+  }
+
+  /** One message the guest answers with CONFIGURED (CONFIGURE, NETWORK, SETUP): one at a time. */
+  private async exchange(type: MsgType, payload: () => Buffer): Promise<void> {
     await this.ready();
     if (this.pendingConfigure) throw new KindlingError("configure is already in progress");
     return new Promise((resolve, reject) => {
       this.pendingConfigure = { resolve, reject };
-      this.send(MsgType.CONFIGURE, 0, encodeConfigure(cfg));
+      this.send(type, 0, payload());
     });
   }
 
@@ -279,23 +284,13 @@ export class AgentClient extends EventEmitter {
   }
 
   /** A snapshot VM's SETUP (clock, entropy, root options): resolves once its root is mounted. */
-  async setup(s: GuestSetup): Promise<void> {
-    await this.ready();
-    if (this.pendingConfigure) throw new KindlingError("configure is already in progress");
-    return new Promise((resolve, reject) => {
-      this.pendingConfigure = { resolve, reject };
-      this.send(MsgType.SETUP, 0, encodeSetup(s));
-    });
+  setup(s: GuestSetup): Promise<void> {
+    return this.exchange(MsgType.SETUP, () => encodeSetup(s));
   }
 
   /** The guest's eth0 and resolv.conf, before CONFIGURE. Rejects with the guest's reason on failure. */
-  async network(net: GuestNetwork): Promise<void> {
-    await this.ready();
-    if (this.pendingConfigure) throw new KindlingError("configure is already in progress");
-    return new Promise((resolve, reject) => {
-      this.pendingConfigure = { resolve, reject };
-      this.send(MsgType.NETWORK, 0, encodeNetwork(net));
-    });
+  network(net: GuestNetwork): Promise<void> {
+    return this.exchange(MsgType.NETWORK, () => encodeNetwork(net));
   }
 
   /** Starts a process; resolves once it runs (rejects with a StartFailedError if it cannot start). */
