@@ -439,7 +439,8 @@ export class Kindling {
     } finally {
       closeSync(logFd);
     }
-    const word = await Promise.race([said, sleep(20_000).then(() => "")]);
+    // unref'd: a pending 20 s timer must not keep the CLI alive after its run ended
+    const word = await Promise.race([said, sleep(20_000, "", { ref: false })]);
     // Another client's service may have won the home's lock meanwhile: then it answers.
     if (await this.connectable()) return;
     if (word.startsWith("error ")) throw new KindlingApiError(0, "ESERVICE", word.slice("error ".length));
