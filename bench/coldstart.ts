@@ -384,6 +384,8 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
   const home = new KindlingHome(root);
   const env = { KINDLING_LAZY_FILE_READAHEAD: variant.endsWith("files") ? "8388608" : "0" };
   try {
+    // A fresh worker: its service already runs (systemd, contrib/kindling.service), its image cache is empty.
+    await kindling(root, ["info"], env);
     const t0 = now();
     await kindling(root, ["image", "pull", "--insecure", ref], env);
     const pullMs = now() - t0;
