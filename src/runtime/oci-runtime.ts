@@ -341,6 +341,12 @@ class OciContainer implements Container {
 
   /** `<runtime> exec`: runc starts from the container's process spec (user, env, cwd), these args. */
   async exec(spec: ExecSpec, io: ExecIo): Promise<ExecProcess> {
+    // Right after spawn the runtime may not have made the container yet ("container does not exist",
+    // status 255): wait, bounded, until its process runs, as kill() does.
+    for (let attempt = 0; this.running() && attempt < 200; attempt++) {
+      if ((await this.state()) === "running") break;
+      await sleep(50);
+    }
     if (!this.running()) throw new KindlingError(`container ${this.id} is not running`);
     const flags = [...(spec.cwd ? ["--cwd", spec.cwd] : []), ...spec.env.flatMap((e) => ["--env", e])];
     // its own log: a program it cannot start is its error there (127/126 as for run), not the process's
