@@ -166,49 +166,11 @@ export class Kindling {
   /** Runs a process in a running container; resolves with its exit status once it ended. */
   async exec(ref: string, req: ExecRequest, io: ExecIo = {}): Promise<ExecExit> {
     await this.ensureService();
-    let conn: Awaited<ReturnType<typeof upgradeRequest>>;
-    try {
-      conn = await upgradeRequest(this.socket, `/v1/containers/${enc(ref)}/exec`, EXEC_PROTOCOL);
-    } catch (err) {
-      const e = err as Error & { status?: number; code?: string };
-      throw new KindlingApiError(e.status ?? 0, e.code ?? "ECONN", e.message);
-    }
-    const { socket, head } = conn;
+    const { socket, head } = await upgrade(this.socket, `/v1/containers/${enc(ref)}/exec`);
     socket.write(encodeFrame(Frame.SPEC, JSON.stringify({ ...req, stdin: io.stdin !== undefined })));
-    if (io.stdin) {
-      io.stdin.on("data", (d: Buffer | string) => socket.write(encodeFrame(Frame.STDIN, Buffer.from(d))));
-      io.stdin.on("end", () => socket.write(encodeFrame(Frame.STDIN_EOF)));
-    }
-    return new Promise<ExecExit>((resolve, reject) => {
-      let result: ExecExit | undefined;
-      let failure: Error | undefined;
-      readFrames(
-        socket,
-        (type, payload) => {
-          if (type === Frame.STDOUT) io.stdout?.write(payload);
-          else if (type === Frame.STDERR) io.stderr?.write(payload);
-          else if (type === Frame.EXIT) result = JSON.parse(payload.toString()) as ExecExit;
-          else if (type === Frame.ERROR) {
-            const e = JSON.parse(payload.toString()) as { code: string; message: string };
-            failure = new KindlingApiError(409, e.code, e.message);
-          }
-        },
-        head,
-      );
-      socket.on("error", (err) => {
-        failure ??= err;
-      });
-      socket.on("close", () => {
-        io.stdin?.unpipe?.();
-        if (io.stdin && io.stdin !== process.stdin) io.stdin.destroy?.();
-        else io.stdin?.pause();
-        if (result) resolve(result);
-        else
-          reject(
-            failure ??
-              new KindlingApiError(0, "ECONN", "the exec connection closed before the process ended"),
-          );
-      });
+    return frameSession<ExecExit>(socket, head, io, {
+      errorStatus: 409,
+      closedEarly: "the exec connection closed before the process ended",
     });
   }
 
@@ -231,55 +193,14 @@ export class Kindling {
    * service, which may restart meanwhile.
    */
   async attach(ref: string, io: AttachIo = {}, opts: { direct?: boolean } = {}): Promise<AttachSession> {
-    let conn: Awaited<ReturnType<typeof upgradeRequest>>;
-    try {
-      if (opts.direct) {
-        const shim = path.join(this.home, "containers", ref, "shim.sock");
-        conn = await upgradeRequest(shim, "/attach", EXEC_PROTOCOL);
-      } else {
-        await this.ensureService();
-        conn = await upgradeRequest(this.socket, `/v1/containers/${enc(ref)}/attach`, EXEC_PROTOCOL);
-      }
-    } catch (err) {
-      const e = err as Error & { status?: number; code?: string };
-      throw new KindlingApiError(e.status ?? 0, e.code ?? "ECONN", e.message);
-    }
-    const { socket, head } = conn;
-    if (io.stdin) {
-      io.stdin.on("data", (d: Buffer | string) => socket.write(encodeFrame(Frame.STDIN, Buffer.from(d))));
-      io.stdin.on("end", () => socket.write(encodeFrame(Frame.STDIN_EOF)));
-    }
-    const exit = new Promise<AttachExit>((resolve, reject) => {
-      let result: AttachExit | undefined;
-      let failure: Error | undefined;
-      readFrames(
-        socket,
-        (type, payload) => {
-          if (type === Frame.STDOUT) io.stdout?.write(payload);
-          else if (type === Frame.STDERR) io.stderr?.write(payload);
-          else if (type === Frame.NOTICE) io.onNotice?.(payload.toString());
-          else if (type === Frame.EXIT) result = JSON.parse(payload.toString()) as AttachExit;
-          else if (type === Frame.ERROR) {
-            const e = JSON.parse(payload.toString()) as { code: string; message: string };
-            failure = new KindlingApiError(500, e.code, e.message);
-          }
-        },
-        head,
-      );
-      socket.on("error", (err) => {
-        failure ??= err;
-      });
-      // The supervisor closes the connection by exiting: resolved then, not at the EXIT frame.
-      socket.on("close", () => {
-        if (io.stdin && io.stdin !== process.stdin) io.stdin.destroy?.();
-        else io.stdin?.pause();
-        if (result) resolve(result);
-        else
-          reject(
-            failure ??
-              new KindlingApiError(0, "ECONN", "the container's supervisor went away before the run ended"),
-          );
-      });
+    if (!opts.direct) await this.ensureService();
+    const { socket, head } = opts.direct
+      ? await upgrade(path.join(this.home, "containers", ref, "shim.sock"), "/attach")
+      : await upgrade(this.socket, `/v1/containers/${enc(ref)}/attach`);
+    // The supervisor closes the connection by exiting: resolved then, not at the EXIT frame.
+    const exit = frameSession<AttachExit>(socket, head, io, {
+      errorStatus: 500,
+      closedEarly: "the container's supervisor went away before the run ended",
     });
     return {
       exit,
@@ -468,6 +389,63 @@ export class Kindling {
 }
 
 const enc = encodeURIComponent;
+
+type Upgraded = Awaited<ReturnType<typeof upgradeRequest>>;
+
+/** An upgraded exec/attach connection; a refusal as a KindlingApiError. */
+async function upgrade(socketPath: string, urlPath: string): Promise<Upgraded> {
+  try {
+    return await upgradeRequest(socketPath, urlPath, EXEC_PROTOCOL);
+  } catch (err) {
+    const e = err as Error & { status?: number; code?: string };
+    throw new KindlingApiError(e.status ?? 0, e.code ?? "ECONN", e.message);
+  }
+}
+
+/**
+ * The framed stream of an exec or an attach (src/service/frames.ts): our stdin out, output and notices
+ * in; resolves with the EXIT frame's body once the connection closes, else rejects (ERROR frame as
+ * `errorStatus`, or `closedEarly`).
+ */
+function frameSession<T>(
+  socket: Upgraded["socket"],
+  head: Buffer,
+  io: AttachIo,
+  opts: { errorStatus: number; closedEarly: string },
+): Promise<T> {
+  if (io.stdin) {
+    io.stdin.on("data", (d: Buffer | string) => socket.write(encodeFrame(Frame.STDIN, Buffer.from(d))));
+    io.stdin.on("end", () => socket.write(encodeFrame(Frame.STDIN_EOF)));
+  }
+  return new Promise<T>((resolve, reject) => {
+    let result: T | undefined;
+    let failure: Error | undefined;
+    readFrames(
+      socket,
+      (type, payload) => {
+        if (type === Frame.STDOUT) io.stdout?.write(payload);
+        else if (type === Frame.STDERR) io.stderr?.write(payload);
+        else if (type === Frame.NOTICE) io.onNotice?.(payload.toString());
+        else if (type === Frame.EXIT) result = JSON.parse(payload.toString()) as T;
+        else if (type === Frame.ERROR) {
+          const e = JSON.parse(payload.toString()) as { code: string; message: string };
+          failure = new KindlingApiError(opts.errorStatus, e.code, e.message);
+        }
+      },
+      head,
+    );
+    socket.on("error", (err) => {
+      failure ??= err;
+    });
+    socket.on("close", () => {
+      io.stdin?.unpipe?.();
+      if (io.stdin && io.stdin !== process.stdin) io.stdin.destroy?.();
+      else io.stdin?.pause();
+      if (result) resolve(result);
+      else reject(failure ?? new KindlingApiError(0, "ECONN", opts.closedEarly));
+    });
+  });
+}
 
 /** Nothing listens on the socket (no service yet): the request was never received. */
 function notListening(err: unknown): boolean {
