@@ -1,31 +1,27 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { mountsUnder } from "../src/host/mounts.js";
 import { importImage } from "../src/image/import.js";
 import { removeImage } from "../src/image/remove.js";
 import { imageStats, liveDaemonPids } from "../src/lazy/index.js";
 import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
-import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import type { RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { runtimeFor } from "../src/runtime/runtimes.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
 import { findImage, loadImage } from "../src/store/catalog.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { runCli, spawnCliUntil } from "./helpers/cli.js";
 import { buildBusyboxTree } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { MT, OciLayoutWriter, tarDir } from "./helpers/registry.js";
-import { readAll } from "./helpers/streams.js";
+import { runPiped } from "./helpers/run.js";
 
 // `kindling run NAME` on an imported image: the lower layer is the lazy FUSE file (src/lazy).
-const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let tmp: string;
 let home: KindlingHome;
 const ids: string[] = [];
@@ -59,18 +55,9 @@ after(async () => {
 });
 
 async function run(command: string[], flags: RawRunFlags = {}) {
-  const options = await parseRunOptions("bb", command, { runtime: "runc", ...flags });
-  const handle = runContainer({
-    home,
-    options,
-    image: await resolveImage(home, "bb"),
-    runtime: await runtimeFor(options),
-    stdio: { stdout: "pipe", stderr: "pipe" },
-  });
-  const s = await handle.started;
-  const [stdout, stderr, result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
-  ids.push(result.id);
-  return { ...result, stdout, stderr };
+  const r = await runPiped({ home, image: "bb", command, flags: { runtime: "runc", ...flags } });
+  ids.push(r.id);
+  return r;
 }
 
 test("an imported image runs with its ENTRYPOINT, CMD, Env, WorkingDir and User", async () => {
@@ -102,56 +89,34 @@ test("runsc runs the lazy image too", async () => {
 });
 
 test("Ctrl-C on `kindling run NAME` releases the container, the mounts and the lazy daemon", async () => {
-  const child = spawn(
-    process.execPath,
-    [KINDLING, "run", "--runtime", "runc", "--stop-timeout", "0.3", "bb", "--", "echo ready; exec sleep 30"],
-    {
-      env: { ...process.env, KINDLING_HOME: home.root },
-      stdio: ["ignore", "pipe", "pipe"],
-    },
+  const cli = await spawnCliUntil(
+    ["run", "--runtime", "runc", "--stop-timeout", "0.3", "bb", "--", "echo ready; exec sleep 30"],
+    { home },
   );
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
-    child.on("exit", () => reject(new Error("exited before ready")));
-  });
   const during = await leftovers(home.root);
   assert.ok(
     during.some((l) => l.includes("lazy/daemon")),
     during.join("; "),
   );
-  child.kill("SIGINT");
-  const code = await new Promise((resolve) => child.on("exit", resolve));
-  assert.equal(code, 137);
+  cli.child.kill("SIGINT");
+  assert.equal(await cli.exit(), 137);
   assert.deepEqual(await leftovers(home.root), []);
 });
 
 test("the lazy daemon killed during a run: a clear error (125) and nothing left behind", async () => {
-  const child = spawn(
-    process.execPath,
-    [KINDLING, "run", "--runtime", "runc", "bb", "--", "echo ready; sleep 1; cat /data/big >/dev/null"],
+  const cli = await spawnCliUntil(
+    ["run", "--runtime", "runc", "bb", "--", "echo ready; sleep 1; cat /data/big >/dev/null"],
     {
-      env: { ...process.env, KINDLING_HOME: home.root },
-      stdio: ["ignore", "pipe", "pipe"],
+      home,
     },
   );
-  let err = "";
-  child.stderr.on("data", (d) => {
-    err += d;
-  });
-  // Listened for from the start: on a loaded machine the run may end while we look for the daemon.
-  const closed = new Promise((resolve) => child.on("close", resolve));
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
-    child.on("exit", () => reject(new Error("exited before ready")));
-  });
   const daemon = (await leftovers(home.root)).find((l) => l.includes("lazy/daemon"));
   const pid = Number(/^process (\d+):/.exec(daemon ?? "")?.[1]);
   assert.ok(pid > 0, "no lazy daemon found");
   process.kill(pid, "SIGKILL");
-  const code = await closed;
-  assert.equal(code, 125);
+  assert.equal(await cli.exit(), 125);
   assert.match(
-    err,
+    cli.err(),
     /the lazy image daemon of bb \(pid \d+\) died during the run; the process ended with status 1/,
   );
   assert.deepEqual(await leftovers(home.root), []);
@@ -188,25 +153,15 @@ test("every run of an image shares one lazy daemon and one SquashFS mount, kept 
 
 // Last but one: it corrupts the store's chunks, which other tests share.
 test("`image rm` refuses an image whose container outlives its killed CLI; the container reads on", async () => {
-  const child = spawn(
-    process.execPath,
-    [KINDLING, "run", "--runtime", "runc", "bb", "--", "echo ready; sleep 8; cat /data/big | wc -c"],
-    { env: { ...process.env, KINDLING_HOME: home.root }, stdio: ["ignore", "pipe", "pipe"] },
+  const cli = await spawnCliUntil(
+    ["run", "--runtime", "runc", "bb", "--", "echo ready; sleep 8; cat /data/big | wc -c"],
+    {
+      home,
+    },
   );
-  // "exit", not "close": the orphaned container keeps the CLI's stdout pipe open.
-  const exited = new Promise((resolve) => child.on("exit", resolve));
-  let out = "";
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on("data", (d: Buffer) => {
-      out += d;
-      if (out.includes("ready")) resolve();
-    });
-    child.on("exit", () => reject(new Error("exited before ready")));
-    child.stderr.on("data", (d: Buffer) => process.stderr.write(d));
-  });
   // The CLI dies at once; runc and its container go on (orphaned), and the image must stay.
-  child.kill("SIGKILL");
-  await exited;
+  cli.child.kill("SIGKILL");
+  await cli.exit();
   const runc = async () =>
     (
       await exec("pgrep", ["-f", "--", `runc --root ${home.root}/run/`], { allowFailure: true })
@@ -230,14 +185,7 @@ test("corrupt chunks in the store: a clear error (125) and nothing left behind",
   const record = await loadImage(home, "bb");
   const index = await readBlockIndex(home, record.digest);
   for (const c of index.chunks) await writeFile(home.blobPath(c.digest), randomBytes(c.length));
-  const r = await exec(
-    process.execPath,
-    [KINDLING, "run", "--runtime", "runc", "bb", "--", "cat", "/data/hello"],
-    {
-      env: { ...process.env, KINDLING_HOME: home.root },
-      allowFailure: true,
-    },
-  );
+  const r = await runCli(["run", "--runtime", "runc", "bb", "--", "cat", "/data/hello"], { home });
   assert.equal(r.code, 125);
   assert.equal(r.stdout, "");
   assert.match(r.stderr, /^kindling: .*bb.*(corrupt|digest|verif|EIO|failed)/im);

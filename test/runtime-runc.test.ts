@@ -1,23 +1,21 @@
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { getRuntime, runtimeFor } from "../src/runtime/runtimes.js";
 import { KindlingHome } from "../src/util/home.js";
+import { KINDLING, runCli, spawnCliUntil } from "./helpers/cli.js";
 import { killRunOwner } from "./helpers/home-service.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { kindlingRaw } from "./helpers/rawbytes.js";
 import { readAll } from "./helpers/streams.js";
 
-const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let tmp: string;
 let home: KindlingHome;
 let image: string;
@@ -206,34 +204,9 @@ test("failures release everything: missing command (127), unknown user, a file t
   await assertClean();
 });
 
-/** Spawns `kindling run` and resolves once the container printed "ready". */
-async function spawnCli(
-  args: string[],
-): Promise<{ child: ChildProcess; out: () => string; err: () => string }> {
-  const child = spawn(process.execPath, [KINDLING, "run", "--runtime", "runc", ...args], {
-    env: { ...process.env, KINDLING_HOME: home.root },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  let err = "";
-  child.stderr!.on("data", (d) => {
-    err += d;
-  });
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on("data", (d) => {
-      out += d;
-      if (out.includes("ready")) resolve();
-    });
-    child.on("exit", () => reject(new Error(`kindling exited before ready: ${err}`)));
-  });
-  return { child, out: () => out, err: () => err };
-}
-
-function exitOf(child: ChildProcess): Promise<number | null> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
-    else child.on("exit", (code) => resolve(code));
-  });
+/** `kindling run --runtime runc ARGS`, once the container printed "ready" (bounded). */
+function spawnCli(args: string[]) {
+  return spawnCliUntil(["run", "--runtime", "runc", ...args], { home });
 }
 
 test("Ctrl-C (SIGINT to kindling) sends TERM to the container, then KILL; status is the process's", async () => {
@@ -245,7 +218,7 @@ test("Ctrl-C (SIGINT to kindling) sends TERM to the container, then KILL; status
     'trap "echo got-term; exit 7" TERM; echo ready; sleep 30 & wait',
   ]);
   handled.child.kill("SIGINT");
-  assert.equal(await exitOf(handled.child), 7);
+  assert.equal(await handled.exit(), 7);
   assert.equal(handled.out(), "ready\ngot-term\n");
   assert.match(handled.err(), /SIGINT: stopping container \w+ \(TERM, KILL after 10s\)/);
 
@@ -260,7 +233,7 @@ test("Ctrl-C (SIGINT to kindling) sends TERM to the container, then KILL; status
   ]);
   const t0 = Date.now();
   stubborn.child.kill("SIGTERM");
-  assert.equal(await exitOf(stubborn.child), 137);
+  assert.equal(await stubborn.exit(), 137);
   assert.ok(Date.now() - t0 < 9000, `took ${Date.now() - t0} ms`);
   await assertClean();
 });
@@ -274,7 +247,7 @@ test("a run whose owner was SIGKILLed is cleaned up by the next run, a live one 
   assert.ok((await leftovers(home.root, image, [id])).some((l) => l.startsWith("mount")));
   // The owner is the container's supervisor (the run is the service's): its crash leaves it all.
   await killRunOwner(home.runs);
-  assert.equal(await exitOf(dead.child), 125);
+  assert.equal(await dead.exit(), 125);
   assert.match(dead.err(), /supervisor went away/);
   const left = await leftovers(home.root, image, [id]);
   for (const kind of ["mount", "loop", "process", "cgroup", "run dir"]) {
@@ -289,26 +262,12 @@ test("a run whose owner was SIGKILLed is cleaned up by the next run, a live one 
 });
 
 test("the CLI: exit status, output, and clear errors for bad flags (status 125)", async () => {
-  const cli = (args: string[]) =>
-    new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-      const child = spawn(process.execPath, [KINDLING, "run", "--runtime", "runc", ...args], {
-        env: { ...process.env, KINDLING_HOME: home.root },
-      });
-      let out = "";
-      let err = "";
-      child.stdout.on("data", (d) => {
-        out += d;
-      });
-      child.stderr.on("data", (d) => {
-        err += d;
-      });
-      child.on("close", (code) => resolve({ code, out, err }));
-    });
+  const cli = (args: string[]) => runCli(["run", "--runtime", "runc", ...args], { home });
   const ok = await cli([image, "--", "sh", "-c", "echo hi; echo oops >&2; exit 4"]);
-  assert.deepEqual(ok, { code: 4, out: "hi\n", err: "oops\n" });
+  assert.deepEqual(ok, { code: 4, stdout: "hi\n", stderr: "oops\n" });
   const timedOut = await cli(["--timeout", "0.3", "--stop-timeout", "0.2", image, "--", "sleep", "30"]);
   assert.equal(timedOut.code, 137);
-  assert.match(timedOut.err, /stopped by --timeout 0.3s: status 137 \(SIGKILL\)/);
+  assert.match(timedOut.stderr, /stopped by --timeout 0.3s: status 137 \(SIGKILL\)/);
   const bad: [string[], RegExp][] = [
     [["-v", "/a/b", image], /kindling: -v \/a\/b: expected SRC:DST or SRC:DST:ro/],
     [["-v", `${tmp}/nope:/x`, image], /kindling: -v .*: source .*nope does not exist/],
@@ -322,8 +281,8 @@ test("the CLI: exit status, output, and clear errors for bad flags (status 125)"
   ];
   for (const [args, message] of bad) {
     const r = await cli(args);
-    assert.equal(r.code, 125, `${args.join(" ")}: ${r.err}`);
-    assert.match(r.err, message);
+    assert.equal(r.code, 125, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, message);
   }
   await assertClean();
 });
@@ -346,29 +305,18 @@ test("a stop before the process started starts nothing and releases everything (
 });
 
 test("-i passes stdin; a second Ctrl-C kills at once", async () => {
-  const piped = await new Promise<string>((resolve) => {
-    const child = spawn(
-      process.execPath,
-      [KINDLING, "run", "--runtime", "runc", "-i", image, "--", "tr", "a-z", "A-Z"],
-      {
-        env: { ...process.env, KINDLING_HOME: home.root },
-      },
-    );
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-    });
-    child.on("close", () => resolve(out));
-    child.stdin.end("piped input\n");
+  const piped = await runCli(["run", "--runtime", "runc", "-i", image, "--", "tr", "a-z", "A-Z"], {
+    home,
+    input: "piped input\n",
   });
-  assert.equal(piped, "PIPED INPUT\n");
+  assert.equal(piped.stdout, "PIPED INPUT\n");
 
   const stubborn = await spawnCli([image, "--", "sh", "-c", 'trap "" TERM; echo ready; sleep 30 & wait']);
   const t0 = Date.now();
   stubborn.child.kill("SIGINT");
   await new Promise((r) => setTimeout(r, 300));
   stubborn.child.kill("SIGINT");
-  assert.equal(await exitOf(stubborn.child), 137);
+  assert.equal(await stubborn.exit(), 137);
   assert.ok(
     Date.now() - t0 < 9000,
     `took ${Date.now() - t0} ms: the second Ctrl-C did not skip the 10 s grace`,

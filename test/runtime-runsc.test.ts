@@ -4,20 +4,17 @@ import { mkdtemp, open, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
-import { parseRunOptions } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { getRuntime } from "../src/runtime/runtimes.js";
 import { findBinary } from "../src/runtime/which.js";
 import { KindlingHome } from "../src/util/home.js";
+import { within } from "./helpers/bounded.js";
+import { KINDLING, runCli, spawnCliUntil } from "./helpers/cli.js";
 import { killRunOwner } from "./helpers/home-service.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { readAll } from "./helpers/streams.js";
+import { runPiped } from "./helpers/run.js";
 
-const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let tmp: string;
 let home: KindlingHome;
 let image: string;
@@ -42,22 +39,17 @@ after(async () => {
 const skip = runsc ? false : "runsc (gVisor) is not installed on this host";
 
 test("runsc (ptrace platform) runs echo: output apart, status through, nothing left", { skip }, async () => {
-  const options = await parseRunOptions(image, ["sh", "-c", "echo hello from gvisor; echo err >&2; exit 3"], {
-    runtime: "runsc",
-  });
-  const handle = runContainer({
+  const r = await runPiped({
     home,
-    options,
-    image: await resolveImage(home, image),
+    image,
+    command: ["sh", "-c", "echo hello from gvisor; echo err >&2; exit 3"],
+    flags: { runtime: "runsc" },
     runtime: getRuntime("runsc", "lazy"),
-    stdio: { stdout: "pipe", stderr: "pipe" },
   });
-  const s = await handle.started;
-  const [out, err, result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
-  ids.push(result.id);
-  assert.equal(out, "hello from gvisor\n");
-  assert.equal(err, "err\n");
-  assert.equal(result.status, 3);
+  ids.push(r.id);
+  assert.equal(r.stdout, "hello from gvisor\n");
+  assert.equal(r.stderr, "err\n");
+  assert.equal(r.status, 3);
   assert.deepEqual(await leftovers(home.root, image, ids), []);
 });
 
@@ -66,7 +58,7 @@ test("runsc output into a regular file is appended after what the file held", { 
   const file = path.join(tmp, "out.txt");
   const fh = await open(file, "w");
   await fh.write("before\n");
-  const code = await new Promise<number | null>((resolve) => {
+  const ran = new Promise<number | null>((resolve) => {
     const child = spawn(
       process.execPath,
       [KINDLING, "run", "--runtime", "runsc", image, "--", "echo", "hi"],
@@ -77,38 +69,29 @@ test("runsc output into a regular file is appended after what the file held", { 
     );
     child.on("close", resolve);
   });
+  const code = await within(ran, 120_000, "kindling run --runtime runsc into a file to exit");
   await fh.close();
   assert.equal(code, 0);
   assert.equal(await readFile(file, "utf8"), "before\nhi\n");
 });
 
 test("a runsc run whose supervisor was SIGKILLed is cleaned up by the next run", { skip }, async () => {
-  const child = spawn(
-    process.execPath,
-    [KINDLING, "run", "--runtime", "runsc", image, "--", "sh", "-c", "echo ready; exec sleep 30"],
-    { env: { ...process.env, KINDLING_HOME: home.root }, stdio: ["ignore", "pipe", "inherit"] },
+  const cli = await spawnCliUntil(
+    ["run", "--runtime", "runsc", image, "--", "sh", "-c", "echo ready; exec sleep 30"],
+    {
+      home,
+    },
   );
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve());
-    child.on("exit", () => reject(new Error("exited before ready")));
-  });
-  const exited = new Promise((r) => child.on("exit", r));
   // the run's owner is its supervisor under the service: its crash leaves everything
   const id = await killRunOwner(home.runs);
   ids.push(id);
-  await exited;
+  await cli.exit();
   const left = await leftovers(home.root, image, [id]);
   assert.ok(
     left.some((l) => l.startsWith("process")) && left.some((l) => l.startsWith("mount")),
     left.join("; "),
   );
-  const options = await parseRunOptions(image, ["true"], { runtime: "runsc" });
-  const next = await runContainer({
-    home,
-    options,
-    image: await resolveImage(home, image),
-    runtime: getRuntime("runsc", "lazy"),
-  }).result;
+  const next = await runPiped({ home, image, command: ["true"], flags: { runtime: "runsc" } });
   ids.push(next.id);
   assert.equal(next.status, 0);
   assert.deepEqual(await leftovers(home.root, image, ids), []);
@@ -117,7 +100,6 @@ test("a runsc run whose supervisor was SIGKILLed is cleaned up by the next run",
 test("runsc under the service: run -d, exec, logs, an attached run, rm -f; nothing left", {
   skip,
 }, async () => {
-  const { runCli } = await import("./helpers/cli.js");
   const cli = (args: string[]) => runCli(args, { home: home.root, env: { KINDLING_SOCKET: "" } });
   const d = await cli([
     "run",

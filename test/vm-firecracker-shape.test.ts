@@ -8,9 +8,7 @@ import assert from "node:assert/strict";
 import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
-import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import type { RawRunFlags } from "../src/runtime/options.js";
 import { VmRuntime } from "../src/runtime/vm-runtime.js";
 import { exec } from "../src/util/exec.js";
 import { prepareGuestBoot } from "../src/vm/kernel.js";
@@ -18,7 +16,7 @@ import { bootQemuVm } from "../src/vm/qemu.js";
 import { within } from "./helpers/bounded.js";
 import { buildBusyboxTree } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { readAll } from "./helpers/streams.js";
+import { runPiped } from "./helpers/run.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 let t: VmTestHome;
@@ -41,18 +39,15 @@ after(async () => {
 });
 
 async function run(command: string[], flags: RawRunFlags) {
-  const options = await parseRunOptions("ml", command, { runtime: "qemu", network: "none", ...flags });
-  const handle = runContainer({
+  const r = await runPiped({
     home: t.home,
-    options,
-    image: await resolveImage(t.home, "ml"),
+    image: "ml",
+    command,
+    flags: { runtime: "qemu", network: "none", ...flags },
     runtime: new VmRuntime("qemu", "firecracker"),
-    stdio: { stdout: "pipe", stderr: "pipe" },
   });
-  const s = await handle.started;
-  const [stdout, stderr, result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
   assert.deepEqual(await leftovers(t.home.root), [], "nothing left after the run");
-  return { ...result, stdout, stderr };
+  return r;
 }
 
 // What the guest sees: Firecracker's boot args (Kindling's own panic=-1 wins over panic=1, as in render.ts) and the vsock agent on the command line, no RTC, ACPI

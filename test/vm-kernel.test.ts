@@ -7,14 +7,11 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { withConfig } from "../src/config/index.js";
-import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
-import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import type { RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { runtimeFor } from "../src/runtime/runtimes.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { networkLeftovers } from "./helpers/network.js";
-import { readAll } from "./helpers/streams.js";
+import { runPiped } from "./helpers/run.js";
 import { builtKernelHome, type VmTestHome } from "./helpers/vm-image.js";
 
 let t: VmTestHome;
@@ -33,20 +30,9 @@ after(async () => {
 
 /** One run with KINDLING_GUEST_KERNEL=built: a missing built kernel fails instead of falling back. */
 async function run(command: string[], flags: RawRunFlags) {
-  return withConfig({ guestKernel: "built" }, async () => {
-    const options = await parseRunOptions("ml", command, { runtime: "qemu", ...flags });
-    const handle = runContainer({
-      home: t.home,
-      options,
-      image: await resolveImage(t.home, "ml"),
-      runtime: await runtimeFor(options),
-      stdio: { stdout: "pipe", stderr: "pipe" },
-      notify: () => {},
-    });
-    const s = await handle.started;
-    const [stdout, stderr, result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
-    return { ...result, stdout, stderr };
-  });
+  return withConfig({ guestKernel: "built" }, () =>
+    runPiped({ home: t.home, image: "ml", command, flags: { runtime: "qemu", ...flags }, notify: () => {} }),
+  );
 }
 
 for (const rootfs of ["lazy", "squashfs", "copy", "virtiofs"] as const) {

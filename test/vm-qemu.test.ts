@@ -10,10 +10,7 @@ import path from "node:path";
 import { Readable, Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
-import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { runtimeFor } from "../src/runtime/runtimes.js";
+import type { RawRunFlags } from "../src/runtime/options.js";
 import { startFailureStatus } from "../src/runtime/vm-runtime.js";
 import { KindlingError } from "../src/util/errors.js";
 import { exec } from "../src/util/exec.js";
@@ -29,6 +26,7 @@ import {
 import { prepareGuestBoot } from "../src/vm/kernel.js";
 import { bootQemuVm, type QemuVm, QemuVmm } from "../src/vm/qemu.js";
 import type { VmSpec } from "../src/vm/spec.js";
+import { startPiped } from "./helpers/run.js";
 import { readAll } from "./helpers/streams.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -329,16 +327,8 @@ describe("one VM, many processes", () => {
 });
 
 /** `kindling run` of the busybox root (a SquashFS path: no import) through the real runtime path. */
-async function runContainerOf(command: string[], flags: RawRunFlags) {
-  const options = await parseRunOptions(rootImage, command, { runtime: "qemu", ...flags });
-  const handle = runContainer({
-    home: runHome,
-    options,
-    image: await resolveImage(runHome, rootImage),
-    runtime: await runtimeFor(options),
-    stdio: { stdout: "pipe", stderr: "pipe" },
-  });
-  return handle;
+function runContainerOf(command: string[], flags: RawRunFlags) {
+  return startPiped({ home: runHome, image: rootImage, command, flags: { runtime: "qemu", ...flags } });
 }
 
 /** Boots `spec`, sends CONFIGURE when given, runs one process to its end, and always closes the VM. */

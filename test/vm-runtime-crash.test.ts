@@ -3,22 +3,18 @@
  * kindling's own (SIGKILL; the next run's cleanupStaleRuns kills the VM and syncs the drive back).
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { cleanupStale } from "../src/lazy/index.js";
-import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
-import { parseRunOptions } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { runtimeFor } from "../src/runtime/runtimes.js";
+import { within } from "./helpers/bounded.js";
+import { spawnCliUntil } from "./helpers/cli.js";
 import { killRunOwner } from "./helpers/home-service.js";
 import { leftovers, pidsNaming } from "./helpers/leftovers.js";
+import { startPiped } from "./helpers/run.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
-const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let t: VmTestHome;
 let rw: string;
 
@@ -34,19 +30,17 @@ after(async () => {
 const WRITE_THEN_WAIT = "echo $0 > /rw/$0; sync; echo ready; exec sleep 600";
 
 test("the VM dies while the process runs: a clear error, and the rw mount's writes reach the host", async () => {
-  const options = await parseRunOptions("ml", ["/bin/sh", "-c", WRITE_THEN_WAIT, "vm-crash"], {
-    runtime: "qemu",
-    volume: [`${rw}:/rw`],
-  });
-  const handle = runContainer({
+  const handle = await startPiped({
     home: t.home,
-    options,
-    image: await resolveImage(t.home, "ml"),
-    runtime: await runtimeFor(options),
-    stdio: { stdout: "pipe", stderr: "pipe" },
+    image: "ml",
+    command: ["/bin/sh", "-c", WRITE_THEN_WAIT, "vm-crash"],
+    flags: { runtime: "qemu", volume: [`${rw}:/rw`] },
   });
   const s = await handle.started;
-  await new Promise<void>((resolve) => s.stdout!.on("data", (d: Buffer) => d.includes("ready") && resolve()));
+  const ready = new Promise<void>((resolve) =>
+    s.stdout!.on("data", (d: Buffer) => d.includes("ready") && resolve()),
+  );
+  await within(ready, 120_000, "the process in the VM to print ready");
   s.stderr!.resume();
   const qemu = await pidsNaming(`${path.join(t.home.runs, s.id)}/`, "qemu-system");
   assert.equal(qemu.length, 1);
@@ -57,10 +51,8 @@ test("the VM dies while the process runs: a clear error, and the rw mount's writ
 });
 
 test("the run's owner (its supervisor) is SIGKILLed: the next cleanup stops the VM and syncs the rw mount back", async () => {
-  const child = spawn(
-    process.execPath,
+  const cli = await spawnCliUntil(
     [
-      KINDLING,
       "run",
       "--runtime",
       "qemu",
@@ -73,17 +65,11 @@ test("the run's owner (its supervisor) is SIGKILLed: the next cleanup stops the 
       WRITE_THEN_WAIT,
       "kindling-crash",
     ],
-    { env: { ...process.env, KINDLING_HOME: t.home.root }, stdio: ["ignore", "pipe", "pipe"] },
+    { home: t.home },
   );
-  child.stderr.resume();
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on("data", (d: Buffer) => d.includes("ready") && resolve());
-    child.on("exit", () => reject(new Error("kindling exited before the process was ready")));
-  });
-  const closed = new Promise((r) => child.once("close", r));
   // the run's owner is its supervisor under the service: its crash leaves everything
   const id = await killRunOwner(t.home.runs);
-  await closed;
+  await cli.exit();
   // The guest powers off when its agent channel closes, so QEMU may be gone already; either way the
   // writes are still only in the run dir's rw drive.
   assert.equal(await readFile(path.join(rw, "kindling-crash"), "utf8").catch(() => "not yet"), "not yet");
@@ -95,10 +81,8 @@ test("the run's owner (its supervisor) is SIGKILLed: the next cleanup stops the 
 });
 
 test("the image's lazy daemon dies during the run: 125 naming it, and nothing left", async () => {
-  const child = spawn(
-    process.execPath,
+  const cli = await spawnCliUntil(
     [
-      KINDLING,
       "run",
       "--runtime",
       "qemu",
@@ -108,24 +92,15 @@ test("the image's lazy daemon dies during the run: 125 naming it, and nothing le
       "-c",
       "echo ready; sleep 2; cat /data/big >/dev/null",
     ],
-    { env: { ...process.env, KINDLING_HOME: t.home.root }, stdio: ["ignore", "pipe", "pipe"] },
+    { home: t.home },
   );
-  let err = "";
-  child.stderr.on("data", (d) => {
-    err += d;
-  });
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on("data", (d: Buffer) => d.includes("ready") && resolve());
-    child.on("exit", () => reject(new Error(`kindling exited before the process was ready: ${err}`)));
-  });
   const daemon = (await leftovers(t.home.root)).find((l) => l.includes("lazy/daemon"));
   const pid = Number(/^process (\d+):/.exec(daemon ?? "")?.[1]);
   assert.ok(pid > 0, "no lazy daemon found");
   process.kill(pid, "SIGKILL");
-  const code = await new Promise((resolve) => child.on("close", resolve));
-  assert.equal(code, 125, err);
+  assert.equal(await cli.exit(), 125, cli.err());
   assert.match(
-    err,
+    cli.err(),
     /the lazy image daemon of ml \(pid \d+\) died during the run; the process ended with status 1/,
   );
   assert.deepEqual(await leftovers(t.home.root), []);

@@ -9,8 +9,6 @@ import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
 import {
@@ -24,7 +22,7 @@ import {
 } from "../src/vm/agent/protocol.js";
 import { type Fixture, makeFixture } from "./helpers/firecracker-fixtures.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { readAll } from "./helpers/streams.js";
+import { runPiped } from "./helpers/run.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
 let fx: Fixture;
@@ -117,16 +115,12 @@ async function run(flags: RawRunFlags, onStart?: () => Promise<void>) {
   process.env.FAKE_FC_RECORD = record;
   const agent = await fakeAgent(onStart);
   try {
-    const options = await parseRunOptions("ml", ["echo", "hi"], { runtime: "firecracker", ...flags });
-    const handle = runContainer({
+    const { stdout, ...result } = await runPiped({
       home: t.home,
-      options,
-      image: await resolveImage(t.home, "ml"),
-      runtime: await runtimeFor(options),
-      stdio: { stdout: "pipe", stderr: "pipe" },
+      image: "ml",
+      command: ["echo", "hi"],
+      flags: { runtime: "firecracker", ...flags },
     });
-    const s = await handle.started;
-    const [stdout, result] = await Promise.all([readAll(s.stdout), handle.result]);
     const lines = (await readFile(record, "utf8")).trim().split("\n");
     const calls = lines.map((l) => JSON.parse(l)).filter((c) => c.method);
     return { result, stdout, calls, seen: agent.seen };

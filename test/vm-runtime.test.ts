@@ -7,18 +7,13 @@ import assert from "node:assert/strict";
 import { chmod, lstat, mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
-import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
-import { runtimeFor } from "../src/runtime/runtimes.js";
-import { exec } from "../src/util/exec.js";
+import type { RawRunFlags } from "../src/runtime/options.js";
+import { KINDLING, runCli } from "./helpers/cli.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { kindlingRaw } from "./helpers/rawbytes.js";
-import { readAll } from "./helpers/streams.js";
+import { runPiped } from "./helpers/run.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
-const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
 let t: VmTestHome;
 let ro: string;
 let rw: string;
@@ -39,18 +34,9 @@ after(async () => {
 });
 
 async function run(command: string[], flags: RawRunFlags) {
-  const options = await parseRunOptions("ml", command, { runtime: "qemu", ...flags });
-  const handle = runContainer({
-    home: t.home,
-    options,
-    image: await resolveImage(t.home, "ml"),
-    runtime: await runtimeFor(options),
-    stdio: { stdout: "pipe", stderr: "pipe" },
-  });
-  const s = await handle.started;
-  const [stdout, stderr, result] = await Promise.all([readAll(s.stdout), readAll(s.stderr), handle.result]);
+  const r = await runPiped({ home: t.home, image: "ml", command, flags: { runtime: "qemu", ...flags } });
   assert.deepEqual(await leftovers(t.home.root), [], "nothing left after the run");
-  return { ...result, stdout, stderr };
+  return r;
 }
 
 // As the image's user "app" (1000, HOME /home/app, also in group "extra" 2000): names and groups resolve
@@ -177,10 +163,8 @@ test("CLI: bytes that are not UTF-8 in -e values and arguments reach the process
 });
 
 test("CLI: kindling run --runtime qemu streams stdout and stderr apart and exits with the status", async () => {
-  const r = await exec(
-    process.execPath,
+  const r = await runCli(
     [
-      KINDLING,
       "run",
       "--runtime",
       "qemu",
@@ -192,7 +176,7 @@ test("CLI: kindling run --runtime qemu streams stdout and stderr apart and exits
       "-c",
       "echo cli > /rw/cli; echo to-out; echo to-err >&2; exit 3",
     ],
-    { env: { ...process.env, KINDLING_HOME: t.home.root }, allowFailure: true },
+    { home: t.home },
   );
   assert.equal(r.code, 3);
   assert.equal(r.stdout, "to-out\n");
@@ -201,22 +185,11 @@ test("CLI: kindling run --runtime qemu streams stdout and stderr apart and exits
 });
 
 test("CLI: --timeout stops the process in the VM through the agent (TERM: 143)", async () => {
-  const r = await exec(
-    process.execPath,
-    [
-      KINDLING,
-      "run",
-      "--runtime",
-      "qemu",
-      "--timeout",
-      "1",
-      "ml",
-      "--",
-      "sh",
-      "-c",
-      "echo started; sleep 30",
-    ],
-    { env: { ...process.env, KINDLING_HOME: t.home.root }, allowFailure: true },
+  const r = await runCli(
+    ["run", "--runtime", "qemu", "--timeout", "1", "ml", "--", "sh", "-c", "echo started; sleep 30"],
+    {
+      home: t.home,
+    },
   );
   assert.equal(r.stdout, "started\n");
   assert.equal(r.code, 143, r.stderr);
@@ -224,17 +197,15 @@ test("CLI: --timeout stops the process in the VM through the agent (TERM: 143)",
 });
 
 test("CLI: --runtime firecracker without the binary names kindling doctor", async () => {
-  const r = await exec(process.execPath, [KINDLING, "run", "--runtime", "firecracker", "ml", "--", "true"], {
-    env: { ...process.env, KINDLING_HOME: t.home.root, KINDLING_FIRECRACKER: "/nonexistent/firecracker" },
-    allowFailure: true,
+  const r = await runCli(["run", "--runtime", "firecracker", "ml", "--", "true"], {
+    home: t.home,
+    env: { KINDLING_FIRECRACKER: "/nonexistent/firecracker" },
   });
   assert.equal(r.code, 125);
   assert.match(r.stderr, /firecracker is not installed.*kindling doctor/);
-  const v = await exec(
-    process.execPath,
-    [KINDLING, "run", "--runtime", "firecracker", "--rootfs", "virtiofs", "ml", "--", "true"],
-    { env: { ...process.env, KINDLING_HOME: t.home.root }, allowFailure: true },
-  );
+  const v = await runCli(["run", "--runtime", "firecracker", "--rootfs", "virtiofs", "ml", "--", "true"], {
+    home: t.home,
+  });
   assert.equal(v.code, 125);
   assert.match(v.stderr, /--rootfs virtiofs does not apply to --runtime firecracker/);
 });

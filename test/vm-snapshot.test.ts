@@ -8,11 +8,8 @@ import { appendFile, copyFile, mkdir, readdir, readFile, rm, stat, writeFile } f
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { withConfig } from "../src/config/index.js";
-import { resolveImage } from "../src/runtime/image.js";
-import { runContainer } from "../src/runtime/lifecycle.js";
-import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
+import type { RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { runtimeFor } from "../src/runtime/runtimes.js";
 import { prepareGuestBoot } from "../src/vm/kernel.js";
 import { bootQemuVm, type QemuVm } from "../src/vm/qemu.js";
 import type { SnapshotMeta } from "../src/vm/snapshot.js";
@@ -21,7 +18,7 @@ import { within } from "./helpers/bounded.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers, pidsNaming } from "./helpers/leftovers.js";
 import { networkLeftovers } from "./helpers/network.js";
-import { readAll } from "./helpers/streams.js";
+import { runPiped } from "./helpers/run.js";
 import { builtKernelHome, type VmTestHome } from "./helpers/vm-image.js";
 
 const BOOT_MS = 120_000;
@@ -269,24 +266,15 @@ async function findKeyOf(spec: VmSpec): Promise<string> {
 
 describe("QEMU snapshots (kindling run)", () => {
   async function run(command: string[], flags: RawRunFlags) {
-    return withConfig({ guestKernel: "built", vmSnapshots: true }, async () => {
-      const options = await parseRunOptions("ml", command, { runtime: "qemu", ...flags });
-      const handle = runContainer({
+    return withConfig({ guestKernel: "built", vmSnapshots: true }, () =>
+      runPiped({
         home: t.home,
-        options,
-        image: await resolveImage(t.home, "ml"),
-        runtime: await runtimeFor(options),
-        stdio: { stdout: "pipe", stderr: "pipe" },
+        image: "ml",
+        command,
+        flags: { runtime: "qemu", ...flags },
         notify: () => {},
-      });
-      const s = await handle.started;
-      const [stdout, stderr, result] = await Promise.all([
-        readAll(s.stdout),
-        readAll(s.stderr),
-        handle.result,
-      ]);
-      return { ...result, stdout, stderr };
-    });
+      }),
+    );
   }
 
   /** When each snapshot of the home was last used (a restore marks it). */

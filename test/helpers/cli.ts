@@ -1,7 +1,8 @@
 /** The CLI as a child process, for tests and benchmarks: one spawn helper with a bounded wait. */
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { constants } from "node:os";
 import path from "node:path";
+import { within } from "./bounded.js";
 import { REPO } from "./fixtures.js";
 
 /** The repository's `bin/kindling` (it loads the build from dist/). */
@@ -73,4 +74,61 @@ export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult
     child.stdin.on("error", () => {});
     child.stdin.end(opts.input);
   });
+}
+
+export interface LiveCli {
+  child: ChildProcess;
+  /** stdout and stderr so far. */
+  out: () => string;
+  err: () => string;
+  /** The exit status (null when a signal ended it); bounded like every wait here. */
+  exit: (ms?: number) => Promise<number | null>;
+}
+
+/**
+ * Spawns `kindling ARGS` (stdin closed) and resolves once its stdout holds `marker` (default "ready");
+ * fails at once if it exits first, or after `timeoutMs` (the child is then killed), naming the command.
+ */
+export async function spawnCliUntil(
+  args: string[],
+  opts: Pick<CliOptions, "home" | "env"> & { marker?: string; timeoutMs?: number } = {},
+): Promise<LiveCli> {
+  const marker = opts.marker ?? "ready";
+  const env: Record<string, string | undefined> = { ...process.env, ...opts.env };
+  if (opts.home !== undefined) env.KINDLING_HOME = typeof opts.home === "string" ? opts.home : opts.home.root;
+  const child = spawn(KINDLING, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  child.stderr.on("data", (d) => {
+    err += d;
+  });
+  // Its status at "exit"; then up to 2 s for the rest of its output ("close" never comes while an
+  // orphaned container still holds the CLI's stdout).
+  const closed = new Promise<number | null>((resolve) =>
+    child.once("exit", (code) => {
+      const done = () => resolve(code);
+      child.once("close", done);
+      setTimeout(done, 2000).unref();
+    }),
+  );
+  const what = `kindling ${args.join(" ")} to print ${JSON.stringify(marker)}`;
+  const seen = new Promise<void>((resolve, reject) => {
+    child.stdout.on("data", (d) => {
+      out += d;
+      if (out.includes(marker)) resolve();
+    });
+    closed.then((code) =>
+      reject(new Error(`${what}: it exited (status ${code}) first; stderr: ${err.slice(-2000)}`)),
+    );
+  });
+  await within(seen, opts.timeoutMs ?? 120_000, what).catch((e) => {
+    child.kill("SIGKILL");
+    throw e;
+  });
+  return {
+    child,
+    out: () => out,
+    err: () => err,
+    exit: (ms = 120_000) => within(closed, ms, `kindling ${args.join(" ")} to exit`),
+  };
 }
