@@ -20,7 +20,14 @@
  * up (the service keeps it; KINDLING_LAZY_IDLE_MS=600000), so every measured run reads cached chunks,
  * and each home's service runs already.
  * Both sides run `echo hi` with no network (kindling: --network none; runc: an empty netns).
- *   node dist/bench/cli-cost.js [--n 15] [--no-bundle]
+ * --trace M: after the rounds, M more `kindling run`s with KINDLING_TRACE (src/util/trace.ts): every
+ * process of the run (CLI, service, supervisor) timestamps its steps into one file per run, and the
+ * script prints each step's median time since the one before it (where the time goes, end to end).
+ * --variants a,b,...: only these variants (runc is always measured: it is the baseline).
+ * --baseline DIR: one more variant, `baseline`: `kindling run` of another build (a checkout of an
+ * earlier commit at DIR, built) in a home of its own whose service is that build's: a change
+ * against the code before it, in one interleaved run.
+ *   node dist/bench/cli-cost.js [--n 15] [--no-bundle] [--trace M] [--variants kindling,node] [--baseline DIR]
  */
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -42,6 +49,9 @@ const argOf = (name: string): string | undefined => {
 };
 const N = Number(argOf("n") ?? 15);
 const BUNDLE = !process.argv.includes("--no-bundle");
+const TRACE_RUNS = Number(argOf("trace") ?? 0);
+const ONLY = argOf("variants")?.split(",");
+const BASELINE = argOf("baseline");
 const DIST_CLI = fileURLToPath(new URL("../src/cli/", import.meta.url));
 
 const median = (xs: number[]) => {
@@ -106,6 +116,30 @@ async function stopService(home: KindlingHome): Promise<void> {
   }
 }
 
+/**
+ * One traced run's steps in time order, each as the time since the step before it (ms). Steps
+ * are named by their text without the pid ("cli: first output"); t0 = the CLI's process start.
+ */
+async function tracedSteps(file: string): Promise<[string, number][]> {
+  const lines = (await readFile(file, "utf8"))
+    .trim()
+    .split("\n")
+    .map((l) => {
+      const [t, , ...step] = l.split(" ");
+      // one name per step across runs: no ids, digests or paths
+      const name = step
+        .join(" ")
+        .replace(/ \(sha256:[0-9a-f]+\)/g, "")
+        .replace(/\/\S*\/run\/[0-9a-f]{12}/g, "RUNDIR")
+        .replace(/[0-9a-f]{12}/g, "ID");
+      return { t: Number(t), step: name };
+    })
+    .sort((a, b) => a.t - b.t);
+  const out: [string, number][] = [];
+  for (let i = 1; i < lines.length; i++) out.push([lines[i]!.step, lines[i]!.t - lines[i - 1]!.t]);
+  return out;
+}
+
 /** The phases of one attached run under the service, from the client library (ms). */
 async function phases(home: KindlingHome): Promise<Record<string, number>> {
   const { Kindling } = await import("../src/client/index.js");
@@ -146,12 +180,15 @@ async function main(): Promise<void> {
     KINDLING_SOCKET: "",
   };
   const noSpareEnv = { ...env, KINDLING_HOME: noSpareHome.root, KINDLING_SERVICE_SPARE_SUPERVISOR: "0" };
+  const baselineHome = new KindlingHome(path.join(tmp, "home-baseline")).ensure();
+  const baselineEnv = { ...env, KINDLING_HOME: baselineHome.root };
   const inProcessEntry = path.join(DIST_CLI, "run-in-process.bench.js");
   const bundleEntry = path.join(DIST_CLI, "entry.bundle.bench.js");
   try {
     const rootfsTar = path.join(REPO, ".cache", "fixtures", "busybox-rootfs.tar");
     await importImage(home, rootfsTar, { name: "bb" });
     await importImage(noSpareHome, rootfsTar, { name: "bb" });
+    if (BASELINE) await importImage(baselineHome, rootfsTar, { name: "bb" });
     // The same tree as a plain directory, and a runc bundle running `echo hi` in it.
     const image = await resolveImage(home, "bb");
     const file = await image.blockImage.open();
@@ -224,6 +261,14 @@ async function main(): Promise<void> {
       const cacheEnv = { ...env, NODE_COMPILE_CACHE: path.join(tmp, "v8-cache") };
       variants.push(["compile-cache", () => timed(process.execPath, [kindling, ...runArgs], cacheEnv)]);
     }
+    if (BASELINE) {
+      const other = path.resolve(BASELINE, "bin", "kindling");
+      variants.push(["baseline", () => timed(process.execPath, [other, ...runArgs], baselineEnv)]);
+    }
+    if (ONLY) {
+      for (let i = variants.length - 1; i >= 0; i--)
+        if (variants[i]![0] !== "runc" && !ONLY.includes(variants[i]![0])) variants.splice(i, 1);
+    }
     // Warm-up: the services start, the lazy daemons start, chunks are cached, every variant runs once.
     for (const [name, run] of variants) {
       const r = await run();
@@ -257,13 +302,35 @@ async function main(): Promise<void> {
     console.log("| phase | median ms |");
     console.log("|---|---:|");
     for (const [k, v] of phaseTimes) console.log(`| ${k} | ${median(v).toFixed(1)} |`);
+    if (TRACE_RUNS > 0) {
+      // Step by step: the same `kindling run`, each with its own trace file (after the rounds, so
+      // the tracing's own cost is not in the table above).
+      const steps = new Map<string, number[]>();
+      const totals: number[] = [];
+      for (let i = 0; i < TRACE_RUNS; i++) {
+        const file = path.join(tmp, `trace-${i}.txt`);
+        await timed(process.execPath, [kindling, ...runArgs], { ...env, KINDLING_TRACE: file });
+        const run = await tracedSteps(file);
+        totals.push(run.reduce((a, [, ms]) => a + ms, 0));
+        for (const [step, ms] of run) steps.set(step, [...(steps.get(step) ?? []), ms]);
+      }
+      console.log(
+        `\nwhere a traced \`kindling run\` spends its time (KINDLING_TRACE, median of ${TRACE_RUNS} runs; each step: ms since the step before it, in any process):`,
+      );
+      console.log("| step (process: what just happened) | ms |");
+      console.log("|---|---:|");
+      for (const [step, v] of steps) console.log(`| ${step} | ${median(v).toFixed(1)} |`);
+      console.log(`| total (process start to exit) | ${median(totals).toFixed(1)} |`);
+    }
   } finally {
     await rm(inProcessEntry, { force: true });
     await rm(bundleEntry, { force: true });
     await stopService(home);
     await stopService(noSpareHome);
+    await stopService(baselineHome);
     await stopIdleShared(home).catch(() => 0);
     await stopIdleShared(noSpareHome).catch(() => 0);
+    await stopIdleShared(baselineHome).catch(() => 0);
     await exec("runc", ["--root", path.join(tmp, "state"), "list", "-q"], { allowFailure: true });
     await rm(tmp, { recursive: true, force: true });
   }

@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { mountsUnder } from "../src/host/mounts.js";
+import { listPids, readCmdline } from "../src/host/proc.js";
 import { importImage } from "../src/image/import.js";
 import { removeImage } from "../src/image/remove.js";
 import { imageStats, liveDaemonPids } from "../src/lazy/index.js";
@@ -127,20 +128,31 @@ test("every run of an image shares one lazy daemon and one SquashFS mount, kept 
   await run(["true"]);
   const first = await liveDaemonPids(home, digest);
   assert.equal(first.length, 1, "the daemon stays after the run, for the next one");
-  // Two containers at once: one loop device and one SquashFS mount between them, two overlays.
+  // Two containers at once: one loop device and one SquashFS mount between them, two overlays,
+  // each mounted by runc at "/" in its container's mount namespace (none on the host).
   const [a, b] = await Promise.all([
     run(["sleep 2; cat /data/hello"]),
     run(["sleep 2; cat /data/hello"]),
     (async () => {
-      const overlays = async () => (await mountsUnder(home.root)).filter((m) => m.fsType === "overlay");
-      for (let i = 0; i < 200 && (await overlays()).length < 2; i++) {
+      const roots = async () => {
+        const found: string[] = [];
+        for (const pid of await listPids()) {
+          if ((await readCmdline(pid)) !== "sleep\u00002\u0000") continue;
+          const info = await readFile(`/proc/${pid}/mountinfo`, "utf8").catch(() => "");
+          const root = info.split("\n").find((l) => l.split(" ")[4] === "/");
+          if (root?.includes(" - overlay ") && root.includes(`upperdir=${home.runs}/`)) found.push(root);
+        }
+        return found;
+      };
+      for (let i = 0; i < 200 && (await roots()).length < 2; i++) {
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
       const loops = (await exec("losetup", ["-a"])).stdout.split("\n").filter((l) => l.includes(home.root));
       const mounts = await mountsUnder(home.root);
       assert.equal(loops.length, 1, loops.join("; "));
       assert.equal(mounts.filter((m) => m.fsType === "squashfs").length, 1);
-      assert.equal(mounts.filter((m) => m.fsType === "overlay").length, 2);
+      assert.equal(mounts.filter((m) => m.fsType === "overlay").length, 0, "no overlay on the host");
+      assert.equal(new Set(await roots()).size, 2, "each container's root is its own overlay");
     })(),
   ]);
   assert.equal(a.stdout, "hello from the image\n");

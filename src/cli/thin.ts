@@ -6,6 +6,7 @@
  */
 import { configure } from "../config/index.js";
 import { EXIT_KINDLING_FAILURE, userMessage } from "../util/errors.js";
+import { trace, traceAt, traceTo } from "../util/trace.js";
 import type { RunFlags } from "./run-client.js";
 
 /** `kindling run`'s flags (src/cli/run.ts): those taking a value, by spelling -> field. */
@@ -91,6 +92,15 @@ export function parsePs(args: string[]): { all?: boolean; json?: boolean; quiet?
   return opts;
 }
 
+/** KINDLING_TRACE: this process's start, the thin entry's parse, and its exit. */
+function startTrace(file: string | undefined): void {
+  if (!file) return;
+  traceTo(file, "cli");
+  traceAt(performance.timeOrigin, "cli: process start");
+  trace("cli: thin entry parsed, config resolved");
+  process.on("exit", () => trace("cli: exit"));
+}
+
 /** Runs the command if it is one of the thin path's; false if main.ts should. */
 export async function runThin(argv: string[]): Promise<boolean> {
   const [command, ...args] = argv;
@@ -99,8 +109,9 @@ export async function runThin(argv: string[]): Promise<boolean> {
     const run = parseRun(args);
     if (run) {
       action = async () => {
-        configure(process.env, { runtime: run.flags.runtime });
+        startTrace(configure(process.env, { runtime: run.flags.runtime }).trace);
         const { runAttached, runDetached } = await import("./run-client.js");
+        trace("cli: client modules loaded");
         if (run.flags.detach) return runDetached(run.image, run.command, run.flags);
         process.exitCode = await runAttached(run.image, run.command, run.flags);
       };
@@ -109,7 +120,7 @@ export async function runThin(argv: string[]): Promise<boolean> {
     const opts = parsePs(args);
     if (opts) {
       action = async () => {
-        configure(process.env);
+        startTrace(configure(process.env).trace);
         const { ps } = await import("./containers.js");
         await ps(opts);
       };

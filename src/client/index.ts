@@ -34,6 +34,7 @@ import {
   readFrames,
 } from "../service/frames.js";
 import { jsonRequest, rawRequest, upgradeRequest } from "../service/unixhttp.js";
+import { trace } from "../util/trace.js";
 
 export type {
   AttachExit,
@@ -179,12 +180,16 @@ export class Kindling {
    * and streams its output until it ends. Going away (process exit, closed socket) stops it.
    */
   async run(req: ContainerCreateRequest, io: AttachIo = {}): Promise<AttachSession> {
+    trace("client: create sent");
     const created = await this.createContainer({
       ...req,
       attach: true,
       ...(io.stdin ? { interactive: true } : {}),
     });
-    return this.attach(created.id, io, { direct: true });
+    trace("client: created");
+    const session = await this.attach(created.id, io, { direct: true });
+    trace("client: attached");
+    return session;
   }
 
   /**
@@ -417,12 +422,18 @@ function frameSession<T>(
     io.stdin.on("data", (d: Buffer | string) => socket.write(encodeFrame(Frame.STDIN, Buffer.from(d))));
     io.stdin.on("end", () => socket.write(encodeFrame(Frame.STDIN_EOF)));
   }
+  let first = true;
   return new Promise<T>((resolve, reject) => {
     let result: T | undefined;
     let failure: Error | undefined;
     readFrames(
       socket,
       (type, payload) => {
+        if (first && (type === Frame.STDOUT || type === Frame.STDERR)) {
+          first = false;
+          trace("client: first output");
+        }
+        if (type === Frame.EXIT) trace("client: exit frame");
         if (type === Frame.STDOUT) io.stdout?.write(payload);
         else if (type === Frame.STDERR) io.stderr?.write(payload);
         else if (type === Frame.NOTICE) io.onNotice?.(payload.toString());
@@ -438,6 +449,7 @@ function frameSession<T>(
       failure ??= err;
     });
     socket.on("close", () => {
+      trace("client: stream closed");
       io.stdin?.unpipe?.();
       if (io.stdin && io.stdin !== process.stdin) io.stdin.destroy?.();
       else io.stdin?.pause();

@@ -118,6 +118,14 @@ export const SETTINGS = {
     default: false,
     describe: "`1`: debug lines on stderr (which credentials, mirrors, registries.conf entries were used)",
   }),
+  trace: setting<string | undefined>({
+    env: "KINDLING_TRACE",
+    type: text,
+    default: undefined,
+    defaultText: "unset",
+    describe:
+      "a file each process of a run (CLI, service, supervisor) appends timestamped steps to (measurement: `bench/cli-cost.ts --trace`)",
+  }),
   buildTmpfs: setting({
     env: "KINDLING_BUILD_TMPFS",
     type: boolean,

@@ -69,13 +69,21 @@ export class LazyBlockImage implements BlockImageProvider {
       (await openLazyImage(this.home, this.record, "auto", lazyOpts));
     const name = this.record.name;
     // The daemon's counters cover every run it served: judge this run by what changed during it.
-    const before = await lazy.stats().catch(() => undefined);
+    // Asked now, awaited before the process starts (`ready`): the round trip to the daemon (a
+    // signal, then its stats file) overlaps the overlay mount and the bundle (bench/cli-cost.ts).
+    const asked = lazy.stats().catch(() => undefined);
+    let before: Awaited<typeof asked>;
+    const ready = asked.then((s) => {
+      before = s;
+    });
     return {
       path: lazy.path,
+      ready,
       mountedAt: lazy.lowerDir,
       close: () => lazy.close(),
       holdFor: (pid) => lazy.holdFor(pid),
       problem: async () => {
+        await ready;
         if (!isSameProcess(lazy.pid))
           return `the lazy image daemon of ${name} (pid ${lazy.pid}) died during the run`;
         const now = await lazy.stats().catch(() => undefined);

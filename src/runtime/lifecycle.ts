@@ -3,6 +3,7 @@ import type { Readable } from "node:stream";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { Scope } from "../util/scope.js";
+import { trace } from "../util/trace.js";
 import { cleanupStaleRuns, RunDir } from "./rundir.js";
 import { signalNumber } from "./status.js";
 import type {
@@ -29,6 +30,11 @@ export interface RunRequest {
   notify?: (message: string) => void;
   /** The container's id (a service names it before it runs); default: a fresh one. */
   id?: string;
+  /**
+   * The process starts once this resolves (everything before it is prepared meanwhile): an
+   * attached run prepares while its client attaches. A stop() before then: it never starts.
+   */
+  startWhen?: Promise<unknown>;
 }
 
 /** Why kindling stopped the container, if it did. */
@@ -46,6 +52,8 @@ export interface StartedRun {
   /** VM runtimes: host-side rootfs preparation, and VMM spawn to agent ready (ms). */
   prepMs?: number;
   bootMs?: number;
+  /** How long the prepared container waited for `startWhen` (ms; 0 without one). */
+  waitedMs: number;
 }
 
 export interface RunHandle {
@@ -129,14 +137,25 @@ export function runContainer(req: RunRequest): RunHandle {
     await mkdir(req.home.runs, { recursive: true });
     const stale = await cleanupStaleRuns(req.home);
     for (const e of stale.errors) notify(`cleanup of a dead run: ${e}`);
+    trace("run: stale runs checked");
 
     await req.runtime.checkHost();
+    trace("run: host checked");
     const runDir = await RunDir.create(req.home, scope, req.runtime.name, req.image.name, req.id);
+    trace("run: run dir made");
     const prepared = await req.runtime.prepare(
       { id: runDir.id, runDir, image: req.image, options: req.options, stdio },
       scope,
     );
+    trace("run: prepared");
     scope.defer(`container ${runDir.id}`, () => prepared.delete());
+    let waitedMs = 0;
+    if (req.startWhen) {
+      const t0 = Date.now();
+      await req.startWhen;
+      waitedMs = Date.now() - t0;
+      trace("run: may start");
+    }
     if (stopReason !== undefined) {
       // Stopped before it ran: report as a shell would for the signal kindling received.
       const signal = stopReason === "timeout" || stopReason === "request" ? "SIGTERM" : stopReason;
@@ -144,8 +163,15 @@ export function runContainer(req: RunRequest): RunHandle {
       return { id: runDir.id, status: 128 + signalNumber(signal), signal, stoppedBy: stopReason };
     }
     const streams = await prepared.start();
+    trace("run: started");
     container = prepared;
-    resolveStarted({ id: runDir.id, ...streams, prepMs: prepared.prepMs, bootMs: prepared.bootMs });
+    resolveStarted({
+      id: runDir.id,
+      ...streams,
+      prepMs: prepared.prepMs,
+      bootMs: prepared.bootMs,
+      waitedMs,
+    });
     if (stopReason !== undefined) beginStop(prepared); // asked while it was starting
 
     const timeout =
@@ -154,6 +180,7 @@ export function runContainer(req: RunRequest): RunHandle {
         : setTimeout(() => stop("timeout"), req.options.timeoutSeconds * 1000);
     try {
       const status = await prepared.wait();
+      trace("run: process ended");
       if (status.problem && status.status !== 0) {
         throw new KindlingError(`${status.problem}; the process ended with status ${status.status}`);
       }

@@ -57,6 +57,11 @@ export interface OciSpecInput {
   netns?: string;
   /** The default seccomp filter (seccomp.ts); false leaves the process unfiltered. Default true. */
   seccomp?: boolean;
+  /**
+   * The rootfs as an overlay the runtime mounts at "/" in the container's own mount namespace
+   * (runc): no host mount, so nothing to unmount; it goes when the container's last process does.
+   */
+  rootOverlay?: { lower: string; upper: string; work: string };
 }
 
 /** Docker's default capability set: enough for package managers and servers, no admin powers. */
@@ -122,6 +127,16 @@ function bind(v: VolumeSpec): OciMount {
   };
 }
 
+/** The root overlay, first of the mounts: runc mounts it on the rootfs directory, the rest on it. */
+function rootOverlayMount(o: { lower: string; upper: string; work: string }): OciMount {
+  return {
+    destination: "/",
+    type: "overlay",
+    source: "overlay",
+    options: [`lowerdir=${o.lower}`, `upperdir=${o.upper}`, `workdir=${o.work}`],
+  };
+}
+
 /** Builds config.json for `runc run` / `runsc run`. */
 export function buildOciSpec(input: OciSpecInput): OciSpec {
   const p = input.process;
@@ -153,7 +168,12 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
     root: { path: input.rootfs, readonly: false },
     hostname: input.hostname,
     // Kindling's own binds first so a user's -v on the same path wins (later mounts cover earlier).
-    mounts: [...defaultMounts(), ...(input.extraBinds ?? []).map(bind), ...input.volumes.map(bind)],
+    mounts: [
+      ...(input.rootOverlay ? [rootOverlayMount(input.rootOverlay)] : []),
+      ...defaultMounts(),
+      ...(input.extraBinds ?? []).map(bind),
+      ...input.volumes.map(bind),
+    ],
     linux: {
       ...(input.cgroupsPath ? { cgroupsPath: input.cgroupsPath } : {}),
       resources,

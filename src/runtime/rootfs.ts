@@ -3,6 +3,7 @@ import { attachLoop, fileIdentity, setLoopAutoclear } from "../host/loop.js";
 import { mount } from "../host/mounts.js";
 import { KindlingError } from "../util/errors.js";
 import type { Scope } from "../util/scope.js";
+import { trace } from "../util/trace.js";
 import type { Resource } from "./resources.js";
 import type { RunDir } from "./rundir.js";
 import type { BlockImageProvider, OpenBlockImage } from "./types.js";
@@ -33,6 +34,15 @@ export interface OverlayRootfs {
   image: OpenBlockImage;
 }
 
+/** The read-only lower layer of an overlay rootfs: the image's SquashFS, mounted. */
+export interface RootfsLower {
+  /** Where the SquashFS is mounted (the image's shared mount, or the run's own). */
+  dir: string;
+  image: OpenBlockImage;
+  /** Work still under way on the lower layer (a loop device's autoclear): settled with the overlay. */
+  pending?: Promise<void>;
+}
+
 /**
  * lower = the image's SquashFS, read-only, through a read-only loop device on the block image file;
  * upper/work = per-container directories in the run dir; merged = `mergedDir`. Each step is held by
@@ -44,25 +54,31 @@ export async function mountOverlayRootfs(
   blockImage: BlockImageProvider,
   mergedDir: string,
 ): Promise<OverlayRootfs> {
-  const lower = runDir.file("lower");
-  const upper = runDir.file("upper");
-  const work = runDir.file("work");
+  return mountOverlay(runDir, scope, await openRootfsLower(runDir, scope, blockImage), mergedDir);
+}
+
+/**
+ * The lower layer: the image's shared SquashFS mount when its provider keeps one (warm lazy images),
+ * else a loop device and a SquashFS mount of the run's own. Files of the image can be read from
+ * `dir` while the overlay is being mounted (oci-runtime.ts reads /etc/passwd there meanwhile).
+ */
+export async function openRootfsLower(
+  runDir: RunDir,
+  scope: Scope,
+  blockImage: BlockImageProvider,
+): Promise<RootfsLower> {
   // overlayfs splits its options on "," and lowerdir on ":": such paths cannot be passed.
   if (/[,:]/.test(runDir.path)) {
     throw new KindlingError(`KINDLING_HOME path ${runDir.path} must not contain "," or ":" (overlayfs)`);
   }
-  await Promise.all([lower, upper, work, mergedDir].map((d) => mkdir(d, { recursive: true })));
-
   const image = await blockImage.open({ mounted: true });
   scope.defer(`block image ${blockImage.description}`, () => image.close());
-  if (image.mountedAt) {
-    // The image's SquashFS is mounted already, shared by its containers: only the overlay is ours.
-    await runDir.hold(scope, { kind: "mount", target: mergedDir });
-    const lowerdir = image.mountedAt;
-    await mount("overlay", "overlay", mergedDir, `lowerdir=${lowerdir},upperdir=${upper},workdir=${work}`);
-    return { merged: mergedDir, upper, image };
-  }
+  trace("rootfs: block image opened");
+  // The image's SquashFS is mounted already, shared by its containers: only the overlay is ours.
+  if (image.mountedAt) return { dir: image.mountedAt, image };
 
+  const lower = runDir.file("lower");
+  await mkdir(lower, { recursive: true });
   const identity = await fileIdentity(image.path);
   const device = await attachLoop(image.path);
   const loop: Resource = { kind: "loop", device, file: image.path, identity };
@@ -75,15 +91,53 @@ export async function mountOverlayRootfs(
     const why = (await image.problem?.().catch(() => undefined)) ?? (err as Error).message;
     throw new KindlingError(`cannot mount ${blockImage.description} as SquashFS: ${why}`);
   }
+  // In parallel with the overlay, off the critical path: once autoclear is set, unmounting the
+  // squashfs frees the loop device (mountOverlay settles both, so cleanup knows which happened).
+  const pending = setLoopAutoclear(device).then(() => runDir.update(loop, { autoclear: true }));
+  pending.catch(() => {});
+  return { dir: lower, image, pending };
+}
 
+/** An overlay's directories: the image's lower, and the run's upper and work (in the run dir). */
+export interface OverlayLayers {
+  lower: string;
+  upper: string;
+  work: string;
+}
+
+/**
+ * The per-run overlay's directories on `lower`, and the empty `mergedDir`, made but not mounted:
+ * for a runtime that mounts the overlay itself (runc, in the container's mount namespace).
+ */
+export async function overlayLayers(
+  runDir: RunDir,
+  lower: RootfsLower,
+  mergedDir: string,
+): Promise<OverlayLayers> {
+  const upper = runDir.file("upper");
+  const work = runDir.file("work");
+  await Promise.all([upper, work, mergedDir].map((d) => mkdir(d, { recursive: true })));
+  await lower.pending;
+  return { lower: lower.dir, upper, work };
+}
+
+/** The per-run overlay (upper/work in the run dir) on `lower`, mounted on the host at `mergedDir`. */
+export async function mountOverlay(
+  runDir: RunDir,
+  scope: Scope,
+  lower: RootfsLower,
+  mergedDir: string,
+): Promise<OverlayRootfs> {
+  const upper = runDir.file("upper");
+  const work = runDir.file("work");
+  await Promise.all([upper, work, mergedDir].map((d) => mkdir(d, { recursive: true })));
   await runDir.hold(scope, { kind: "mount", target: mergedDir });
-  // In parallel, off the critical path: once autoclear is set, unmounting the squashfs frees the
-  // loop device. Both settle before a failure is thrown, so cleanup knows which one happened.
-  const [overlay, autoclear] = await Promise.allSettled([
-    mount("overlay", "overlay", mergedDir, `lowerdir=${lower},upperdir=${upper},workdir=${work}`),
-    setLoopAutoclear(device).then(() => runDir.update(loop, { autoclear: true })),
+  const [overlay, pending] = await Promise.allSettled([
+    mount("overlay", "overlay", mergedDir, `lowerdir=${lower.dir},upperdir=${upper},workdir=${work}`),
+    lower.pending,
   ]);
   if (overlay.status === "rejected") throw overlay.reason;
-  if (autoclear.status === "rejected") throw autoclear.reason;
-  return { merged: mergedDir, upper, image };
+  if (pending.status === "rejected") throw pending.reason;
+  trace("rootfs: overlay mounted");
+  return { merged: mergedDir, upper, image: lower.image };
 }

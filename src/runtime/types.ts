@@ -75,6 +75,11 @@ export interface OpenBlockImage {
   holdFor?(pid: number): Promise<void>;
   /** What went wrong serving the file so far (a dead daemon, reads that failed), if anything. */
   problem?(): Promise<string | undefined>;
+  /**
+   * Resolves once what problem() compares against (the counters before the run) is known: awaited
+   * before the container's process starts, so the work of asking overlaps the rest of the prep.
+   */
+  ready?: Promise<unknown>;
 }
 
 /** Where a block image file (a SquashFS) comes from: the lazy FUSE file, or a plain file in tests. */

@@ -16,6 +16,7 @@ import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
 import { cleanupStaleRuns } from "../runtime/rundir.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
+import { traceNow, tracer } from "../util/trace.js";
 import type { ContainerCreateRequest, ContainerExit, ContainerInspect, ContainerSummary } from "./api.js";
 import type { EventBus } from "./events.js";
 import {
@@ -209,6 +210,7 @@ export class Containers {
   }
 
   async create(req: ContainerCreateRequest): Promise<StoredContainer> {
+    const began = traceNow();
     if (typeof req.image !== "string" || req.image.length === 0) {
       throw new ApiFailure(400, "EINVAL", "image: a non-empty string is required");
     }
@@ -221,6 +223,8 @@ export class Containers {
     } catch (err) {
       throw new ApiFailure(400, "EINVAL", errorMessage(err));
     }
+    const trace = tracer(settings.trace, "service");
+    trace("service: create request read", began);
     const cwd = typeof req.cwd === "string" && path.isAbsolute(req.cwd) ? req.cwd : "/";
     const image = isPathRef(req.image) ? path.resolve(cwd, req.image) : req.image;
     let options = await parseRunOptions(
@@ -232,6 +236,7 @@ export class Containers {
     ).catch((err) => {
       throw new ApiFailure(400, "EINVAL", errorMessage(err));
     });
+    trace("service: options parsed");
     // auto is decided now, so the record (and ps) names the runtime the container runs with
     if (options.runtime === "auto") options = { ...options, runtime: await pickDefaultVmm() };
     await resolveImage(this.home, image).catch((err) => {
@@ -240,6 +245,7 @@ export class Containers {
       if (/^no image named|does not exist/.test(msg)) throw new ApiFailure(404, "ENOIMAGE", msg);
       throw new ApiFailure(400, "EINVAL", msg);
     });
+    trace("service: image resolved");
     const id = newContainerId();
     const record: ContainerRecord = {
       id,
@@ -266,6 +272,7 @@ export class Containers {
     });
     this.creating = take.catch(() => {});
     const dir = await take;
+    trace("service: record written");
     await this.refresh(id);
     this.events.emit({
       type: "container",
@@ -274,7 +281,8 @@ export class Containers {
       name: record.name,
       attributes: { image: record.image },
     });
-    const failure = await this.startShim(dir);
+    const failure = await this.startShim(dir, trace);
+    trace("service: supervisor said ok");
     if (failure) {
       // A supervisor that died before its last word leaves the state as it was: say what happened.
       const now = await readContainer(dir);
@@ -307,12 +315,15 @@ export class Containers {
         .catch(() => {});
     } else this.hooks.onStart(c);
     this.watch(id);
+    trace("service: create answered");
     return c;
   }
 
   /** Starts the container's supervisor (a spare one if ready); undefined once it answers "ok", else the failure. */
-  private async startShim(dir: string): Promise<string | undefined> {
-    const child = this.spares.take(dir) ?? this.spawnShim([dir], shimLog(dir));
+  private async startShim(dir: string, trace: (step: string) => void): Promise<string | undefined> {
+    const spare = this.spares.take(dir);
+    trace(spare ? "service: spare taken" : "service: supervisor spawned (no spare)");
+    const child = spare ?? this.spawnShim([dir], shimLog(dir));
     const line = await new Promise<string>((resolve) => {
       let text = "";
       child.stdout!.on("data", (d: Buffer) => {

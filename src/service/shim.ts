@@ -32,6 +32,7 @@ import { runtimeFor } from "../runtime/runtimes.js";
 import type { ExecProcess } from "../runtime/types.js";
 import { errorMessage, userMessage } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
+import { trace, traceAt, traceTo } from "../util/trace.js";
 import {
   type AttachExit,
   EXEC_PROTOCOL,
@@ -55,6 +56,8 @@ import {
   writeState,
 } from "./records.js";
 import { isSignalName } from "./signals.js";
+import { SPARE_NICE, setProcessNice } from "./priority.js";
+import { warmUp } from "./warmup.js";
 
 /** How long an attached run waits for its client before it gives up (status 125). */
 const ATTACH_WAIT_MS = 60_000;
@@ -235,12 +238,13 @@ function execSession(socket: Socket, head: Buffer): void {
 
 /** The attached client of an attached run: its stdin, its Ctrl-C, and where output and notices go. */
 class Attached {
-  readonly stdin = new PassThrough();
   gone = false;
 
   constructor(
     readonly socket: Socket,
     head: Buffer,
+    /** Where its STDIN frames go (the container's stdin with -i). */
+    readonly stdin: PassThrough,
   ) {
     socket.on("error", () => {});
     socket.on("close", () => {
@@ -291,16 +295,29 @@ class Attached {
 
 let attachedClient: ((a: Attached) => void) | undefined;
 
+/** When a spare was handed its container (for the trace). */
+let handedAt: number | undefined;
+/** A spare's rehearsal (warmup.ts): it may still be finishing a step when the container comes. */
+let warming: Promise<void> = Promise.resolve();
+
 /** The container's directory: argv, or for a spare, the line the service writes to our stdin. */
 function containerDirArg(): Promise<string | undefined> {
   const args = process.argv.slice(2);
   if (args[0] !== "--spare") return Promise.resolve(path.resolve(args[0] ?? ""));
-  return new Promise((resolve) => {
+  // Idle: rehearse the start of a container (warmup.ts), until one comes, at a low priority
+  // (priority.ts: also the threads started since the service lowered ours).
+  setProcessNice(SPARE_NICE);
+  const warm = warmUp();
+  warming = warm.done;
+  return new Promise<string | undefined>((resolve) => {
     let text = "";
     process.stdin.on("data", (d: Buffer) => {
       text += d.toString();
       if (text.includes("\n")) {
         process.stdin.pause();
+        warm.stop();
+        setProcessNice(0);
+        handedAt = performance.timeOrigin + performance.now();
         resolve(path.resolve(text.split("\n")[0]!));
       }
     });
@@ -311,12 +328,19 @@ function containerDirArg(): Promise<string | undefined> {
 
 async function main(): Promise<void> {
   const given = await containerDirArg();
-  if (given === undefined) process.exit(0); // a spare nobody needed
+  if (given === undefined) {
+    await warming;
+    process.exit(0); // a spare nobody needed
+  }
   dir = given;
   home = new KindlingHome(path.dirname(path.dirname(dir)));
   try {
     const settings = JSON.parse(readFileSync(settingsFile(dir), "utf8")) as Config;
     useConfig(Object.freeze(settings));
+    traceTo(settings.trace, "supervisor");
+    if (handedAt === undefined) traceAt(performance.timeOrigin, "supervisor: process start");
+    else traceAt(handedAt, "supervisor: spare handed its container");
+    trace("supervisor: settings pinned");
   } catch (err) {
     // A record from a service before pinned settings: the inherited environment decides.
     if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
@@ -326,6 +350,7 @@ async function main(): Promise<void> {
   const record: ContainerRecord = stored.record;
   const startTime = processStartTime(process.pid);
   await setState({ status: "starting", shimPid: process.pid, shimStartTime: startTime });
+  trace("supervisor: record read, state written");
 
   const server = createServer((req, res) => {
     route(req, res).catch((err) => json(res, 500, { code: "EINTERNAL", message: errorMessage(err) }));
@@ -355,7 +380,7 @@ async function main(): Promise<void> {
     );
     if (kind === "exec") return execSession(socket, head);
     attachTaken = true;
-    attachedClient?.(new Attached(socket, head));
+    attachedClient?.(new Attached(socket, head, clientStdin));
   });
   const sock = shimSocket(dir);
   await unlink(sock).catch(() => {});
@@ -365,62 +390,83 @@ async function main(): Promise<void> {
   });
 
   let client: Attached | undefined;
+  // What the client sends to the container's stdin (-i), also before it attached.
+  const clientStdin = new PassThrough();
+  let attachedClientOrTimeout: Promise<Attached | undefined> = Promise.resolve(undefined);
   const log = new LogWriter(logFile(dir));
   let startedAt = 0;
   let result: RunResult | undefined;
   let failure: string | undefined;
   try {
+    // An attached run prepares (rootfs, bundle) while its client attaches, and starts once it has:
+    // the service answers its client as soon as we listen.
+    let attached: Promise<Attached | undefined> | undefined;
     if (record.attach) {
-      const attached = new Promise<Attached | undefined>((resolve) => {
+      attached = attachedClientOrTimeout = new Promise<Attached | undefined>((resolve) => {
         attachedClient = resolve;
         setTimeout(() => resolve(undefined), ATTACH_WAIT_MS).unref();
       });
+      trace("supervisor: listening");
       handshake("ok"); // the service answers its client, which attaches now
-      client = await attached;
-      if (!client) throw new Error(`no client attached within ${ATTACH_WAIT_MS / 1000} s`);
+      // An attached run's status goes to its client once the container is released; the network's
+      // teardown (CNI DEL, the namespace) is handed to a process of its own, as the CLI's run did.
+      teardownInBackground(true);
     }
-    // An attached run's status goes to its client once the container is released; the network's
-    // teardown (CNI DEL, the namespace) is handed to a process of its own, as the CLI's run did.
-    if (client) teardownInBackground(true);
+    // Notices before the client attached wait for it.
+    const early: string[] = [];
+    const gate = attached?.then((c) => {
+      trace("supervisor: client attached");
+      client = c;
+      if (!c) return stopRun("request"); // it never starts; reported below
+      for (const m of early.splice(0)) c.send(Frame.NOTICE, m);
+    });
     const began = Date.now();
     const options = record.options;
+    const image = await resolveImage(home, record.image);
+    trace("supervisor: image resolved");
+    const runtime = await runtimeFor(options);
     handle = runContainer({
       home,
       options,
-      image: await resolveImage(home, record.image),
-      runtime: await runtimeFor(options),
+      image,
+      runtime,
       stdio: {
-        stdin: client && options.interactive ? client.stdin : "ignore",
+        stdin: record.attach && options.interactive ? clientStdin : "ignore",
         stdout: "pipe",
         stderr: "pipe",
       },
       notify: (m) => {
         note(m);
-        client?.send(Frame.NOTICE, m);
+        if (client) client.send(Frame.NOTICE, m);
+        else if (attached) early.push(m);
       },
       id: record.id,
+      startWhen: gate,
     });
     if (pendingStop) handle.stop(pendingStop.reason, pendingStop.grace);
     for (const s of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(s, () => stopRun("request"));
     const started = await handle.started;
+    trace("supervisor: started");
     startedAt = Date.now();
     for (const [stream, name, type] of [
       [started.stdout, "stdout", Frame.STDOUT],
       [started.stderr, "stderr", Frame.STDERR],
     ] as const) {
       if (!stream) continue;
+      stream.once("data", () => trace(`supervisor: first ${name}`));
       stream.on("data", (d: Buffer) => log.write(name, d));
       client?.relay(stream, type);
     }
     await setState({
       status: "running",
       startedAt: new Date(startedAt).toISOString(),
-      prepMs: started.prepMs ?? startedAt - began,
+      prepMs: started.prepMs ?? startedAt - began - started.waitedMs,
       bootMs: started.bootMs,
       network: (await readOwner(path.join(home.runs, record.id)))?.network,
     });
     handshake("ok");
     result = await handle.result;
+    trace("supervisor: released (run result)");
     // The streams end before the result: all output is in the log.
     await setState({
       status: "exited",
@@ -433,19 +479,29 @@ async function main(): Promise<void> {
     });
   } catch (err) {
     failure = userMessage(err);
+    if (record.attach && !client) {
+      // Failed while its client was still on its way: it learns why once attached (or never came).
+      client = await attachedClientOrTimeout;
+      if (!client) failure = `no client attached within ${ATTACH_WAIT_MS / 1000} s`;
+    }
+    // What it acquired is released before its end is reported.
+    await handle?.result.catch(() => undefined);
     note(`container failed: ${failure}`);
     await setState({ status: "exited", finishedAt: new Date().toISOString(), exitCode: 125, error: failure });
     handshake(`error ${failure.split("\n")[0]}`);
   }
   await log.close();
   await saving;
+  trace("supervisor: state exited written, log closed");
   for (const w of waiters.splice(0)) w();
   // Let answers to /wait and /stop go out, then leave.
   server.close();
   setTimeout(() => server.closeAllConnections(), 200).unref();
   await new Promise((r) => setTimeout(r, client ? 5 : 50));
   await unlink(sock).catch(() => {});
+  trace("supervisor: socket closed");
   if (record.autoRemove) await removeContainerDir(dir);
+  trace("supervisor: container dir removed");
   // Last: the attached client learns the end once everything is released (the CLI exits on it).
   if (client) {
     if (failure !== undefined || !result) {
@@ -466,7 +522,10 @@ async function main(): Promise<void> {
 }
 
 main().then(
-  () => process.exit(0),
+  () => {
+    trace("supervisor: exit");
+    process.exit(0);
+  },
   (err) => {
     note(`supervisor failed: ${errorMessage(err)}`);
     handshake(`error ${errorMessage(err)}`);

@@ -5,6 +5,7 @@
  * to its stdin; a spare whose stdin closes without one (the service stopped or died) exits.
  */
 import type { ChildProcess } from "node:child_process";
+import { SPARE_NICE, setProcessNice } from "./priority.js";
 
 export class SpareSupervisor {
   private child?: ChildProcess;
@@ -30,6 +31,8 @@ export class SpareSupervisor {
     if (this.stopped || this.child) return;
     const child = this.spawnSpare();
     this.child = child;
+    // it loads at a low priority (priority.ts); it sets itself back once handed a container
+    if (child.pid) setProcessNice(SPARE_NICE, child.pid);
     child.stdin?.on("error", () => {});
     child.on("exit", () => {
       if (this.child !== child) return; // taken: it is a container's supervisor now

@@ -1,4 +1,5 @@
 import { errorMessage } from "./errors.js";
+import { trace } from "./trace.js";
 
 type Undo = () => void | Promise<void>;
 
@@ -25,6 +26,7 @@ export class Scope {
       const step = this.steps.pop()!;
       try {
         await step.undo();
+        trace(`released ${step.name}`);
       } catch (err) {
         process.stderr.write(`kindling: cleanup of ${step.name} failed: ${errorMessage(err)}\n`);
       }
