@@ -8,42 +8,10 @@ import { configure } from "../config/index.js";
 import { EXIT_KINDLING_FAILURE, userMessage } from "../util/errors.js";
 import { trace, traceAt, traceTo } from "../util/trace.js";
 import type { RunFlags } from "./run-client.js";
+import { flagSpellings, RUN_FLAGS } from "./run-flags.js";
 
-/** `kindling run`'s flags (src/cli/run.ts): those taking a value, by spelling -> field. */
-const RUN_VALUES: Record<string, keyof RunFlags> = {
-  "--runtime": "runtime",
-  "--rootfs": "rootfs",
-  "-v": "volume",
-  "--volume": "volume",
-  "-e": "env",
-  "--env": "env",
-  "-w": "workdir",
-  "--workdir": "workdir",
-  "-u": "user",
-  "--user": "user",
-  "--memory": "memory",
-  "--cpus": "cpus",
-  "--timeout": "timeout",
-  "--stop-timeout": "stopTimeout",
-  "--hostname": "hostname",
-  "--entrypoint": "entrypoint",
-  "--disk": "disk",
-  "--mount-packing": "mountPacking",
-  "--agent": "agent",
-  "--network": "network",
-  "-p": "publish",
-  "--publish": "publish",
-  "--dns": "dns",
-  "--name": "name",
-};
-const RUN_REPEATED = new Set<keyof RunFlags>(["volume", "env", "publish", "dns"]);
-const RUN_SWITCHES: Record<string, keyof RunFlags> = {
-  "-i": "interactive",
-  "--interactive": "interactive",
-  "-d": "detach",
-  "--detach": "detach",
-  "--rm": "rm",
-};
+/** `kindling run`'s flags by spelling, from the table commander's definitions use too (run-flags.ts). */
+const RUN_SPELLINGS = flagSpellings(RUN_FLAGS);
 
 export interface ParsedRun {
   image: string;
@@ -60,17 +28,17 @@ export function parseRun(args: string[]): ParsedRun | undefined {
     if (!a.startsWith("-")) break;
     const eq = a.startsWith("--") ? a.indexOf("=") : -1;
     const name = eq > 0 ? a.slice(0, eq) : a;
-    const switched = RUN_SWITCHES[name];
-    if (switched && eq < 0) {
-      flags[switched] = true;
+    const flag = RUN_SPELLINGS.get(name);
+    if (!flag) return undefined; // --help, combined short flags, unknown: commander says
+    if (!flag.takesValue) {
+      if (eq > 0) return undefined; // --rm=x: commander says
+      flags[flag.field] = true;
       continue;
     }
-    const field = RUN_VALUES[name];
-    if (!field) return undefined; // --help, combined short flags, unknown: commander says
     const value = eq > 0 ? a.slice(eq + 1) : args[++i];
     if (value === undefined || (eq < 0 && value.startsWith("-"))) return undefined;
-    if (RUN_REPEATED.has(field)) flags[field] = [...((flags[field] as string[]) ?? []), value];
-    else flags[field] = value;
+    if (flag.repeat) flags[flag.field] = [...((flags[flag.field] as string[]) ?? []), value];
+    else flags[flag.field] = value;
   }
   const image = args[i];
   if (image === undefined) return undefined;

@@ -44,6 +44,7 @@ import {
   writeOutput,
 } from "./frames.js";
 import { LogWriter } from "./logfile.js";
+import { SPARE_NICE, setProcessNice } from "./priority.js";
 import {
   type ContainerRecord,
   type ContainerState,
@@ -56,7 +57,6 @@ import {
   writeState,
 } from "./records.js";
 import { isSignalName } from "./signals.js";
-import { SPARE_NICE, setProcessNice } from "./priority.js";
 import { warmUp } from "./warmup.js";
 
 /** How long an attached run waits for its client before it gives up (status 125). */
