@@ -1,5 +1,5 @@
 import type { ChunkRef, ChunkSource, Digest } from "../store/types.js";
-import { isChunk } from "../store/verify.js";
+import { isChunkSync } from "../store/verify.js";
 import { CircuitBreaker } from "./breaker.js";
 import { Limiter } from "./limiter.js";
 import type { FetchPolicy } from "./policy.js";
@@ -97,6 +97,11 @@ export class ChunkFetcher {
     this.breaker = new CircuitBreaker(Math.min(5000, Math.max(200, policy.deadlineMs)));
   }
 
+  /** Runs fn in one of the source's request slots (a pack range takes one, as a chunk does). */
+  slot<T>(fn: () => Promise<T>, urgent?: () => boolean): Promise<T> {
+    return this.limiter.run(fn, urgent);
+  }
+
   /**
    * One chunk's verified bytes. Each attempt is bounded by attemptTimeoutMs, all together by
    * deadlineMs; then (or at once, while the breaker is open) it throws ChunkFetchError.
@@ -164,7 +169,7 @@ export class ChunkFetcher {
                   signal,
                 );
                 const bytes = Buffer.isBuffer(got) ? got : Buffer.from(got);
-                if (!(await isChunk(ref, bytes))) {
+                if (!isChunkSync(ref, bytes)) {
                   verifyFailed = true;
                   throw new Error(`got ${bytes.length} bytes that do not match ${ref.digest}`);
                 }

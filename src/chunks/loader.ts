@@ -4,6 +4,12 @@ import type { ChunkFetcher } from "./fetcher.js";
 
 export type Loaded = { data: Buffer; fetched: boolean };
 
+/** A load taken over by the caller (a pack fetch): settle it exactly once. */
+export interface Claim {
+  resolve(loaded: Loaded): void;
+  reject(err: unknown): void;
+}
+
 /** How long a chunk that could not be fetched fails at once, without a new fetch. */
 const FAILURE_TTL_MS = 2000;
 
@@ -43,6 +49,28 @@ export class ChunkLoader {
       .finally(() => this.inflight.delete(ref.digest));
     this.inflight.set(ref.digest, p);
     return p;
+  }
+
+  /**
+   * Takes over the load of a chunk nobody is loading (nor failed to, just now): the caller settles
+   * it, and load() calls of the digest meanwhile join it. undefined when one is in flight already.
+   */
+  claim(ref: Pick<ChunkRef, "digest" | "length">): Claim | undefined {
+    if (this.inflight.has(ref.digest)) return undefined;
+    const failed = this.failed.get(ref.digest);
+    if (failed && failed.until > Date.now()) return undefined;
+    let claim!: Claim;
+    const p = new Promise<Loaded>((resolve, reject) => {
+      claim = { resolve, reject };
+    })
+      .catch((err) => {
+        this.failed.set(ref.digest, { err, until: Date.now() + FAILURE_TTL_MS });
+        throw err;
+      })
+      .finally(() => this.inflight.delete(ref.digest));
+    p.catch(() => {}); // nobody may have joined: the failure is the claimant's to report
+    this.inflight.set(ref.digest, p);
+    return claim;
   }
 
   /** A chunk's verified bytes (export, push): `load` without the `fetched` flag. */

@@ -1,3 +1,4 @@
+import { checkPacks, removePacks, writePacks } from "../chunks/packs.js";
 import { policyFrom } from "../chunks/policy.js";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { checkProfile, readProfileFile, writeProfile } from "../lazy/profile.js";
@@ -9,7 +10,7 @@ import { decodeBlockIndex } from "../store/blockindex.js";
 import { loadImage, saveImage } from "../store/catalog.js";
 import { withStoreLock } from "../store/lock.js";
 import { checkImageName, imageNameProblem } from "../store/names.js";
-import type { Digest } from "../store/types.js";
+import type { BlockIndex, Digest } from "../store/types.js";
 import type { KindlingHome } from "../util/home.js";
 import { buildImage } from "./build.js";
 import type { ImageRecord } from "./types.js";
@@ -67,6 +68,7 @@ export async function pullImage(
     for (const name of names) await saveImage(home, { ...rec, name });
   });
   await keepStartupProfile(home, res.startupProfile, res.indexDigest, index.chunks.length);
+  await keepPacks(home, res.packs, res.indexDigest, index);
   return record;
 }
 
@@ -96,6 +98,7 @@ export async function pushImage(
       index,
       readChunk: (d: Digest) => reader.read({ digest: d, length: chunks.get(d) ?? -1 }),
       startupProfile: "chunks" in profile ? { image: record.digest, chunks: profile.chunks } : undefined,
+      startupChunks: "chunks" in profile ? profile.chunks : undefined,
     },
   );
 }
@@ -112,5 +115,24 @@ async function keepStartupProfile(
   if ("chunks" in checked) await writeProfile(home, { image: digest, chunks: checked.chunks });
   else if ("corrupt" in checked) {
     process.stderr.write(`warning: ignoring the image's startup profile: ${checked.corrupt}\n`);
+  }
+}
+
+/** Writes a pulled image's packs into the home (bad ones: a warning, no packs; none: the old file goes). */
+async function keepPacks(
+  home: KindlingHome,
+  value: unknown,
+  digest: Digest,
+  index: BlockIndex,
+): Promise<void> {
+  if (value === undefined) {
+    await removePacks(home, digest);
+    return;
+  }
+  const checked = checkPacks(value, index, digest);
+  if ("packs" in checked) await writePacks(home, checked.packs);
+  else if ("corrupt" in checked) {
+    await removePacks(home, digest);
+    process.stderr.write(`warning: ignoring the image's packs: ${checked.corrupt}\n`);
   }
 }

@@ -1,3 +1,4 @@
+import { removePacks } from "../chunks/packs.js";
 import { liveDaemonPids, stopIdleShared } from "../lazy/index.js";
 import { removeProfile } from "../lazy/profile.js";
 import { DamagedRecordError, deleteImageRecord, findImage, listImages } from "../store/catalog.js";
@@ -37,7 +38,10 @@ export async function removeImage(
     }
     await deleteImageRecord(home, name);
     // Its startup profile goes with the last name of the image (a re-pull brings the pushed one).
-    if (digest && !keptByOther) await removeProfile(home, digest);
+    if (digest && !keptByOther) {
+      await removeProfile(home, digest);
+      await removePacks(home, digest);
+    }
     return collectGarbage(home);
   });
 }

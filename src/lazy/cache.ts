@@ -103,6 +103,16 @@ export class ChunkCache {
     return loaded;
   }
 
+  /** Whether a reader waits for this chunk now. */
+  isWanted(digest: string): boolean {
+    return this.wanted.has(digest);
+  }
+
+  /** Keeps chunk i's verified bytes in the memory tier (a pack fetch delivered them). */
+  keep(i: number, data: Buffer): void {
+    this.lru.set(this.index.chunks[i].digest, data);
+  }
+
   /** Makes chunk i local (disk and memory) without serving it: readahead and prefetch. */
   async warm(i: number): Promise<boolean> {
     const c = this.index.chunks[i];

@@ -5,6 +5,8 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
+import { hasRanges, PackLoader } from "../chunks/packloader.js";
+import { checkPacks, readPacksFile } from "../chunks/packs.js";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { useConfig } from "../config/index.js";
 import { lazyUnmount } from "../host/mounts.js";
@@ -58,7 +60,21 @@ async function main(): Promise<void> {
     log,
   });
   const cache = new ChunkCache(index, loader, stats, cfg.memoryCacheBytes);
-  const readahead = new Readahead(cache, cfg.readaheadChunks, log);
+  // The image's packs (pulled with it): many chunks per request (chunks/packs.ts).
+  const packsFile = await readPacksFile(home, cfg.record.digest);
+  const checkedPacks = packsFile === undefined ? undefined : checkPacks(packsFile, index, cfg.record.digest);
+  if (checkedPacks && "corrupt" in checkedPacks) {
+    log(`warning: ignoring the packs of ${cfg.record.name}: ${checkedPacks.corrupt}`);
+  }
+  const packs =
+    checkedPacks && "packs" in checkedPacks && hasRanges(loader.fetcher.source)
+      ? new PackLoader(index, checkedPacks.packs, loader, loader.fetcher.source, {
+          wanted: (d) => cache.isWanted(d),
+          arrived: (i, data) => cache.keep(i, data),
+          log,
+        })
+      : undefined;
+  const readahead = new Readahead(cache, cfg.readaheadChunks, log, packs);
   const tracer = new ReadTracer(stats);
   // Set once the image's file extents are read (after the tables' prefetch).
   let files: FileReadahead | undefined;
@@ -182,6 +198,33 @@ async function main(): Promise<void> {
   setInterval(() => {
     if (JSON.stringify({ ...cache.stats, updated: "" }) !== written) void flush();
   }, 1000).unref();
+  // The startup profile first: its chunks are claimed at once, so the tables' prefetch below joins them.
+  if ("chunks" in profile && cfg.prefetch) {
+    const startup = packs?.packs.startup;
+    if (startup) {
+      // One request for the whole startup pack; chunks reach readers as they arrive.
+      const p = cache.stats.profile;
+      p.state = "running";
+      packs!
+        .loadPack(startup)
+        .then((got) => {
+          p.chunks += got.chunks;
+          p.bytes += got.bytes;
+          p.state = "done";
+          log(`startup pack: ${got.chunks} chunks fetched ahead`);
+        })
+        .catch((err) => {
+          p.errors++;
+          p.state = "done";
+          log(`startup pack failed: ${err instanceof Error ? err.message : err}`);
+        });
+    } else {
+      // Leaves readers a slot or two: the limiter hands freed slots to readers first anyway.
+      prefetchProfile(cache, profile.chunks, Math.max(1, cfg.fetchConcurrency - 2))
+        .then(() => log(`startup profile: ${cache.stats.profile.chunks} chunks fetched ahead`))
+        .catch((err) => log(`startup profile prefetch failed: ${err instanceof Error ? err.message : err}`));
+    }
+  }
   if (cfg.prefetch) {
     const fileBytes = cfg.settings.lazyFileReadahead;
     prefetchTables(cache)
@@ -200,12 +243,6 @@ async function main(): Promise<void> {
       })
       .catch((err) => log(`prefetch failed: ${err instanceof Error ? err.message : err}`));
   } else cache.stats.prefetch.state = "skipped";
-  if ("chunks" in profile && cfg.prefetch) {
-    // Leaves readers a slot or two: the limiter hands freed slots to readers first anyway.
-    prefetchProfile(cache, profile.chunks, Math.max(1, cfg.fetchConcurrency - 2))
-      .then(() => log(`startup profile: ${cache.stats.profile.chunks} chunks fetched ahead`))
-      .catch((err) => log(`startup profile prefetch failed: ${err instanceof Error ? err.message : err}`));
-  }
 }
 
 main().catch((err) => {

@@ -18,6 +18,11 @@ export interface KindlingConfig {
    * had one. Checked by whoever uses it: a bad one is ignored with a warning, never an error.
    */
   startupProfile?: unknown;
+  /**
+   * Its packs ({ image, segments, startup? }: src/chunks/packs.ts), blobs listed as layers too.
+   * Checked by whoever uses them: bad ones are ignored with a warning, never an error.
+   */
+  packs?: unknown;
 }
 
 export function isKindlingManifest(m: ImageManifest): boolean {

@@ -177,6 +177,32 @@ async function fetchBlobOnce(
   return Buffer.concat(parts, received);
 }
 
+/**
+ * Bytes [start, end) of a blob, streamed (HTTP Range; one attempt: the caller falls back). Fails
+ * unless the registry answers 206 with exactly that range. Verifying is the caller's job.
+ */
+export async function openBlobRange(
+  client: RegistryClient,
+  digest: Digest,
+  start: number,
+  end: number,
+  signal: AbortSignal,
+): Promise<AsyncIterable<Uint8Array>> {
+  const reply = await client.request(`blobs/${digest}`, {
+    signal,
+    headers: { range: `bytes=${start}-${end - 1}` },
+    attempts: 1,
+  });
+  if (reply.res.status !== 206 || rangeStart(reply) !== start) {
+    await reply.res.body?.cancel().catch(() => {});
+    reply.done();
+    throw new KindlingError(
+      `${client.where}/${client.repository}: blob ${digest} answered ${reply.res.status} to a range request`,
+    );
+  }
+  return bodyStream(reply);
+}
+
 function bodyStream(reply: Reply): Readable {
   if (!reply.res.body) return Readable.from([]);
   const stream = Readable.fromWeb(reply.res.body as WebReadableStream<Uint8Array>);

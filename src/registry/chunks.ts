@@ -1,6 +1,6 @@
 import type { ChunkSource, Digest, ImageOrigin } from "../store/types.js";
 import { KindlingError } from "../util/errors.js";
-import { fetchBlob } from "./blob.js";
+import { fetchBlob, openBlobRange } from "./blob.js";
 import { RegistryClient } from "./client.js";
 import type { Credentials } from "./credentials.js";
 import type { RegistrySettings } from "./settings.js";
@@ -49,5 +49,15 @@ export class RegistryChunkSource implements ChunkSource {
       if (!(err instanceof KindlingError) || err.message.includes(digest)) throw err;
       throw new KindlingError(`chunk ${digest} from ${this.description}: ${err.message}`, err.code);
     }
+  }
+
+  /** Bytes [start, end) of a pack blob (chunks/packs.ts), streamed. */
+  openRange(
+    digest: Digest,
+    start: number,
+    end: number,
+    signal: AbortSignal,
+  ): Promise<AsyncIterable<Uint8Array>> {
+    return openBlobRange(this.client, digest, start, end, signal);
   }
 }

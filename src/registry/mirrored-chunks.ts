@@ -73,4 +73,16 @@ class MirroredChunkSource implements ChunkSource {
     }
     throw new Error("unreachable: the registry itself is always the last route");
   }
+
+  /** A range of a pack blob from the first route not being skipped (the caller falls back per chunk). */
+  async openRange(
+    digest: Digest,
+    start: number,
+    end: number,
+    signal: AbortSignal,
+  ): Promise<AsyncIterable<Uint8Array>> {
+    const routes = await this.resolve();
+    const route = routes.find((r, i) => i === routes.length - 1 || r.skipUntil <= Date.now())!;
+    return route.source.openRange(digest, start, end, signal);
+  }
 }

@@ -46,6 +46,8 @@ export type PullResult =
       origin: ImageOrigin;
       /** The config's startup profile, unchecked (see KindlingConfig). */
       startupProfile?: unknown;
+      /** The config's packs, unchecked (see KindlingConfig). */
+      packs?: unknown;
     };
 
 export interface PullOptions {
@@ -126,6 +128,7 @@ export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<
       indexDigest,
       runConfig: cfg.runConfig,
       startupProfile: cfg.startupProfile,
+      packs: cfg.packs,
       origin: {
         kind: "registry",
         registry: parsed.registry,

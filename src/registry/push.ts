@@ -1,3 +1,10 @@
+import {
+  type ImagePacks,
+  KINDLING_PACK_MEDIA_TYPE,
+  type PackDesc,
+  packSize,
+  planSegments,
+} from "../chunks/packs.js";
 import type { ImageRecord } from "../store/types.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type Digest } from "../store/types.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
@@ -23,6 +30,8 @@ export interface PushImage {
   readChunk(digest: Digest): Promise<Buffer>;
   /** Its startup profile, pushed in the config blob (see KindlingConfig). */
   startupProfile?: unknown;
+  /** The profile's chunk numbers, checked: the startup pack holds them in this order. */
+  startupChunks?: number[];
 }
 
 export interface PushOptions {
@@ -33,6 +42,8 @@ export interface PushOptions {
   concurrency?: number;
   /** Per-attempt bound on waiting for an answer; default 30 s. */
   timeoutMs?: number;
+  /** Push packs (chunks/packs.ts) beside the chunks: segments and the startup pack; default true. */
+  packs?: boolean;
 }
 
 /**
@@ -87,11 +98,42 @@ export async function pushKindlingImage(
   }
   const index = parseIndex(image.index, image.record.name);
 
+  // A lazily pulled image may lack chunks locally: those come from the registry it was pulled from.
+  let originSource: RegistryChunkSource | undefined;
+  const readChunk = async (digest: Digest, size: number): Promise<Buffer> => {
+    try {
+      return await image.readChunk(digest);
+    } catch (err) {
+      if (origin.kind !== "registry") throw err;
+      originSource ??= new RegistryChunkSource(origin);
+      return originSource.fetch(digest, size, opts.signal);
+    }
+  };
+  // Packs: their digests go into the config, so each is read (and hashed) once before the upload,
+  // and read again when it is uploaded.
+  const packBytes = async (chunks: number[]): Promise<Buffer> =>
+    Buffer.concat(
+      await Promise.all(chunks.map((i) => readChunk(index.chunks[i].digest, index.chunks[i].length))),
+    );
+  const describe = async (chunks: number[]): Promise<PackDesc> => ({
+    digest: sha256Digest(await packBytes(chunks)),
+    size: packSize(index, chunks),
+    chunks,
+  });
+  let packs: ImagePacks | undefined;
+  if (opts.packs !== false && index.chunks.length > 1) {
+    const segments: PackDesc[] = [];
+    for (const list of planSegments(index)) segments.push(await describe(list));
+    const startup = image.startupChunks?.length ? await describe(image.startupChunks) : undefined;
+    packs = { image: indexDigest, segments, ...(startup ? { startup } : {}) };
+  }
+
   const config: KindlingConfig = {
     digest: indexDigest,
     blockSize: image.record.blockSize,
     runConfig: image.record.config,
     ...(image.startupProfile ? { startupProfile: image.startupProfile } : {}),
+    ...(packs ? { packs } : {}),
   };
   const configBytes = Buffer.from(JSON.stringify(config));
   const configDesc: Descriptor = {
@@ -108,6 +150,16 @@ export async function pushKindlingImage(
     digest,
     size,
   }));
+  // Distinct packs (a segment may repeat, e.g. runs of zeros).
+  const packList = new Map<string, PackDesc>();
+  for (const p of [...(packs?.segments ?? []), ...(packs?.startup ? [packs.startup] : [])]) {
+    if (!packList.has(p.digest)) packList.set(p.digest, p);
+  }
+  const packDescs: Descriptor[] = [...packList.values()].map((p) => ({
+    mediaType: KINDLING_PACK_MEDIA_TYPE,
+    digest: p.digest,
+    size: p.size,
+  }));
   const manifest = {
     schemaVersion: 2,
     mediaType: MEDIA.ociManifest,
@@ -116,6 +168,7 @@ export async function pushKindlingImage(
     layers: [
       { mediaType: BLOCK_INDEX_MEDIA_TYPE, digest: indexDigest, size: image.index.length },
       ...chunkDescs,
+      ...packDescs,
     ],
     annotations: { "org.opencontainers.image.title": image.record.name },
   };
@@ -137,7 +190,11 @@ export async function pushKindlingImage(
     );
   }
 
-  const total = configBytes.length + image.index.length + [...chunks.values()].reduce((a, b) => a + b, 0);
+  const total =
+    configBytes.length +
+    image.index.length +
+    [...chunks.values()].reduce((a, b) => a + b, 0) +
+    packDescs.reduce((a, d) => a + d.size, 0);
   const bar = opts.quiet ? undefined : progress(`push ${formatReference(parsed)}`, total);
   let done = 0;
   let skipped = 0;
@@ -155,18 +212,12 @@ export async function pushKindlingImage(
       size: d.size,
       read: () => readChunk(d.digest as Digest, d.size),
     })),
+    ...[...packList.values()].map((p) => ({
+      digest: p.digest,
+      size: p.size,
+      read: () => packBytes(p.chunks),
+    })),
   ];
-  // A lazily pulled image may lack chunks locally: those come from the registry it was pulled from.
-  let originSource: RegistryChunkSource | undefined;
-  const readChunk = async (digest: Digest, size: number): Promise<Buffer> => {
-    try {
-      return await image.readChunk(digest);
-    } catch (err) {
-      if (origin.kind !== "registry") throw err;
-      originSource ??= new RegistryChunkSource(origin);
-      return originSource.fetch(digest, size, opts.signal);
-    }
-  };
 
   try {
     await uploadAll();
@@ -194,7 +245,7 @@ export async function pushKindlingImage(
         });
         if (data.length !== u.size || sha256Digest(data) !== u.digest) {
           throw new KindlingError(
-            `chunk ${u.digest} of image ${image.record.name} is corrupted in the local store`,
+            `blob ${u.digest} of image ${image.record.name} is corrupted in the local store`,
           );
         }
         await uploadBlob(client, u.digest, data, signal);

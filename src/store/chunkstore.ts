@@ -4,7 +4,7 @@ import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
 import { FetchLocks } from "./fetchlock.js";
 import type { ChunkRef } from "./types.js";
-import { isChunk } from "./verify.js";
+import { isChunkSync } from "./verify.js";
 
 /** What the store tier counts (a lazy daemon's stats embed these). */
 export interface StoreCounters {
@@ -62,7 +62,7 @@ export class ChunkStore {
       if (code === "ENOENT") return null;
       throw err;
     }
-    if (data.length === ref.length && (this.verified.has(ref.digest) || (await isChunk(ref, data)))) {
+    if (data.length === ref.length && (this.verified.has(ref.digest) || isChunkSync(ref, data))) {
       this.verified.add(ref.digest);
       return data;
     }
@@ -138,7 +138,7 @@ export class ChunkStore {
 
   private async peerCopy(ref: Pick<ChunkRef, "digest" | "length">): Promise<Buffer | null> {
     const data = await readFile(this.home.blobPath(ref.digest)).catch(() => null);
-    if (data && (await isChunk(ref, data))) {
+    if (data && isChunkSync(ref, data)) {
       this.verified.add(ref.digest);
       return data;
     }

@@ -1,0 +1,227 @@
+// Packs (src/chunks/packs.ts): many chunks per request from a real docker-registry on 127.0.0.1,
+// through a real FUSE lazy file. A counting HTTP proxy in front of the registry tells requests apart.
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { checkPacks, type ImagePacks, type PackDesc, planSegments, writePacks } from "../src/chunks/packs.js";
+import { cleanupStale, type LazyImage, openLazyImage } from "../src/lazy/index.js";
+import { writeProfile } from "../src/lazy/profile.js";
+import type { BlockIndex, Digest } from "../src/store/types.js";
+import { KindlingHome } from "../src/util/home.js";
+import { indexBytes } from "./helpers/blockindex.js";
+import { startRegistry, type TestRegistry } from "./helpers/registry.js";
+
+const CHUNK = 128 << 10;
+const repository = "lazy/packs";
+let tmp: string;
+let registry: TestRegistry;
+let proxy: http.Server;
+let proxyHost: string;
+/** Requests through the proxy: "GET /v2/.../blobs/sha256:..." plus " range" for ranged ones. */
+const seen: string[] = [];
+
+before(async () => {
+  tmp = await mkdtemp("/tmp/kindling-lazy-packs-");
+  registry = await startRegistry();
+  const [rhost, rport] = registry.host.split(":");
+  proxy = http.createServer((req, res) => {
+    seen.push(`${req.method} ${req.url}${req.headers.range ? " range" : ""}`);
+    const up = http.request(
+      { host: rhost, port: Number(rport), path: req.url, method: req.method, headers: req.headers },
+      (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on("error", () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+  proxyHost = `127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+});
+after(async () => {
+  await new Promise((r) => proxy.close(r));
+  proxy.closeAllConnections();
+  await registry.stop();
+  for (const h of ["a", "b", "c", "d"])
+    await cleanupStale(new KindlingHome(path.join(tmp, h))).catch(() => {});
+  await rm(tmp, { recursive: true, force: true });
+});
+
+const sha = (b: Uint8Array): Digest => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+
+async function upload(data: Buffer): Promise<Digest> {
+  const digest = sha(data);
+  const start = await fetch(`${registry.url}/v2/${repository}/blobs/uploads/`, { method: "POST" });
+  assert.equal(start.status, 202);
+  const loc = new URL(start.headers.get("location")!, registry.url);
+  loc.searchParams.set("digest", digest);
+  const put = await fetch(loc, { method: "PUT", body: new Uint8Array(data) });
+  assert.equal(put.status, 201, await put.text());
+  return digest;
+}
+
+/** A pack of `chunks` as push makes it (or, with `bytes`, a blob that claims to be one). */
+async function pack(index: BlockIndex, chunks: number[], data: Buffer, bytes?: Buffer): Promise<PackDesc> {
+  const body =
+    bytes ??
+    Buffer.concat(
+      chunks.map((i) =>
+        data.subarray(index.chunks[i].offset, index.chunks[i].offset + index.chunks[i].length),
+      ),
+    );
+  return { digest: await upload(body), size: body.length, chunks };
+}
+
+/** A home that pulled the image: index and record (origin: the registry behind the proxy), no chunks. */
+async function pulledHome(name: string, data: Buffer) {
+  const home = new KindlingHome(path.join(tmp, name)).ensure();
+  const made = await indexBytes(home, data, CHUNK, false);
+  made.record.origin = { kind: "registry", registry: proxyHost, repository, reference: "t", insecure: true };
+  for (const [, bytes] of made.chunks) await upload(bytes);
+  return { home, ...made };
+}
+
+const blobGets = () => seen.filter((s) => s.startsWith("GET ") && s.includes("/blobs/"));
+
+async function until(what: string, cond: () => Promise<boolean>, ms = 20_000): Promise<void> {
+  for (const end = Date.now() + ms; Date.now() < end; ) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+test("planSegments cuts an index into runs of consecutive chunks covering it once; checkPacks sorts good from bad", async () => {
+  const home = new KindlingHome(path.join(tmp, "plan")).ensure();
+  const { index, record } = await indexBytes(home, randomBytes(48 << 20), CHUNK, false);
+  const segs = planSegments(index);
+  assert.ok(segs.length >= 2, "48 MiB makes more than one segment");
+  assert.deepEqual(
+    segs.flat(),
+    index.chunks.map((_, i) => i),
+  );
+  const d = `sha256:${"a".repeat(64)}` as Digest;
+  const good: ImagePacks = {
+    image: record.digest,
+    segments: [{ digest: d, size: CHUNK * 2, chunks: [0, 1] }],
+  };
+  assert.ok("packs" in checkPacks(good, index, record.digest));
+  assert.ok("stale" in checkPacks({ ...good, image: d }, index, record.digest));
+  for (const bad of [
+    { image: record.digest },
+    { ...good, segments: [{ digest: "sha256:zz", size: CHUNK, chunks: [0] }] },
+    { ...good, segments: [{ digest: d, size: CHUNK + 1, chunks: [0] }] },
+    { ...good, segments: [{ digest: d, size: CHUNK, chunks: [index.chunks.length] }] },
+    { ...good, startup: { digest: d, size: 1, chunks: [] } },
+  ]) {
+    assert.ok("corrupt" in checkPacks(bad, index, record.digest), JSON.stringify(bad).slice(0, 200));
+  }
+});
+
+test("a sequential reader of a lazy file with segments fetches them as ranged requests, each chunk verified", async () => {
+  const data = randomBytes(24 << 20);
+  const { home, index, record } = await pulledHome("a", data);
+  const segments = [];
+  for (const list of planSegments(index)) segments.push(await pack(index, list, data));
+  await writePacks(home, { image: record.digest, segments });
+  seen.length = 0;
+  const lazy = await openLazyImage(home, record, "auto", { prefetch: false });
+  try {
+    const got = await readSequential(lazy);
+    assert.ok(got.equals(data), "every byte as pushed");
+    const s = await lazy.stats();
+    assert.equal(s.bytesFetched, data.length, "each chunk fetched once");
+    assert.equal(s.verifyFailures, 0);
+    const ranged = blobGets().filter((g) => g.endsWith(" range")).length;
+    assert.ok(ranged >= 1, "ranged requests were made");
+    assert.ok(
+      blobGets().length < index.chunks.length / 4,
+      `${blobGets().length} blob GETs for ${index.chunks.length} chunks`,
+    );
+  } finally {
+    await lazy.close();
+  }
+});
+
+test("a pack whose bytes are not its chunks: each chunk is refused and fetched alone, reads stay right", async () => {
+  const data = randomBytes(12 << 20);
+  const { home, index, record } = await pulledHome("b", data);
+  // One segment over every chunk whose stored bytes are random: every chunk in it fails its digest.
+  const all = index.chunks.map((_, i) => i);
+  const bogus = randomBytes(data.length);
+  await writePacks(home, { image: record.digest, segments: [await pack(index, all, data, bogus)] });
+  const lazy = await openLazyImage(home, record, "auto", { prefetch: false });
+  try {
+    assert.ok((await readSequential(lazy)).equals(data));
+    const s = await lazy.stats();
+    assert.ok(s.verifyFailures >= 1, "the pack's bad bytes were caught");
+    assert.equal(s.bytesFetched, data.length);
+  } finally {
+    await lazy.close();
+  }
+});
+
+test("a cold start with a startup pack fetches the profile's chunks in one request before any read", async () => {
+  const data = randomBytes(8 << 20);
+  const { home, index, record } = await pulledHome("c", data);
+  const profile = [40, 3, 17, 60, 0, 1, 2];
+  const startup = await pack(index, profile, data);
+  await writePacks(home, { image: record.digest, segments: [], startup });
+  await writeProfile(home, { image: record.digest, chunks: profile });
+  seen.length = 0;
+  const lazy = await openLazyImage(home, record, "auto");
+  try {
+    await until("the startup pack", async () => (await lazy.stats()).profile.state === "done");
+    const s = await lazy.stats();
+    assert.equal(s.profile.chunks, profile.length);
+    assert.equal(s.profile.errors, 0);
+    assert.equal(blobGets().filter((g) => g.includes(startup.digest)).length, 1, "one request for the pack");
+    // Reading a profiled chunk now needs no fetch.
+    const before = (await lazy.stats()).chunksFetched;
+    const fh = await open(lazy.path, "r");
+    const buf = Buffer.alloc(4096);
+    await fh.read(buf, 0, 4096, index.chunks[17].offset);
+    await fh.close();
+    assert.ok(buf.equals(data.subarray(index.chunks[17].offset, index.chunks[17].offset + 4096)));
+    assert.equal((await lazy.stats()).chunksFetched, before);
+  } finally {
+    await lazy.close();
+  }
+});
+
+test("a corrupt packs file is ignored with a warning; reads work chunk by chunk", async () => {
+  const data = randomBytes(2 << 20);
+  const { home, record } = await pulledHome("d", data);
+  await writePacks(home, {
+    image: record.digest,
+    segments: [{ digest: "nonsense" }],
+  } as unknown as ImagePacks);
+  const lazy = await openLazyImage(home, record, "auto", { prefetch: false });
+  try {
+    assert.ok((await readFile(lazy.path)).equals(data));
+    const log = await readFile(path.join(lazy.dir, "daemon.log"), "utf8");
+    assert.match(log, /warning: ignoring the packs of test: segment 0: no sha256 digest/);
+  } finally {
+    await lazy.close();
+  }
+});
+
+/** Reads the lazy file front to back in 128 KiB reads, as a loop device under squashfs would. */
+async function readSequential(lazy: LazyImage): Promise<Buffer> {
+  const fh = await open(lazy.path, "r");
+  try {
+    const { size } = await fh.stat();
+    const out = Buffer.alloc(size);
+    for (let pos = 0; pos < size; pos += 128 << 10) {
+      await fh.read(out, pos, Math.min(128 << 10, size - pos), pos);
+    }
+    return out;
+  } finally {
+    await fh.close();
+  }
+}
