@@ -7,6 +7,8 @@
  *   profiled: REF pushed after one run in the pushing home (so with its startup profile), file-aware
  *             readahead off
  *   profiled+files: profile and file-aware readahead
+ *   cold-nopacks, profiled-nopacks: cold and profiled with REF pushed `--no-packs` (chunk by chunk,
+ *             as before packs: no segments, no startup pack)
  *   sorted+files, sorted+profiled+files: the same image rebuilt with its startup files first
  *             (`mksquashfs -sort` by the first run's profile: blockimage/sortlist.ts), without and
  *             with its own profile
@@ -19,7 +21,7 @@
  * time readers spent blocked, requests in flight over time (--trace-out FILE writes the timelines).
  *   node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py "import numpy"]
  *     [--variants cold,profiled,baseline (default; also files, profiled+files, sorted+files,
- *      sorted+profiled+files)] [--trace-out FILE] [--reuse debian-minbase.tar (chunk reuse with that image)]
+ *      sorted+profiled+files, cold-nopacks, profiled-nopacks)] [--trace-out FILE] [--reuse debian-minbase.tar (chunk reuse with that image)]
  * The fixture is built by scripts/fixtures/debian-numpy.sh (.cache/fixtures). KINDLING_BENCH_CLI=path/to/main.js
  * measures another build's CLI (e.g. main before a change).
  */
@@ -58,6 +60,8 @@ const REUSE = argOf("reuse");
 
 type ColdVariant =
   | "cold"
+  | "cold-nopacks"
+  | "profiled-nopacks"
   | "files"
   | "profiled"
   | "profiled+files"
@@ -66,6 +70,8 @@ type ColdVariant =
 type Variant = ColdVariant | "baseline";
 const ALL: Variant[] = [
   "cold",
+  "cold-nopacks",
+  "profiled-nopacks",
   "files",
   "profiled",
   "profiled+files",
@@ -319,6 +325,13 @@ async function main(): Promise<void> {
     await kindling(source, ["image", "push", "--insecure", "numpy", profiled]);
     refs.profiled = profiled;
     refs["profiled+files"] = profiled;
+    if (VARIANTS.some((v) => v.endsWith("nopacks"))) {
+      // The same two pushes without packs (the profile still travels in the config).
+      await kindling(source, ["image", "push", "--insecure", "--no-packs", "numpy", `${plain}-nopacks`]);
+      await kindling(source, ["image", "push", "--insecure", "--no-packs", "numpy", `${profiled}-nopacks`]);
+      refs["cold-nopacks"] = `${plain}-nopacks`;
+      refs["profiled-nopacks"] = `${profiled}-nopacks`;
+    }
     if (VARIANTS.some((v) => v.startsWith("sorted")) || REUSE) {
       // The profile-ordered build: the files the profile read first, in its order (-sort).
       const home = new KindlingHome(source);

@@ -5,6 +5,7 @@ import { createServer, type Server, type Socket } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import { checkPacks, KINDLING_PACK_MEDIA_TYPE } from "../src/chunks/packs.js";
 import type { ImageRecord, RunConfig } from "../src/image/types.js";
 import { KINDLING_ARTIFACT_TYPE, KINDLING_CHUNK_MEDIA_TYPE } from "../src/registry/artifact.js";
 import { RegistryChunkSource } from "../src/registry/chunks.js";
@@ -90,7 +91,11 @@ describe("pushKindlingImage", () => {
   test("pushes an artifact docker-registry accepts; pulling it fetches config + index only", async () => {
     const fake = fakeImage("app");
     const ref = `${reg.host}/kindling/app:v1`;
-    const { manifestDigest } = await pushKindlingImage(ref, { insecure: true, quiet: true }, fake.image);
+    const { manifestDigest } = await pushKindlingImage(
+      ref,
+      { insecure: true, quiet: true, packs: false },
+      fake.image,
+    );
     assert.equal(fake.reads.length, 4, "each distinct chunk is read once");
 
     // What the registry stores: an OCI manifest with the artifact type, index first, distinct chunks.
@@ -156,6 +161,51 @@ describe("pushKindlingImage", () => {
     assert.deepEqual(pulled.startupProfile, startupProfile);
   });
 
+  test("packs: segments covering the image and the startup pack, listed in the config and as layers, ranged GETs give their chunks", async () => {
+    const fake = fakeImage("packed");
+    const ref = `${reg.host}/kindling/packed:v1`;
+    const index = JSON.parse(fake.image.index.toString()) as BlockIndex;
+    const { packs } = await pushKindlingImage(
+      ref,
+      { insecure: true, quiet: true },
+      { ...fake.image, startupChunks: [3, 0] },
+    );
+    assert.ok(packs);
+    const pulled = await pullFromRegistry(ref, { insecure: true, tmpDir, quiet: true });
+    assert.equal(pulled.kind, "kindling");
+    if (pulled.kind !== "kindling") return;
+    const checked = checkPacks(pulled.packs, index, fake.image.record.digest);
+    assert.ok("packs" in checked, JSON.stringify(checked));
+    assert.deepEqual(checked.packs, packs);
+    assert.deepEqual(
+      packs.segments.flatMap((s) => s.chunks),
+      [0, 1, 2, 3, 4],
+    );
+    assert.deepEqual(packs.startup?.chunks, [3, 0]);
+    const res = await fetch(`${reg.url}/v2/kindling/packed/manifests/v1`, {
+      headers: { accept: MANIFEST_ACCEPT },
+    });
+    const manifest = (await res.json()) as { layers: { mediaType: string; digest: string }[] };
+    const packLayers = manifest.layers
+      .filter((l) => l.mediaType === KINDLING_PACK_MEDIA_TYPE)
+      .map((l) => l.digest);
+    assert.deepEqual(packLayers.sort(), [packs.segments[0]!.digest, packs.startup!.digest].sort());
+    // The startup pack's second chunk, by range, is chunk 0's bytes.
+    const source = new RegistryChunkSource(pulled.origin);
+    const c0 = index.chunks[0]!;
+    const parts: Buffer[] = [];
+    const len3 = index.chunks[3]!.length;
+    for await (const p of await source.openRange(
+      packs.startup!.digest,
+      len3,
+      len3 + c0.length,
+      AbortSignal.timeout(10_000),
+    )) {
+      parts.push(Buffer.from(p));
+    }
+    assert.deepEqual(Buffer.concat(parts), fake.store.get(c0.digest));
+  });
+
   test("pushing again uploads nothing new and gives the same manifest digest", async () => {
     const fake = fakeImage("again");
     const ref = `${reg.host}/kindling/again:v1`;
@@ -164,7 +214,7 @@ describe("pushKindlingImage", () => {
     const second = await pushKindlingImage(
       `${reg.host}/kindling/again:v2`,
       { insecure: true, quiet: true },
-      fake.image,
+      { ...fake.image, knownPacks: first.packs },
     );
     assert.equal(second.manifestDigest, first.manifestDigest);
     assert.deepEqual(fake.reads, [], "existing blobs are skipped after a HEAD");

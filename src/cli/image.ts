@@ -65,9 +65,10 @@ export function registerImageCommands(program: Command): void {
     .argument("<name>", "image name")
     .argument("<ref>", "registry reference")
     .option("--insecure", "plain HTTP (registries.conf can say so per registry instead)", false)
-    .action(async (name: string, ref: string, opts: { insecure: boolean }) => {
+    .option("--no-packs", "push only the chunks, no packs (segments, startup pack: docs/lazy.md)")
+    .action(async (name: string, ref: string, opts: { insecure: boolean; packs: boolean }) => {
       const { pushImage } = await import("../image/registry.js");
-      const res = await pushImage(home(), name, ref, { insecure: opts.insecure });
+      const res = await pushImage(home(), name, ref, { insecure: opts.insecure, packs: opts.packs });
       process.stdout.write(`${ref} ${res.manifestDigest}\n`);
     });
 

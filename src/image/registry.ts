@@ -1,4 +1,4 @@
-import { checkPacks, removePacks, writePacks } from "../chunks/packs.js";
+import { checkPacks, readPacksFile, removePacks, writePacks } from "../chunks/packs.js";
 import { policyFrom } from "../chunks/policy.js";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { checkProfile, readProfileFile, writeProfile } from "../lazy/profile.js";
@@ -77,7 +77,7 @@ export async function pushImage(
   home: KindlingHome,
   name: string,
   ref: string,
-  opts: { insecure: boolean; progress?: boolean; signal?: AbortSignal },
+  opts: { insecure: boolean; progress?: boolean; signal?: AbortSignal; packs?: boolean },
 ): Promise<{ manifestDigest: Digest }> {
   const record = await loadImage(home, name);
   const index = await readBlob(home, record.digest, "block index");
@@ -90,17 +90,22 @@ export async function pushImage(
     record.digest,
     decoded.chunks.length,
   );
-  return pushKindlingImage(
+  // Pack digests described by an earlier push (or the pull) of this image: not read again.
+  const known = checkPacks(await readPacksFile(home, record.digest), decoded, record.digest);
+  const res = await pushKindlingImage(
     ref,
-    { insecure: opts.insecure, signal: opts.signal, quiet: opts.progress === false },
+    { insecure: opts.insecure, signal: opts.signal, quiet: opts.progress === false, packs: opts.packs },
     {
       record,
       index,
       readChunk: (d: Digest) => reader.read({ digest: d, length: chunks.get(d) ?? -1 }),
       startupProfile: "chunks" in profile ? { image: record.digest, chunks: profile.chunks } : undefined,
       startupChunks: "chunks" in profile ? profile.chunks : undefined,
+      knownPacks: "packs" in known ? known.packs : undefined,
     },
   );
+  if (res.packs) await writePacks(home, res.packs).catch(() => {}); // only a cache for the next push
+  return { manifestDigest: res.manifestDigest };
 }
 
 /** Writes a pulled image's startup profile into the home (a bad one: a warning, no profile). */

@@ -32,6 +32,8 @@ export interface PushImage {
   startupProfile?: unknown;
   /** The profile's chunk numbers, checked: the startup pack holds them in this order. */
   startupChunks?: number[];
+  /** Packs described before (the home's packs file): one with the same chunk list is not read again. */
+  knownPacks?: ImagePacks;
 }
 
 export interface PushOptions {
@@ -55,7 +57,7 @@ export async function pushKindlingImage(
   ref: string,
   opts: PushOptions,
   image: PushImage,
-): Promise<{ manifestDigest: Digest }> {
+): Promise<{ manifestDigest: Digest; packs?: ImagePacks }> {
   const parsed = parseReference(ref);
   if (parsed.tag && parsed.digest) {
     throw new KindlingError(`push to ${ref}: give a tag or a digest, not both`);
@@ -115,11 +117,21 @@ export async function pushKindlingImage(
     Buffer.concat(
       await Promise.all(chunks.map((i) => readChunk(index.chunks[i].digest, index.chunks[i].length))),
     );
-  const describe = async (chunks: number[]): Promise<PackDesc> => ({
-    digest: sha256Digest(await packBytes(chunks)),
-    size: packSize(index, chunks),
-    chunks,
-  });
+  const known = new Map<string, PackDesc>();
+  if (image.knownPacks?.image === indexDigest) {
+    for (const p of [
+      ...image.knownPacks.segments,
+      ...(image.knownPacks.startup ? [image.knownPacks.startup] : []),
+    ]) {
+      known.set(p.chunks.join(","), p);
+    }
+  }
+  const describe = async (chunks: number[]): Promise<PackDesc> =>
+    known.get(chunks.join(",")) ?? {
+      digest: sha256Digest(await packBytes(chunks)),
+      size: packSize(index, chunks),
+      chunks,
+    };
   let packs: ImagePacks | undefined;
   if (opts.packs !== false && index.chunks.length > 1) {
     const segments: PackDesc[] = [];
@@ -228,7 +240,7 @@ export async function pushKindlingImage(
   bar?.done(
     `${uploads.length} blobs, ${skipped} already there${mounted ? `, ${mounted} mounted from ${mountFrom}` : ""}`,
   );
-  return { manifestDigest };
+  return { manifestDigest, ...(packs ? { packs } : {}) };
 
   async function uploadAll(): Promise<void> {
     await eachLimited(uploads, opts.concurrency ?? 4, opts.signal, async (u, signal) => {
