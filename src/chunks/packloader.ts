@@ -123,9 +123,8 @@ export class PackLoader {
       items.map(async (it) => {
         try {
           const have = await store.get(it.ref);
-          const added = have ?? (await store.add(it.ref, until));
-          if (Buffer.isBuffer(added)) this.settle(it, { data: added, fetched: false });
-          else it.writer = added;
+          if (have) this.settle(it, { data: have, fetched: false });
+          else it.writer = store.unlockedWriter(it.ref);
         } catch (err) {
           it.settled = true;
           it.claim.reject(err);

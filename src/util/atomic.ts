@@ -2,11 +2,19 @@ import { randomBytes } from "node:crypto";
 import { rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 
-/** A unique temp path beside `dest` (same filesystem), so a rename publishes it atomically. */
+/** Unique per process (random once: a reused pid must not meet an old file's name) and per call. */
+const tag = randomBytes(4).toString("hex");
+let seq = 0;
+
+/**
+ * A unique temp path beside `dest` (same filesystem), so a rename publishes it atomically. The
+ * `-<pid>-` part lets a later cleanup find a dead process's leftovers. No random bytes per call:
+ * the lazy daemon names one per chunk it stores.
+ */
 export function tempPathFor(dest: string): string {
   return path.join(
     path.dirname(dest),
-    `.tmp-${path.basename(dest)}-${process.pid}-${randomBytes(4).toString("hex")}`,
+    `.tmp-${path.basename(dest)}-${process.pid}-${tag}${(seq++).toString(36)}`,
   );
 }
 
