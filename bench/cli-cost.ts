@@ -5,13 +5,14 @@
  * streams from the container's supervisor), the variants measure what each technique buys:
  *   runc          runc run, the image's tree unpacked in a plain directory (the baseline)
  *   node          `node -e 0`: the floor any Node CLI pays
- *   kindling      `kindling run` as shipped: thin entry (src/cli/thin.ts), the service, a spare supervisor
+ *   kindling      `kindling run` as shipped: thin entry (src/cli/thin.ts) as one esbuild bundle (bin/kindling
+ *                 loads dist/src/cli/entry.bundle.js, made by `npm run build`), the service, a spare supervisor
  *   full-entry    the same run through main.ts (commander and the run command's modules loaded)
  *   no-spare      `kindling run` in a home whose service starts a supervisor per container
  *                 (KINDLING_SERVICE_SPARE_SUPERVISOR=0): Node's start and module loading on the path
  *   in-process    the path before the service: one Node process parses, prepares, runs and releases
  *                 (src/runtime/lifecycle.ts runContainer, as `kindling run` did until now)
- *   bundle        `kindling run` from one esbuild bundle of the thin entry (dist/src/cli/entry.js)
+ *   unbundled     the same thin entry as tsc compiled it (dist/src/cli/entry.js: one module per file)
  * Then the phases of a service run, timed by the client library inside this process (no Node start):
  * create (the API call), attach, attach to first output, first output to the end (the release included).
  * V8's compile cache (module.enableCompileCache, NODE_COMPILE_CACHE) exists from Node 22.1; on an
@@ -27,7 +28,7 @@
  * --baseline DIR: one more variant, `baseline`: `kindling run` of another build (a checkout of an
  * earlier commit at DIR, built) in a home of its own whose service is that build's: a change
  * against the code before it, in one interleaved run.
- *   node dist/bench/cli-cost.js [--n 15] [--no-bundle] [--trace M] [--variants kindling,node] [--baseline DIR]
+ *   node dist/bench/cli-cost.js [--n 15] [--trace M] [--variants kindling,node] [--baseline DIR]
  */
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -48,7 +49,6 @@ const argOf = (name: string): string | undefined => {
   return i > 0 ? process.argv[i + 1] : undefined;
 };
 const N = Number(argOf("n") ?? 15);
-const BUNDLE = !process.argv.includes("--no-bundle");
 const TRACE_RUNS = Number(argOf("trace") ?? 0);
 const ONLY = argOf("variants")?.split(",");
 const BASELINE = argOf("baseline");
@@ -183,7 +183,6 @@ async function main(): Promise<void> {
   const baselineHome = new KindlingHome(path.join(tmp, "home-baseline")).ensure();
   const baselineEnv = { ...env, KINDLING_HOME: baselineHome.root };
   const inProcessEntry = path.join(DIST_CLI, "run-in-process.bench.js");
-  const bundleEntry = path.join(DIST_CLI, "entry.bundle.bench.js");
   try {
     const rootfsTar = path.join(REPO, ".cache", "fixtures", "busybox-rootfs.tar");
     await importImage(home, rootfsTar, { name: "bb" });
@@ -215,19 +214,6 @@ async function main(): Promise<void> {
       ),
     );
     await writeFile(inProcessEntry, IN_PROCESS);
-    if (BUNDLE) {
-      await exec(path.join(REPO, "node_modules", ".bin", "esbuild"), [
-        path.join(DIST_CLI, "entry.js"),
-        "--bundle",
-        "--platform=node",
-        "--format=esm",
-        "--log-level=error",
-        "--external:fuse-native",
-        // CommonJS packages inlined into ESM need a require
-        "--banner:js=import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
-        `--outfile=${bundleEntry}`,
-      ]);
-    }
     const kindling = path.join(REPO, "bin", "kindling");
     const runFlags = ["--rm", "--runtime", "runc", "--network", "none", "bb", "--", "echo", "hi"];
     const runArgs = ["run", ...runFlags];
@@ -254,7 +240,10 @@ async function main(): Promise<void> {
       ["no-spare", () => timed(process.execPath, [kindling, ...runArgs], noSpareEnv)],
       ["in-process", () => timed(process.execPath, [inProcessEntry, "bb", "echo", "hi"], env)],
     ];
-    if (BUNDLE) variants.push(["bundle", () => timed(process.execPath, [bundleEntry, ...runArgs], env)]);
+    variants.push([
+      "unbundled",
+      () => timed(process.execPath, [path.join(DIST_CLI, "entry.js"), ...runArgs], env),
+    ]);
     const { enableCompileCache } = (await import("node:module")) as { enableCompileCache?: unknown };
     const compileCache = typeof enableCompileCache === "function";
     if (compileCache) {
@@ -324,7 +313,6 @@ async function main(): Promise<void> {
     }
   } finally {
     await rm(inProcessEntry, { force: true });
-    await rm(bundleEntry, { force: true });
     await stopService(home);
     await stopService(noSpareHome);
     await stopService(baselineHome);
