@@ -135,9 +135,16 @@ export function runContainer(req: RunRequest): RunHandle {
 
   const result = Scope.with(async (scope): Promise<RunResult> => {
     await mkdir(req.home.runs, { recursive: true });
-    const stale = await cleanupStaleRuns(req.home);
-    for (const e of stale.errors) notify(`cleanup of a dead run: ${e}`);
-    trace("run: stale runs checked");
+    // What dead runs left is released while this one prepares (it touches only runs whose owner
+    // is gone, never this one): settled before the process starts.
+    const cleaning = cleanupStaleRuns(req.home).then(
+      (stale) => {
+        for (const e of stale.errors) notify(`cleanup of a dead run: ${e}`);
+        trace("run: stale runs checked");
+      },
+      (err) => notify(`cleanup of dead runs: ${errorMessage(err)}`),
+    );
+    scope.defer("the cleanup of dead runs", () => cleaning); // never left running
 
     await req.runtime.checkHost();
     trace("run: host checked");
@@ -149,6 +156,7 @@ export function runContainer(req: RunRequest): RunHandle {
     );
     trace("run: prepared");
     scope.defer(`container ${runDir.id}`, () => prepared.delete());
+    await cleaning;
     let waitedMs = 0;
     if (req.startWhen) {
       const t0 = Date.now();
