@@ -205,6 +205,13 @@ export const SETTINGS = {
     describe:
       "a CNI config directory: its first network (`.conflist`/`.conf`/`.json`, in name order) is `--network bridge`",
   }),
+  networkPool: setting({
+    env: "KINDLING_NETWORK_POOL",
+    type: integer("count", 0, 16),
+    default: 2,
+    describe:
+      "network namespaces the service keeps ready on the home's default network (made, attached, address leased), so a bridged run does not wait for CNI (`0`: none)",
+  }),
   guestKernel: setting<"auto" | "built" | "debian">({
     env: "KINDLING_GUEST_KERNEL",
     type: oneOf(["auto", "built", "debian"] as const),

@@ -10,6 +10,7 @@ import { addNetworkList, type CniAttachment, type CniResult } from "./cni.js";
 import { homeNetworkNames, loadNetwork, type NetworkSettings } from "./conflist.js";
 import { createNetns } from "./netns.js";
 import { RunRecorder, recordHome } from "./owners.js";
+import { type PooledNetwork, takePooledNetwork } from "./pool.js";
 import { type NetworkResource, releaseNetworkResource } from "./resources.js";
 import { sweepNetwork } from "./sweep.js";
 import { inBackground, startReleaseProcess } from "./teardown.js";
@@ -76,7 +77,12 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
   const { mode, ports } = req;
   // bridge: read (or make) the network first: a bad user config fails before anything exists
   const list = mode === "bridge" ? await loadNetwork(req.home, req.settings) : undefined;
-  const netnsName = `${homeNetworkNames(req.home).netnsPrefix}${req.runId}`;
+  // the home's service keeps namespaces ready on its default network (pool.ts); never a user's config
+  const pooled =
+    list && req.settings.cniConfDir === undefined && ports.length === 0
+      ? await takePooledNetwork(req.home, list)
+      : undefined;
+  const netnsName = pooled?.netnsName ?? `${homeNetworkNames(req.home).netnsPrefix}${req.runId}`;
   // every resource is recorded on the host too (owners.ts), for the sweep if the home goes away
   const recorder = new RunRecorder(req.home.root, req.runId, netnsName);
   // A background teardown (teardown.ts): owner.json still records each resource (a crash before the
@@ -94,6 +100,7 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
       await recorder.save();
     },
   };
+  if (pooled) return takeOver(req, pooled, recorder, releasingScope);
   const netnsResource: NetworkResource = { kind: "netns", name: netnsName };
   await holder.hold(req.scope, netnsResource);
   const netns = await createNetns(netnsName); // with lo up
@@ -110,6 +117,32 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
   const result = await addNetworkList(list, attachment, dirs);
   await holder.update(cni, { result });
   return { info: infoOf(result, list.name, netns, ports), netnsName, netnsPath: netns, result };
+}
+
+/**
+ * A pooled entry becomes the run's: held in its owner.json first (a crash from here on is its home's
+ * cleanup), then its host record names this run and process (one write), then the claim is let go.
+ */
+async function takeOver(
+  req: NetworkRequest,
+  pooled: PooledNetwork,
+  recorder: RunRecorder,
+  releasingScope: Scope,
+): Promise<RunNetwork> {
+  try {
+    await req.holder.hold(releasingScope, pooled.netns);
+    await req.holder.hold(releasingScope, pooled.cni);
+    await recorder.add(pooled.netns, pooled.cni);
+  } finally {
+    await pooled.taken();
+  }
+  const { list, attachment, result } = pooled.cni;
+  return {
+    info: infoOf(result!, list.name, attachment.netns, req.ports),
+    netnsName: pooled.netnsName,
+    netnsPath: attachment.netns,
+    result,
+  };
 }
 
 /** Hands the run's network to a release process (or, if none starts, releases it here). */

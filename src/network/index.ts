@@ -4,6 +4,7 @@ export * from "./conflist.js";
 export * from "./iptables.js";
 export * from "./netns.js";
 export * from "./owners.js";
+export * from "./pool.js";
 export * from "./ports.js";
 export * from "./resolv.js";
 export * from "./resources.js";

@@ -4,9 +4,10 @@
  * swept by any later run (sweep.ts). Under /run: a tmpfs, gone at reboot with what it describes.
  *   homes/<tag>.json   which home a tag (sha256 of the home's path, in every name: kl-<tag>, kindling-<tag>) is
  *   runs/<netns>.json  a run's network resources, written before each is made, removed once all are released
+ *   pool/<tag>/<netns> a namespace of the home's pool (pool.ts) that is ready to be taken (its record is in runs/)
  */
 import { createHash } from "node:crypto";
-import { mkdir, open, readdir, readFile, stat, unlink } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { isSameProcess, processStartTime } from "../host/process.js";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -15,6 +16,12 @@ import type { NetworkResource } from "./resources.js";
 export const OWNERS_DIR = "/run/kindling/network";
 const HOMES = path.join(OWNERS_DIR, "homes");
 const RUNS = path.join(OWNERS_DIR, "runs");
+const POOL = path.join(OWNERS_DIR, "pool");
+
+/** Where the ready namespaces of the home with `tag` are marked (pool.ts). */
+export const poolDir = (tag: string) => path.join(POOL, tag);
+/** The ready mark of a pooled namespace `kl-<tag>-...`. */
+export const poolMarker = (netnsName: string) => path.join(poolDir(netnsName.slice(3, 11)), netnsName);
 
 /** The short tag of a home's path: in its bridge, network and namespace names. */
 export function homeTag(homeRoot: string): string {
@@ -51,6 +58,7 @@ export async function recordHome(homeRoot: string): Promise<void> {
 
 /** Drops a home's record and the marker of its rules (homerules.ts). */
 export async function forgetHome(tag: string): Promise<void> {
+  await rm(poolDir(tag), { recursive: true, force: true }); // ready marks of its runs, released already
   await unlink(path.join(HOMES, `${tag}.rules`)).catch(() => {});
   await unlink(homeFile(tag)).catch(() => {});
 }
@@ -88,8 +96,8 @@ export class RunRecorder {
     return this.rec.resources;
   }
 
-  add(r: NetworkResource): Promise<void> {
-    this.rec.resources.push(r);
+  add(...rs: NetworkResource[]): Promise<void> {
+    this.rec.resources.push(...rs);
     return this.save();
   }
 
@@ -135,8 +143,9 @@ export async function readRunRecord(netnsName: string): Promise<RunRecord | unde
   return readJson<RunRecord>(runRecordFile(netnsName));
 }
 
-/** Drops a run's record once its namespace (the first thing it made, released last) is gone. */
+/** Drops a run's record (and a pool's ready mark) once its namespace (made first, released last) is gone. */
 export async function forgetRun(netnsName: string): Promise<void> {
+  await unlink(poolMarker(netnsName)).catch(() => {});
   await unlink(runRecordFile(netnsName)).catch(() => {});
 }
 

@@ -76,6 +76,8 @@ export async function sweepNetwork(opts: SweepOptions = {}): Promise<SweepReport
     const release = await claimRun(netnsName);
     if (!release) continue;
     deadRuns.add(rec.runId);
+    // a pooled namespace's attachment keeps the pool's id (pool.ts): portmap's rules name that
+    for (const r of rec.resources) if (r.kind === "cni") deadRuns.add(r.attachment.containerId);
     try {
       await releaseRun(netnsName, rec, report);
     } finally {

@@ -14,6 +14,7 @@ import { runDoctor } from "../doctor/report.js";
 import { describeImage } from "../image/describe.js";
 import { importImage } from "../image/import.js";
 import { removeImage } from "../image/remove.js";
+import { type NetworkPool, startNetworkPool } from "../network/pool.js";
 import { listImages } from "../store/catalog.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
@@ -93,6 +94,7 @@ export class KindlingService {
   private lastActivity = Date.now();
   private active = 0;
   private idleTimer?: NodeJS.Timeout;
+  private netPool?: NetworkPool;
   private readonly routes: [string, RegExp, Handler][] = [];
   private readonly closed: Promise<void>;
   private resolveClosed!: () => void;
@@ -176,6 +178,7 @@ export class KindlingService {
     void this.info().catch(() => {}); // the host's runtimes (doctor) are probed once, now, not at the first info
     log("info", "service started", { pid: process.pid, socket, home: home.root, version: VERSION, adopted });
     this.containers.spares.schedule(0);
+    this.netPool = startNetworkPool(home, { log }); // ready namespaces for bridged runs (src/network/pool.ts)
     if (this.opts.idleExitMs) {
       this.idleTimer = setInterval(() => void this.checkIdle(), Math.min(5000, this.opts.idleExitMs));
       this.idleTimer.unref();
@@ -211,6 +214,7 @@ export class KindlingService {
     await unlink(pidFile(this.opts.home)).catch(() => {});
     this.lock?.close();
     await this.warm.releaseAll();
+    await this.netPool?.stop();
     this.opts.log("info", "service stopped", { pid: process.pid });
     this.resolveClosed();
   }

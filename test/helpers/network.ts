@@ -9,6 +9,7 @@ import path from "node:path";
 import { homeNetworkNames, listNetns, sweepNetwork } from "../../src/network/index.js";
 import { exec } from "../../src/util/exec.js";
 import type { KindlingHome } from "../../src/util/home.js";
+import { stopHomeService } from "./home-service.js";
 
 /** The home's default subnet prefix ("10.238.28."), once its network exists. */
 async function subnetPrefix(home: KindlingHome): Promise<string | undefined> {
@@ -19,6 +20,9 @@ async function subnetPrefix(home: KindlingHome): Promise<string | undefined> {
 }
 
 export async function networkLeftovers(home: KindlingHome): Promise<string[]> {
+  // A service the CLI started keeps namespaces ready (src/network/pool.ts): its, not a run's; it
+  // releases them when it stops (a service a test started is the test's to stop).
+  await stopHomeService(home.root);
   const names = homeNetworkNames(home);
   const out: string[] = [];
   for (const ns of await listNetns(names.netnsPrefix)) out.push(`netns ${ns}`);

@@ -1,0 +1,225 @@
+/**
+ * The service's pool of ready network namespaces (src/network/pool.ts), with the real CNI plugins and
+ * runc: pooled runs get distinct addresses and reach each other; the pool is released when the
+ * service stops; a SIGKILLed service's pooled namespaces are released by the next service's start and
+ * by `kindling doctor --fix`. Host state is compared on the lines of `ip -o link`, `ip netns`,
+ * `iptables -S` and `iptables -t nat -S` that name the home (other tests may change the host meanwhile).
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import {
+  addNetworkList,
+  createNetns,
+  DEFAULT_PLUGIN_DIRS,
+  deleteNetns,
+  delNetworkList,
+  homeNetworkNames,
+  loadNetwork,
+  networkSettings,
+  OWNERS_DIR,
+  poolDir,
+  removeHomeNetwork,
+  sweepNetwork,
+} from "../src/network/index.js";
+import { cleanupStaleRuns } from "../src/runtime/rundir.js";
+import { exec } from "../src/util/exec.js";
+import { KindlingHome } from "../src/util/home.js";
+import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
+import { networkLeftovers } from "./helpers/network.js";
+import { cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
+
+const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
+const HTTPD = ["httpd", "-f", "-p", "80", "-h", "/data"];
+let tmp: string;
+let home: KindlingHome;
+let image: string;
+let needles: string[];
+
+before(async () => {
+  tmp = await mkdtemp(path.join(tmpdir(), "kindling-net-pool-"));
+  home = new KindlingHome(path.join(tmp, "home")).ensure();
+  await buildBusyboxTree(path.join(tmp, "tree"));
+  image = path.join(tmp, "busybox.sqfs");
+  await makeSquashfs(path.join(tmp, "tree"), image);
+  // warm: the home's network, rules and bridge exist before any baseline is taken
+  const list = await loadNetwork(home, networkSettings());
+  const ns = `${homeNetworkNames(home).netnsPrefix}warm`;
+  const at = { containerId: "warm", netns: await createNetns(ns), ifName: "eth0" };
+  await delNetworkList(list, at, DEFAULT_PLUGIN_DIRS, await addNetworkList(list, at, DEFAULT_PLUGIN_DIRS));
+  await deleteNetns(ns);
+  const subnet = JSON.stringify(list).match(/"subnet":"(\d+\.\d+\.\d+\.)0\/24"/)![1]!;
+  const { tag } = homeNetworkNames(home);
+  // the bridge, its veths (master kl-<tag>), the namespaces, rules naming the network or its subnet
+  needles = [`kl-${tag}`, `kindling-${tag}`, subnet];
+});
+
+after(async () => {
+  await stopServiceAndContainers(home.root).catch(() => {});
+  await cleanupStaleRuns(home).catch(() => {});
+  const left = [...(await leftovers(home.root, image)), ...(await networkLeftovers(home))];
+  await removeHomeNetwork(home);
+  await rm(tmp, { recursive: true, force: true });
+  assert.deepEqual((await sweepNetwork({ full: true })).errors, []);
+  assert.deepEqual(left, []);
+});
+
+/** The lines of `ip -o link`, `ip netns`, `iptables -S`, `iptables -t nat -S` naming the home. */
+async function hostLines(): Promise<string[]> {
+  const outs = await Promise.all([
+    exec("ip", ["-o", "link"]),
+    exec("ip", ["netns", "list"]),
+    exec("iptables", ["-S"]),
+    exec("iptables", ["-t", "nat", "-S"]),
+  ]);
+  return outs
+    .flatMap((o) => o.stdout.split("\n"))
+    .filter((l) => needles.some((n) => l.includes(n)))
+    .map((l) => {
+      // a link by its name and bridge (not its index or carrier state); a namespace without its id
+      const link = /^\d+: ([^:@]+)[^ ]*: .*?(master \S+|$)/.exec(l);
+      return link ? `link ${link[1]} ${link[2]}`.trim() : l.replace(/ \(id: \d+\)$/, "");
+    })
+    .sort();
+}
+
+/** The pool's ready marks of the home. */
+async function ready(): Promise<string[]> {
+  return readdir(poolDir(homeNetworkNames(home).tag)).catch(() => [] as string[]);
+}
+
+/** Waits (bounded) until the pool has `n` ready namespaces (none of `not`). */
+async function poolFilled(n: number, svc: TestService, not: string[] = []): Promise<string[]> {
+  const deadline = Date.now() + 60_000;
+  let marks = await ready();
+  while (marks.length < n || marks.some((m) => not.includes(m))) {
+    if (Date.now() > deadline)
+      throw new Error(`the pool has ${marks.length} of ${n} namespaces after 60 s: ${svc.output()}`);
+    await sleep(50);
+    marks = await ready();
+  }
+  return marks;
+}
+
+/** What `get` finds once it equals `want`, else after `ms` (another sweep may still be releasing). */
+async function settled(get: () => Promise<string[]>, want: string[], ms = 30_000): Promise<string[]> {
+  const deadline = Date.now() + ms;
+  let found = await get();
+  while (JSON.stringify(found) !== JSON.stringify(want) && Date.now() < deadline) {
+    await sleep(200);
+    found = await get();
+  }
+  return found;
+}
+
+test("pooled runs get distinct addresses and reach each other; the service's stop releases the pool", async () => {
+  const baseline = await hostLines();
+  const svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
+  try {
+    const marks = await poolFilled(2, svc);
+    assert.equal(marks.length, 2);
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = await cli(home.root, ["run", "-d", "--runtime", "runc", image, "--", ...HTTPD]);
+      assert.equal(r.code, 0, r.stderr);
+      ids.push(r.stdout.trim());
+    }
+    const nets = [];
+    for (const id of ids) {
+      const insp = await cli(home.root, ["inspect", id, "--json"]);
+      assert.equal(insp.code, 0, insp.stderr);
+      nets.push((JSON.parse(insp.stdout) as { network: { ip: string; netns: string } }).network);
+    }
+    // both came from the pool (the second maybe from its refill)
+    for (const n of nets) assert.match(path.basename(n.netns), /^kl-[0-9a-f]{8}-pool[0-9a-f]{8}$/);
+    assert.ok(marks.includes(path.basename(nets[0]!.netns)), "the first took a namespace that was ready");
+    assert.notEqual(nets[0]!.ip, nets[1]!.ip);
+    assert.match(nets[0]!.ip, /^10\.\d+\.\d+\.\d+$/);
+    for (const [from, to] of [
+      [0, 1],
+      [1, 0],
+    ] as const) {
+      // (not wget -T: this busybox build dies of SIGSEGV with it)
+      const wget = `timeout 10 wget -q -O- http://${nets[to]!.ip}/hello`;
+      const r = await cli(home.root, ["exec", ids[from]!, "--", "sh", "-c", wget]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, "hello from the image\n");
+    }
+    // the pool fills again in the background
+    const taken = nets.map((n) => path.basename(n.netns));
+    const again = await poolFilled(2, svc, taken);
+    assert.equal(again.length, 2);
+    for (const id of ids) assert.equal((await cli(home.root, ["rm", "-f", id])).code, 0);
+  } finally {
+    await svc.stop();
+  }
+  assert.deepEqual(await ready(), []);
+  assert.deepEqual(await settled(hostLines, baseline), baseline);
+});
+
+test("a SIGKILLed service's pooled namespaces are released by the next service's start and by doctor --fix", async () => {
+  const baseline = await hostLines();
+  const records = async () =>
+    (await readdir(path.join(OWNERS_DIR, "runs")).catch(() => [] as string[])).filter((f) =>
+      f.startsWith(homeNetworkNames(home).netnsPrefix),
+    );
+  // 1. the next start
+  let svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
+  const killed = await poolFilled(2, svc);
+  await svc.kill9();
+  let lines = await hostLines();
+  for (const m of killed) assert.ok(lines.includes(m), `${m} is left by the killed service`);
+  svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
+  try {
+    await poolFilled(2, svc, killed);
+    lines = await hostLines();
+    for (const m of killed) assert.ok(!lines.includes(m), `${m} was released by the next start`);
+  } finally {
+    await svc.stop();
+  }
+  assert.deepEqual(await settled(hostLines, baseline), baseline);
+  assert.deepEqual(await settled(records, []), []);
+
+  // 2. doctor --fix
+  svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
+  await poolFilled(2, svc);
+  await svc.kill9();
+  assert.notDeepEqual(await hostLines(), baseline);
+  const r = await exec(KINDLING, ["doctor", "--fix"], {
+    env: { ...process.env, KINDLING_HOME: home.root, KINDLING_SOCKET: "" },
+    timeout: 120_000,
+    allowFailure: true,
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(await settled(hostLines, baseline), baseline);
+  assert.deepEqual(await settled(records, []), []);
+  assert.deepEqual(await ready(), []);
+  // no lease is left under the home
+  const ipam = path.join(home.root, "network", "ipam", homeNetworkNames(home).network);
+  const leases = (await readdir(ipam).catch(() => [] as string[])).filter((f) =>
+    /^\d+\.\d+\.\d+\.\d+$/.test(f),
+  );
+  assert.deepEqual(leases, [], await readFile(path.join(ipam, leases[0] ?? "x"), "utf8").catch(() => ""));
+});
+
+test("KINDLING_NETWORK_POOL=0: no pool; a user CNI config: no pool", async () => {
+  const svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "0" });
+  try {
+    await sleep(1000);
+    assert.deepEqual(await ready(), []);
+  } finally {
+    await svc.stop();
+  }
+  const svc2 = await startService(home.root, [], { KINDLING_CNI_CONF_DIR: path.join(tmp, "no-such-dir") });
+  try {
+    await sleep(1000);
+    assert.deepEqual(await ready(), []);
+  } finally {
+    await svc2.stop();
+  }
+});
