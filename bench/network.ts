@@ -31,8 +31,10 @@ import {
   networkSettings,
   removeHomeNetwork,
 } from "../src/network/conflist.js";
+import { poolReady, timeNetworkSetup } from "../src/network/cost.js";
 import { createNetns, deleteNetns } from "../src/network/netns.js";
-import { OWNERS_DIR } from "../src/network/owners.js";
+import { OWNERS_DIR, poolDir } from "../src/network/owners.js";
+import { startNetworkPool } from "../src/network/pool.js";
 import { type NetworkResource, releaseNetworkResource } from "../src/network/resources.js";
 import { wireTap } from "../src/network/tap.js";
 import { teardownInBackground } from "../src/network/teardown.js";
@@ -108,6 +110,7 @@ async function main(): Promise<void> {
           settings: networkSettings(),
           holder: holder(scope),
           scope,
+          pool: false,
         });
         if (vm) await wireTap(net.netnsName!, "eth0");
         t1 = now();
@@ -133,6 +136,7 @@ async function main(): Promise<void> {
             settings: networkSettings(),
             holder: holder(scope),
             scope,
+            pool: false,
           });
         });
       } finally {
@@ -229,7 +233,10 @@ async function main(): Promise<void> {
     await handedOff();
     handedOffMs.length = 0;
     backgroundMs.length = 0;
+    // the service's pool (pool.ts), here kept by this process: one ready namespace, refilled between rounds
+    const pool = startNetworkPool(home, { size: 1 });
     const t = {
+      pooled: [] as number[],
       runc: [] as number[],
       before: [] as number[],
       runcP: [] as number[],
@@ -244,7 +251,10 @@ async function main(): Promise<void> {
       t.runcP.push(await runcShape(true, false));
       t.vm.push(await runcShape(false, true));
       t.b.push(await designB());
+      await poolReady(home, 1);
+      t.pooled.push((await timeNetworkSetup(home, true)).setupMs);
     }
+    await pool.stop();
     const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
     row(
       "network setup+teardown, runc, now (netns with lo, bridge+host-local)",
@@ -253,6 +263,10 @@ async function main(): Promise<void> {
     row(
       "  of which setup (before the process can start)",
       `${median(setupMs).toFixed(1)} ms (${ratio(median(setupMs), median(beforeSetupMs))} of before)`,
+    );
+    row(
+      "  setup from the service's pool (a ready namespace taken: record updates)",
+      `${median(t.pooled).toFixed(1)} ms (${ratio(median(t.pooled), median(setupMs))} of setup)`,
     );
     row(
       "  setup + teardown handed to a process of its own (a supervised run: kindling run)",
@@ -324,7 +338,10 @@ async function main(): Promise<void> {
     );
     // the CLI: a process per run, through the home's service (auto-started by the first run) and a
     // supervisor per container, which hands the teardown off (waited for between rounds)
-    const cli = async (network: string) => {
+    // the home's service keeps its pool (KINDLING_NETWORK_POOL, default 2); a second home's service
+    // keeps none (=0): bridge vs host in each, interleaved
+    const noPool = new KindlingHome(path.join(tmp, "nopool")).ensure();
+    const cli = async (h: KindlingHome, network: string) => {
       const t0 = now();
       await exec(
         process.execPath,
@@ -340,33 +357,57 @@ async function main(): Promise<void> {
           "true",
         ],
         {
-          env: { ...process.env, KINDLING_HOME: home.root, KINDLING_SOCKET: "" },
+          env: {
+            ...process.env,
+            KINDLING_HOME: h.root,
+            KINDLING_SOCKET: "",
+            ...(h === noPool ? { KINDLING_NETWORK_POOL: "0" } : {}),
+          },
         },
       );
       const ms = now() - t0;
-      const runs = path.join(OWNERS_DIR, "runs");
-      const mine = async () =>
-        (await readdir(runs).catch(() => [] as string[])).some((f) => f.startsWith(names.netnsPrefix));
-      for (let i = 0; i < 3000 && (await mine()); i++) await sleep(5);
+      // the handed-off teardown and the pool's refill are waited for: only ready namespaces remain
+      const prefix = homeNetworkNames(h).netnsPrefix;
+      const busy = async () => {
+        const marks = await readdir(poolDir(homeNetworkNames(h).tag)).catch(() => [] as string[]);
+        const records = (await readdir(path.join(OWNERS_DIR, "runs")).catch(() => [] as string[])).filter(
+          (f) => f.startsWith(prefix) && f.endsWith(".json"),
+        );
+        return records.some((f) => !marks.includes(f.slice(0, -5))) || (h === home && marks.length < 2);
+      };
+      for (let i = 0; i < 3000 && (await busy()); i++) await sleep(5);
       return ms;
     };
-    await cli("bridge");
-    await cli("host");
-    const c = { bridge: [] as number[], host: [] as number[] };
+    for (const h of [home, noPool]) for (const n of ["bridge", "host"]) await cli(h, n);
+    const c = {
+      bridge: [] as number[],
+      host: [] as number[],
+      npBridge: [] as number[],
+      npHost: [] as number[],
+    };
     for (let i = 0; i < N; i++) {
-      c.bridge.push(await cli("bridge"));
-      c.host.push(await cli("host"));
+      c.bridge.push(await cli(home, "bridge"));
+      c.host.push(await cli(home, "host"));
+      c.npBridge.push(await cli(noPool, "bridge"));
+      c.npHost.push(await cli(noPool, "host"));
     }
-    const cb = median(c.bridge);
-    const ch = median(c.host);
+    const delta = (b: number[], h: number[]) => {
+      const [mb, mh] = [median(b), median(h)];
+      return `${mb.toFixed(1)} ms (+${(mb - mh).toFixed(1)} ms, ${(mb / mh).toFixed(2)}x of host)`;
+    };
     row(
       "kindling run --runtime runc IMAGE -- true (CLI, via the service), --network host",
-      `${ch.toFixed(1)} ms`,
+      `${median(c.host).toFixed(1)} ms`,
     );
     row(
-      "kindling run ... (CLI), --network bridge (teardown handed off)",
-      `${cb.toFixed(1)} ms (+${(cb - ch).toFixed(1)} ms, ${(cb / ch).toFixed(2)}x)`,
+      "kindling run ... (CLI), --network bridge (pooled namespace, teardown handed off)",
+      delta(c.bridge, c.host),
     );
+    row(
+      "  a home whose service keeps no pool (KINDLING_NETWORK_POOL=0): host",
+      `${median(c.npHost).toFixed(1)} ms`,
+    );
+    row("  ... bridge (set up per run, teardown handed off)", delta(c.npBridge, c.npHost));
 
     // -- throughput: plain loopback baseline, host -> container, container -> VM
     const sendFromHost = async (host: string, port: number) => {
@@ -456,8 +497,10 @@ async function main(): Promise<void> {
       );
     }
   } finally {
-    await stopServiceAndContainers(home.root).catch(() => {}); // the CLI rows' auto-started service
-    await removeHomeNetwork(home).catch(() => {});
+    for (const h of [home, new KindlingHome(path.join(tmp, "nopool"))]) {
+      await stopServiceAndContainers(h.root).catch(() => {}); // the CLI rows' auto-started services
+      await removeHomeNetwork(h).catch(() => {});
+    }
     await rm(tmp, { recursive: true, force: true }).catch(() => {});
     const load = (await readFile("/proc/loadavg", "utf8")).split(" ").slice(0, 3).join(" ");
     console.log(`network benchmark, medians of ${N} interleaved rounds (warm: bridge made, plugins cached)`);

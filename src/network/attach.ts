@@ -10,7 +10,7 @@ import { addNetworkList, type CniAttachment, type CniResult } from "./cni.js";
 import { homeNetworkNames, loadNetwork, type NetworkSettings } from "./conflist.js";
 import { createNetns } from "./netns.js";
 import { RunRecorder, recordHome } from "./owners.js";
-import { type PooledNetwork, takePooledNetwork } from "./pool.js";
+import { takePooledNetwork } from "./pool.js";
 import { type NetworkResource, releaseNetworkResource } from "./resources.js";
 import { sweepNetwork } from "./sweep.js";
 import { inBackground, startReleaseProcess } from "./teardown.js";
@@ -32,6 +32,8 @@ export interface NetworkRequest {
   settings: NetworkSettings;
   holder: ResourceHolder;
   scope: Scope;
+  /** Take a ready namespace of the home's pool (pool.ts) when there is one; default true. */
+  pool?: boolean;
 }
 
 /** What a run got: where its namespace is (not for `host`), and what to record and show. */
@@ -61,10 +63,13 @@ export async function setUpNetwork(req: NetworkRequest): Promise<RunNetwork> {
     return { info: { mode, ports: [] } };
   }
   if (mode === "none" && ports.length > 0) throw new KindlingError("-p does not apply to --network none");
-  // What dead runs of vanished homes left: the quick part reads a few files; it spawns only for what
-  // it finds dead (and for the iptables part every FULL_SWEEP_EVERY_MS). Settled before returning.
   // (the home is recorded first: a sweep never takes a live home's tag for a dead one)
   await recordHome(req.home.root);
+  // A ready namespace of the home's service (pool.ts): its refill sweeps, off this run's path.
+  const pooled = await fromPool(req);
+  if (pooled) return pooled;
+  // What dead runs of vanished homes left: the quick part reads a few files; it spawns only for what
+  // it finds dead (and for the iptables part every FULL_SWEEP_EVERY_MS). Settled before returning.
   const sweeping = sweepNetwork({ rateLimited: true }).catch(() => undefined);
   try {
     return await attach(req);
@@ -73,16 +78,15 @@ export async function setUpNetwork(req: NetworkRequest): Promise<RunNetwork> {
   }
 }
 
-async function attach(req: NetworkRequest): Promise<RunNetwork> {
-  const { mode, ports } = req;
-  // bridge: read (or make) the network first: a bad user config fails before anything exists
-  const list = mode === "bridge" ? await loadNetwork(req.home, req.settings) : undefined;
-  // the home's service keeps namespaces ready on its default network (pool.ts); never a user's config
-  const pooled =
-    list && req.settings.cniConfDir === undefined && ports.length === 0
-      ? await takePooledNetwork(req.home, list)
-      : undefined;
-  const netnsName = pooled?.netnsName ?? `${homeNetworkNames(req.home).netnsPrefix}${req.runId}`;
+/** How a run records what it holds: owner.json (req.holder) and the host record (owners.ts). */
+interface Recording {
+  recorder: RunRecorder;
+  holder: ResourceHolder;
+  /** Where held resources are released: the run's scope, or (hand-off) one that is never closed. */
+  releasingScope: Scope;
+}
+
+function recording(req: NetworkRequest, netnsName: string): Recording {
   // every resource is recorded on the host too (owners.ts), for the sweep if the home goes away
   const recorder = new RunRecorder(req.home.root, req.runId, netnsName);
   // A background teardown (teardown.ts): owner.json still records each resource (a crash before the
@@ -100,7 +104,15 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
       await recorder.save();
     },
   };
-  if (pooled) return takeOver(req, pooled, recorder, releasingScope);
+  return { recorder, holder, releasingScope };
+}
+
+async function attach(req: NetworkRequest): Promise<RunNetwork> {
+  const { mode, ports } = req;
+  // bridge: read (or make) the network first: a bad user config fails before anything exists
+  const list = mode === "bridge" ? await loadNetwork(req.home, req.settings) : undefined;
+  const netnsName = `${homeNetworkNames(req.home).netnsPrefix}${req.runId}`;
+  const { holder } = recording(req, netnsName);
   const netnsResource: NetworkResource = { kind: "netns", name: netnsName };
   await holder.hold(req.scope, netnsResource);
   const netns = await createNetns(netnsName); // with lo up
@@ -120,15 +132,24 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
 }
 
 /**
- * A pooled entry becomes the run's: held in its owner.json first (a crash from here on is its home's
+ * A bridged run on the home's default network (never a user's CNI config) takes a ready namespace of
+ * the pool when there is one: held in its owner.json first (a crash from here on is its home's
  * cleanup), then its host record names this run and process (one write), then the claim is let go.
+ * An entry made on another conflist than the run's (the home's default was upgraded) is released.
  */
-async function takeOver(
-  req: NetworkRequest,
-  pooled: PooledNetwork,
-  recorder: RunRecorder,
-  releasingScope: Scope,
-): Promise<RunNetwork> {
+async function fromPool(req: NetworkRequest): Promise<RunNetwork | undefined> {
+  if (req.mode !== "bridge" || req.pool === false || req.settings.cniConfDir !== undefined) return undefined;
+  if (req.ports.length > 0) return undefined;
+  const [list, pooled] = await Promise.all([
+    loadNetwork(req.home, req.settings),
+    takePooledNetwork(req.home),
+  ]);
+  if (!pooled) return undefined;
+  if (JSON.stringify(pooled.cni.list) !== JSON.stringify(list)) {
+    await pooled.release();
+    return undefined;
+  }
+  const { recorder, releasingScope } = recording(req, pooled.netnsName);
   try {
     await req.holder.hold(releasingScope, pooled.netns);
     await req.holder.hold(releasingScope, pooled.cni);
@@ -136,7 +157,7 @@ async function takeOver(
   } finally {
     await pooled.taken();
   }
-  const { list, attachment, result } = pooled.cni;
+  const { attachment, result } = pooled.cni;
   return {
     info: infoOf(result!, list.name, attachment.netns, req.ports),
     netnsName: pooled.netnsName,

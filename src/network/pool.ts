@@ -23,7 +23,7 @@ import { config } from "../config/index.js";
 import { isSameProcess } from "../host/process.js";
 import { errorMessage } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-import { addNetworkList, type CniConfList } from "./cni.js";
+import { addNetworkList } from "./cni.js";
 import { homeNetworkNames, loadNetwork, type NetworkSettings, networkSettings } from "./conflist.js";
 import { createNetns, netnsPath } from "./netns.js";
 import { claimRun, homeTag, poolDir, poolMarker, RunRecorder, readRunRecord, recordHome } from "./owners.js";
@@ -113,6 +113,8 @@ class Pool implements NetworkPool {
     for (const name of [...this.ready]) {
       if (!(await present(poolMarker(name)))) this.ready.delete(name); // taken: its run owns it now
     }
+    // what dead runs of vanished homes left: a run that takes a namespace from here does not sweep
+    if (this.ready.size < this.size) await sweepNetwork({ rateLimited: true }).catch(() => undefined);
     while (!this.stopped && this.ready.size < this.size) {
       if (Date.now() - this.failedAt < RETRY_MS) return this.schedule(RETRY_MS);
       try {
@@ -180,19 +182,17 @@ export interface PooledNetwork {
   cni: NetworkResource & { kind: "cni" };
   /** Called once the run's records name the entry (it is the owner now). */
   taken(): Promise<void>;
+  /** Releases it instead (not the network the run wants). */
+  release(): Promise<void>;
 }
 
 /**
- * Takes a ready entry of `home`'s pool attached to `list`, if there is one. The caller records the
- * resources as its own (owner.json, then the host record) and then calls `taken()`; meanwhile the
- * sweep's claim on the record (owners.ts claimRun) keeps a sweeper from releasing it under the run if
- * the service dies in between. An entry of a dead service is left to the sweep; one attached to another
- * conflist (the home's default was upgraded meanwhile) is released here.
+ * Takes a ready entry of `home`'s pool, if there is one. The caller records the resources as its own
+ * (owner.json, then the host record) and then calls `taken()`; meanwhile the sweep's claim on the
+ * record (owners.ts claimRun) keeps a sweeper from releasing it under the run if the service dies in
+ * between. An entry of a dead service is left to the sweep.
  */
-export async function takePooledNetwork(
-  home: KindlingHome,
-  list: CniConfList,
-): Promise<PooledNetwork | undefined> {
+export async function takePooledNetwork(home: KindlingHome): Promise<PooledNetwork | undefined> {
   const dir = poolDir(homeTag(home.root));
   for (const name of await readdir(dir).catch(() => [] as string[])) {
     if (!(await unlink(path.join(dir, name)).then(yes, no))) continue; // another run took it
@@ -213,12 +213,11 @@ export async function takePooledNetwork(
       await unclaim();
       continue;
     }
-    if (JSON.stringify(cni.list) !== JSON.stringify(list)) {
+    const release = async () => {
       await releaseAll(rec.resources).catch(() => {});
       await unclaim();
-      continue;
-    }
-    return { netnsName: name, netns, cni, taken: unclaim };
+    };
+    return { netnsName: name, netns, cni, taken: unclaim, release };
   }
   return undefined;
 }
