@@ -32,6 +32,7 @@ import { KindlingHome } from "../src/util/home.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { networkLeftovers } from "./helpers/network.js";
+import { freePort } from "./helpers/registry.js";
 import { cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
 
 const KINDLING = fileURLToPath(new URL("../../bin/kindling", import.meta.url));
@@ -86,6 +87,19 @@ async function hostLines(): Promise<string[]> {
       return link ? `link ${link[1]} ${link[2]}`.trim() : l.replace(/ \(id: \d+\)$/, "");
     })
     .sort();
+}
+
+/** GETs url until it answers, bounded. */
+async function fetchText(url: string, timeoutMs = 30_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await (await fetch(url, { signal: AbortSignal.timeout(2000) })).text();
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`${url} did not answer within ${timeoutMs} ms: ${err}`);
+      await sleep(100);
+    }
+  }
 }
 
 /** The pool's ready marks of the home. */
@@ -154,6 +168,26 @@ test("pooled runs get distinct addresses and reach each other; the service's sto
     const taken = nets.map((n) => path.basename(n.netns));
     const again = await poolFilled(2, svc, taken);
     assert.equal(again.length, 2);
+    // -p: a pooled namespace, portmap ADDed on it (pooled.ts's publish)
+    const port = await freePort();
+    const pub = await cli(home.root, [
+      "run",
+      "-d",
+      "--runtime",
+      "runc",
+      "-p",
+      `127.0.0.1:${port}:80`,
+      image,
+      "--",
+      ...HTTPD,
+    ]);
+    assert.equal(pub.code, 0, pub.stderr);
+    ids.push(pub.stdout.trim());
+    const insp = await cli(home.root, ["inspect", ids[2]!, "--json"]);
+    const pubNet = (JSON.parse(insp.stdout) as { network: { netns: string; ports: unknown[] } }).network;
+    assert.match(path.basename(pubNet.netns), /-pool[0-9a-f]{8}$/);
+    assert.equal(pubNet.ports.length, 1);
+    assert.equal(await fetchText(`http://127.0.0.1:${port}/hello`), "hello from the image\n");
     for (const id of ids) assert.equal((await cli(home.root, ["rm", "-f", id])).code, 0);
   } finally {
     await svc.stop();
@@ -178,12 +212,16 @@ test("a SIGKILLed service's pooled namespaces are released by the next service's
   try {
     await poolFilled(2, svc, killed);
     lines = await hostLines();
-    for (const m of killed) assert.ok(!lines.includes(m), `${m} was released by the next start`);
+    for (const m of killed)
+      assert.ok(
+        !lines.includes(m),
+        `${m} was released by the next start: ${lines.join("\n")}\n${svc.output()}`,
+      );
   } finally {
     await svc.stop();
   }
-  assert.deepEqual(await settled(hostLines, baseline), baseline);
-  assert.deepEqual(await settled(records, []), []);
+  assert.deepEqual(await settled(hostLines, baseline), baseline, svc.output());
+  assert.deepEqual(await settled(records, []), [], svc.output());
 
   // 2. doctor --fix
   svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
@@ -197,8 +235,8 @@ test("a SIGKILLed service's pooled namespaces are released by the next service's
   });
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(await settled(hostLines, baseline), baseline);
-  assert.deepEqual(await settled(records, []), []);
-  assert.deepEqual(await ready(), []);
+  assert.deepEqual(await settled(records, []), [], r.stdout);
+  assert.deepEqual(await ready(), [], r.stdout);
   // no lease is left under the home
   const ipam = path.join(home.root, "network", "ipam", homeNetworkNames(home).network);
   const leases = (await readdir(ipam).catch(() => [] as string[])).filter((f) =>
@@ -211,14 +249,14 @@ test("KINDLING_NETWORK_POOL=0: no pool; a user CNI config: no pool", async () =>
   const svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "0" });
   try {
     await sleep(1000);
-    assert.deepEqual(await ready(), []);
+    assert.deepEqual(await ready(), [], svc.output());
   } finally {
     await svc.stop();
   }
   const svc2 = await startService(home.root, [], { KINDLING_CNI_CONF_DIR: path.join(tmp, "no-such-dir") });
   try {
     await sleep(1000);
-    assert.deepEqual(await ready(), []);
+    assert.deepEqual(await ready(), [], svc2.output());
   } finally {
     await svc2.stop();
   }

@@ -6,7 +6,14 @@
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { Scope } from "../util/scope.js";
-import { addNetworkList, type CniAttachment, type CniResult } from "./cni.js";
+import {
+  addNetworkList,
+  type CniAttachment,
+  type CniResult,
+  execPlugin,
+  pluginConfig,
+  skippable,
+} from "./cni.js";
 import { homeNetworkNames, loadNetwork, type NetworkSettings } from "./conflist.js";
 import { createNetns } from "./netns.js";
 import { RunRecorder, recordHome } from "./owners.js";
@@ -139,7 +146,6 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
  */
 async function fromPool(req: NetworkRequest): Promise<RunNetwork | undefined> {
   if (req.mode !== "bridge" || req.pool === false || req.settings.cniConfDir !== undefined) return undefined;
-  if (req.ports.length > 0) return undefined;
   const [list, pooled] = await Promise.all([
     loadNetwork(req.home, req.settings),
     takePooledNetwork(req.home),
@@ -149,7 +155,7 @@ async function fromPool(req: NetworkRequest): Promise<RunNetwork | undefined> {
     await pooled.release();
     return undefined;
   }
-  const { recorder, releasingScope } = recording(req, pooled.netnsName);
+  const { recorder, releasingScope, holder } = recording(req, pooled.netnsName);
   try {
     await req.holder.hold(releasingScope, pooled.netns);
     await req.holder.hold(releasingScope, pooled.cni);
@@ -157,6 +163,7 @@ async function fromPool(req: NetworkRequest): Promise<RunNetwork | undefined> {
   } finally {
     await pooled.taken();
   }
+  if (req.ports.length > 0) await publish(req, pooled.cni, holder);
   const { attachment, result } = pooled.cni;
   return {
     info: infoOf(result!, list.name, attachment.netns, req.ports),
@@ -164,6 +171,27 @@ async function fromPool(req: NetworkRequest): Promise<RunNetwork | undefined> {
     netnsPath: attachment.netns,
     result,
   };
+}
+
+/**
+ * `-p` on a pooled attachment: the plugins the pool skipped for want of port mappings (portmap) are
+ * ADDed now, chained on the attachment's result as the list would have run them. The mappings are
+ * recorded first: the list's DEL (scope, crash cleanup, sweep) then runs portmap's DEL too.
+ */
+async function publish(req: NetworkRequest, cni: NetworkResource & { kind: "cni" }, holder: ResourceHolder) {
+  const before = cni.attachment;
+  const attachment: CniAttachment = {
+    ...before,
+    capabilityArgs: { portMappings: portMappingsArg(req.ports) },
+  };
+  await holder.update(cni, { attachment });
+  let result = cni.result;
+  for (const plugin of cni.list.plugins) {
+    if (!skippable(plugin, before) || skippable(plugin, attachment)) continue;
+    const conf = pluginConfig(cni.list, plugin, attachment, result);
+    result = (await execPlugin(conf, "ADD", attachment, cni.pluginDirs)) ?? result;
+  }
+  await holder.update(cni, { result });
 }
 
 /** Hands the run's network to a release process (or, if none starts, releases it here). */

@@ -6,7 +6,7 @@
  * the list in reverse and must tolerate what is already gone.
  */
 import { spawn } from "node:child_process";
-import { access, constants } from "node:fs/promises";
+import { access, constants, mkdir, readlink, rename, rm, symlink } from "node:fs/promises";
 import path from "node:path";
 import { searchPath } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
@@ -88,6 +88,47 @@ export async function findPlugin(type: string, pluginDirs: string[]): Promise<st
   );
 }
 
+/**
+ * The PATH a plugin runs with. portmap's DEL tries ip6tables as well as iptables (7 of its 16 iptables
+ * processes here) whatever the attachment had; where the attachment's result has no IPv6 address
+ * (Kindling's networks are IPv4 only) portmap gets a PATH whose only entry holds `iptables` alone
+ * (a link under /run/kindling/network/bin4), so it finds no ip6tables and skips that part.
+ */
+export async function pluginPath(plugin: CniPluginConf, prevResult?: CniResult): Promise<string> {
+  const path0 = searchPath("/usr/sbin:/usr/bin:/sbin:/bin");
+  const v4only = prevResult?.ips?.every((ip) => !ip.address.includes(":"));
+  if (plugin.type !== "portmap" || !v4only) return path0.join(":");
+  return (await ipv4OnlyBin(path0)) ?? path0.join(":");
+}
+
+const BIN4 = "/run/kindling/network/bin4";
+let bin4: Promise<string | undefined> | undefined;
+function ipv4OnlyBin(dirs: string[]): Promise<string | undefined> {
+  bin4 ??= (async () => {
+    for (const dir of dirs) {
+      const ipt = path.join(dir, "iptables");
+      if (
+        !(await access(ipt, constants.X_OK).then(
+          () => true,
+          () => false,
+        ))
+      )
+        continue;
+      await mkdir(BIN4, { recursive: true });
+      const link = path.join(BIN4, "iptables");
+      if ((await readlink(link).catch(() => undefined)) !== ipt) {
+        const tmp = `${link}.${process.pid}`;
+        await rm(tmp, { force: true });
+        await symlink(ipt, tmp);
+        await rename(tmp, link);
+      }
+      return BIN4;
+    }
+    return undefined;
+  })().catch(() => undefined);
+  return bin4;
+}
+
 /** One line from a plugin's error object ({code, msg, details}) or, failing that, its output. */
 function errorText(stdout: string, stderr: string, code: number | null): { text: string; cniCode?: number } {
   try {
@@ -117,12 +158,15 @@ export function execPlugin(
   at: CniAttachment,
   pluginDirs: string[],
 ): Promise<CniResult | undefined> {
-  return findPlugin(conf.type, pluginDirs).then(
-    (bin) =>
+  return Promise.all([
+    findPlugin(conf.type, pluginDirs),
+    pluginPath(conf, conf.prevResult as CniResult),
+  ]).then(
+    ([bin, PATH]) =>
       new Promise((resolve, reject) => {
         const env: NodeJS.ProcessEnv = {
           // plugins run iptables and the IPAM plugin: they need a PATH, not Kindling's settings
-          PATH: searchPath("/usr/sbin:/usr/bin:/sbin:/bin").join(":"),
+          PATH,
           CNI_COMMAND: command,
           CNI_CONTAINERID: at.containerId,
           CNI_NETNS: at.netns,

@@ -139,6 +139,17 @@ export async function removeOrphanReleaseFiles(): Promise<void> {
   }
 }
 
+/** Ready marks (pool.ts) whose record is gone: released by a sweeper that did not know of marks. */
+export async function removeOrphanPoolMarks(): Promise<void> {
+  for (const tag of await readdir(POOL).catch(() => [] as string[])) {
+    // (a home's record is written before its pool's directory: no record, no live pool)
+    if (!(await exists(homeFile(tag)))) await rm(poolDir(tag), { recursive: true, force: true });
+    for (const name of await readdir(poolDir(tag)).catch(() => [] as string[])) {
+      if (!(await exists(runRecordFile(name)))) await unlink(path.join(poolDir(tag), name)).catch(() => {});
+    }
+  }
+}
+
 export async function readRunRecord(netnsName: string): Promise<RunRecord | undefined> {
   return readJson<RunRecord>(runRecordFile(netnsName));
 }

@@ -29,6 +29,7 @@ import {
   type RunRecord,
   readHomeRecords,
   readRunRecords,
+  removeOrphanPoolMarks,
   removeOrphanReleaseFiles,
   runIsDead,
 } from "./owners.js";
@@ -86,6 +87,7 @@ export async function sweepNetwork(opts: SweepOptions = {}): Promise<SweepReport
   }
 
   await removeOrphanReleaseFiles();
+  await removeOrphanPoolMarks();
 
   // namespaces no record names: of a dead home, or (made before records existed) old and empty
   for (const name of await readdir(NETNS_DIR).catch(() => [] as string[])) {

@@ -9,8 +9,7 @@
  */
 import { spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
-import { searchPath } from "../config/index.js";
-import { findPlugin, pluginConfig, skippable } from "./cni.js";
+import { findPlugin, pluginConfig, pluginPath, skippable } from "./cni.js";
 import { runRecordFile } from "./owners.js";
 import type { NetworkResource } from "./resources.js";
 
@@ -51,7 +50,6 @@ export async function startReleaseProcess(
     }
     const at = r.attachment;
     const env = [
-      `PATH=${q(searchPath("/usr/sbin:/usr/bin:/sbin:/bin").join(":"))}`,
       "CNI_COMMAND=DEL",
       `CNI_CONTAINERID=${q(at.containerId)}`,
       `CNI_NETNS=${q(at.netns)}`,
@@ -64,7 +62,8 @@ export async function startReleaseProcess(
       await writeFile(file, JSON.stringify(pluginConfig(r.list, plugin, at, r.result)));
       files.push(file);
       const bin = await findPlugin(plugin.type, r.pluginDirs);
-      lines.push(`${env} ${q(bin)} < ${q(file)} >/dev/null 2>&1 || ok=1`);
+      const PATH = `PATH=${q(await pluginPath(plugin, r.result))}`;
+      lines.push(`${PATH} ${env} ${q(bin)} < ${q(file)} >/dev/null 2>&1 || ok=1`);
     }
   }
   lines.push(`rm -f ${files.map(q).join(" ")}`, `[ $ok = 0 ] && rm -f "$rec"`, "exit 0");
