@@ -1,8 +1,10 @@
 /** Container commands, as clients of the service: ps, logs, exec, stop, kill, rm, wait, inspect, events, info. */
+import { constants as osConstants } from "node:os";
 import type { Command } from "commander";
 import type { ContainerSummary } from "../client/index.js";
 import { KindlingError } from "../util/errors.js";
 import { api, cliClient } from "./client.js";
+import { clientTerminal } from "./terminal.js";
 
 const collect = (value: string, previous: string[]) => [...previous, value];
 
@@ -96,7 +98,7 @@ export function registerContainerCommands(program: Command): void {
     .argument("<container>", "id, id prefix or name")
     .argument("<command...>", "command and arguments (after --)")
     .option("-i, --interactive", "pass our stdin to the process", false)
-    .option("-t, --tty", "allocate a terminal (not supported yet)", false)
+    .option("-t, --tty", "a pseudo-terminal for the process (with -i on a terminal: ours in raw mode)", false)
     .option("-e, --env <K=V>", "set an environment variable (repeatable)", collect, [])
     .option("-w, --workdir <dir>", "working directory inside the container")
     .action(
@@ -105,28 +107,43 @@ export function registerContainerCommands(program: Command): void {
         command: string[],
         opts: { interactive: boolean; tty: boolean; env: string[]; workdir?: string },
       ) => {
-        if (opts.tty) {
-          throw new KindlingError(
-            "-t: terminals are not supported yet (the guest agent has no pty); use -i for a pipe",
-          );
-        }
         const k = await cliClient();
         const env = opts.env.flatMap((e) =>
           e.includes("=") ? [e] : process.env[e] === undefined ? [] : [`${e}=${process.env[e]}`],
         );
-        const exit = await api(
-          k.exec(
-            ref,
-            { cmd: command, env, ...(opts.workdir ? { workdir: opts.workdir } : {}) },
-            {
-              stdin: opts.interactive ? process.stdin : undefined,
-              stdout: process.stdout,
-              stderr: process.stderr,
-            },
-          ),
-        );
-        if (exit.message) process.stderr.write(`kindling: ${exit.message}\n`);
-        process.exitCode = exit.status;
+        // -t: our terminal's size at start and on SIGWINCH; -it on a terminal: raw mode until the end
+        const term = opts.tty ? clientTerminal({ raw: opts.interactive }) : undefined;
+        // a signal ends us (the service then kills the process, as always); the terminal is restored first
+        const onSignal = (sig: NodeJS.Signals) => {
+          term?.restore();
+          process.exit(128 + (osConstants.signals[sig] ?? 0));
+        };
+        if (term) for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(s, onSignal);
+        try {
+          const session = await api(
+            k.execSession(
+              ref,
+              {
+                cmd: command,
+                env,
+                ...(opts.workdir ? { workdir: opts.workdir } : {}),
+                ...(term ? { tty: true, ttySize: term.size() } : {}),
+              },
+              {
+                stdin: opts.interactive ? process.stdin : undefined,
+                stdout: process.stdout,
+                stderr: process.stderr,
+              },
+            ),
+          );
+          term?.onResize((size) => session.resize(size));
+          const exit = await api(session.exit);
+          term?.restore();
+          if (exit.message) process.stderr.write(`kindling: ${exit.message}\n`);
+          process.exitCode = exit.status;
+        } finally {
+          term?.restore();
+        }
       },
     );
 

@@ -10,8 +10,12 @@ import { config, SETTINGS } from "../config/index.js";
 import type { RawRunFlags } from "../runtime/options.js";
 import { KindlingError } from "../util/errors.js";
 import { api, cliClient } from "./client.js";
+import { clientTerminal } from "./terminal.js";
 
 export type RunFlags = RawRunFlags & { detach?: boolean; name?: string; rm?: boolean };
+
+/** The size a detached `-t` container's pty gets (no client terminal to measure), as docker's. */
+const DETACHED_TTY_SIZE = { rows: 24, cols: 80 };
 
 /** The environment the container's settings resolve from: this process's (as an in-process run's). */
 function settingsEnvironment(): Record<string, string> {
@@ -58,6 +62,7 @@ export function createRequest(image: string, command: string[], flags: RunFlags)
     publish: flags.publish ?? [],
     dns: flags.dns ?? [],
     autoRemove: flags.rm === true,
+    ...(flags.tty ? { tty: true, ttySize: DETACHED_TTY_SIZE } : {}),
     environment: settingsEnvironment(),
     cwd: process.cwd(),
   };
@@ -90,21 +95,31 @@ export async function runAttached(image: string, command: string[], flags: RunFl
   for (const s of SIGNALS) process.on(s, onSignal);
   process.stdout.on("error", () => {}); // a closed pipe must not end the run's cleanup
   process.stderr.on("error", () => {});
+  // -t: our terminal's size goes with the request and on every resize; -it on a terminal: raw mode
+  const term = flags.tty ? clientTerminal({ raw: flags.interactive === true }) : undefined;
+  const eol = term?.raw ? "\r\n" : "\n";
   try {
     const k = await cliClient();
     session = await api(
       k.run(
-        { ...createRequest(image, command, flags), interactive: flags.interactive === true },
+        {
+          ...createRequest(image, command, flags),
+          interactive: flags.interactive === true,
+          ...(term ? { ttySize: term.size() } : {}),
+        },
         {
           stdin: flags.interactive ? process.stdin : undefined,
           stdout: process.stdout,
           stderr: process.stderr,
-          onNotice: (text) => process.stderr.write(`kindling: ${text}\n`),
+          onNotice: (text) => process.stderr.write(`kindling: ${text}${eol}`),
         },
       ),
     );
+    const attached = session;
+    term?.onResize((size) => attached.resize(size));
     for (const s of early) session.signal(s);
     const exit = await api(session.exit);
+    term?.restore();
     if (exit.message) process.stderr.write(`kindling: ${exit.message}\n`);
     if (exit.stoppedBy) {
       const why = exit.stoppedBy === "timeout" ? `--timeout ${exit.timeoutSeconds}s` : exit.stoppedBy;
@@ -113,6 +128,7 @@ export async function runAttached(image: string, command: string[], flags: RunFl
     }
     return exit.status;
   } finally {
+    term?.restore();
     for (const s of SIGNALS) process.off(s, onSignal);
     if (flags.interactive) process.stdin.destroy();
   }

@@ -42,6 +42,10 @@ export const RUN_FLAGS: readonly RunFlagDef[] = [
   { flags: "--entrypoint <cmd>", description: "replace the image's ENTRYPOINT (a program, or a JSON array)" },
   { flags: "-i, --interactive", description: "pass our stdin to the process" },
   {
+    flags: "-t, --tty",
+    description: "a pseudo-terminal for the process (with -i on a terminal: ours in raw mode)",
+  },
+  {
     flags: "--disk <size>",
     description: "VM runtimes: sparse ext4 scratch drive for the writable layer (default: tmpfs)",
   },

@@ -91,12 +91,30 @@ export interface AttachIo extends ExecIo {
   onNotice?: (text: string) => void;
 }
 
+/** A terminal's size in characters. */
+export interface TtySize {
+  rows: number;
+  cols: number;
+}
+
 /** An attached run in progress. */
 export interface AttachSession {
   /** The run's end, once everything it held is released; rejects with a KindlingApiError. */
   exit: Promise<AttachExit>;
   /** Stops it as Ctrl-C does: SIGINT, SIGTERM or SIGHUP (TERM, grace, KILL); a second one kills. */
   signal(name: "SIGINT" | "SIGTERM" | "SIGHUP"): void;
+  /** With `tty`: the terminal's new size (the process gets SIGWINCH). */
+  resize(size: TtySize): void;
+}
+
+/** An exec in progress. */
+export interface ExecSession {
+  /** The process's end; rejects with a KindlingApiError. */
+  exit: Promise<ExecExit>;
+  /** Sends a signal (a name: TERM, SIGINT...) to the process. */
+  signal(name: string): void;
+  /** With `tty`: the terminal's new size. */
+  resize(size: TtySize): void;
 }
 
 const MAIN = fileURLToPath(new URL("../cli/main.js", import.meta.url));
@@ -166,13 +184,26 @@ export class Kindling {
 
   /** Runs a process in a running container; resolves with its exit status once it ended. */
   async exec(ref: string, req: ExecRequest, io: ExecIo = {}): Promise<ExecExit> {
+    return (await this.execSession(ref, req, io)).exit;
+  }
+
+  /** exec, with a handle to signal the process and (with `tty`) resize its terminal meanwhile. */
+  async execSession(ref: string, req: ExecRequest, io: ExecIo = {}): Promise<ExecSession> {
     await this.ensureService();
     const { socket, head } = await upgrade(this.socket, `/v1/containers/${enc(ref)}/exec`);
     socket.write(encodeFrame(Frame.SPEC, JSON.stringify({ ...req, stdin: io.stdin !== undefined })));
-    return frameSession<ExecExit>(socket, head, io, {
+    const exit = frameSession<ExecExit>(socket, head, io, {
       errorStatus: 409,
       closedEarly: "the exec connection closed before the process ended",
     });
+    const send = (type: number, payload: string) => {
+      if (!socket.destroyed) socket.write(encodeFrame(type, payload));
+    };
+    return {
+      exit,
+      signal: (name) => send(Frame.SIGNAL, name.replace(/^SIG/, "")),
+      resize: (size) => send(Frame.RESIZE, JSON.stringify({ rows: size.rows, cols: size.cols })),
+    };
   }
 
   /**
@@ -211,6 +242,10 @@ export class Kindling {
       exit,
       signal: (name) => {
         if (!socket.destroyed) socket.write(encodeFrame(Frame.SIGNAL, name));
+      },
+      resize: (size) => {
+        const payload = JSON.stringify({ rows: size.rows, cols: size.cols });
+        if (!socket.destroyed) socket.write(encodeFrame(Frame.RESIZE, payload));
       },
     };
   }

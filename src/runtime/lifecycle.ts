@@ -17,6 +17,7 @@ import type {
   RunOptions,
   RunStdio,
   Runtime,
+  TtySize,
 } from "./types.js";
 
 export interface RunRequest {
@@ -70,6 +71,8 @@ export interface RunHandle {
   kill(signal: KillSignal): Promise<void>;
   /** Runs another process in the running container. */
   exec(spec: ExecSpec, io: ExecIo): Promise<ExecProcess>;
+  /** `-t`: the terminal's new size (before the process starts: the size it starts with). */
+  resize(size: TtySize): void;
 }
 
 /** Writes a notice to stderr; a closed stderr (EPIPE) must not abort the run and its cleanup. */
@@ -210,6 +213,10 @@ export function runContainer(req: RunRequest): RunHandle {
     result,
     stop,
     kill: async (signal) => running().kill(signal),
+    resize: (size) => {
+      if (container && !finished) container.resize?.(size);
+      else if (!container) stdio.tty = size; // read by start()
+    },
     exec: async (spec, io) => {
       const c = running();
       if (!c.exec) throw new KindlingError(`exec is not supported by runtime ${req.runtime.name}`);

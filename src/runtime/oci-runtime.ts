@@ -15,6 +15,7 @@ import type { Scope } from "../util/scope.js";
 import { trace } from "../util/trace.js";
 import { buildOciSpec } from "./oci.js";
 import { buildProcessSpec } from "./process.js";
+import { checkTtySize, type PtyProcess, spawnOnPty } from "./pty.js";
 import { type Resource, releaseResource } from "./resources.js";
 import { mountOverlay, type OverlayLayers, openRootfsLower, overlayLayers } from "./rootfs.js";
 import type { RunDir } from "./rundir.js";
@@ -30,6 +31,7 @@ import type {
   RunStdio,
   Runtime,
   StdioMode,
+  TtySize,
   VolumeSpec,
 } from "./types.js";
 import { readUserDb } from "./users.js";
@@ -156,6 +158,7 @@ export class OciRuntime implements Runtime {
       nofile,
       cgroupsPath: `/kindling/${req.id}`,
       rootOverlay: layers,
+      terminal: options.tty === true,
     });
     await writeFile(`${bundle}/config.json`, `${JSON.stringify(spec, null, 2)}\n`);
     trace("oci: bundle written");
@@ -174,6 +177,7 @@ export class OciRuntime implements Runtime {
       imageProblem,
       mode,
       holdImage,
+      options.tty === true,
     );
   }
 }
@@ -225,6 +229,8 @@ function commandFailureStatus(failure: string): 126 | 127 | undefined {
 
 class OciContainer implements Container {
   private child?: ChildProcess;
+  private pty?: PtyProcess;
+  private ptyEnded = false;
   private exited?: Promise<ExitStatus>;
   private readonly root: string;
   private readonly logFile: string;
@@ -242,6 +248,8 @@ class OciContainer implements Container {
     private readonly network: NetworkMode,
     /** The runtime's process outlives us if we are killed: it keeps the image served (and kept). */
     private readonly holdImage: (pid: number) => Promise<void>,
+    /** `-t`: the runtime runs on a host pty (pty.ts) and relays the container's own pty to it. */
+    private readonly tty = false,
   ) {
     // A runtime state root per run: containers of different homes or runs never see each other.
     this.root = runDir.file("state");
@@ -258,6 +266,7 @@ class OciContainer implements Container {
   async start(): Promise<{ stdout: Readable | null; stderr: Readable | null }> {
     await this.runDir.hold(this.scope, this.resource);
     trace("oci: container held");
+    if (this.tty) return this.startOnPty();
     const relay = (fd: number, mode: StdioMode) =>
       this.flavor.relayStdio && mode === "inherit" && isFileOrSocket(fd);
     const given = typeof this.stdio.stdin === "object" ? this.stdio.stdin : undefined;
@@ -309,6 +318,36 @@ class OciContainer implements Container {
     return { stdout: relayOut ? null : child.stdout, stderr: relayErr ? null : child.stderr };
   }
 
+  /** `-t`: `<runtime> run` on a host pty; its output is the terminal's (stdout and stderr merged). */
+  private async startOnPty(): Promise<{ stdout: Readable | null; stderr: Readable | null }> {
+    const runArgs = this.flavor.runArgs?.(this.network) ?? [];
+    const pty = await spawnOnPty(
+      this.binary,
+      [...this.globalArgs(true), ...runArgs, "run", "--bundle", this.bundle, this.id],
+      { cwd: this.bundle, size: checkTtySize(this.stdio.tty) },
+    );
+    this.pty = pty;
+    await this.holdImage(pty.pid);
+    const given = typeof this.stdio.stdin === "object" ? this.stdio.stdin : undefined;
+    const input = given ?? (this.stdio.stdin === "inherit" ? process.stdin : undefined);
+    const onInput = (d: Buffer) => pty.write(d);
+    input?.on("data", onInput);
+    const output = pty.output;
+    if (this.stdio.stdout === "inherit") output.pipe(process.stdout, { end: false });
+    else if (this.stdio.stdout === "ignore") output.resume();
+    this.exited = pty.exited.then((e) => {
+      this.ptyEnded = true;
+      input?.off("data", onInput);
+      return this.ended(e.signal ? null : e.status, e.signal ?? null);
+    });
+    this.exited.catch(() => {});
+    return { stdout: this.stdio.stdout === "pipe" ? output : null, stderr: null };
+  }
+
+  resize(size: TtySize): void {
+    this.pty?.resize(checkTtySize(size));
+  }
+
   wait(): Promise<ExitStatus> {
     if (!this.exited) return Promise.reject(new Error("container not started"));
     return this.exited;
@@ -348,6 +387,7 @@ class OciContainer implements Container {
   }
 
   private running(): boolean {
+    if (this.pty) return !this.ptyEnded;
     return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
   }
 
@@ -389,6 +429,12 @@ class OciContainer implements Container {
     // its own log: a program it cannot start is its error there (127/126 as for run), not the process's
     const log = this.runDir.file(`exec-${randomBytes(4).toString("hex")}.log`);
     const logArgs = ["--log", log, "--log-format", "json"];
+    if (io.tty)
+      return this.execOnPty(
+        [...logArgs, ...this.globalArgs(), "exec", "--tty", ...flags, this.id, ...spec.args],
+        log,
+        io,
+      );
     const child = spawn(
       this.binary,
       [...logArgs, ...this.globalArgs(), "exec", ...flags, this.id, ...spec.args],
@@ -422,6 +468,33 @@ class OciContainer implements Container {
       kill: (signal: KillSignal) => {
         if (child.pid) process.kill(child.pid, `SIG${signal}` as NodeJS.Signals);
       },
+    };
+  }
+
+  /** `exec -t`: `<runtime> exec --tty` on a host pty, as startOnPty. */
+  private async execOnPty(args: string[], log: string, io: ExecIo): Promise<ExecProcess> {
+    const pty = await spawnOnPty(this.binary, args, { size: checkTtySize(io.tty) });
+    const onInput = (d: Buffer) => pty.write(d);
+    io.stdin?.on("data", onInput);
+    pty.output.pipe(io.stdout, { end: false });
+    const exited = pty.exited.then(async (status) => {
+      io.stdin?.off("data", onInput);
+      const failure = status.status !== 0 ? await this.runtimeError(log).catch(() => undefined) : undefined;
+      await rm(log, { force: true }).catch(() => {});
+      const decided = failure ? commandFailureStatus(failure) : undefined;
+      return decided ? { status: decided, message: failure } : status;
+    });
+    exited.catch(() => {});
+    return {
+      exited,
+      kill: (signal: KillSignal) => {
+        try {
+          process.kill(pty.pid, `SIG${signal}` as NodeJS.Signals);
+        } catch {
+          // already gone
+        }
+      },
+      resize: (size) => pty.resize(checkTtySize(size)),
     };
   }
 

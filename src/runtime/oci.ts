@@ -62,6 +62,8 @@ export interface OciSpecInput {
    * (runc): no host mount, so nothing to unmount; it goes when the container's last process does.
    */
   rootOverlay?: { lower: string; upper: string; work: string };
+  /** `-t`: the runtime gives the process a pty of the container's own devpts. */
+  terminal?: boolean;
 }
 
 /** Docker's default capability set: enough for package managers and servers, no admin powers. */
@@ -148,7 +150,7 @@ export function buildOciSpec(input: OciSpecInput): OciSpec {
   return {
     ociVersion: "1.0.2-dev",
     process: {
-      terminal: false,
+      terminal: input.terminal === true,
       user: {
         uid: p.uid,
         gid: p.gid,

@@ -31,6 +31,8 @@ export interface RawRunFlags {
   hostname?: string;
   entrypoint?: string;
   interactive?: boolean;
+  /** `-t`: a pseudo-terminal for the process. */
+  tty?: boolean;
   /** VM runtimes: sparse ext4 scratch drive for the writable layer, e.g. 2G. */
   disk?: string;
   /** VM runtimes: pack | per-mount. */
@@ -117,6 +119,7 @@ export async function parseRunOptions(
         : seconds("--stop-timeout", flags.stopTimeout, true),
     hostname: flags.hostname === undefined ? undefined : parseHostname(flags.hostname),
     interactive: flags.interactive ?? false,
+    ...(flags.tty ? { tty: true } : {}),
     ...(flags.disk === undefined ? {} : { diskBytes: parseDisk(flags.disk) }),
     ...(agent === undefined ? {} : { agent }),
     ...(flags.mountPacking === undefined

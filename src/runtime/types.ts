@@ -48,6 +48,8 @@ export interface RunOptions {
   hostname?: string;
   /** `-i`: pass kindling's stdin to the process (otherwise it reads /dev/null). */
   interactive: boolean;
+  /** `-t`: the process runs on a pseudo-terminal (stdout and stderr merged, as a terminal shows them). */
+  tty?: boolean;
   /** `--disk SIZE` (VM runtimes): bytes of a sparse ext4 scratch drive for the writable layer; default tmpfs. */
   diskBytes?: number;
   /** `--mount-packing` (VM runtimes, block-only strategies): all -v mounts in two drives (default), or one each. */
@@ -97,6 +99,12 @@ export interface ResolvedImage {
   blockImage: BlockImageProvider;
 }
 
+/** A terminal's size in characters. */
+export interface TtySize {
+  rows: number;
+  cols: number;
+}
+
 /** How the container's stdio is wired: inherit kindling's, pipe (caller reads), or /dev/null. */
 export type StdioMode = "inherit" | "pipe" | "ignore";
 export interface RunStdio {
@@ -104,6 +112,11 @@ export interface RunStdio {
   stdin: StdioMode | Readable;
   stdout: StdioMode;
   stderr: StdioMode;
+  /**
+   * `-t`: the process's stdio is a pty of this size (read when the process starts; later sizes go
+   * through Container.resize). Its output then comes on stdout only; stderr is null.
+   */
+  tty?: TtySize;
 }
 
 /** What a runtime gets to prepare one container. */
@@ -146,12 +159,16 @@ export interface ExecIo {
   stdin?: Readable;
   stdout: Writable;
   stderr: Writable;
+  /** `exec -t`: a pty of this size; its output goes to stdout. */
+  tty?: TtySize;
 }
 
 /** An exec'd process: its end (status as for the container) and a way to signal it. */
 export interface ExecProcess {
   exited: Promise<ExitStatus>;
   kill(signal: KillSignal): void;
+  /** With a tty: a new window size (the process gets SIGWINCH). */
+  resize?(size: TtySize): void;
 }
 
 /**
@@ -168,6 +185,8 @@ export interface Container {
   kill(signal: KillSignal): Promise<void>;
   /** Runs another process in the running container (runc exec; a VM's agent START). */
   exec?(spec: ExecSpec, io: ExecIo): Promise<ExecProcess>;
+  /** With a tty (RunStdio.tty): a new window size for the process's terminal. */
+  resize?(size: TtySize): void;
   /** Releases the container (idempotent); the scope calls it too. */
   delete(): Promise<void>;
   /** VM runtimes: host-side rootfs preparation in prepare() (strategy, -v drives), ms. */

@@ -54,6 +54,10 @@ export interface ContainerCreateRequest {
   attach?: boolean;
   /** With attach: the attached client's stdin is the process's (STDIN frames). */
   interactive?: boolean;
+  /** `-t`: the process runs on a pseudo-terminal (stdout and stderr merged). */
+  tty?: boolean;
+  /** With tty: the terminal's size at start (default 24x80); an attached client's RESIZE frames change it. */
+  ttySize?: { rows: number; cols: number };
   /**
    * The client's environment: the container's settings (KINDLING_* and the other variables of the
    * README's settings table) are resolved from it, as an in-process run would from its own. Absent:

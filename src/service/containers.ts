@@ -13,6 +13,7 @@ import { pickDefaultVmm } from "../doctor/report.js";
 import { isSameProcess } from "../host/process.js";
 import { isPathRef, resolveImage } from "../runtime/image.js";
 import { parseRunOptions, type RawRunFlags } from "../runtime/options.js";
+import { checkTtySize } from "../runtime/pty.js";
 import { cleanupStaleRuns } from "../runtime/rundir.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
@@ -123,6 +124,7 @@ function flagsOf(req: ContainerCreateRequest, runtime: string): RawRunFlags {
     dns: req.dns ?? [],
     agent: req.agent,
     interactive: req.attach === true && req.interactive === true,
+    tty: req.tty === true,
   };
 }
 
@@ -255,6 +257,7 @@ export class Containers {
       options,
       autoRemove: req.autoRemove === true,
       ...(req.attach ? { attach: true } : {}),
+      ...(req.tty && req.ttySize ? { ttySize: checkTtySize(req.ttySize) } : {}),
       network: null,
     };
     if (req.name !== undefined) {

@@ -1,10 +1,11 @@
 /**
  * The byte stream of an exec or an attach after the HTTP upgrade (`Upgrade: kindling-exec`), both
  * ways between client, service and supervisor: frames of [type: u8][length: u32 big-endian][payload].
- * Exec:   client -> server: SPEC (first, JSON ExecRequest), STDIN, STDIN_EOF, SIGNAL (a signal name).
+ * Exec:   client -> server: SPEC (first, JSON ExecRequest), STDIN, STDIN_EOF, SIGNAL (a signal name),
+ *         RESIZE (with tty: JSON { rows, cols }, the terminal's new size).
  *         server -> client: STDOUT, STDERR, then EXIT (JSON ExecExit) or ERROR (JSON { code, message }).
  * Attach: (an attached run) no SPEC: the container starts when the client attaches. Client -> server:
- *         STDIN, STDIN_EOF, SIGNAL (SIGINT/SIGTERM/SIGHUP: stop it as Ctrl-C does; again: KILL).
+ *         STDIN, STDIN_EOF, SIGNAL (SIGINT/SIGTERM/SIGHUP: stop it as Ctrl-C does; again: KILL), RESIZE.
  *         server -> client: STDOUT, STDERR, NOTICE (kindling's own one-line notices), then EXIT
  *         (JSON AttachExit, once everything the container held is released) or ERROR.
  */
@@ -22,7 +23,20 @@ export const Frame = {
   EXIT: 6,
   ERROR: 7,
   NOTICE: 8,
+  RESIZE: 9,
 } as const;
+
+/** A RESIZE frame's payload read back; undefined if it is not a size. */
+export function decodeResize(payload: Buffer): { rows: number; cols: number } | undefined {
+  try {
+    const v = JSON.parse(payload.toString()) as { rows?: unknown; cols?: unknown };
+    const ok = (n: unknown): n is number =>
+      typeof n === "number" && Number.isInteger(n) && n > 0 && n <= 0xffff;
+    return ok(v.rows) && ok(v.cols) ? { rows: v.rows, cols: v.cols } : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** What to run: the args, extra K=V env, working directory, and whether stdin is sent. */
 export interface ExecRequest {
@@ -30,7 +44,10 @@ export interface ExecRequest {
   env?: string[];
   workdir?: string;
   stdin?: boolean;
+  /** A pseudo-terminal for the process (its stdout and stderr merged on STDOUT). */
   tty?: boolean;
+  /** With tty: the terminal's size at start (default 24x80); RESIZE frames change it. */
+  ttySize?: { rows: number; cols: number };
 }
 
 export interface ExecExit {

@@ -32,6 +32,8 @@ export interface ContainerRecord {
   autoRemove: boolean;
   /** An attached run: it starts once a client attaches, and stops when that client goes away. */
   attach?: boolean;
+  /** `-t`: the terminal's size when the process starts (an attached client's RESIZE frames come first). */
+  ttySize?: { rows: number; cols: number };
   /** Reserved for network settings asked at create time; what it got is in the state (`network`). */
   network: Record<string, unknown> | null;
 }

@@ -27,14 +27,16 @@ import { processStartTime } from "../host/process.js";
 import { teardownInBackground } from "../network/teardown.js";
 import { resolveImage } from "../runtime/image.js";
 import { type RunHandle, type RunResult, runContainer, type StopReason } from "../runtime/lifecycle.js";
+import { checkTtySize } from "../runtime/pty.js";
 import { readOwner } from "../runtime/rundir.js";
 import { runtimeFor } from "../runtime/runtimes.js";
-import type { ExecProcess } from "../runtime/types.js";
+import type { ExecProcess, TtySize } from "../runtime/types.js";
 import { errorMessage, userMessage } from "../util/errors.js";
 import { KindlingHome } from "../util/home.js";
 import { trace, traceAt, traceTo } from "../util/trace.js";
 import {
   type AttachExit,
+  decodeResize,
   EXEC_PROTOCOL,
   type ExecExit,
   type ExecRequest,
@@ -201,6 +203,9 @@ function execSession(socket: Socket, head: Buffer): void {
       else if (type === Frame.SIGNAL) {
         const sig = payload.toString();
         if (isSignalName(sig)) proc?.kill(sig);
+      } else if (type === Frame.RESIZE) {
+        const size = decodeResize(payload);
+        if (size) proc?.resize?.(size);
       }
     },
     head,
@@ -212,7 +217,12 @@ function execSession(socket: Socket, head: Buffer): void {
     try {
       proc = await handle.exec(
         { args: spec.cmd, env: spec.env ?? [], cwd: spec.workdir },
-        { stdin: spec.stdin ? stdin : undefined, stdout: sink(Frame.STDOUT), stderr: sink(Frame.STDERR) },
+        {
+          stdin: spec.stdin ? stdin : undefined,
+          stdout: sink(Frame.STDOUT),
+          stderr: sink(Frame.STDERR),
+          ...(spec.tty ? { tty: checkTtySize(spec.ttySize) } : {}),
+        },
       );
     } catch (err) {
       const message = errorMessage(err);
@@ -261,6 +271,10 @@ class Attached {
         else if (type === Frame.SIGNAL) {
           const sig = payload.toString();
           if (sig === "SIGINT" || sig === "SIGTERM" || sig === "SIGHUP") stopRun(sig);
+        } else if (type === Frame.RESIZE) {
+          const size = decodeResize(payload);
+          if (size && handle) handle.resize(size);
+          else if (size) ttySize = size; // the size it starts with
         }
       },
       head,
@@ -294,6 +308,8 @@ class Attached {
 }
 
 let attachedClient: ((a: Attached) => void) | undefined;
+/** `-t`: the terminal's size before the process starts (the record's, then the client's RESIZE). */
+let ttySize: TtySize | undefined;
 
 /** When a spare was handed its container (for the trace). */
 let handedAt: number | undefined;
@@ -434,6 +450,7 @@ async function main(): Promise<void> {
         stdin: record.attach && options.interactive ? clientStdin : "ignore",
         stdout: "pipe",
         stderr: "pipe",
+        ...(options.tty ? { tty: checkTtySize(ttySize ?? record.ttySize) } : {}),
       },
       notify: (m) => {
         note(m);

@@ -1,0 +1,194 @@
+/**
+ * `-t` under runc and runsc, through the real service: `kindling run -t [-i]` and `exec -i -t` driven
+ * on a real terminal (util-linux `script`, test/helpers/terminal.ts). The process sees a pty (`tty`
+ * names one, `stty size` the size we had), a resize of our terminal reaches it, its status is ours,
+ * our terminal leaves raw mode on every way out (the end, Ctrl-C, an error), and nothing is left.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { cleanupStaleRuns } from "../src/runtime/rundir.js";
+import { KindlingHome } from "../src/util/home.js";
+import { KINDLING } from "./helpers/cli.js";
+import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
+import { leftovers } from "./helpers/leftovers.js";
+import { cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
+import { ScriptTerminal } from "./helpers/terminal.js";
+
+let tmp: string;
+let home: string;
+let image: string;
+let service: TestService;
+const ids: string[] = [];
+const RUNTIMES = ["runc", "runsc"] as const;
+/** What `tty` prints: runc gives the process a pty of the container's devpts; gVisor a host one it cannot name. */
+const TTY_NAME = { runc: /\/dev\/pts\/\d+/, runsc: /\/dev\/pts\/\d+|not a tty/ };
+
+before(async () => {
+  tmp = await mkdtemp(path.join(tmpdir(), "kindling-tty-"));
+  home = path.join(tmp, "home");
+  await buildBusyboxTree(path.join(tmp, "tree"));
+  image = path.join(tmp, "busybox.sqfs");
+  await makeSquashfs(path.join(tmp, "tree"), image);
+  service = await startService(home);
+});
+
+after(async () => {
+  await service?.stop().catch(() => {});
+  await stopServiceAndContainers(home);
+  await cleanupStaleRuns(new KindlingHome(home)).catch(() => {});
+  const left = await leftovers(home, image, ids);
+  await rm(tmp, { recursive: true, force: true });
+  assert.deepEqual(left, []);
+});
+
+const env = () => ({ KINDLING_HOME: home, KINDLING_SOCKET: "" });
+/** Our terminal's settings after kindling ended: raw mode undone (canonical input and echo back). */
+const AFTER = "echo; stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo END";
+const restored = (t: ScriptTerminal) => t.expect(/icanon echo END/, "the terminal restored (icanon echo)");
+
+for (const runtime of RUNTIMES) {
+  test(`${runtime}: run -t -i: a shell on a pty of our size, resized, its status ours, the terminal restored`, async () => {
+    const t = ScriptTerminal.start(
+      [KINDLING, "run", "-t", "-i", "--runtime", runtime, "--network", "none", image, "--", "sh"],
+      { rows: 33, cols: 101, env: env(), afterwards: AFTER },
+    );
+    try {
+      await t.expect(/\/ # /, "the shell's prompt");
+      let mark = t.output.length;
+      t.type("tty; stty size\r");
+      await t.expect(new RegExp(`(${TTY_NAME[runtime].source})[\\s\\S]*33 101`), "tty and stty size", mark);
+      mark = t.output.length;
+      await t.resize(40, 120);
+      // the resize travels client -> service -> supervisor -> runtime -> process: poll until seen
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const at = t.output.length;
+        t.type("stty size\r");
+        const seen = await t.expect(/\d+ \d+\r*\n/, "stty size after the resize", at, 10_000);
+        if (seen[0].startsWith("40 120")) break;
+        if (Date.now() > deadline) assert.fail(`no resize seen: ${t.output.slice(mark)}`);
+      }
+      t.type("exit 5\r");
+      assert.equal(await t.exited(60_000, "run -t -i"), 5);
+      await restored(t);
+    } finally {
+      t.kill();
+    }
+  });
+
+  test(`${runtime}: run -t without -i: output of a pty, no raw mode; Ctrl-C in -it reaches the process`, async () => {
+    const plain = ScriptTerminal.start(
+      [
+        KINDLING,
+        "run",
+        "-t",
+        "--runtime",
+        runtime,
+        "--network",
+        "none",
+        image,
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && test -t 2 && echo all-ttys; echo out; echo err >&2; exit 3",
+      ],
+      { rows: 24, cols: 80, env: env() },
+    );
+    try {
+      await plain.expect(/all-ttys\r*\nout\r*\nerr\r*\n/, "stdout and stderr through the pty");
+      assert.equal(await plain.exited(60_000, "run -t"), 3);
+    } finally {
+      plain.kill();
+    }
+    // -it: Ctrl-C is a byte for the container's terminal, which makes it SIGINT for its foreground job
+    // (sleep, not sh: sh is PID 1 there, which a SIGINT without a handler does not reach)
+    const t = ScriptTerminal.start(
+      [
+        KINDLING,
+        "run",
+        "-t",
+        "-i",
+        "--runtime",
+        runtime,
+        "--network",
+        "none",
+        image,
+        "--",
+        "sh",
+        "-c",
+        "echo ready; sleep 60; exit $?",
+      ],
+      { rows: 24, cols: 80, env: env(), afterwards: AFTER },
+    );
+    try {
+      await t.expect(/ready/, "the process started");
+      t.type("\x03");
+      assert.equal(await t.exited(60_000, "run -t -i after Ctrl-C"), 130);
+      await restored(t);
+    } finally {
+      t.kill();
+    }
+  });
+}
+
+test("runc: exec -i -t into a running container: a pty, its size, a resize, the status", async () => {
+  const run = await cli(home, [
+    "run",
+    "-d",
+    "--runtime",
+    "runc",
+    "--network",
+    "none",
+    image,
+    "--",
+    "sleep",
+    "300",
+  ]);
+  assert.equal(run.code, 0, run.stderr);
+  const id = run.stdout.trim();
+  ids.push(id);
+  const t = ScriptTerminal.start([KINDLING, "exec", "-i", "-t", id, "--", "sh"], {
+    rows: 30,
+    cols: 90,
+    env: env(),
+    afterwards: AFTER,
+  });
+  try {
+    await t.expect(/\/ # /, "the exec'd shell's prompt");
+    let mark = t.output.length;
+    t.type("tty; stty size\r");
+    await t.expect(/\/dev\/pts\/\d+\r*\n30 90/, "tty and stty size", mark);
+    await t.resize(50, 132);
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      mark = t.output.length;
+      t.type("stty size\r");
+      const seen = await t.expect(/\d+ \d+\r*\n/, "stty size after the resize", mark, 10_000);
+      if (seen[0].startsWith("50 132")) break;
+      if (Date.now() > deadline) assert.fail(`no resize seen: ${t.output}`);
+    }
+    t.type("exit 4\r");
+    assert.equal(await t.exited(60_000, "exec -i -t"), 4);
+    await restored(t);
+  } finally {
+    t.kill();
+  }
+  // an error after raw mode was set (no such container) still restores the terminal
+  const bad = ScriptTerminal.start([KINDLING, "exec", "-i", "-t", "nosuchcontainer", "--", "sh"], {
+    rows: 30,
+    cols: 90,
+    env: env(),
+    afterwards: AFTER,
+  });
+  try {
+    assert.equal(await bad.exited(60_000, "exec -it into no container"), 125);
+    await restored(bad);
+    assert.match(bad.output, /no container|not found|nosuchcontainer/i);
+  } finally {
+    bad.kill();
+  }
+  assert.equal((await cli(home, ["rm", "-f", id])).code, 0);
+});
