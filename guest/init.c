@@ -45,7 +45,7 @@
 
 /* 2: START carries the supplementary groups (list<u32> after gid); 3: NETWORK (eth0, resolv.conf) and
    FAILED's step (where a START failed), SETUP (a snapshot VM's per-container boot options, clock, entropy) */
-#define PROTO_VERSION 3
+#define PROTO_VERSION 4 /* 4: START flag 2 (a pty) with its size, RESIZE */
 #define HDR_LEN 12
 #define MAX_PAYLOAD (1u << 20)
 #define CHUNK (64u * 1024)
@@ -56,7 +56,7 @@
 enum {
   T_READY = 0x01, T_CONFIGURE = 0x10, T_CONFIGURED = 0x11, T_NETWORK = 0x12, T_SETUP = 0x13, T_START = 0x20, T_STARTED = 0x21,
   T_STDOUT = 0x22, T_STDERR = 0x23, T_STDIN_CREDIT = 0x24, T_EXITED = 0x25, T_STDIN = 0x26,
-  T_STDIN_EOF = 0x27, T_SIGNAL = 0x28, T_OUTPUT_CREDIT = 0x29, T_FAILED = 0x2f, T_POWEROFF = 0x30,
+  T_STDIN_EOF = 0x27, T_SIGNAL = 0x28, T_OUTPUT_CREDIT = 0x29, T_RESIZE = 0x2a, T_FAILED = 0x2f, T_POWEROFF = 0x30,
 };
 
 /* ------------------------------------------------------------------ logging and small helpers */
@@ -625,6 +625,7 @@ struct stream {
 };
 struct proc {
   bool used, exited;
+  bool tty;              /* out.fd is a pty master (stdout and stderr in one), in_fd a dup of it */
   uint32_t id, status, sig;
   pid_t pid;
   struct stream out, err;
@@ -703,6 +704,9 @@ static void reap(void) {
       p->exited = true;
       /* what the process wrote is in its pipes now; anything later comes from orphans */
       if (p->out.fd < 0 || ioctl(p->out.fd, FIONREAD, &p->out.drain_left) < 0) p->out.drain_left = 0;
+      /* a pty may still hold output in its flip buffer, which a read flushes (FIONREAD does not): read
+       * on until it is empty (EAGAIN) or closed (EIO), at most 1 MiB more from orphans */
+      if (p->tty) p->out.drain_left += 1 << 20;
       if (p->err.fd < 0 || ioctl(p->err.fd, FIONREAD, &p->err.drain_left) < 0) p->err.drain_left = 0;
       p->sig = WIFSIGNALED(st) ? (uint32_t)WTERMSIG(st) : 0;
       p->status = WIFSIGNALED(st) ? 128 + p->sig : (uint32_t)WEXITSTATUS(st);
@@ -715,6 +719,7 @@ static void reap(void) {
 
 struct start_req {
   uint32_t flags, uid, gid, ngroups;
+  uint32_t rows, cols; /* flags & 2: the pty's size */
   gid_t groups[MAX_GROUPS];
   char *cwd;
   char **argv;
@@ -767,6 +772,7 @@ static void exec_child(struct start_req *q, int in_rd, int out_wr, int err_wr, i
   setsid();
   int step = 0;
   if (dup2(in_rd, 0) < 0 || dup2(out_wr, 1) < 0 || dup2(err_wr, 2) < 0) goto fail;
+  if ((q->flags & 2) && ioctl(0, TIOCSCTTY, 0) < 0) goto fail; /* the pty: its controlling terminal */
   step = 1;
   if (enter_workdir(q->cwd) < 0) goto fail;
   step = 2;
@@ -795,6 +801,23 @@ static int open_stdio(bool stdin_pipe, int in[2], int out[2], int err[2], int ep
 }
 
 /*
+ * -t: a pty of the container's devpts (the process's stdin, stdout and stderr, and its controlling
+ * terminal) of the START's size. We keep the master: read as the process's output (out[0]), written
+ * with its stdin (in[1], a dup so the two close apart).
+ */
+static int open_pty(uint32_t rows, uint32_t cols, int in[2], int out[2], int err[2], int ep[2]) {
+  char name[64];
+  if ((out[0] = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) return -1;
+  if (unlockpt(out[0]) < 0 || ptsname_r(out[0], name, sizeof name) != 0) return -1;
+  struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+  if (ioctl(out[0], TIOCSWINSZ, &ws) < 0) return -1;
+  if ((in[0] = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) return -1;
+  if ((in[1] = fcntl(out[0], F_DUPFD_CLOEXEC, 0)) < 0) return -1;
+  if ((out[1] = fcntl(in[0], F_DUPFD_CLOEXEC, 0)) < 0 || (err[1] = fcntl(in[0], F_DUPFD_CLOEXEC, 0)) < 0) return -1;
+  return pipe2(ep, O_CLOEXEC);
+}
+
+/*
  * Fork and exec; returns the pid, or -1 after telling the host why. The exec-report pipe is CLOEXEC:
  * it reads EOF when execve succeeded, else the failing step and errno (the child then exits 127 and is
  * reaped as an unknown pid).
@@ -819,7 +842,7 @@ static pid_t spawn_child(uint32_t id, struct start_req *q, int in[2], int out[2]
 /* Take over the parent's pipe ends into the process table; the caller closes whatever is left. */
 static void track_proc(struct proc *p, uint32_t id, pid_t pid, bool stdin_pipe, int in[2], int out[2], int err[2]) {
   memset(p, 0, sizeof *p);
-  p->used = true, p->id = id, p->pid = pid;
+  p->used = true, p->id = id, p->pid = pid, p->tty = err[0] < 0;
   p->out = (struct stream){out[0], OUT_WINDOW, T_STDOUT, 0};
   p->err = (struct stream){err[0], OUT_WINDOW, T_STDERR, 0};
   p->in_fd = stdin_pipe ? in[1] : -1;
@@ -843,7 +866,9 @@ static void start_process(uint32_t id, struct in *r) {
   q.cwd = in_str(r);
   q.argv = in_strv(r);
   q.envp = in_strv(r);
-  bool stdin_pipe = q.flags & 1;
+  bool tty = q.flags & 2;
+  if (tty) q.rows = in_u32(r), q.cols = in_u32(r);
+  bool stdin_pipe = (q.flags & 1) || tty; /* a pty's input is always ours to write */
   struct proc *p = NULL;
   for (int i = 0; i < MAX_PROCS && !p; i++)
     if (!procs[i].used) p = &procs[i];
@@ -855,8 +880,10 @@ static void start_process(uint32_t id, struct in *r) {
     send_failed(id, EINVAL, "malformed START (arguments and env must not contain NUL bytes)");
   else if (find_proc(id) || !p)
     send_failed(id, EBUSY, find_proc(id) ? "process id %u in use" : "too many processes", id);
-  else if (open_stdio(stdin_pipe, in, out, err, ep) < 0)
-    send_failed(id, errno, "pipe: %s", strerror(errno));
+  else if (tty && (q.rows == 0 || q.cols == 0 || q.rows > 0xffff || q.cols > 0xffff))
+    send_failed(id, EINVAL, "bad terminal size %ux%u", q.rows, q.cols);
+  else if (tty ? open_pty(q.rows, q.cols, in, out, err, ep) < 0 : open_stdio(stdin_pipe, in, out, err, ep) < 0)
+    send_failed(id, errno, "%s: %s", tty ? "pty" : "pipe", strerror(errno));
   else if ((pid = spawn_child(id, &q, in, out, err, ep)) > 0)
     track_proc(p, id, pid, stdin_pipe, in, out, err);
   int *fds[] = {&in[0], &in[1], &out[0], &out[1], &err[0], &err[1], &ep[0], &ep[1]};
@@ -1307,6 +1334,13 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *pl, size_t le
   case T_SIGNAL: {
     uint32_t sig = in_u32(&r);
     if (p && !p->exited && kill(p->pid, (int)sig) < 0) logmsg("signal %u: %s", sig, strerror(errno));
+    break;
+  }
+  case T_RESIZE: {
+    struct winsize ws = {.ws_row = (unsigned short)in_u32(&r), .ws_col = (unsigned short)in_u32(&r)};
+    /* the kernel sends SIGWINCH to the terminal's foreground process group */
+    if (p && p->tty && p->out.fd >= 0 && !r.err && ioctl(p->out.fd, TIOCSWINSZ, &ws) < 0)
+      logmsg("resize: %s", strerror(errno));
     break;
   }
   case T_OUTPUT_CREDIT:

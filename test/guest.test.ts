@@ -12,6 +12,7 @@ import {
   decodeStart,
   encodeConfigure,
   encodeFrame,
+  encodeResize,
   encodeStart,
   FrameDecoder,
   MAX_GROUPS,
@@ -132,8 +133,14 @@ test("START round-trips through encodeStart/decodeStart; the group count is capp
     .done();
   assert.throws(() => decodeStart(tooMany), /too many supplementary groups/);
   assert.throws(() => decodeStart(Buffer.concat([encodeStart(spec, false), Buffer.from([0])])), /trailing/);
-  assert.equal(PROTOCOL_VERSION, 3);
-  assert.equal(encodeFrame(MsgType.START, 1)[4], 3, "the header carries the version");
+  assert.equal(PROTOCOL_VERSION, 4);
+  assert.equal(encodeFrame(MsgType.START, 1)[4], 4, "the header carries the version");
+  // -t (version 4): flag 2 and the pty's size after env; RESIZE carries rows and cols
+  const tty = decodeStart(encodeStart({ args: ["sh"] }, false, { rows: 33, cols: 101 }));
+  assert.deepEqual(tty.tty, { rows: 33, cols: 101 });
+  assert.equal(new PayloadReader(encodeStart({ args: ["sh"] }, true, { rows: 1, cols: 2 })).u32(), 3);
+  assert.equal(decodeStart(encodeStart({ args: ["sh"] }, false)).tty, undefined);
+  assert.deepEqual([...encodeResize({ rows: 40, cols: 120 })], [40, 0, 0, 0, 120, 0, 0, 0]);
 });
 
 /** A fake guest on the other end of a Duplex pair: reads host frames, lets the test answer. */

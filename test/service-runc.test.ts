@@ -141,7 +141,18 @@ test("run -d, ps, logs, exec, kill, wait, inspect and rm through the CLI", async
   assert.match(missing.stderr, /^kindling: .*no such file or directory/m);
   const notExecutable = await cli(home, ["exec", "web", "--", "/etc/passwd"]);
   assert.equal(notExecutable.code, 126, notExecutable.stderr);
-  assert.equal((await cli(home, ["exec", "-t", "web", "--", "true"])).code, 125);
+  // -t without a terminal here: the process still gets a pty (24x80), output merged (test/tty.test.ts drives one)
+  const exTty = await cli(home, [
+    "exec",
+    "-t",
+    "web",
+    "--",
+    "sh",
+    "-c",
+    "tty; stty size; echo e >&2; exit 3",
+  ]);
+  assert.equal(exTty.code, 3, exTty.stderr);
+  assert.match(exTty.stdout, /^\/dev\/pts\/\d+\r\n24 80\r\ne\r\n$/);
 
   const kill = await cli(home, ["kill", "-s", "USR1", "web"]);
   assert.equal(kill.code, 0, kill.stderr);

@@ -25,6 +25,7 @@ import type { QemuProfile } from "../vm/qemu.js";
 import type { AgentTransport, VmNetwork, VmSpec } from "../vm/spec.js";
 import type { BootedVm, Vmm, VmmName } from "../vm/vmm.js";
 import { buildProcessSpec, mergeEnv } from "./process.js";
+import { checkTtySize } from "./pty.js";
 import type {
   Container,
   ExecIo,
@@ -36,6 +37,7 @@ import type {
   ProcessSpec,
   RunStdio,
   Runtime,
+  TtySize,
 } from "./types.js";
 import { prepareRootfs } from "./vm-rootfs/strategies.js";
 import type { RootfsPlan } from "./vm-rootfs/types.js";
@@ -116,7 +118,7 @@ export class VmRuntime implements Runtime {
     // before CONFIGURE: resolv.conf goes into the root, never into a volume mounted on /etc
     await vm.agent.network(guestNet);
     await vm.agent.configure({ hostname, mounts: plan.mounts });
-    return new VmContainer(req.id, vm, proc, req.stdio, prepMs, plan.imageProblem);
+    return new VmContainer(req.id, vm, proc, req.stdio, prepMs, plan.imageProblem, req.options.tty === true);
   }
 
   /**
@@ -242,6 +244,8 @@ class VmContainer implements Container {
     /** Host-side rootfs preparation (strategy and -v drives), ms. */
     readonly prepMs: number,
     private readonly imageProblem: () => Promise<string | undefined> = async () => undefined,
+    /** `-t`: the guest agent gives the process a pty of the guest's devpts; its output comes as stdout. */
+    private readonly tty = false,
   ) {
     this.bootMs = vm.bootMs;
     vm.wait().then(() => {
@@ -275,6 +279,7 @@ class VmContainer implements Container {
               : this.stdio.stdin === "inherit"
                 ? process.stdin
                 : undefined,
+          ...(this.tty ? { tty: checkTtySize(this.stdio.tty) } : {}),
         },
       );
     } catch (e) {
@@ -322,6 +327,10 @@ class VmContainer implements Container {
     return this.exited;
   }
 
+  resize(size: TtySize): void {
+    if (this.tty && !this.vmExited) this.proc?.resize(checkTtySize(size));
+  }
+
   async kill(signal: KillSignal): Promise<void> {
     const proc = this.proc;
     if (!proc || this.vmExited) return;
@@ -353,14 +362,23 @@ class VmContainer implements Container {
         gid: this.spec.gid,
         additionalGids: this.spec.additionalGids,
       },
-      { stdout: io.stdout, stderr: io.stderr, stdin: io.stdin },
+      {
+        stdout: io.stdout,
+        stderr: io.stderr,
+        stdin: io.stdin,
+        ...(io.tty ? { tty: checkTtySize(io.tty) } : {}),
+      },
     );
     const exited = proc.exited.then((e): ExitStatus => {
       const signal = e.signal ? signalName(e.signal) : undefined;
       return { status: e.status, ...(signal ? { signal } : {}) };
     });
     exited.catch(() => {});
-    return { exited, kill: (signal: KillSignal) => proc.kill(`SIG${signal}` as NodeJS.Signals) };
+    return {
+      exited,
+      kill: (signal: KillSignal) => proc.kill(`SIG${signal}` as NodeJS.Signals),
+      resize: (size) => proc.resize(checkTtySize(size)),
+    };
   }
 
   async delete(): Promise<void> {

@@ -7,6 +7,7 @@ import {
   encodeConfigure,
   encodeFrame,
   encodeNetwork,
+  encodeResize,
   encodeSetup,
   encodeStart,
   type Frame,
@@ -21,6 +22,7 @@ import {
   type StartSpec,
   type StartStep,
   startStepName,
+  type TtySize,
 } from "./protocol.js";
 
 /**
@@ -57,6 +59,8 @@ export interface ProcessIo {
   stderr?: Writable;
   /** fed to the process's stdin (a pipe); undefined = /dev/null */
   stdin?: Readable;
+  /** a pty of this size for the process's stdin, stdout and stderr (its output comes as stdout) */
+  tty?: TtySize;
 }
 
 /** A process running in the guest. */
@@ -88,6 +92,11 @@ export class GuestProcess {
     const n = typeof signal === "number" ? signal : constants.signals[signal];
     if (!n) throw new KindlingError(`unknown signal ${signal}`);
     this.client.send(MsgType.SIGNAL, this.id, new PayloadWriter().u32(n).done());
+  }
+
+  /** A tty process's new window size. */
+  resize(size: TtySize): void {
+    this.client.send(MsgType.RESIZE, this.id, encodeResize(size));
   }
 
   /** @internal */
@@ -303,7 +312,7 @@ export class AgentClient extends EventEmitter {
       this.pendingStarts.set(id, { proc, resolve, reject }),
     );
     this.procs.set(id, proc);
-    this.send(MsgType.START, id, encodeStart(spec, io.stdin !== undefined));
+    this.send(MsgType.START, id, encodeStart(spec, io.stdin !== undefined, io.tty));
     return started;
   }
 

@@ -8,10 +8,10 @@ import type { ProcessSpec } from "../spec.js";
 
 /**
  * 2: START carries the supplementary groups; 3: NETWORK (eth0 and resolv.conf), and FAILED carries the
- * step that failed (StartStep).
+ * step that failed (StartStep); 4: START's flag 2 (a pty, its rows and cols after env) and RESIZE.
  * Host and guest ship together; a mismatch is refused.
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const HEADER_LENGTH = 12;
 export const MAX_PAYLOAD = 1 << 20;
 /** Initial credit per output stream, and the host's stdin window. */
@@ -43,6 +43,8 @@ export const MsgType = {
   STDIN_EOF: 0x27,
   SIGNAL: 0x28,
   OUTPUT_CREDIT: 0x29,
+  /** A tty process's new window size: u32 rows, u32 cols (the guest sets it on the pty: SIGWINCH). */
+  RESIZE: 0x2a,
   FAILED: 0x2f,
   POWEROFF: 0x30,
 } as const;
@@ -262,28 +264,44 @@ function checkId(what: string, v: number): number {
   return v;
 }
 
-export function encodeStart(p: StartSpec, stdinPipe: boolean): Buffer {
+/** A pty's size in characters (START with a tty, RESIZE). */
+export interface TtySize {
+  rows: number;
+  cols: number;
+}
+
+export function encodeResize(size: TtySize): Buffer {
+  return new PayloadWriter().u32(size.rows).u32(size.cols).done();
+}
+
+/** START: flags (1: stdin is a pipe the host feeds; 2: a pty of `tty`'s size), the process, [rows, cols]. */
+export function encodeStart(p: StartSpec, stdinPipe: boolean, tty?: TtySize): Buffer {
   if (p.args.length === 0) throw new KindlingError("no command to run");
   const groups = p.additionalGids ?? [];
   if (groups.length > MAX_GROUPS)
     throw new KindlingError(`too many supplementary groups (${groups.length}; at most ${MAX_GROUPS})`);
   const w = new PayloadWriter()
-    .u32(stdinPipe ? 1 : 0)
+    .u32((stdinPipe ? 1 : 0) | (tty ? 2 : 0))
     .u32(checkId("uid", p.uid ?? 0))
     .u32(checkId("gid", p.gid ?? 0))
     .u32(groups.length);
   for (const g of groups) w.u32(checkId("group", g));
-  return w
-    .bytes(p.cwd ?? "")
+  w.bytes(p.cwd ?? "")
     .list(p.args)
-    .list(p.env ?? [])
-    .done();
+    .list(p.env ?? []);
+  if (tty) w.u32(tty.rows).u32(tty.cols);
+  return w.done();
 }
 
 /** START's payload read back (the guest's side of encodeStart; used by tests and test doubles). */
-export function decodeStart(payload: Buffer): { stdinPipe: boolean; spec: StartSpec & { cwd: Buffer } } {
+export function decodeStart(payload: Buffer): {
+  stdinPipe: boolean;
+  tty?: TtySize;
+  spec: StartSpec & { cwd: Buffer };
+} {
   const r = new PayloadReader(payload);
-  const stdinPipe = (r.u32() & 1) === 1;
+  const flags = r.u32();
+  const stdinPipe = (flags & 1) === 1;
   const uid = r.u32();
   const gid = r.u32();
   const n = r.u32();
@@ -293,6 +311,7 @@ export function decodeStart(payload: Buffer): { stdinPipe: boolean; spec: StartS
   const list = () => Array.from({ length: r.u32() }, () => r.bytes());
   const args = list();
   const env = list();
+  const tty = flags & 2 ? { rows: r.u32(), cols: r.u32() } : undefined;
   r.end();
-  return { stdinPipe, spec: { args, env, cwd, uid, gid, additionalGids } };
+  return { stdinPipe, ...(tty ? { tty } : {}), spec: { args, env, cwd, uid, gid, additionalGids } };
 }
