@@ -134,6 +134,27 @@ async function main(): Promise<void> {
     } else if (m.t === "stop") void stop("asked to stop");
   });
 
+  // A startup pack: one request for the profile's chunks, started before the mount, whose own reads
+  // (superblock, tables) then join it; chunks reach readers as they arrive.
+  const startup = "chunks" in profile && cfg.prefetch ? packs?.packs.startup : undefined;
+  if (startup) {
+    const p = cache.stats.profile;
+    p.state = "running";
+    packs!
+      .loadPack(startup)
+      .then((got) => {
+        p.chunks += got.chunks;
+        p.bytes += got.bytes;
+        p.state = "done";
+        log(`startup pack: ${got.chunks} chunks fetched ahead`);
+      })
+      .catch((err) => {
+        p.errors++;
+        p.state = "done";
+        log(`startup pack failed: ${err instanceof Error ? err.message : err}`);
+      });
+  }
+
   await mountBlockFile({
     mountpoint: cfg.mountpoint,
     fileName: cfg.fileName,
@@ -198,32 +219,12 @@ async function main(): Promise<void> {
   setInterval(() => {
     if (JSON.stringify({ ...cache.stats, updated: "" }) !== written) void flush();
   }, 1000).unref();
-  // The startup profile first: its chunks are claimed at once, so the tables' prefetch below joins them.
-  if ("chunks" in profile && cfg.prefetch) {
-    const startup = packs?.packs.startup;
-    if (startup) {
-      // One request for the whole startup pack; chunks reach readers as they arrive.
-      const p = cache.stats.profile;
-      p.state = "running";
-      packs!
-        .loadPack(startup)
-        .then((got) => {
-          p.chunks += got.chunks;
-          p.bytes += got.bytes;
-          p.state = "done";
-          log(`startup pack: ${got.chunks} chunks fetched ahead`);
-        })
-        .catch((err) => {
-          p.errors++;
-          p.state = "done";
-          log(`startup pack failed: ${err instanceof Error ? err.message : err}`);
-        });
-    } else {
-      // Leaves readers a slot or two: the limiter hands freed slots to readers first anyway.
-      prefetchProfile(cache, profile.chunks, Math.max(1, cfg.fetchConcurrency - 2))
-        .then(() => log(`startup profile: ${cache.stats.profile.chunks} chunks fetched ahead`))
-        .catch((err) => log(`startup profile prefetch failed: ${err instanceof Error ? err.message : err}`));
-    }
+  // Without a startup pack, the profile's chunks one by one (the tables' prefetch below joins them).
+  if ("chunks" in profile && cfg.prefetch && !startup) {
+    // Leaves readers a slot or two: the limiter hands freed slots to readers first anyway.
+    prefetchProfile(cache, profile.chunks, Math.max(1, cfg.fetchConcurrency - 2))
+      .then(() => log(`startup profile: ${cache.stats.profile.chunks} chunks fetched ahead`))
+      .catch((err) => log(`startup profile prefetch failed: ${err instanceof Error ? err.message : err}`));
   }
   if (cfg.prefetch) {
     const fileBytes = cfg.settings.lazyFileReadahead;
