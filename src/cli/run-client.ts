@@ -42,7 +42,8 @@ export function createRequest(image: string, command: string[], flags: RunFlags)
     command,
     ...given("name"),
     // flag > KINDLING_RUNTIME > auto (the service decides auto)
-    runtime: flags.runtime ?? config().runtime,
+    // (as typed: a name that is not one is the service's 400, naming it)
+    runtime: (flags.runtime ?? config().runtime) as ContainerCreateRequest["runtime"],
     ...given("rootfs"),
     env,
     volumes: flags.volume ?? [],

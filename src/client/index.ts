@@ -13,43 +13,29 @@ import type { Readable, Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { config, hostEnv } from "../config/index.js";
-import type {
-  ContainerCreated,
-  ContainerCreateRequest,
-  ContainerExit,
-  ContainerInspect,
-  ContainerSummary,
-  ImageSummary,
-  Info,
-  LogLine,
-  ServiceEvent,
-} from "../service/api.js";
-import {
-  type AttachExit,
-  EXEC_PROTOCOL,
-  type ExecExit,
-  type ExecRequest,
-  encodeFrame,
-  Frame,
-  readFrames,
-} from "../service/frames.js";
+import { EXEC_PROTOCOL, encodeFrame, Frame, readFrames } from "../service/frames.js";
 import { jsonRequest, rawRequest, upgradeRequest } from "../service/unixhttp.js";
 import { trace } from "../util/trace.js";
+import type { components } from "./api-types.js";
 
-export type {
-  AttachExit,
-  ContainerCreated,
-  ContainerCreateRequest,
-  ContainerExit,
-  ContainerInspect,
-  ContainerSummary,
-  ExecExit,
-  ExecRequest,
-  ImageSummary,
-  Info,
-  LogLine,
-  ServiceEvent,
-};
+// The API's shapes, generated from api/openapi.yaml (`npm run gen:api-types`; test/client-types.test.ts
+// fails when api-types.ts is stale against it).
+type Schemas = components["schemas"];
+export type AttachExit = Schemas["AttachExit"];
+export type ContainerCreated = Schemas["ContainerCreated"];
+export type ContainerCreateRequest = Schemas["ContainerCreateRequest"];
+export type ContainerExit = Schemas["ContainerExit"];
+export type ContainerInspect = Schemas["ContainerInspect"];
+export type ContainerSummary = Schemas["ContainerSummary"];
+export type ExecExit = Schemas["ExecExit"];
+export type ExecRequest = Schemas["ExecRequest"];
+export type ImageInspect = Schemas["ImageInspect"];
+export type ImageSummary = Schemas["ImageSummary"];
+export type Info = Schemas["Info"];
+export type LogLine = Schemas["LogLine"];
+export type ServiceEvent = Schemas["Event"];
+/** A terminal's size in characters (`tty`: ttySize, and the RESIZE frame). */
+export type TtySize = Schemas["TtySize"];
 
 /** An error the service answered (status and code from the API), or "no service" (status 0). */
 export class KindlingApiError extends Error {
@@ -89,12 +75,6 @@ export interface ExecIo {
 export interface AttachIo extends ExecIo {
   /** Kindling's own notices about the run (stopping, timeout, cleanup problems), one line each. */
   onNotice?: (text: string) => void;
-}
-
-/** A terminal's size in characters. */
-export interface TtySize {
-  rows: number;
-  cols: number;
 }
 
 /** An attached run in progress. */
@@ -256,7 +236,7 @@ export class Kindling {
     return this.call("GET", "/v1/images");
   }
 
-  inspectImage(name: string): Promise<Record<string, unknown>> {
+  inspectImage(name: string): Promise<ImageInspect> {
     return this.call("GET", `/v1/images/${enc(name)}`);
   }
 
@@ -264,11 +244,11 @@ export class Kindling {
     return this.call("DELETE", `/v1/images/${enc(name)}`);
   }
 
-  pullImage(ref: string, opts: { insecure?: boolean } = {}): Promise<Record<string, unknown>> {
+  pullImage(ref: string, opts: { insecure?: boolean } = {}): Promise<ImageInspect> {
     return this.call("POST", "/v1/images/pull", { ref, insecure: opts.insecure === true });
   }
 
-  importImage(file: string, name: string): Promise<Record<string, unknown>> {
+  importImage(file: string, name: string): Promise<ImageInspect> {
     return this.call("POST", "/v1/images/import", { path: path.resolve(file), name });
   }
 
