@@ -3,7 +3,9 @@
  * then measures GET /v1/containers (the API, in process; the service answers from its cached listing)
  * and `kindling ps -q` (the CLI, a process: the thin entry; the full CLI and `node -e 0` beside it)
  * while they all run: medians of R rounds, interleaved. Everything is removed afterwards.
- *   node dist/bench/service-ps.js [--n 50] [--rounds 20]
+ * --baseline DIR: also `DIR/bin/kindling ps -q`, the CLI of another build (a checkout of an earlier
+ * commit, built) against the same service: a change to the client side, in one interleaved run.
+ *   node dist/bench/service-ps.js [--n 50] [--rounds 20] [--baseline DIR]
  */
 import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -21,6 +23,7 @@ const argOf = (name: string): string | undefined => {
 };
 const N = Number(argOf("n") ?? 50);
 const ROUNDS = Number(argOf("rounds") ?? 20);
+const BASELINE = argOf("baseline");
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 /** `kindling ps -q` as a process (`entry`: bin/kindling, the thin path; or another script). */
@@ -70,6 +73,7 @@ async function main(): Promise<void> {
     const cli: number[] = [];
     const full: number[] = [];
     const node: number[] = [];
+    const baseline: number[] = [];
     const mainJs = path.join(REPO, "dist", "src", "cli", "main.js");
     for (let r = 0; r < ROUNDS; r++) {
       const a0 = process.hrtime.bigint();
@@ -78,6 +82,8 @@ async function main(): Promise<void> {
       cli.push(await timedCli(home));
       full.push(await timedCli(home, [mainJs, "ps", "-q"]));
       node.push(await timedCli(home, ["-e", "0"]));
+      if (BASELINE)
+        baseline.push(await timedCli(home, [path.resolve(BASELINE, "bin", "kindling"), "ps", "-q"]));
       await sleep(20);
     }
     console.log(
@@ -92,6 +98,10 @@ async function main(): Promise<void> {
       `| node dist/src/cli/main.js ps -q (the full CLI: commander, every module of ps) | ${median(full).toFixed(1)} |`,
     );
     console.log(`| node -e 0 (Node's own start, the floor of any Node CLI) | ${median(node).toFixed(1)} |`);
+    if (BASELINE)
+      console.log(
+        `| ${BASELINE}/bin/kindling ps -q (the baseline build's CLI) | ${median(baseline).toFixed(1)} |`,
+      );
   } finally {
     for (const id of ids) await k.remove(id, { force: true }).catch(() => {});
     const info = await k.info().catch(() => undefined);
