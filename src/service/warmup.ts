@@ -2,8 +2,8 @@
  * A spare supervisor's rehearsal (spare.ts): while it waits for a container, it runs once the code
  * a container's start runs first (a spawn, mountinfo, the OCI spec and its JSON, atomic writes, an
  * HTTP server and a request to it, the image's users), so V8 has compiled it and its inline caches
- * are warm when the container comes: the first run in a fresh Node process costs ~50-100 ms more
- * CPU than later ones (bench/cli-cost.ts measures the difference). It makes no file (its server
+ * are warm when the container comes (the first run of that code in a process costs more CPU than the
+ * next; bench/cli-cost.ts measures `kindling run` with it). It makes no file (its server
  * listens on an abstract socket), so a spare killed meanwhile leaves nothing. `stop()` ends it
  * between steps.
  */
