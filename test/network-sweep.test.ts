@@ -13,11 +13,20 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import {
+  addNetworkList,
+  createNetns,
+  DEFAULT_PLUGIN_DIRS,
   deadRulesScript,
+  deleteNetns,
+  forgetRun,
+  homeDefaultNetwork,
   homeNetworkNames,
+  listNetns,
   OWNERS_DIR,
   parseRules,
+  RunRecorder,
   removeHomeNetwork,
+  startReleaseProcess,
   sweepNetwork,
 } from "../src/network/index.js";
 import { resolveImage } from "../src/runtime/image.js";
@@ -301,3 +310,45 @@ test("which rules are dead: by the network's tag, the run's id, and addresses no
   assert.ok(!f.script.includes("10.224.81.3"));
   assert.deepEqual(deadRulesScript("filter", [], live), { script: "", count: 0 });
 });
+
+test("a handed-off teardown whose home is deleted meanwhile does not make the home's lease directory again", async () => {
+  const gone = new KindlingHome(path.join(tmp, "gone")).ensure();
+  const list = await homeDefaultNetwork(gone);
+  const name = `${homeNetworkNames(gone).netnsPrefix}ho`;
+  const netns = await createNetns(name);
+  const at = { containerId: "ho", netns, ifName: "eth0", capabilityArgs: { portMappings: [] } };
+  const recorder = new RunRecorder(gone.root, "ho", name);
+  const cni = { kind: "cni" as const, list, attachment: at, pluginDirs: DEFAULT_PLUGIN_DIRS };
+  await recorder.add({ kind: "netns", name }, cni);
+  try {
+    (cni as { result?: unknown }).result = await addNetworkList(list, at, DEFAULT_PLUGIN_DIRS);
+    await recorder.save();
+    await rm(gone.root, { recursive: true, force: true }); // before the process runs its DEL
+    const pid = await startReleaseProcess(name, recorder.resources, gone.root);
+    assert.ok(pid !== undefined);
+    // it waits (2 s at most) for the record to name it, then releases; bounded
+    const deadline = Date.now() + 30_000;
+    while (isAlive(pid!) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(isAlive(pid!), false, "the release process ended within 30 s");
+    await assert.rejects(readdir(gone.root), "the home was not made again");
+    assert.deepEqual(await listNetns(name), []);
+    assert.deepEqual(
+      (await readdir(path.join(OWNERS_DIR, "runs"))).filter((f) => f.startsWith(name)),
+      [],
+      "the record and the release files are gone",
+    );
+  } finally {
+    await deleteNetns(name).catch(() => {});
+    await forgetRun(name);
+    await removeHomeNetwork(gone);
+  }
+});
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

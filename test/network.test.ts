@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -474,4 +474,51 @@ test("a kindling run (its supervisor) hands its network teardown to a process of
     f.startsWith(homeNetworkNames(home).netnsPrefix),
   );
   assert.deepEqual(records, []);
+});
+
+test("a home's default network as first written (per-run masquerade, firewall) is upgraded; an edited one is kept", async () => {
+  for (const edited of [false, true]) {
+    const h = new KindlingHome(path.join(tmp, `upgrade-${edited}`)).ensure();
+    const names = homeNetworkNames(h);
+    const subnet = "10.250.250.0/24";
+    const first = {
+      cniVersion: "1.0.0",
+      name: names.network,
+      plugins: [
+        {
+          type: "bridge",
+          bridge: names.bridge,
+          isGateway: true,
+          ipMasq: true,
+          hairpinMode: true,
+          ipam: {
+            type: "host-local",
+            ranges: [[{ subnet }]],
+            routes: [{ dst: "0.0.0.0/0" }],
+            dataDir: path.join(names.dir, "ipam"),
+          },
+          ...(edited ? { mtu: 1400 } : {}),
+        },
+        { type: "portmap", capabilities: { portMappings: true }, snat: true },
+        { type: "firewall", backend: "iptables" },
+      ],
+    };
+    await mkdir(names.dir, { recursive: true });
+    const file = path.join(names.dir, "default.conflist");
+    await writeFile(file, `${JSON.stringify(first, null, 2)}\n`);
+    const list = await homeDefaultNetwork(h);
+    const onDisk = JSON.parse(await readFile(file, "utf8"));
+    if (edited) {
+      assert.deepEqual(list, first);
+      assert.deepEqual(onDisk, first);
+    } else {
+      assert.deepEqual(
+        list.plugins.map((p) => p.type),
+        ["bridge", "portmap"],
+      );
+      assert.equal(list.plugins[0]!.ipMasq, false);
+      assert.match(JSON.stringify(list), /"subnet":"10\.250\.250\.0\/24"/, "the same subnet");
+      assert.deepEqual(onDisk, list);
+    }
+  }
 });

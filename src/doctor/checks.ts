@@ -8,7 +8,7 @@ import { config } from "../config/index.js";
 import { findFreeLoop } from "../host/loop.js";
 import { kernelFilesystems, kernelRelease } from "../host/proc.js";
 import { findPlugin } from "../network/cni.js";
-import { DEFAULT_PLUGIN_DIRS } from "../network/conflist.js";
+import { DEFAULT_PLUGIN_DIRS, defaultPluginTypes } from "../network/conflist.js";
 import { errorMessage } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
@@ -187,7 +187,8 @@ export async function cniCheck(dirs: string[] = DEFAULT_PLUGIN_DIRS): Promise<Ch
   const name = "CNI plugins";
   const missing: string[] = [];
   let where = "";
-  for (const type of ["bridge", "host-local", "portmap", "firewall", "loopback"]) {
+  const types = defaultPluginTypes();
+  for (const type of types) {
     const found = await findPlugin(type, dirs).catch(() => undefined);
     if (found) where ||= path.dirname(found);
     else missing.push(type);
@@ -203,6 +204,6 @@ export async function cniCheck(dirs: string[] = DEFAULT_PLUGIN_DIRS): Promise<Ch
   return {
     name,
     ok: true,
-    detail: `bridge, host-local, portmap, firewall, loopback in ${where}; iptables, tc, nsenter`,
+    detail: `${types.join(", ")} in ${where}; iptables, tc, nsenter`,
   };
 }

@@ -196,7 +196,9 @@ async function publish(req: NetworkRequest, cni: NetworkResource & { kind: "cni"
 
 /** Hands the run's network to a release process (or, if none starts, releases it here). */
 async function handOver(recorder: RunRecorder): Promise<void> {
-  const pid = await startReleaseProcess(recorder.netnsName, recorder.resources).catch(() => undefined);
+  const pid = await startReleaseProcess(recorder.netnsName, recorder.resources, recorder.home).catch(
+    () => undefined,
+  );
   if (pid !== undefined) return recorder.handOver(pid);
   for (const r of [...recorder.resources].reverse()) await releaseNetworkResource(r);
 }

@@ -6,7 +6,7 @@
 import { link, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { type Config, config } from "../config/index.js";
-import { tempPathFor } from "../util/atomic.js";
+import { tempPathFor, writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
@@ -78,6 +78,18 @@ export function defaultConfList(names: HomeNetworkNames, subnet: string): CniCon
       { type: "portmap", capabilities: { portMappings: true }, snat: true },
     ],
   };
+}
+
+/** The plugin types Kindling's default network runs (its IPAM plugin included): what doctor requires. */
+export function defaultPluginTypes(): string[] {
+  const names = { tag: "0", bridge: "kl-0", network: "kindling-0", netnsPrefix: "kl-0-", dir: "/" };
+  const types: string[] = [];
+  for (const p of defaultConfList(names, "10.192.0.0/24").plugins) {
+    types.push(p.type);
+    const ipam = (p.ipam as { type?: string } | undefined)?.type;
+    if (ipam) types.push(ipam);
+  }
+  return types;
 }
 
 /** The loopback plugin alone: brings `lo` up in the run's namespace. */
@@ -164,7 +176,7 @@ export async function homeDefaultNetwork(home: KindlingHome): Promise<CniConfLis
   const names = homeNetworkNames(home);
   const file = path.join(names.dir, DEFAULT_FILE);
   const existing = await readFile(file, "utf8").catch(() => undefined);
-  if (existing !== undefined) return parseConf(JSON.parse(existing), file);
+  if (existing !== undefined) return upgraded(names, file, parseConf(JSON.parse(existing), file));
   await mkdir(names.dir, { recursive: true });
   const subnet = await pickSubnet(names.tag);
   const list = defaultConfList(names, subnet);
@@ -181,6 +193,32 @@ export async function homeDefaultNetwork(home: KindlingHome): Promise<CniConfLis
     await rm(tmp, { force: true });
   }
   return list;
+}
+
+/**
+ * The default network as Kindling first wrote it (until the home rules replaced the bridge plugin's
+ * per-run `ipMasq` and the firewall plugin): a home's file that is exactly this, on its subnet, is
+ * Kindling's own and is upgraded in place; any other file (edited by someone) is kept as it is.
+ */
+function firstDefaultConfList(names: HomeNetworkNames, subnet: string): CniConfList {
+  const now = defaultConfList(names, subnet);
+  return {
+    ...now,
+    plugins: [
+      { ...now.plugins[0]!, ipMasq: true },
+      ...now.plugins.slice(1),
+      { type: "firewall", backend: "iptables" },
+    ],
+  };
+}
+
+async function upgraded(names: HomeNetworkNames, file: string, list: CniConfList): Promise<CniConfList> {
+  const subnet = defaultSubnet(list);
+  if (!subnet || JSON.stringify(list) !== JSON.stringify(firstDefaultConfList(names, subnet))) return list;
+  const now = defaultConfList(names, subnet);
+  // runs made on the old list keep it in their records: their release runs the plugins they were given
+  await writeFileAtomic(file, `${JSON.stringify(now, null, 2)}\n`);
+  return now;
 }
 
 /** IPv4 prefixes the host uses (addresses and routes), as [network, length]. */

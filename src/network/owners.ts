@@ -92,6 +92,10 @@ export class RunRecorder {
     };
   }
 
+  get home(): string {
+    return this.rec.home;
+  }
+
   get resources(): readonly NetworkResource[] {
     return this.rec.resources;
   }
@@ -134,8 +138,8 @@ export async function readRunRecords(): Promise<{ netnsName: string; rec: RunRec
 export async function removeOrphanReleaseFiles(): Promise<void> {
   const names = await readdir(RUNS).catch(() => [] as string[]);
   for (const f of names) {
-    const m = /^(.*\.json)\.del-\d+$/.exec(f);
-    if (m && !names.includes(m[1]!)) await unlink(path.join(RUNS, f)).catch(() => {});
+    const m = /^(.*\.json)\.(?:del-\d+(?:\.gone)?|ipam)$/.exec(f);
+    if (m && !names.includes(m[1]!)) await rm(path.join(RUNS, f), { recursive: true, force: true });
   }
 }
 

@@ -215,7 +215,8 @@ export async function releaseRun(netnsName: string, rec: RunRecord, report: Swee
   report.released.push(`network of run ${rec.runId} (${netnsName}, home ${rec.home})`);
 }
 
-function withIpamOutside<L extends { plugins: Record<string, unknown>[] }>(
+/** `list` with every IPAM dataDir under `home` pointed at `dir` (host-local would make the home's path again). */
+export function withIpamOutside<L extends { plugins: Record<string, unknown>[] }>(
   list: L,
   home: string,
   dir: string,

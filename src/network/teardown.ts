@@ -12,6 +12,7 @@ import { writeFile } from "node:fs/promises";
 import { findPlugin, pluginConfig, pluginPath, skippable } from "./cni.js";
 import { runRecordFile } from "./owners.js";
 import type { NetworkResource } from "./resources.js";
+import { withIpamOutside } from "./sweep.js";
 
 let background = false;
 
@@ -34,8 +35,12 @@ export function inBackground(): boolean {
 export async function startReleaseProcess(
   netnsName: string,
   resources: readonly NetworkResource[],
+  home: string,
 ): Promise<number | undefined> {
   const record = runRecordFile(netnsName);
+  // A home deleted meanwhile (a test's temp home): host-local's DEL would make its lease directory
+  // again, so the DEL then reads a config whose IPAM dataDir is a scratch directory beside the record.
+  const scratch = `${record}.ipam`;
   const q = (v: string) => `'${v.replaceAll("'", `'\\''`)}'`;
   const lines = [
     `rec=${q(record)}`,
@@ -56,17 +61,27 @@ export async function startReleaseProcess(
       `CNI_IFNAME=${q(at.ifName)}`,
       `CNI_PATH=${q(r.pluginDirs.join(":"))}`,
     ].join(" ");
-    for (const plugin of [...r.list.plugins].reverse()) {
+    const moved = withIpamOutside(r.list, home, scratch);
+    for (let i = r.list.plugins.length - 1; i >= 0; i--) {
+      const plugin = r.list.plugins[i]!;
       if (skippable(plugin, at)) continue;
       const file = `${record}.del-${files.length}`;
-      await writeFile(file, JSON.stringify(pluginConfig(r.list, plugin, at, r.result)));
+      const conf = pluginConfig(r.list, plugin, at, r.result);
+      const outside = pluginConfig(moved, moved.plugins[i]!, at, r.result);
+      await writeFile(file, JSON.stringify(conf));
       files.push(file);
+      let pick = `f=${q(file)}`;
+      if (JSON.stringify(outside) !== JSON.stringify(conf)) {
+        await writeFile(`${file}.gone`, JSON.stringify(outside));
+        files.push(`${file}.gone`);
+        pick += `; [ -d ${q(`${home}/run`)} ] || f=${q(`${file}.gone`)}`;
+      }
       const bin = await findPlugin(plugin.type, r.pluginDirs);
       const PATH = `PATH=${q(await pluginPath(plugin, r.result))}`;
-      lines.push(`${PATH} ${env} ${q(bin)} < ${q(file)} >/dev/null 2>&1 || ok=1`);
+      lines.push(`${pick}; ${PATH} ${env} ${q(bin)} < "$f" >/dev/null 2>&1 || ok=1`);
     }
   }
-  lines.push(`rm -f ${files.map(q).join(" ")}`, `[ $ok = 0 ] && rm -f "$rec"`, "exit 0");
+  lines.push(`rm -rf ${[...files, scratch].map(q).join(" ")}`, `[ $ok = 0 ] && rm -f "$rec"`, "exit 0");
   return new Promise((resolve) => {
     const child = spawn("/bin/sh", ["-c", lines.join("\n")], { detached: true, stdio: "ignore" });
     child.once("error", () => resolve(undefined));
