@@ -6,7 +6,7 @@
  * `iptables -S` and `iptables -t nat -S` that name the home (other tests may change the host meanwhile).
  */
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -260,4 +260,18 @@ test("KINDLING_NETWORK_POOL=0: no pool; a user CNI config: no pool", async () =>
   } finally {
     await svc2.stop();
   }
+});
+
+test("kindling bench --filter network: the network row (setup from scratch, from the pool, teardown)", async () => {
+  const work = path.join(tmp, "bench");
+  await mkdir(work, { recursive: true });
+  const r = await exec(KINDLING, ["bench", "--filter", "^network$", "--reps", "1", "--work-dir", work], {
+    env: { ...process.env, KINDLING_HOME: path.join(tmp, "bench-home") },
+    timeout: 300_000,
+    allowFailure: true,
+  });
+  assert.equal(r.code, 0, r.stderr);
+  for (const label of ["setup from scratch", "setup from the service's pool", "teardown inline"])
+    assert.match(r.stdout, new RegExp(`\\| ${label}[^|]*\\| \\d+\\.\\d ms \\|`), r.stdout);
+  assert.deepEqual(await readdir(work), [], "the bench's home is removed");
 });

@@ -3,6 +3,7 @@ import { BIND_BYTES, describeBinds } from "./binds.js";
 import { formatBytes, formatMs, formatPercent } from "./format.js";
 import { IMAGES } from "./images.js";
 import { describeMachine, type MachineInfo } from "./machine.js";
+import { networkTable } from "./network.js";
 import { markdownTable, table } from "./report.js";
 import type { BenchRow } from "./rows.js";
 import type { BenchResult } from "./runner.js";
@@ -94,6 +95,7 @@ export function benchMarkdown(rep: BenchReport): string {
     "",
     formatTargets(rep.targets),
     "",
+    ...(rep.result.network ? ["## Network", "", networkTable(rep.result.network), ""] : []),
     "## Skipped",
     "",
     ...(rep.result.skipped.length === 0

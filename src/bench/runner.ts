@@ -17,6 +17,7 @@ import { DirRuntime } from "./dir-runtime.js";
 import { coldHome, releaseHome, sharedKernelDir } from "./homes.js";
 import { IMAGES, publishImage, unpackTree } from "./images.js";
 import { measureRun } from "./measure.js";
+import { benchNetwork, NETWORK_KEY, type NetworkRow } from "./network.js";
 import { type Cache, planUnits, type Strategy, strategyName, type Unit, unavailableReason } from "./plan.js";
 import { startBenchRegistry } from "./registry.js";
 import { type BenchRow, medianRow, variantKey } from "./rows.js";
@@ -49,6 +50,8 @@ export interface Skipped {
 export interface BenchResult {
   /** One median row per variant, in plan order. */
   rows: BenchRow[];
+  /** What --network bridge adds to a runc run's start (network.ts); absent when filtered out. */
+  network?: NetworkRow;
   /** Every single run. */
   runs: BenchRow[];
   skipped: Skipped[];
@@ -153,6 +156,14 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   } finally {
     await rm(work, { recursive: true, force: true }).catch(() => {});
   }
+  let network: NetworkRow | undefined;
+  if (opts.filters.length === 0 || opts.filters.some((f) => f.test(NETWORK_KEY))) {
+    log("bench: network (host side)");
+    network = await benchNetwork(opts.workDir ?? "/var/tmp", Math.max(5, opts.reps)).catch((err) => {
+      skipped.push({ what: NETWORK_KEY, reason: errorMessage(err) });
+      return undefined;
+    });
+  }
 
   // Medians per variant, in plan order.
   const byKey = new Map<string, BenchRow[]>();
@@ -165,7 +176,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       if (group) rows.push(medianRow(group));
     }
   }
-  return { rows, runs, skipped };
+  return { rows, runs, skipped, ...(network ? { network } : {}) };
 }
 
 interface UnitContext {

@@ -4,6 +4,7 @@ import { type Command, InvalidArgumentError } from "commander";
 import { prepBySizeSvg, timesSvg } from "../bench/charts.js";
 import { machineInfo } from "../bench/machine.js";
 import { benchMarkdown, hostSideTable, timingTable } from "../bench/markdown.js";
+import { networkTable } from "../bench/network.js";
 import { runBench } from "../bench/runner.js";
 import { evaluateTargets, formatTargets } from "../bench/targets.js";
 
@@ -69,6 +70,7 @@ export function registerBenchCommand(program: Command): void {
           "End to end (under QEMU TCG a VM's times are dominated by the guest's own boot):",
           timingTable(result.rows),
           "",
+          ...(result.network ? ["Network:", networkTable(result.network), ""] : []),
           ...result.skipped.map((s) => `skipped: ${s.what}: ${s.reason.split("\n")[0]}`),
           "",
           "Targets:",

@@ -6,6 +6,7 @@
  * the same round, one taken from a pool of ready namespaces (pool.ts, as the home's service keeps it).
  */
 import { readdir } from "node:fs/promises";
+import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { Scope } from "../util/scope.js";
 import { type ResourceHolder, setUpNetwork } from "./attach.js";
@@ -76,6 +77,10 @@ export async function poolReady(home: KindlingHome, size: number, ms = 60_000): 
  * pool of one namespace kept by this process (refilled between rounds, as the service does it).
  */
 export async function measureNetworkCost(home: KindlingHome, rounds: number): Promise<NetworkCost> {
+  if (networkSettings().cniConfDir !== undefined)
+    throw new KindlingError(
+      "KINDLING_CNI_CONF_DIR is set: the network is measured on the home's default network",
+    );
   const cost: NetworkCost = { setupMs: [], teardownMs: [], pooledSetupMs: [] };
   await timeNetworkSetup(home, false);
   const pool = startNetworkPool(home, { size: 1 });
