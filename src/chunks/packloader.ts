@@ -1,8 +1,8 @@
 import type { ChunkWriter } from "../store/chunkstore.js";
+import type { ImagePacks, PackDesc } from "../store/packs.js";
 import type { BlockIndex, ChunkRef, Digest } from "../store/types.js";
 import { isChunkSync } from "../store/verify.js";
 import type { ChunkLoader, Claim } from "./loader.js";
-import type { ImagePacks, PackDesc } from "./packs.js";
 
 /** A source that can stream a byte range of a blob (a registry: HTTP Range). */
 export interface RangeSource {

@@ -1,4 +1,3 @@
-import { checkPacks, readPacksFile, removePacks, writePacks } from "../chunks/packs.js";
 import { policyFrom } from "../chunks/policy.js";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { checkProfile, readProfileFile, writeProfile } from "../lazy/profile.js";
@@ -10,6 +9,7 @@ import { decodeBlockIndex } from "../store/blockindex.js";
 import { loadImage, saveImage } from "../store/catalog.js";
 import { withStoreLock } from "../store/lock.js";
 import { checkImageName, imageNameProblem } from "../store/names.js";
+import { checkPacks, readPacksFile, removePacks, writePacks } from "../store/packs.js";
 import type { BlockIndex, Digest } from "../store/types.js";
 import type { KindlingHome } from "../util/home.js";
 import { buildImage } from "./build.js";

@@ -1,9 +1,9 @@
-import { removePacks } from "../chunks/packs.js";
 import { liveDaemonPids, stopIdleShared } from "../lazy/index.js";
 import { removeProfile } from "../lazy/profile.js";
 import { DamagedRecordError, deleteImageRecord, findImage, listImages } from "../store/catalog.js";
 import { collectGarbage } from "../store/gc.js";
 import { withStoreLock } from "../store/lock.js";
+import { removePacks } from "../store/packs.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 

@@ -6,12 +6,12 @@
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { hasRanges, PackLoader } from "../chunks/packloader.js";
-import { checkPacks, readPacksFile } from "../chunks/packs.js";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { useConfig } from "../config/index.js";
 import { lazyUnmount } from "../host/mounts.js";
 import { processStartTime } from "../host/process.js";
 import { readBlockIndex } from "../store/blockindex.js";
+import { checkPacks, readPacksFile } from "../store/packs.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
 import { BackgroundLoads } from "./background.js";

@@ -4,7 +4,7 @@ import {
   type PackDesc,
   packSize,
   planSegments,
-} from "../chunks/packs.js";
+} from "../store/packs.js";
 import type { ImageRecord } from "../store/types.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type Digest } from "../store/types.js";
 import { errorMessage, KindlingError } from "../util/errors.js";

@@ -13,9 +13,9 @@
  */
 import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
-import type { BlockIndex, Digest } from "../store/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
+import type { BlockIndex, Digest } from "./types.js";
 
 export const KINDLING_PACK_MEDIA_TYPE = "application/vnd.kindling.pack.v1";
 
