@@ -134,48 +134,98 @@ for (const runtime of RUNTIMES) {
   });
 }
 
-test("runc: exec -i -t into a running container: a pty, its size, a resize, the status", async () => {
-  const run = await cli(home, [
-    "run",
-    "-d",
-    "--runtime",
-    "runc",
-    "--network",
-    "none",
-    image,
-    "--",
-    "sleep",
-    "300",
-  ]);
-  assert.equal(run.code, 0, run.stderr);
-  const id = run.stdout.trim();
-  ids.push(id);
-  const t = ScriptTerminal.start([KINDLING, "exec", "-i", "-t", id, "--", "sh"], {
-    rows: 30,
-    cols: 90,
-    env: env(),
-    afterwards: AFTER,
-  });
-  try {
-    await t.expect(/\/ # /, "the exec'd shell's prompt");
-    let mark = t.output.length;
-    t.type("tty; stty size\r");
-    await t.expect(/\/dev\/pts\/\d+\r*\n30 90/, "tty and stty size", mark);
-    await t.resize(50, 132);
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      mark = t.output.length;
-      t.type("stty size\r");
-      const seen = await t.expect(/\d+ \d+\r*\n/, "stty size after the resize", mark, 10_000);
-      if (seen[0].startsWith("50 132")) break;
-      if (Date.now() > deadline) assert.fail(`no resize seen: ${t.output}`);
+for (const runtime of RUNTIMES) {
+  test(`${runtime}: exec -i -t into a running run -d -t container: a pty, its size, a resize, the status`, async () => {
+    const run = await cli(home, [
+      "run",
+      "-d",
+      "-t",
+      "--runtime",
+      runtime,
+      "--network",
+      "none",
+      image,
+      "--",
+      "sh",
+      "-c",
+      "test -t 1 && echo detached-on-a-tty; sleep 300",
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    const id = run.stdout.trim();
+    ids.push(id);
+    const t = ScriptTerminal.start([KINDLING, "exec", "-i", "-t", id, "--", "sh"], {
+      rows: 30,
+      cols: 90,
+      env: env(),
+      afterwards: AFTER,
+    });
+    try {
+      await t.expect(/\/ # /, "the exec'd shell's prompt");
+      let mark = t.output.length;
+      t.type("tty; stty size\r");
+      await t.expect(new RegExp(`(${TTY_NAME[runtime].source})\\r*\\n30 90`), "tty and stty size", mark);
+      await t.resize(50, 132);
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        mark = t.output.length;
+        t.type("stty size\r");
+        const seen = await t.expect(/\d+ \d+\r*\n/, "stty size after the resize", mark, 10_000);
+        if (seen[0].startsWith("50 132")) break;
+        if (Date.now() > deadline) assert.fail(`no resize seen: ${t.output}`);
+      }
+      t.type("exit 4\r");
+      assert.equal(await t.exited(60_000, "exec -i -t"), 4);
+      await restored(t);
+    } finally {
+      t.kill();
     }
-    t.type("exit 4\r");
-    assert.equal(await t.exited(60_000, "exec -i -t"), 4);
-    await restored(t);
+    assert.match((await cli(home, ["logs", id])).stdout, /detached-on-a-tty\r\n/);
+    // kill of a -t container: its pty and runtime go (after() checks nothing is left)
+    assert.equal((await cli(home, ["rm", "-f", id])).code, 0);
+  });
+}
+
+test("runc: a client that goes away (SIGKILL) stops its -t run; exec -it into no container restores the terminal", async () => {
+  const t = ScriptTerminal.start(
+    [
+      KINDLING,
+      "run",
+      "-t",
+      "-i",
+      "--name",
+      "gone",
+      "--stop-timeout",
+      "1",
+      "--runtime",
+      "runc",
+      "--network",
+      "none",
+      image,
+      "--",
+      "sh",
+      "-c",
+      "echo ready; sleep 300",
+    ],
+    { rows: 24, cols: 80, env: env() },
+  );
+  try {
+    await t.expect(/ready/, "the process started");
+    process.kill(await t.commandPid(), "SIGKILL");
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const ps = JSON.parse((await cli(home, ["ps", "-a", "--json"])).stdout) as {
+        name: string;
+        status: string;
+      }[];
+      if (ps.find((c) => c.name === "gone")?.status === "exited") break;
+      if (Date.now() > deadline)
+        assert.fail(`the -t run of a killed client still runs: ${JSON.stringify(ps)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
   } finally {
     t.kill();
   }
+  assert.equal((await cli(home, ["rm", "gone"])).code, 0);
   // an error after raw mode was set (no such container) still restores the terminal
   const bad = ScriptTerminal.start([KINDLING, "exec", "-i", "-t", "nosuchcontainer", "--", "sh"], {
     rows: 30,
@@ -190,5 +240,4 @@ test("runc: exec -i -t into a running container: a pty, its size, a resize, the 
   } finally {
     bad.kill();
   }
-  assert.equal((await cli(home, ["rm", "-f", id])).code, 0);
 });

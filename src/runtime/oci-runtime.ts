@@ -14,7 +14,7 @@ import { exec } from "../util/exec.js";
 import type { Scope } from "../util/scope.js";
 import { trace } from "../util/trace.js";
 import { buildOciSpec } from "./oci.js";
-import { buildProcessSpec } from "./process.js";
+import { buildProcessSpec, mergeEnv } from "./process.js";
 import { checkTtySize, type PtyProcess, spawnOnPty } from "./pty.js";
 import { type Resource, releaseResource } from "./resources.js";
 import { mountOverlay, type OverlayLayers, openRootfsLower, overlayLayers } from "./rootfs.js";
@@ -429,12 +429,14 @@ class OciContainer implements Container {
     // its own log: a program it cannot start is its error there (127/126 as for run), not the process's
     const log = this.runDir.file(`exec-${randomBytes(4).toString("hex")}.log`);
     const logArgs = ["--log", log, "--log-format", "json"];
-    if (io.tty)
-      return this.execOnPty(
-        [...logArgs, ...this.globalArgs(), "exec", "--tty", ...flags, this.id, ...spec.args],
-        log,
-        io,
-      );
+    if (io.tty) {
+      // runsc exec has no --tty: a process file with `terminal` (the container's process, these args)
+      const how =
+        this.flavor.name === "runsc"
+          ? ["--process", await this.execProcessFile(spec, log.replace(/\.log$/, ".json")), this.id]
+          : ["--tty", ...flags, this.id, ...spec.args];
+      return this.execOnPty([...logArgs, ...this.globalArgs(), "exec", ...how], log, io);
+    }
     const child = spawn(
       this.binary,
       [...logArgs, ...this.globalArgs(), "exec", ...flags, this.id, ...spec.args],
@@ -471,7 +473,23 @@ class OciContainer implements Container {
     };
   }
 
-  /** `exec -t`: `<runtime> exec --tty` on a host pty, as startOnPty. */
+  /** An exec's OCI process on a terminal: the container's (user, env, cwd) with these args and env. */
+  private async execProcessFile(spec: ExecSpec, file: string): Promise<string> {
+    const config = JSON.parse(await readFile(`${this.bundle}/config.json`, "utf8")) as {
+      process: { env?: string[]; cwd?: string };
+    };
+    const proc = {
+      ...config.process,
+      terminal: true,
+      args: spec.args,
+      env: mergeEnv(config.process.env ?? [], spec.env),
+      cwd: spec.cwd ?? config.process.cwd ?? "/",
+    };
+    await writeFile(file, JSON.stringify(proc));
+    return file;
+  }
+
+  /** `exec -t`: `<runtime> exec` with a terminal, on a host pty, as startOnPty. */
   private async execOnPty(args: string[], log: string, io: ExecIo): Promise<ExecProcess> {
     const pty = await spawnOnPty(this.binary, args, { size: checkTtySize(io.tty) });
     const onInput = (d: Buffer) => pty.write(d);
@@ -481,6 +499,7 @@ class OciContainer implements Container {
       io.stdin?.off("data", onInput);
       const failure = status.status !== 0 ? await this.runtimeError(log).catch(() => undefined) : undefined;
       await rm(log, { force: true }).catch(() => {});
+      await rm(log.replace(/\.log$/, ".json"), { force: true }).catch(() => {});
       const decided = failure ? commandFailureStatus(failure) : undefined;
       return decided ? { status: decided, message: failure } : status;
     });

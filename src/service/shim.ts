@@ -176,6 +176,7 @@ function execSession(socket: Socket, head: Buffer): void {
       },
     });
   socket.on("error", () => {});
+  socket.on("end", () => socket.destroy()); // a client that died half-closes: it went away
   socket.on("close", () => {
     // The client went away: its exec goes with it.
     if (!finished) proc?.kill("KILL");
@@ -257,6 +258,8 @@ class Attached {
     readonly stdin: PassThrough,
   ) {
     socket.on("error", () => {});
+    // a client that died half-closes (our server allows that): its end is its going away
+    socket.on("end", () => socket.destroy());
     socket.on("close", () => {
       this.gone = true;
       this.stdin.end();
