@@ -237,6 +237,7 @@ async function main(): Promise<void> {
     const pool = startNetworkPool(home, { size: 1 });
     const t = {
       pooled: [] as number[],
+      pooledP: [] as number[],
       runc: [] as number[],
       before: [] as number[],
       runcP: [] as number[],
@@ -253,6 +254,15 @@ async function main(): Promise<void> {
       t.b.push(await designB());
       await poolReady(home, 1);
       t.pooled.push((await timeNetworkSetup(home, true)).setupMs);
+      await poolReady(home, 1);
+      const port = {
+        hostIP: "127.0.0.1",
+        hostPort: 42000 + (i % 1000),
+        containerPort: 80,
+        protocol: "tcp" as const,
+      };
+      const p = await timeNetworkSetup(home, true, [port]);
+      t.pooledP.push(p.setupMs + p.teardownMs);
     }
     await pool.stop();
     const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
@@ -296,6 +306,10 @@ async function main(): Promise<void> {
     }
     row("  (one CNI plugin process, loopback VERSION, for scale)", `${median(goMs).toFixed(1)} ms`);
     row("  same with one -p (portmap too)", `${median(t.runcP).toFixed(1)} ms`);
+    row(
+      "  same with one -p, from the pool (portmap ADD on a ready namespace), teardown inline",
+      `${median(t.pooledP).toFixed(1)} ms (${ratio(median(t.pooledP), median(t.runcP))})`,
+    );
     row("  VM, design A: same + TAP wired to the veth with tc (chosen)", `${median(t.vm).toFixed(1)} ms`);
     row("  VM, design B parts: TAP on the bridge + host-local ADD/DEL only", `${median(t.b).toFixed(1)} ms`);
 

@@ -14,6 +14,7 @@ import { networkSettings } from "./conflist.js";
 import { homeTag, poolDir } from "./owners.js";
 import { startNetworkPool } from "./pool.js";
 import { type NetworkResource, releaseNetworkResource } from "./resources.js";
+import type { PortMapping } from "./types.js";
 
 export interface NetworkCost {
   /** Setup from scratch, per round (ms). */
@@ -43,6 +44,7 @@ let seq = 0;
 export async function timeNetworkSetup(
   home: KindlingHome,
   pool: boolean,
+  ports: PortMapping[] = [],
 ): Promise<{ setupMs: number; teardownMs: number }> {
   const t0 = now();
   let t1 = 0;
@@ -51,7 +53,7 @@ export async function timeNetworkSetup(
       home,
       runId: `m${process.pid}${seq++}`,
       mode: "bridge",
-      ports: [],
+      ports,
       settings: networkSettings(),
       holder: memoryHolder(),
       scope,
