@@ -59,6 +59,8 @@ export class PackLoader {
     private readonly opts: {
       /** Whether a reader waits for this digest now (the request then goes first at the limiter). */
       wanted(digest: string): boolean;
+      /** Whether the memory tier has it already (then it is not claimed, nor looked for on disk). */
+      inMemory?(digest: string): boolean;
       /** A chunk arrived (verified): the memory tier keeps it. */
       arrived?(chunk: number, data: Buffer): void;
       log?(msg: string): void;
@@ -114,6 +116,7 @@ export class PackLoader {
     for (const pos of positions) {
       const chunk = pack.chunks[pos];
       const ref = this.index.chunks[chunk];
+      if (this.opts.inMemory?.(ref.digest)) continue;
       const claim = this.loader.claim(ref);
       if (claim) items.push({ pos, chunk, ref, claim, settled: false });
     }

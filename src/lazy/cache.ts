@@ -103,6 +103,11 @@ export class ChunkCache {
     return loaded;
   }
 
+  /** Whether the memory tier holds this chunk. */
+  inMemory(digest: string): boolean {
+    return this.lru.has(digest);
+  }
+
   /** Whether a reader waits for this chunk now. */
   isWanted(digest: string): boolean {
     return this.wanted.has(digest);

@@ -70,6 +70,7 @@ async function main(): Promise<void> {
     checkedPacks && "packs" in checkedPacks && hasRanges(loader.fetcher.source)
       ? new PackLoader(index, checkedPacks.packs, loader, loader.fetcher.source, {
           wanted: (d) => cache.isWanted(d),
+          inMemory: (d) => cache.inMemory(d),
           arrived: (i, data) => cache.keep(i, data),
           log,
         })

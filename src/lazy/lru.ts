@@ -4,6 +4,11 @@ export class ByteLru<K> {
   private bytes = 0;
   constructor(private readonly maxBytes: number) {}
 
+  /** Whether key is cached (without making it recent). */
+  has(key: K): boolean {
+    return this.map.has(key);
+  }
+
   get(key: K): Buffer | undefined {
     const v = this.map.get(key);
     if (v) {

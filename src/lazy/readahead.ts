@@ -11,15 +11,14 @@ const SLACK = 256 << 10;
  */
 const TRIGGER = 1 << 20;
 /**
- * With packs: bytes kept requested ahead of a sequential reader: 512 KiB (the 4 chunks of the
- * path without packs) until its run covers GROW_AFTER, then a quarter of the run, up to
- * PACK_WINDOW. A long `cat` streams, while the short runs of a program's start (python mapping a
- * library, squashfs walking its tables) fetch what they did before: a window growing from the
- * first MiB fetched 33 instead of 25 MB on a cold `import numpy`...
+ * With packs: what is kept requested ahead of a sequential reader: the same `window` chunks as the
+ * path without packs (as one ranged request) until its run covers GROW_AFTER, then a quarter of
+ * the run in bytes, up to PACK_WINDOW. A long `cat` streams, while the short runs of a program's
+ * start fetch what they did before (a byte window growing from the first MiB fetched 33 instead of
+ * 25 MB on a cold `import numpy`)...
  */
 const PACK_WINDOW = 16 << 20;
-const MIN_WINDOW = 512 << 10;
-const GROW_AFTER = 8 << 20;
+const GROW_AFTER = 4 << 20;
 /** ...in ranged requests of at most this many bytes each (several in flight). */
 const PACK_BATCH = 4 << 20;
 
@@ -62,8 +61,7 @@ export class Readahead {
     if (first < 0 || first === this.lastFrom) return;
     this.lastFrom = first;
     if (this.packs?.hasSegments) {
-      const window = this.runBytes < GROW_AFTER ? MIN_WINDOW : Math.min(PACK_WINDOW, this.runBytes / 4);
-      this.stream(first, window);
+      this.stream(first, this.runBytes < GROW_AFTER ? 0 : Math.min(PACK_WINDOW, this.runBytes / 4));
       return;
     }
     const last = Math.min(first + this.window, this.cache.index.chunks.length - 1);
@@ -80,19 +78,26 @@ export class Readahead {
     }
   }
 
-  /** Tops up the ranged requests ahead of a reader at chunk `at` to `window` bytes. */
+  /** Tops up the ranged requests ahead of a reader at chunk `at`: `window` bytes, or (0) `this.window` chunks. */
   private stream(at: number, window: number): void {
     const chunks = this.cache.index.chunks;
     // A reader that moved elsewhere starts a new window.
     if (this.requestedTo < at || chunks[this.requestedTo].offset - chunks[at].offset > 2 * PACK_WINDOW) {
       this.requestedTo = at;
     }
-    const until = chunks[at].offset + chunks[at].length + window;
+    const last = Math.min(at + this.window, chunks.length - 1);
+    const until = window > 0 ? chunks[at].offset + chunks[at].length + window : chunks[last].offset + 1;
+    // Top up only once half the window is used: fewer, larger requests.
+    const half =
+      window > 0 ? chunks[at].offset + window / 2 : chunks[Math.min(at + (this.window >> 1), last)].offset;
+    if (this.requestedTo > at && chunks[this.requestedTo].offset > half) return;
     while (this.requestedTo + 1 < chunks.length && chunks[this.requestedTo + 1].offset < until) {
       const a = this.requestedTo + 1;
       let b = a;
+      // One request: up to `until`, at most PACK_BATCH bytes.
       while (
         b + 1 < chunks.length &&
+        chunks[b + 1].offset < until &&
         chunks[b + 1].offset + chunks[b + 1].length - chunks[a].offset <= PACK_BATCH
       )
         b++;
