@@ -112,3 +112,31 @@ test("qemu: exec -i -t into a running VM: a pty, its size, a resize, the status;
     await cli(home, ["rm", "-f", id]);
   }
 });
+
+test("qemu --agent vsock (a booted VM, no snapshot): run -t gives the process a guest pty of our size", async () => {
+  const term = ScriptTerminal.start(
+    [
+      KINDLING,
+      "run",
+      "-t",
+      "--runtime",
+      "qemu",
+      "--agent",
+      "vsock",
+      "--network",
+      "none",
+      "ml",
+      "--",
+      "sh",
+      "-c",
+      "tty; stty size; exit 6",
+    ],
+    { rows: 27, cols: 99, env: { ...env(), KINDLING_VM_SNAPSHOTS: "0" } },
+  );
+  try {
+    assert.equal(await term.exited(240_000, "run -t --agent vsock"), 6);
+    assert.match(term.output, /\/dev\/pts\/\d+\r*\n27 99\r*\n/);
+  } finally {
+    term.kill();
+  }
+});
