@@ -7,6 +7,7 @@
  */
 import { spawn } from "node:child_process";
 import { access, constants, mkdir, readlink, rename, rm, symlink } from "node:fs/promises";
+import { setPriority } from "node:os";
 import path from "node:path";
 import { searchPath } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
@@ -152,11 +153,17 @@ function oneLine(s: string): string {
  * Runs one plugin once. `conf` is the complete config the plugin reads on stdin (name, cniVersion,
  * prevResult and runtimeConfig already filled in). Returns the parsed stdout for ADD, undefined else.
  */
+/** `background`: work nobody waits for (the service's pool), run at a lower priority (nice 10). */
+export interface PluginRunOptions {
+  background?: boolean;
+}
+
 export function execPlugin(
   conf: CniPluginConf & { name: string; cniVersion: string },
   command: CniCommand,
   at: CniAttachment,
   pluginDirs: string[],
+  opts: PluginRunOptions = {},
 ): Promise<CniResult | undefined> {
   return Promise.all([
     findPlugin(conf.type, pluginDirs),
@@ -174,6 +181,8 @@ export function execPlugin(
           CNI_PATH: pluginDirs.join(":"),
         };
         const child = spawn(bin, [], { env, stdio: ["pipe", "pipe", "pipe"] });
+        // (the plugin's children, host-local and iptables, start later and inherit it)
+        if (opts.background && child.pid !== undefined) lowerPriority(child.pid);
         const out: Buffer[] = [];
         const err: Buffer[] = [];
         child.stdout.on("data", (d: Buffer) => out.push(d));
@@ -230,16 +239,27 @@ export function skippable(plugin: CniPluginConf, at: CniAttachment): boolean {
   return !Array.isArray(ports) || ports.length === 0;
 }
 
+/** Nice 10 for a process of background work; one that is gone already is no matter. */
+export function lowerPriority(pid: number): void {
+  try {
+    setPriority(pid, 10);
+  } catch {
+    // exited already
+  }
+}
+
 /** ADD through the list, each plugin's result the next one's prevResult; the last result is returned. */
 export async function addNetworkList(
   list: CniConfList,
   at: CniAttachment,
   pluginDirs: string[],
+  opts: PluginRunOptions = {},
 ): Promise<CniResult> {
   let result: CniResult | undefined;
   for (const plugin of list.plugins) {
     if (skippable(plugin, at)) continue;
-    result = (await execPlugin(pluginConfig(list, plugin, at, result), "ADD", at, pluginDirs)) ?? result;
+    const conf = pluginConfig(list, plugin, at, result);
+    result = (await execPlugin(conf, "ADD", at, pluginDirs, opts)) ?? result;
   }
   if (!result) throw new KindlingError(`CNI network ${list.name}: no plugin returned a result`);
   return result;

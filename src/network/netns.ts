@@ -15,7 +15,7 @@ export function netnsPath(name: string): string {
  * point) `ip netns add` is used instead: it makes /run/netns a shared mount, so a namespace mounted there
  * is seen from every mount namespace, as `ip` users expect.
  */
-export async function createNetns(name: string): Promise<string> {
+export async function createNetns(name: string, opts: { background?: boolean } = {}): Promise<string> {
   const file = netnsPath(name);
   if (!(await netnsDirIsMount())) {
     await exec("ip", ["netns", "add", name]);
@@ -23,7 +23,10 @@ export async function createNetns(name: string): Promise<string> {
     return file;
   }
   await writeFile(file, "", { flag: "wx", mode: 0o444 });
-  const r = await exec("unshare", [`--net=${file}`, "ip", "link", "set", "lo", "up"], { allowFailure: true });
+  const argv = ["unshare", `--net=${file}`, "ip", "link", "set", "lo", "up"];
+  // background work (the service's pool) at nice 10: `nice` execs unshare, one process as before
+  const [cmd, ...args] = opts.background ? ["nice", "-n", "10", ...argv] : argv;
+  const r = await exec(cmd!, args, { allowFailure: true });
   if (r.code !== 0) {
     // unshare binds before it execs ip: undo the mount too, then the file
     await deleteNetns(name).catch(() => {});

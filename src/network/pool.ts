@@ -134,7 +134,8 @@ class Pool implements NetworkPool {
     const recorder = new RunRecorder(this.home.root, id, name);
     try {
       await recorder.add({ kind: "netns", name });
-      const netns = await createNetns(name);
+      // at nice 10: a refill runs beside the run that took a namespace, and yields to it
+      const netns = await createNetns(name, { background: true });
       const cni: NetworkResource = {
         kind: "cni",
         list,
@@ -142,7 +143,7 @@ class Pool implements NetworkPool {
         pluginDirs: this.settings.pluginDirs,
       };
       await recorder.add(cni);
-      cni.result = await addNetworkList(list, cni.attachment, cni.pluginDirs);
+      cni.result = await addNetworkList(list, cni.attachment, cni.pluginDirs, { background: true });
       await recorder.save();
       await writeFile(poolMarker(name), "");
       if (this.stopped) throw new Error("the pool stopped");

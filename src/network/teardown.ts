@@ -9,7 +9,7 @@
  */
 import { spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
-import { findPlugin, pluginConfig, pluginPath, skippable } from "./cni.js";
+import { findPlugin, lowerPriority, pluginConfig, pluginPath, skippable } from "./cni.js";
 import { runRecordFile } from "./owners.js";
 import type { NetworkResource } from "./resources.js";
 import { withIpamOutside } from "./sweep.js";
@@ -87,6 +87,8 @@ export async function startReleaseProcess(
     child.once("error", () => resolve(undefined));
     child.once("spawn", () => {
       child.unref();
+      // background work: it yields to the next run (its plugins start after its wait for the record)
+      if (child.pid !== undefined) lowerPriority(child.pid);
       resolve(child.pid);
     });
   });
