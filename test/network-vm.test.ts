@@ -5,10 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { homeNetworkNames, poolDir, readRunRecord } from "../src/network/index.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { type RunHandle, runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions, type RawRunFlags } from "../src/runtime/options.js";
@@ -19,6 +21,7 @@ import { killRunOwner } from "./helpers/home-service.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
+import { cli, startService } from "./helpers/service.js";
 import { readAll } from "./helpers/streams.js";
 import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
@@ -158,4 +161,36 @@ test("a SIGKILLed run owner of a VM leaves no namespace, TAP, lease or rule afte
   assert.equal(report.cleaned.length, 1);
   assert.deepEqual(await networkLeftovers(t.home), []);
   assert.deepEqual(await leftovers(t.home.root), []);
+});
+
+test("a VM under the service takes a pooled namespace: the guest's eth0 has the pooled attachment's address", async () => {
+  const svc = await startService(t.home.root, [], { KINDLING_NETWORK_POOL: "1" });
+  try {
+    const dir = poolDir(homeNetworkNames(t.home).tag);
+    const deadline = Date.now() + 60_000;
+    let marks = await readdir(dir).catch(() => [] as string[]);
+    while (marks.length < 1) {
+      if (Date.now() > deadline) throw new Error(`the pool did not fill within 60 s: ${svc.output()}`);
+      await sleep(50);
+      marks = await readdir(dir).catch(() => [] as string[]);
+    }
+    const rec = await readRunRecord(marks[0]!);
+    const cni = rec?.resources[1];
+    const address = cni?.kind === "cni" ? cni.result?.ips?.[0]?.address : undefined;
+    assert.match(address ?? "", /^10\.\d+\.\d+\.\d+\/24$/);
+    const r = await cli(t.home.root, [
+      "run",
+      "--runtime",
+      "qemu",
+      "ml",
+      "--",
+      "sh",
+      "-c",
+      "ip -o -4 addr show eth0",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.includes(`inet ${address}`), `${r.stdout} (pooled: ${address})`);
+  } finally {
+    await svc.stop();
+  }
 });
