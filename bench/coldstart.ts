@@ -467,7 +467,7 @@ async function baselineRound(tmp: string, round: number, ref: string): Promise<R
       pullMs,
     };
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 }
 

@@ -61,5 +61,5 @@ export async function releaseHome(home: KindlingHome): Promise<void> {
   if ((await mountsUnder(home.root)).length > 0) {
     throw new KindlingError(`not removing ${home.root}: something is still mounted below it`);
   }
-  await rm(home.root, { recursive: true, force: true });
+  await rm(home.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
 }
