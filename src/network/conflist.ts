@@ -12,7 +12,7 @@ import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import type { CniConfList, CniPluginConf } from "./cni.js";
 import { ensureHomeRules, removeHomeRules } from "./homerules.js";
-import { forgetHome, homeTag, waitForHandOffs } from "./owners.js";
+import { forgetHome, homeTag, recordHome, waitForHandOffs } from "./owners.js";
 
 /** Where Debian's containernetworking-plugins puts the plugins, then the upstream default. */
 export const DEFAULT_PLUGIN_DIRS = ["/usr/lib/cni", "/opt/cni/bin"];
@@ -104,7 +104,8 @@ export async function loadNetwork(home: KindlingHome, settings: NetworkSettings)
   if (settings.cniConfDir) return loadUserNetwork(settings.cniConfDir);
   const list = await homeDefaultNetwork(home);
   const subnet = defaultSubnet(list);
-  if (subnet) await ensureHomeRules(homeNetworkNames(home).tag, subnet);
+  // (the home's record first: rules marks of a tag with no home record are dropped by the sweep)
+  if (subnet) await recordHome(home.root).then(() => ensureHomeRules(homeNetworkNames(home).tag, subnet));
   return list;
 }
 

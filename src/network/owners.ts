@@ -143,8 +143,16 @@ export async function removeOrphanReleaseFiles(): Promise<void> {
   }
 }
 
-/** Ready marks (pool.ts) whose record is gone: released by a sweeper that did not know of marks. */
+/**
+ * Marks whose owner's record is gone: ready marks (pool.ts) of released runs (a sweeper that did not
+ * know of marks), and home rules marks (homerules.ts) of forgotten homes, which would keep a home made
+ * again at the same path from making its rules (the sweep removes the rules of a tag with no home).
+ */
 export async function removeOrphanPoolMarks(): Promise<void> {
+  for (const f of await readdir(HOMES).catch(() => [] as string[])) {
+    const tag = /^([0-9a-f]{8})\.rules$/.exec(f)?.[1];
+    if (tag && !(await exists(homeFile(tag)))) await unlink(path.join(HOMES, f)).catch(() => {});
+  }
   for (const tag of await readdir(POOL).catch(() => [] as string[])) {
     // (a home's record is written before its pool's directory: no record, no live pool)
     if (!(await exists(homeFile(tag)))) await rm(poolDir(tag), { recursive: true, force: true });
