@@ -31,7 +31,7 @@ import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { networkLeftovers } from "./helpers/network.js";
+import { fetchText, hostLines, networkLeftovers } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
 import { cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
 
@@ -70,37 +70,8 @@ after(async () => {
   assert.deepEqual(left, []);
 });
 
-/** The lines of `ip -o link`, `ip netns`, `iptables -S`, `iptables -t nat -S` naming the home. */
-async function hostLines(): Promise<string[]> {
-  const outs = await Promise.all([
-    exec("ip", ["-o", "link"]),
-    exec("ip", ["netns", "list"]),
-    exec("iptables", ["-S"]),
-    exec("iptables", ["-t", "nat", "-S"]),
-  ]);
-  return outs
-    .flatMap((o) => o.stdout.split("\n"))
-    .filter((l) => needles.some((n) => l.includes(n)))
-    .map((l) => {
-      // a link by its name and bridge (not its index or carrier state); a namespace without its id
-      const link = /^\d+: ([^:@]+)[^ ]*: .*?(master \S+|$)/.exec(l);
-      return link ? `link ${link[1]} ${link[2]}`.trim() : l.replace(/ \(id: \d+\)$/, "");
-    })
-    .sort();
-}
-
-/** GETs url until it answers, bounded. */
-async function fetchText(url: string, timeoutMs = 30_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await (await fetch(url, { signal: AbortSignal.timeout(2000) })).text();
-    } catch (err) {
-      if (Date.now() > deadline) throw new Error(`${url} did not answer within ${timeoutMs} ms: ${err}`);
-      await sleep(100);
-    }
-  }
-}
+/** The home's lines of `ip -o link`, `ip netns`, `iptables -S`, `iptables -t nat -S`, normalized. */
+const homeLines = () => hostLines(needles, true);
 
 /** The pool's ready marks of the home. */
 async function ready(): Promise<string[]> {
@@ -132,7 +103,7 @@ async function settled(get: () => Promise<string[]>, want: string[], ms = 30_000
 }
 
 test("pooled runs get distinct addresses and reach each other; the service's stop releases the pool", async () => {
-  const baseline = await hostLines();
+  const baseline = await homeLines();
   const svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
   try {
     const marks = await poolFilled(2, svc);
@@ -193,11 +164,11 @@ test("pooled runs get distinct addresses and reach each other; the service's sto
     await svc.stop();
   }
   assert.deepEqual(await ready(), []);
-  assert.deepEqual(await settled(hostLines, baseline), baseline);
+  assert.deepEqual(await settled(homeLines, baseline), baseline);
 });
 
 test("a SIGKILLed service's pooled namespaces are released by the next service's start and by doctor --fix", async () => {
-  const baseline = await hostLines();
+  const baseline = await homeLines();
   const records = async () =>
     (await readdir(path.join(OWNERS_DIR, "runs")).catch(() => [] as string[])).filter((f) =>
       f.startsWith(homeNetworkNames(home).netnsPrefix),
@@ -206,12 +177,12 @@ test("a SIGKILLed service's pooled namespaces are released by the next service's
   let svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
   const killed = await poolFilled(2, svc);
   await svc.kill9();
-  let lines = await hostLines();
+  let lines = await homeLines();
   for (const m of killed) assert.ok(lines.includes(m), `${m} is left by the killed service`);
   svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
   try {
     await poolFilled(2, svc, killed);
-    lines = await hostLines();
+    lines = await homeLines();
     for (const m of killed)
       assert.ok(
         !lines.includes(m),
@@ -220,21 +191,21 @@ test("a SIGKILLed service's pooled namespaces are released by the next service's
   } finally {
     await svc.stop();
   }
-  assert.deepEqual(await settled(hostLines, baseline), baseline, svc.output());
+  assert.deepEqual(await settled(homeLines, baseline), baseline, svc.output());
   assert.deepEqual(await settled(records, []), [], svc.output());
 
   // 2. doctor --fix
   svc = await startService(home.root, [], { KINDLING_NETWORK_POOL: "2" });
   await poolFilled(2, svc);
   await svc.kill9();
-  assert.notDeepEqual(await hostLines(), baseline);
+  assert.notDeepEqual(await homeLines(), baseline);
   const r = await exec(KINDLING, ["doctor", "--fix"], {
     env: { ...process.env, KINDLING_HOME: home.root, KINDLING_SOCKET: "" },
     timeout: 120_000,
     allowFailure: true,
   });
   assert.equal(r.code, 0, r.stderr);
-  assert.deepEqual(await settled(hostLines, baseline), baseline);
+  assert.deepEqual(await settled(homeLines, baseline), baseline);
   assert.deepEqual(await settled(records, []), [], r.stdout);
   assert.deepEqual(await ready(), [], r.stdout);
   // no lease is left under the home

@@ -36,8 +36,9 @@ import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { runtimeFor } from "../src/runtime/runtimes.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
+import { alive } from "./helpers/home-service.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
-import { networkLeftovers } from "./helpers/network.js";
+import { hostLines, networkLeftovers } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
 import { readAll } from "./helpers/streams.js";
 
@@ -99,20 +100,6 @@ async function kill(h: Held): Promise<void> {
   const gone = new Promise((r) => h.child.once("exit", r));
   h.child.kill("SIGKILL");
   await gone;
-}
-
-/** The lines of `ip -o link`, `ip netns`, `iptables -S`, `iptables -t nat -S` naming one of `needles`. */
-async function hostLines(needles: string[]): Promise<string[]> {
-  const outs = await Promise.all([
-    exec("ip", ["-o", "link"]),
-    exec("ip", ["netns", "list"]),
-    exec("iptables", ["-S"]),
-    exec("iptables", ["-t", "nat", "-S"]),
-  ]);
-  return outs
-    .flatMap((o) => o.stdout.split("\n"))
-    .filter((l) => needles.some((n) => l.includes(n)))
-    .sort();
 }
 
 /**
@@ -328,8 +315,8 @@ test("a handed-off teardown whose home is deleted meanwhile does not make the ho
     assert.ok(pid !== undefined);
     // it waits (2 s at most) for the record to name it, then releases; bounded
     const deadline = Date.now() + 30_000;
-    while (isAlive(pid!) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    assert.equal(isAlive(pid!), false, "the release process ended within 30 s");
+    while (alive(pid!) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(alive(pid!), false, "the release process ended within 30 s");
     await assert.rejects(readdir(gone.root), "the home was not made again");
     assert.deepEqual(await listNetns(name), []);
     assert.deepEqual(
@@ -343,12 +330,3 @@ test("a handed-off teardown whose home is deleted meanwhile does not make the ho
     await removeHomeNetwork(gone);
   }
 });
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -43,7 +43,7 @@ import { KindlingHome } from "../src/util/home.js";
 import { killRunOwner } from "./helpers/home-service.js";
 import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { homeRulesLeft, networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
+import { fetchText, homeRulesLeft, networkLeftovers, sweepDeadNetworks } from "./helpers/network.js";
 import { freePort } from "./helpers/registry.js";
 import { apiCall, cli, startService, stopServiceAndContainers } from "./helpers/service.js";
 import { readAll } from "./helpers/streams.js";
@@ -99,22 +99,6 @@ async function run(command: string[], flags: RawRunFlags = {}) {
   const c = await start(command, flags);
   const [[stdout, stderr], result] = await Promise.all([c.output, c.handle.result]);
   return { ...result, stdout, stderr, network: c.network };
-}
-
-/** GETs url until it answers, within a bounded time. */
-async function fetchText(url: string, timeoutMs = 20_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
-      return await r.text();
-    } catch (err) {
-      last = err;
-      await sleep(100);
-    }
-  }
-  throw new Error(`${url} did not answer within ${timeoutMs} ms: ${(last as Error)?.message}`);
 }
 
 const HTTPD = ["httpd", "-f", "-p", "80", "-h", "/data"];

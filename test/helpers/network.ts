@@ -6,6 +6,7 @@
  */
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { homeNetworkNames, listNetns, sweepNetwork } from "../../src/network/index.js";
 import { exec } from "../../src/util/exec.js";
 import type { KindlingHome } from "../../src/util/home.js";
@@ -71,4 +72,42 @@ export async function homeRulesLeft(home: KindlingHome): Promise<string[]> {
       if (r.includes(network)) out.push(`iptables -t ${table}: ${r}`);
   }
   return out;
+}
+
+/**
+ * The lines of `ip -o link`, `ip netns`, `iptables -S`, `iptables -t nat -S` naming one of `needles`,
+ * sorted. `normalize`: a link as its name and bridge (not its index or carrier state), a namespace
+ * without its id, for a before/after comparison.
+ */
+export async function hostLines(needles: string[], normalize = false): Promise<string[]> {
+  const outs = await Promise.all([
+    exec("ip", ["-o", "link"]),
+    exec("ip", ["netns", "list"]),
+    exec("iptables", ["-S"]),
+    exec("iptables", ["-t", "nat", "-S"]),
+  ]);
+  const lines = outs.flatMap((o) => o.stdout.split("\n")).filter((l) => needles.some((n) => l.includes(n)));
+  if (!normalize) return lines.sort();
+  return lines
+    .map((l) => {
+      const link = /^\d+: ([^:@]+)[^ ]*: .*?(master \S+|$)/.exec(l);
+      return link ? `link ${link[1]} ${link[2]}`.trim() : l.replace(/ \(id: \d+\)$/, "");
+    })
+    .sort();
+}
+
+/** GETs url until it answers, within a bounded time. */
+export async function fetchText(url: string, timeoutMs = 20_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
+      return await r.text();
+    } catch (err) {
+      last = err;
+      await sleep(100);
+    }
+  }
+  throw new Error(`${url} did not answer within ${timeoutMs} ms: ${(last as Error)?.message}`);
 }
