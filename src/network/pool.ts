@@ -28,7 +28,7 @@ import { homeNetworkNames, loadNetwork, type NetworkSettings, networkSettings } 
 import { createNetns, netnsPath } from "./netns.js";
 import { claimRun, homeTag, poolDir, poolMarker, RunRecorder, readRunRecord, recordHome } from "./owners.js";
 import { type NetworkResource, releaseNetworkResource } from "./resources.js";
-import { sweepNetwork } from "./sweep.js";
+import { releaseRun, sweepNetwork } from "./sweep.js";
 
 /** A taken entry's refill waits this long: the run that took it is starting meanwhile. */
 const REFILL_DELAY_MS = 250;
@@ -169,7 +169,8 @@ class Pool implements NetworkPool {
         // its mark's unlink makes it ours again; a run that took it first owns it
         if (!(await unlink(poolMarker(name)).then(yes, no))) return;
         const rec = await readRunRecord(name);
-        if (rec && rec.pid === process.pid) await releaseAll(rec.resources).catch(() => {});
+        // as the sweep releases a run: a home deleted meanwhile (the service then stops) gets no lease dir again
+        if (rec && rec.pid === process.pid) await releaseRun(name, rec, { released: [], errors: [] });
       }),
     );
     this.ready.clear();
