@@ -318,13 +318,26 @@ class OciContainer implements Container {
     return { stdout: relayOut ? null : child.stdout, stderr: relayErr ? null : child.stderr };
   }
 
+  /**
+   * The size the runtime gives the container's pty before the process starts (the client's size is
+   * known only once it attached, after config.json was written).
+   */
+  private async setConsoleSize(size: TtySize): Promise<void> {
+    const file = `${this.bundle}/config.json`;
+    const spec = JSON.parse(await readFile(file, "utf8")) as { process: Record<string, unknown> };
+    spec.process.consoleSize = consoleSize(size);
+    await writeFile(file, `${JSON.stringify(spec, null, 2)}\n`);
+  }
+
   /** `-t`: `<runtime> run` on a host pty; its output is the terminal's (stdout and stderr merged). */
   private async startOnPty(): Promise<{ stdout: Readable | null; stderr: Readable | null }> {
     const runArgs = this.flavor.runArgs?.(this.network) ?? [];
+    const size = checkTtySize(this.stdio.tty);
+    await this.setConsoleSize(size);
     const pty = await spawnOnPty(
       this.binary,
       [...this.globalArgs(true), ...runArgs, "run", "--bundle", this.bundle, this.id],
-      { cwd: this.bundle, size: checkTtySize(this.stdio.tty) },
+      { cwd: this.bundle, size },
     );
     this.pty = pty;
     await this.holdImage(pty.pid);
@@ -431,11 +444,10 @@ class OciContainer implements Container {
     const logArgs = ["--log", log, "--log-format", "json"];
     if (io.tty) {
       // runsc exec has no --tty: a process file with `terminal` (the container's process, these args)
-      const how =
-        this.flavor.name === "runsc"
-          ? ["--process", await this.execProcessFile(spec, log.replace(/\.log$/, ".json")), this.id]
-          : ["--tty", ...flags, this.id, ...spec.args];
-      return this.execOnPty([...logArgs, ...this.globalArgs(), "exec", ...how], log, io);
+      // A process file, not --tty: runsc exec has no --tty, and the file's consoleSize sizes the pty
+      // before the process starts (runc's --tty copies the size only after: a quick `stty size` saw 0 0).
+      const file = await this.execProcessFile(spec, checkTtySize(io.tty), log.replace(/\.log$/, ".json"));
+      return this.execOnPty([...logArgs, ...this.globalArgs(), "exec", "--process", file, this.id], log, io);
     }
     const child = spawn(
       this.binary,
@@ -474,13 +486,14 @@ class OciContainer implements Container {
   }
 
   /** An exec's OCI process on a terminal: the container's (user, env, cwd) with these args and env. */
-  private async execProcessFile(spec: ExecSpec, file: string): Promise<string> {
+  private async execProcessFile(spec: ExecSpec, size: TtySize, file: string): Promise<string> {
     const config = JSON.parse(await readFile(`${this.bundle}/config.json`, "utf8")) as {
       process: { env?: string[]; cwd?: string };
     };
     const proc = {
       ...config.process,
       terminal: true,
+      consoleSize: consoleSize(size),
       args: spec.args,
       env: mergeEnv(config.process.env ?? [], spec.env),
       cwd: spec.cwd ?? config.process.cwd ?? "/",
@@ -520,4 +533,9 @@ class OciContainer implements Container {
   async delete(): Promise<void> {
     await releaseResource(this.resource);
   }
+}
+
+/** OCI's process.consoleSize of a window size. */
+function consoleSize(size: TtySize): { height: number; width: number } {
+  return { height: size.rows, width: size.cols };
 }
