@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -29,6 +30,7 @@ import {
   startReleaseProcess,
   sweepNetwork,
 } from "../src/network/index.js";
+import { homeTag, recordHome } from "../src/network/owners.js";
 import { resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
 import { parseRunOptions } from "../src/runtime/options.js";
@@ -328,5 +330,25 @@ test("a handed-off teardown whose home is deleted meanwhile does not make the ho
     await deleteNetns(name).catch(() => {});
     await forgetRun(name);
     await removeHomeNetwork(gone);
+  }
+});
+
+test("a full sweep deletes an empty kl- bridge no home record names, and keeps a recorded home's bridge", async () => {
+  const orphan = `kl-${randomBytes(4).toString("hex")}`;
+  await exec("ip", ["link", "add", orphan, "type", "bridge"]);
+  try {
+    const ownBridge = `kl-${homeTag(live.root)}`;
+    await recordHome(live.root);
+    const hadOwn = (await exec("ip", ["link", "show", ownBridge], { allowFailure: true })).code === 0;
+    // a run's quick sweep leaves it: only a full one (doctor --fix, the test kit) looks
+    await sweepNetwork({});
+    assert.equal((await exec("ip", ["link", "show", orphan], { allowFailure: true })).code, 0);
+    const report = await sweepNetwork({ full: true });
+    assert.ok(report.released.includes(`bridge ${orphan}`), report.released.join("; "));
+    assert.notEqual((await exec("ip", ["link", "show", orphan], { allowFailure: true })).code, 0);
+    const hasOwn = (await exec("ip", ["link", "show", ownBridge], { allowFailure: true })).code === 0;
+    assert.equal(hasOwn, hadOwn, "a recorded home's bridge stays");
+  } finally {
+    await exec("ip", ["link", "delete", orphan], { allowFailure: true });
   }
 });

@@ -111,10 +111,10 @@ export async function sweepNetwork(opts: SweepOptions = {}): Promise<SweepReport
   const deadHomes = [...owners.entries()].filter(([, o]) => !o.alive).map(([tag]) => tag);
   for (const tag of deadHomes) {
     if (!bridges.has(tag)) continue;
-    const r = await exec("ip", ["link", "delete", `kl-${tag}`, "type", "bridge"], { allowFailure: true });
-    if (r.code === 0 || /Cannot find device/i.test(r.stderr)) report.released.push(`bridge kl-${tag}`);
-    else report.errors.push(`bridge kl-${tag}: ${r.stderr.trim()}`);
+    await deleteBridge(tag, report);
   }
+
+  if (opts.full === true) await releaseUnrecordedBridges(bridges, report);
 
   const somethingDead = report.released.length > 0 || deadHomes.length > 0 || deadRuns.size > 0;
   const due =
@@ -171,6 +171,28 @@ async function tagOwners(): Promise<Map<string, TagOwner>> {
   }
   for (const rec of await readHomeRecords()) out.set(rec.tag, { alive: await homeExists(rec.home) });
   return out;
+}
+
+/**
+ * `kl-<tag>` bridges that no home record names and nothing is plugged into: their home's record is
+ * gone (a sweep forgot a deleted home while its still-running service made the bridge again). Every
+ * setup records its home before the bridge plugin can make the bridge, so the owners are read after
+ * the bridges were listed: a bridge seen there has its record by then, unless it is an orphan.
+ */
+async function releaseUnrecordedBridges(bridges: Set<string>, report: SweepReport): Promise<void> {
+  const owners = await tagOwners();
+  for (const tag of bridges) {
+    if (owners.has(tag)) continue;
+    const ports = await readdir(`/sys/class/net/kl-${tag}/brif`).catch(() => undefined);
+    if (!ports || ports.length > 0) continue;
+    await deleteBridge(tag, report);
+  }
+}
+
+async function deleteBridge(tag: string, report: SweepReport): Promise<void> {
+  const r = await exec("ip", ["link", "delete", `kl-${tag}`, "type", "bridge"], { allowFailure: true });
+  if (r.code === 0 || /Cannot find device/i.test(r.stderr)) report.released.push(`bridge kl-${tag}`);
+  else report.errors.push(`bridge kl-${tag}: ${r.stderr.trim()}`);
 }
 
 /** The tags of the `kl-<tag>` bridges on the host (from /sys, no spawn). */
