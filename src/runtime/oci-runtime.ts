@@ -487,16 +487,16 @@ class OciContainer implements Container {
 
   /** An exec's OCI process on a terminal: the container's (user, env, cwd) with these args and env. */
   private async execProcessFile(spec: ExecSpec, size: TtySize, file: string): Promise<string> {
-    const config = JSON.parse(await readFile(`${this.bundle}/config.json`, "utf8")) as {
+    const { process: main } = JSON.parse(await readFile(`${this.bundle}/config.json`, "utf8")) as {
       process: { env?: string[]; cwd?: string };
     };
     const proc = {
-      ...config.process,
+      ...main,
       terminal: true,
       consoleSize: consoleSize(size),
       args: spec.args,
-      env: mergeEnv(config.process.env ?? [], spec.env),
-      cwd: spec.cwd ?? config.process.cwd ?? "/",
+      env: mergeEnv(main.env ?? [], spec.env),
+      cwd: spec.cwd ?? main.cwd ?? "/",
     };
     await writeFile(file, JSON.stringify(proc));
     return file;
