@@ -10,6 +10,7 @@ import { mkdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
+import { readJsonFile } from "../util/jsonfile.js";
 import type { ChunkCache } from "./cache.js";
 import { chunksIn } from "./chunkmap.js";
 
@@ -61,18 +62,8 @@ export function checkProfile(
 }
 
 /** The home's profile file for `digest` as parsed JSON, or undefined if there is none. */
-export async function readProfileFile(home: KindlingHome, digest: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(profilePath(home, digest), "utf8");
-  } catch {
-    return undefined;
-  }
-  try {
-    return JSON.parse(text);
-  } catch {
-    return { corrupt: true };
-  }
+export function readProfileFile(home: KindlingHome, digest: string): Promise<unknown> {
+  return readJsonFile(profilePath(home, digest));
 }
 
 export async function writeProfile(home: KindlingHome, profile: StartupProfile): Promise<void> {

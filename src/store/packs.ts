@@ -11,10 +11,11 @@
  * The chunk blobs stay the unit of dedup and of every single-chunk fetch; packs are an accelerator:
  * an image without them (older pushes, local images) fetches chunk by chunk as before.
  */
-import { mkdir, readFile, rm } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
+import { readJsonFile } from "../util/jsonfile.js";
 import type { BlockIndex, Digest } from "./types.js";
 
 export const KINDLING_PACK_MEDIA_TYPE = "application/vnd.kindling.pack.v1";
@@ -125,18 +126,8 @@ export async function writePacks(home: KindlingHome, packs: ImagePacks): Promise
 }
 
 /** The home's packs file for `digest`, parsed (unchecked), or undefined if there is none. */
-export async function readPacksFile(home: KindlingHome, digest: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(packsPath(home, digest), "utf8");
-  } catch {
-    return undefined;
-  }
-  try {
-    return JSON.parse(text);
-  } catch {
-    return { corrupt: true };
-  }
+export function readPacksFile(home: KindlingHome, digest: string): Promise<unknown> {
+  return readJsonFile(packsPath(home, digest));
 }
 
 export async function removePacks(home: KindlingHome, digest: string): Promise<void> {
