@@ -4,39 +4,25 @@
  * api/openapi.yaml; events and metrics say what happened. The client starts the service itself.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { PassThrough } from "node:stream";
 import { after, before, test } from "node:test";
 import { Kindling, type KindlingApiError, type ServiceEvent } from "kindling";
-import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { KindlingHome } from "../src/util/home.js";
-import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
-import { leftovers } from "./helpers/leftovers.js";
-import { assertMatchesApi, stopServiceAndContainers } from "./helpers/service.js";
+import { assertMatchesApi } from "./helpers/service.js";
+import { busyboxServiceHome, type ServiceTestHome } from "./helpers/service-home.js";
 
-let tmp: string;
+let t: ServiceTestHome;
 let home: string;
 let image: string;
 let k: Kindling;
 
 before(async () => {
-  tmp = await mkdtemp(path.join(tmpdir(), "kindling-client-"));
-  home = path.join(tmp, "home");
-  await buildBusyboxTree(path.join(tmp, "tree"));
-  image = path.join(tmp, "busybox.sqfs");
-  await makeSquashfs(path.join(tmp, "tree"), image);
+  // no service: the library starts one itself
+  t = await busyboxServiceHome("kindling-client-", { service: false });
+  ({ root: home, image } = t);
   k = new Kindling({ home, autoStart: true, idleExitSeconds: 60 });
 });
 
-after(async () => {
-  await stopServiceAndContainers(home);
-  await cleanupStaleRuns(new KindlingHome(home)).catch(() => {});
-  const left = await leftovers(home, image);
-  await rm(tmp, { recursive: true, force: true });
-  assert.deepEqual(left, []);
-});
+after(() => t?.done());
 
 const json = "application/json";
 

@@ -5,59 +5,30 @@
  * stop and rm on adopted containers). Afterwards nothing is left running or mounted.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { KindlingHome } from "../src/util/home.js";
-import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
+import { until } from "./helpers/bounded.js";
 import { leftovers } from "./helpers/leftovers.js";
-import {
-  apiCall,
-  cli,
-  openApi,
-  startService,
-  stopServiceAndContainers,
-  type TestService,
-} from "./helpers/service.js";
+import { apiCall, cli, openApi, startService, type TestService } from "./helpers/service.js";
+import { busyboxServiceHome, type ServiceTestHome } from "./helpers/service-home.js";
 
-let tmp: string;
+let t: ServiceTestHome;
 let home: string;
 let socket: string;
 let image: string;
 let service: TestService;
-const ids: string[] = [];
+let ids: string[];
 
 before(async () => {
-  tmp = await mkdtemp(path.join(tmpdir(), "kindling-svc-"));
-  home = path.join(tmp, "home");
-  socket = path.join(home, "kindling.sock");
-  await buildBusyboxTree(path.join(tmp, "tree"));
-  image = path.join(tmp, "busybox.sqfs");
-  await makeSquashfs(path.join(tmp, "tree"), image);
-  service = await startService(home);
+  t = await busyboxServiceHome("kindling-svc-");
+  ({ root: home, socket, image, ids } = t);
+  service = t.service!;
 });
 
-after(async () => {
-  await service?.stop().catch(() => {});
-  await stopServiceAndContainers(home);
-  await cleanupStaleRuns(new KindlingHome(home)).catch(() => {});
-  const left = await leftovers(home, image, ids);
-  await rm(tmp, { recursive: true, force: true });
-  assert.deepEqual(left, []);
-});
-
-/** Polls until `check` is true, at most `ms`; fails naming `what`. */
-async function until(what: string, check: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
+after(() => t?.done());
 
 async function logsOf(ref: string): Promise<{ out: string; err: string }> {
   const r = await apiCall(socket, "GET", `/v1/containers/${ref}/logs`);
@@ -306,7 +277,7 @@ test("kill -9 of the service: containers keep running and logging; a new service
   const during = (await readFile(path.join(home, "containers", id, "log.jsonl"), "utf8")).length;
   assert.ok(during > before, "the supervisor kept writing the log while no service ran");
 
-  service = await startService(home);
+  t.service = service = await startService(home);
   await until("the adoption log line", async () =>
     /"adopted":\["[0-9a-f]{12}","[0-9a-f]{12}"\]/.test(service.output()),
   );

@@ -7,40 +7,25 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
-import { cleanupStaleRuns } from "../src/runtime/rundir.js";
+import { until as untilTrue } from "./helpers/bounded.js";
 import { leftovers } from "./helpers/leftovers.js";
-import { apiCall, cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
-import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
+import { apiCall, cli, startService, type TestService } from "./helpers/service.js";
+import { type ServiceTestHome, vmServiceHome } from "./helpers/service-home.js";
 
-let t: VmTestHome;
+let t: ServiceTestHome;
 let home: string;
 let socket: string;
 let service: TestService;
 
 before(async () => {
-  t = await vmTestHome();
-  home = t.home.root;
-  socket = path.join(home, "kindling.sock");
-  service = await startService(home);
+  t = await vmServiceHome();
+  ({ root: home, socket } = t);
+  service = t.service!;
 });
 
-after(async () => {
-  await service?.stop().catch(() => {});
-  await stopServiceAndContainers(home);
-  await cleanupStaleRuns(t.home).catch(() => {});
-  const left = await leftovers(home);
-  await t.cleanup();
-  assert.deepEqual(left, []);
-});
+after(() => t?.done());
 
-async function until(what: string, check: () => Promise<boolean>, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(100);
-  }
-}
+const until = (what: string, check: () => Promise<boolean>, ms = 60_000) => untilTrue(what, check, ms, 100);
 
 async function stdoutOf(id: string): Promise<string> {
   const r = await apiCall(socket, "GET", `/v1/containers/${id}/logs`);
@@ -97,7 +82,7 @@ test("a VM container: run -d, exec (output, stdin, status), kill -9 of the servi
     "log lines written while no service runs",
     async () => (await readFile(logPath, "utf8")).length > before,
   );
-  service = await startService(home);
+  t.service = service = await startService(home);
   const ps = await apiCall(socket, "GET", "/v1/containers");
   assert.deepEqual(
     (ps.body as { id: string; status: string }[]).map((c) => `${c.id} ${c.status}`),

@@ -6,33 +6,22 @@
  */
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { KINDLING } from "./helpers/cli.js";
-import { leftovers } from "./helpers/leftovers.js";
-import { cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
+import { cli } from "./helpers/service.js";
+import { type ServiceTestHome, vmServiceHome } from "./helpers/service-home.js";
 import { ScriptTerminal } from "./helpers/terminal.js";
-import { type VmTestHome, vmTestHome } from "./helpers/vm-image.js";
 
-let t: VmTestHome;
+let t: ServiceTestHome;
 let home: string;
-let service: TestService;
 
 before(async () => {
-  t = await vmTestHome();
-  home = t.home.root;
-  service = await startService(home);
+  t = await vmServiceHome();
+  home = t.root;
 });
 
-after(async () => {
-  await service?.stop().catch(() => {});
-  await stopServiceAndContainers(home);
-  await cleanupStaleRuns(t.home).catch(() => {});
-  const left = await leftovers(home);
-  await t.cleanup();
-  assert.deepEqual(left, []);
-});
+after(() => t?.done());
 
-const env = () => ({ KINDLING_HOME: home, KINDLING_SOCKET: "" });
+const env = () => t.env();
 const AFTER = "echo; stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo END";
 
 /** Types `stty size` until the answer is `want` (the resize travels client -> guest), bounded. */

@@ -5,46 +5,28 @@
  * our terminal leaves raw mode on every way out (the end, Ctrl-C, an error), and nothing is left.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { after, before, test } from "node:test";
-import { cleanupStaleRuns } from "../src/runtime/rundir.js";
-import { KindlingHome } from "../src/util/home.js";
 import { KINDLING } from "./helpers/cli.js";
-import { buildBusyboxTree, makeSquashfs } from "./helpers/images.js";
-import { leftovers } from "./helpers/leftovers.js";
-import { cli, startService, stopServiceAndContainers, type TestService } from "./helpers/service.js";
+import { cli } from "./helpers/service.js";
+import { busyboxServiceHome, type ServiceTestHome } from "./helpers/service-home.js";
 import { ScriptTerminal } from "./helpers/terminal.js";
 
-let tmp: string;
+let t: ServiceTestHome;
 let home: string;
 let image: string;
-let service: TestService;
-const ids: string[] = [];
+let ids: string[];
 const RUNTIMES = ["runc", "runsc"] as const;
 /** What `tty` prints: runc gives the process a pty of the container's devpts; gVisor a host one it cannot name. */
 const TTY_NAME = { runc: /\/dev\/pts\/\d+/, runsc: /\/dev\/pts\/\d+|not a tty/ };
 
 before(async () => {
-  tmp = await mkdtemp(path.join(tmpdir(), "kindling-tty-"));
-  home = path.join(tmp, "home");
-  await buildBusyboxTree(path.join(tmp, "tree"));
-  image = path.join(tmp, "busybox.sqfs");
-  await makeSquashfs(path.join(tmp, "tree"), image);
-  service = await startService(home);
+  t = await busyboxServiceHome("kindling-tty-");
+  ({ root: home, image, ids } = t);
 });
 
-after(async () => {
-  await service?.stop().catch(() => {});
-  await stopServiceAndContainers(home);
-  await cleanupStaleRuns(new KindlingHome(home)).catch(() => {});
-  const left = await leftovers(home, image, ids);
-  await rm(tmp, { recursive: true, force: true });
-  assert.deepEqual(left, []);
-});
+after(() => t?.done());
 
-const env = () => ({ KINDLING_HOME: home, KINDLING_SOCKET: "" });
+const env = () => t.env();
 /** Our terminal's settings after kindling ended: raw mode undone (canonical input and echo back). */
 const AFTER = "echo; stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo END";
 const restored = (t: ScriptTerminal) => t.expect(/icanon echo END/, "the terminal restored (icanon echo)");

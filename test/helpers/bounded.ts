@@ -31,3 +31,17 @@ export function exited(child: ChildProcess, ms: number, what: string): Promise<v
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return within(new Promise<void>((r) => child.once("exit", () => r())), ms, what);
 }
+
+/** Polls `check` every `everyMs` until it is true; fails after `ms` naming `what`. */
+export async function until(
+  what: string,
+  check: () => Promise<boolean>,
+  ms = 30_000,
+  everyMs = 50,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
