@@ -9,6 +9,8 @@
  *   profiled+files: profile and file-aware readahead
  *   cold-nopacks, profiled-nopacks: cold and profiled with REF pushed `--no-packs` (chunk by chunk,
  *             as before packs: no segments, no startup pack)
+ *   profiled-nostart: profiled with KINDLING_PULL_START_DAEMON=0 (the pull does not start the image's
+ *             lazy daemon; the run does, as before)
  *   sorted+files, sorted+profiled+files: the same image rebuilt with its startup files first
  *             (`mksquashfs -sort` by the first run's profile: blockimage/sortlist.ts), without and
  *             with its own profile
@@ -21,7 +23,10 @@
  * time readers spent blocked, requests in flight over time (--trace-out FILE writes the timelines).
  *   node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py "import numpy"]
  *     [--variants cold,profiled,baseline (default; also files, profiled+files, sorted+files,
- *      sorted+profiled+files, cold-nopacks, profiled-nopacks)] [--trace-out FILE] [--reuse debian-minbase.tar (chunk reuse with that image)]
+ *      sorted+profiled+files, cold-nopacks, profiled-nopacks, profiled-nostart)] [--trace-out FILE]
+ *     [--reuse debian-minbase.tar (chunk reuse with that image)]
+ *     [--registry HOST (reuse images an earlier setup pushed to HOST: bench/numpy:latest, :profiled,
+ *      bench/numpy-oci:latest; no import or push, no registry CPU; for iterating only)]
  * The fixture is built by scripts/fixtures/debian-numpy.sh (.cache/fixtures). KINDLING_BENCH_CLI=path/to/main.js
  * measures another build's CLI (e.g. main before a change).
  */
@@ -55,11 +60,14 @@ const FIXTURE = argOf("fixture") ?? "debian-numpy.tar";
 const CMD = ["python3", "-c", argOf("py") ?? "import numpy; print(numpy.__version__)"];
 const KINDLING = process.env.KINDLING_BENCH_CLI ?? path.join(REPO, "dist", "src", "cli", "main.js");
 const TRACE_OUT = argOf("trace-out");
+/** --registry HOST: the images are pushed there already (bench/numpy:latest, :profiled; a run of this bench left them): no import, no push (for iterating). */
+const REGISTRY = argOf("registry");
 /** --reuse FIXTURE: also measure chunk reuse between FIXTURE's image and the numpy images. */
 const REUSE = argOf("reuse");
 
 type ColdVariant =
   | "cold"
+  | "profiled-nostart"
   | "cold-nopacks"
   | "profiled-nopacks"
   | "files"
@@ -70,6 +78,7 @@ type ColdVariant =
 type Variant = ColdVariant | "baseline";
 const ALL: Variant[] = [
   "cold",
+  "profiled-nostart",
   "cold-nopacks",
   "profiled-nopacks",
   "files",
@@ -252,6 +261,8 @@ function viewOf(s: LazyStats, runStartedAt: number, cpu: { daemon: number; regis
 }
 
 let sortedFiles = 0;
+/** The image's block size (from the first cold home's record). */
+let blockSize = 0;
 let reuse = "";
 
 /** Reads the block image of a local image from its home's chunks. */
@@ -305,17 +316,53 @@ async function chunkReuse(home: KindlingHome, base: string): Promise<string> {
 async function main(): Promise<void> {
   const fixture = path.join(FIXTURES, FIXTURE);
   const tmp = await mkdtemp(path.join(process.env.KINDLING_BENCH_DIR ?? "/var/tmp", "kindling-coldstart-"));
-  const registry = await startBenchRegistry(tmp);
+  const registry = REGISTRY ? { host: REGISTRY, stop: async () => {} } : await startBenchRegistry(tmp);
   const rows: Row[] = [];
   const loads: number[] = [];
-  let blockSize = 0;
   const refs: Partial<Record<Variant, string>> = {};
   try {
+    if (REGISTRY) {
+      for (const v of VARIANTS) {
+        if (v === "baseline") refs[v] = `${REGISTRY}/bench/numpy-oci:latest`;
+        else refs[v] = `${REGISTRY}/bench/numpy:${v.startsWith("profiled") ? "profiled" : "latest"}`;
+      }
+    } else await setup(tmp, registry.host, fixture, refs);
+    for (let round = 0; round < N; round++) {
+      const order = VARIANTS.map((_, k) => VARIANTS[(k + round) % VARIANTS.length]);
+      for (const v of order) {
+        loads.push(loadavg()[0]);
+        if (v === "baseline") rows.push(await baselineRound(tmp, round, refs.baseline!));
+        else rows.push(...(await kindlingRound(tmp, `${round}-${v.replaceAll("+", "-")}`, refs[v]!, v)));
+      }
+    }
+  } finally {
+    await registry.stop();
+    await rm(tmp, { recursive: true, force: true });
+  }
+  report(rows, blockSize, loads);
+  if (sortedFiles)
+    console.log(`sorted build: ${sortedFiles} files placed first (the profile's, in its order)`);
+  if (reuse) console.log(reuse);
+  if (TRACE_OUT) {
+    const traces = rows.filter((r) => r.daemon).map((r) => ({ variant: r.variant, ms: r.ms, ...r.daemon }));
+    await writeFile(TRACE_OUT, `${JSON.stringify(traces)}\n`);
+    console.log(`timelines: ${TRACE_OUT}`);
+  }
+}
+
+/** The bench's images: imported, pushed plain, run once (the profile), pushed with it; the baseline's OCI image. */
+async function setup(
+  tmp: string,
+  host: string,
+  fixture: string,
+  refs: Partial<Record<Variant, string>>,
+): Promise<void> {
+  const registry = { host };
+  {
     const source = path.join(tmp, "source");
     await kindling(source, ["image", "import", fixture, "--name", "numpy"]);
     const plain = `${registry.host}/bench/numpy:latest`;
     await kindling(source, ["image", "push", "--insecure", "numpy", plain]);
-    blockSize = (await loadImage(new KindlingHome(source), "numpy")).blockSize;
     refs.cold = plain;
     refs.files = plain;
     // One run in the pushing home records the startup profile; the second tag carries it.
@@ -324,6 +371,7 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 1500)); // the daemon writes the profile within 1 s
     await kindling(source, ["image", "push", "--insecure", "numpy", profiled]);
     refs.profiled = profiled;
+    refs["profiled-nostart"] = profiled;
     refs["profiled+files"] = profiled;
     if (VARIANTS.some((v) => v.endsWith("nopacks"))) {
       // The same two pushes without packs (the profile still travels in the config).
@@ -366,27 +414,6 @@ async function main(): Promise<void> {
       ]);
       await rm(oci, { recursive: true, force: true });
     }
-
-    for (let round = 0; round < N; round++) {
-      const order = VARIANTS.map((_, k) => VARIANTS[(k + round) % VARIANTS.length]);
-      for (const v of order) {
-        loads.push(loadavg()[0]);
-        if (v === "baseline") rows.push(await baselineRound(tmp, round, refs.baseline!));
-        else rows.push(...(await kindlingRound(tmp, `${round}-${v.replaceAll("+", "-")}`, refs[v]!, v)));
-      }
-    }
-  } finally {
-    await registry.stop();
-    await rm(tmp, { recursive: true, force: true });
-  }
-  report(rows, blockSize, loads);
-  if (sortedFiles)
-    console.log(`sorted build: ${sortedFiles} files placed first (the profile's, in its order)`);
-  if (reuse) console.log(reuse);
-  if (TRACE_OUT) {
-    const traces = rows.filter((r) => r.daemon).map((r) => ({ variant: r.variant, ms: r.ms, ...r.daemon }));
-    await writeFile(TRACE_OUT, `${JSON.stringify(traces)}\n`);
-    console.log(`timelines: ${TRACE_OUT}`);
   }
 }
 
@@ -395,18 +422,23 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
   const root = path.join(tmp, `home-${round}`);
   await mkdir(root);
   const home = new KindlingHome(root);
-  const env = { KINDLING_LAZY_FILE_READAHEAD: variant.endsWith("files") ? "8388608" : "0" };
+  const env = {
+    KINDLING_LAZY_FILE_READAHEAD: variant.endsWith("files") ? "8388608" : "0",
+    // -nostart: the pull does not start the image's lazy daemon (the run does, as before)
+    KINDLING_PULL_START_DAEMON: variant.endsWith("nostart") ? "0" : "1",
+  };
   try {
     // A fresh worker: its service already runs (systemd, contrib/kindling.service), its image cache is empty.
     await kindling(root, ["info"], env);
     const t0 = now();
     await kindling(root, ["image", "pull", "--insecure", ref], env);
     const pullMs = now() - t0;
-    const registry = await registryPid(tmp);
+    const registry = REGISTRY ? 0 : await registryPid(tmp);
     const regBefore = await cpuMs(registry);
     const cold = await kindling(root, runArgs(ref), env);
     const registryCpu = (await cpuMs(registry)) - regBefore;
     const record = await loadImage(home, ref);
+    blockSize = record.blockSize;
     const index = await readBlockIndex(home, record.digest);
     const fetchedBytes = await localBytes(home, index);
     let daemonCpu = 0;
@@ -472,6 +504,7 @@ async function baselineRound(tmp: string, round: number, ref: string): Promise<R
 }
 
 function report(rows: Row[], blockSize: number, loads: number[]): void {
+  if (REGISTRY) console.log(`# images reused from ${REGISTRY} (no registry CPU)`);
   const pick = (v: Variant | "warm", of?: ColdVariant) =>
     rows.filter((r) => r.variant === v && (of === undefined || r.of === of));
   const med = (rs: Row[], f: (r: Row) => number | undefined) => median(rs.map((r) => f(r) ?? Number.NaN));

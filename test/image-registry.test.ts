@@ -1,16 +1,26 @@
 import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import { liveDaemonPids } from "../src/lazy/index.js";
 import { exec } from "../src/util/exec.js";
 import { runCli } from "./helpers/cli.js";
 import { fixture, tempHome } from "./helpers/fixtures.js";
+import { leftovers } from "./helpers/leftovers.js";
 import { loadOciLayout, startRegistry, type TestRegistry } from "./helpers/registry.js";
+
+/** Polls `ok` every 50 ms until it holds; fails with `what` after `ms`. */
+async function waitFor(ok: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  for (const until = Date.now() + ms; !(await ok()); ) {
+    if (Date.now() > until) assert.fail(`not within ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 
 describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
   let reg: TestRegistry;
   let homes: Awaited<ReturnType<typeof tempHome>>[];
-  const kindling = async (home: { root: string }, args: string[]) => {
-    const r = await runCli(args, { home });
+  const kindling = async (home: { root: string }, args: string[], env?: Record<string, string>) => {
+    const r = await runCli(args, { home, env });
     assert.equal(r.code, 0, `kindling ${args.join(" ")}: ${r.stderr}`);
     return r;
   };
@@ -19,7 +29,7 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
 
   before(async () => {
     reg = await startRegistry();
-    homes = [await tempHome(), await tempHome()];
+    homes = [await tempHome(), await tempHome(), await tempHome()];
   });
   after(async () => {
     await reg?.stop();
@@ -56,7 +66,9 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     const [a, b] = homes;
     const ref = `${reg.host}/kindling/busybox:v1`;
     await kindling(a!, ["image", "push", "local-bb", ref, "--insecure"]);
-    await kindling(b!, ["image", "pull", ref, "--insecure"]);
+    // Without the lazy daemon a pull starts by default (its prefetch would fetch chunks: next test).
+    await kindling(b!, ["image", "pull", ref, "--insecure"], { KINDLING_PULL_START_DAEMON: "0" });
+    assert.deepEqual(await liveDaemonPids(b!, (await inspect(a!, "local-bb")).digest), [], "no daemon");
     const there = await inspect(b!, ref);
     const here = await inspect(a!, "local-bb");
     assert.equal(there.digest, here.digest);
@@ -70,5 +82,33 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     await kindling(b!, ["image", "export", ref, "-o", out]);
     assert.match((await exec("tar", ["-tf", out])).stdout, /\.\/bin\/busybox/);
     assert.equal((await inspect(b!, ref)).localBytes, here.blockSize);
+  });
+
+  test("a lazy pull starts the image's daemon in the background; the first run joins it; image rm stops it", async () => {
+    const [, , c] = homes;
+    const ref = `${reg.host}/kindling/busybox:v1`; // pushed by the test above
+    const pull = await kindling(c!, ["image", "pull", ref, "--insecure"]);
+    const digest = pull.stdout.trim().split(" ").at(-1)!;
+    // Spawned before the pull returned; it serves (state written, start lock gone) within its bound.
+    await waitFor(async () => (await liveDaemonPids(c!, digest)).length === 1, 20_000, "the daemon serves");
+    const [pid] = await liveDaemonPids(c!, digest);
+    const run = await kindling(c!, [
+      "run",
+      "--runtime",
+      "runc",
+      "--network",
+      "none",
+      ref,
+      "--",
+      "cat",
+      "/etc/passwd",
+    ]);
+    assert.match(run.stdout, /root:/);
+    assert.deepEqual(await liveDaemonPids(c!, digest), [pid], "the run used the pull's daemon");
+    assert.ok((await inspect(c!, ref)).localBytes > 0, "it fetched what the run read");
+    // image rm stops it (the service holds the image warm: rm asks it to let go first).
+    await kindling(c!, ["image", "rm", ref]);
+    assert.deepEqual(await liveDaemonPids(c!, digest), []);
+    assert.deepEqual(await leftovers(c!.root), []);
   });
 });

@@ -59,11 +59,11 @@ test("pull, push as a Kindling image, and a lazy pull on another worker", async 
   );
   assert.equal(pushed.code, 0, pushed.stderr);
 
-  const lazy = await kindling(
-    "b",
-    ["image", "pull", `${reg.host}/cli/busybox-kindling:v1`, "--insecure"],
-    creds,
-  );
+  // No lazy daemon after the pull (its prefetch would fetch chunks; image-registry.test covers it).
+  const lazy = await kindling("b", ["image", "pull", `${reg.host}/cli/busybox-kindling:v1`, "--insecure"], {
+    ...creds,
+    KINDLING_PULL_START_DAEMON: "0",
+  });
   assert.equal(lazy.code, 0, lazy.stderr);
   const inspect = await kindling("b", ["image", "inspect", `${reg.host}/cli/busybox-kindling:v1`, "--json"]);
   assert.equal(inspect.code, 0, inspect.stderr);

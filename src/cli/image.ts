@@ -55,7 +55,11 @@ export function registerImageCommands(program: Command): void {
       const { pullImage } = await import("../image/registry.js");
       const { parsePlatform } = await import("../registry/platform.js");
       const platform = opts.platform === undefined ? undefined : parsePlatform(opts.platform);
-      const rec = await pullImage(home(), ref, { insecure: opts.insecure, platform });
+      const rec = await pullImage(home(), ref, {
+        insecure: opts.insecure,
+        platform,
+        startDaemon: config().pullStartsDaemon,
+      });
       process.stdout.write(`${rec.name} ${rec.digest}\n`);
     });
 

@@ -4,6 +4,7 @@ import { rawArgv } from "../util/bytestring.js";
 import { debugEnabled, setDebug } from "../util/debug.js";
 import { EXIT_KINDLING_FAILURE, userMessage } from "../util/errors.js";
 import { closeAllScopes } from "../util/scope.js";
+import { trace, traceAt, traceTo } from "../util/trace.js";
 
 const program = new Command("kindling")
   .description("Run OCI images in microVMs and with runc/gVisor on a lazily loaded root filesystem")
@@ -14,6 +15,12 @@ const program = new Command("kindling")
   .hook("preAction", () => {
     const cfg = configure(process.env, { debug: program.opts().debug ? "1" : undefined });
     setDebug(cfg.debug);
+    if (cfg.trace) {
+      traceTo(cfg.trace, "cli");
+      traceAt(performance.timeOrigin, "cli: process start");
+      trace("cli: commands loaded, config resolved");
+      process.on("exit", () => trace("cli: exit"));
+    }
   });
 
 type Register = (p: Command) => void;

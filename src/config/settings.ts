@@ -164,6 +164,13 @@ export const SETTINGS = {
     default: 30_000,
     describe: "how long an image's shared lazy daemon stays after its last run",
   }),
+  pullStartsDaemon: setting({
+    env: "KINDLING_PULL_START_DAEMON",
+    type: boolean,
+    default: true,
+    describe:
+      "`image pull` of a lazily pulled image starts its lazy daemon in the background (mount, startup pack), so the first run finds it up; it leaves after `KINDLING_LAZY_IDLE_MS` unused (`0`: off)",
+  }),
   serviceWarmImages: setting({
     env: "KINDLING_SERVICE_WARM_IMAGES",
     type: count,

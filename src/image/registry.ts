@@ -1,5 +1,9 @@
+import { constants } from "node:fs";
+import { access } from "node:fs/promises";
 import { policyFrom } from "../chunks/policy.js";
 import { chunkReaderFor } from "../chunks/sources.js";
+import { config } from "../config/index.js";
+import { startSharedInBackground } from "../lazy/index.js";
 import { checkProfile, readProfileFile, writeProfile } from "../lazy/profile.js";
 import type { Platform } from "../registry/platform.js";
 import { pullFromRegistry } from "../registry/pull.js";
@@ -11,7 +15,10 @@ import { withStoreLock } from "../store/lock.js";
 import { checkImageName, imageNameProblem } from "../store/names.js";
 import { checkPacks, readPacksFile, removePacks, writePacks } from "../store/packs.js";
 import type { BlockIndex, Digest } from "../store/types.js";
+import { debug } from "../util/debug.js";
+import { errorMessage } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
+import { trace } from "../util/trace.js";
 import { buildImage } from "./build.js";
 import type { ImageRecord } from "./types.js";
 
@@ -23,7 +30,14 @@ import type { ImageRecord } from "./types.js";
 export async function pullImage(
   home: KindlingHome,
   ref: string,
-  opts: { insecure: boolean; progress?: boolean; signal?: AbortSignal; platform?: Platform },
+  opts: {
+    insecure: boolean;
+    progress?: boolean;
+    signal?: AbortSignal;
+    platform?: Platform;
+    /** A lazily pulled image: start its lazy daemon in the background (the CLI: KINDLING_PULL_START_DAEMON). */
+    startDaemon?: boolean;
+  },
 ): Promise<ImageRecord> {
   home.ensure();
   const res = await pullFromRegistry(ref, {
@@ -35,6 +49,7 @@ export async function pullImage(
   });
   // Recorded as typed and as normalized; the typed form only if it is itself a valid image name
   // (e.g. not "docker://..."): the normalized one always is (parseReference checked it).
+  trace("pull: manifest, config and index fetched");
   const names = [...new Set([ref, res.reference].filter((n) => imageNameProblem(n) === null))];
   if (names.length === 0) checkImageName(res.reference);
   let record: ImageRecord;
@@ -69,7 +84,24 @@ export async function pullImage(
   });
   await keepStartupProfile(home, res.startupProfile, res.indexDigest, index.chunks.length);
   await keepPacks(home, res.packs, res.indexDigest, index);
+  trace("pull: recorded");
+  if (opts.startDaemon) await startDaemonAfterPull(home, record);
+  trace("pull: lazy daemon spawned");
   return record;
+}
+
+/**
+ * Starts the pulled image's shared lazy daemon in the background (its mount and startup pack
+ * overlap the pull's exit and the run's start; docs/lazy.md). It mounts the SquashFS too, so it
+ * serves runc/runsc and VM runs alike. Never fails the pull: a host without FUSE just runs cold.
+ */
+async function startDaemonAfterPull(home: KindlingHome, record: ImageRecord): Promise<void> {
+  try {
+    await access("/dev/fuse", constants.R_OK | constants.W_OK); // else no lazy runs here anyway
+    await startSharedInBackground(home, record, { shared: { idleMs: config().lazyIdleMs }, lower: true });
+  } catch (err) {
+    debug(`not starting the lazy daemon of ${record.name} after the pull: ${errorMessage(err)}`);
+  }
 }
 
 /** `image push`: uploads the converted image (index + chunks) as an OCI artifact. */

@@ -13,10 +13,18 @@ import { isSameProcess, processStartTime } from "../host/process.js";
 import { registrySettings } from "../registry/settings.js";
 import { FetchLocks } from "../store/fetchlock.js";
 import type { ChunkSource, Digest, ImageRecord } from "../store/types.js";
+import { writeFileAtomic } from "../util/atomic.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { DaemonDir } from "./daemondir.js";
-import { addUser, findShared, isStopping, markStopping, sharedDaemonDirs } from "./shared.js";
+import {
+  addUser,
+  findShared,
+  isStopping,
+  markStopping,
+  sharedDaemonDirs,
+  waitForStarting,
+} from "./shared.js";
 import { cleanupStaleDaemons, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
 import type {
@@ -73,7 +81,7 @@ export async function openLazyImage(
   const policy = policyFrom(opts);
   if (!opts.shared) return startDaemon(home, record, source, opts, policy);
   // One start per image at a time: concurrent cold starts wait for the first and share its daemon.
-  const lock = path.join(home.mounts, `.start-${record.digest.slice(7)}${opts.lower ? "-lower" : ""}`);
+  const lock = startLockPath(home, record, opts);
   const until = Date.now() + READY_TIMEOUT_MS + 5000;
   for (;;) {
     const running = await useRunningShared(home, record, opts);
@@ -93,13 +101,63 @@ export async function openLazyImage(
 
 const startLocks = new FetchLocks();
 
+/**
+ * Starts the image's shared daemon (with `lower`: its SquashFS mount too) and returns once it is
+ * spawned, without waiting for its mount: `image pull` calls it so the daemon starts, mounts and
+ * fetches the startup pack while the pull's CLI exits and the run's starts. The daemon becomes the
+ * holder of the start lock (an open meanwhile waits for it, then joins it) and the owner of its
+ * directory; it removes the lock once it serves. With no user it leaves after its idle time.
+ * Returns false when the image's daemon runs, or starts, already.
+ */
+export async function startSharedInBackground(
+  home: KindlingHome,
+  record: ImageRecord,
+  opts: Pick<LazyOptions, "shared" | "lower" | keyof FetchPolicy> & { shared: LazyOptions["shared"] },
+): Promise<boolean> {
+  await mkdir(home.blobs, { recursive: true });
+  await mkdir(home.mounts, { recursive: true });
+  await cleanupStaleDaemons(home).catch(() => {});
+  const policy = policyFrom(opts);
+  if (await findShared(home, record.digest, policy, Boolean(opts.lower))) return false;
+  const lock = startLockPath(home, record, opts);
+  if (!(await startLocks.tryLock(lock))) return false;
+  try {
+    await startDaemon(home, record, "auto", opts, policy, lock);
+  } catch (err) {
+    await rm(lock, { force: true });
+    throw err;
+  }
+  return true;
+}
+
+/** mnt/.start-<hex>[-lower]: one start of an image's shared daemon at a time. */
+const startLockPath = (home: KindlingHome, record: ImageRecord, opts: Pick<LazyOptions, "lower">) =>
+  path.join(home.mounts, `.start-${record.digest.slice(7)}${opts.lower ? "-lower" : ""}`);
+
 async function startDaemon(
   home: KindlingHome,
   record: ImageRecord,
   source: ChunkSource | "auto",
   opts: LazyOptions,
   policy: FetchPolicy,
-): Promise<LazyImage> {
+): Promise<LazyImage>;
+async function startDaemon(
+  home: KindlingHome,
+  record: ImageRecord,
+  source: "auto",
+  opts: LazyOptions,
+  policy: FetchPolicy,
+  handOff: string,
+): Promise<undefined>;
+/** `handOff`: a background start (startSharedInBackground) holding that start lock. */
+async function startDaemon(
+  home: KindlingHome,
+  record: ImageRecord,
+  source: ChunkSource | "auto",
+  opts: LazyOptions,
+  policy: FetchPolicy,
+  handOff?: string,
+): Promise<LazyImage | undefined> {
   const ownerStartTime = processStartTime(process.pid) ?? 0;
   const detached = Boolean(opts.detached || opts.shared);
   const dir = await DaemonDir.create(home, (d) => ({
@@ -124,11 +182,13 @@ async function startDaemon(
     lower: Boolean(opts.lower),
     owner: process.pid,
     ownerStartTime,
+    ...(handOff ? { startLock: handOff } : {}),
   }));
   const id = dir.id;
   const mountpoint = dir.mountpoint;
-  // A shared daemon counts users from its first look: be one before it starts.
-  const token = opts.shared ? await addUser(dir) : undefined;
+  // A shared daemon counts users from its first look: be one before it starts (a background
+  // start is none: the daemon waits its idle time for one).
+  const token = opts.shared && !handOff ? await addUser(dir) : undefined;
 
   const logFile = dir.logFile;
   const logFd = await open(logFile, "a");
@@ -146,6 +206,10 @@ async function startDaemon(
   child.unref();
   child.channel?.unref();
   if (source !== "auto") serveFetches(child, source);
+  if (handOff) {
+    await handOver(dir, child, handOff);
+    return undefined;
+  }
 
   let ready: Ready;
   try {
@@ -272,6 +336,32 @@ function sharedUse(
   };
 }
 
+/**
+ * A background start: the daemon becomes the owner of its directory (so a cleanup does not take
+ * it for one whose opener died) and the holder of the start lock (it removes it once it serves).
+ */
+async function handOver(dir: DaemonDir, child: ChildProcess, lock: string): Promise<void> {
+  try {
+    const pid = child.pid;
+    if (pid === undefined) throw new KindlingError("the lazy image daemon did not start");
+    const startTime = processStartTime(pid) ?? 0;
+    const cfg = await dir.readConfig();
+    if (!cfg) throw new KindlingError(`${dir.configFile} is gone`);
+    await writeFileAtomic(
+      dir.configFile,
+      JSON.stringify({ ...cfg, owner: pid, ownerStartTime: startTime }),
+      0o600,
+    );
+    await writeFileAtomic(lock, `${pid} ${startTime}`);
+  } catch (err) {
+    child.kill("SIGKILL");
+    await rm(dir.path, { recursive: true, force: true }).catch(() => {});
+    throw err;
+  } finally {
+    if (child.connected) child.disconnect();
+  }
+}
+
 type Ready = { path: string; lower?: string };
 
 function waitReady(child: ChildProcess): Promise<Ready> {
@@ -327,6 +417,8 @@ function serveFetches(child: ChildProcess, source: ChunkSource): void {
  * Returns how many it stopped.
  */
 export async function stopIdleShared(home: KindlingHome, digest?: string): Promise<number> {
+  // One still starting (after `image pull`) is stopped too, once it serves.
+  await waitForStarting(home, digest, READY_TIMEOUT_MS);
   let stopped = 0;
   for (const dir of await sharedDaemonDirs(home, digest)) {
     if (!(await markStopping(dir))) continue;

@@ -3,7 +3,7 @@
  * apart from the CLI so a CLI blocked in synchronous work never deadlocks on its own mount, and so
  * it can be killed. Usage: node daemon.js <dir>   (dir holds config.json; see types.ts)
  */
-import { readFile, stat } from "node:fs/promises";
+import { readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { hasRanges, PackLoader } from "../chunks/packloader.js";
 import { chunkReaderFor } from "../chunks/sources.js";
@@ -14,6 +14,7 @@ import { readBlockIndex } from "../store/blockindex.js";
 import { checkPacks, readPacksFile } from "../store/packs.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
+import { trace, traceAt, traceTo } from "../util/trace.js";
 import { BackgroundLoads } from "./background.js";
 import { ChunkCache } from "./cache.js";
 import { validateIndex } from "./chunkmap.js";
@@ -44,6 +45,11 @@ async function main(): Promise<void> {
   const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
   // Settings are the parent's, never our environment's: config() anywhere in this process gives these.
   useConfig(Object.freeze(cfg.settings));
+  if (cfg.settings.trace) {
+    traceTo(cfg.settings.trace, "lazy");
+    traceAt(performance.timeOrigin, "lazy: process start");
+    trace("lazy: modules loaded, config read");
+  }
   const home = new KindlingHome(cfg.home);
   // The index by digest from the store (verified there), not copied into our config.
   const index = await readBlockIndex(home, cfg.record.digest);
@@ -141,6 +147,7 @@ async function main(): Promise<void> {
   if (startup) {
     const p = cache.stats.profile;
     p.state = "running";
+    trace("lazy: startup pack requested");
     packs!
       .loadPack(startup)
       .then((got) => {
@@ -148,6 +155,7 @@ async function main(): Promise<void> {
         p.bytes += got.bytes;
         p.state = "done";
         log(`startup pack: ${got.chunks} chunks fetched ahead`);
+        trace("lazy: startup pack fetched");
       })
       .catch((err) => {
         p.errors++;
@@ -172,6 +180,7 @@ async function main(): Promise<void> {
     onReadError: () => lowers.readFailed(),
     log,
   });
+  trace("lazy: FUSE mounted");
   const lowerDir = cfg.lower ? await lowers.mount() : undefined;
   state = {
     pid: process.pid,
@@ -187,10 +196,13 @@ async function main(): Promise<void> {
     ownerStartTime: cfg.ownerStartTime,
   };
   await writeFileAtomic(ddir.stateFile, `${JSON.stringify(state)}\n`);
+  // A background start: openers waiting on the start lock now find us by our state.
+  if (cfg.startLock) await releaseStartLock(cfg.startLock);
   stats.trace.mountedAt = Date.now();
   tracer.start();
   await flush();
   send({ t: "ready", pid: process.pid, path: filePath, lower: lowerDir });
+  trace("lazy: serving");
   log(`serving ${cfg.record.name} (${cfg.record.digest}) at ${cfg.mountpoint}`);
 
   // A connection aborted from outside (fusectl) leaves us alive but useless: notice and go.
@@ -245,6 +257,12 @@ async function main(): Promise<void> {
       })
       .catch((err) => log(`prefetch failed: ${err instanceof Error ? err.message : err}`));
   } else cache.stats.prefetch.state = "skipped";
+}
+
+/** Removes the start lock if this process holds it (a background start handed it to us). */
+async function releaseStartLock(lock: string): Promise<void> {
+  const holder = await readFile(lock, "utf8").catch(() => "");
+  if (Number(holder.split(" ")[0]) === process.pid) await rm(lock, { force: true });
 }
 
 main().catch((err) => {

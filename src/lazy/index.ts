@@ -12,6 +12,7 @@ export {
   DAEMON_JS,
   type LazyImage,
   openLazyImage,
+  startSharedInBackground,
   stopIdleShared,
   useRunningShared,
 } from "./client.js";

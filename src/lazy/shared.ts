@@ -59,7 +59,11 @@ async function daemonStates(home: KindlingHome): Promise<{ dir: DaemonDir; state
   return out;
 }
 
-/** A running shared daemon of this image in this home with these fetch bounds and `lower`, or null. */
+/**
+ * A running shared daemon of this image in this home with these fetch bounds, or null. One asked
+ * for `lower` must mount the SquashFS; one that does serves the others too (the lazy file is the
+ * same), so a daemon `image pull` started serves runc and VM runs alike.
+ */
 export async function findShared(
   home: KindlingHome,
   digest: string,
@@ -68,10 +72,32 @@ export async function findShared(
 ): Promise<{ dir: DaemonDir; state: DaemonState } | null> {
   for (const { dir, state } of await daemonStates(home)) {
     if (!state.shared || state.digest !== digest) continue;
-    if (!isDeepStrictEqual(state.policy, policy) || Boolean(state.lower) !== lower) continue;
+    if (!isDeepStrictEqual(state.policy, policy) || (lower && !state.lower)) continue;
     if (isSameProcess(state.pid, state.startTime) && !(await isStopping(dir))) return { dir, state };
   }
   return null;
+}
+
+/**
+ * Waits (at most `ms`) for the shared daemons of this home (of one image, if `digest`) that are
+ * still starting (a config, no state yet, a live owner: a background start after `image pull`),
+ * so a stop that follows does not miss them.
+ */
+export async function waitForStarting(
+  home: KindlingHome,
+  digest: string | undefined,
+  ms: number,
+): Promise<void> {
+  const until = Date.now() + ms;
+  for (const dir of await DaemonDir.all(home)) {
+    const cfg = await dir.readConfig();
+    if (!cfg?.shared || (digest && cfg.record.digest !== digest)) continue;
+    while (Date.now() < until && !(await dir.readState())) {
+      const owner = await dir.readConfig();
+      if (!owner || !isSameProcess(owner.owner, owner.ownerStartTime || undefined)) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
 }
 
 /** Shared daemons of this home (of one image, if `digest`), whether they run or not. */

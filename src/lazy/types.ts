@@ -97,9 +97,11 @@ export interface DaemonConfig {
   shared?: { idleMs: number };
   /** Mount the SquashFS at <dir>/lower too (see lower.ts). */
   lower: boolean;
-  /** Pid and start time of the process that asked for this image. */
+  /** Pid and start time of the process that asked for this image (a background start: the daemon). */
   owner: number;
   ownerStartTime: StartTime;
+  /** A background start (client.ts startSharedInBackground): the start lock the daemon removes once it serves. */
+  startLock?: string;
 }
 
 /** Written by the daemon once its mount is up; used to find and release it later. */
