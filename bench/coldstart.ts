@@ -9,6 +9,8 @@
  *   profiled+files: profile and file-aware readahead
  *   cold-nopacks, profiled-nopacks: cold and profiled with REF pushed `--no-packs` (chunk by chunk,
  *             as before packs: no segments, no startup pack)
+ *   profiled-chunks: profiled, REF pushed from a home without the recorded read ranges (a startup pack of
+ *             the profile's whole chunks, as before startup ranges)
  *   profiled-nostart: profiled with KINDLING_PULL_START_DAEMON=0 (the pull does not start the image's
  *             lazy daemon; the run does, as before)
  *   sorted+files, sorted+profiled+files: the same image rebuilt with its startup files first
@@ -23,15 +25,15 @@
  * time readers spent blocked, requests in flight over time (--trace-out FILE writes the timelines).
  *   node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py "import numpy"]
  *     [--variants cold,profiled,baseline (default; also files, profiled+files, sorted+files,
- *      sorted+profiled+files, cold-nopacks, profiled-nopacks, profiled-nostart)] [--trace-out FILE]
+ *      sorted+profiled+files, cold-nopacks, profiled-nopacks, profiled-nostart, profiled-chunks)] [--trace-out FILE]
  *     [--reuse debian-minbase.tar (chunk reuse with that image)]
  *     [--registry HOST (reuse images an earlier setup pushed to HOST: bench/numpy:latest, :profiled,
- *      bench/numpy-oci:latest; no import or push, no registry CPU; for iterating only)]
+ *      :profiled-chunks, bench/numpy-oci:latest; no import or push, no registry CPU; for iterating only)]
  * The fixture is built by scripts/fixtures/debian-numpy.sh (.cache/fixtures). KINDLING_BENCH_CLI=path/to/main.js
  * measures another build's CLI (e.g. main before a change).
  */
 import { spawn } from "node:child_process";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { loadavg } from "node:os";
 import path from "node:path";
 import { releaseHome } from "../src/bench/homes.js";
@@ -42,7 +44,7 @@ import { chunkSpans, startupFiles } from "../src/blockimage/sortlist.js";
 import { buildImage } from "../src/image/build.js";
 import { chunksIn } from "../src/lazy/chunkmap.js";
 import { liveDaemonPids } from "../src/lazy/index.js";
-import { checkProfile, readProfileFile, readProfileReads } from "../src/lazy/profile.js";
+import { checkProfile, profileReadsPath, readProfileFile, readProfileReads } from "../src/lazy/profile.js";
 import { statsDir } from "../src/lazy/stats.js";
 import type { LazyStats } from "../src/lazy/types.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
@@ -68,6 +70,7 @@ const REUSE = argOf("reuse");
 type ColdVariant =
   | "cold"
   | "profiled-nostart"
+  | "profiled-chunks"
   | "cold-nopacks"
   | "profiled-nopacks"
   | "files"
@@ -79,6 +82,7 @@ type Variant = ColdVariant | "baseline";
 const ALL: Variant[] = [
   "cold",
   "profiled-nostart",
+  "profiled-chunks",
   "cold-nopacks",
   "profiled-nopacks",
   "files",
@@ -324,7 +328,10 @@ async function main(): Promise<void> {
     if (REGISTRY) {
       for (const v of VARIANTS) {
         if (v === "baseline") refs[v] = `${REGISTRY}/bench/numpy-oci:latest`;
-        else refs[v] = `${REGISTRY}/bench/numpy:${v.startsWith("profiled") ? "profiled" : "latest"}`;
+        else {
+          const tag = v === "profiled-chunks" ? v : v.startsWith("profiled") ? "profiled" : "latest";
+          refs[v] = `${REGISTRY}/bench/numpy:${tag}`;
+        }
       }
     } else await setup(tmp, registry.host, fixture, refs);
     for (let round = 0; round < N; round++) {
@@ -373,6 +380,16 @@ async function setup(
     refs.profiled = profiled;
     refs["profiled-nostart"] = profiled;
     refs["profiled+files"] = profiled;
+    if (VARIANTS.includes("profiled-chunks")) {
+      // The same profile without the recorded read ranges: a startup pack of whole chunks.
+      const home = new KindlingHome(source);
+      const digest = (await loadImage(home, "numpy")).digest;
+      const reads = profileReadsPath(home, digest);
+      await rename(reads, `${reads}.aside`);
+      refs["profiled-chunks"] = `${registry.host}/bench/numpy:profiled-chunks`;
+      await kindling(source, ["image", "push", "--insecure", "numpy", refs["profiled-chunks"]]);
+      await rename(`${reads}.aside`, reads);
+    }
     if (VARIANTS.some((v) => v.endsWith("nopacks"))) {
       // The same two pushes without packs (the profile still travels in the config).
       await kindling(source, ["image", "push", "--insecure", "--no-packs", "numpy", `${plain}-nopacks`]);
@@ -440,15 +457,17 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     const record = await loadImage(home, ref);
     blockSize = record.blockSize;
     const index = await readBlockIndex(home, record.digest);
-    const fetchedBytes = await localBytes(home, index);
     let daemonCpu = 0;
     for (const pid of await liveDaemonPids(home, record.digest)) daemonCpu += await cpuMs(pid);
     const stats = await daemonStats(home, record.digest);
+    // What came from the registry (verified): chunks, and startup ranges, which are not kept as chunks.
+    const fetchedBytes = Math.max(await localBytes(home, index), stats?.bytesFetched ?? 0);
     const warm = await kindling(root, runArgs(ref), env);
     if (!cold.out.trim() || cold.out !== warm.out)
       throw new Error(`unexpected output ${JSON.stringify(cold.out)}`);
     // Background fetches the cold run started may have gone on: what they added counts too.
-    const settledBytes = Math.max(fetchedBytes, await localBytes(home, index));
+    const after = await daemonStats(home, record.digest);
+    const settledBytes = Math.max(fetchedBytes, await localBytes(home, index), after?.bytesFetched ?? 0);
     const rows: Row[] = [
       {
         variant,
@@ -557,7 +576,7 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
     );
   }
   console.log(
-    "fetch rate: fetched (run) / (total - pull); time to 1st chunk: run start -> first verified chunk; readers blocked: wall time with a read of the lazy file waiting; fetched (settled): after the warm run (background fetches the cold run started included)",
+    "fetched: bytes from the registry, verified (chunks, and startup ranges, which are not kept as chunks); fetch rate: fetched (run) / (total - pull); time to 1st chunk: run start -> first verified chunk; readers blocked: wall time with a read of the lazy file waiting; fetched (settled): after the warm run (background fetches the cold run started included)",
   );
   console.log(
     `per round: ${rows.map((r) => `${r.variant}${r.of ? `(${r.of})` : ""}=${r.ms.toFixed(0)}`).join(" ")}`,

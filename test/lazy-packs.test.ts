@@ -9,7 +9,15 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import { cleanupStale, type LazyImage, openLazyImage } from "../src/lazy/index.js";
 import { writeProfile } from "../src/lazy/profile.js";
-import { checkPacks, type ImagePacks, type PackDesc, planSegments, writePacks } from "../src/store/packs.js";
+import {
+  checkPacks,
+  type ImagePacks,
+  type PackDesc,
+  planSegments,
+  planStartupRanges,
+  type RangePackDesc,
+  writePacks,
+} from "../src/store/packs.js";
 import type { BlockIndex, Digest } from "../src/store/types.js";
 import { KindlingHome } from "../src/util/home.js";
 import { indexBytes } from "./helpers/blockindex.js";
@@ -47,7 +55,7 @@ after(async () => {
   await new Promise((r) => proxy.close(r));
   proxy.closeAllConnections();
   await registry.stop();
-  for (const h of ["a", "b", "c", "d"])
+  for (const h of ["a", "b", "c", "d", "e", "f"])
     await cleanupStale(new KindlingHome(path.join(tmp, h))).catch(() => {});
   await rm(tmp, { recursive: true, force: true });
 });
@@ -208,6 +216,141 @@ test("a corrupt packs file is ignored with a warning; reads work chunk by chunk"
     assert.match(log, /warning: ignoring the packs of test: segment 0: no sha256 digest/);
   } finally {
     await lazy.close();
+  }
+});
+
+/** A startup range pack over `ranges` of `data` as push makes it; `corrupt`: those ranges' stored bytes flipped. */
+async function rangePack(
+  data: Buffer,
+  ranges: [number, number][],
+  corrupt: number[] = [],
+): Promise<RangePackDesc> {
+  const parts = ranges.map(([o, l]) => data.subarray(o, o + l));
+  const stored = parts.map((p, i) => (corrupt.includes(i) ? Buffer.from(p.map((b) => b ^ 0xff)) : p));
+  const body = Buffer.concat(stored);
+  return {
+    digest: await upload(body),
+    size: body.length,
+    ranges: ranges.map(([o, l], i) => [o, l, sha(parts[i]!).slice(7)]),
+  };
+}
+
+/** A 4 KiB read at `pos` through the lazy file. */
+async function read4k(lazy: LazyImage, pos: number): Promise<Buffer> {
+  const fh = await open(lazy.path, "r");
+  try {
+    const buf = Buffer.alloc(4096);
+    await fh.read(buf, 0, 4096, pos);
+    return buf;
+  } finally {
+    await fh.close();
+  }
+}
+
+test("startup ranges: one request for the recorded byte ranges; reads inside them fetch no chunk, reads outside do", async () => {
+  const data = randomBytes(8 << 20);
+  const { home, record } = await pulledHome("e", data);
+  const MiB = 1 << 20;
+  const ranges: [number, number][] = [
+    [5 * MiB, 2 * MiB],
+    [0, 2 * MiB],
+  ];
+  const startupRanges = await rangePack(data, ranges);
+  await writePacks(home, { image: record.digest, segments: [], startupRanges });
+  await writeProfile(home, { image: record.digest, chunks: [0] });
+  seen.length = 0;
+  const lazy = await openLazyImage(home, record, "auto");
+  try {
+    await until("the startup ranges and the tables' prefetch", async () => {
+      const s = await lazy.stats();
+      return s.profile.state === "done" && ["done", "skipped", "failed"].includes(s.prefetch.state);
+    });
+    const s = await lazy.stats();
+    assert.equal(s.profile.ranges, 2);
+    assert.equal(s.profile.bytes, 4 * MiB);
+    assert.equal(blobGets().filter((g) => g.includes(startupRanges.digest)).length, 1, "one request");
+    const before = s.chunksFetched;
+    for (const pos of [MiB, 6 * MiB + 4096]) {
+      assert.ok((await read4k(lazy, pos)).equals(data.subarray(pos, pos + 4096)), `bytes at ${pos}`);
+    }
+    assert.equal((await lazy.stats()).chunksFetched, before, "served from the ranges");
+    // Outside every range: the chunk path.
+    assert.ok((await read4k(lazy, 3 * MiB)).equals(data.subarray(3 * MiB, 3 * MiB + 4096)));
+    assert.ok((await lazy.stats()).chunksFetched > before, "a chunk was fetched");
+  } finally {
+    await lazy.close();
+  }
+});
+
+test("a startup range whose bytes do not match its digest is read through chunks; reads stay right", async () => {
+  const data = randomBytes(4 << 20);
+  const { home, record } = await pulledHome("f", data);
+  const MiB = 1 << 20;
+  const startupRanges = await rangePack(
+    data,
+    [
+      [0, MiB],
+      [2 * MiB, MiB],
+    ],
+    [1],
+  );
+  await writePacks(home, { image: record.digest, segments: [], startupRanges });
+  await writeProfile(home, { image: record.digest, chunks: [0] });
+  const lazy = await openLazyImage(home, record, "auto");
+  try {
+    await until("the startup ranges", async () => (await lazy.stats()).profile.state === "done");
+    const s = await lazy.stats();
+    assert.equal(s.profile.ranges, 1, "the good range arrived");
+    assert.ok(s.verifyFailures >= 1, "the bad one was caught");
+    const pos = 2 * MiB + 8192;
+    assert.ok((await read4k(lazy, pos)).equals(data.subarray(pos, pos + 4096)), "right bytes, from chunks");
+    assert.match(await readFile(path.join(lazy.dir, "daemon.log"), "utf8"), /does not match its digest/);
+  } finally {
+    await lazy.close();
+  }
+});
+
+test("planStartupRanges merges close reads, orders by first read; checkPacks refuses bad startup ranges", async () => {
+  assert.deepEqual(
+    planStartupRanges(
+      [
+        [100_000, 110_000],
+        [0, 4096],
+        [112_000, 120_000],
+        [2048, 8192],
+        [1 << 30, (1 << 30) + 10],
+      ],
+      1 << 20,
+    ),
+    [
+      [100_000, 20_000],
+      [0, 8192],
+    ],
+  );
+  const home = new KindlingHome(path.join(tmp, "plan-ranges")).ensure();
+  const { index, record } = await indexBytes(home, randomBytes(1 << 20), CHUNK, false);
+  const hex = "b".repeat(64);
+  const d = `sha256:${"a".repeat(64)}` as Digest;
+  const good = { digest: d, size: 300, ranges: [[100, 200, hex] as [number, number, string], [0, 100, hex]] };
+  const ok = checkPacks({ image: record.digest, segments: [], startupRanges: good }, index, record.digest);
+  assert.ok("packs" in ok && ok.packs.startupRanges, JSON.stringify(ok));
+  for (const bad of [
+    { ...good, size: 301 },
+    {
+      ...good,
+      ranges: [
+        [0, 200, hex],
+        [100, 200, hex],
+      ],
+      size: 400,
+    },
+    { ...good, ranges: [[(1 << 20) - 10, 20, hex]], size: 20 },
+    { ...good, ranges: [[0, 10, "xyz"]], size: 10 },
+    { ...good, ranges: [[0, 0, hex]], size: 0 },
+    { ...good, digest: "nope" },
+  ]) {
+    const r = checkPacks({ image: record.digest, segments: [], startupRanges: bad }, index, record.digest);
+    assert.ok("corrupt" in r, JSON.stringify(bad));
   }
 });
 

@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import type { ImageRecord, RunConfig } from "../src/image/types.js";
 import { KINDLING_ARTIFACT_TYPE, KINDLING_CHUNK_MEDIA_TYPE } from "../src/registry/artifact.js";
 import { RegistryChunkSource } from "../src/registry/chunks.js";
-import { MANIFEST_ACCEPT } from "../src/registry/manifest.js";
+import { MANIFEST_ACCEPT, sha256Digest } from "../src/registry/manifest.js";
 import { pullFromRegistry } from "../src/registry/pull.js";
 import { pushKindlingImage } from "../src/registry/push.js";
 import { checkPacks, KINDLING_PACK_MEDIA_TYPE } from "../src/store/packs.js";
@@ -204,6 +204,45 @@ describe("pushKindlingImage", () => {
       parts.push(Buffer.from(p));
     }
     assert.deepEqual(Buffer.concat(parts), fake.store.get(c0.digest));
+  });
+
+  test("startup ranges: with recorded read ranges the startup pack holds those bytes, each range with its digest", async () => {
+    const fake = fakeImage("ranged");
+    const ref = `${reg.host}/kindling/ranged:v1`;
+    const index = JSON.parse(fake.image.index.toString()) as BlockIndex;
+    const whole = Buffer.concat(index.chunks.map((c) => fake.store.get(c.digest)!));
+    // A range across a chunk boundary, then one inside chunk 0: pack order is as given.
+    const c1 = index.chunks[1]!;
+    const ranges: [number, number][] = [
+      [c1.offset - 10, 30],
+      [5, 100],
+    ];
+    const { packs } = await pushKindlingImage(
+      ref,
+      { insecure: true, quiet: true },
+      { ...fake.image, startupChunks: [3, 0], startupRanges: ranges },
+    );
+    assert.ok(packs?.startupRanges, "a range pack");
+    assert.equal(packs.startup, undefined, "instead of the whole chunks");
+    const pulled = await pullFromRegistry(ref, { insecure: true, tmpDir, quiet: true });
+    if (pulled.kind !== "kindling") return assert.fail("a Kindling image");
+    const checked = checkPacks(pulled.packs, index, fake.image.record.digest);
+    assert.ok("packs" in checked, JSON.stringify(checked));
+    const rp = checked.packs.startupRanges!;
+    assert.deepEqual(
+      rp.ranges.map(([o, l]) => [o, l]),
+      ranges,
+    );
+    const expected = ranges.map(([o, l]) => whole.subarray(o, o + l));
+    rp.ranges.forEach(([, , hex], i) => {
+      assert.equal(`sha256:${hex}`, sha256Digest(expected[i]!));
+    });
+    const source = new RegistryChunkSource(pulled.origin);
+    const parts: Buffer[] = [];
+    for await (const p of await source.openRange(rp.digest, 0, rp.size, AbortSignal.timeout(10_000))) {
+      parts.push(Buffer.from(p));
+    }
+    assert.deepEqual(Buffer.concat(parts), Buffer.concat(expected));
   });
 
   test("pushing again uploads nothing new and gives the same manifest digest", async () => {

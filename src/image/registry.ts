@@ -4,7 +4,7 @@ import { policyFrom } from "../chunks/policy.js";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { config } from "../config/index.js";
 import { startSharedInBackground } from "../lazy/index.js";
-import { checkProfile, readProfileFile, writeProfile } from "../lazy/profile.js";
+import { checkProfile, readProfileFile, readProfileReads, writeProfile } from "../lazy/profile.js";
 import type { Platform } from "../registry/platform.js";
 import { pullFromRegistry } from "../registry/pull.js";
 import { pushKindlingImage } from "../registry/push.js";
@@ -13,7 +13,7 @@ import { decodeBlockIndex } from "../store/blockindex.js";
 import { loadImage, saveImage } from "../store/catalog.js";
 import { withStoreLock } from "../store/lock.js";
 import { checkImageName, imageNameProblem } from "../store/names.js";
-import { checkPacks, readPacksFile, removePacks, writePacks } from "../store/packs.js";
+import { checkPacks, planStartupRanges, readPacksFile, removePacks, writePacks } from "../store/packs.js";
 import type { BlockIndex, Digest } from "../store/types.js";
 import { debug } from "../util/debug.js";
 import { errorMessage } from "../util/errors.js";
@@ -133,11 +133,25 @@ export async function pushImage(
       readChunk: (d: Digest) => reader.read({ digest: d, length: chunks.get(d) ?? -1 }),
       startupProfile: "chunks" in profile ? { image: record.digest, chunks: profile.chunks } : undefined,
       startupChunks: "chunks" in profile ? profile.chunks : undefined,
+      // The byte ranges the recorded run read (local only): a byte-exact startup pack.
+      startupRanges:
+        "chunks" in profile ? await startupRangesOf(home, record.digest, decoded.blockSize) : undefined,
       knownPacks: "packs" in known ? known.packs : undefined,
     },
   );
   if (res.packs) await writePacks(home, res.packs).catch(() => {}); // only a cache for the next push
   return { manifestDigest: res.manifestDigest };
+}
+
+/** The home's recorded read ranges of `digest`, planned for a startup pack (undefined: none recorded). */
+async function startupRangesOf(
+  home: KindlingHome,
+  digest: Digest,
+  blockSize: number,
+): Promise<[number, number][] | undefined> {
+  const reads = await readProfileReads(home, digest);
+  const ranges = reads ? planStartupRanges(reads, blockSize) : [];
+  return ranges.length > 0 ? ranges : undefined;
 }
 
 /** Writes a pulled image's startup profile into the home (a bad one: a warning, no profile). */

@@ -31,6 +31,7 @@ import {
   writeProfile,
   writeProfileReads,
 } from "./profile.js";
+import { StartupRanges } from "./ranges.js";
 import { Readahead } from "./readahead.js";
 import { liveUsers, markStopping } from "./shared.js";
 import { IpcChunkSource, send } from "./sources.js";
@@ -141,9 +142,25 @@ async function main(): Promise<void> {
     } else if (m.t === "stop") void stop("asked to stop");
   });
 
+  // Startup ranges (the byte ranges a first run read, ranges.ts): one request, started before the
+  // mount; reads inside them are served from them as they arrive, the rest through chunks.
+  const rangePack = "chunks" in profile && cfg.prefetch ? packs?.packs.startupRanges : undefined;
+  const rangeSource = hasRanges(loader.fetcher.source) ? loader.fetcher.source : undefined;
+  const ranges = rangePack && rangeSource ? new StartupRanges(rangePack, cache.stats, log) : undefined;
+  const rangesLoaded = ranges
+    ? ranges
+        .load(rangeSource!, (fn) => loader.fetcher.slot(fn), cfg.policy.deadlineMs)
+        .then((got) => {
+          log(
+            `startup ranges: ${got.ranges} of ${rangePack!.ranges.length} (${got.bytes} bytes) fetched ahead`,
+          );
+          trace("lazy: startup ranges fetched");
+        })
+    : undefined;
+  if (ranges) trace("lazy: startup ranges requested");
   // A startup pack: one request for the profile's chunks, started before the mount, whose own reads
   // (superblock, tables) then join it; chunks reach readers as they arrive.
-  const startup = "chunks" in profile && cfg.prefetch ? packs?.packs.startup : undefined;
+  const startup = "chunks" in profile && cfg.prefetch && !ranges ? packs?.packs.startup : undefined;
   if (startup) {
     const p = cache.stats.profile;
     p.state = "running";
@@ -178,6 +195,7 @@ async function main(): Promise<void> {
     kernelCache: cfg.settings.lazyKernelCache,
     directIo: cfg.settings.lazyDirectIo,
     onReadError: () => lowers.readFailed(),
+    ranges,
     log,
   });
   trace("lazy: FUSE mounted");
@@ -233,7 +251,7 @@ async function main(): Promise<void> {
     if (JSON.stringify({ ...cache.stats, updated: "" }) !== written) void flush();
   }, 1000).unref();
   // Without a startup pack, the profile's chunks one by one (the tables' prefetch below joins them).
-  if ("chunks" in profile && cfg.prefetch && !startup) {
+  if ("chunks" in profile && cfg.prefetch && !startup && !ranges) {
     // Leaves readers a slot or two: the limiter hands freed slots to readers first anyway.
     prefetchProfile(cache, profile.chunks, Math.max(1, cfg.fetchConcurrency - 2))
       .then(() => log(`startup profile: ${cache.stats.profile.chunks} chunks fetched ahead`))
@@ -241,7 +259,9 @@ async function main(): Promise<void> {
   }
   if (cfg.prefetch) {
     const fileBytes = cfg.settings.lazyFileReadahead;
-    prefetchTables(cache)
+    // With startup ranges, after them (they hold what the run reads of the tables; this is for later reads).
+    Promise.resolve(rangesLoaded)
+      .then(() => prefetchTables(cache))
       .then(async () => {
         log(`prefetch ${cache.stats.prefetch.state}: ${cache.stats.prefetch.chunks} chunks`);
         if (fileBytes <= 0 || cache.stats.prefetch.state !== "done") return;

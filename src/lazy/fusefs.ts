@@ -1,6 +1,7 @@
 import { constants } from "node:fs";
 import { createRequire } from "node:module";
 import type { ChunkCache } from "./cache.js";
+import type { StartupRanges } from "./ranges.js";
 import type { Readahead } from "./readahead.js";
 import type { ReadTracer } from "./trace.js";
 
@@ -39,6 +40,8 @@ export interface FuseFileOptions {
   directIo: boolean;
   /** Called after a read was answered with EIO (see LowerMounts). */
   onReadError?(): void;
+  /** The image's startup ranges (ranges.ts): a read inside one is served from it, not from chunks. */
+  ranges?: StartupRanges;
   log(msg: string): void;
 }
 
@@ -83,28 +86,49 @@ export function mountBlockFile(o: FuseFileOptions): Promise<void> {
     },
     read(p: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
       if (p !== file) return cb(Fuse.ENOENT);
-      const seq = o.readahead.observe(pos, len);
-      o.onRead?.(pos, len);
-      const fast = o.cache.readFromMemory(buf, pos, len);
-      if (fast >= 0) {
+      const ranged = o.ranges?.serve(buf, pos, len);
+      if (typeof ranged === "number") {
+        o.onRead?.(pos, len);
         o.tracer?.read();
-        return cb(fast);
+        return cb(ranged);
       }
-      const answered = o.tracer?.slowRead();
-      o.cache.read(buf, pos, len, seq).then(
-        (n) => {
+      if (ranged) {
+        const answered = o.tracer?.slowRead();
+        ranged.then((n) => {
           answered?.();
-          cb(n);
-        },
-        (err) => {
-          answered?.();
-          o.cache.stats.readErrors++;
-          o.log(`read ${len}@${pos}: ${err instanceof Error ? err.message : err}`);
-          cb(Fuse.EIO);
-          o.onReadError?.();
-        },
-      );
+          if (n >= 0) {
+            o.onRead?.(pos, len);
+            cb(n);
+          } else viaChunks(buf, len, pos, cb); // the range failed: the chunk path
+        });
+        return;
+      }
+      viaChunks(buf, len, pos, cb);
     },
+  };
+  // The chunk path: readahead, the memory tier, then the loader (store tier, fetcher).
+  const viaChunks = (buf: Buffer, len: number, pos: number, cb: Cb) => {
+    const seq = o.readahead.observe(pos, len);
+    o.onRead?.(pos, len);
+    const fast = o.cache.readFromMemory(buf, pos, len);
+    if (fast >= 0) {
+      o.tracer?.read();
+      return cb(fast);
+    }
+    const answered = o.tracer?.slowRead();
+    o.cache.read(buf, pos, len, seq).then(
+      (n) => {
+        answered?.();
+        cb(n);
+      },
+      (err) => {
+        answered?.();
+        o.cache.stats.readErrors++;
+        o.log(`read ${len}@${pos}: ${err instanceof Error ? err.message : err}`);
+        cb(Fuse.EIO);
+        o.onReadError?.();
+      },
+    );
   };
   const opts: Record<string, unknown> = {
     timeout: o.opTimeoutMs,

@@ -31,6 +31,8 @@ export interface LazyStats extends FetchCounters, StoreCounters {
     chunks: number;
     bytes: number;
     errors: number;
+    /** Startup ranges that arrived verified (ranges.ts), when the image has them. */
+    ranges?: number;
   };
   /**
    * File-aware readahead (files.ts): files whose first chunk was read and whose other chunks were

@@ -4,6 +4,7 @@ import {
   type PackDesc,
   packSize,
   planSegments,
+  type RangePackDesc,
 } from "../store/packs.js";
 import type { ImageRecord } from "../store/types.js";
 import { BLOCK_INDEX_MEDIA_TYPE, type BlockIndex, type Digest } from "../store/types.js";
@@ -34,6 +35,11 @@ export interface PushImage {
   startupChunks?: number[];
   /** Packs described before (the home's packs file): one with the same chunk list is not read again. */
   knownPacks?: ImagePacks;
+  /**
+   * The profile's byte ranges ([offset, length], pack order: store/packs.ts planStartupRanges): then
+   * the startup pack holds these ranges, each with its digest, instead of the profile's whole chunks.
+   */
+  startupRanges?: [number, number][];
 }
 
 export interface PushOptions {
@@ -132,12 +138,42 @@ export async function pushKindlingImage(
       size: packSize(index, chunks),
       chunks,
     };
+  /** Bytes [offset, offset+length) of the block image, from its chunks. */
+  const rangeBytes = async (offset: number, length: number): Promise<Buffer> => {
+    const parts: Buffer[] = [];
+    for (const c of index.chunks) {
+      if (c.offset + c.length <= offset) continue;
+      if (c.offset >= offset + length) break;
+      const data = await readChunk(c.digest, c.length);
+      parts.push(
+        data.subarray(Math.max(0, offset - c.offset), Math.min(c.length, offset + length - c.offset)),
+      );
+    }
+    return Buffer.concat(parts);
+  };
+  const rangePackBytes = async (p: RangePackDesc): Promise<Buffer> =>
+    Buffer.concat(await Promise.all(p.ranges.map(([off, len]) => rangeBytes(off, len))));
   let packs: ImagePacks | undefined;
   if (opts.packs !== false && index.chunks.length > 1) {
     const segments: PackDesc[] = [];
     for (const list of planSegments(index)) segments.push(await describe(list));
-    const startup = image.startupChunks?.length ? await describe(image.startupChunks) : undefined;
-    packs = { image: indexDigest, segments, ...(startup ? { startup } : {}) };
+    let startupRanges: RangePackDesc | undefined;
+    if (image.startupRanges?.length) {
+      const parts = await Promise.all(image.startupRanges.map(([off, len]) => rangeBytes(off, len)));
+      startupRanges = {
+        digest: sha256Digest(Buffer.concat(parts)),
+        size: parts.reduce((n, b) => n + b.length, 0),
+        ranges: image.startupRanges.map(([off, len], i) => [off, len, sha256Digest(parts[i]).slice(7)]),
+      };
+    }
+    const startup =
+      !startupRanges && image.startupChunks?.length ? await describe(image.startupChunks) : undefined;
+    packs = {
+      image: indexDigest,
+      segments,
+      ...(startup ? { startup } : {}),
+      ...(startupRanges ? { startupRanges } : {}),
+    };
   }
 
   const config: KindlingConfig = {
@@ -167,7 +203,8 @@ export async function pushKindlingImage(
   for (const p of [...(packs?.segments ?? []), ...(packs?.startup ? [packs.startup] : [])]) {
     if (!packList.has(p.digest)) packList.set(p.digest, p);
   }
-  const packDescs: Descriptor[] = [...packList.values()].map((p) => ({
+  const rangePack = packs?.startupRanges;
+  const packDescs: Descriptor[] = [...packList.values(), ...(rangePack ? [rangePack] : [])].map((p) => ({
     mediaType: KINDLING_PACK_MEDIA_TYPE,
     digest: p.digest,
     size: p.size,
@@ -229,6 +266,9 @@ export async function pushKindlingImage(
       size: p.size,
       read: () => packBytes(p.chunks),
     })),
+    ...(rangePack
+      ? [{ digest: rangePack.digest, size: rangePack.size, read: () => rangePackBytes(rangePack) }]
+      : []),
   ];
 
   try {

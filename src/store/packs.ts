@@ -27,12 +27,92 @@ export interface PackDesc {
   chunks: number[];
 }
 
+/**
+ * The startup ranges: the byte ranges of the block image a first run read (merged), in first-read
+ * order, concatenated into one blob; each range carries its own sha256, so each is verified as it
+ * arrives and served without its whole chunks (a cold start fetches about what it reads).
+ */
+export interface RangePackDesc {
+  digest: Digest;
+  size: number;
+  /** [offset in the block image, length, sha256 hex of those bytes], in pack order. */
+  ranges: [number, number, string][];
+}
+
 /** The packs of one image (the pushed config's `packs`, and the pulled home's packs file). */
 export interface ImagePacks {
   /** The image (block index digest) the chunk numbers refer to. */
   image: string;
   segments: PackDesc[];
+  /** The profile's whole chunks (pushed when the pushing home has no recorded read ranges). */
   startup?: PackDesc;
+  /** The profile's byte ranges (pushed instead of `startup` when the home recorded them). */
+  startupRanges?: RangePackDesc;
+}
+
+/** At most this many startup ranges (after merging), and ranges closer than RANGE_GAP are merged. */
+export const MAX_STARTUP_RANGES = 4096;
+const RANGE_GAP = 4096;
+
+/**
+ * The startup ranges to pack from a recorded run's reads ([start, end), first-read order): merged
+ * where they overlap or lie within RANGE_GAP of each other, clipped to the image, ordered by when
+ * their first byte was read; at most MAX_STARTUP_RANGES (the earliest).
+ */
+export function planStartupRanges(reads: [number, number][], blockSize: number): [number, number][] {
+  const spans = reads
+    .map(([a, b], i) => ({ a: Math.max(0, a), b: Math.min(blockSize, b), first: i }))
+    .filter((r) => Number.isFinite(r.a) && Number.isFinite(r.b) && r.b > r.a)
+    .sort((x, y) => x.a - y.a);
+  const merged: { a: number; b: number; first: number }[] = [];
+  for (const r of spans) {
+    const last = merged.at(-1);
+    if (last && r.a <= last.b + RANGE_GAP) {
+      last.b = Math.max(last.b, r.b);
+      last.first = Math.min(last.first, r.first);
+    } else merged.push({ ...r });
+  }
+  return merged
+    .sort((x, y) => x.first - y.first)
+    .slice(0, MAX_STARTUP_RANGES)
+    .map((r) => [r.a, r.b - r.a]);
+}
+
+const HEX = /^[0-9a-f]{64}$/;
+
+function checkRangePack(p: unknown, blockSize: number): RangePackDesc | string {
+  const d = p as Partial<RangePackDesc> | null;
+  const what = "startup ranges";
+  if (!d || typeof d !== "object" || typeof d.digest !== "string" || !DIGEST.test(d.digest)) {
+    return `${what}: no sha256 digest`;
+  }
+  if (!Array.isArray(d.ranges) || d.ranges.length === 0 || d.ranges.length > MAX_STARTUP_RANGES) {
+    return `${what}: no range list, or more than ${MAX_STARTUP_RANGES}`;
+  }
+  let size = 0;
+  const spans: [number, number][] = [];
+  for (const r of d.ranges) {
+    const [off, len, hex] = Array.isArray(r) ? r : [];
+    if (
+      !Number.isInteger(off) ||
+      !Number.isInteger(len) ||
+      (off as number) < 0 ||
+      (len as number) <= 0 ||
+      (off as number) + (len as number) > blockSize ||
+      typeof hex !== "string" ||
+      !HEX.test(hex)
+    ) {
+      return `${what}: ${JSON.stringify(r)} is not [offset, length, sha256] inside the image`;
+    }
+    spans.push([off as number, (off as number) + (len as number)]);
+    size += len as number;
+  }
+  spans.sort((x, y) => x[0] - y[0]);
+  for (let i = 1; i < spans.length; i++) {
+    if (spans[i][0] < spans[i - 1][1]) return `${what}: ranges overlap`;
+  }
+  if (d.size !== size) return `${what}: its size is not the sum of its ranges`;
+  return { digest: d.digest as Digest, size, ranges: d.ranges as [number, number, string][] };
 }
 
 /** A segment is cut after a chunk whose digest says so once it holds at least this many bytes... */
@@ -112,7 +192,20 @@ export function checkPacks(
     if (typeof ok === "string") return { corrupt: ok };
     startup = ok;
   }
-  return { packs: { image: digest, segments, ...(startup ? { startup } : {}) } };
+  let startupRanges: RangePackDesc | undefined;
+  if (v.startupRanges !== undefined) {
+    const ok = checkRangePack(v.startupRanges, index.blockSize);
+    if (typeof ok === "string") return { corrupt: ok };
+    startupRanges = ok;
+  }
+  return {
+    packs: {
+      image: digest,
+      segments,
+      ...(startup ? { startup } : {}),
+      ...(startupRanges ? { startupRanges } : {}),
+    },
+  };
 }
 
 /** $KINDLING_HOME/profiles/<image hex>.packs.json: a pulled image's packs (beside its profile). */
