@@ -2,10 +2,6 @@ import { spawnSync } from "node:child_process";
 import { stat } from "node:fs/promises";
 import type { Command } from "commander";
 import { config } from "../config/index.js";
-import { describeImage } from "../image/describe.js";
-import { exportImage } from "../image/export.js";
-import { importImage } from "../image/import.js";
-import { removeImage } from "../image/remove.js";
 import { loadImage, readCatalog } from "../store/catalog.js";
 import { checkImageName, imageNameProblem } from "../store/names.js";
 import { KindlingError } from "../util/errors.js";
@@ -38,6 +34,9 @@ export function registerImageCommands(program: Command): void {
       if (opts.name === undefined && imageNameProblem(name)) {
         checkImageName(name, "the image name taken from the file name,");
       }
+      // Each command's own modules when it runs: `image pull` (a cold start's first step) loads
+      // neither the import pipeline nor export (bench/coldstart.ts).
+      const { importImage } = await import("../image/import.js");
       const rec = await importImage(home(), spec, { name });
       process.stdout.write(`${rec.name} ${rec.digest} (${rec.format}, ${fmtBytes(rec.blockSize)})\n`);
     });
@@ -109,6 +108,7 @@ export function registerImageCommands(program: Command): void {
     .argument("<name>", "image name")
     .option("--json", "JSON output", false)
     .action(async (name: string, opts: { json: boolean }) => {
+      const { describeImage } = await import("../image/describe.js");
       const d = await describeImage(home(), name);
       if (opts.json) process.stdout.write(`${JSON.stringify(d, null, 2)}\n`);
       else {
@@ -127,6 +127,7 @@ export function registerImageCommands(program: Command): void {
       "where to write the tar, as tar -f: a file, a device or FIFO, or - for stdout",
     )
     .action(async (name: string, opts: { output: string }) => {
+      const { exportImage } = await import("../image/export.js");
       await exportImage(home(), name, opts.output);
     });
 
@@ -138,6 +139,7 @@ export function registerImageCommands(program: Command): void {
       const h = home();
       // A running service keeps images' lazy daemons warm: it lets go of the image and removes it.
       const service = await runningService();
+      const { removeImage } = await import("../image/remove.js");
       for (const name of names) {
         const freed = service
           ? await api(service.removeImage(name)).then((r) => ({ blobs: r.freedBlobs, bytes: r.freedBytes }))

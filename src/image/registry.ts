@@ -1,13 +1,9 @@
 import { constants } from "node:fs";
 import { access } from "node:fs/promises";
-import { policyFrom } from "../chunks/policy.js";
-import { chunkReaderFor } from "../chunks/sources.js";
 import { config } from "../config/index.js";
-import { startSharedInBackground } from "../lazy/index.js";
 import { checkProfile, readProfileFile, readProfileReads, writeProfile } from "../lazy/profile.js";
 import type { Platform } from "../registry/platform.js";
 import { pullFromRegistry } from "../registry/pull.js";
-import { pushKindlingImage } from "../registry/push.js";
 import { putBlob, readBlob } from "../store/blobs.js";
 import { decodeBlockIndex } from "../store/blockindex.js";
 import { loadImage, saveImage } from "../store/catalog.js";
@@ -19,7 +15,6 @@ import { debug } from "../util/debug.js";
 import { errorMessage } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { trace } from "../util/trace.js";
-import { buildImage } from "./build.js";
 import type { ImageRecord } from "./types.js";
 
 /**
@@ -54,6 +49,8 @@ export async function pullImage(
   if (names.length === 0) checkImageName(res.reference);
   let record: ImageRecord;
   if (res.kind === "image") {
+    // Loaded here: a lazy pull (a cold start's first step) needs none of the image pipeline.
+    const { buildImage } = await import("./build.js");
     try {
       record = await buildImage(home, {
         name: names[0]!,
@@ -98,6 +95,7 @@ export async function pullImage(
 async function startDaemonAfterPull(home: KindlingHome, record: ImageRecord): Promise<void> {
   try {
     await access("/dev/fuse", constants.R_OK | constants.W_OK); // else no lazy runs here anyway
+    const { startSharedInBackground } = await import("../lazy/client.js");
     await startSharedInBackground(home, record, { shared: { idleMs: config().lazyIdleMs }, lower: true });
   } catch (err) {
     debug(`not starting the lazy daemon of ${record.name} after the pull: ${errorMessage(err)}`);
@@ -111,6 +109,9 @@ export async function pushImage(
   ref: string,
   opts: { insecure: boolean; progress?: boolean; signal?: AbortSignal; packs?: boolean },
 ): Promise<{ manifestDigest: Digest }> {
+  const { policyFrom } = await import("../chunks/policy.js");
+  const { chunkReaderFor } = await import("../chunks/sources.js");
+  const { pushKindlingImage } = await import("../registry/push.js");
   const record = await loadImage(home, name);
   const index = await readBlob(home, record.digest, "block index");
   const decoded = decodeBlockIndex(index, record.digest);

@@ -109,17 +109,20 @@ export async function pullFromRegistry(ref: string, opts: PullOptions): Promise<
         `${reference}: Kindling artifact's first layer is not a ${BLOCK_INDEX_MEDIA_TYPE}`,
       );
     }
+    const indexDigest = indexDesc.digest as Digest;
+    // Config and index at once (one round trip less on a cold start's pull); both verified.
+    const indexBlob = fetchBlobVerified(client, indexDigest, indexDesc.size, opts.signal);
+    indexBlob.catch(() => {}); // awaited below; a config error is reported first
     const cfg = parseKindlingConfig(
       await fetchBlobVerified(client, manifest.config.digest as Digest, manifest.config.size, opts.signal),
       where,
     );
-    const indexDigest = indexDesc.digest as Digest;
     if (cfg.digest !== indexDigest) {
       throw new KindlingError(
         `${reference}: config names image ${cfg.digest} but the index blob is ${indexDigest}`,
       );
     }
-    const index = await fetchBlobVerified(client, indexDigest, indexDesc.size, opts.signal);
+    const index = await indexBlob;
     return {
       kind: "kindling",
       reference,
