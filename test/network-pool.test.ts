@@ -74,19 +74,24 @@ after(async () => {
 const homeLines = () => hostLines(needles, true);
 
 /** The pool's ready marks of the home. */
-async function ready(): Promise<string[]> {
-  return readdir(poolDir(homeNetworkNames(home).tag)).catch(() => [] as string[]);
+async function ready(of: KindlingHome = home): Promise<string[]> {
+  return readdir(poolDir(homeNetworkNames(of).tag)).catch(() => [] as string[]);
 }
 
 /** Waits (bounded) until the pool has `n` ready namespaces (none of `not`). */
-async function poolFilled(n: number, svc: TestService, not: string[] = []): Promise<string[]> {
+async function poolFilled(
+  n: number,
+  svc: TestService,
+  not: string[] = [],
+  of: KindlingHome = home,
+): Promise<string[]> {
   const deadline = Date.now() + 60_000;
-  let marks = await ready();
+  let marks = await ready(of);
   while (marks.length < n || marks.some((m) => not.includes(m))) {
     if (Date.now() > deadline)
       throw new Error(`the pool has ${marks.length} of ${n} namespaces after 60 s: ${svc.output()}`);
     await sleep(50);
-    marks = await ready();
+    marks = await ready(of);
   }
   return marks;
 }
@@ -214,6 +219,41 @@ test("a SIGKILLed service's pooled namespaces are released by the next service's
     /^\d+\.\d+\.\d+\.\d+$/.test(f),
   );
   assert.deepEqual(leases, [], await readFile(path.join(ipam, leases[0] ?? "x"), "utf8").catch(() => ""));
+});
+
+test("a new home's service makes no bridge, rules or namespaces until the home's first bridged run", async () => {
+  const fresh = new KindlingHome(path.join(tmp, "fresh")).ensure();
+  const { tag } = homeNetworkNames(fresh);
+  const lines = () => hostLines([`kl-${tag}`, `kindling-${tag}`]);
+  const svc = await startService(fresh.root, [], { KINDLING_NETWORK_POOL: "2" });
+  try {
+    // a run that needs no network, through the service: still nothing of the network
+    const none = await cli(fresh.root, [
+      "run",
+      "--runtime",
+      "runc",
+      "--network",
+      "none",
+      image,
+      "--",
+      "true",
+    ]);
+    assert.equal(none.code, 0, none.stderr);
+    await sleep(1500); // (what an eager pool would have made by now: checked absent, not timed)
+    assert.deepEqual(await lines(), [], svc.output());
+    assert.deepEqual(await ready(fresh), []);
+    // the first bridged run sets up its own network; the pool fills after it
+    const r = await cli(fresh.root, ["run", "--runtime", "runc", image, "--", "true"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await poolFilled(2, svc, [], fresh)).length, 2);
+  } finally {
+    await svc.stop();
+    await stopServiceAndContainers(fresh.root).catch(() => {});
+  }
+  assert.deepEqual(await ready(fresh), []);
+  assert.deepEqual(await networkLeftovers(fresh), []);
+  await removeHomeNetwork(fresh);
+  assert.deepEqual(await lines(), []);
 });
 
 test("KINDLING_NETWORK_POOL=0: no pool; a user CNI config: no pool", async () => {

@@ -6,6 +6,7 @@
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { Scope } from "../util/scope.js";
+import { trace } from "../util/trace.js";
 import {
   addNetworkList,
   type CniAttachment,
@@ -20,7 +21,7 @@ import { RunRecorder, recordHome } from "./owners.js";
 import { takePooledNetwork } from "./pool.js";
 import { type NetworkResource, releaseNetworkResource } from "./resources.js";
 import { sweepNetwork } from "./sweep.js";
-import { inBackground, startReleaseProcess } from "./teardown.js";
+import { handingOff, inBackground, startReleaseProcess } from "./teardown.js";
 import type { NetworkInfo, NetworkMode, PortMapping } from "./types.js";
 
 export const CONTAINER_IFNAME = "eth0";
@@ -74,6 +75,7 @@ export async function setUpNetwork(req: NetworkRequest): Promise<RunNetwork> {
   await recordHome(req.home.root);
   // A ready namespace of the home's service (pool.ts): its refill sweeps, off this run's path.
   const pooled = await fromPool(req);
+  trace(pooled ? "network: pooled namespace taken" : "network: no pooled namespace");
   if (pooled) return pooled;
   // What dead runs of vanished homes left: the quick part reads a few files; it spawns only for what
   // it finds dead (and for the iptables part every FULL_SWEEP_EVERY_MS). Settled before returning.
@@ -99,7 +101,8 @@ function recording(req: NetworkRequest, netnsName: string): Recording {
   // A background teardown (teardown.ts): owner.json still records each resource (a crash before the
   // hand-off is cleaned from it), but the run's scope releases them with one step that hands them over.
   const handOff = inBackground();
-  if (handOff) req.scope.defer(`network of ${netnsName}`, () => handOver(recorder));
+  // (not awaited by the scope: the run's other releases go on meanwhile; handOffsDone() waits for it)
+  if (handOff) req.scope.defer(`network of ${netnsName}`, () => void handingOff(handOver(recorder)));
   const releasingScope = handOff ? new Scope() : req.scope; // never closed: the hand-off releases
   const holder: ResourceHolder = {
     async hold(_scope, r) {
@@ -147,8 +150,8 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
 async function fromPool(req: NetworkRequest): Promise<RunNetwork | undefined> {
   if (req.mode !== "bridge" || req.pool === false || req.settings.cniConfDir !== undefined) return undefined;
   const [list, pooled] = await Promise.all([
-    loadNetwork(req.home, req.settings),
-    takePooledNetwork(req.home),
+    loadNetwork(req.home, req.settings).finally(() => trace("network: default network read")),
+    takePooledNetwork(req.home).finally(() => trace("network: pool entry claimed")),
   ]);
   if (!pooled) return undefined;
   if (JSON.stringify(pooled.cni.list) !== JSON.stringify(list)) {
@@ -157,9 +160,13 @@ async function fromPool(req: NetworkRequest): Promise<RunNetwork | undefined> {
   }
   const { recorder, releasingScope, holder } = recording(req, pooled.netnsName);
   try {
-    await req.holder.hold(releasingScope, pooled.netns);
-    await req.holder.hold(releasingScope, pooled.cni);
-    await recorder.add(pooled.netns, pooled.cni);
+    // at the same time (one write of owner.json, one of the host record): a crash in between leaves
+    // either one, and either is released (the home's cleanup, or the sweep once the run dir is gone)
+    await Promise.all([
+      req.holder.hold(releasingScope, pooled.netns),
+      req.holder.hold(releasingScope, pooled.cni),
+      recorder.add(pooled.netns, pooled.cni),
+    ]);
   } finally {
     await pooled.taken();
   }
@@ -199,6 +206,7 @@ async function handOver(recorder: RunRecorder): Promise<void> {
   const pid = await startReleaseProcess(recorder.netnsName, recorder.resources, recorder.home).catch(
     () => undefined,
   );
+  trace("network: release process started");
   if (pid !== undefined) return recorder.handOver(pid);
   for (const r of [...recorder.resources].reverse()) await releaseNetworkResource(r);
 }

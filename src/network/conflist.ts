@@ -167,7 +167,8 @@ export function parseConf(raw: unknown, where: string): CniConfList {
   };
 }
 
-const DEFAULT_FILE = "default.conflist";
+/** The home's default network, under $KINDLING_HOME/network: written by its first bridged run. */
+export const DEFAULT_FILE = "default.conflist";
 
 /**
  * The home's default network, written on first use. Its /24 is chosen from 10.192.0.0/10 by a hash of

@@ -7,9 +7,10 @@
  * address leased, recorded as a run of its own under /run/kindling/network/runs/ (owners.ts) with the
  * service as owner, and marked ready by a file pool/<tag>/<netns>. A run takes one (takePooledNetwork:
  * the mark's unlink decides who gets it, then the run holds it in its owner.json and becomes the
- * owner of its record) and releases it as its own. The service refills the pool in the background once
- * a mark goes (after REFILL_DELAY_MS, off the taking run's start), and releases what is still ready
- * when it stops. A service that dies leaves records with a dead owner and no run directory: the sweep
+ * owner of its record) and releases it as its own. The pool starts with the home's first bridged run
+ * (its default network written): a home that never runs one gets nothing from its service. It is
+ * refilled in the background once the run that took an entry is over (see REFILL_AT_MOST_MS), and what
+ * is still ready is released when the service stops. A service that dies leaves records with a dead owner and no run directory: the sweep
  * (sweep.ts, run by the next service's start, every network setup and `doctor --fix`) releases them.
  *
  * Only the home's default network is pooled, never a user's CNI config (KINDLING_CNI_CONF_DIR): a run
@@ -24,14 +25,38 @@ import { isSameProcess } from "../host/process.js";
 import { errorMessage } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { addNetworkList } from "./cni.js";
-import { homeNetworkNames, loadNetwork, type NetworkSettings, networkSettings } from "./conflist.js";
+import {
+  DEFAULT_FILE,
+  homeNetworkNames,
+  loadNetwork,
+  type NetworkSettings,
+  networkSettings,
+} from "./conflist.js";
 import { createNetns, netnsPath } from "./netns.js";
-import { claimRun, homeTag, poolDir, poolMarker, RunRecorder, readRunRecord, recordHome } from "./owners.js";
+import {
+  claimRun,
+  homeTag,
+  poolDir,
+  poolMarker,
+  RunRecorder,
+  readRunRecord,
+  recordHome,
+  runRecordFile,
+} from "./owners.js";
 import { type NetworkResource, releaseNetworkResource } from "./resources.js";
 import { releaseRun, sweepNetwork } from "./sweep.js";
 
-/** A taken entry's refill waits this long: the run that took it is starting meanwhile. */
-const REFILL_DELAY_MS = 250;
+/**
+ * When a taken entry is made again. Not at once: the run that took it is starting (or, for a short
+ * run, ending), and a refill's processes (unshare, the bridge and host-local ADD) would compete with it
+ * for the CPUs. So the refill waits until the taker's network is released (its record is gone: the run
+ * is over, its teardown done), at most REFILL_AT_MOST_MS (a long-running container); with no entry left
+ * ready (a burst of runs) only REFILL_EMPTY_MS.
+ */
+const REFILL_AT_MOST_MS = 2_000;
+const REFILL_EMPTY_MS = 250;
+/** A home with no default network yet fills its pool this long after its first bridged run made it. */
+const FIRST_FILL_DELAY_MS = 1_000;
 /** After a failed fill, the pool waits this long before it tries again. */
 const RETRY_MS = 30_000;
 export const POOL_IFNAME = "eth0";
@@ -64,8 +89,11 @@ class Pool implements NetworkPool {
   private readonly ready = new Set<string>();
   private stopped = false;
   private filling: Promise<void> = Promise.resolve();
+  /** Entries of this pool taken by runs and not yet released (their host record is still there). */
+  private readonly taken = new Set<string>();
   private timer?: NodeJS.Timeout;
-  private watcher?: FSWatcher;
+  private dueAt = 0;
+  private readonly watchers: FSWatcher[] = [];
   private failedAt = 0;
   private readonly dir: string;
 
@@ -88,19 +116,63 @@ class Pool implements NetworkPool {
     if (swept?.released.length) this.log("info", "network: released what dead runs left", { ...swept });
     else if (swept?.errors.length) this.log("warn", "network: sweep", { errors: swept.errors });
     await mkdir(this.dir, { recursive: true });
-    try {
-      this.watcher = watch(this.dir, () => this.schedule(REFILL_DELAY_MS));
-      this.watcher.on("error", () => {});
-      this.watcher.unref();
-    } catch {
-      // no inotify: refilled only when fill() runs again (after the next failure's retry)
-    }
-    await this.fill();
+    // (no inotify: refilled only when fill() runs again, after the next failure's retry)
+    this.watch(this.dir, () => void this.look());
+    const runs = path.dirname(runRecordFile("x"));
+    await mkdir(runs, { recursive: true });
+    this.watch(runs, (file) => {
+      const name = file?.endsWith(".json") ? file.slice(0, -5) : undefined;
+      if (name && this.taken.has(name)) void this.released(name);
+    });
+    // Lazily: a home that never ran a bridged container gets no bridge, rules or namespaces from its
+    // service. Its first bridged run writes the home's default network: the pool fills after it.
+    const { dir } = homeNetworkNames(this.home);
+    if (await present(path.join(dir, DEFAULT_FILE))) return this.fill();
+    await mkdir(dir, { recursive: true });
+    this.watch(dir, (file) => {
+      if (file === DEFAULT_FILE) this.schedule(FIRST_FILL_DELAY_MS);
+    });
+    // (written between the check and the watch)
+    if (await present(path.join(dir, DEFAULT_FILE))) this.schedule(FIRST_FILL_DELAY_MS);
   }
 
-  /** Looks again after `ms` (a mark went: refill). */
+  private watch(dir: string, onEvent: (file: string | undefined) => void): void {
+    try {
+      const w = watch(dir, (_event, file) => onEvent(file ?? undefined));
+      w.on("error", () => {});
+      w.unref();
+      this.watchers.push(w);
+    } catch {
+      // no inotify
+    }
+  }
+
+  /** A mark went (or came): entries taken since the last look wait for their release (or a timeout). */
+  private async look(): Promise<void> {
+    let took = false;
+    for (const name of [...this.ready]) {
+      if (await present(poolMarker(name))) continue;
+      this.ready.delete(name); // taken: its run owns it now
+      this.taken.add(name);
+      took = true;
+    }
+    if (took) this.schedule(this.ready.size === 0 ? REFILL_EMPTY_MS : REFILL_AT_MOST_MS);
+  }
+
+  /** A taken entry's record changed: once it is gone (its network released), refill now. */
+  private async released(name: string): Promise<void> {
+    if (await present(runRecordFile(name))) return;
+    this.taken.delete(name);
+    this.schedule(0);
+  }
+
+  /** Fills in `ms` (or sooner, if already due sooner). */
   private schedule(ms: number): void {
-    if (this.stopped || this.timer) return;
+    if (this.stopped) return;
+    const due = Date.now() + ms;
+    if (this.timer && this.dueAt <= due) return;
+    clearTimeout(this.timer);
+    this.dueAt = due;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.filling = this.filling.then(() => this.fill());
@@ -113,6 +185,7 @@ class Pool implements NetworkPool {
     for (const name of [...this.ready]) {
       if (!(await present(poolMarker(name)))) this.ready.delete(name); // taken: its run owns it now
     }
+    this.taken.clear(); // refilled now: their release no longer matters
     // what dead runs of vanished homes left: a run that takes a namespace from here does not sweep
     if (this.ready.size < this.size) await sweepNetwork({ rateLimited: true }).catch(() => undefined);
     while (!this.stopped && this.ready.size < this.size) {
@@ -162,7 +235,7 @@ class Pool implements NetworkPool {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
-    this.watcher?.close();
+    for (const w of this.watchers) w.close();
     await this.filling.catch(() => {});
     await Promise.all(
       [...this.ready].map(async (name) => {

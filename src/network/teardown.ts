@@ -9,20 +9,45 @@
  */
 import { spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
+import type { Writable } from "node:stream";
 import { findPlugin, lowerPriority, pluginConfig, pluginPath, skippable } from "./cni.js";
 import { runRecordFile } from "./owners.js";
 import type { NetworkResource } from "./resources.js";
 import { withIpamOutside } from "./sweep.js";
 
 let background = false;
+let afterExit = false;
+/** The write ends of the release processes' stdin that wait for this process's exit (kept open till then). */
+const held: Writable[] = [];
 
-/** Set by an attached run's supervisor. */
-export function teardownInBackground(on: boolean): void {
+/**
+ * Set by an attached run's supervisor (`atExit`: the release process starts its DEL once this process
+ * has exited, so its plugins do not compete for the CPUs with the supervisor's last steps and the
+ * client's exit). Without `atExit` (benchmarks, tests) it starts at once.
+ */
+export function teardownInBackground(on: boolean, opts: { atExit?: boolean } = {}): void {
   background = on;
+  afterExit = on && opts.atExit === true;
 }
 
 export function inBackground(): boolean {
   return background;
+}
+
+const handOffs = new Set<Promise<void>>();
+
+/** Tracks a hand-off under way (attach.ts: the run's scope does not wait for it). */
+export function handingOff(p: Promise<void>): void {
+  const tracked: Promise<void> = p.catch(() => {}).finally(() => handOffs.delete(tracked));
+  handOffs.add(tracked);
+}
+
+/**
+ * Resolves once every network this process handed off is owned by its release process (its record
+ * names it): a supervisor awaits it before it exits, since until then the record names the supervisor.
+ */
+export async function handOffsDone(): Promise<void> {
+  while (handOffs.size > 0) await Promise.all(handOffs);
 }
 
 /**
@@ -44,6 +69,9 @@ export async function startReleaseProcess(
   const q = (v: string) => `'${v.replaceAll("'", `'\\''`)}'`;
   const lines = [
     `rec=${q(record)}`,
+    // its stdin is a pipe whose write end only the process that handed it over holds (atExit): EOF
+    // once that process is gone, however it ended; at once otherwise (the write end is closed now)
+    "read -r _ || :",
     `i=0; while [ $i -lt 200 ] && ! grep -q "\\"pid\\":$$," "$rec"; do sleep 0.01; i=$((i+1)); done`,
     "ok=0",
   ];
@@ -83,10 +111,18 @@ export async function startReleaseProcess(
   }
   lines.push(`rm -rf ${[...files, scratch].map(q).join(" ")}`, `[ $ok = 0 ] && rm -f "$rec"`, "exit 0");
   return new Promise((resolve) => {
-    const child = spawn("/bin/sh", ["-c", lines.join("\n")], { detached: true, stdio: "ignore" });
+    const child = spawn("/bin/sh", ["-c", lines.join("\n")], {
+      detached: true,
+      stdio: ["pipe", "ignore", "ignore"],
+    });
     child.once("error", () => resolve(undefined));
+    child.stdin!.on("error", () => {});
     child.once("spawn", () => {
       child.unref();
+      if (afterExit) {
+        held.push(child.stdin!); // closed by this process's exit
+        (child.stdin as Writable & { unref?(): void }).unref?.();
+      } else child.stdin!.end();
       // background work: it yields to the next run (its plugins start after its wait for the record)
       if (child.pid !== undefined) lowerPriority(child.pid);
       resolve(child.pid);

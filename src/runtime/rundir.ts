@@ -39,6 +39,8 @@ export function newRunId(): string {
 export class RunDir {
   private record: OwnerRecord;
   private writing: Promise<void> = Promise.resolve();
+  /** The next write, not started yet: saves asked meanwhile share it (it has all their changes). */
+  private queued?: Promise<void>;
 
   private constructor(
     readonly path: string,
@@ -119,10 +121,17 @@ export class RunDir {
   }
 
   private save(): Promise<void> {
-    // Serialized: overlapping atomic writes could otherwise publish an older record last.
-    const json = `${JSON.stringify(this.record, null, 2)}\n`;
-    this.writing = this.writing.then(() => writeFileAtomic(this.file(OWNER_FILE), json));
-    return this.writing;
+    // Serialized: overlapping atomic writes could otherwise publish an older record last. Coalesced:
+    // the network and the rootfs record their resources at the same time (a write per change queued
+    // behind each other put several writes on a run's start).
+    if (this.queued) return this.queued;
+    const next = this.writing.then(() => {
+      this.queued = undefined;
+      return writeFileAtomic(this.file(OWNER_FILE), `${JSON.stringify(this.record, null, 2)}\n`);
+    });
+    this.queued = next;
+    this.writing = next.catch(() => {});
+    return next;
   }
 }
 

@@ -24,7 +24,7 @@ import path from "node:path";
 import { PassThrough, type Readable, Writable } from "node:stream";
 import { type Config, useConfig } from "../config/index.js";
 import { processStartTime } from "../host/process.js";
-import { teardownInBackground } from "../network/teardown.js";
+import { handOffsDone, teardownInBackground } from "../network/teardown.js";
 import { resolveImage } from "../runtime/image.js";
 import { type RunHandle, type RunResult, runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { checkTtySize } from "../runtime/pty.js";
@@ -429,7 +429,7 @@ async function main(): Promise<void> {
       handshake("ok"); // the service answers its client, which attaches now
       // An attached run's status goes to its client once the container is released; the network's
       // teardown (CNI DEL, the namespace) is handed to a process of its own, as the CLI's run did.
-      teardownInBackground(true);
+      teardownInBackground(true, { atExit: true });
     }
     // Notices before the client attached wait for it.
     const early: string[] = [];
@@ -542,7 +542,8 @@ async function main(): Promise<void> {
 }
 
 main().then(
-  () => {
+  async () => {
+    await handOffsDone(); // the network's release process owns its record now (src/network/teardown.ts)
     trace("supervisor: exit");
     process.exit(0);
   },
