@@ -9,7 +9,7 @@ import { after, before, test } from "node:test";
 import { KINDLING } from "./helpers/cli.js";
 import { cli } from "./helpers/service.js";
 import { type ServiceTestHome, vmServiceHome } from "./helpers/service-home.js";
-import { ScriptTerminal } from "./helpers/terminal.js";
+import { ScriptTerminal, shellSession } from "./helpers/terminal.js";
 
 let t: ServiceTestHome;
 let home: string;
@@ -22,38 +22,22 @@ before(async () => {
 after(() => t?.done());
 
 const env = () => t.env();
-const AFTER = "echo; stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo END";
-
-/** Types `stty size` until the answer is `want` (the resize travels client -> guest), bounded. */
-async function untilSize(term: ScriptTerminal, want: string): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const at = term.output.length;
-    term.type("stty size\r");
-    const seen = await term.expect(/\d+ \d+\r*\n/, "stty size after the resize", at, 20_000);
-    if (seen[0].startsWith(want)) return;
-    if (Date.now() > deadline) assert.fail(`no resize to ${want} seen:\n${term.output}`);
-  }
-}
 
 test("qemu: run -t -i: a shell on a guest pty of our size, resized, its status ours, the terminal restored", async () => {
-  const term = ScriptTerminal.start(
+  await shellSession(
     [KINDLING, "run", "-t", "-i", "--runtime", "qemu", "--network", "none", "ml", "--", "sh"],
-    { rows: 33, cols: 101, env: env(), afterwards: AFTER },
+    env(),
+    {
+      prompt: /# /,
+      promptMs: 180_000,
+      ttyName: /\/dev\/pts\/\d+/,
+      size: [33, 101],
+      resizeTo: [40, 120],
+      exitCode: 5,
+      exitMs: 120_000,
+      what: "run -t -i",
+    },
   );
-  try {
-    await term.expect(/# /, "the shell's prompt", 0, 180_000);
-    const mark = term.output.length;
-    term.type("tty; stty size\r");
-    await term.expect(/\/dev\/pts\/\d+\r*\n33 101/, "tty and stty size", mark);
-    await term.resize(40, 120);
-    await untilSize(term, "40 120");
-    term.type("exit 5\r");
-    assert.equal(await term.exited(120_000, "run -t -i"), 5);
-    await term.expect(/icanon echo END/, "the terminal restored");
-  } finally {
-    term.kill();
-  }
 });
 
 test("qemu: exec -i -t into a running VM: a pty, its size, a resize, the status; run -d -t logs a pty's output", async () => {
@@ -74,25 +58,16 @@ test("qemu: exec -i -t into a running VM: a pty, its size, a resize, the status;
   assert.equal(run.code, 0, run.stderr);
   const id = run.stdout.trim();
   try {
-    const term = ScriptTerminal.start([KINDLING, "exec", "-i", "-t", id, "--", "sh"], {
-      rows: 30,
-      cols: 90,
-      env: env(),
-      afterwards: AFTER,
+    await shellSession([KINDLING, "exec", "-i", "-t", id, "--", "sh"], env(), {
+      prompt: /# /,
+      promptMs: 120_000,
+      ttyName: /\/dev\/pts\/\d+/,
+      size: [30, 90],
+      resizeTo: [50, 132],
+      exitCode: 4,
+      exitMs: 120_000,
+      what: "exec -i -t",
     });
-    try {
-      await term.expect(/# /, "the exec'd shell's prompt", 0, 120_000);
-      const mark = term.output.length;
-      term.type("tty; stty size\r");
-      await term.expect(/\/dev\/pts\/\d+\r*\n30 90/, "tty and stty size", mark);
-      await term.resize(50, 132);
-      await untilSize(term, "50 132");
-      term.type("exit 4\r");
-      assert.equal(await term.exited(120_000, "exec -i -t"), 4);
-      await term.expect(/icanon echo END/, "the terminal restored");
-    } finally {
-      term.kill();
-    }
     // run -d -t: the container's pty (24x80, no client terminal), stdout and stderr in one stream
     const logs = await cli(home, ["logs", id]);
     assert.match(logs.stdout, /\/dev\/pts\/\d+\r\n24 80\r\nerr\r\n/);

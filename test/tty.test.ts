@@ -9,7 +9,7 @@ import { after, before, test } from "node:test";
 import { KINDLING } from "./helpers/cli.js";
 import { cli } from "./helpers/service.js";
 import { busyboxServiceHome, type ServiceTestHome } from "./helpers/service-home.js";
-import { ScriptTerminal } from "./helpers/terminal.js";
+import { ScriptTerminal, SHOW_TERMINAL_MODE, shellSession, terminalRestored } from "./helpers/terminal.js";
 
 let t: ServiceTestHome;
 let home: string;
@@ -27,38 +27,21 @@ before(async () => {
 after(() => t?.done());
 
 const env = () => t.env();
-/** Our terminal's settings after kindling ended: raw mode undone (canonical input and echo back). */
-const AFTER = "echo; stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo END";
-const restored = (t: ScriptTerminal) => t.expect(/icanon echo END/, "the terminal restored (icanon echo)");
 
 for (const runtime of RUNTIMES) {
   test(`${runtime}: run -t -i: a shell on a pty of our size, resized, its status ours, the terminal restored`, async () => {
-    const t = ScriptTerminal.start(
+    await shellSession(
       [KINDLING, "run", "-t", "-i", "--runtime", runtime, "--network", "none", image, "--", "sh"],
-      { rows: 33, cols: 101, env: env(), afterwards: AFTER },
+      env(),
+      {
+        prompt: /\/ # /,
+        ttyName: TTY_NAME[runtime],
+        size: [33, 101],
+        resizeTo: [40, 120],
+        exitCode: 5,
+        what: "run -t -i",
+      },
     );
-    try {
-      await t.expect(/\/ # /, "the shell's prompt");
-      let mark = t.output.length;
-      t.type("tty; stty size\r");
-      await t.expect(new RegExp(`(${TTY_NAME[runtime].source})[\\s\\S]*33 101`), "tty and stty size", mark);
-      mark = t.output.length;
-      await t.resize(40, 120);
-      // the resize travels client -> service -> supervisor -> runtime -> process: poll until seen
-      const deadline = Date.now() + 30_000;
-      for (;;) {
-        const at = t.output.length;
-        t.type("stty size\r");
-        const seen = await t.expect(/\d+ \d+\r*\n/, "stty size after the resize", at, 10_000);
-        if (seen[0].startsWith("40 120")) break;
-        if (Date.now() > deadline) assert.fail(`no resize seen: ${t.output.slice(mark)}`);
-      }
-      t.type("exit 5\r");
-      assert.equal(await t.exited(60_000, "run -t -i"), 5);
-      await restored(t);
-    } finally {
-      t.kill();
-    }
   });
 
   test(`${runtime}: run -t without -i: output of a pty, no raw mode; Ctrl-C in -it reaches the process`, async () => {
@@ -103,13 +86,13 @@ for (const runtime of RUNTIMES) {
         "-c",
         "echo ready; sleep 60; exit $?",
       ],
-      { rows: 24, cols: 80, env: env(), afterwards: AFTER },
+      { rows: 24, cols: 80, env: env(), afterwards: SHOW_TERMINAL_MODE },
     );
     try {
       await t.expect(/ready/, "the process started");
       t.type("\x03");
       assert.equal(await t.exited(60_000, "run -t -i after Ctrl-C"), 130);
-      await restored(t);
+      await terminalRestored(t);
     } finally {
       t.kill();
     }
@@ -135,32 +118,14 @@ for (const runtime of RUNTIMES) {
     assert.equal(run.code, 0, run.stderr);
     const id = run.stdout.trim();
     ids.push(id);
-    const t = ScriptTerminal.start([KINDLING, "exec", "-i", "-t", id, "--", "sh"], {
-      rows: 30,
-      cols: 90,
-      env: env(),
-      afterwards: AFTER,
+    await shellSession([KINDLING, "exec", "-i", "-t", id, "--", "sh"], env(), {
+      prompt: /\/ # /,
+      ttyName: TTY_NAME[runtime],
+      size: [30, 90],
+      resizeTo: [50, 132],
+      exitCode: 4,
+      what: "exec -i -t",
     });
-    try {
-      await t.expect(/\/ # /, "the exec'd shell's prompt");
-      let mark = t.output.length;
-      t.type("tty; stty size\r");
-      await t.expect(new RegExp(`(${TTY_NAME[runtime].source})\\r*\\n30 90`), "tty and stty size", mark);
-      await t.resize(50, 132);
-      const deadline = Date.now() + 30_000;
-      for (;;) {
-        mark = t.output.length;
-        t.type("stty size\r");
-        const seen = await t.expect(/\d+ \d+\r*\n/, "stty size after the resize", mark, 10_000);
-        if (seen[0].startsWith("50 132")) break;
-        if (Date.now() > deadline) assert.fail(`no resize seen: ${t.output}`);
-      }
-      t.type("exit 4\r");
-      assert.equal(await t.exited(60_000, "exec -i -t"), 4);
-      await restored(t);
-    } finally {
-      t.kill();
-    }
     assert.match((await cli(home, ["logs", id])).stdout, /detached-on-a-tty\r\n/);
     // kill of a -t container: its pty and runtime go (after() checks nothing is left)
     assert.equal((await cli(home, ["rm", "-f", id])).code, 0);
@@ -213,11 +178,11 @@ test("runc: a client that goes away (SIGKILL) stops its -t run; exec -it into no
     rows: 30,
     cols: 90,
     env: env(),
-    afterwards: AFTER,
+    afterwards: SHOW_TERMINAL_MODE,
   });
   try {
     assert.equal(await bad.exited(60_000, "exec -it into no container"), 125);
-    await restored(bad);
+    await terminalRestored(bad);
     assert.match(bad.output, /no container|not found|nosuchcontainer/i);
   } finally {
     bad.kill();

@@ -102,3 +102,72 @@ export class ScriptTerminal {
     if (this.child.exitCode === null) this.child.kill("SIGKILL");
   }
 }
+
+/** Typed after the command on the terminal: shows whether raw mode was undone (canonical input, echo). */
+export const SHOW_TERMINAL_MODE =
+  "echo; stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo END";
+
+/** After a command started with `afterwards: SHOW_TERMINAL_MODE`: the terminal is back in cooked mode. */
+export const terminalRestored = (t: ScriptTerminal) =>
+  t.expect(/icanon echo END/, "the terminal restored (icanon echo)");
+
+/** Polls `stty size` in the shell on `t` until it shows `rows cols`, at most `ms`. */
+export async function untilSize(t: ScriptTerminal, rows: number, cols: number, ms = 60_000): Promise<void> {
+  // a resize travels client -> service -> supervisor -> runtime (or guest agent) -> process
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const at = t.output.length;
+    t.type("stty size\r");
+    const seen = await t.expect(/\d+ \d+\r*\n/, "stty size after the resize", at, Math.min(ms, 20_000));
+    if (seen[0].startsWith(`${rows} ${cols}`)) return;
+    if (Date.now() > deadline) throw new Error(`no resize to ${rows}x${cols} seen:\n${t.output}`);
+  }
+}
+
+export interface ShellSession {
+  /** The shell's prompt, and how long it may take to show (a VM boots first). */
+  prompt: RegExp;
+  promptMs?: number;
+  /** What `tty` prints there. */
+  ttyName: RegExp;
+  /** The terminal's size at the start, and the one it is resized to. */
+  size: [number, number];
+  resizeTo: [number, number];
+  /** The status the shell exits with, and how long the exit may take. */
+  exitCode: number;
+  exitMs?: number;
+  what: string;
+}
+
+/**
+ * `argv` (a kindling command giving a shell) on a terminal of `s.size`, one interactive session: the
+ * prompt, `tty` and `stty size` as given, a resize seen inside, `exit N` as the client's status, the
+ * terminal restored afterwards. The terminal is killed on every way out.
+ */
+export async function shellSession(
+  argv: string[],
+  env: Record<string, string>,
+  s: ShellSession,
+): Promise<void> {
+  const [rows, cols] = s.size;
+  const t = ScriptTerminal.start(argv, { rows, cols, env, afterwards: SHOW_TERMINAL_MODE });
+  try {
+    await driveShell(t, s);
+  } finally {
+    t.kill();
+  }
+}
+
+async function driveShell(t: ScriptTerminal, s: ShellSession): Promise<void> {
+  await t.expect(s.prompt, "the shell's prompt", 0, s.promptMs ?? 60_000);
+  const mark = t.output.length;
+  t.type("tty; stty size\r");
+  const [rows, cols] = s.size;
+  await t.expect(new RegExp(`(${s.ttyName.source})\\r*\\n${rows} ${cols}`), "tty and stty size", mark);
+  await t.resize(...s.resizeTo);
+  await untilSize(t, ...s.resizeTo);
+  t.type(`exit ${s.exitCode}\r`);
+  const status = await t.exited(s.exitMs ?? 60_000, s.what);
+  if (status !== s.exitCode) throw new Error(`${s.what}: exit status ${status}, expected ${s.exitCode}`);
+  await terminalRestored(t);
+}
