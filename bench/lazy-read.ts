@@ -13,17 +13,17 @@ import { randomBytes } from "node:crypto";
 import { closeSync, constants, openSync, readSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { benchArgs } from "../src/bench/args.js";
 import { type LazyImage, openLazyImage } from "../src/lazy/index.js";
 import { KindlingHome } from "../src/util/home.js";
 import { indexBytes } from "../test/helpers/blockindex.js";
 
-const arg = (name: string, dflt: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const MIB = arg("mib", 128);
-const ROUNDS = arg("rounds", 5);
-const OPS = arg("ops", 4000);
+const args = benchArgs("node dist/bench/lazy-read.js [--mib 128] [--rounds 5] [--ops 4000]", {
+  options: ["mib", "rounds", "ops"],
+});
+const MIB = args.num("mib", 128);
+const ROUNDS = args.num("rounds", 5);
+const OPS = args.num("ops", 4000);
 const SIZE = MIB << 20;
 
 const median = (xs: number[]) => {

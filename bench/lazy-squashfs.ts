@@ -8,18 +8,18 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { benchArgs } from "../src/bench/args.js";
 import { type LazyImage, openLazyImage } from "../src/lazy/index.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { indexBytes } from "../test/helpers/blockindex.js";
 import { makeSquashfs } from "../test/helpers/images.js";
 
-const arg = (name: string, dflt: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const FILES = arg("files", 2000);
-const ROUNDS = arg("rounds", 5);
+const args = benchArgs("node dist/bench/lazy-squashfs.js [--files 2000] [--rounds 5]", {
+  options: ["files", "rounds"],
+});
+const FILES = args.num("files", 2000);
+const ROUNDS = args.num("rounds", 5);
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);

@@ -14,6 +14,7 @@
  */
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";
+import { benchArgs } from "../src/bench/args.js";
 import { makeBindMounts } from "../src/bench/binds.js";
 import { diskUsage } from "../src/bench/disk.js";
 import { formatBytes, formatMs, formatPercent } from "../src/bench/format.js";
@@ -32,17 +33,17 @@ import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { closeAllScopes, Scope } from "../src/util/scope.js";
 
-const argOf = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const IMAGE = argOf("image") ?? "large";
-const REPS = Number(argOf("reps") ?? 3);
-const BINDS = Number(argOf("binds") ?? 0);
-const JSON_OUT = process.argv.includes("--json");
+const args = benchArgs(
+  "node dist/bench/note-prep.js [--image small|large|busybox] [--reps 3] [--binds 0] [--strategies a,b] [--json]",
+  { options: ["image", "reps", "binds", "strategies"], switches: ["json"] },
+);
+const IMAGE = args.str("image", "large");
+const REPS = args.num("reps", 3);
+const BINDS = args.num("binds", 0);
+const JSON_OUT = args.has("json");
 const ALL = ["lazy-file", "lazy-mount", "lazy-shared", "squashfs", "copy"] as const;
 type Strategy = (typeof ALL)[number];
-const STRATEGIES = (argOf("strategies")?.split(",") ?? ALL) as Strategy[];
+const STRATEGIES = (args.list("strategies") ?? ALL) as Strategy[];
 
 interface Row {
   strategy: Strategy;

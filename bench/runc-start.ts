@@ -11,6 +11,7 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { benchArgs } from "../src/bench/args.js";
 import { config } from "../src/config/index.js";
 import { isPathRef, resolveImage } from "../src/runtime/image.js";
 import { runContainer } from "../src/runtime/lifecycle.js";
@@ -27,13 +28,13 @@ import { Scope } from "../src/util/scope.js";
 import { buildBusyboxTree, makeSquashfs } from "../test/helpers/images.js";
 import { readAll } from "../test/helpers/streams.js";
 
-const argOf = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const N = Number(argOf("n") ?? 30);
-const IMAGE = argOf("image");
-const RUNTIME_ARG = argOf("runtime") ?? "runc";
+const args = benchArgs(
+  "node dist/bench/runc-start.js [--n 30] [--image NAME|FILE.sqfs] [--runtime runc|runsc]",
+  { options: ["n", "image", "runtime"] },
+);
+const N = args.num("n", 30);
+const IMAGE = args.get("image");
+const RUNTIME_ARG = args.str("runtime", "runc");
 if (RUNTIME_ARG !== "runc" && RUNTIME_ARG !== "runsc") throw new Error("--runtime: runc or runsc");
 const RUNTIME: "runc" | "runsc" = RUNTIME_ARG;
 const FLAVOR = RUNTIME === "runc" ? RUNC : RUNSC;

@@ -24,6 +24,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, symlink } from "node:fs/promises
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { benchArgs } from "../src/bench/args.js";
 import { mountsUnder } from "../src/host/mounts.js";
 import { importImage } from "../src/image/import.js";
 import { stopIdleShared } from "../src/lazy/index.js";
@@ -36,13 +37,12 @@ import { pidsNaming } from "../test/helpers/leftovers.js";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const KINDLING = path.join(REPO, "bin", "kindling");
-const argOf = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const N = Number(argOf("n") ?? 5);
-const BOOTS = Number(argOf("boots") ?? 3);
-const KERNELS = (argOf("kernels") ?? "debian,built").split(",") as GuestKernelChoice[];
+const args = benchArgs("node dist/bench/vm-start.js [--n 5] [--boots 3] [--kernels debian,built]", {
+  options: ["n", "boots", "kernels"],
+});
+const N = args.num("n", 5);
+const BOOTS = args.num("boots", 3);
+const KERNELS = (args.list("kernels") ?? ["debian", "built"]) as GuestKernelChoice[];
 const BUILT =
   process.env.KINDLING_GUEST_KERNEL_DIR ?? path.join(REPO, ".cache", "guest-kernel", "kernel", "built");
 const DEBIAN_CACHE = path.join(REPO, ".cache", "vm-test-home", "kernel", "current.json");
