@@ -51,6 +51,14 @@ export async function handOffsDone(): Promise<void> {
 }
 
 /**
+ * Lets the release processes handed off so far (`atExit`) start their DEL now, as this process's exit
+ * would: a supervisor that goes on to its next container (src/service/spare.ts) calls it once done.
+ */
+export function startHandedOffReleases(): void {
+  for (const stdin of held.splice(0)) stdin.end();
+}
+
+/**
  * Starts the process that releases `netnsName` (its pid, or undefined if it could not start): a shell
  * script, not node (whose start costs more than the teardown itself on a busy host): it waits until the
  * run's record names it, runs each plugin's DEL in reverse (the protocol's environment, the config with

@@ -284,7 +284,7 @@ export class Containers {
       name: record.name,
       attributes: { image: record.image },
     });
-    const failure = await this.startShim(dir, trace);
+    const failure = await this.startShim(dir, settings, trace);
     trace("service: supervisor said ok");
     if (failure) {
       // A supervisor that died before its last word leaves the state as it was: say what happened.
@@ -322,21 +322,33 @@ export class Containers {
     return c;
   }
 
-  /** Starts the container's supervisor (a spare one if ready); undefined once it answers "ok", else the failure. */
-  private async startShim(dir: string, trace: (step: string) => void): Promise<string | undefined> {
-    const spare = this.spares.take(dir);
-    trace(spare ? "service: spare taken" : "service: supervisor spawned (no spare)");
-    const child = spare ?? this.spawnShim([dir], shimLog(dir));
-    const line = await new Promise<string>((resolve) => {
-      let text = "";
-      child.stdout!.on("data", (d: Buffer) => {
-        text += d.toString();
-        if (text.includes("\n")) resolve(text.split("\n")[0]!);
+  /**
+   * Starts the container's supervisor (a reused or spare one if ready); undefined once it answers
+   * "ok", else the failure.
+   */
+  private async startShim(
+    dir: string,
+    settings: Config,
+    trace: (step: string) => void,
+  ): Promise<string | undefined> {
+    // the trace file differs per run; every other setting must match a reused supervisor's last
+    const taken = this.spares.take(dir, JSON.stringify({ ...settings, trace: undefined }));
+    trace(taken ? "service: spare taken" : "service: supervisor spawned (no spare)");
+    let line: string;
+    if (taken) line = await taken.answer;
+    else {
+      const child = this.spawnShim([dir], shimLog(dir));
+      line = await new Promise<string>((resolve) => {
+        let text = "";
+        child.stdout!.on("data", (d: Buffer) => {
+          text += d.toString();
+          if (text.includes("\n")) resolve(text.split("\n")[0]!);
+        });
+        child.stdout!.on("end", () => resolve(text || "error the supervisor exited without a word"));
+        child.on("error", (err) => resolve(`error ${err.message}`));
       });
-      child.stdout!.on("end", () => resolve(text || "error the supervisor exited without a word"));
-      child.on("error", (err) => resolve(`error ${err.message}`));
-    });
-    child.stdout!.destroy();
+      child.stdout!.destroy();
+    }
     return line === "ok" ? undefined : line.replace(/^error /, "");
   }
 

@@ -10,13 +10,15 @@
  * An attached run (`kindling run` without -d; record.attach) starts when its client attaches and
  * streams to it; a client that goes away stops it, as Ctrl-C does.
  * `node shim.js --spare <containers dir>/` is a spare (spare.ts): it loads everything, then reads
- * its container's directory from stdin (none: it exits).
+ * its container's directory from stdin (none: it exits); once that container ended and everything
+ * it held is released, it says "idle" and takes the next one the service hands it (a reused
+ * supervisor), until its stdin closes (the service stopped or died). `node shim.js <dir>`: one
+ * container, then it exits.
  * Settings: the container's settings.json (written by the service from its client's environment),
- * pinned first thing; the inherited environment is not read.
- * Its stdout is the startup handshake: one line "ok" or "error <message>", then it is closed.
- * When the container has ended and everything it held is released, the supervisor exits.
+ * pinned first thing for each container; the inherited environment is not read.
+ * Its stdout is the startup handshake, per container: one line "ok" or "error <message>".
  */
-import { appendFileSync, closeSync, readFileSync } from "node:fs";
+import { appendFileSync, readFileSync } from "node:fs";
 import { unlink } from "node:fs/promises";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
@@ -24,7 +26,7 @@ import path from "node:path";
 import { PassThrough, type Readable, Writable } from "node:stream";
 import { type Config, useConfig } from "../config/index.js";
 import { processStartTime } from "../host/process.js";
-import { handOffsDone, teardownInBackground } from "../network/teardown.js";
+import { handOffsDone, startHandedOffReleases, teardownInBackground } from "../network/teardown.js";
 import { resolveImage } from "../runtime/image.js";
 import { type RunHandle, type RunResult, runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { checkTtySize } from "../runtime/pty.js";
@@ -63,188 +65,231 @@ import { warmUp } from "./warmup.js";
 
 /** How long an attached run waits for its client before it gives up (status 125). */
 const ATTACH_WAIT_MS = 60_000;
+/** Containers one supervisor serves, one after the other, before it leaves (bounds what it may accumulate). */
+const MAX_CONTAINERS = 100;
 
-let dir = "";
-let home: KindlingHome;
-let state: ContainerState = { status: "starting" };
-let handle: RunHandle | undefined;
-const waiters: (() => void)[] = [];
-const startWaiters: (() => void)[] = [];
-const note = (m: string) => {
+/** Notices of the supervisor itself (not of a container): to the container's shim.log, else stderr. */
+function noteTo(dir: string, m: string): void {
   try {
     appendFileSync(dir ? shimLog(dir) : "/dev/stderr", `${new Date().toISOString()} ${m}\n`);
   } catch {
     // nowhere to say it
   }
-};
-
-let saving = Promise.resolve();
-function setState(change: Partial<ContainerState>): Promise<void> {
-  state = { ...state, ...change };
-  const snapshot = state;
-  saving = saving
-    .then(() => writeState(dir, snapshot))
-    .catch((err) => {
-      note(`cannot write state: ${errorMessage(err)}`);
-    });
-  if (state.status === "running" || state.status === "exited") for (const w of startWaiters.splice(0)) w();
-  return saving;
 }
 
-let handshakeDone = false;
-function handshake(line: string): void {
-  if (handshakeDone) return;
-  handshakeDone = true;
+/**
+ * Lines to the service on stdout: "ok" / "error <message>" once per container (its start), "idle"
+ * when free for the next one. A service that went away (EPIPE) is not an error.
+ */
+function tellService(line: string): void {
   try {
-    process.stdout.write(`${line}\n`, () => {
-      try {
-        closeSync(1); // the service may be gone later: never write to its pipe again
-      } catch {
-        // already closed
-      }
-    });
+    process.stdout.write(`${line}\n`);
   } catch {
-    // the service went away before reading it
+    // the service went away
   }
 }
+process.stdout.on("error", () => {});
 
 function json(res: ServerResponse, status: number, body: unknown): void {
   res.writeHead(status, { "content-type": "application/json" });
   res.end(JSON.stringify(body));
 }
 
-function ended(): Promise<void> {
-  if (state.status === "exited") return Promise.resolve();
-  return new Promise((resolve) => waiters.push(resolve));
-}
+/**
+ * One container, from its directory to its end: everything a supervisor keeps about it. A
+ * supervisor may serve several in turn (a reused spare): nothing of one outlives it, so a late
+ * event of the last one (its client's socket closing) never reaches the next.
+ */
+class Supervision {
+  state: ContainerState = { status: "starting" };
+  handle?: RunHandle;
+  private readonly waiters: (() => void)[] = [];
+  private readonly startWaiters: (() => void)[] = [];
+  private saving = Promise.resolve();
+  private handshakeDone = false;
+  /** A stop asked before the run began is kept and applied when it does (it then never starts). */
+  private pendingStop?: { reason: StopReason; grace?: number };
+  attachedClient?: (a: Attached) => void;
+  /** `-t`: the terminal's size before the process starts (the record's, then the client's RESIZE). */
+  ttySize?: TtySize;
 
-async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const url = new URL(req.url ?? "/", "http://shim");
-  if (req.method === "GET" && url.pathname === "/state") return json(res, 200, state);
-  if (req.method === "GET" && url.pathname === "/started") {
-    if (state.status !== "running" && state.status !== "exited")
-      await new Promise<void>((r) => startWaiters.push(r));
-    return json(res, 200, state);
+  constructor(
+    readonly dir: string,
+    readonly home: KindlingHome,
+  ) {}
+
+  note(m: string): void {
+    noteTo(this.dir, m);
   }
-  if (req.method === "GET" && url.pathname === "/wait") {
-    await ended();
-    return json(res, 200, state);
+
+  setState(change: Partial<ContainerState>): Promise<void> {
+    this.state = { ...this.state, ...change };
+    const snapshot = this.state;
+    this.saving = this.saving
+      .then(() => writeState(this.dir, snapshot))
+      .catch((err) => {
+        this.note(`cannot write state: ${errorMessage(err)}`);
+      });
+    if (this.state.status === "running" || this.state.status === "exited")
+      for (const w of this.startWaiters.splice(0)) w();
+    return this.saving;
   }
-  if (req.method === "POST" && url.pathname === "/kill") {
-    const signal = url.searchParams.get("signal") ?? "KILL";
-    if (!isSignalName(signal)) return json(res, 400, { code: "EINVAL", message: `unknown signal ${signal}` });
-    if (state.status !== "running" || !handle) {
-      return json(res, 409, { code: "ENOTRUNNING", message: "the container is not running" });
+
+  saved(): Promise<void> {
+    return this.saving;
+  }
+
+  handshake(line: string): void {
+    if (this.handshakeDone) return;
+    this.handshakeDone = true;
+    tellService(line);
+  }
+
+  ended(): Promise<void> {
+    if (this.state.status === "exited") return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  wakeWaiters(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  started(): Promise<void> {
+    if (this.state.status === "running" || this.state.status === "exited") return Promise.resolve();
+    return new Promise<void>((r) => this.startWaiters.push(r));
+  }
+
+  stopRun(reason: StopReason, grace?: number): void {
+    if (this.handle) this.handle.stop(reason, grace);
+    else this.pendingStop ??= { reason, grace };
+  }
+
+  applyPendingStop(): void {
+    if (this.pendingStop) this.handle?.stop(this.pendingStop.reason, this.pendingStop.grace);
+  }
+
+  async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "http://shim");
+    if (req.method === "GET" && url.pathname === "/state") return json(res, 200, this.state);
+    if (req.method === "GET" && url.pathname === "/started") {
+      await this.started();
+      return json(res, 200, this.state);
     }
-    await handle.kill(signal);
-    return json(res, 200, state);
-  }
-  if (req.method === "POST" && url.pathname === "/stop") {
-    const timeout = Number(url.searchParams.get("timeout") ?? "");
-    if (state.status !== "exited") {
-      await setState({ stoppedBy: "request" });
-      stopRun("request", Number.isFinite(timeout) && timeout >= 0 ? timeout : undefined);
+    if (req.method === "GET" && url.pathname === "/wait") {
+      await this.ended();
+      return json(res, 200, this.state);
     }
-    await ended();
-    return json(res, 200, state);
-  }
-  json(res, 404, { code: "ENOENT", message: `no route ${req.method} ${url.pathname}` });
-}
-
-/** A stop asked before the run began is kept and applied when it does (it then never starts). */
-let pendingStop: { reason: StopReason; grace?: number } | undefined;
-function stopRun(reason: StopReason, grace?: number): void {
-  if (handle) handle.stop(reason, grace);
-  else pendingStop ??= { reason, grace };
-}
-
-/** An exec over an upgraded connection: SPEC first, then stdin frames; output and EXIT back. */
-function execSession(socket: Socket, head: Buffer): void {
-  let proc: ExecProcess | undefined;
-  let finished = false;
-  const stdin = new PassThrough();
-  const finish = (type: number, body: unknown) => {
-    if (finished) return;
-    finished = true;
-    socket.end(encodeFrame(type, JSON.stringify(body)));
-  };
-  const sink = (type: number) =>
-    new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        if (!socket.destroyed) writeOutput(socket, type, chunk);
-        cb();
-      },
-    });
-  socket.on("error", () => {});
-  socket.on("end", () => socket.destroy()); // a client that died half-closes: it went away
-  socket.on("close", () => {
-    // The client went away: its exec goes with it.
-    if (!finished) proc?.kill("KILL");
-    stdin.end();
-  });
-  let gotSpec = false;
-  readFrames(
-    socket,
-    (type, payload) => {
-      if (!gotSpec) {
-        gotSpec = true;
-        if (type !== Frame.SPEC)
-          return finish(Frame.ERROR, { code: "EINVAL", message: "expected the exec spec first" });
-        let spec: ExecRequest;
-        try {
-          spec = JSON.parse(payload.toString()) as ExecRequest;
-        } catch {
-          return finish(Frame.ERROR, { code: "EINVAL", message: "the exec spec is not JSON" });
-        }
-        void start(spec);
-        return;
+    if (req.method === "POST" && url.pathname === "/kill") {
+      const signal = url.searchParams.get("signal") ?? "KILL";
+      if (!isSignalName(signal))
+        return json(res, 400, { code: "EINVAL", message: `unknown signal ${signal}` });
+      if (this.state.status !== "running" || !this.handle) {
+        return json(res, 409, { code: "ENOTRUNNING", message: "the container is not running" });
       }
-      if (type === Frame.STDIN) stdin.write(payload);
-      else if (type === Frame.STDIN_EOF) stdin.end();
-      else if (type === Frame.SIGNAL) {
-        const sig = payload.toString();
-        if (isSignalName(sig)) proc?.kill(sig);
-      } else if (type === Frame.RESIZE) {
-        const size = decodeResize(payload);
-        if (size) proc?.resize?.(size);
-      }
-    },
-    head,
-  );
-  const start = async (spec: ExecRequest) => {
-    if (!handle || state.status !== "running") {
-      return finish(Frame.ERROR, { code: "ENOTRUNNING", message: "the container is not running" });
+      await this.handle.kill(signal);
+      return json(res, 200, this.state);
     }
-    try {
-      proc = await handle.exec(
-        { args: spec.cmd, env: spec.env ?? [], cwd: spec.workdir },
-        {
-          stdin: spec.stdin ? stdin : undefined,
-          stdout: sink(Frame.STDOUT),
-          stderr: sink(Frame.STDERR),
-          ...(spec.tty ? { tty: checkTtySize(spec.ttySize) } : {}),
+    if (req.method === "POST" && url.pathname === "/stop") {
+      const timeout = Number(url.searchParams.get("timeout") ?? "");
+      if (this.state.status !== "exited") {
+        await this.setState({ stoppedBy: "request" });
+        this.stopRun("request", Number.isFinite(timeout) && timeout >= 0 ? timeout : undefined);
+      }
+      await this.ended();
+      return json(res, 200, this.state);
+    }
+    json(res, 404, { code: "ENOENT", message: `no route ${req.method} ${url.pathname}` });
+  }
+
+  /** An exec over an upgraded connection: SPEC first, then stdin frames; output and EXIT back. */
+  execSession(socket: Socket, head: Buffer): void {
+    let proc: ExecProcess | undefined;
+    let finished = false;
+    const stdin = new PassThrough();
+    const finish = (type: number, body: unknown) => {
+      if (finished) return;
+      finished = true;
+      socket.end(encodeFrame(type, JSON.stringify(body)));
+    };
+    const sink = (type: number) =>
+      new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          if (!socket.destroyed) writeOutput(socket, type, chunk);
+          cb();
         },
-      );
-    } catch (err) {
-      const message = errorMessage(err);
-      // As Docker: a command that is not there 127, one that cannot be run 126.
-      if (/^cannot (execute|chdir to|set uid\/gid for) /.test(message)) {
-        const notFound = /^cannot execute .*: (No such file or directory|Not a directory)$/.test(message);
-        return finish(Frame.EXIT, { status: notFound ? 127 : 126, message } satisfies ExecExit);
+      });
+    socket.on("error", () => {});
+    socket.on("end", () => socket.destroy()); // a client that died half-closes: it went away
+    socket.on("close", () => {
+      // The client went away: its exec goes with it.
+      if (!finished) proc?.kill("KILL");
+      stdin.end();
+    });
+    let gotSpec = false;
+    const start = async (spec: ExecRequest) => {
+      const handle = this.handle;
+      if (!handle || this.state.status !== "running") {
+        return finish(Frame.ERROR, { code: "ENOTRUNNING", message: "the container is not running" });
       }
-      return finish(Frame.ERROR, { code: "EEXEC", message });
-    }
-    try {
-      const exit = await proc.exited;
-      // runc exec reports a program it could not start as its own failure: 127/126 as for run
-      if (exit.message && (exit.status === 126 || exit.status === 127)) {
-        return finish(Frame.EXIT, { status: exit.status, message: exit.message } satisfies ExecExit);
+      try {
+        proc = await handle.exec(
+          { args: spec.cmd, env: spec.env ?? [], cwd: spec.workdir },
+          {
+            stdin: spec.stdin ? stdin : undefined,
+            stdout: sink(Frame.STDOUT),
+            stderr: sink(Frame.STDERR),
+            ...(spec.tty ? { tty: checkTtySize(spec.ttySize) } : {}),
+          },
+        );
+      } catch (err) {
+        const message = errorMessage(err);
+        // As Docker: a command that is not there 127, one that cannot be run 126.
+        if (/^cannot (execute|chdir to|set uid\/gid for) /.test(message)) {
+          const notFound = /^cannot execute .*: (No such file or directory|Not a directory)$/.test(message);
+          return finish(Frame.EXIT, { status: notFound ? 127 : 126, message } satisfies ExecExit);
+        }
+        return finish(Frame.ERROR, { code: "EEXEC", message });
       }
-      finish(Frame.EXIT, { status: exit.status, signal: exit.signal } satisfies ExecExit);
-    } catch (err) {
-      finish(Frame.ERROR, { code: "EEXEC", message: errorMessage(err) });
-    }
-  };
+      try {
+        const exit = await proc.exited;
+        // runc exec reports a program it could not start as its own failure: 127/126 as for run
+        if (exit.message && (exit.status === 126 || exit.status === 127)) {
+          return finish(Frame.EXIT, { status: exit.status, message: exit.message } satisfies ExecExit);
+        }
+        finish(Frame.EXIT, { status: exit.status, signal: exit.signal } satisfies ExecExit);
+      } catch (err) {
+        finish(Frame.ERROR, { code: "EEXEC", message: errorMessage(err) });
+      }
+    };
+    readFrames(
+      socket,
+      (type, payload) => {
+        if (!gotSpec) {
+          gotSpec = true;
+          if (type !== Frame.SPEC)
+            return finish(Frame.ERROR, { code: "EINVAL", message: "expected the exec spec first" });
+          let spec: ExecRequest;
+          try {
+            spec = JSON.parse(payload.toString()) as ExecRequest;
+          } catch {
+            return finish(Frame.ERROR, { code: "EINVAL", message: "the exec spec is not JSON" });
+          }
+          void start(spec);
+          return;
+        }
+        if (type === Frame.STDIN) stdin.write(payload);
+        else if (type === Frame.STDIN_EOF) stdin.end();
+        else if (type === Frame.SIGNAL) {
+          const sig = payload.toString();
+          if (isSignalName(sig)) proc?.kill(sig);
+        } else if (type === Frame.RESIZE) {
+          const size = decodeResize(payload);
+          if (size) proc?.resize?.(size);
+        }
+      },
+      head,
+    );
+  }
 }
 
 /** The attached client of an attached run: its stdin, its Ctrl-C, and where output and notices go. */
@@ -252,6 +297,7 @@ class Attached {
   gone = false;
 
   constructor(
+    run: Supervision,
     readonly socket: Socket,
     head: Buffer,
     /** Where its STDIN frames go (the container's stdin with -i). */
@@ -264,7 +310,7 @@ class Attached {
       this.gone = true;
       this.stdin.end();
       // The client went away (killed, disconnected): stop the container, as a hangup does.
-      if (state.status !== "exited") stopRun("SIGHUP");
+      if (run.state.status !== "exited") run.stopRun("SIGHUP");
     });
     readFrames(
       socket,
@@ -273,11 +319,11 @@ class Attached {
         else if (type === Frame.STDIN_EOF) this.stdin.end();
         else if (type === Frame.SIGNAL) {
           const sig = payload.toString();
-          if (sig === "SIGINT" || sig === "SIGTERM" || sig === "SIGHUP") stopRun(sig);
+          if (sig === "SIGINT" || sig === "SIGTERM" || sig === "SIGHUP") run.stopRun(sig);
         } else if (type === Frame.RESIZE) {
           const size = decodeResize(payload);
-          if (size && handle) handle.resize(size);
-          else if (size) ttySize = size; // the size it starts with
+          if (size && run.handle) run.handle.resize(size);
+          else if (size) run.ttySize = size; // the size it starts with
         }
       },
       head,
@@ -301,58 +347,99 @@ class Attached {
     });
   }
 
-  /** The last frame; resolves once it is handed to the kernel. */
+  /** The last frame, then the end of the stream; resolves once it is handed to the kernel. */
   finish(type: number, body: unknown): Promise<void> {
     if (this.gone || this.socket.destroyed) return Promise.resolve();
+    // ended here: this process may go on to supervise the next container
     return new Promise((resolve) =>
-      this.socket.write(encodeFrame(type, JSON.stringify(body)), () => resolve()),
+      this.socket.end(encodeFrame(type, JSON.stringify(body)), () => resolve()),
     );
   }
 }
 
-let attachedClient: ((a: Attached) => void) | undefined;
-/** `-t`: the terminal's size before the process starts (the record's, then the client's RESIZE). */
-let ttySize: TtySize | undefined;
-
-/** When a spare was handed its container (for the trace). */
-let handedAt: number | undefined;
-/** A spare's rehearsal (warmup.ts): it may still be finishing a step when the container comes. */
-let warming: Promise<void> = Promise.resolve();
-
-/** The container's directory: argv, or for a spare, the line the service writes to our stdin. */
-function containerDirArg(): Promise<string | undefined> {
-  const args = process.argv.slice(2);
-  if (args[0] !== "--spare") return Promise.resolve(path.resolve(args[0] ?? ""));
-  // Idle: rehearse the start of a container (warmup.ts), until one comes, at a low priority
-  // (priority.ts: also the threads started since the service lowered ours).
-  setProcessNice(SPARE_NICE);
-  const warm = warmUp();
-  warming = warm.done;
-  return new Promise<string | undefined>((resolve) => {
-    let text = "";
-    process.stdin.on("data", (d: Buffer) => {
-      text += d.toString();
-      if (text.includes("\n")) {
-        process.stdin.pause();
-        warm.stop();
-        setProcessNice(0);
-        handedAt = performance.timeOrigin + performance.now();
-        resolve(path.resolve(text.split("\n")[0]!));
-      }
-    });
-    process.stdin.on("end", () => resolve(undefined));
-    process.stdin.on("error", () => resolve(undefined));
+/** The container being supervised now (signals to this process stop it). */
+let current: Supervision | undefined;
+for (const s of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+  process.on(s, () => {
+    if (current) current.stopRun("request");
+    else process.exit(0); // idle: nothing to stop
   });
 }
 
-async function main(): Promise<void> {
-  const given = await containerDirArg();
-  if (given === undefined) {
-    await warming;
-    process.exit(0); // a spare nobody needed
+/**
+ * A spare's channel from the service: its stdin, one container directory a line. The service keeps
+ * it open while it runs, so a supervisor whose container ended can take the next one ("idle" on
+ * stdout); its end (the service stopped or died) means no more.
+ */
+class ServiceLines {
+  private text = "";
+  private waiting?: (line: string | undefined) => void;
+  private closed = false;
+
+  constructor() {
+    process.stdin.on("data", (d: Buffer) => {
+      this.text += d.toString();
+      this.deliver();
+    });
+    const end = () => {
+      this.closed = true;
+      this.deliver();
+    };
+    process.stdin.on("end", end);
+    process.stdin.on("error", end);
+    process.stdin.on("close", end);
   }
-  dir = given;
-  home = new KindlingHome(path.dirname(path.dirname(dir)));
+
+  /** The service is gone (or stopped handing containers): this supervisor takes no next one. */
+  get gone(): boolean {
+    return this.closed;
+  }
+
+  private deliver(): void {
+    if (!this.waiting) return;
+    const nl = this.text.indexOf("\n");
+    if (nl >= 0) {
+      const line = this.text.slice(0, nl);
+      this.text = this.text.slice(nl + 1);
+      const w = this.waiting;
+      this.waiting = undefined;
+      w(line);
+    } else if (this.closed) {
+      const w = this.waiting;
+      this.waiting = undefined;
+      w(undefined);
+    }
+  }
+
+  /** The next container's directory; undefined once the service closed the channel. */
+  next(): Promise<string | undefined> {
+    return new Promise((resolve) => {
+      this.waiting = resolve;
+      this.deliver();
+    });
+  }
+}
+
+/** When a spare was handed its container (for the trace). */
+let handedAt: number | undefined;
+
+/** Waits for the service to hand this spare its next container (idle at a low priority meanwhile). */
+async function nextFromService(lines: ServiceLines, warm?: () => void): Promise<string | undefined> {
+  setProcessNice(SPARE_NICE);
+  const line = await lines.next();
+  warm?.();
+  if (line === undefined) return undefined;
+  setProcessNice(0);
+  handedAt = performance.timeOrigin + performance.now();
+  return path.resolve(line);
+}
+
+/** Runs one container, from its directory to its end; resolves once its client learnt the end. */
+async function supervise(dir: string): Promise<void> {
+  const home = new KindlingHome(path.dirname(path.dirname(dir)));
+  const run = new Supervision(dir, home);
+  current = run;
+  traceTo(undefined, "supervisor");
   try {
     const settings = JSON.parse(readFileSync(settingsFile(dir), "utf8")) as Config;
     useConfig(Object.freeze(settings));
@@ -363,16 +450,20 @@ async function main(): Promise<void> {
   } catch (err) {
     // A record from a service before pinned settings: the inherited environment decides.
     if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    useConfig(undefined);
   }
+  handedAt = undefined;
   const stored = await readContainer(dir);
   if (!stored) throw new Error(`no container record in ${dir}`);
   const record: ContainerRecord = stored.record;
   const startTime = processStartTime(process.pid);
-  await setState({ status: "starting", shimPid: process.pid, shimStartTime: startTime });
+  await run.setState({ status: "starting", shimPid: process.pid, shimStartTime: startTime });
   trace("supervisor: record read, state written");
 
+  // What the client sends to the container's stdin (-i), also before it attached.
+  const clientStdin = new PassThrough();
   const server = createServer((req, res) => {
-    route(req, res).catch((err) => json(res, 500, { code: "EINTERNAL", message: errorMessage(err) }));
+    run.route(req, res).catch((err) => json(res, 500, { code: "EINTERNAL", message: errorMessage(err) }));
   });
   let attachTaken = false;
   server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
@@ -382,7 +473,7 @@ async function main(): Promise<void> {
       socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
       return;
     }
-    if (kind === "attach" && (!record.attach || attachTaken || !attachedClient)) {
+    if (kind === "attach" && (!record.attach || attachTaken || !run.attachedClient)) {
       const body = JSON.stringify({
         code: "EATTACHED",
         message: record.attach
@@ -397,9 +488,9 @@ async function main(): Promise<void> {
     socket.write(
       `HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${EXEC_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`,
     );
-    if (kind === "exec") return execSession(socket, head);
+    if (kind === "exec") return run.execSession(socket, head);
     attachTaken = true;
-    attachedClient?.(new Attached(socket, head, clientStdin));
+    run.attachedClient?.(new Attached(run, socket, head, clientStdin));
   });
   const sock = shimSocket(dir);
   await unlink(sock).catch(() => {});
@@ -409,34 +500,33 @@ async function main(): Promise<void> {
   });
 
   let client: Attached | undefined;
-  // What the client sends to the container's stdin (-i), also before it attached.
-  const clientStdin = new PassThrough();
   let attachedClientOrTimeout: Promise<Attached | undefined> = Promise.resolve(undefined);
   const log = new LogWriter(logFile(dir));
   let startedAt = 0;
   let result: RunResult | undefined;
   let failure: string | undefined;
+  // An attached run's status goes to its client once the container is released; the network's
+  // teardown (CNI DEL, the namespace) is handed to a process of its own, as the CLI's run did, which
+  // starts once this container is done here (below; or this process exited).
+  teardownInBackground(record.attach === true, { atExit: true });
   try {
     // An attached run prepares (rootfs, bundle) while its client attaches, and starts once it has:
     // the service answers its client as soon as we listen.
     let attached: Promise<Attached | undefined> | undefined;
     if (record.attach) {
       attached = attachedClientOrTimeout = new Promise<Attached | undefined>((resolve) => {
-        attachedClient = resolve;
+        run.attachedClient = resolve;
         setTimeout(() => resolve(undefined), ATTACH_WAIT_MS).unref();
       });
       trace("supervisor: listening");
-      handshake("ok"); // the service answers its client, which attaches now
-      // An attached run's status goes to its client once the container is released; the network's
-      // teardown (CNI DEL, the namespace) is handed to a process of its own, as the CLI's run did.
-      teardownInBackground(true, { atExit: true });
+      run.handshake("ok"); // the service answers its client, which attaches now
     }
     // Notices before the client attached wait for it.
     const early: string[] = [];
     const gate = attached?.then((c) => {
       trace("supervisor: client attached");
       client = c;
-      if (!c) return stopRun("request"); // it never starts; reported below
+      if (!c) return run.stopRun("request"); // it never starts; reported below
       for (const m of early.splice(0)) c.send(Frame.NOTICE, m);
     });
     const began = Date.now();
@@ -444,7 +534,7 @@ async function main(): Promise<void> {
     const image = await resolveImage(home, record.image);
     trace("supervisor: image resolved");
     const runtime = await runtimeFor(options);
-    handle = runContainer({
+    run.handle = runContainer({
       home,
       options,
       image,
@@ -453,19 +543,18 @@ async function main(): Promise<void> {
         stdin: record.attach && options.interactive ? clientStdin : "ignore",
         stdout: "pipe",
         stderr: "pipe",
-        ...(options.tty ? { tty: checkTtySize(ttySize ?? record.ttySize) } : {}),
+        ...(options.tty ? { tty: checkTtySize(run.ttySize ?? record.ttySize) } : {}),
       },
       notify: (m) => {
-        note(m);
+        run.note(m);
         if (client) client.send(Frame.NOTICE, m);
         else if (attached) early.push(m);
       },
       id: record.id,
       startWhen: gate,
     });
-    if (pendingStop) handle.stop(pendingStop.reason, pendingStop.grace);
-    for (const s of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(s, () => stopRun("request"));
-    const started = await handle.started;
+    run.applyPendingStop();
+    const started = await run.handle.started;
     trace("supervisor: started");
     startedAt = Date.now();
     for (const [stream, name, type] of [
@@ -477,24 +566,24 @@ async function main(): Promise<void> {
       stream.on("data", (d: Buffer) => log.write(name, d));
       client?.relay(stream, type);
     }
-    await setState({
+    await run.setState({
       status: "running",
       startedAt: new Date(startedAt).toISOString(),
       prepMs: started.prepMs ?? startedAt - began - started.waitedMs,
       bootMs: started.bootMs,
       network: (await readOwner(path.join(home.runs, record.id)))?.network,
     });
-    handshake("ok");
-    result = await handle.result;
+    run.handshake("ok");
+    result = await run.handle.result;
     trace("supervisor: released (run result)");
     // The streams end before the result: all output is in the log.
-    await setState({
+    await run.setState({
       status: "exited",
       finishedAt: new Date().toISOString(),
       exitCode: result.status,
       signal: result.signal,
       error: result.message,
-      stoppedBy: state.stoppedBy ?? result.stoppedBy,
+      stoppedBy: run.state.stoppedBy ?? result.stoppedBy,
       firstOutputMs: log.firstWriteAt !== undefined ? log.firstWriteAt - startedAt : undefined,
     });
   } catch (err) {
@@ -505,16 +594,21 @@ async function main(): Promise<void> {
       if (!client) failure = `no client attached within ${ATTACH_WAIT_MS / 1000} s`;
     }
     // What it acquired is released before its end is reported.
-    await handle?.result.catch(() => undefined);
-    note(`container failed: ${failure}`);
-    await setState({ status: "exited", finishedAt: new Date().toISOString(), exitCode: 125, error: failure });
-    handshake(`error ${failure.split("\n")[0]}`);
+    await run.handle?.result.catch(() => undefined);
+    run.note(`container failed: ${failure}`);
+    await run.setState({
+      status: "exited",
+      finishedAt: new Date().toISOString(),
+      exitCode: 125,
+      error: failure,
+    });
+    run.handshake(`error ${failure.split("\n")[0]}`);
   }
   await log.close();
-  await saving;
+  await run.saved();
   trace("supervisor: state exited written, log closed");
-  for (const w of waiters.splice(0)) w();
-  // Let answers to /wait and /stop go out, then leave.
+  run.wakeWaiters();
+  // Let answers to /wait and /stop go out, then close the socket.
   server.close();
   setTimeout(() => server.closeAllConnections(), 200).unref();
   await new Promise((r) => setTimeout(r, client ? 5 : 50));
@@ -539,6 +633,39 @@ async function main(): Promise<void> {
       } satisfies AttachExit);
     }
   }
+  // the network's release process owns its record now; its DEL starts (src/network/teardown.ts)
+  await handOffsDone();
+  startHandedOffReleases();
+  trace("supervisor: done");
+  traceTo(undefined, "supervisor");
+  current = undefined;
+}
+
+/**
+ * `node shim.js <container dir>`: one container, then exit. `node shim.js --spare <containers dir>/`:
+ * a spare: it rehearses (warmup.ts) until the service hands it a container on stdin; once that one
+ * ended it says "idle" and takes the next (a reused supervisor: no Node start, no module loading, its
+ * code warm: bench/cli-cost.ts), until the service closes its stdin or it has served MAX_CONTAINERS.
+ */
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  if (args[0] !== "--spare") {
+    await supervise(path.resolve(args[0] ?? ""));
+    return;
+  }
+  const lines = new ServiceLines();
+  // Idle: rehearse the start of a container (warmup.ts), until one comes, at a low priority
+  // (priority.ts: also the threads started since the service lowered ours).
+  setProcessNice(SPARE_NICE);
+  const warm = warmUp();
+  let dir = await nextFromService(lines, () => warm.stop());
+  if (dir === undefined) await warm.done; // a spare nobody needed
+  for (let served = 0; dir !== undefined; ) {
+    await supervise(dir);
+    if (++served >= MAX_CONTAINERS || lines.gone) break;
+    tellService("idle");
+    dir = await nextFromService(lines);
+  }
 }
 
 main().then(
@@ -548,8 +675,10 @@ main().then(
     process.exit(0);
   },
   (err) => {
-    note(`supervisor failed: ${errorMessage(err)}`);
-    handshake(`error ${errorMessage(err)}`);
+    const dir = current?.dir ?? "";
+    noteTo(dir, `supervisor failed: ${errorMessage(err)}`);
+    if (current) current.handshake(`error ${errorMessage(err)}`);
+    else tellService(`error ${errorMessage(err)}`);
     setTimeout(() => process.exit(1), 50);
   },
 );
