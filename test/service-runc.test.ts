@@ -11,6 +11,7 @@ import { Writable } from "node:stream";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { until } from "./helpers/bounded.js";
+import { runCli } from "./helpers/cli.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { apiCall, cli, openApi, startService, type TestService } from "./helpers/service.js";
 import { busyboxServiceHome, type ServiceTestHome } from "./helpers/service-home.js";
@@ -393,4 +394,42 @@ test("attach through the API: frames, the AttachExit; the container's settings p
   assert.equal(bad.status, 400);
   assert.match(bad.body.message, /^KINDLING_FETCH_RETRIES: invalid value "many"/);
   assert.equal((await cli(home, ["rm", id])).code, 0);
+});
+
+test("a supervisor whose container ended takes the next one with the same settings; other settings get another", async () => {
+  const metric = async (name: string) => {
+    const m = (await apiCall(socket, "GET", "/metrics")).body as string;
+    return Number(new RegExp(`^${name} (\\d+)$`, "m").exec(m)?.[1] ?? Number.NaN);
+  };
+  const runOne = async (env: Record<string, string> = {}) => {
+    const r = await runCli(
+      ["run", "-d", "--runtime", "runc", "--network", "none", image, "--", "sh", "-c", "echo $$"],
+      { home, env: { KINDLING_SOCKET: "", ...env } },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const id = r.stdout.trim();
+    ids.push(id);
+    assert.equal((await apiCall(socket, "POST", `/v1/containers/${id}/wait`)).body.exitCode, 0);
+    return {
+      id,
+      supervisor: (await apiCall(socket, "GET", `/v1/containers/${id}`)).body.state.supervisorPid,
+    };
+  };
+  const idle = () => metric('kindling_supervisors_ready\\{kind="reused"\\}');
+  // an idle supervisor waits at nice 10 (it said "idle" just before); supervising, at 0
+  const niceOf = async (pid: number) =>
+    Number((await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]!.split(" ")[16]);
+  const a = await runOne();
+  await until("the first supervisor to say it is idle", async () => (await niceOf(a.supervisor)) === 10);
+  await until("the service to know it", async () => (await idle()) >= 1);
+  const reusedBefore = await metric("kindling_supervisors_reused_total");
+  const b = await runOne();
+  assert.equal(b.supervisor, a.supervisor, "the same supervisor process ran the next container");
+  assert.equal(await metric("kindling_supervisors_reused_total"), reusedBefore + 1);
+  assert.equal((await logsOf(b.id)).out, "1\n", "the second container ran, with its own log");
+  await until("the supervisor to be idle again", async () => (await niceOf(a.supervisor)) === 10);
+  // another setting (not the trace file): never a supervisor that ran a container with other settings
+  const c = await runOne({ KINDLING_LAZY_IDLE_MS: "123456" });
+  assert.notEqual(c.supervisor, a.supervisor);
+  for (const x of [a, b, c]) assert.equal((await cli(home, ["rm", x.id])).code, 0);
 });

@@ -3,6 +3,7 @@ import { imageStats } from "../lazy/stats.js";
 import { listImages } from "../store/catalog.js";
 import type { KindlingHome } from "../util/home.js";
 import type { StoredContainer } from "./records.js";
+import type { SupervisorStats } from "./spare.js";
 
 /** A histogram of milliseconds with fixed buckets. */
 export class Histogram {
@@ -69,7 +70,12 @@ export class Metrics {
       this.of(c.record.options.runtime).firstOutput.observe(c.state.firstOutputMs);
   }
 
-  async render(home: KindlingHome, containers: StoredContainer[], warmImages: number): Promise<string> {
+  async render(
+    home: KindlingHome,
+    containers: StoredContainer[],
+    warmImages: number,
+    supervisors: SupervisorStats,
+  ): Promise<string> {
     const lines: string[] = [];
     const esc = (s: string) => s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
     lines.push("# HELP kindling_uptime_seconds Seconds since this service started.");
@@ -79,6 +85,17 @@ export class Metrics {
     lines.push("# HELP kindling_warm_images Images whose lazy daemon the service keeps running.");
     lines.push("# TYPE kindling_warm_images gauge");
     lines.push(`kindling_warm_images ${warmImages}`);
+    lines.push(
+      "# HELP kindling_supervisors_ready Supervisors ready for the next container: fresh spares, and reused ones idle.",
+    );
+    lines.push("# TYPE kindling_supervisors_ready gauge");
+    lines.push(`kindling_supervisors_ready{kind="fresh"} ${supervisors.fresh}`);
+    lines.push(`kindling_supervisors_ready{kind="reused"} ${supervisors.idle}`);
+    lines.push(
+      "# HELP kindling_supervisors_reused_total Containers handed to a supervisor that had served one before.",
+    );
+    lines.push("# TYPE kindling_supervisors_reused_total counter");
+    lines.push(`kindling_supervisors_reused_total ${supervisors.reused}`);
     lines.push("# HELP kindling_containers Containers on this worker by state and runtime.");
     lines.push("# TYPE kindling_containers gauge");
     const byKey = new Map<string, number>();

@@ -271,7 +271,12 @@ export class KindlingService {
     this.route("GET", "/v1/ping", async (_req, res) => sendJson(res, 200, { ok: true, pid: process.pid }));
     this.route("GET", "/v1/info", async (_req, res) => sendJson(res, 200, await this.info()));
     this.route("GET", "/metrics", async (_req, res) => {
-      const text = await this.metrics.render(this.opts.home, await c.list(), this.warm.size);
+      const text = await this.metrics.render(
+        this.opts.home,
+        await c.list(),
+        this.warm.size,
+        c.spares.stats(),
+      );
       res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
       res.end(text);
     });

@@ -80,6 +80,16 @@ export class PooledSupervisor {
   }
 }
 
+/** For GET /metrics. */
+export interface SupervisorStats {
+  /** A fresh spare ready (0 or 1). */
+  fresh: number;
+  /** Reused supervisors idle. */
+  idle: number;
+  /** Containers handed to a supervisor that had served one before. */
+  reused: number;
+}
+
 export class SpareSupervisor {
   private fresh?: PooledSupervisor;
   private readonly idle: PooledSupervisor[] = [];
@@ -88,6 +98,7 @@ export class SpareSupervisor {
   private stopped = false;
   /** Fresh spares that died idle in a row: after 3, no more (something is wrong with starting them). */
   private deaths = 0;
+  private reused = 0;
 
   constructor(
     private readonly spawnSpare: () => ChildProcess,
@@ -154,6 +165,7 @@ export class SpareSupervisor {
       return undefined;
     }
     this.deaths = 0;
+    if (s.settingsKey !== undefined) this.reused++;
     const answer = s.hand(dir, settingsKey);
     // Nothing ready for the next container: a fresh spare loads while this one starts (mostly
     // waiting on runc and mounts; at nice 10). A run right after this one finds this supervisor idle.
@@ -161,9 +173,8 @@ export class SpareSupervisor {
     return { supervisor: s, answer };
   }
 
-  /** Supervisors that are alive (fresh, idle or supervising). */
-  get count(): number {
-    return this.all.size;
+  stats(): SupervisorStats {
+    return { fresh: this.fresh?.usable ? 1 : 0, idle: this.idle.length, reused: this.reused };
   }
 
   /** No more containers handed: idle ones exit now, busy ones once their container ended. */
