@@ -50,6 +50,7 @@ import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { Scope } from "../src/util/scope.js";
 import { buildBusyboxTree, makeSquashfs } from "../test/helpers/images.js";
+import { freePort } from "../test/helpers/registry.js";
 import { stopServiceAndContainers } from "../test/helpers/service.js";
 import { readAll } from "../test/helpers/streams.js";
 
@@ -385,11 +386,16 @@ async function main(): Promise<void> {
     const baseHome = new KindlingHome(path.join(tmp, "baseline"));
     if (BASELINE) baseHome.ensure();
     const binOf = (h: KindlingHome) => path.join(h === baseHome ? BASELINE! : REPO, "bin", "kindling");
-    const cli = async (h: KindlingHome, network: string, extraEnv: Record<string, string> = {}) => {
+    const cli = async (
+      h: KindlingHome,
+      network: string,
+      extraEnv: Record<string, string> = {},
+      flags: string[] = [],
+    ) => {
       const t0 = now();
       await exec(
         process.execPath,
-        [binOf(h), "run", "--runtime", "runc", "--network", network, image, "--", "true"],
+        [binOf(h), "run", "--runtime", "runc", "--network", network, ...flags, image, "--", "true"],
         {
           env: {
             ...process.env,
@@ -406,10 +412,16 @@ async function main(): Promise<void> {
     };
     const homes = BASELINE ? [home, noPool, baseHome] : [home, noPool];
     for (const h of homes) for (const n of ["bridge", "host"]) await cli(h, n);
-    const c = new Map(homes.map((h) => [h, { bridge: [] as number[], host: [] as number[] }]));
+    const c = new Map(
+      homes.map((h) => [h, { bridge: [] as number[], host: [] as number[], publish: [] as number[] }]),
+    );
+    // with one -p: the pooled homes (this build's, the baseline's), a free port each time
+    const publish = async (h: KindlingHome) =>
+      cli(h, "bridge", {}, ["-p", `127.0.0.1:${await freePort()}:80`]);
     for (let i = 0; i < N; i++) {
       for (const h of homes) {
         for (const n of ["bridge", "host"] as const) c.get(h)![n].push(await cli(h, n));
+        if (h !== noPool) c.get(h)!.publish.push(await publish(h));
       }
     }
     // the median of each round's own difference too: the load drifts between rounds, less within one
@@ -429,6 +441,10 @@ async function main(): Promise<void> {
     );
     row(label.pool, delta(c.get(home)!.bridge, c.get(home)!.host));
     row(
+      "  ... with one -p 127.0.0.1:PORT:80 (pooled; portmap beside the start)",
+      delta(c.get(home)!.publish, c.get(home)!.host),
+    );
+    row(
       "  a home whose service keeps no pool (KINDLING_NETWORK_POOL=0): host",
       `${median(c.get(noPool)!.host).toFixed(1)} ms`,
     );
@@ -437,6 +453,7 @@ async function main(): Promise<void> {
       const b = c.get(baseHome)!;
       row(`  the baseline build (${BASELINE}), pooled: host`, `${median(b.host).toFixed(1)} ms`);
       row("  ... bridge (its pool, its hand-off)", delta(b.bridge, b.host));
+      row("  ... with one -p (its pool, portmap before the start)", delta(b.publish, b.host));
     }
 
     if (FIRST_RUNS > 0) {

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
@@ -19,10 +19,13 @@ import {
   DEFAULT_PLUGIN_DIRS,
   deadRulesScript,
   deleteNetns,
+  execPlugin,
   forgetRun,
   homeDefaultNetwork,
   homeNetworkNames,
   listNetns,
+  loadNetwork,
+  networkSettings,
   OWNERS_DIR,
   parseRules,
   RunRecorder,
@@ -330,6 +333,48 @@ test("a handed-off teardown whose home is deleted meanwhile does not make the ho
     await deleteNetns(name).catch(() => {});
     await forgetRun(name);
     await removeHomeNetwork(gone);
+  }
+});
+
+test("a full sweep releases a live home's lease that no run holds, and keeps a held one", async () => {
+  const home = new KindlingHome(path.join(tmp, "leases")).ensure();
+  const list = await loadNetwork(home, networkSettings()); // (records the home, as a run does)
+  const dir = path.join(home.root, "network", "ipam", list.name);
+  const leaseOf = async (id: string) => {
+    for (const f of await readdir(dir).catch(() => [] as string[])) {
+      if ((await readFile(path.join(dir, f), "utf8").catch(() => "")).startsWith(`${id}\r\n`)) return f;
+    }
+    return undefined;
+  };
+  // host-local's own ADD, as the bridge plugin delegates it: a lease, with and without a run record
+  const ipamConf = { ...list.plugins[0]!, type: "host-local", name: list.name, cniVersion: list.cniVersion };
+  const lease = (id: string) =>
+    execPlugin(
+      ipamConf,
+      "ADD",
+      { containerId: id, netns: "/proc/self/ns/net", ifName: "eth0" },
+      DEFAULT_PLUGIN_DIRS,
+    );
+  const name = `${homeNetworkNames(home).netnsPrefix}held`;
+  const recorder = new RunRecorder(home.root, "held", name);
+  const at = { containerId: "held", netns: `/run/netns/${name}`, ifName: "eth0" };
+  await recorder.add({ kind: "cni", list, attachment: at, pluginDirs: DEFAULT_PLUGIN_DIRS });
+  try {
+    await lease("held");
+    await lease("unheld");
+    const unheld = await leaseOf("unheld");
+    assert.ok(unheld && (await leaseOf("held")), (await readdir(dir).catch(() => [])).join(" "));
+    const report = await sweepNetwork({ full: true });
+    assert.ok(
+      report.released.some((l) => l.startsWith(`IPAM lease ${unheld} of unheld`)),
+      report.released.join("; "),
+    );
+    assert.equal(await leaseOf("unheld"), undefined, "the lease no run holds is released");
+    assert.ok(await leaseOf("held"), "the held one is kept");
+  } finally {
+    await execPlugin(ipamConf, "DEL", { ...at, netns: "" }, DEFAULT_PLUGIN_DIRS).catch(() => {});
+    await forgetRun(name);
+    await removeHomeNetwork(home);
   }
 });
 

@@ -351,6 +351,48 @@ test("KINDLING_CNI_CONF_DIR: the first config of the user's directory is the net
   }
 });
 
+test("-p: a portmap ADD that fails beside the start fails the run with its one-line error; nothing is left", async () => {
+  const dir = path.join(tmp, "cni-badport");
+  await mkdir(dir);
+  const bridge = `kl-p${process.pid % 100000}`;
+  const ipam = path.join(tmp, "badport-ipam");
+  const conf = {
+    cniVersion: "1.0.0",
+    name: "user-badport",
+    plugins: [
+      {
+        type: "bridge",
+        bridge,
+        isGateway: true,
+        ipam: { type: "host-local", ranges: [[{ subnet: "10.191.78.0/24" }]], dataDir: ipam },
+      },
+      // a match iptables cannot load: portmap's ADD fails once its chain has rules (its DEL does not care)
+      { type: "portmap", capabilities: { portMappings: true }, conditionsV4: ["-m", "kindlingnosuchmatch"] },
+    ],
+  };
+  await writeFile(path.join(dir, "10-badport.conflist"), JSON.stringify(conf));
+  const port = await freePort();
+  try {
+    await assert.rejects(
+      withConfig({ cniConfDir: dir }, () => run(["sleep", "30"], { publish: [`127.0.0.1:${port}:80`] })),
+      (err: Error) =>
+        /^CNI plugin portmap ADD failed: .*kindlingnosuchmatch/.test(err.message) && !/\n/.test(err.message),
+    );
+    assert.deepEqual(await listNetns(homeNetworkNames(home).netnsPrefix), []);
+    for (const table of ["nat", "filter"]) {
+      const rules = (await exec("iptables", ["-t", table, "-S"])).stdout;
+      assert.ok(!rules.includes("user-badport"), rules);
+    }
+    const leases = (await readdir(path.join(ipam, "user-badport")).catch(() => [] as string[])).filter((f) =>
+      /^\d+\.\d+\.\d+\.\d+$/.test(f),
+    );
+    assert.deepEqual(leases, []);
+    assert.deepEqual(await readdir(home.runs), [], "the run's directory is gone");
+  } finally {
+    await exec("ip", ["link", "delete", bridge], { allowFailure: true });
+  }
+});
+
 test("-p of a host port in use is refused (125) before anything is made; inspect --json shows the network", async () => {
   const port = await freePort();
   const taken = net.createServer();

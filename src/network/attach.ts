@@ -10,6 +10,7 @@ import { trace } from "../util/trace.js";
 import {
   addNetworkList,
   type CniAttachment,
+  type CniConfList,
   type CniResult,
   execPlugin,
   pluginConfig,
@@ -51,6 +52,13 @@ export interface RunNetwork {
   netnsPath?: string;
   /** The CNI result of the attachment (bridge mode). */
   result?: CniResult;
+  /**
+   * `-p`: the port mappings' plugin (portmap) is ADDed beside the container's start (its iptables
+   * processes are most of a `-p` run's network time); resolves once the ports are published. The
+   * runtime awaits it before the run counts as started (as `docker run -d -p` returns once the port is
+   * published) and fails the run if it rejects. Already handled: awaiting it late raises no warning.
+   */
+  published?: Promise<void>;
 }
 
 /** CNI's portMappings: an unspecified host address is left out (portmap then binds every address). */
@@ -134,11 +142,27 @@ async function attach(req: NetworkRequest): Promise<RunNetwork> {
     ifName: CONTAINER_IFNAME,
     capabilityArgs: { portMappings: portMappingsArg(ports) },
   };
-  const cni: NetworkResource = { kind: "cni", list, attachment, pluginDirs: dirs };
+  const cni: NetworkResource & { kind: "cni" } = { kind: "cni", list, attachment, pluginDirs: dirs };
   await holder.hold(req.scope, cni);
-  const result = await addNetworkList(list, attachment, dirs);
+  // -p: the plugins that only publish ports (portmap) run after the rest, beside the container's start,
+  // when they are the list's last (else in the list's order, as the spec has it, and awaited here)
+  const later = ports.length > 0 && publishersLast(list, attachment);
+  const result = await addNetworkList(list, later ? withoutPorts(attachment) : attachment, dirs);
   await holder.update(cni, { result });
-  return { info: infoOf(result, list.name, netns, ports), netnsName, netnsPath: netns, result };
+  const published = later ? publishBeside(req, cni, holder, withoutPorts(attachment)) : undefined;
+  return { info: infoOf(result, list.name, netns, ports), netnsName, netnsPath: netns, result, published };
+}
+
+/** The attachment with no port mappings: what the pool's entries were ADDed with. */
+function withoutPorts(at: CniAttachment): CniAttachment {
+  return { ...at, capabilityArgs: { ...at.capabilityArgs, portMappings: [] } };
+}
+
+/** Whether the plugins that port mappings add (portmap) all come after the others in the list. */
+function publishersLast(list: CniConfList, at: CniAttachment): boolean {
+  const bare = withoutPorts(at);
+  const adds = list.plugins.map((p) => skippable(p, bare) && !skippable(p, at));
+  return adds.indexOf(true) >= 0 && adds.slice(adds.indexOf(true)).every(Boolean);
 }
 
 /**
@@ -170,35 +194,52 @@ async function fromPool(req: NetworkRequest): Promise<RunNetwork | undefined> {
   } finally {
     await pooled.taken();
   }
-  if (req.ports.length > 0) await publish(req, pooled.cni, holder);
+  let published: Promise<void> | undefined;
+  if (req.ports.length > 0) {
+    const before = pooled.cni.attachment;
+    // the mappings are recorded first: every later DEL (scope, crash cleanup, sweep) runs portmap's too
+    await holder.update(pooled.cni, {
+      attachment: { ...before, capabilityArgs: { portMappings: portMappingsArg(req.ports) } },
+    });
+    published = publishBeside(req, pooled.cni, holder, before);
+  }
   const { attachment, result } = pooled.cni;
   return {
     info: infoOf(result!, list.name, attachment.netns, req.ports),
     netnsName: pooled.netnsName,
     netnsPath: attachment.netns,
     result,
+    published,
   };
 }
 
 /**
- * `-p` on a pooled attachment: the plugins the pool skipped for want of port mappings (portmap) are
- * ADDed now, chained on the attachment's result as the list would have run them. The mappings are
- * recorded first: the list's DEL (scope, crash cleanup, sweep) then runs portmap's DEL too.
+ * `-p`: ADDs the plugins that `before` (the attachment as ADDed so far, without mappings) skipped and
+ * the recorded attachment (with its mappings) runs (portmap), chained on the result as the list would
+ * have run them, and records the result; started now, not awaited (RunNetwork.published). The run's
+ * scope waits for it before the attachment's DEL or its hand-off (the spec: no two operations on one
+ * attachment at once).
  */
-async function publish(req: NetworkRequest, cni: NetworkResource & { kind: "cni" }, holder: ResourceHolder) {
-  const before = cni.attachment;
-  const attachment: CniAttachment = {
-    ...before,
-    capabilityArgs: { portMappings: portMappingsArg(req.ports) },
-  };
-  await holder.update(cni, { attachment });
-  let result = cni.result;
-  for (const plugin of cni.list.plugins) {
-    if (!skippable(plugin, before) || skippable(plugin, attachment)) continue;
-    const conf = pluginConfig(cni.list, plugin, attachment, result);
-    result = (await execPlugin(conf, "ADD", attachment, cni.pluginDirs)) ?? result;
-  }
-  await holder.update(cni, { result });
+function publishBeside(
+  req: NetworkRequest,
+  cni: NetworkResource & { kind: "cni" },
+  holder: ResourceHolder,
+  before: CniAttachment,
+): Promise<void> {
+  const at = cni.attachment;
+  const publishing = (async () => {
+    let result = cni.result;
+    for (const plugin of cni.list.plugins) {
+      if (!skippable(plugin, before) || skippable(plugin, at)) continue;
+      const conf = pluginConfig(cni.list, plugin, at, result);
+      result = (await execPlugin(conf, "ADD", at, cni.pluginDirs)) ?? result;
+    }
+    await holder.update(cni, { result });
+    trace("network: ports published");
+  })();
+  publishing.catch(() => {}); // the runtime awaits it; a run that fails first must not leave it unhandled
+  req.scope.defer(`port mappings of ${at.containerId}`, () => publishing.catch(() => {}));
+  return publishing;
 }
 
 /** Hands the run's network to a release process (or, if none starts, releases it here). */

@@ -2,6 +2,7 @@ export * from "./attach.js";
 export * from "./cni.js";
 export * from "./conflist.js";
 export * from "./iptables.js";
+export * from "./leases.js";
 export * from "./netns.js";
 export * from "./owners.js";
 export * from "./pool.js";

@@ -6,8 +6,9 @@
  * Owners are found from the records of owners.ts and from names: `kl-<tag>` bridges, `kl-<tag>-<run>`
  * namespaces, `kindling-<tag>` in iptables comments. The quick part reads files only; it spawns (ip,
  * the CNI plugins' DEL, iptables) only for what it found dead. The full part reads the iptables tables,
- * which costs two spawns: it runs when something was dead, when asked (doctor --fix, the test kit), and
- * otherwise at most every FULL_SWEEP_EVERY_MS from a run's network setup.
+ * which costs two spawns, and the leases of live homes no run holds (leases.ts): it runs when something
+ * was dead, when asked (doctor --fix, the test kit), and otherwise at most every FULL_SWEEP_EVERY_MS from
+ * a run's network setup.
  */
 import { mkdtemp, readdir, readFile, readlink, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
@@ -16,6 +17,7 @@ import { errorMessage } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import { ipToInt } from "./conflist.js";
 import { removeDeadRules } from "./iptables.js";
+import { releaseUnheldLeases } from "./leases.js";
 import { deleteNetns, NETNS_DIR } from "./netns.js";
 import {
   claimRun,
@@ -144,6 +146,8 @@ export async function sweepNetwork(opts: SweepOptions = {}): Promise<SweepReport
     if (rules.removed > 0) report.released.push(`${rules.removed} iptables rules and chains`);
     report.errors.push(...rules.errors);
     rulesFailed = rules.errors.length > 0;
+    // leases in live homes that no run holds (their DEL failed and was given up on; /run lost at a reboot)
+    await releaseUnheldLeases(report);
     await markFullSweep().catch(() => {});
   }
   // the records of dead homes go last: until then a failed step above is retried by the next sweep

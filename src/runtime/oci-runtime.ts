@@ -178,6 +178,7 @@ export class OciRuntime implements Runtime {
       mode,
       holdImage,
       options.tty === true,
+      net.published,
     );
   }
 }
@@ -250,6 +251,8 @@ class OciContainer implements Container {
     private readonly holdImage: (pid: number) => Promise<void>,
     /** `-t`: the runtime runs on a host pty (pty.ts) and relays the container's own pty to it. */
     private readonly tty = false,
+    /** `-p`: the ports are published beside the start (src/network attach.ts); awaited before it counts as started. */
+    private readonly published?: Promise<void>,
   ) {
     // A runtime state root per run: containers of different homes or runs never see each other.
     this.root = runDir.file("state");
@@ -264,6 +267,20 @@ class OciContainer implements Container {
   }
 
   async start(): Promise<{ stdout: Readable | null; stderr: Readable | null }> {
+    const streams = await this.startProcess();
+    if (this.published) {
+      try {
+        await this.published;
+      } catch (err) {
+        await this.kill("KILL").catch(() => {});
+        throw err;
+      }
+      trace("oci: ports published");
+    }
+    return streams;
+  }
+
+  private async startProcess(): Promise<{ stdout: Readable | null; stderr: Readable | null }> {
     await this.runDir.hold(this.scope, this.resource);
     trace("oci: container held");
     if (this.tty) return this.startOnPty();

@@ -118,6 +118,8 @@ export class VmRuntime implements Runtime {
     // before CONFIGURE: resolv.conf goes into the root, never into a volume mounted on /etc
     await vm.agent.network(guestNet);
     await vm.agent.configure({ hostname, mounts: plan.mounts });
+    // -p: published while the VM booted (src/network attach.ts)
+    await netting.value.published;
     return new VmContainer(req.id, vm, proc, req.stdio, prepMs, plan.imageProblem, req.options.tty === true);
   }
 
@@ -125,7 +127,10 @@ export class VmRuntime implements Runtime {
    * bridge: the run's namespace and CNI attachment as for runc, plus a TAP wired to the veth (tap.ts);
    * the VMM runs in the namespace and the guest gets CNI's address over the agent. none: no NIC.
    */
-  private async network(req: PrepareRequest, scope: Scope): Promise<{ guest: GuestNetwork; vm?: VmNetwork }> {
+  private async network(
+    req: PrepareRequest,
+    scope: Scope,
+  ): Promise<{ guest: GuestNetwork; vm?: VmNetwork; published?: Promise<void> }> {
     const mode = req.options.network ?? "bridge";
     const resolvConf = containerResolvConf(await hostResolvConf(), mode, req.options.dns ?? []);
     if (mode !== "bridge") {
@@ -155,7 +160,8 @@ export class VmRuntime implements Runtime {
       },
       resolvConf,
     };
-    return { guest, vm: { netns: net.netnsPath!, tap: nic.tap, mac: nic.mac, mtu: nic.mtu } };
+    const vm = { netns: net.netnsPath!, tap: nic.tap, mac: nic.mac, mtu: nic.mtu };
+    return { guest, vm, published: net.published };
   }
 }
 
