@@ -327,6 +327,18 @@ test("planStartupRanges merges close reads, orders by first read; checkPacks ref
       [0, 8192],
     ],
   );
+  // Bounded in bytes: the earliest ranges that fit in 64 MiB.
+  assert.deepEqual(
+    planStartupRanges(
+      [
+        [0, 40 << 20],
+        [100 << 20, 140 << 20],
+        [50 << 20, (50 << 20) + 4096],
+      ],
+      1 << 30,
+    ),
+    [[0, 40 << 20]],
+  );
   const home = new KindlingHome(path.join(tmp, "plan-ranges")).ensure();
   const { index, record } = await indexBytes(home, randomBytes(1 << 20), CHUNK, false);
   const hex = "b".repeat(64);
@@ -348,6 +360,7 @@ test("planStartupRanges merges close reads, orders by first read; checkPacks ref
     { ...good, ranges: [[0, 10, "xyz"]], size: 10 },
     { ...good, ranges: [[0, 0, hex]], size: 0 },
     { ...good, digest: "nope" },
+    { ...good, ranges: [[0, (64 << 20) + 1, hex]], size: (64 << 20) + 1 },
   ]) {
     const r = checkPacks({ image: record.digest, segments: [], startupRanges: bad }, index, record.digest);
     assert.ok("corrupt" in r, JSON.stringify(bad));

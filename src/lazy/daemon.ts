@@ -149,7 +149,9 @@ async function main(): Promise<void> {
   const ranges = rangePack && rangeSource ? new StartupRanges(rangePack, cache.stats, log) : undefined;
   const rangesLoaded = ranges
     ? ranges
-        .load(rangeSource!, (fn) => loader.fetcher.slot(fn), cfg.policy.deadlineMs)
+        // Bounded by one attempt's time: a reader waiting for a range then still has the chunk
+        // path's deadline, and waits one attempt plus one deadline at worst.
+        .load(rangeSource!, (fn) => loader.fetcher.slot(fn), cfg.policy.attemptTimeoutMs)
         .then((got) => {
           log(
             `startup ranges: ${got.ranges} of ${rangePack!.ranges.length} (${got.bytes} bytes) fetched ahead`,

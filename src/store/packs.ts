@@ -52,12 +52,14 @@ export interface ImagePacks {
 
 /** At most this many startup ranges (after merging), and ranges closer than RANGE_GAP are merged. */
 export const MAX_STARTUP_RANGES = 4096;
+/** At most this many bytes of them: a daemon keeps them in memory (as much as its memory tier). */
+export const MAX_STARTUP_RANGE_BYTES = 64 << 20;
 const RANGE_GAP = 4096;
 
 /**
  * The startup ranges to pack from a recorded run's reads ([start, end), first-read order): merged
  * where they overlap or lie within RANGE_GAP of each other, clipped to the image, ordered by when
- * their first byte was read; at most MAX_STARTUP_RANGES (the earliest).
+ * their first byte was read; the earliest, up to MAX_STARTUP_RANGES ranges and MAX_STARTUP_RANGE_BYTES.
  */
 export function planStartupRanges(reads: [number, number][], blockSize: number): [number, number][] {
   const spans = reads
@@ -72,10 +74,14 @@ export function planStartupRanges(reads: [number, number][], blockSize: number):
       last.first = Math.min(last.first, r.first);
     } else merged.push({ ...r });
   }
-  return merged
-    .sort((x, y) => x.first - y.first)
-    .slice(0, MAX_STARTUP_RANGES)
-    .map((r) => [r.a, r.b - r.a]);
+  const out: [number, number][] = [];
+  let bytes = 0;
+  for (const r of merged.sort((x, y) => x.first - y.first)) {
+    if (out.length >= MAX_STARTUP_RANGES || bytes + (r.b - r.a) > MAX_STARTUP_RANGE_BYTES) break;
+    out.push([r.a, r.b - r.a]);
+    bytes += r.b - r.a;
+  }
+  return out;
 }
 
 const HEX = /^[0-9a-f]{64}$/;
@@ -112,6 +118,7 @@ function checkRangePack(p: unknown, blockSize: number): RangePackDesc | string {
     if (spans[i][0] < spans[i - 1][1]) return `${what}: ranges overlap`;
   }
   if (d.size !== size) return `${what}: its size is not the sum of its ranges`;
+  if (size > MAX_STARTUP_RANGE_BYTES) return `${what}: more than ${MAX_STARTUP_RANGE_BYTES} bytes`;
   return { digest: d.digest as Digest, size, ranges: d.ranges as [number, number, string][] };
 }
 
