@@ -3,18 +3,11 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { liveDaemonPids } from "../src/lazy/index.js";
 import { exec } from "../src/util/exec.js";
+import { until } from "./helpers/bounded.js";
 import { runCli } from "./helpers/cli.js";
 import { fixture, tempHome } from "./helpers/fixtures.js";
 import { leftovers } from "./helpers/leftovers.js";
 import { loadOciLayout, startRegistry, type TestRegistry } from "./helpers/registry.js";
-
-/** Polls `ok` every 50 ms until it holds; fails with `what` after `ms`. */
-async function waitFor(ok: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-  for (const until = Date.now() + ms; !(await ok()); ) {
-    if (Date.now() > until) assert.fail(`not within ${ms} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
   let reg: TestRegistry;
@@ -90,7 +83,11 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     const pull = await kindling(c!, ["image", "pull", ref, "--insecure"]);
     const digest = pull.stdout.trim().split(" ").at(-1)!;
     // Spawned before the pull returned; it serves (state written, start lock gone) within its bound.
-    await waitFor(async () => (await liveDaemonPids(c!, digest)).length === 1, 20_000, "the daemon serves");
+    await until(
+      "the pull's daemon to serve",
+      async () => (await liveDaemonPids(c!, digest)).length === 1,
+      20_000,
+    );
     const [pid] = await liveDaemonPids(c!, digest);
     const run = await kindling(c!, [
       "run",
