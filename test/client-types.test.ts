@@ -1,6 +1,6 @@
 /**
  * The client library's types are generated from api/openapi.yaml (openapi-typescript, checked in as
- * src/client/api-types.ts): regenerated here, they must be byte for byte what is checked in, so a
+ * src/service/api-types.ts): regenerated here, they must be byte for byte what is checked in, so a
  * change to the document without `npm run gen:api-types` fails. And the README's client example
  * type-checks against the package as a user imports it (`import { Kindling } from "kindling"`).
  */
@@ -15,16 +15,16 @@ import { REPO } from "./helpers/fixtures.js";
 
 const run = promisify(execFile);
 
-test("src/client/api-types.ts is what openapi-typescript makes of api/openapi.yaml now", async () => {
+test("src/service/api-types.ts is what openapi-typescript makes of api/openapi.yaml now", async () => {
   const cli = path.join(REPO, "node_modules", "openapi-typescript", "bin", "cli.js");
   const { stdout } = await run(process.execPath, [cli, path.join(REPO, "api", "openapi.yaml")], {
     cwd: REPO,
     timeout: 60_000,
     maxBuffer: 16 << 20,
   });
-  const checkedIn = await readFile(path.join(REPO, "src", "client", "api-types.ts"), "utf8");
+  const checkedIn = await readFile(path.join(REPO, "src", "service", "api-types.ts"), "utf8");
   assert.ok(stdout.includes("export interface components"), "the generator printed the types");
-  assert.equal(checkedIn, stdout, "src/client/api-types.ts is stale: run `npm run gen:api-types`");
+  assert.equal(checkedIn, stdout, "src/service/api-types.ts is stale: run `npm run gen:api-types`");
 });
 
 test('the README\'s client example type-checks against `import { Kindling } from "kindling"`', async () => {

@@ -13,29 +13,44 @@ import type { Readable, Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { config, hostEnv } from "../config/index.js";
+// The API's shapes, generated from api/openapi.yaml (src/service/api.ts: the service's handlers use the
+// same types; `npm run gen:api-types`; test/client-types.test.ts fails when they are stale against it).
+import type {
+  AttachExit,
+  ContainerCreated,
+  ContainerCreateRequest,
+  ContainerExit,
+  ContainerInspect,
+  ContainerSummary,
+  ExecExit,
+  ExecRequest,
+  ImageInspect,
+  ImageSummary,
+  Info,
+  LogLine,
+  ServiceEvent,
+  TtySize,
+} from "../service/api.js";
 import { EXEC_PROTOCOL, encodeFrame, Frame, readFrames } from "../service/frames.js";
 import { jsonRequest, rawRequest, upgradeRequest } from "../service/unixhttp.js";
 import { trace } from "../util/trace.js";
-import type { components } from "./api-types.js";
 
-// The API's shapes, generated from api/openapi.yaml (`npm run gen:api-types`; test/client-types.test.ts
-// fails when api-types.ts is stale against it).
-type Schemas = components["schemas"];
-export type AttachExit = Schemas["AttachExit"];
-export type ContainerCreated = Schemas["ContainerCreated"];
-export type ContainerCreateRequest = Schemas["ContainerCreateRequest"];
-export type ContainerExit = Schemas["ContainerExit"];
-export type ContainerInspect = Schemas["ContainerInspect"];
-export type ContainerSummary = Schemas["ContainerSummary"];
-export type ExecExit = Schemas["ExecExit"];
-export type ExecRequest = Schemas["ExecRequest"];
-export type ImageInspect = Schemas["ImageInspect"];
-export type ImageSummary = Schemas["ImageSummary"];
-export type Info = Schemas["Info"];
-export type LogLine = Schemas["LogLine"];
-export type ServiceEvent = Schemas["Event"];
-/** A terminal's size in characters (`tty`: ttySize, and the RESIZE frame). */
-export type TtySize = Schemas["TtySize"];
+export type {
+  AttachExit,
+  ContainerCreated,
+  ContainerCreateRequest,
+  ContainerExit,
+  ContainerInspect,
+  ContainerSummary,
+  ExecExit,
+  ExecRequest,
+  ImageInspect,
+  ImageSummary,
+  Info,
+  LogLine,
+  ServiceEvent,
+  TtySize,
+};
 
 /** An error the service answered (status and code from the API), or "no service" (status 0). */
 export class KindlingApiError extends Error {

@@ -38,36 +38,8 @@ export function decodeResize(payload: Buffer): { rows: number; cols: number } | 
   }
 }
 
-/** What to run: the args, extra K=V env, working directory, and whether stdin is sent. */
-export interface ExecRequest {
-  cmd: string[];
-  env?: string[];
-  workdir?: string;
-  stdin?: boolean;
-  /** A pseudo-terminal for the process (its stdout and stderr merged on STDOUT). */
-  tty?: boolean;
-  /** With tty: the terminal's size at start (default 24x80); RESIZE frames change it. */
-  ttySize?: { rows: number; cols: number };
-}
-
-export interface ExecExit {
-  status: number;
-  signal?: string;
-  message?: string;
-}
-
-/** How an attached run ended: the process's status, and why kindling stopped it if it did. */
-export interface AttachExit {
-  id: string;
-  status: number;
-  signal?: string;
-  /** A message for the user when the runtime, not the process, decided the status (126/127). */
-  message?: string;
-  /** timeout | SIGINT | SIGTERM | SIGHUP | request */
-  stoppedBy?: string;
-  /** With stoppedBy timeout: the --timeout it had (seconds). */
-  timeoutSeconds?: number;
-}
+// The SPEC and EXIT frames' JSON: the API's types (api.ts, generated from api/openapi.yaml).
+export type { AttachExit, ExecExit, ExecRequest } from "./api.js";
 
 const HEADER = 5;
 /** The largest payload a peer may send (larger output is cut into several frames). */

@@ -18,6 +18,7 @@ import type { RunOptions } from "../runtime/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
+import type { ContainerStatus as ApiContainerStatus } from "./api.js";
 
 export const CONTAINERS_DIR = "containers";
 
@@ -38,7 +39,8 @@ export interface ContainerRecord {
   network: Record<string, unknown> | null;
 }
 
-export type ContainerStatus = "created" | "starting" | "running" | "exited";
+/** As the API has it (api/openapi.yaml's ContainerStatus). */
+export type ContainerStatus = ApiContainerStatus;
 
 /** What happened to it, written by its supervisor. */
 export interface ContainerState {

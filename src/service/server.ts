@@ -18,7 +18,17 @@ import { type NetworkPool, startNetworkPool } from "../network/pool.js";
 import { listImages } from "../store/catalog.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
-import type { ContainerCreateRequest, Info, LogLine } from "./api.js";
+import type {
+  ContainerCreated,
+  ContainerCreateRequest,
+  ContainerExit,
+  ContainerInspect,
+  ContainerSummary,
+  ImageInspect,
+  ImageSummary,
+  Info,
+  LogLine,
+} from "./api.js";
 import { ApiFailure, Containers, exitOf, inspect, summary } from "./containers.js";
 import { EventBus, type LogFn } from "./events.js";
 import { EXEC_PROTOCOL } from "./frames.js";
@@ -51,6 +61,11 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
   res.end(text);
+}
+
+/** An image as GET /v1/images/{name} answers it (the API's ImageInspect). */
+function imageInspect(d: Awaited<ReturnType<typeof describeImage>>): ImageInspect {
+  return { ...d, config: { ...d.config }, origin: { ...d.origin } };
 }
 
 async function readJsonBody<T>(req: IncomingMessage): Promise<T> {
@@ -269,7 +284,9 @@ export class KindlingService {
   private defineRoutes(): void {
     const c = this.containers;
     this.route("GET", "/v1/ping", async (_req, res) => sendJson(res, 200, { ok: true, pid: process.pid }));
-    this.route("GET", "/v1/info", async (_req, res) => sendJson(res, 200, await this.info()));
+    this.route("GET", "/v1/info", async (_req, res) =>
+      sendJson(res, 200, (await this.info()) satisfies Info),
+    );
     this.route("GET", "/metrics", async (_req, res) => {
       const text = await this.metrics.render(
         this.opts.home,
@@ -283,24 +300,24 @@ export class KindlingService {
     this.route("GET", "/v1/containers", async (_req, res, _p, url) => {
       const all = bool(url.searchParams.get("all"));
       const list = (await c.list()).filter((x) => all || x.state.status !== "exited");
-      sendJson(res, 200, list.map(summary));
+      sendJson(res, 200, list.map(summary) satisfies ContainerSummary[]);
     });
     this.route("POST", "/v1/containers", async (req, res) => {
       const created = await c.create(await readJsonBody<ContainerCreateRequest>(req));
-      sendJson(res, 201, { id: created.record.id, name: created.record.name });
+      sendJson(res, 201, { id: created.record.id, name: created.record.name } satisfies ContainerCreated);
     });
     this.route("GET", "/v1/containers/{id}", async (_req, res, [id]) =>
-      sendJson(res, 200, inspect(await c.find(id!))),
+      sendJson(res, 200, inspect(await c.find(id!)) satisfies ContainerInspect),
     );
     this.route("DELETE", "/v1/containers/{id}", async (_req, res, [id], url) => {
       const removed = await c.remove(id!, bool(url.searchParams.get("force")));
-      sendJson(res, 200, { id: removed.record.id, name: removed.record.name });
+      sendJson(res, 200, { id: removed.record.id, name: removed.record.name } satisfies ContainerCreated);
     });
     this.route("POST", "/v1/containers/{id}/kill", async (_req, res, [id], url) => {
       const raw = url.searchParams.get("signal") ?? "KILL";
       const signal = normalizeSignal(raw);
       if (!signal) throw new ApiFailure(400, "EINVAL", `unknown signal ${raw}`);
-      sendJson(res, 200, inspect(await c.kill(id!, signal)));
+      sendJson(res, 200, inspect(await c.kill(id!, signal)) satisfies ContainerInspect);
     });
     this.route("POST", "/v1/containers/{id}/stop", async (_req, res, [id], url) => {
       const t = url.searchParams.get("timeout");
@@ -308,12 +325,12 @@ export class KindlingService {
       if (timeout !== undefined && !(Number.isFinite(timeout) && timeout >= 0)) {
         throw new ApiFailure(400, "EINVAL", `timeout: ${t} is not a number of seconds >= 0`);
       }
-      sendJson(res, 200, inspect(await c.stop(id!, timeout)));
+      sendJson(res, 200, inspect(await c.stop(id!, timeout)) satisfies ContainerInspect);
     });
     this.route("POST", "/v1/containers/{id}/wait", async (req, res, [id]) => {
       const abort = new AbortController();
       res.on("close", () => abort.abort());
-      sendJson(res, 200, exitOf(await c.wait(id!, abort.signal)));
+      sendJson(res, 200, exitOf(await c.wait(id!, abort.signal)) satisfies ContainerExit);
       void req;
     });
     this.route("GET", "/v1/containers/{id}/logs", async (_req, res, [id], url) => {
@@ -360,11 +377,11 @@ export class KindlingService {
           blockSize: i.blockSize,
           origin: i.origin,
           created: i.created,
-        })),
+        })) satisfies ImageSummary[],
       );
     });
     this.route("GET", "/v1/images/{name}", async (_req, res, [name]) => {
-      sendJson(res, 200, await describeImage(this.opts.home, name!));
+      sendJson(res, 200, imageInspect(await describeImage(this.opts.home, name!)));
     });
     this.route("DELETE", "/v1/images/{name}", async (_req, res, [name]) => {
       await this.warm.release(name!); // else removeImage refuses it as in use
@@ -379,7 +396,7 @@ export class KindlingService {
       const { pullImage } = await import("../image/registry.js");
       const rec = await pullImage(this.opts.home, body.ref, { insecure: body.insecure === true });
       this.events.emit({ type: "image", action: "pull", id: rec.digest, name: rec.name });
-      sendJson(res, 200, await describeImage(this.opts.home, rec.name));
+      sendJson(res, 200, imageInspect(await describeImage(this.opts.home, rec.name)));
     });
     this.route("POST", "/v1/images/import", async (req, res) => {
       const body = await readJsonBody<{ path?: string; name?: string }>(req);
@@ -389,7 +406,7 @@ export class KindlingService {
         throw new ApiFailure(400, "EINVAL", "name: an image name is required");
       const rec = await importImage(this.opts.home, body.path, { name: body.name });
       this.events.emit({ type: "image", action: "import", id: rec.digest, name: rec.name });
-      sendJson(res, 200, await describeImage(this.opts.home, rec.name));
+      sendJson(res, 200, imageInspect(await describeImage(this.opts.home, rec.name)));
     });
   }
 
