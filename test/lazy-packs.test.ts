@@ -31,6 +31,8 @@ let proxy: http.Server;
 let proxyHost: string;
 /** Requests through the proxy: "GET /v2/.../blobs/sha256:..." plus " range" for ranged ones. */
 const seen: string[] = [];
+/** Blob digests the proxy never answers. */
+const stalled = new Set<string>();
 
 before(async () => {
   tmp = await mkdtemp("/tmp/kindling-lazy-packs-");
@@ -38,6 +40,8 @@ before(async () => {
   const [rhost, rport] = registry.host.split(":");
   proxy = http.createServer((req, res) => {
     seen.push(`${req.method} ${req.url}${req.headers.range ? " range" : ""}`);
+    // A blob that stalls: no answer at all (the connection stays open until the teardown).
+    if ([...stalled].some((d) => req.url?.includes(d))) return;
     const up = http.request(
       { host: rhost, port: Number(rport), path: req.url, method: req.method, headers: req.headers },
       (r) => {
@@ -55,7 +59,7 @@ after(async () => {
   await new Promise((r) => proxy.close(r));
   proxy.closeAllConnections();
   await registry.stop();
-  for (const h of ["a", "b", "c", "d", "e", "f"])
+  for (const h of ["a", "b", "c", "d", "e", "f", "g"])
     await cleanupStale(new KindlingHome(path.join(tmp, h))).catch(() => {});
   await rm(tmp, { recursive: true, force: true });
 });
@@ -306,6 +310,31 @@ test("a startup range whose bytes do not match its digest is read through chunks
     assert.ok((await read4k(lazy, pos)).equals(data.subarray(pos, pos + 4096)), "right bytes, from chunks");
     assert.match(await readFile(path.join(lazy.dir, "daemon.log"), "utf8"), /does not match its digest/);
   } finally {
+    await lazy.close();
+  }
+});
+
+test("a startup ranges request that stalls: a read inside a range is served through chunks after one attempt's time", async () => {
+  const data = randomBytes(2 << 20);
+  const { home, record } = await pulledHome("g", data);
+  const startupRanges = await rangePack(data, [[0, 1 << 20]]);
+  await writePacks(home, { image: record.digest, segments: [], startupRanges });
+  await writeProfile(home, { image: record.digest, chunks: [0] });
+  stalled.add(startupRanges.digest);
+  const lazy = await openLazyImage(home, record, "auto", { attemptTimeoutMs: 1000, deadlineMs: 5000 });
+  try {
+    const pos = 300_000;
+    assert.ok((await read4k(lazy, pos)).equals(data.subarray(pos, pos + 4096)), "right bytes, from chunks");
+    const s = await lazy.stats();
+    assert.equal(s.profile.state, "done");
+    assert.equal(s.profile.ranges, 0, "no range arrived");
+    assert.ok(s.chunksFetched >= 1);
+    assert.match(
+      await readFile(path.join(lazy.dir, "daemon.log"), "utf8"),
+      /startup ranges: .*not done within 1000 ms/,
+    );
+  } finally {
+    stalled.clear();
     await lazy.close();
   }
 });
