@@ -2,12 +2,22 @@
  * Issue 13's large-image target: a sequential `cat` of the largest file of the 1 GB image on a
  * cold worker against the same read warm. The image (scripts/fixtures/debian-big.sh: minbase +
  * 16 files of 64 MiB of incompressible bytes) is imported and pushed to docker-registry on
- * 127.0.0.1 once; each round a fresh KINDLING_HOME pulls it (the index only) and runs
+ * 127.0.0.1 once; each round, for each variant (interleaved), a fresh KINDLING_HOME pulls it (the
+ * index only) and runs
  *   kindling run --runtime runc --network none big -- sh -c 's=$(date +%s%N); cat FILE >/dev/null; ...'
- * twice: cold (every chunk of FILE fetched during the read) and warm (the same home right after:
- * chunks local, the image's shared daemon and SquashFS mount up, page cache warm). The time is
- * taken inside the container around `cat` alone, so only the read is compared.
- *   node dist/bench/cold-cat.js [--n 3] [--file /data/big/blob-07]
+ * three times:
+ *   cold:    every chunk of FILE fetched during the read;
+ *   warm:    the same home right after: chunks local, the image's shared daemon and SquashFS mount
+ *            up, the page cache warm (the issue's "warm": page-cache speed, the daemon never asked);
+ *   dropped: chunks local, page cache dropped: once the image's daemon has exited (idle; the
+ *            bench's homes keep no warm daemons), the home's chunk files are evicted from the page
+ *            cache (`dd iflag=nocache`, per file: no machine-wide drop_caches), so the read goes
+ *            through a new daemon, FUSE mount, loop device and SquashFS, from disk.
+ * The time is taken inside the container around `cat` alone, so only the read is compared.
+ * Variants: `new` (the defaults), `old` (KINDLING_LAZY_KERNEL_READAHEAD=0: the loop device reads
+ * the lazy file with direct I/O, one daemon round trip per SquashFS block, as before).
+ *   node dist/bench/cold-cat.js [--n 3] [--file /data/big/blob-07] [--variants new,old]
+ *     [--ref HOST/REPO:TAG]   (the image pushed already, to a plain-HTTP registry: no import, no push)
  */
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
@@ -16,6 +26,10 @@ import path from "node:path";
 import { releaseHome } from "../src/bench/homes.js";
 import { FIXTURES, REPO } from "../src/bench/images.js";
 import { startBenchRegistry } from "../src/bench/registry.js";
+import { liveDaemonPids } from "../src/lazy/index.js";
+import { removeHomeNetwork } from "../src/network/conflist.js";
+import { loadImage } from "../src/store/catalog.js";
+import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 
 const argOf = (name: string): string | undefined => {
@@ -24,13 +38,26 @@ const argOf = (name: string): string | undefined => {
 };
 const N = Number(argOf("n") ?? 3);
 const FILE = argOf("file") ?? "/data/big/blob-07";
+const VARIANTS = (argOf("variants") ?? "new,old").split(",");
+const VARIANT_ENV: Record<string, Record<string, string>> = {
+  new: {},
+  old: { KINDLING_LAZY_KERNEL_READAHEAD: "0" },
+};
+for (const v of VARIANTS) if (!VARIANT_ENV[v]) throw new Error(`unknown variant ${v} (new, old)`);
+/** Bench homes keep no warm daemon, so the image's daemon exits soon after a run (for `dropped`). */
+const HOME_ENV = { KINDLING_SERVICE_WARM_IMAGES: "0", KINDLING_LAZY_IDLE_MS: "5000" };
 const KINDLING = path.join(REPO, "dist", "src", "cli", "main.js");
 const SCRIPT = `s=$(date +%s%N); cat ${FILE} >/dev/null; e=$(date +%s%N); stat -c %s ${FILE}; echo $(( (e - s) / 1000 ))`;
 
-function kindling(home: string, args: string[], timeoutMs = 1_800_000): Promise<string> {
+function kindling(
+  home: string,
+  args: string[],
+  env: Record<string, string> = {},
+  timeoutMs = 1_800_000,
+): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [KINDLING, ...args], {
-      env: { ...process.env, KINDLING_HOME: home },
+      env: { ...process.env, ...env, KINDLING_HOME: home },
       stdio: ["ignore", "pipe", "pipe"],
     });
     const out: Buffer[] = [];
@@ -53,19 +80,16 @@ function kindling(home: string, args: string[], timeoutMs = 1_800_000): Promise<
 }
 
 /** One read: bytes and microseconds, as the container printed them. */
-async function catOnce(home: string, ref: string): Promise<{ bytes: number; us: number }> {
-  const out = await kindling(home, [
-    "run",
-    "--runtime",
-    "runc",
-    "--network",
-    "none",
-    ref,
-    "--",
-    "sh",
-    "-c",
-    SCRIPT,
-  ]);
+async function catOnce(
+  home: string,
+  ref: string,
+  env: Record<string, string>,
+): Promise<{ bytes: number; us: number }> {
+  const out = await kindling(
+    home,
+    ["run", "--runtime", "runc", "--network", "none", ref, "--", "sh", "-c", SCRIPT],
+    env,
+  );
   const [bytes, us] = out.trim().split("\n").map(Number);
   if (!(bytes > 0 && us > 0)) throw new Error(`unexpected output ${JSON.stringify(out)}`);
   return { bytes, us };
@@ -76,54 +100,104 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
+/** Waits (bounded) until the image's daemons in `home` have exited (idle), so the next read starts a new one. */
+async function daemonsGone(home: KindlingHome, name: string): Promise<void> {
+  const digest = (await loadImage(home, name)).digest;
+  const deadline = Date.now() + 60_000;
+  while ((await liveDaemonPids(home, digest)).length > 0) {
+    if (Date.now() > deadline) throw new Error(`the image's daemon in ${home.root} did not exit within 60 s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Drops the home's chunk files from the page cache (posix_fadvise DONTNEED through dd, per file). */
+async function evictChunks(home: KindlingHome): Promise<void> {
+  await exec("sh", [
+    "-c",
+    'find "$1" -type f -print0 | xargs -0 -r -P 2 -I{} dd if={} iflag=nocache count=0 status=none',
+    "sh",
+    home.blobs,
+  ]);
+}
+
+interface Times {
+  cold: number[];
+  warm: number[];
+  dropped: number[];
+}
+
 async function main(): Promise<void> {
   const tmp = await mkdtemp(path.join(process.env.KINDLING_BENCH_DIR ?? "/var/tmp", "kindling-coldcat-"));
-  const registry = await startBenchRegistry(tmp);
-  const cold: number[] = [];
-  const warm: number[] = [];
+  const given = argOf("ref");
+  const registry = given ? undefined : await startBenchRegistry(tmp);
+  const times = new Map<string, Times>(VARIANTS.map((v) => [v, { cold: [], warm: [], dropped: [] }]));
   const loads: number[] = [];
   let bytes = 0;
   try {
-    const source = path.join(tmp, "source");
-    await kindling(source, ["image", "import", path.join(FIXTURES, "debian-big.tar"), "--name", "big"]);
-    const ref = `${registry.host}/bench/big:latest`;
-    await kindling(source, ["image", "push", "--insecure", "big", ref]);
-    await releaseHome(new KindlingHome(source));
-    await rm(source, { recursive: true, force: true });
+    const ref = given ?? `${registry!.host}/bench/big:latest`;
+    if (registry) {
+      const source = path.join(tmp, "source");
+      await kindling(source, ["image", "import", path.join(FIXTURES, "debian-big.tar"), "--name", "big"]);
+      await kindling(source, ["image", "push", "--insecure", "big", ref]);
+      await releaseHome(new KindlingHome(source));
+      await rm(source, { recursive: true, force: true });
+    }
     for (let round = 0; round < N; round++) {
-      const root = path.join(tmp, `home-${round}`);
-      await mkdir(root);
-      try {
-        loads.push(loadavg()[0]);
-        await kindling(root, ["image", "pull", "--insecure", ref]);
-        const c = await catOnce(root, ref);
-        const w = await catOnce(root, ref);
-        bytes = c.bytes;
-        cold.push(c.us);
-        warm.push(w.us);
-      } finally {
-        await releaseHome(new KindlingHome(root));
+      for (const variant of VARIANTS) {
+        const env = { ...HOME_ENV, ...VARIANT_ENV[variant] };
+        const t = times.get(variant)!;
+        const root = path.join(tmp, `home-${round}-${variant}`);
+        await mkdir(root);
+        const home = new KindlingHome(root);
+        try {
+          loads.push(loadavg()[0]);
+          await kindling(root, ["image", "pull", "--insecure", ref], env);
+          const c = await catOnce(root, ref, env);
+          const w = await catOnce(root, ref, env);
+          await daemonsGone(home, ref);
+          await evictChunks(home);
+          const d = await catOnce(root, ref, env);
+          bytes = c.bytes;
+          t.cold.push(c.us);
+          t.warm.push(w.us);
+          t.dropped.push(d.us);
+        } finally {
+          await removeHomeNetwork(home).catch(() => {});
+          await releaseHome(home);
+        }
       }
     }
   } finally {
-    await registry.stop();
+    await registry?.stop();
     await rm(tmp, { recursive: true, force: true });
   }
   const rate = (us: number) => bytes / us; // bytes/us = MB/s
-  console.log(`# node dist/bench/cold-cat.js --n ${N} --file ${FILE}`);
+  const ms = (us: number[]) => us.map((u) => (u / 1000).toFixed(0)).join(", ");
+  console.log(`# node dist/bench/cold-cat.js --n ${N} --file ${FILE} --variants ${VARIANTS.join(",")}`);
   console.log(
     `# load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; ${N} rounds, medians; cat of ${(bytes / 2 ** 20).toFixed(0)} MiB timed inside the container`,
   );
-  console.log("| read | ms | MB/s |\n|---|---:|---:|");
   console.log(
-    `| cold (fresh home) | ${(median(cold) / 1000).toFixed(0)} | ${rate(median(cold)).toFixed(1)} |`,
+    "| variant | cold MB/s | warm (page cache) MB/s | dropped (chunks local, page cache dropped) MB/s | cold/warm | cold/dropped |",
   );
-  console.log(
-    `| warm (same home, after) | ${(median(warm) / 1000).toFixed(0)} | ${rate(median(warm)).toFixed(1)} |`,
-  );
-  console.log(
-    `cold speed / warm speed = ${(median(warm) / median(cold)).toFixed(3)} (target >= 0.333); per round cold ${cold.map((u) => (u / 1000).toFixed(0)).join(", ")} ms, warm ${warm.map((u) => (u / 1000).toFixed(0)).join(", ")} ms`,
-  );
+  console.log("|---|---:|---:|---:|---:|---:|");
+  for (const [variant, t] of times) {
+    const [c, w, d] = [median(t.cold), median(t.warm), median(t.dropped)];
+    console.log(
+      `| ${variant} | ${rate(c).toFixed(1)} | ${rate(w).toFixed(1)} | ${rate(d).toFixed(1)} | ${(w / c).toFixed(3)} | ${(d / c).toFixed(3)} |`,
+    );
+  }
+  for (const [variant, t] of times) {
+    console.log(
+      `${variant}: per round cold ${ms(t.cold)} ms, warm ${ms(t.warm)} ms, dropped ${ms(t.dropped)} ms`,
+    );
+  }
+  if (times.has("new") && times.has("old")) {
+    const [n, o] = [times.get("new")!, times.get("old")!];
+    console.log(
+      `new/old speed: cold ${(median(o.cold) / median(n.cold)).toFixed(2)}x, dropped ${(median(o.dropped) / median(n.dropped)).toFixed(2)}x (target: cold >= 0.333 of warm)`,
+    );
+  }
 }
 
 main().catch((err) => {

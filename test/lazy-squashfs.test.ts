@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { withConfig } from "../src/config/index.js";
+import { devNumbers } from "../src/host/loop.js";
 import { readMountinfo } from "../src/host/mounts.js";
 import { chunksIn } from "../src/lazy/chunkmap.js";
 import { cleanupStale, mountImage, openLazyImage, umountImage } from "../src/lazy/index.js";
@@ -133,4 +135,43 @@ test("image mount / umount leave nothing mounted or attached, and a dead mount i
   assert.deepEqual(await ours(), []);
   assert.deepEqual(await attached(), []);
   assert.deepEqual(await readdir(recDir), []);
+});
+
+/** The loop device's direct-I/O flag and the lazy file's FUSE readahead (KiB) of the home's one image mount. */
+async function readPath(): Promise<{ dio: string; fuseReadaheadKb: number }> {
+  const loops = (await exec("losetup", ["-a"])).stdout.split("\n").filter((l) => l.includes(home.root));
+  assert.equal(loops.length, 1, loops.join("\n"));
+  const loop = path.basename(loops[0].split(":")[0]);
+  const dio = (await readFile(`/sys/block/${loop}/loop/dio`, "utf8")).trim();
+  const fuse = (await readMountinfo()).filter(
+    (m) => m.fsType.startsWith("fuse") && m.mountPoint.startsWith(home.root),
+  );
+  assert.equal(fuse.length, 1, JSON.stringify(fuse));
+  const { major, minor } = devNumbers((await stat(fuse[0].mountPoint, { bigint: true })).dev);
+  const ra = await readFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, "utf8");
+  return { dio, fuseReadaheadKb: Number(ra) };
+}
+
+test("the image's SquashFS reads the lazy file through the page cache with kernel readahead (0: direct I/O)", async () => {
+  const { record } = await indexBytes(home, image, 128 << 10);
+  const dir = path.join(tmp, "view-ra");
+  // The default: a sequential reader's SquashFS blocks are requested ahead of it, in parallel.
+  await withConfig({ lazyKernelReadahead: 8 << 20 }, () => mountImage(home, record, dir));
+  try {
+    assert.deepEqual(await readPath(), { dio: "0", fuseReadaheadKb: 8192 });
+    assert.ok((await readFile(path.join(dir, "big.bin"))).equals(big));
+    assert.equal(await readFile(path.join(dir, "dir5", "file77.txt"), "utf8"), "hello 5/77\n");
+  } finally {
+    await umountImage(home, dir);
+  }
+  // 0: as before, direct I/O, the FUSE file's readahead left as the kernel set it.
+  await withConfig({ lazyKernelReadahead: 0 }, () => mountImage(home, record, dir));
+  try {
+    const p = await readPath();
+    assert.equal(p.dio, "1");
+    assert.ok(p.fuseReadaheadKb <= 128, `readahead ${p.fuseReadaheadKb} KiB`);
+    assert.ok((await readFile(path.join(dir, "big.bin"))).equals(big));
+  } finally {
+    await umountImage(home, dir);
+  }
 });

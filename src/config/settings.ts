@@ -197,6 +197,14 @@ export const SETTINGS = {
     default: true,
     describe: "`0`: mount the lazy file without `kernel_cache` (measurement only)",
   }),
+  lazyKernelReadahead: setting({
+    env: "KINDLING_LAZY_KERNEL_READAHEAD",
+    type: integer("bytes", 0),
+    default: 4 << 20,
+    defaultText: "4194304 (4 MiB)",
+    describe:
+      "kernel readahead on the lazy file: its SquashFS loop device reads it through the page cache, so a sequential reader's blocks are requested ahead, in parallel (`0`: the loop device reads with direct I/O, one request per SquashFS block, as before; docs/lazy.md)",
+  }),
   lazyFileReadahead: setting({
     env: "KINDLING_LAZY_FILE_READAHEAD",
     type: integer("bytes", 0),

@@ -4,11 +4,14 @@ import path from "node:path";
 import { exec } from "../util/exec.js";
 
 /**
- * Attaches `file` to a free loop device, read-only. Direct I/O skips the host page cache for the
- * backing file (the squashfs mount caches pages itself), which measured fastest over a FUSE file.
+ * Attaches `file` to a free loop device, read-only. Direct I/O (the default) skips the host page
+ * cache for the backing file (the squashfs mount caches pages itself). Without it the loop device
+ * reads the file through the page cache, with the kernel's readahead: a lazy file's SquashFS does
+ * that, since SquashFS reads one block at a time and waits for each (docs/lazy.md).
  */
-export async function attachLoop(file: string): Promise<string> {
-  const r = await exec("losetup", ["-r", "--direct-io=on", "--show", "-f", file]);
+export async function attachLoop(file: string, opts: { directIo?: boolean } = {}): Promise<string> {
+  const dio = (opts.directIo ?? true) ? "on" : "off";
+  const r = await exec("losetup", ["-r", `--direct-io=${dio}`, "--show", "-f", file]);
   const device = r.stdout.trim();
   if (!/^\/dev\/loop\d+$/.test(device)) throw new Error(`losetup printed no loop device for ${file}`);
   return device;
@@ -34,11 +37,17 @@ export async function isLoopAttached(device: string): Promise<boolean> {
 
 /** A file's identity as the loop driver reports it: "<inode> <major>:<minor>". */
 export async function fileIdentity(file: string): Promise<string> {
-  // glibc's major()/minor() on a 64-bit dev_t (BigInt: JS shifts are 32-bit).
   const st = await stat(file, { bigint: true });
-  const major = ((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & ~0xfffn);
-  const minor = (st.dev & 0xffn) | ((st.dev >> 12n) & ~0xffn);
+  const { major, minor } = devNumbers(st.dev);
   return `${st.ino} ${major}:${minor}`;
+}
+
+/** glibc's major()/minor() of a 64-bit dev_t (BigInt: JS shifts are 32-bit). */
+export function devNumbers(dev: bigint): { major: bigint; minor: bigint } {
+  return {
+    major: ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn),
+    minor: (dev & 0xffn) | ((dev >> 12n) & ~0xffn),
+  };
 }
 
 /** The identity of the file a loop device is attached to (see fileIdentity), or undefined. */

@@ -8,6 +8,7 @@ import path from "node:path";
 import { hasRanges, PackLoader } from "../chunks/packloader.js";
 import { chunkReaderFor } from "../chunks/sources.js";
 import { useConfig } from "../config/index.js";
+import { setMountReadahead } from "../host/bdi.js";
 import { lazyUnmount } from "../host/mounts.js";
 import { processStartTime } from "../host/process.js";
 import { readBlockIndex } from "../store/blockindex.js";
@@ -82,7 +83,7 @@ async function main(): Promise<void> {
           log,
         })
       : undefined;
-  const readahead = new Readahead(cache, cfg.readaheadChunks, log, packs);
+  const readahead = new Readahead(cache, cfg.readaheadChunks, log, packs, cfg.settings.lazyKernelReadahead);
   const tracer = new ReadTracer(stats);
   // Set once the image's file extents are read (after the tables' prefetch).
   let files: FileReadahead | undefined;
@@ -108,14 +109,24 @@ async function main(): Promise<void> {
         .catch((err) => log(`startup profile: ${err}`));
     }
   };
+  // SquashFS reads one block at a time and waits for it: through a loop device with direct I/O,
+  // every block is a round trip to this process. Read through the page cache instead, with this
+  // much kernel readahead on our file, a sequential reader's blocks are already there (docs/lazy.md).
+  const kernelReadahead = cfg.settings.lazyKernelReadahead;
   const ddir = new DaemonDir(home, cfg.id);
   const filePath = path.join(cfg.mountpoint, cfg.fileName);
   let state: DaemonState | undefined;
-  const lowers = new LowerMounts(ddir, filePath, log, async (lower) => {
-    if (!state) return;
-    state.lower = lower;
-    await writeFileAtomic(ddir.stateFile, `${JSON.stringify(state)}\n`);
-  });
+  const lowers = new LowerMounts(
+    ddir,
+    filePath,
+    log,
+    async (lower) => {
+      if (!state) return;
+      state.lower = lower;
+      await writeFileAtomic(ddir.stateFile, `${JSON.stringify(state)}\n`);
+    },
+    { directIo: kernelReadahead === 0 },
+  );
   let stopping = false;
   const stop = async (why: string) => {
     if (stopping) return;
@@ -201,6 +212,11 @@ async function main(): Promise<void> {
     log,
   });
   trace("lazy: FUSE mounted");
+  if (kernelReadahead > 0) {
+    await setMountReadahead(cfg.mountpoint, kernelReadahead).catch((err) =>
+      log(`kernel readahead of ${cfg.mountpoint}: ${err instanceof Error ? err.message : err}`),
+    );
+  }
   const lowerDir = cfg.lower ? await lowers.mount() : undefined;
   state = {
     pid: process.pid,

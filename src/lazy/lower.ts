@@ -11,9 +11,9 @@ import type { DaemonDir } from "./daemondir.js";
  * runc/runsc overlays: one loop device and one mount per image, shared by every container of it,
  * instead of one of each per container. The daemon that serves the file owns the mount.
  */
-export async function mountLower(file: string, dir: string): Promise<void> {
+export async function mountLower(file: string, dir: string, opts: { directIo: boolean }): Promise<void> {
   await mkdir(dir, { recursive: true });
-  const loop = await attachLoop(file);
+  const loop = await attachLoop(file, opts);
   try {
     await mount("squashfs", loop, dir, "ro");
   } catch (err) {
@@ -64,6 +64,8 @@ export class LowerMounts {
     private readonly log: (msg: string) => void,
     /** Publishes a new current directory (the daemon rewrites state.json). */
     private readonly publish: (lower: string) => Promise<void>,
+    /** The loop device reads the file with direct I/O (no kernel readahead on it: see daemon.ts). */
+    private readonly loop: { directIo: boolean },
   ) {}
 
   get current(): string | undefined {
@@ -72,7 +74,7 @@ export class LowerMounts {
 
   async mount(): Promise<string> {
     const dir = this.dir.lower(this.gen);
-    await mountLower(this.file, dir);
+    await mountLower(this.file, dir, this.loop);
     this.current_ = dir;
     return dir;
   }
@@ -94,7 +96,7 @@ export class LowerMounts {
     const gen = this.gen + 1;
     const next = this.dir.lower(gen);
     try {
-      await mountLower(this.file, next);
+      await mountLower(this.file, next, this.loop);
     } catch (err) {
       // The superblock itself could not be read (source still down): the next failure tries again.
       await rm(next, { recursive: true, force: true }).catch(() => {});

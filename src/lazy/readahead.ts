@@ -2,7 +2,10 @@ import type { PackLoader } from "../chunks/packloader.js";
 import type { ChunkCache } from "./cache.js";
 import { chunkAt } from "./chunkmap.js";
 
-/** Reads within this distance of where the last one ended still count as one run. */
+/**
+ * Reads within this distance of the furthest end of the run so far still count as one run (plus
+ * the kernel's readahead on the file: it sends a window's requests at once, from several threads).
+ */
 const SLACK = 256 << 10;
 /**
  * Bytes a run must cover before readahead starts. A mount's superblock probe or a metadata walk
@@ -39,20 +42,28 @@ export class Readahead {
   /** With packs: the last chunk requested ahead of this run. */
   private requestedTo = -1;
 
+  private readonly slack: number;
+  private readonly kernelReadahead: number;
+
   constructor(
     private readonly cache: ChunkCache,
     private readonly window: number,
     private readonly log: (msg: string) => void,
     private readonly packs?: PackLoader,
-  ) {}
+    /** The kernel's readahead on the file (bytes): how far apart a window's requests may arrive. */
+    kernelReadahead = 0,
+  ) {
+    this.slack = SLACK + kernelReadahead;
+    this.kernelReadahead = kernelReadahead;
+  }
 
   /** Records a read; returns whether the reader looks sequential. */
   observe(pos: number, len: number): boolean {
-    const seq = this.nextPos >= 0 && Math.abs(pos - this.nextPos) <= SLACK;
+    const seq = this.nextPos >= 0 && Math.abs(pos - this.nextPos) <= this.slack;
     this.streak = seq ? this.streak + 1 : 0;
     this.runBytes = seq ? this.runBytes + len : len;
-    this.nextPos = pos + len;
-    if (this.runBytes >= TRIGGER && this.window > 0) this.ahead(pos + len);
+    this.nextPos = seq ? Math.max(this.nextPos, pos + len) : pos + len;
+    if (this.runBytes >= TRIGGER && this.window > 0) this.ahead(this.nextPos);
     return this.streak >= 2;
   }
 
@@ -61,7 +72,9 @@ export class Readahead {
     if (first < 0 || first === this.lastFrom) return;
     this.lastFrom = first;
     if (this.packs?.hasSegments) {
-      this.stream(first, this.runBytes < GROW_AFTER ? 0 : Math.min(PACK_WINDOW, this.runBytes / 4));
+      const grown = this.runBytes < GROW_AFTER ? 0 : Math.min(PACK_WINDOW, this.runBytes / 4);
+      // The kernel's window grows about as the run does, up to its readahead: stay a window ahead.
+      this.stream(first, Math.max(grown, Math.min(this.kernelReadahead, this.runBytes)));
       return;
     }
     const last = Math.min(first + this.window, this.cache.index.chunks.length - 1);
@@ -81,10 +94,14 @@ export class Readahead {
   /** Tops up the ranged requests ahead of a reader at chunk `at`: `window` bytes, or (0) `this.window` chunks. */
   private stream(at: number, window: number): void {
     const chunks = this.cache.index.chunks;
-    // A reader that moved elsewhere starts a new window.
-    if (this.requestedTo < at || chunks[this.requestedTo].offset - chunks[at].offset > 2 * PACK_WINDOW) {
-      this.requestedTo = at;
-    }
+    // A reader that moved elsewhere starts a new window (from chunk `at` itself: with kernel
+    // readahead, `at` is the furthest read so far, not the one waited on). One that only got ahead
+    // of the requests (a readahead window's furthest request came first) has the gap filled.
+    const moved =
+      this.requestedTo < 0 ||
+      chunks[at].offset - chunks[this.requestedTo].offset > this.slack ||
+      chunks[this.requestedTo].offset - chunks[at].offset > 2 * PACK_WINDOW;
+    if (moved) this.requestedTo = at - 1;
     const last = Math.min(at + this.window, chunks.length - 1);
     const until = window > 0 ? chunks[at].offset + chunks[at].length + window : chunks[last].offset + 1;
     // Top up only once half the window is used: fewer, larger requests.

@@ -1,0 +1,72 @@
+// The lazy daemon's sequential detection (src/lazy/readahead.ts) with the kernel's readahead on the
+// lazy file: a readahead window's requests reach the daemon at once, from several FUSE threads, in
+// any order. The stream of ranged requests must still start and stay ahead of the furthest read.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import type { PackLoader } from "../src/chunks/packloader.js";
+import type { ChunkCache } from "../src/lazy/cache.js";
+import { Readahead } from "../src/lazy/readahead.js";
+import { newStats } from "../src/lazy/stats.js";
+import type { BlockIndex } from "../src/store/types.js";
+
+const CHUNK = 128 << 10;
+const WINDOW = 4 << 20;
+
+/** A 64 MiB image of 128 KiB chunks, and pack segments that record which chunks were requested. */
+function setup(kernelReadahead: number) {
+  const n = 512;
+  const index = {
+    blockSize: n * CHUNK,
+    chunks: Array.from({ length: n }, (_, i) => ({
+      offset: i * CHUNK,
+      length: CHUNK,
+      digest: `sha256:${i.toString(16).padStart(64, "0")}`,
+    })),
+  } as BlockIndex;
+  const cache = { index, stats: newStats("sha256:x", index.blockSize) } as unknown as ChunkCache;
+  const requested = new Set<number>();
+  const packs = {
+    hasSegments: true,
+    async loadChunks(a: number, b: number) {
+      for (let i = a; i <= b; i++) requested.add(i);
+      return { chunks: b - a + 1, bytes: (b - a + 1) * CHUNK };
+    },
+  } as unknown as PackLoader;
+  const ra = new Readahead(cache, 4, () => {}, packs, kernelReadahead);
+  return { ra, requested };
+}
+
+/** Reads [0, upTo) as a kernel readahead would send it: windows of 128 KiB requests, each window shuffled. */
+function readInShuffledWindows(ra: Readahead, upTo: number): void {
+  let seed = 7;
+  const rand = () => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed / 2 ** 31;
+  };
+  for (let w = 0; w < upTo; w += WINDOW) {
+    const reqs = Array.from({ length: WINDOW / CHUNK }, (_, i) => w + i * CHUNK);
+    for (let i = reqs.length - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1));
+      [reqs[i], reqs[j]] = [reqs[j], reqs[i]];
+    }
+    for (const pos of reqs) ra.observe(pos, CHUNK);
+  }
+}
+
+test("requests of a kernel readahead window arriving out of order still stream ranges ahead of the furthest read", () => {
+  const { ra, requested } = setup(WINDOW);
+  readInShuffledWindows(ra, 32 << 20);
+  // Everything after the first window (its readers fetch their own chunks: the run starts once
+  // they cover 1 MiB), without a gap when a window's furthest request comes first, and beyond.
+  const read = (32 << 20) / CHUNK;
+  const missing = [];
+  for (let i = WINDOW / CHUNK; i < read; i++) if (!requested.has(i)) missing.push(i);
+  assert.deepEqual(missing, [], "chunks no range requested");
+  assert.ok(requested.has(read + 8), "the stream runs ahead of the furthest read");
+});
+
+test("without kernel readahead (direct I/O loop) the same shuffled requests do not look sequential", () => {
+  const { ra, requested } = setup(0);
+  readInShuffledWindows(ra, 32 << 20);
+  assert.ok(requested.size < 64, `${requested.size} chunks requested ahead`);
+});
