@@ -26,7 +26,13 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { setUpNetwork } from "../src/network/attach.js";
-import { addNetworkList, type CniConfList, delNetworkList, execPlugin } from "../src/network/cni.js";
+import {
+  addNetworkList,
+  type CniConfList,
+  delNetworkList,
+  execPlugin,
+  pluginConfig,
+} from "../src/network/cni.js";
 import {
   DEFAULT_PLUGIN_DIRS,
   homeDefaultNetwork,
@@ -36,7 +42,7 @@ import {
 } from "../src/network/conflist.js";
 import { poolReady, timeNetworkSetup } from "../src/network/cost.js";
 import { createNetns, deleteNetns } from "../src/network/netns.js";
-import { OWNERS_DIR, poolDir } from "../src/network/owners.js";
+import { OWNERS_DIR, poolDir, RunRecorder } from "../src/network/owners.js";
 import { startNetworkPool } from "../src/network/pool.js";
 import { type NetworkResource, releaseNetworkResource } from "../src/network/resources.js";
 import { wireTap } from "../src/network/tap.js";
@@ -257,6 +263,36 @@ async function main(): Promise<void> {
       await handedOff();
       handedOffMs.length = 0;
       backgroundMs.length = 0;
+      // portmap's ADD and DEL alone on one attached namespace: with the home's mark chain as its
+      // externalSetMarkChain (the default network now) and with its own SETMARK/MASQ chains (as before)
+      const pmNs = `${names.netnsPrefix}pm${process.pid}`;
+      const pmAt = { containerId: `pm${process.pid}`, netns: `/run/netns/${pmNs}`, ifName: "eth0" };
+      // recorded as a run's (owners.ts): a sweep meanwhile must not take its lease for an unheld one
+      const pmRes: NetworkResource[] = [
+        { kind: "netns", name: pmNs },
+        { kind: "cni", list, attachment: pmAt, pluginDirs: DEFAULT_PLUGIN_DIRS },
+      ];
+      await new RunRecorder(home.root, pmAt.containerId, pmNs).add(...pmRes);
+      await createNetns(pmNs);
+      const pmResult = await addNetworkList(list, pmAt, DEFAULT_PLUGIN_DIRS);
+      Object.assign(pmRes[1]!, { result: pmResult });
+      const portmapOnce = async (own: boolean, port: number) => {
+        const { externalSetMarkChain: _x, ...ownChains } = list.plugins[1]!;
+        const plugin = own ? ownChains : list.plugins[1]!;
+        const at = {
+          ...pmAt,
+          capabilityArgs: {
+            portMappings: [{ hostIP: "127.0.0.1", hostPort: port, containerPort: 80, protocol: "tcp" }],
+          },
+        };
+        const conf = pluginConfig(list, plugin, at, pmResult);
+        const t0 = now();
+        await execPlugin(conf, "ADD", at, DEFAULT_PLUGIN_DIRS);
+        const t1 = now();
+        await execPlugin(conf, "DEL", at, DEFAULT_PLUGIN_DIRS);
+        return { add: t1 - t0, del: now() - t1 };
+      };
+      const pm = { add: [] as number[], del: [] as number[], addOwn: [] as number[], delOwn: [] as number[] };
       // the service's pool (pool.ts), here kept by this process: one ready namespace, refilled between rounds
       const pool = startNetworkPool(home, { size: 1 });
       const t = {
@@ -287,8 +323,24 @@ async function main(): Promise<void> {
         };
         const p = await timeNetworkSetup(home, true, [port]);
         t.pooledP.push(p.setupMs + p.teardownMs);
+        // each first in turn: the second may pay (or gain) for what the first left
+        const pmPort = 44000 + (i % 1000);
+        let mine: { add: number; del: number };
+        let own: { add: number; del: number };
+        if (i % 2 === 0) {
+          mine = await portmapOnce(false, pmPort);
+          own = await portmapOnce(true, pmPort);
+        } else {
+          own = await portmapOnce(true, pmPort);
+          mine = await portmapOnce(false, pmPort);
+        }
+        pm.add.push(mine.add);
+        pm.del.push(mine.del);
+        pm.addOwn.push(own.add);
+        pm.delOwn.push(own.del);
       }
       await pool.stop();
+      for (const r of [...pmRes].reverse()) await releaseNetworkResource(r);
       const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
       row(
         "network setup+teardown, runc, now (netns with lo, bridge+host-local)",
@@ -333,6 +385,14 @@ async function main(): Promise<void> {
       row(
         "  same with one -p, from the pool (portmap ADD on a ready namespace), teardown inline",
         `${median(t.pooledP).toFixed(1)} ms (${ratio(median(t.pooledP), median(t.runcP))})`,
+      );
+      row(
+        "  portmap ADD / DEL of one -p, externalSetMarkChain = the home's chain (now)",
+        `${median(pm.add).toFixed(1)} / ${median(pm.del).toFixed(1)} ms (ADD ${ratio(median(pm.add), median(pm.addOwn))} of before)`,
+      );
+      row(
+        "  portmap ADD / DEL of one -p, its own SETMARK/MASQ chains (before)",
+        `${median(pm.addOwn).toFixed(1)} / ${median(pm.delOwn).toFixed(1)} ms`,
       );
       row("  VM, design A: same + TAP wired to the veth with tc (chosen)", `${median(t.vm).toFixed(1)} ms`);
       row(

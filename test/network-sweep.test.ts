@@ -263,6 +263,10 @@ test("which rules are dead: by the network's tag, the run's id, and addresses no
     '-A POSTROUTING -s 10.9.9.9/32 -m comment --comment "name: \\"other\\" id: \\"r2\\"" -j CNI-fedcba9876543210fedcba98',
     '-A POSTROUTING -s 10.9.9.8/32 -m comment --comment "name: \\"other\\" id: \\"r3\\"" -j CNI-aaaabbbbccccddddeeeeffff',
     "-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE",
+    // the homes' own mark chains (homerules.ts), portmap's externalSetMarkChain: a dead home's goes last
+    '-A KINDLING-aaaaaaaa-MARK -m comment --comment "kindling-aaaaaaaa mark" -j MARK --set-xmark 0x2000/0x2000',
+    '-A KINDLING-bbbbbbbb-MARK -m comment --comment "kindling-bbbbbbbb mark" -j MARK --set-xmark 0x2000/0x2000',
+    "-A CNI-DN-0123456789abcdef0123 -s 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j KINDLING-aaaaaaaa-MARK",
   ];
   const rules = parseRules(save.join("\n"));
   const live = {
@@ -286,6 +290,9 @@ test("which rules are dead: by the network's tag, the run's id, and addresses no
     assert.ok(lines.indexOf(`-F ${c}`) < lines.indexOf(`-X ${c}`), c);
     assert.ok(lines.indexOf(`-X ${c}`) > lines.indexOf(save[0]!.replace("-A ", "-D ")), c);
   }
+  assert.ok(lines.includes(save[8]!.replace("-A ", "-D ")));
+  assert.ok(lines.indexOf("-X KINDLING-aaaaaaaa-MARK") > lines.indexOf("-X CNI-DN-0123456789abcdef0123"));
+  assert.ok(!script.includes("KINDLING-bbbbbbbb-MARK"));
   assert.ok(!script.includes("kindling-bbbbbbbb"));
   assert.ok(!script.includes("CNI-aaaabbbbccccddddeeeeffff"));
   assert.ok(!script.includes("CNI-HOSTPORT-MASQ"));

@@ -502,9 +502,13 @@ test("a kindling run (its supervisor) hands its network teardown to a process of
   assert.deepEqual(records, []);
 });
 
-test("a home's default network as first written (per-run masquerade, firewall) is upgraded; an edited one is kept", async () => {
-  for (const edited of [false, true]) {
-    const h = new KindlingHome(path.join(tmp, `upgrade-${edited}`)).ensure();
+test("a home's default network as Kindling wrote it before (per-run masquerade, firewall; portmap's own mark chains) is upgraded; an edited one is kept", async () => {
+  for (const [edited, second] of [
+    [false, false],
+    [true, false],
+    [false, true],
+  ] as const) {
+    const h = new KindlingHome(path.join(tmp, `upgrade-${edited}-${second}`)).ensure();
     const names = homeNetworkNames(h);
     const subnet = "10.250.250.0/24";
     const first = {
@@ -515,7 +519,7 @@ test("a home's default network as first written (per-run masquerade, firewall) i
           type: "bridge",
           bridge: names.bridge,
           isGateway: true,
-          ipMasq: true,
+          ipMasq: !second,
           hairpinMode: true,
           ipam: {
             type: "host-local",
@@ -526,7 +530,7 @@ test("a home's default network as first written (per-run masquerade, firewall) i
           ...(edited ? { mtu: 1400 } : {}),
         },
         { type: "portmap", capabilities: { portMappings: true }, snat: true },
-        { type: "firewall", backend: "iptables" },
+        ...(second ? [] : [{ type: "firewall", backend: "iptables" }]),
       ],
     };
     await mkdir(names.dir, { recursive: true });
@@ -543,6 +547,7 @@ test("a home's default network as first written (per-run masquerade, firewall) i
         ["bridge", "portmap"],
       );
       assert.equal(list.plugins[0]!.ipMasq, false);
+      assert.equal(list.plugins[1]!.externalSetMarkChain, `KINDLING-${names.tag}-MARK`);
       assert.match(JSON.stringify(list), /"subnet":"10\.250\.250\.0\/24"/, "the same subnet");
       assert.deepEqual(onDisk, list);
     }

@@ -11,7 +11,7 @@ import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 import type { KindlingHome } from "../util/home.js";
 import type { CniConfList, CniPluginConf } from "./cni.js";
-import { ensureHomeRules, removeHomeRules } from "./homerules.js";
+import { ensureHomeRules, homeMarkChain, removeHomeRules } from "./homerules.js";
 import { forgetHome, homeTag, recordHome, waitForHandOffs } from "./owners.js";
 
 /** Where Debian's containernetworking-plugins puts the plugins, then the upstream default. */
@@ -75,7 +75,13 @@ export function defaultConfList(names: HomeNetworkNames, subnet: string): CniCon
           dataDir: path.join(names.dir, "ipam"),
         },
       },
-      { type: "portmap", capabilities: { portMappings: true }, snat: true },
+      // its masquerade mark chain is the home's (homerules.ts): half of its ADD's time went to checking its own
+      {
+        type: "portmap",
+        capabilities: { portMappings: true },
+        snat: true,
+        externalSetMarkChain: homeMarkChain(names.tag),
+      },
     ],
   };
 }
@@ -198,25 +204,26 @@ export async function homeDefaultNetwork(home: KindlingHome): Promise<CniConfLis
 }
 
 /**
- * The default network as Kindling first wrote it (until the home rules replaced the bridge plugin's
- * per-run `ipMasq` and the firewall plugin): a home's file that is exactly this, on its subnet, is
- * Kindling's own and is upgraded in place; any other file (edited by someone) is kept as it is.
+ * The default networks Kindling wrote before: first (until the home rules replaced the bridge plugin's
+ * per-run `ipMasq` and the firewall plugin), then without portmap's external mark chain. A home's file
+ * that is exactly one of these, on its subnet, is Kindling's own and is upgraded in place; any other
+ * file (edited by someone) is kept as it is.
  */
-function firstDefaultConfList(names: HomeNetworkNames, subnet: string): CniConfList {
+function earlierDefaultConfLists(names: HomeNetworkNames, subnet: string): CniConfList[] {
   const now = defaultConfList(names, subnet);
-  return {
+  const portmap = { type: "portmap", capabilities: { portMappings: true }, snat: true };
+  const second = { ...now, plugins: [now.plugins[0]!, portmap] };
+  const first = {
     ...now,
-    plugins: [
-      { ...now.plugins[0]!, ipMasq: true },
-      ...now.plugins.slice(1),
-      { type: "firewall", backend: "iptables" },
-    ],
+    plugins: [{ ...now.plugins[0]!, ipMasq: true }, portmap, { type: "firewall", backend: "iptables" }],
   };
+  return [first, second];
 }
 
 async function upgraded(names: HomeNetworkNames, file: string, list: CniConfList): Promise<CniConfList> {
   const subnet = defaultSubnet(list);
-  if (!subnet || JSON.stringify(list) !== JSON.stringify(firstDefaultConfList(names, subnet))) return list;
+  const text = JSON.stringify(list);
+  if (!subnet || !earlierDefaultConfLists(names, subnet).some((l) => JSON.stringify(l) === text)) return list;
   const now = defaultConfList(names, subnet);
   // runs made on the old list keep it in their records: their release runs the plugins they were given
   await writeFileAtomic(file, `${JSON.stringify(now, null, 2)}\n`);

@@ -16,6 +16,8 @@ const TAG_IN_COMMENT = /--comment "(?:[^"\\]|\\.)*?kindling-([0-9a-f]{8})\b/;
 /** The attachment (container id) a CNI plugin names in a rule's comment: `id: \"<id>\"`. */
 const ID_IN_COMMENT = /--comment "(?:[^"\\]|\\.)*?id: \\"([^"\\]+)\\"/;
 const FORWARD_ADDRESS = /^-A CNI-FORWARD (?:-[sd]) (\d+\.\d+\.\d+\.\d+)\/32 /;
+/** A home's own chain (homerules.ts: portmap's mark chain), deleted with the home's rules. */
+const HOME_CHAIN = /^KINDLING-[0-9a-f]{8}-MARK$/;
 
 export interface Rule {
   chain: string;
@@ -77,13 +79,17 @@ export function deadRulesScript(
   for (const rule of rules) {
     if (rule.target && chains.has(rule.target)) dead.add(rule);
   }
+  // a dead home's own chain goes once its rule and every per-attachment chain jumping to it are gone
+  const homeChains = new Set([...dead].map((r) => r.chain).filter((c) => HOME_CHAIN.test(c)));
   const lines: string[] = [];
   // first the jumps into the chains, then the chains' own rules go with -F, then the chains
   for (const rule of dead) if (!chains.has(rule.chain)) lines.push(rule.line.replace(/^-A /, "-D "));
   for (const c of chains) lines.push(`-F ${c}`);
   for (const c of chains) lines.push(`-X ${c}`);
+  for (const c of homeChains) lines.push(`-X ${c}`);
   if (lines.length === 0) return { script: "", count: 0 };
-  return { script: `*${table}\n${lines.join("\n")}\nCOMMIT\n`, count: dead.size + chains.size };
+  const count = dead.size + chains.size + homeChains.size;
+  return { script: `*${table}\n${lines.join("\n")}\nCOMMIT\n`, count };
 }
 
 /**

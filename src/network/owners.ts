@@ -59,7 +59,8 @@ export async function recordHome(homeRoot: string): Promise<void> {
 /** Drops a home's record and the marker of its rules (homerules.ts). */
 export async function forgetHome(tag: string): Promise<void> {
   await rm(poolDir(tag), { recursive: true, force: true }); // ready marks of its runs, released already
-  await unlink(path.join(HOMES, `${tag}.rules`)).catch(() => {});
+  for (const f of [`${tag}.rules`, `${tag}.mark`, `${tag}.lock`])
+    await unlink(path.join(HOMES, f)).catch(() => {});
   await unlink(homeFile(tag)).catch(() => {});
 }
 
@@ -150,7 +151,7 @@ export async function removeOrphanReleaseFiles(): Promise<void> {
  */
 export async function removeOrphanPoolMarks(): Promise<void> {
   for (const f of await readdir(HOMES).catch(() => [] as string[])) {
-    const tag = /^([0-9a-f]{8})\.rules$/.exec(f)?.[1];
+    const tag = /^([0-9a-f]{8})\.(?:rules|mark)$/.exec(f)?.[1];
     if (tag && !(await exists(homeFile(tag)))) await unlink(path.join(HOMES, f)).catch(() => {});
   }
   for (const tag of await readdir(POOL).catch(() => [] as string[])) {

@@ -63,13 +63,14 @@ export async function sweepDeadNetworks(): Promise<string[]> {
   return (await sweepNetwork({ full: true })).errors;
 }
 
-/** The iptables rules (nat and filter) that name the home's network at all, its own rules included. */
+/** The iptables rules and chains (nat and filter) that name the home's network at all, its own included. */
 export async function homeRulesLeft(home: KindlingHome): Promise<string[]> {
   const { network } = homeNetworkNames(home);
   const out: string[] = [];
   for (const table of ["nat", "filter"]) {
+    // (case apart: the home's portmap mark chain is KINDLING-<tag>-MARK)
     for (const r of (await exec("iptables", ["-t", table, "-S"])).stdout.split("\n"))
-      if (r.includes(network)) out.push(`iptables -t ${table}: ${r}`);
+      if (r.toLowerCase().includes(network)) out.push(`iptables -t ${table}: ${r}`);
   }
   return out;
 }
