@@ -22,7 +22,9 @@
  *             hence `--network none` for Kindling's runs).
  * All from one docker-registry on 127.0.0.1, interleaved per round (order rotated), medians and ratios.
  * From the lazy daemon's counters (trace.ts) each cold row also gets: time to the first chunk byte,
- * time readers spent blocked, requests in flight over time (--trace-out FILE writes the timelines).
+ * time readers spent blocked, requests in flight over time (--trace-out FILE writes the timelines);
+ * from the KINDLING_TRACE steps of the pull and the runs (src/util/trace.ts), a "phases" line per
+ * variant: the lazy daemon's start to serving, the run's wait for the image, the process's time.
  *   node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py "import numpy"]
  *     [--variants cold,profiled,baseline (default; also files, profiled+files, sorted+files,
  *      sorted+profiled+files, cold-nopacks, profiled-nopacks, profiled-nostart, profiled-chunks)] [--trace-out FILE]
@@ -216,6 +218,34 @@ interface Row {
   settledBytes?: number;
   pullMs?: number;
   daemon?: DaemonView;
+  /** From the run's KINDLING_TRACE steps (phases()). */
+  phases?: Phases;
+}
+
+/** Where a run's time went, from its KINDLING_TRACE steps (ms; NaN when a step is missing). */
+interface Phases {
+  /** The lazy daemon's process start to serving (its mounts done): the cold run's daemon. */
+  daemonStartMs: number;
+  /** The supervisor's wait for the image (client attached -> block image opened). */
+  imageWaitMs: number;
+  /** The container's process started -> its first output (python's import through the rootfs). */
+  processMs: number;
+}
+
+/** Phases of one run from its trace file (lines "<epoch ms> <who>:<pid> <step>"). */
+async function phases(file: string): Promise<Phases> {
+  const steps = new Map<string, number>();
+  for (const line of (await readFile(file, "utf8").catch(() => "")).split("\n")) {
+    const m = /^([\d.]+) \S+ (.*)$/.exec(line);
+    if (m && !steps.has(m[2]!)) steps.set(m[2]!, Number(m[1]));
+  }
+  const span = (a: string, b: string) => (steps.get(b) ?? Number.NaN) - (steps.get(a) ?? Number.NaN);
+  return {
+    daemonStartMs: span("lazy: process start", "lazy: serving"),
+    // 0 when the image was open before the client attached (a warm run opens it meanwhile)
+    imageWaitMs: Math.max(0, span("supervisor: client attached", "rootfs: block image opened")),
+    processMs: span("supervisor: started", "supervisor: first stdout"),
+  };
 }
 
 /** Fresh counters of the image's lazy daemons in `home` (asked with SIGUSR2, as `image inspect` does). */
@@ -448,11 +478,14 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     // A fresh worker: its service already runs (systemd, contrib/kindling.service), its image cache is empty.
     await kindling(root, ["info"], env);
     const t0 = now();
-    await kindling(root, ["image", "pull", "--insecure", ref], env);
+    // Each process of the pull and the cold run appends its steps here (src/util/trace.ts).
+    const coldTrace = path.join(tmp, `trace-${round}-cold`);
+    const warmTrace = path.join(tmp, `trace-${round}-warm`);
+    await kindling(root, ["image", "pull", "--insecure", ref], { ...env, KINDLING_TRACE: coldTrace });
     const pullMs = now() - t0;
     const registry = REGISTRY ? 0 : await registryPid(tmp);
     const regBefore = await cpuMs(registry);
-    const cold = await kindling(root, runArgs(ref), env);
+    const cold = await kindling(root, runArgs(ref), { ...env, KINDLING_TRACE: coldTrace });
     const registryCpu = (await cpuMs(registry)) - regBefore;
     const record = await loadImage(home, ref);
     blockSize = record.blockSize;
@@ -462,7 +495,7 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     const stats = await daemonStats(home, record.digest);
     // What came from the registry (verified): chunks, and startup ranges, which are not kept as chunks.
     const fetchedBytes = Math.max(await localBytes(home, index), stats?.bytesFetched ?? 0);
-    const warm = await kindling(root, runArgs(ref), env);
+    const warm = await kindling(root, runArgs(ref), { ...env, KINDLING_TRACE: warmTrace });
     if (!cold.out.trim() || cold.out !== warm.out)
       throw new Error(`unexpected output ${JSON.stringify(cold.out)}`);
     // Background fetches the cold run started may have gone on: what they added counts too.
@@ -479,8 +512,15 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
         daemon: stats
           ? viewOf(stats, cold.startedAt, { daemon: daemonCpu, registry: registryCpu })
           : undefined,
+        phases: await phases(coldTrace),
       },
-      { variant: "warm", of: variant, ms: warm.ms, firstOutputMs: warm.firstOutputMs },
+      {
+        variant: "warm",
+        of: variant,
+        ms: warm.ms,
+        firstOutputMs: warm.firstOutputMs,
+        phases: await phases(warmTrace),
+      },
     ];
     return rows;
   } finally {
@@ -573,6 +613,17 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
       : "";
     console.log(
       `${v}: cold/warm = ${(cold / warm).toFixed(2)}x (target <= 2)${vsBase}, fetched ${pct(fetched)} (target <= 25%)`,
+    );
+  }
+  const ph = (rs: Row[], f: (p: Phases) => number) => {
+    const v = med(rs, (r) => (r.phases ? f(r.phases) : undefined));
+    return Number.isNaN(v) ? "-" : v.toFixed(0);
+  };
+  for (const v of colds) {
+    const rs = pick(v);
+    const w = pick("warm", v);
+    console.log(
+      `phases ${v} (median ms, KINDLING_TRACE): lazy daemon start ${ph(rs, (p) => p.daemonStartMs)}, run waits for the image ${ph(rs, (p) => p.imageWaitMs)} (warm ${ph(w, (p) => p.imageWaitMs)}), process to first output ${ph(rs, (p) => p.processMs)} (warm ${ph(w, (p) => p.processMs)})`,
     );
   }
   console.log(
