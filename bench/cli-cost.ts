@@ -13,6 +13,8 @@
  *   in-process    the path before the service: one Node process parses, prepares, runs and releases
  *                 (src/runtime/lifecycle.ts runContainer, as `kindling run` did until now)
  *   unbundled     the same thin entry as tsc compiled it (dist/src/cli/entry.js: one module per file)
+ *   tty           `kindling run -t` (as shipped): the process on a pseudo-terminal (runc runs on a host
+ *                 pty from node-pty and relays the container's own; the output is the terminal's)
  * Then the phases of a service run, timed by the client library inside this process (no Node start):
  * create (the API call), attach, attach to first output, first output to the end (the release included).
  * V8's compile cache (module.enableCompileCache, NODE_COMPILE_CACHE) exists from Node 22.1; on an
@@ -244,6 +246,7 @@ async function main(): Promise<void> {
       "unbundled",
       () => timed(process.execPath, [path.join(DIST_CLI, "entry.js"), ...runArgs], env),
     ]);
+    variants.push(["tty", () => timed(process.execPath, [kindling, "run", "-t", ...runFlags], env)]);
     const { enableCompileCache } = (await import("node:module")) as { enableCompileCache?: unknown };
     const compileCache = typeof enableCompileCache === "function";
     if (compileCache) {
@@ -261,7 +264,7 @@ async function main(): Promise<void> {
     // Warm-up: the services start, the lazy daemons start, chunks are cached, every variant runs once.
     for (const [name, run] of variants) {
       const r = await run();
-      if (name !== "node" && r.out !== "hi\n")
+      if (name !== "node" && r.out !== (name === "tty" ? "hi\r\n" : "hi\n"))
         throw new Error(`${name}: unexpected output ${JSON.stringify(r.out)}`);
     }
     const times = new Map<string, number[]>(variants.map(([n]) => [n, []]));

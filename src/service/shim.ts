@@ -608,14 +608,13 @@ async function supervise(dir: string): Promise<void> {
   await run.saved();
   trace("supervisor: state exited written, log closed");
   run.wakeWaiters();
-  // Let answers to /wait and /stop go out, then close the socket.
+  // The answers to /wait and /stop are on their way on their connections (this process leaves only
+  // after a pause for them: main); new ones are refused, and the socket's file goes (with --rm, with the dir).
   server.close();
   setTimeout(() => server.closeAllConnections(), 200).unref();
-  await new Promise((r) => setTimeout(r, client ? 5 : 50));
-  await unlink(sock).catch(() => {});
-  trace("supervisor: socket closed");
   if (record.autoRemove) await removeContainerDir(dir);
-  trace("supervisor: container dir removed");
+  else await unlink(sock).catch(() => {});
+  trace("supervisor: socket closed, container dir removed with --rm");
   // Last: the attached client learns the end once everything is released (the CLI exits on it).
   if (client) {
     if (failure !== undefined || !result) {
@@ -671,6 +670,7 @@ async function main(): Promise<void> {
 main().then(
   async () => {
     await handOffsDone(); // the network's release process owns its record now (src/network/teardown.ts)
+    await new Promise((r) => setTimeout(r, 50)); // the last answers (/wait, /stop) go out
     trace("supervisor: exit");
     process.exit(0);
   },
