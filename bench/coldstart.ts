@@ -49,6 +49,7 @@ import { liveDaemonPids } from "../src/lazy/index.js";
 import { checkProfile, profileReadsPath, readProfileFile, readProfileReads } from "../src/lazy/profile.js";
 import { statsDir } from "../src/lazy/stats.js";
 import type { LazyStats } from "../src/lazy/types.js";
+import { removeHomeNetwork } from "../src/network/conflist.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
 import { loadImage } from "../src/store/catalog.js";
 import { localBytes } from "../src/store/local.js";
@@ -524,6 +525,8 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     ];
     return rows;
   } finally {
+    // The home's service made a bridge and rules for its namespace pool: they go with the home.
+    await removeHomeNetwork(home).catch(() => {});
     await releaseHome(home);
   }
 }
