@@ -14,9 +14,10 @@
  *            cache (`dd iflag=nocache`, per file: no machine-wide drop_caches), so the read goes
  *            through a new daemon, FUSE mount, loop device and SquashFS, from disk.
  * The time is taken inside the container around `cat` alone, so only the read is compared.
- * Variants: `new` (the defaults), `old` (KINDLING_LAZY_KERNEL_READAHEAD=0: the loop device reads
- * the lazy file with direct I/O, one daemon round trip per SquashFS block, as before).
- *   node dist/bench/cold-cat.js [--n 3] [--file /data/big/blob-07] [--variants new,old]
+ * Variants: `dio` (KINDLING_LAZY_KERNEL_READAHEAD=0, the default: the loop device reads the lazy
+ * file with direct I/O, one daemon round trip per SquashFS block), `raK` (K KiB of kernel
+ * readahead on the lazy file, read by the loop device through the page cache; e.g. ra4096).
+ *   node dist/bench/cold-cat.js [--n 3] [--file /data/big/blob-07] [--variants dio,ra4096]
  *     [--ref HOST/REPO:TAG]   (the image pushed already, to a plain-HTTP registry: no import, no push)
  */
 import { spawn } from "node:child_process";
@@ -38,12 +39,15 @@ const argOf = (name: string): string | undefined => {
 };
 const N = Number(argOf("n") ?? 3);
 const FILE = argOf("file") ?? "/data/big/blob-07";
-const VARIANTS = (argOf("variants") ?? "new,old").split(",");
-const VARIANT_ENV: Record<string, Record<string, string>> = {
-  new: {},
-  old: { KINDLING_LAZY_KERNEL_READAHEAD: "0" },
-};
-for (const v of VARIANTS) if (!VARIANT_ENV[v]) throw new Error(`unknown variant ${v} (new, old)`);
+const VARIANTS = (argOf("variants") ?? "dio,ra4096").split(",");
+/** `dio`: KINDLING_LAZY_KERNEL_READAHEAD=0 (the default); `raK`: K KiB of kernel readahead. */
+function variantEnv(v: string): Record<string, string> {
+  if (v === "dio") return { KINDLING_LAZY_KERNEL_READAHEAD: "0" };
+  const kib = /^ra(\d+)$/.exec(v)?.[1];
+  if (!kib) throw new Error(`unknown variant ${v} (dio, or raKIB such as ra4096)`);
+  return { KINDLING_LAZY_KERNEL_READAHEAD: String(Number(kib) * 1024) };
+}
+const VARIANT_ENV = Object.fromEntries(VARIANTS.map((v) => [v, variantEnv(v)]));
 /** Bench homes keep no warm daemon, so the image's daemon exits soon after a run (for `dropped`). */
 const HOME_ENV = { KINDLING_SERVICE_WARM_IMAGES: "0", KINDLING_LAZY_IDLE_MS: "5000" };
 const KINDLING = path.join(REPO, "dist", "src", "cli", "main.js");
@@ -192,10 +196,11 @@ async function main(): Promise<void> {
       `${variant}: per round cold ${ms(t.cold)} ms, warm ${ms(t.warm)} ms, dropped ${ms(t.dropped)} ms`,
     );
   }
-  if (times.has("new") && times.has("old")) {
-    const [n, o] = [times.get("new")!, times.get("old")!];
+  const dio = times.get("dio");
+  for (const [variant, t] of times) {
+    if (!dio || variant === "dio") continue;
     console.log(
-      `new/old speed: cold ${(median(o.cold) / median(n.cold)).toFixed(2)}x, dropped ${(median(o.dropped) / median(n.dropped)).toFixed(2)}x (target: cold >= 0.333 of warm)`,
+      `${variant}/dio speed: cold ${(median(dio.cold) / median(t.cold)).toFixed(2)}x, dropped ${(median(dio.dropped) / median(t.dropped)).toFixed(2)}x (target: cold >= 0.333 of warm)`,
     );
   }
 }

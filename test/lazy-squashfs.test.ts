@@ -155,7 +155,7 @@ async function readPath(): Promise<{ dio: string; fuseReadaheadKb: number }> {
 test("the image's SquashFS reads the lazy file through the page cache with kernel readahead (0: direct I/O)", async () => {
   const { record } = await indexBytes(home, image, 128 << 10);
   const dir = path.join(tmp, "view-ra");
-  // The default: a sequential reader's SquashFS blocks are requested ahead of it, in parallel.
+  // With readahead: a sequential reader's SquashFS blocks are requested ahead of it, in parallel.
   await withConfig({ lazyKernelReadahead: 8 << 20 }, () => mountImage(home, record, dir));
   try {
     assert.deepEqual(await readPath(), { dio: "0", fuseReadaheadKb: 8192 });
@@ -164,7 +164,7 @@ test("the image's SquashFS reads the lazy file through the page cache with kerne
   } finally {
     await umountImage(home, dir);
   }
-  // 0: as before, direct I/O, the FUSE file's readahead left as the kernel set it.
+  // 0 (the default): direct I/O, the FUSE file's readahead left as the kernel set it.
   await withConfig({ lazyKernelReadahead: 0 }, () => mountImage(home, record, dir));
   try {
     const p = await readPath();
