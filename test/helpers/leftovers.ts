@@ -20,6 +20,27 @@ export async function pidsNaming(needle: string, prog = ""): Promise<number[]> {
   return out;
 }
 
+async function releaseProcessesOf(home: string): Promise<number> {
+  let n = 0;
+  for (const pid of await pidsNaming("/run/kindling/network/runs/", "/bin/sh")) {
+    if ((await readCmdline(pid)).includes(`${home}/`)) n++;
+  }
+  return n;
+}
+
+/**
+ * A run's network is released by a process handed off at its end (src/network/teardown.ts), which may
+ * still be running when the run's client has returned: waits (bounded) for those of `home`, so the
+ * scan reports only one that does not finish.
+ */
+async function networkReleasesDone(home: string, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if ((await releaseProcessesOf(home)) === 0) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /**
  * What a run under `home` might have left on the host (after stopping the home's service): mounts under it (overlay, squashfs, lazy
  * FUSE), loop devices on `imageFile` or on files under `home`, processes naming `home` (runc,
@@ -32,6 +53,7 @@ export async function leftovers(home: string, imageFile?: string, ids: string[] 
   // first; containers still running under their supervisors are not touched (and are reported).
   await stopHomeService(home);
   await stopIdleShared(new KindlingHome(home));
+  await networkReleasesDone(home);
   const out: string[] = [];
   for (const m of await mountsUnder(home)) out.push(`mount ${m.mountPoint}`);
   for (const line of await attachedLoops()) {
