@@ -124,7 +124,7 @@ export const SETTINGS = {
     default: undefined,
     defaultText: "unset",
     describe:
-      "a file each process of a run (CLI, service, supervisor) appends timestamped steps to (measurement: `bench/cli-cost.ts --trace`)",
+      "a file each process of a run (CLI, service, supervisor, lazy daemon) and of `image pull` appends timestamped steps to (measurement: `bench/cli-cost.ts --trace`, `bench/coldstart.ts`)",
   }),
   buildTmpfs: setting({
     env: "KINDLING_BUILD_TMPFS",
