@@ -9,13 +9,12 @@
  * home whose rules came before it gets it on its next run), with one iptables-restore; the comment
  * `kindling-<tag> ...` names the owner, so the sweep removes them (and the chain) once the home is gone.
  */
-import { mkdir, open, readFile, unlink, writeFile } from "node:fs/promises";
+import { mkdir, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { isSameProcess, processStartTime } from "../host/process.js";
 import { exec } from "../util/exec.js";
 import { removeDeadRules } from "./iptables.js";
-import { exists, OWNERS_DIR } from "./owners.js";
+import { exists, OWNERS_DIR, takePidLock } from "./owners.js";
 
 /** The two parts, each made once per home and boot: the marker's suffix. */
 type Part = "rules" | "mark";
@@ -62,7 +61,7 @@ export async function ensureHomeRules(tag: string, subnet: string): Promise<void
   await mkdir(path.dirname(marker(tag, "rules")), { recursive: true });
   const lock = path.join(OWNERS_DIR, "homes", `${tag}.lock`);
   const deadline = Date.now() + 10_000;
-  while (!(await takeLock(lock))) {
+  while (!(await takePidLock(lock))) {
     if (await allMade(tag)) return;
     if (Date.now() > deadline)
       throw new Error(`network kindling-${tag}: its rules are being made by another process (${lock})`);
@@ -89,22 +88,6 @@ const PARTS: Part[] = ["rules", "mark"];
 async function allMade(tag: string): Promise<boolean> {
   for (const part of PARTS) if (!(await exists(marker(tag, part)))) return false;
   return true;
-}
-
-/** A lock file with this process's pid; one whose process is gone is taken over. */
-async function takeLock(lock: string): Promise<boolean> {
-  try {
-    const fh = await open(lock, "wx");
-    await fh.writeFile(`${process.pid} ${processStartTime(process.pid) ?? 0}\n`);
-    await fh.close();
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-    const [pid, start] = (await readFile(lock, "utf8").catch(() => "")).trim().split(" ").map(Number);
-    // (a lock being written has no pid yet: left to its writer)
-    if (pid! > 0 && !isSameProcess(pid!, start)) await unlink(lock).catch(() => {});
-    return false;
-  }
 }
 
 /** Removes the home's rules (its runs must have ended): the rules naming its tag, its chain, the markers. */
