@@ -135,13 +135,61 @@ export class RunDir {
   }
 }
 
+/** Run dirs taken out of run/ whose files are removed later (deferRunDirRemoval). */
+const deferred: string[] = [];
+let deferRemoval = false;
+
+/**
+ * A container's supervisor (src/service/shim.ts) reports a run's end before its run dir's files are
+ * removed (~20 small files and dirs: tens of ms on a busy disk): the run dir leaves run/ in one rename
+ * once nothing is mounted under it, and removeDeferredRunDirs() removes the files after the report.
+ * Off by default: in-process callers (tests, benchmarks) find the run dir gone once the run ended.
+ */
+export function deferRunDirRemoval(on: boolean): void {
+  deferRemoval = on;
+}
+
+/** Removes the run dirs whose removal was deferred. */
+export async function removeDeferredRunDirs(): Promise<void> {
+  await Promise.all(deferred.splice(0).map((d) => rm(d, { recursive: true, force: true }).catch(() => {})));
+}
+
+/** Where a run dir goes until its files are removed: the home's tmp/ (same filesystem; swept if left). */
+const asideOf = (dir: string) =>
+  path.join(path.dirname(path.dirname(dir)), "tmp", `${ASIDE}${path.basename(dir)}`);
+const ASIDE = "run-removed-";
+
 /** Removes a run dir, but never through a mount: a leftover mount is reported, not emptied. */
 async function removeRunDir(dir: string): Promise<void> {
   const left = await mountsUnder(dir);
   if (left.length > 0) {
     throw new Error(`not removing ${dir}: still mounted at ${left.map((m) => m.mountPoint).join(", ")}`);
   }
+  if (deferRemoval) {
+    const aside = asideOf(dir);
+    const moved = await rename(dir, aside).then(
+      () => true,
+      () => false,
+    );
+    if (moved) {
+      deferred.push(aside);
+      return;
+    }
+  }
   await rm(dir, { recursive: true, force: true });
+}
+
+/** Run dirs a supervisor took out of run/ and died before removing (files only: nothing mounted). */
+async function removeLeftAside(home: KindlingHome): Promise<void> {
+  const names = await readdir(home.tmp).catch(() => [] as string[]);
+  for (const n of names.filter((x) => x.startsWith(ASIDE))) {
+    const dir = path.join(home.tmp, n);
+    const age = await stat(dir).then(
+      (s) => Date.now() - s.mtimeMs,
+      () => 0,
+    );
+    if (age > 60_000) await rm(dir, { recursive: true, force: true }).catch(() => {});
+  }
 }
 
 export interface CleanupReport {
@@ -157,6 +205,7 @@ export interface CleanupReport {
  */
 export async function cleanupStaleRuns(home: KindlingHome): Promise<CleanupReport> {
   const report: CleanupReport = { cleaned: [], errors: [] };
+  await removeLeftAside(home);
   let entries: string[];
   try {
     entries = await readdir(home.runs);

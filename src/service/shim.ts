@@ -30,7 +30,7 @@ import { handOffsDone, startHandedOffReleases, teardownInBackground } from "../n
 import { resolveImage } from "../runtime/image.js";
 import { type RunHandle, type RunResult, runContainer, type StopReason } from "../runtime/lifecycle.js";
 import { checkTtySize } from "../runtime/pty.js";
-import { readOwner } from "../runtime/rundir.js";
+import { deferRunDirRemoval, readOwner, removeDeferredRunDirs } from "../runtime/rundir.js";
 import { runtimeFor } from "../runtime/runtimes.js";
 import type { ExecProcess, TtySize } from "../runtime/types.js";
 import { errorMessage, userMessage } from "../util/errors.js";
@@ -509,6 +509,8 @@ async function supervise(dir: string): Promise<void> {
   // teardown (CNI DEL, the namespace) is handed to a process of its own, as the CLI's run did, which
   // starts once this container is done here (below; or this process exited).
   teardownInBackground(record.attach === true, { atExit: true });
+  // the run dir's files go after the end is reported (below)
+  deferRunDirRemoval(true);
   try {
     // An attached run prepares (rootfs, bundle) while its client attaches, and starts once it has:
     // the service answers its client as soon as we listen.
@@ -635,6 +637,7 @@ async function supervise(dir: string): Promise<void> {
   // the network's release process owns its record now; its DEL starts (src/network/teardown.ts)
   await handOffsDone();
   startHandedOffReleases();
+  await removeDeferredRunDirs();
   trace("supervisor: done");
   traceTo(undefined, "supervisor");
   current = undefined;
@@ -670,6 +673,7 @@ async function main(): Promise<void> {
 main().then(
   async () => {
     await handOffsDone(); // the network's release process owns its record now (src/network/teardown.ts)
+    await removeDeferredRunDirs();
     await new Promise((r) => setTimeout(r, 50)); // the last answers (/wait, /stop) go out
     trace("supervisor: exit");
     process.exit(0);
