@@ -27,6 +27,7 @@ import {
   loadNetwork,
   networkSettings,
   OWNERS_DIR,
+  parseChains,
   parseRules,
   RunRecorder,
   removeHomeNetwork,
@@ -290,9 +291,20 @@ test("which rules are dead: by the network's tag, the run's id, and addresses no
     assert.ok(lines.indexOf(`-F ${c}`) < lines.indexOf(`-X ${c}`), c);
     assert.ok(lines.indexOf(`-X ${c}`) > lines.indexOf(save[0]!.replace("-A ", "-D ")), c);
   }
-  assert.ok(lines.includes(save[8]!.replace("-A ", "-D ")));
-  assert.ok(lines.indexOf("-X KINDLING-aaaaaaaa-MARK") > lines.indexOf("-X CNI-DN-0123456789abcdef0123"));
+  assert.ok(lines.indexOf("-F KINDLING-aaaaaaaa-MARK") < lines.indexOf("-X CNI-DN-0123456789abcdef0123"));
+  assert.ok(lines.includes("-X KINDLING-aaaaaaaa-MARK"));
   assert.ok(!script.includes("KINDLING-bbbbbbbb-MARK"));
+  // a dead home's chain left empty (an older sweep deleted only its rule) goes too, from the chain list
+  const empty = deadRulesScript("nat", [], live, [
+    "KINDLING-aaaaaaaa-MARK",
+    "KINDLING-bbbbbbbb-MARK",
+    "CNI-HOSTPORT-DNAT",
+  ]);
+  assert.equal(empty.script, "*nat\n-F KINDLING-aaaaaaaa-MARK\n-X KINDLING-aaaaaaaa-MARK\nCOMMIT\n");
+  assert.deepEqual(parseChains(":PREROUTING ACCEPT [0:0]\n:KINDLING-aaaaaaaa-MARK - [0:0]\n-A X -j Y\n"), [
+    "PREROUTING",
+    "KINDLING-aaaaaaaa-MARK",
+  ]);
   assert.ok(!script.includes("kindling-bbbbbbbb"));
   assert.ok(!script.includes("CNI-aaaabbbbccccddddeeeeffff"));
   assert.ok(!script.includes("CNI-HOSTPORT-MASQ"));

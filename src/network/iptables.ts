@@ -17,7 +17,7 @@ const TAG_IN_COMMENT = /--comment "(?:[^"\\]|\\.)*?kindling-([0-9a-f]{8})\b/;
 const ID_IN_COMMENT = /--comment "(?:[^"\\]|\\.)*?id: \\"([^"\\]+)\\"/;
 const FORWARD_ADDRESS = /^-A CNI-FORWARD (?:-[sd]) (\d+\.\d+\.\d+\.\d+)\/32 /;
 /** A home's own chain (homerules.ts: portmap's mark chain), deleted with the home's rules. */
-const HOME_CHAIN = /^KINDLING-[0-9a-f]{8}-MARK$/;
+const HOME_CHAIN = /^KINDLING-([0-9a-f]{8})-MARK$/;
 
 export interface Rule {
   chain: string;
@@ -26,9 +26,17 @@ export interface Rule {
   target?: string;
 }
 
-export async function readRules(table: Table): Promise<Rule[]> {
+/** The table's rules and its user-defined chains, as iptables-save prints them. */
+export async function readRules(table: Table): Promise<{ rules: Rule[]; chains: string[] }> {
   const r = await exec("iptables-save", ["-t", table], { allowFailure: true });
-  return r.code === 0 ? parseRules(r.stdout) : [];
+  return r.code === 0
+    ? { rules: parseRules(r.stdout), chains: parseChains(r.stdout) }
+    : { rules: [], chains: [] };
+}
+
+/** The chains declared in `iptables-save` output (its `:NAME POLICY [counters]` lines). */
+export function parseChains(text: string): string[] {
+  return [...text.matchAll(/^:(\S+) /gm)].map((m) => m[1]!);
 }
 
 /** The rules of `iptables-save` output (its -A lines). */
@@ -63,6 +71,7 @@ export function deadRulesScript(
   table: Table,
   rules: Rule[],
   live: Liveness,
+  chainNames: string[] = [],
 ): { script: string; count: number } {
   const dead = new Set<Rule>();
   const chains = new Set<string>();
@@ -76,20 +85,21 @@ export function deadRulesScript(
     const ip = table === "filter" ? FORWARD_ADDRESS.exec(rule.line)?.[1] : undefined;
     if (ip !== undefined && live.addressIsDead(ip)) dead.add(rule);
   }
+  // a dead home's own chain, with its rule or left empty (an older Kindling's sweep deleted only the rule)
+  for (const c of [...chainNames, ...rules.map((r) => r.chain)]) {
+    const tag = HOME_CHAIN.exec(c)?.[1];
+    if (tag !== undefined && live.tagIsDead(tag)) chains.add(c);
+  }
   for (const rule of rules) {
     if (rule.target && chains.has(rule.target)) dead.add(rule);
   }
-  // a dead home's own chain goes once its rule and every per-attachment chain jumping to it are gone
-  const homeChains = new Set([...dead].map((r) => r.chain).filter((c) => HOME_CHAIN.test(c)));
   const lines: string[] = [];
   // first the jumps into the chains, then the chains' own rules go with -F, then the chains
   for (const rule of dead) if (!chains.has(rule.chain)) lines.push(rule.line.replace(/^-A /, "-D "));
   for (const c of chains) lines.push(`-F ${c}`);
   for (const c of chains) lines.push(`-X ${c}`);
-  for (const c of homeChains) lines.push(`-X ${c}`);
   if (lines.length === 0) return { script: "", count: 0 };
-  const count = dead.size + chains.size + homeChains.size;
-  return { script: `*${table}\n${lines.join("\n")}\nCOMMIT\n`, count };
+  return { script: `*${table}\n${lines.join("\n")}\nCOMMIT\n`, count: dead.size + chains.size };
 }
 
 /**
@@ -103,8 +113,8 @@ export async function removeDeadRules(
   const errors: string[] = [];
   for (const table of ["nat", "filter"] as const) {
     for (let attempt = 0; ; attempt++) {
-      const rules = await readRules(table);
-      const { script, count } = deadRulesScript(table, rules, await liveness());
+      const { rules, chains } = await readRules(table);
+      const { script, count } = deadRulesScript(table, rules, await liveness(), chains);
       if (!script) break;
       const r = await exec("iptables-restore", ["-w", "5", "--noflush"], {
         input: script,
