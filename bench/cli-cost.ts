@@ -38,6 +38,7 @@ import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { fileURLToPath } from "node:url";
+import { benchArgs } from "../src/bench/args.js";
 import { REPO } from "../src/bench/images.js";
 import { importImage } from "../src/image/import.js";
 import { stopIdleShared } from "../src/lazy/index.js";
@@ -46,14 +47,14 @@ import { buildOciSpec } from "../src/runtime/oci.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 
-const argOf = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const N = Number(argOf("n") ?? 15);
-const TRACE_RUNS = Number(argOf("trace") ?? 0);
-const ONLY = argOf("variants")?.split(",");
-const BASELINE = argOf("baseline");
+const args = benchArgs(
+  "node dist/bench/cli-cost.js [--n 15] [--trace M] [--variants kindling,node] [--baseline DIR]",
+  { options: ["n", "trace", "variants", "baseline"] },
+);
+const N = args.num("n", 15);
+const TRACE_RUNS = args.num("trace", 0);
+const ONLY = args.list("variants");
+const BASELINE = args.get("baseline");
 const DIST_CLI = fileURLToPath(new URL("../src/cli/", import.meta.url));
 
 const median = (xs: number[]) => {
@@ -259,7 +260,9 @@ async function main(): Promise<void> {
     }
     if (ONLY) {
       for (let i = variants.length - 1; i >= 0; i--)
-        if (variants[i]![0] !== "runc" && !ONLY.includes(variants[i]![0])) variants.splice(i, 1);
+        // runc is the unit of every ratio; --baseline DIR asks for the baseline whatever --variants says
+        if (!["runc", ...(BASELINE ? ["baseline"] : []), ...ONLY].includes(variants[i]![0]))
+          variants.splice(i, 1);
     }
     // Warm-up: the services start, the lazy daemons start, chunks are cached, every variant runs once.
     for (const [name, run] of variants) {

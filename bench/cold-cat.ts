@@ -24,6 +24,7 @@ import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { loadavg } from "node:os";
 import path from "node:path";
+import { benchArgs } from "../src/bench/args.js";
 import { releaseHome } from "../src/bench/homes.js";
 import { FIXTURES, REPO } from "../src/bench/images.js";
 import { startBenchRegistry } from "../src/bench/registry.js";
@@ -33,13 +34,13 @@ import { loadImage } from "../src/store/catalog.js";
 import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 
-const argOf = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const N = Number(argOf("n") ?? 3);
-const FILE = argOf("file") ?? "/data/big/blob-07";
-const VARIANTS = (argOf("variants") ?? "dio,ra4096").split(",");
+const args = benchArgs(
+  "node dist/bench/cold-cat.js [--n 3] [--file /data/big/blob-07] [--variants dio,ra4096] [--ref REF]",
+  { options: ["n", "file", "variants", "ref"] },
+);
+const N = args.num("n", 3);
+const FILE = args.str("file", "/data/big/blob-07");
+const VARIANTS = args.list("variants") ?? ["dio", "ra4096"];
 /** `dio`: KINDLING_LAZY_KERNEL_READAHEAD=0 (the default); `raK`: K KiB of kernel readahead. */
 function variantEnv(v: string): Record<string, string> {
   if (v === "dio") return { KINDLING_LAZY_KERNEL_READAHEAD: "0" };
@@ -132,7 +133,7 @@ interface Times {
 
 async function main(): Promise<void> {
   const tmp = await mkdtemp(path.join(process.env.KINDLING_BENCH_DIR ?? "/var/tmp", "kindling-coldcat-"));
-  const given = argOf("ref");
+  const given = args.get("ref");
   const registry = given ? undefined : await startBenchRegistry(tmp);
   const times = new Map<string, Times>(VARIANTS.map((v) => [v, { cold: [], warm: [], dropped: [] }]));
   const loads: number[] = [];

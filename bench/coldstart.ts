@@ -38,6 +38,7 @@ import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { loadavg } from "node:os";
 import path from "node:path";
+import { benchArgs } from "../src/bench/args.js";
 import { releaseHome } from "../src/bench/homes.js";
 import { FIXTURES, REPO } from "../src/bench/images.js";
 import { startBenchRegistry } from "../src/bench/registry.js";
@@ -56,19 +57,19 @@ import { localBytes } from "../src/store/local.js";
 import type { BlockIndex, ImageRecord } from "../src/store/types.js";
 import { KindlingHome } from "../src/util/home.js";
 
-const argOf = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const N = Number(argOf("n") ?? 3);
-const FIXTURE = argOf("fixture") ?? "debian-numpy.tar";
-const CMD = ["python3", "-c", argOf("py") ?? "import numpy; print(numpy.__version__)"];
+const args = benchArgs(
+  "node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py CODE] [--variants a,b] [--trace-out FILE] [--registry HOST] [--reuse FIXTURE]",
+  { options: ["n", "fixture", "py", "variants", "trace-out", "registry", "reuse"] },
+);
+const N = args.num("n", 3);
+const FIXTURE = args.str("fixture", "debian-numpy.tar");
+const CMD = ["python3", "-c", args.str("py", "import numpy; print(numpy.__version__)")];
 const KINDLING = process.env.KINDLING_BENCH_CLI ?? path.join(REPO, "dist", "src", "cli", "main.js");
-const TRACE_OUT = argOf("trace-out");
+const TRACE_OUT = args.get("trace-out");
 /** --registry HOST: the images are pushed there already (bench/numpy:latest, :profiled; a run of this bench left them): no import, no push (for iterating). */
-const REGISTRY = argOf("registry");
+const REGISTRY = args.get("registry");
 /** --reuse FIXTURE: also measure chunk reuse between FIXTURE's image and the numpy images. */
-const REUSE = argOf("reuse");
+const REUSE = args.get("reuse");
 
 type ColdVariant =
   | "cold"
@@ -97,7 +98,7 @@ const ALL: Variant[] = [
 ];
 /** The product's defaults: file-aware readahead off, a profile when the image carries one. */
 const DEFAULT_VARIANTS: Variant[] = ["cold", "profiled", "baseline"];
-const VARIANTS = (argOf("variants")?.split(",") ?? DEFAULT_VARIANTS) as Variant[];
+const VARIANTS = (args.list("variants") ?? DEFAULT_VARIANTS) as Variant[];
 for (const v of VARIANTS) if (!ALL.includes(v)) throw new Error(`unknown variant ${v} (${ALL.join(", ")})`);
 
 const median = (xs: number[]) => {
@@ -573,7 +574,7 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
   const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
   const pct = (b: number) => `${((100 * b) / blockSize).toFixed(1)}%`;
   const cli = process.env.KINDLING_BENCH_CLI ? `KINDLING_BENCH_CLI=${process.env.KINDLING_BENCH_CLI} ` : "";
-  const py = argOf("py") ? ` --py ${JSON.stringify(argOf("py"))}` : "";
+  const py = args.get("py") ? ` --py ${JSON.stringify(args.get("py"))}` : "";
   console.log(
     `# ${cli}node dist/bench/coldstart.js --n ${N} --fixture ${FIXTURE} --variants ${VARIANTS.join(",")}${py}`,
   );

@@ -12,6 +12,7 @@ import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { loadavg } from "node:os";
 import path from "node:path";
+import { benchArgs } from "../src/bench/args.js";
 import { FIXTURES } from "../src/bench/images.js";
 import { startBenchRegistry } from "../src/bench/registry.js";
 import { policyFrom } from "../src/chunks/policy.js";
@@ -21,15 +22,15 @@ import { pullImage, pushImage } from "../src/image/registry.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
 import { KindlingHome } from "../src/util/home.js";
 
-const argOf = (name: string, dflt: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-};
-const FIXTURE = argOf("fixture", "debian-minbase.tar");
-const CHUNKS = Number(argOf("chunks", "200"));
-const CONC = argOf("conc", "1,4,8,16").split(",").map(Number);
-const ROUNDS = Number(argOf("rounds", "2"));
-const GOGC = argOf("gogc", "").split(",").filter(Boolean);
+const args = benchArgs(
+  "node dist/bench/fetch-rate.js [--fixture debian-minbase.tar] [--chunks 200] [--conc 1,4,8,16] [--rounds 2] [--gogc 100,800,off]",
+  { options: ["fixture", "chunks", "conc", "rounds", "gogc"] },
+);
+const FIXTURE = args.str("fixture", "debian-minbase.tar");
+const CHUNKS = args.num("chunks", 200);
+const CONC = (args.list("conc") ?? ["1", "4", "8", "16"]).map(Number);
+const ROUNDS = args.num("rounds", 2);
+const GOGC = args.list("gogc") ?? [];
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;

@@ -12,18 +12,18 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { benchArgs } from "../src/bench/args.js";
 import { REPO } from "../src/bench/images.js";
 import { Kindling } from "../src/client/index.js";
 import { jsonRequest } from "../src/service/unixhttp.js";
 import { buildBusyboxTree, makeSquashfs } from "../test/helpers/images.js";
 
-const argOf = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const N = Number(argOf("n") ?? 50);
-const ROUNDS = Number(argOf("rounds") ?? 20);
-const BASELINE = argOf("baseline");
+const args = benchArgs("node dist/bench/service-ps.js [--n 50] [--rounds 20] [--baseline DIR]", {
+  options: ["n", "rounds", "baseline"],
+});
+const N = args.num("n", 50);
+const ROUNDS = args.num("rounds", 20);
+const BASELINE = args.get("baseline");
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 /** `kindling ps -q` as a process (`entry`: bin/kindling, the thin path; or another script). */
