@@ -25,6 +25,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { benchArgs } from "../src/bench/args.js";
 import { setUpNetwork } from "../src/network/attach.js";
 import {
   addNetworkList,
@@ -60,27 +61,27 @@ import { freePort } from "../test/helpers/registry.js";
 import { stopServiceAndContainers } from "../test/helpers/service.js";
 import { readAll } from "../test/helpers/streams.js";
 
-const argOf = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const N = Number(argOf("n") ?? 20);
-const BYTES = Math.round(Number(argOf("gib") ?? 1) * 2 ** 30);
-const VM = !process.argv.includes("--no-vm");
+const args = benchArgs(
+  "node dist/bench/network.js [--n 20] [--gib 1] [--no-vm] [--host-only | --cli-only] [--trace M] [--first M] [--baseline DIR]",
+  { options: ["n", "gib", "trace", "first", "baseline"], switches: ["no-vm", "host-only", "cli-only"] },
+);
+const N = args.num("n", 20);
+const BYTES = Math.round(args.num("gib", 1) * 2 ** 30);
+const VM = !args.has("no-vm");
 /** Only the host-side rows (no end-to-end runs, no throughput). */
-const HOST_ONLY = process.argv.includes("--host-only");
+const HOST_ONLY = args.has("host-only");
 /** Only the CLI rows (and --trace): no host-side rows, no throughput. */
-const CLI_ONLY = process.argv.includes("--cli-only");
+const CLI_ONLY = args.has("cli-only");
 /** After the CLI rows, this many more `kindling run`s per variant with KINDLING_TRACE: a step table. */
-const TRACE_RUNS = Number(argOf("trace") ?? 0);
+const TRACE_RUNS = args.num("trace", 0);
 /**
  * `--first M`: M fresh homes per build (this one and --baseline's), interleaved: the service is
  * started by a `--network none` run, left 2 s (an eager pool fills meanwhile), then the home's first
  * bridged `kindling run` is timed: what a lazily started pool costs that run.
  */
-const FIRST_RUNS = Number(argOf("first") ?? 0);
+const FIRST_RUNS = args.num("first", 0);
 /** Another build of Kindling (a worktree of an older commit, built): its CLI rows beside this build's. */
-const BASELINE = argOf("baseline");
+const BASELINE = args.get("baseline");
 const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
 
 const median = (xs: number[]) => {
