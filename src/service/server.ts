@@ -85,6 +85,9 @@ async function readJsonBody<T>(req: IncomingMessage): Promise<T> {
   }
 }
 
+/** A supervisor's socket that is gone or no longer listening. */
+const isGoneSocket = (err: unknown) => ["ENOENT", "ECONNREFUSED"].includes((err as NodeJS.ErrnoException).code ?? "");
+
 const bool = (v: string | null) => v === "1" || v === "true";
 
 /** The abstract socket that makes one service per home: the kernel releases it when we die. */
@@ -435,7 +438,17 @@ export class KindlingService {
       if (m[2] === "attach" && c.state.status === "exited") {
         return fail(409, "ENOTRUNNING", `container ${c.record.id} has ended`);
       }
-      const shim = await upgradeRequest(shimSocket(c.dir), `/${m[2]}`, EXEC_PROTOCOL);
+      const shim = await upgradeRequest(shimSocket(c.dir), `/${m[2]}`, EXEC_PROTOCOL).catch(async (err) => {
+        // The container may have just ended: its supervisor has let go of the socket
+        // before the service learned of the exit. Say so, as if we had known.
+        if (!isGoneSocket(err)) throw err;
+        const ended = await this.containers.wait(c.record.id, AbortSignal.timeout(5_000)).catch(() => undefined);
+        if (ended?.state.status === "exited") {
+          const what = m[2] === "exec" ? "is not running (exited)" : "has ended";
+          throw new ApiFailure(409, "ENOTRUNNING", `container ${c.record.id} ${what}`);
+        }
+        throw err;
+      });
       sock.write(
         `HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${EXEC_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`,
       );
