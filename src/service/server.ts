@@ -86,7 +86,8 @@ async function readJsonBody<T>(req: IncomingMessage): Promise<T> {
 }
 
 /** A supervisor's socket that is gone or no longer listening. */
-const isGoneSocket = (err: unknown) => ["ENOENT", "ECONNREFUSED"].includes((err as NodeJS.ErrnoException).code ?? "");
+const isGoneSocket = (err: unknown) =>
+  ["ENOENT", "ECONNREFUSED"].includes((err as NodeJS.ErrnoException).code ?? "");
 
 const bool = (v: string | null) => v === "1" || v === "true";
 
@@ -442,7 +443,9 @@ export class KindlingService {
         // The container may have just ended: its supervisor has let go of the socket
         // before the service learned of the exit. Say so, as if we had known.
         if (!isGoneSocket(err)) throw err;
-        const ended = await this.containers.wait(c.record.id, AbortSignal.timeout(5_000)).catch(() => undefined);
+        const ended = await this.containers
+          .wait(c.record.id, AbortSignal.timeout(5_000))
+          .catch(() => undefined);
         if (ended?.state.status === "exited") {
           const what = m[2] === "exec" ? "is not running (exited)" : "has ended";
           throw new ApiFailure(409, "ENOTRUNNING", `container ${c.record.id} ${what}`);
