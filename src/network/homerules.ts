@@ -12,9 +12,10 @@
 import { mkdir, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { takePidLock } from "../host/pidlock.js";
 import { exec } from "../util/exec.js";
 import { removeDeadRules } from "./iptables.js";
-import { exists, OWNERS_DIR, takePidLock } from "./owners.js";
+import { exists, OWNERS_DIR } from "./owners.js";
 
 /** The two parts, each made once per home and boot: the marker's suffix. */
 type Part = "rules" | "mark";

@@ -7,8 +7,9 @@
  *   pool/<tag>/<netns> a namespace of the home's pool (pool.ts) that is ready to be taken (its record is in runs/)
  */
 import { createHash } from "node:crypto";
-import { mkdir, open, readdir, readFile, rm, stat, unlink } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
+import { takePidLock } from "../host/pidlock.js";
 import { isSameProcess, processStartTime } from "../host/process.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { NetworkResource } from "./resources.js";
@@ -205,35 +206,6 @@ export async function claimRun(netnsName: string): Promise<(() => Promise<void>)
   const lock = path.join(RUNS, `.${netnsName}.lock`);
   if (!(await takePidLock(lock).catch(() => false))) return undefined;
   return () => unlink(lock).catch(() => {});
-}
-
-/** A lock file that is still empty this long after it was made: its maker died between open and write. */
-const EMPTY_LOCK_STALE_MS = 10_000;
-
-/**
- * Takes a lock file naming this process (pid and start time); false if a live process holds it. A lock
- * whose process is gone is taken over.
- */
-export async function takePidLock(file: string): Promise<boolean> {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fh = await open(file, "wx");
-      await fh.writeFile(`${process.pid} ${processStartTime(process.pid) ?? 0}\n`);
-      await fh.close();
-      return true;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const [pid, start] = (await readFile(file, "utf8").catch(() => "")).trim().split(" ").map(Number);
-      if (pid! > 0 && isSameProcess(pid!, start)) return false;
-      if (!(pid! > 0)) {
-        // no pid yet: its maker may be writing it now
-        const age = Date.now() - ((await stat(file).catch(() => undefined))?.mtimeMs ?? 0);
-        if (age < EMPTY_LOCK_STALE_MS) return false;
-      }
-      await unlink(file).catch(() => {});
-    }
-  }
-  return false;
 }
 
 /** When the last full sweep (iptables included) ran, and marking it done. */

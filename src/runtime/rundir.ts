@@ -1,7 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { mountsUnder, unmount } from "../host/mounts.js";
+import { takePidLock } from "../host/pidlock.js";
 import { isSameProcess, processStartTime } from "../host/process.js";
 import type { NetworkInfo } from "../network/types.js";
 import { writeFileAtomic } from "../util/atomic.js";
@@ -243,22 +244,10 @@ export async function readOwner(dir: string): Promise<OwnerRecord | undefined> {
 
 /** Takes the right to clean a dead run: one cleaner at a time, even across processes. */
 async function claim(dir: string): Promise<boolean> {
-  const lock = path.join(dir, "reaper.lock");
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fh = await open(lock, "wx");
-      await fh.writeFile(`${process.pid} ${processStartTime(process.pid) ?? 0}\n`);
-      await fh.close();
-      return true;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return false; // removed meanwhile
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const [pid, start] = (await readFile(lock, "utf8").catch(() => "0 0")).trim().split(" ").map(Number);
-      if (pid > 0 && isSameProcess(pid, start)) return false;
-      await unlink(lock).catch(() => {}); // its cleaner died too: take over
-    }
-  }
-  return false;
+  return takePidLock(path.join(dir, "reaper.lock")).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") return false; // the run dir was removed meanwhile
+    throw err;
+  });
 }
 
 async function releaseStaleRun(
