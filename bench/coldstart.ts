@@ -16,6 +16,8 @@
  *   sorted+files, sorted+profiled+files: the same image rebuilt with its startup files first
  *             (`mksquashfs -sort` by the first run's profile: blockimage/sortlist.ts), without and
  *             with its own profile
+ *   VARIANT@COMPRESSION (cold, files, profiled, profiled+files, profiled-nostart): the same with the
+ *             image imported `--compression COMPRESSION` (lz4, lz4:hc, zstd:1, gzip:6, none, ...)
  *   warm:     the run again in that cold home (chunks in its store, its shared lazy daemon still up)
  *   baseline: without Kindling: `skopeo copy` of the whole OCI image (same tree, gzip layer) to an OCI
  *             layout, `umoci unpack`, `runc run` of the unpacked bundle (no network setup either:
@@ -27,7 +29,8 @@
  * variant: the lazy daemon's start to serving, the run's wait for the image, the process's time.
  *   node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py "import numpy"]
  *     [--variants cold,profiled,baseline (default; also files, profiled+files, sorted+files,
- *      sorted+profiled+files, cold-nopacks, profiled-nopacks, profiled-nostart, profiled-chunks)] [--trace-out FILE]
+ *      sorted+profiled+files, cold-nopacks, profiled-nopacks, profiled-nostart, profiled-chunks,
+ *      and e.g. cold@lz4, profiled@lz4:hc)] [--trace-out FILE]
  *     [--reuse debian-minbase.tar (chunk reuse with that image)]
  *     [--registry HOST (reuse images an earlier setup pushed to HOST: bench/numpy:latest, :profiled,
  *      :profiled-chunks, bench/numpy-oci:latest; no import or push, no registry CPU; for iterating only)]
@@ -71,7 +74,7 @@ const REGISTRY = args.get("registry");
 /** --reuse FIXTURE: also measure chunk reuse between FIXTURE's image and the numpy images. */
 const REUSE = args.get("reuse");
 
-type ColdVariant =
+type BaseVariant =
   | "cold"
   | "profiled-nostart"
   | "profiled-chunks"
@@ -82,8 +85,10 @@ type ColdVariant =
   | "profiled+files"
   | "sorted+files"
   | "sorted+profiled+files";
+/** VARIANT@COMPRESSION: the same with the image imported `--compression COMPRESSION` (e.g. profiled@lz4). */
+type ColdVariant = BaseVariant | `${BaseVariant}@${string}`;
 type Variant = ColdVariant | "baseline";
-const ALL: Variant[] = [
+const ALL: (BaseVariant | "baseline")[] = [
   "cold",
   "profiled-nostart",
   "profiled-chunks",
@@ -99,7 +104,21 @@ const ALL: Variant[] = [
 /** The product's defaults: file-aware readahead off, a profile when the image carries one. */
 const DEFAULT_VARIANTS: Variant[] = ["cold", "profiled", "baseline"];
 const VARIANTS = (args.list("variants") ?? DEFAULT_VARIANTS) as Variant[];
-for (const v of VARIANTS) if (!ALL.includes(v)) throw new Error(`unknown variant ${v} (${ALL.join(", ")})`);
+/** A variant without its @compression, and the compression (undefined: the default's image). */
+const baseOf = (v: ColdVariant) => v.split("@")[0] as BaseVariant;
+const compressionOf = (v: Variant) => (v.includes("@") ? v.slice(v.indexOf("@") + 1) : undefined);
+/** Variants whose image another compression can rebuild (they need only the plain and profiled pushes). */
+const WITH_COMPRESSION: BaseVariant[] = ["cold", "files", "profiled", "profiled+files", "profiled-nostart"];
+for (const v of VARIANTS) {
+  const base = v === "baseline" ? v : baseOf(v);
+  if (!ALL.includes(base)) throw new Error(`unknown variant ${v} (${ALL.join(", ")})`);
+  if (compressionOf(v) && !WITH_COMPRESSION.includes(base as BaseVariant))
+    throw new Error(`${v}: only ${WITH_COMPRESSION.join(", ")} take @compression`);
+}
+/** The compressions the variants ask for besides the default, and each one's image tag and import time. */
+const COMPRESSIONS = [...new Set(VARIANTS.map(compressionOf).filter((c) => c !== undefined))];
+const compressionTag = (c: string) => `numpy-${c.replace(":", "-")}`;
+const importMs = new Map<string, number>();
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -212,6 +231,8 @@ async function registryPid(tmp: string): Promise<number> {
 
 interface Row {
   variant: Variant | "warm";
+  /** The pulled image's block image size (bytes); cold rows only. */
+  blockSize?: number;
   of?: ColdVariant;
   ms: number;
   firstOutputMs: number;
@@ -362,7 +383,8 @@ async function main(): Promise<void> {
         if (v === "baseline") refs[v] = `${REGISTRY}/bench/numpy-oci:latest`;
         else {
           const tag = v === "profiled-chunks" ? v : v.startsWith("profiled") ? "profiled" : "latest";
-          refs[v] = `${REGISTRY}/bench/numpy:${tag}`;
+          const c = compressionOf(v);
+          refs[v] = `${REGISTRY}/bench/${c ? compressionTag(c) : "numpy"}:${tag}`;
         }
       }
     } else await setup(tmp, registry.host, fixture, refs);
@@ -399,7 +421,9 @@ async function setup(
   const registry = { host };
   {
     const source = path.join(tmp, "source");
+    const t0 = now();
     await kindling(source, ["image", "import", fixture, "--name", "numpy"]);
+    importMs.set("default", now() - t0);
     const plain = `${registry.host}/bench/numpy:latest`;
     await kindling(source, ["image", "push", "--insecure", "numpy", plain]);
     refs.cold = plain;
@@ -450,6 +474,21 @@ async function setup(
       await kindling(source, ["image", "push", "--insecure", "numpy-sorted", refs["sorted+profiled+files"]]);
       if (REUSE) reuse = await chunkReuse(home, path.join(FIXTURES, REUSE));
     }
+    for (const c of COMPRESSIONS) {
+      // The same image imported with another compressor, pushed plain and after a run (profiled).
+      const name = compressionTag(c);
+      const t0 = now();
+      await kindling(source, ["image", "import", fixture, "--name", name, "--compression", c]);
+      importMs.set(c, now() - t0);
+      const ref = `${registry.host}/bench/${name}`;
+      await kindling(source, ["image", "push", "--insecure", name, `${ref}:latest`]);
+      await kindling(source, runArgs(name));
+      await new Promise((r) => setTimeout(r, 1500));
+      await kindling(source, ["image", "push", "--insecure", name, `${ref}:profiled`]);
+      for (const v of VARIANTS) {
+        if (compressionOf(v) === c) refs[v] = `${ref}:${v.startsWith("profiled") ? "profiled" : "latest"}`;
+      }
+    }
     await releaseHome(new KindlingHome(source));
     if (VARIANTS.includes("baseline")) {
       refs.baseline = `${registry.host}/bench/numpy-oci:latest`;
@@ -472,9 +511,9 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
   await mkdir(root);
   const home = new KindlingHome(root);
   const env = {
-    KINDLING_LAZY_FILE_READAHEAD: variant.endsWith("files") ? "8388608" : "0",
+    KINDLING_LAZY_FILE_READAHEAD: baseOf(variant).endsWith("files") ? "8388608" : "0",
     // -nostart: the pull does not start the image's lazy daemon (the run does, as before)
-    KINDLING_PULL_START_DAEMON: variant.endsWith("nostart") ? "0" : "1",
+    KINDLING_PULL_START_DAEMON: baseOf(variant).endsWith("nostart") ? "0" : "1",
   };
   try {
     // A fresh worker: its service already runs (systemd, contrib/kindling.service), its image cache is empty.
@@ -490,7 +529,7 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     const cold = await kindling(root, runArgs(ref), { ...env, KINDLING_TRACE: coldTrace });
     const registryCpu = (await cpuMs(registry)) - regBefore;
     const record = await loadImage(home, ref);
-    blockSize = record.blockSize;
+    if (!compressionOf(variant)) blockSize = record.blockSize;
     const index = await readBlockIndex(home, record.digest);
     let daemonCpu = 0;
     for (const pid of await liveDaemonPids(home, record.digest)) daemonCpu += await cpuMs(pid);
@@ -506,6 +545,7 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     const rows: Row[] = [
       {
         variant,
+        blockSize: record.blockSize,
         ms: pullMs + cold.ms,
         firstOutputMs: pullMs + cold.firstOutputMs,
         fetchedBytes,
@@ -572,7 +612,9 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
     rows.filter((r) => r.variant === v && (of === undefined || r.of === of));
   const med = (rs: Row[], f: (r: Row) => number | undefined) => median(rs.map((r) => f(r) ?? Number.NaN));
   const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
-  const pct = (b: number) => `${((100 * b) / blockSize).toFixed(1)}%`;
+  const pct = (b: number, size = blockSize) => `${((100 * b) / size).toFixed(1)}%`;
+  /** The block image size of a variant's image (another compression: another size). */
+  const sizeOf = (v: ColdVariant) => med(pick(v), (r) => r.blockSize) || blockSize;
   const cli = process.env.KINDLING_BENCH_CLI ? `KINDLING_BENCH_CLI=${process.env.KINDLING_BENCH_CLI} ` : "";
   const py = args.get("py") ? ` --py ${JSON.stringify(args.get("py"))}` : "";
   console.log(
@@ -593,9 +635,10 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
     const d = (f: (x: DaemonView) => number) => med(rs, (r) => (r.daemon ? f(r.daemon) : undefined));
     const fetched = med(rs, (r) => r.fetchedBytes);
     const settled = med(rs, (r) => r.settledBytes);
+    const size = sizeOf(v);
     const runMs = med(rs, (r) => r.ms - (r.pullMs ?? 0));
     console.log(
-      `| ${v} | ${med(rs, (r) => r.ms).toFixed(0)} | ${med(rs, (r) => r.firstOutputMs).toFixed(0)} | ${med(rs, (r) => r.pullMs).toFixed(0)} | ${mb(d((x) => x.servedBytes))} | ${mb(fetched)} (${pct(fetched)}) | ${mb(settled)} (${pct(settled)}) | ${mb((fetched / runMs) * 1000)}/s | ${d((x) => x.ttfbMs).toFixed(0)} | ${d((x) => x.blockedMs).toFixed(0)} | ${d((x) => x.slowReads).toFixed(0)} | ${d((x) => x.requestMs).toFixed(1)} | ${d((x) => x.queuedMs).toFixed(1)} | ${d((x) => x.fileChunks).toFixed(0)} | ${d((x) => x.profileChunks).toFixed(0)} | ${d((x) => x.daemonCpuMs).toFixed(0)} | ${d((x) => x.registryCpuMs).toFixed(0)} |`,
+      `| ${v} | ${med(rs, (r) => r.ms).toFixed(0)} | ${med(rs, (r) => r.firstOutputMs).toFixed(0)} | ${med(rs, (r) => r.pullMs).toFixed(0)} | ${mb(d((x) => x.servedBytes))} | ${mb(fetched)} (${pct(fetched, size)}) | ${mb(settled)} (${pct(settled, size)}) | ${mb((fetched / runMs) * 1000)}/s | ${d((x) => x.ttfbMs).toFixed(0)} | ${d((x) => x.blockedMs).toFixed(0)} | ${d((x) => x.slowReads).toFixed(0)} | ${d((x) => x.requestMs).toFixed(1)} | ${d((x) => x.queuedMs).toFixed(1)} | ${d((x) => x.fileChunks).toFixed(0)} | ${d((x) => x.profileChunks).toFixed(0)} | ${d((x) => x.daemonCpuMs).toFixed(0)} | ${d((x) => x.registryCpuMs).toFixed(0)} |`,
     );
     const w = pick("warm", v);
     console.log(
@@ -616,7 +659,7 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
       ? `, baseline/cold = ${(med(base, (r) => r.ms) / cold).toFixed(2)}x (target >= 5)`
       : "";
     console.log(
-      `${v}: cold/warm = ${(cold / warm).toFixed(2)}x (target <= 2)${vsBase}, fetched ${pct(fetched)} (target <= 25%)`,
+      `${v}: cold/warm = ${(cold / warm).toFixed(2)}x (target <= 2)${vsBase}, fetched ${pct(fetched, sizeOf(v))} (target <= 25%)`,
     );
   }
   const ph = (rs: Row[], f: (p: Phases) => number) => {
@@ -633,6 +676,13 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
   console.log(
     "fetched: bytes from the registry, verified (chunks, and startup ranges, which are not kept as chunks); fetch rate: fetched (run) / (total - pull); time to 1st chunk: run start -> first verified chunk; readers blocked: wall time with a read of the lazy file waiting; fetched (settled): after the warm run (background fetches the cold run started included)",
   );
+  if (COMPRESSIONS.length) {
+    const seen = new Map<string, string>();
+    for (const v of colds) seen.set(compressionOf(v) ?? "default", mb(sizeOf(v)));
+    console.log(
+      `block images (import ms in the setup, one import each): ${[...seen].map(([c, size]) => `${c} ${size}, import ${(importMs.get(c) ?? Number.NaN).toFixed(0)}`).join("; ")}`,
+    );
+  }
   console.log(
     `per round: ${rows.map((r) => `${r.variant}${r.of ? `(${r.of})` : ""}=${r.ms.toFixed(0)}`).join(" ")}`,
   );

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { buildSquashfs } from "../src/blockimage/squashfs.js";
+import { buildSquashfs, squashfsOptions } from "../src/blockimage/squashfs.js";
 import { materializeLayers } from "../src/image/build.js";
 import { importImage } from "../src/image/import.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
@@ -19,30 +19,37 @@ describe("block image", () => {
     await rm(work, { recursive: true, force: true });
   });
 
-  test("the same layers give a byte-identical SquashFS, readable by the kernel", async () => {
-    const layers = [{ path: path.join(await fixture("busybox-rootfs.tar")) }];
-    const imgs: Buffer[] = [];
-    for (const i of [0, 1]) {
-      const dir = path.join(work, `t${i}`);
-      await mkdir(dir);
-      const root = await materializeLayers(dir, layers, false);
-      // Touch the tree's atimes/ctimes: they must not matter.
-      await writeFile(path.join(dir, "unrelated"), "x");
-      await buildSquashfs(root, path.join(dir, "img"));
-      imgs.push(await readFile(path.join(dir, "img")));
-    }
-    assert.ok(imgs[0]!.equals(imgs[1]!), "byte-identical");
-    const mnt = path.join(work, "mnt");
-    await mkdir(mnt);
-    await exec("mount", ["-t", "squashfs", "-o", "loop,ro", path.join(work, "t0", "img"), mnt]);
-    try {
-      assert.equal(await readFile(path.join(mnt, "etc/hostname"), "utf8"), "kindling-busybox\n");
-      const ls = (await exec("ls", ["-ln", path.join(mnt, "bin/sh")])).stdout;
-      assert.match(ls, /^lrwxrwxrwx 1 0 0 .* -> busybox/);
-    } finally {
-      await exec("umount", [mnt], { allowFailure: true });
-    }
-  });
+  // SquashFS superblock: compression id at byte 20 (1 gzip, 3 lzo, 4 xz, 5 lz4, 6 zstd).
+  const COMPRESSION_ID: Record<string, number> = { zstd: 6, lz4: 5, gzip: 1, xz: 4, lzo: 3, none: 1 };
+  for (const spec of ["zstd:3", "lz4", "lz4:hc", "gzip:6", "none"]) {
+    test(`the same layers give a byte-identical SquashFS, readable by the kernel (${spec})`, async () => {
+      const layers = [{ path: path.join(await fixture("busybox-rootfs.tar")) }];
+      const imgs: Buffer[] = [];
+      const base = path.join(work, spec.replace(":", "-"));
+      for (const i of [0, 1]) {
+        const dir = path.join(base, `t${i}`);
+        await mkdir(dir, { recursive: true });
+        const root = await materializeLayers(dir, layers, false);
+        // Touch the tree's atimes/ctimes: they must not matter.
+        await writeFile(path.join(dir, "unrelated"), "x");
+        await buildSquashfs(root, path.join(dir, "img"), squashfsOptions(spec));
+        imgs.push(await readFile(path.join(dir, "img")));
+      }
+      assert.ok(imgs[0]!.equals(imgs[1]!), "byte-identical");
+      // "none" stores everything uncompressed (mksquashfs still records gzip as the compressor).
+      assert.equal(imgs[0]!.readUInt16LE(20), COMPRESSION_ID[spec.split(":")[0]!]);
+      const mnt = path.join(base, "mnt");
+      await mkdir(mnt);
+      await exec("mount", ["-t", "squashfs", "-o", "loop,ro", path.join(base, "t0", "img"), mnt]);
+      try {
+        assert.equal(await readFile(path.join(mnt, "etc/hostname"), "utf8"), "kindling-busybox\n");
+        const ls = (await exec("ls", ["-ln", path.join(mnt, "bin/sh")])).stdout;
+        assert.match(ls, /^lrwxrwxrwx 1 0 0 .* -> busybox/);
+      } finally {
+        await exec("umount", [mnt], { allowFailure: true });
+      }
+    });
+  }
 
   test("Debian minbase imported into two fresh homes: same digest and block image", async () => {
     const tar = await fixture("debian-minbase.tar");

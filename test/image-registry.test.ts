@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { liveDaemonPids } from "../src/lazy/index.js";
+import { readBlockIndex } from "../src/store/blockindex.js";
 import { exec } from "../src/util/exec.js";
 import { until } from "./helpers/bounded.js";
 import { runCli } from "./helpers/cli.js";
@@ -22,7 +24,7 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
 
   before(async () => {
     reg = await startRegistry();
-    homes = [await tempHome(), await tempHome(), await tempHome()];
+    homes = [await tempHome(), await tempHome(), await tempHome(), await tempHome()];
   });
   after(async () => {
     await reg?.stop();
@@ -107,5 +109,39 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     await kindling(c!, ["image", "rm", ref]);
     assert.deepEqual(await liveDaemonPids(c!, digest), []);
     assert.deepEqual(await leftovers(c!.root), []);
+  });
+
+  test("an image imported --compression lz4 runs under runc from another worker's lazy pull", async () => {
+    const [a, , , d] = homes;
+    const layout = await fixture("busybox-oci");
+    await kindling(a!, ["image", "import", `${layout}:latest`, "--name", "bb-lz4", "--compression", "lz4"]);
+    const lz4 = await inspect(a!, "bb-lz4");
+    assert.notEqual(lz4.digest, (await inspect(a!, "local-bb")).digest, "another block image");
+    // The setting reaches the builder as the flag does: the same bytes, the same digest.
+    await kindling(a!, ["image", "import", `${layout}:latest`, "--name", "bb-lz4-env"], {
+      KINDLING_BLOCK_COMPRESSION: "lz4",
+    });
+    assert.equal((await inspect(a!, "bb-lz4-env")).digest, lz4.digest);
+    const ref = `${reg.host}/kindling/busybox:lz4`;
+    await kindling(a!, ["image", "push", "bb-lz4", ref, "--insecure"]);
+    await kindling(d!, ["image", "pull", ref, "--insecure"]);
+    const run = await kindling(d!, [
+      "run",
+      "--runtime",
+      "runc",
+      "--network",
+      "none",
+      ref,
+      "--",
+      "cat",
+      "/etc/passwd",
+    ]);
+    assert.match(run.stdout, /root:/);
+    // The worker read an lz4 SquashFS: its superblock (fetched by the run) names lz4 (id 5).
+    const index = await readBlockIndex(d!, lz4.digest);
+    const head = await readFile(d!.blobPath(index.chunks[0]!.digest));
+    assert.equal(head.readUInt16LE(20), 5);
+    await kindling(d!, ["image", "rm", ref]);
+    assert.deepEqual(await leftovers(d!.root), []);
   });
 });

@@ -1,20 +1,47 @@
 import { statfs } from "node:fs/promises";
 import path from "node:path";
-import { hostEnv } from "../config/index.js";
+import { DEFAULT_BLOCK_COMPRESSION, hostEnv } from "../config/index.js";
 import { KindlingError } from "../util/errors.js";
 import { exec } from "../util/exec.js";
 
 /** How the block image is compressed; chosen by measurement (docs/image-pipeline.md, bench/compressors.ts). */
 export interface SquashfsOptions {
   compressor: "zstd" | "gzip" | "lz4" | "xz" | "lzo" | "none";
+  /** -Xcompression-level (zstd, gzip). */
   level?: number;
+  /** lz4's high-compression mode (-Xhc). */
+  hc?: boolean;
   /** Data block size in bytes (mksquashfs -b). */
   blockSize?: number;
   /** More mksquashfs flags (e.g. -no-fragments), for measurements. */
   extraArgs?: string[];
 }
 
-export const DEFAULT_SQUASHFS: SquashfsOptions = { compressor: "zstd", level: 3, blockSize: 128 * 1024 };
+/**
+ * The options a compression setting names (KINDLING_BLOCK_COMPRESSION, `image import --compression`):
+ * `zstd[:level]`, `lz4`, `lz4:hc`, `gzip[:level]`, `xz`, `lzo`, `none`; 128 KiB blocks. The config
+ * checked the grammar; a word it does not know here is a programming error.
+ */
+export function squashfsOptions(spec: string): SquashfsOptions {
+  const [name, arg] = spec.split(":");
+  const blockSize = 128 * 1024;
+  switch (name) {
+    case "zstd":
+    case "gzip":
+      return { compressor: name, level: arg ? Number(arg) : undefined, blockSize };
+    case "lz4":
+      return arg === "hc" ? { compressor: "lz4", hc: true, blockSize } : { compressor: "lz4", blockSize };
+    case "xz":
+    case "lzo":
+    case "none":
+      return { compressor: name, blockSize };
+    default:
+      throw new KindlingError(`unknown block image compression ${JSON.stringify(spec)}`);
+  }
+}
+
+/** The setting's default (src/config/settings.ts): what an image is built with unless told otherwise. */
+export const DEFAULT_SQUASHFS: SquashfsOptions = squashfsOptions(DEFAULT_BLOCK_COMPRESSION);
 
 /** The mksquashfs arguments for `opts`; shared by the builder and the benchmark. */
 export function mksquashfsArgs(src: string, out: string, opts: SquashfsOptions = DEFAULT_SQUASHFS): string[] {
@@ -36,12 +63,8 @@ export function mksquashfsArgs(src: string, out: string, opts: SquashfsOptions =
   if (opts.compressor === "none") args.push("-noI", "-noD", "-noF", "-noX");
   else {
     args.push("-comp", opts.compressor);
-    if (opts.level !== undefined) {
-      args.push(
-        opts.compressor === "lz4" ? "-Xhc" : "-Xcompression-level",
-        ...(opts.compressor === "lz4" ? [] : [String(opts.level)]),
-      );
-    }
+    if (opts.hc) args.push("-Xhc");
+    if (opts.level !== undefined) args.push("-Xcompression-level", String(opts.level));
   }
   return args;
 }

@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { stat } from "node:fs/promises";
 import type { Command } from "commander";
-import { config } from "../config/index.js";
+import { config, configure } from "../config/index.js";
 import { loadImage, readCatalog } from "../store/catalog.js";
 import { checkImageName, imageNameProblem } from "../store/names.js";
 import { KindlingError } from "../util/errors.js";
@@ -23,7 +23,12 @@ export function registerImageCommands(program: Command): void {
     .description("import an OCI image layout dir, a docker-save archive or a rootfs tar")
     .argument("<path>", "the image: <path>[:tag]")
     .option("--name <name>", "name of the image (default: the file name, plus the tag)")
-    .action(async (spec: string, opts: { name?: string }) => {
+    .option(
+      "--compression <c>",
+      "the block image's compression: zstd[:level], lz4, lz4:hc, gzip[:level], xz, lzo, none (default: KINDLING_BLOCK_COMPRESSION, else zstd:3)",
+    )
+    .action(async (spec: string, opts: { name?: string; compression?: string }) => {
+      configure(process.env, { blockCompression: opts.compression });
       const name =
         opts.name ??
         spec

@@ -13,7 +13,14 @@ import { type Config, SETTINGS, type Setting, type SettingName } from "./setting
 import { isInvalid } from "./types.js";
 
 export { hostEnv, searchPath } from "./host.js";
-export { type Config, RUNTIME_CHOICES, type RuntimeChoice, SETTINGS, type SettingName } from "./settings.js";
+export {
+  type Config,
+  DEFAULT_BLOCK_COMPRESSION,
+  RUNTIME_CHOICES,
+  type RuntimeChoice,
+  SETTINGS,
+  type SettingName,
+} from "./settings.js";
 
 /** A setting with a value it cannot take; the message names the variable (or flag) and the value. */
 export class ConfigError extends KindlingError {

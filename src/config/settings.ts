@@ -3,7 +3,17 @@
  * here (the README's environment table is checked against it by test/config.test.ts).
  */
 import os from "node:os";
-import { boolean, bytes, count, integer, milliseconds, oneOf, text, type ValueType } from "./types.js";
+import {
+  boolean,
+  bytes,
+  count,
+  integer,
+  matching,
+  milliseconds,
+  oneOf,
+  text,
+  type ValueType,
+} from "./types.js";
 
 export interface Setting<T> {
   /** The environment variable. */
@@ -30,6 +40,9 @@ const setting = <T>(s: Setting<T>): Setting<T> => s;
 /** The runtimes `--runtime`/KINDLING_RUNTIME accept (test/config.test.ts checks it against src/runtime). */
 export const RUNTIME_CHOICES = ["runc", "runsc", "qemu", "firecracker", "auto"] as const;
 export type RuntimeChoice = (typeof RUNTIME_CHOICES)[number];
+
+/** What the block image is compressed with unless a setting says otherwise (docs/image-pipeline.md). */
+export const DEFAULT_BLOCK_COMPRESSION = "zstd:3";
 
 export const SETTINGS = {
   home: setting({
@@ -138,6 +151,19 @@ export const SETTINGS = {
     default: 4 * 1024 ** 3,
     defaultText: "4294967296 (4 GiB)",
     describe: "largest tree built on tmpfs, in bytes",
+  }),
+  blockCompression: setting({
+    env: "KINDLING_BLOCK_COMPRESSION",
+    flag: "--compression",
+    // The grammar blockimage/squashfs.ts squashfsOptions() reads.
+    type: matching(
+      "compressor",
+      /^(zstd(:([1-9]|1[0-9]|2[0-2]))?|lz4(:hc)?|gzip(:[1-9])?|xz|lzo|none)$/,
+      "zstd[:1-22], lz4, lz4:hc, gzip[:1-9], xz, lzo or none",
+    ),
+    default: DEFAULT_BLOCK_COMPRESSION,
+    describe:
+      "the block image's SquashFS compression when an image is imported or converted from a registry (`image import --compression`): `zstd[:level]`, `lz4`, `lz4:hc`, `gzip[:level]`, `xz`, `lzo`, `none` (docs/image-pipeline.md)",
   }),
   fetchTimeoutMs: setting({
     env: "KINDLING_FETCH_TIMEOUT_MS",

@@ -65,3 +65,8 @@ export function oneOf<const W extends string>(words: readonly W[]): ValueType<W>
       (words as readonly string[]).includes(raw) ? (raw as W) : invalid(`one of: ${words.join(", ")}`),
   };
 }
+
+/** Text matching `pattern` (a small grammar, e.g. `zstd:3`); `expected` says what a valid one looks like. */
+export function matching(name: string, pattern: RegExp, expected: string): ValueType<string> {
+  return { name, parse: (raw) => (pattern.test(raw) ? raw : invalid(expected)) };
+}

@@ -2,7 +2,8 @@ import { createHash } from "node:crypto";
 import { chmod, mkdir, open, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { sortFileText } from "../blockimage/sortlist.js";
-import { buildSquashfs, DEFAULT_SQUASHFS, type SquashfsOptions } from "../blockimage/squashfs.js";
+import { buildSquashfs, type SquashfsOptions, squashfsOptions } from "../blockimage/squashfs.js";
+import { config } from "../config/index.js";
 import { blobSize, putBlob } from "../store/blobs.js";
 import { writeBlockIndex } from "../store/blockindex.js";
 import { findImage, saveImage } from "../store/catalog.js";
@@ -29,6 +30,7 @@ export interface BuildImageInput {
   origin: ImageOrigin;
   /** Progress lines/bars on stderr (default true). */
   progress?: boolean;
+  /** Default: the blockCompression setting's (KINDLING_BLOCK_COMPRESSION). */
   squashfs?: SquashfsOptions;
   chunking?: ChunkingSpec;
   /**
@@ -163,7 +165,7 @@ export async function buildImage(home: KindlingHome, input: BuildImageInput): Pr
     }
     const image = path.join(work, "image.squashfs");
     if (show) process.stderr.write("building the block image (squashfs)\n");
-    let squashfs = input.squashfs ?? DEFAULT_SQUASHFS;
+    let squashfs = input.squashfs ?? squashfsOptions(config().blockCompression);
     const sortText = input.layoutOrder ? sortFileText(root, input.layoutOrder) : "";
     if (sortText) {
       const sortFile = path.join(work, "layout.sort");
