@@ -1,3 +1,4 @@
+import { setFlagsFromString } from "node:v8";
 import { Command, CommanderError } from "commander";
 import { configure } from "../config/index.js";
 import { rawArgv } from "../util/bytestring.js";
@@ -45,6 +46,11 @@ const COMMANDS: [string[], () => Promise<Register>][] = [
   [["completion"], async () => (await import("./completion.js")).registerCompletionCommand],
 ];
 const named = process.argv.slice(2).find((a) => !a.startsWith("-"));
+// fetch() parses HTTP with undici's llhttp, a WebAssembly module that V8 tiers up with TurboFan in
+// its background threads; Node waits for those jobs before a process exits, which kept `image
+// pull` alive 60-700 ms after its last step (the cold start's first step: bench/coldstart.ts).
+// Liftoff's code is plenty for a short-lived command; the long-lived service keeps the default.
+if (named !== "daemon") setFlagsFromString("--liftoff-only");
 const only = COMMANDS.find(
   ([names]) => named !== undefined && names.includes(named) && named !== "completion",
 );
