@@ -34,8 +34,10 @@
  *     [--reuse debian-minbase.tar (chunk reuse with that image)]
  *     [--registry HOST (reuse images an earlier setup pushed to HOST: bench/numpy:latest, :profiled,
  *      :profiled-chunks, bench/numpy-oci:latest; no import or push, no registry CPU; for iterating only)]
- * The fixture is built by scripts/fixtures/debian-numpy.sh (.cache/fixtures). KINDLING_BENCH_CLI=path/to/main.js
- * measures another build's CLI (e.g. main before a change).
+ *     [--baseline DIR (each Kindling variant also runs with the build in DIR, e.g. main before a
+ *      change: rows "VARIANT (base)", in the same interleaved rounds)]
+ * The fixture is built by scripts/fixtures/debian-numpy.sh (.cache/fixtures). The CLI is bin/kindling,
+ * as a user runs it (KINDLING_BENCH_CLI=path/to/bin/kindling or main.js measures another entry).
  */
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
@@ -61,13 +63,19 @@ import type { BlockIndex, ImageRecord } from "../src/store/types.js";
 import { KindlingHome } from "../src/util/home.js";
 
 const args = benchArgs(
-  "node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py CODE] [--variants a,b] [--trace-out FILE] [--registry HOST] [--reuse FIXTURE]",
-  { options: ["n", "fixture", "py", "variants", "trace-out", "registry", "reuse"] },
+  "node dist/bench/coldstart.js [--n 3] [--fixture debian-numpy.tar] [--py CODE] [--variants a,b] [--trace-out FILE] [--registry HOST] [--reuse FIXTURE] [--baseline DIR]",
+  { options: ["n", "fixture", "py", "variants", "trace-out", "registry", "reuse", "baseline"] },
 );
 const N = args.num("n", 3);
 const FIXTURE = args.str("fixture", "debian-numpy.tar");
 const CMD = ["python3", "-c", args.str("py", "import numpy; print(numpy.__version__)")];
-const KINDLING = process.env.KINDLING_BENCH_CLI ?? path.join(REPO, "dist", "src", "cli", "main.js");
+const KINDLING = process.env.KINDLING_BENCH_CLI ?? path.join(REPO, "bin", "kindling");
+/** --baseline DIR: another build (a checkout with dist/ built) whose CLI runs each Kindling variant too. */
+const BASELINE = args.get("baseline");
+const BASE_CLI = BASELINE ? path.join(path.resolve(BASELINE), "bin", "kindling") : undefined;
+/** Which build's CLI a round runs: this one, or --baseline's. */
+type Build = "this" | "base";
+const BUILDS: Build[] = BASELINE ? ["this", "base"] : ["this"];
 const TRACE_OUT = args.get("trace-out");
 /** --registry HOST: the images are pushed there already (bench/numpy:latest, :profiled; a run of this bench left them): no import, no push (for iterating). */
 const REGISTRY = args.get("registry");
@@ -167,8 +175,12 @@ function run(
   });
 }
 
-const kindling = (home: string, args: string[], env: NodeJS.ProcessEnv = {}) =>
-  run(process.execPath, [KINDLING, ...args], { ...process.env, KINDLING_HOME: home, ...env });
+const kindling = (home: string, args: string[], env: NodeJS.ProcessEnv = {}, build: Build = "this") =>
+  run(process.execPath, [build === "base" ? BASE_CLI! : KINDLING, ...args], {
+    ...process.env,
+    KINDLING_HOME: home,
+    ...env,
+  });
 /** The workload as Kindling runs it: runc, and no network (the baseline sets up none either). */
 const runArgs = (ref: string) => ["run", "--runtime", "runc", "--network", "none", ref, "--", ...CMD];
 
@@ -231,6 +243,8 @@ async function registryPid(tmp: string): Promise<number> {
 
 interface Row {
   variant: Variant | "warm";
+  /** The build whose CLI ran it (--baseline); Kindling rows only. */
+  build?: Build;
   /** The pulled image's block image size (bytes); cold rows only. */
   blockSize?: number;
   of?: ColdVariant;
@@ -247,6 +261,14 @@ interface Row {
 
 /** Where a run's time went, from its KINDLING_TRACE steps (ms; NaN when a step is missing). */
 interface Phases {
+  /** The pull's CLI: its process start -> its commands loaded (Node's start and module load). */
+  pullLoadMs: number;
+  /** The pull's last step (its lazy daemon spawned) -> its process gone (as the bench saw it end). */
+  pullTailMs: number;
+  /** The lazy daemon's process start -> its modules loaded. */
+  daemonLoadMs: number;
+  /** The run's CLI: its process start -> its request sent to the service. */
+  runCliMs: number;
   /** The lazy daemon's process start to serving (its mounts done): the cold run's daemon. */
   daemonStartMs: number;
   /** The supervisor's wait for the image (client attached -> block image opened). */
@@ -255,15 +277,35 @@ interface Phases {
   processMs: number;
 }
 
-/** Phases of one run from its trace file (lines "<epoch ms> <who>:<pid> <step>"). */
-async function phases(file: string): Promise<Phases> {
+/**
+ * Phases of one run from its trace file (lines "<epoch ms> <who>:<pid> <step>"). `pullEnd`: the epoch
+ * ms the pull's process was seen to end (cold traces: the pull's CLI is the file's first process).
+ */
+async function phases(file: string, pullEnd = Number.NaN): Promise<Phases> {
   const steps = new Map<string, number>();
+  /** The CLI processes in order of their first line (the pull's, then the run's). */
+  const clis: Map<string, number>[] = [];
+  const byPid = new Map<string, Map<string, number>>();
   for (const line of (await readFile(file, "utf8").catch(() => "")).split("\n")) {
-    const m = /^([\d.]+) \S+ (.*)$/.exec(line);
-    if (m && !steps.has(m[2]!)) steps.set(m[2]!, Number(m[1]));
+    const m = /^([\d.]+) (\S+) (.*)$/.exec(line);
+    if (!m) continue;
+    if (!steps.has(m[3]!)) steps.set(m[3]!, Number(m[1]));
+    let own = byPid.get(m[2]!);
+    if (!own) {
+      own = new Map();
+      byPid.set(m[2]!, own);
+      if (m[2]!.startsWith("cli:")) clis.push(own);
+    }
+    if (!own.has(m[3]!)) own.set(m[3]!, Number(m[1]));
   }
-  const span = (a: string, b: string) => (steps.get(b) ?? Number.NaN) - (steps.get(a) ?? Number.NaN);
+  const span = (a: string, b: string, of = steps) => (of.get(b) ?? Number.NaN) - (of.get(a) ?? Number.NaN);
+  const pull = clis.find((c) => c.has("pull: recorded"));
+  const runCli = clis.find((c) => c.has("client: create sent"));
   return {
+    pullLoadMs: pull ? span("cli: process start", "cli: commands loaded, config resolved", pull) : Number.NaN,
+    pullTailMs: pullEnd - (pull?.get("pull: lazy daemon spawned") ?? Number.NaN),
+    daemonLoadMs: span("lazy: process start", "lazy: modules loaded, config read"),
+    runCliMs: runCli ? span("cli: process start", "client: create sent", runCli) : Number.NaN,
     daemonStartMs: span("lazy: process start", "lazy: serving"),
     // 0 when the image was open before the client attached (a warm run opens it meanwhile)
     imageWaitMs: Math.max(0, span("supervisor: client attached", "rootfs: block image opened")),
@@ -388,12 +430,21 @@ async function main(): Promise<void> {
         }
       }
     } else await setup(tmp, registry.host, fixture, refs);
+    // Found once: a scan of /proc between the pull and the run would give the pull's daemon time.
+    const regPid = REGISTRY ? 0 : await registryPid(tmp);
+    type Unit = { v: Variant; build: Build };
+    const units = VARIANTS.flatMap((v): Unit[] =>
+      v === "baseline" ? [{ v, build: "this" }] : BUILDS.map((build) => ({ v, build })),
+    );
     for (let round = 0; round < N; round++) {
-      const order = VARIANTS.map((_, k) => VARIANTS[(k + round) % VARIANTS.length]);
-      for (const v of order) {
+      const order = units.map((_, k) => units[(k + round) % units.length]!);
+      for (const { v, build } of order) {
         loads.push(loadavg()[0]);
         if (v === "baseline") rows.push(await baselineRound(tmp, round, refs.baseline!));
-        else rows.push(...(await kindlingRound(tmp, `${round}-${v.replaceAll("+", "-")}`, refs[v]!, v)));
+        else {
+          const name = `${round}-${v.replaceAll("+", "-")}${build === "base" ? "-base" : ""}`;
+          rows.push(...(await kindlingRound(tmp, name, refs[v]!, v, build, regPid)));
+        }
       }
     }
   } finally {
@@ -506,7 +557,14 @@ async function setup(
 }
 
 /** A fresh home: pull + cold run, then the warm run. */
-async function kindlingRound(tmp: string, round: string, ref: string, variant: ColdVariant): Promise<Row[]> {
+async function kindlingRound(
+  tmp: string,
+  round: string,
+  ref: string,
+  variant: ColdVariant,
+  build: Build,
+  registry: number,
+): Promise<Row[]> {
   const root = path.join(tmp, `home-${round}`);
   await mkdir(root);
   const home = new KindlingHome(root);
@@ -517,16 +575,20 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
   };
   try {
     // A fresh worker: its service already runs (systemd, contrib/kindling.service), its image cache is empty.
-    await kindling(root, ["info"], env);
+    await kindling(root, ["info"], env, build);
     const t0 = now();
     // Each process of the pull and the cold run appends its steps here (src/util/trace.ts).
     const coldTrace = path.join(tmp, `trace-${round}-cold`);
     const warmTrace = path.join(tmp, `trace-${round}-warm`);
-    await kindling(root, ["image", "pull", "--insecure", ref], { ...env, KINDLING_TRACE: coldTrace });
+    const pull = await kindling(
+      root,
+      ["image", "pull", "--insecure", ref],
+      { ...env, KINDLING_TRACE: coldTrace },
+      build,
+    );
     const pullMs = now() - t0;
-    const registry = REGISTRY ? 0 : await registryPid(tmp);
     const regBefore = await cpuMs(registry);
-    const cold = await kindling(root, runArgs(ref), { ...env, KINDLING_TRACE: coldTrace });
+    const cold = await kindling(root, runArgs(ref), { ...env, KINDLING_TRACE: coldTrace }, build);
     const registryCpu = (await cpuMs(registry)) - regBefore;
     const record = await loadImage(home, ref);
     if (!compressionOf(variant)) blockSize = record.blockSize;
@@ -536,7 +598,7 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     const stats = await daemonStats(home, record.digest);
     // What came from the registry (verified): chunks, and startup ranges, which are not kept as chunks.
     const fetchedBytes = Math.max(await localBytes(home, index), stats?.bytesFetched ?? 0);
-    const warm = await kindling(root, runArgs(ref), { ...env, KINDLING_TRACE: warmTrace });
+    const warm = await kindling(root, runArgs(ref), { ...env, KINDLING_TRACE: warmTrace }, build);
     if (!cold.out.trim() || cold.out !== warm.out)
       throw new Error(`unexpected output ${JSON.stringify(cold.out)}`);
     // Background fetches the cold run started may have gone on: what they added counts too.
@@ -545,6 +607,7 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
     const rows: Row[] = [
       {
         variant,
+        build,
         blockSize: record.blockSize,
         ms: pullMs + cold.ms,
         firstOutputMs: pullMs + cold.firstOutputMs,
@@ -554,10 +617,11 @@ async function kindlingRound(tmp: string, round: string, ref: string, variant: C
         daemon: stats
           ? viewOf(stats, cold.startedAt, { daemon: daemonCpu, registry: registryCpu })
           : undefined,
-        phases: await phases(coldTrace),
+        phases: await phases(coldTrace, pull.startedAt + pull.ms),
       },
       {
         variant: "warm",
+        build,
         of: variant,
         ms: warm.ms,
         firstOutputMs: warm.firstOutputMs,
@@ -608,17 +672,18 @@ async function baselineRound(tmp: string, round: number, ref: string): Promise<R
 
 function report(rows: Row[], blockSize: number, loads: number[]): void {
   if (REGISTRY) console.log(`# images reused from ${REGISTRY} (no registry CPU)`);
-  const pick = (v: Variant | "warm", of?: ColdVariant) =>
-    rows.filter((r) => r.variant === v && (of === undefined || r.of === of));
+  const pick = (v: Variant | "warm", of?: ColdVariant, build: Build = "this") =>
+    rows.filter((r) => r.variant === v && (of === undefined || r.of === of) && (r.build ?? "this") === build);
   const med = (rs: Row[], f: (r: Row) => number | undefined) => median(rs.map((r) => f(r) ?? Number.NaN));
   const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
   const pct = (b: number, size = blockSize) => `${((100 * b) / size).toFixed(1)}%`;
   /** The block image size of a variant's image (another compression: another size). */
   const sizeOf = (v: ColdVariant) => med(pick(v), (r) => r.blockSize) || blockSize;
   const cli = process.env.KINDLING_BENCH_CLI ? `KINDLING_BENCH_CLI=${process.env.KINDLING_BENCH_CLI} ` : "";
+  const baseline = BASELINE ? ` --baseline ${BASELINE}` : "";
   const py = args.get("py") ? ` --py ${JSON.stringify(args.get("py"))}` : "";
   console.log(
-    `# ${cli}node dist/bench/coldstart.js --n ${N} --fixture ${FIXTURE} --variants ${VARIANTS.join(",")}${py}`,
+    `# ${cli}node dist/bench/coldstart.js --n ${N} --fixture ${FIXTURE} --variants ${VARIANTS.join(",")}${py}${baseline}`,
   );
   console.log(
     `# workload: python3 -c '${CMD[2]}' (kindling run --runtime runc --network none); load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; ${N} interleaved rounds, medians; block image ${mb(blockSize)}`,
@@ -629,20 +694,23 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
   );
   console.log("|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   const base = pick("baseline");
-  const colds = (VARIANTS.filter((v) => v !== "baseline") as ColdVariant[]).filter((v) => pick(v).length);
-  for (const v of colds) {
-    const rs = pick(v);
+  /** Each Kindling variant with each build (--baseline: "VARIANT (base)" rows with that build's CLI). */
+  const colds = (VARIANTS.filter((v) => v !== "baseline") as ColdVariant[])
+    .flatMap((v) => BUILDS.map((build) => ({ v, build, label: build === "base" ? `${v} (base)` : v })))
+    .filter((c) => pick(c.v, undefined, c.build).length);
+  for (const { v, build, label } of colds) {
+    const rs = pick(v, undefined, build);
     const d = (f: (x: DaemonView) => number) => med(rs, (r) => (r.daemon ? f(r.daemon) : undefined));
     const fetched = med(rs, (r) => r.fetchedBytes);
     const settled = med(rs, (r) => r.settledBytes);
     const size = sizeOf(v);
     const runMs = med(rs, (r) => r.ms - (r.pullMs ?? 0));
     console.log(
-      `| ${v} | ${med(rs, (r) => r.ms).toFixed(0)} | ${med(rs, (r) => r.firstOutputMs).toFixed(0)} | ${med(rs, (r) => r.pullMs).toFixed(0)} | ${mb(d((x) => x.servedBytes))} | ${mb(fetched)} (${pct(fetched, size)}) | ${mb(settled)} (${pct(settled, size)}) | ${mb((fetched / runMs) * 1000)}/s | ${d((x) => x.ttfbMs).toFixed(0)} | ${d((x) => x.blockedMs).toFixed(0)} | ${d((x) => x.slowReads).toFixed(0)} | ${d((x) => x.requestMs).toFixed(1)} | ${d((x) => x.queuedMs).toFixed(1)} | ${d((x) => x.fileChunks).toFixed(0)} | ${d((x) => x.profileChunks).toFixed(0)} | ${d((x) => x.daemonCpuMs).toFixed(0)} | ${d((x) => x.registryCpuMs).toFixed(0)} |`,
+      `| ${label} | ${med(rs, (r) => r.ms).toFixed(0)} | ${med(rs, (r) => r.firstOutputMs).toFixed(0)} | ${med(rs, (r) => r.pullMs).toFixed(0)} | ${mb(d((x) => x.servedBytes))} | ${mb(fetched)} (${pct(fetched, size)}) | ${mb(settled)} (${pct(settled, size)}) | ${mb((fetched / runMs) * 1000)}/s | ${d((x) => x.ttfbMs).toFixed(0)} | ${d((x) => x.blockedMs).toFixed(0)} | ${d((x) => x.slowReads).toFixed(0)} | ${d((x) => x.requestMs).toFixed(1)} | ${d((x) => x.queuedMs).toFixed(1)} | ${d((x) => x.fileChunks).toFixed(0)} | ${d((x) => x.profileChunks).toFixed(0)} | ${d((x) => x.daemonCpuMs).toFixed(0)} | ${d((x) => x.registryCpuMs).toFixed(0)} |`,
     );
-    const w = pick("warm", v);
+    const w = pick("warm", v, build);
     console.log(
-      `| warm (${v} home) | ${med(w, (r) => r.ms).toFixed(0)} | ${med(w, (r) => r.firstOutputMs).toFixed(0)} | - | - | - | - | - | - | - | - | - | - | - | - | - | - |`,
+      `| warm (${label} home) | ${med(w, (r) => r.ms).toFixed(0)} | ${med(w, (r) => r.firstOutputMs).toFixed(0)} | - | - | - | - | - | - | - | - | - | - | - | - | - | - |`,
     );
   }
   if (base.length) {
@@ -651,26 +719,37 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
     );
   }
   console.log("");
-  for (const v of colds) {
-    const cold = med(pick(v), (r) => r.ms);
-    const warm = med(pick("warm", v), (r) => r.ms);
-    const fetched = med(pick(v), (r) => r.settledBytes);
+  for (const { v, build, label } of colds) {
+    const cold = med(pick(v, undefined, build), (r) => r.ms);
+    const warm = med(pick("warm", v, build), (r) => r.ms);
+    const fetched = med(pick(v, undefined, build), (r) => r.settledBytes);
     const vsBase = base.length
       ? `, baseline/cold = ${(med(base, (r) => r.ms) / cold).toFixed(2)}x (target >= 5)`
       : "";
     console.log(
-      `${v}: cold/warm = ${(cold / warm).toFixed(2)}x (target <= 2)${vsBase}, fetched ${pct(fetched, sizeOf(v))} (target <= 25%)`,
+      `${label}: cold/warm = ${(cold / warm).toFixed(2)}x (target <= 2)${vsBase}, fetched ${pct(fetched, sizeOf(v))} (target <= 25%)`,
     );
   }
   const ph = (rs: Row[], f: (p: Phases) => number) => {
     const v = med(rs, (r) => (r.phases ? f(r.phases) : undefined));
     return Number.isNaN(v) ? "-" : v.toFixed(0);
   };
-  for (const v of colds) {
-    const rs = pick(v);
-    const w = pick("warm", v);
+  if (BASELINE) {
+    for (const v of new Set(colds.map((c) => c.v))) {
+      const ratio = (f: (r: Row) => number, warmRows = false) => {
+        const get = (b: Build) => med(warmRows ? pick("warm", v, b) : pick(v, undefined, b), f);
+        return (get("this") / get("base")).toFixed(2);
+      };
+      console.log(
+        `${v}: this build / --baseline: cold total ${ratio((r) => r.ms)}x, pull ${ratio((r) => r.pullMs ?? Number.NaN)}x, warm ${ratio((r) => r.ms, true)}x`,
+      );
+    }
+  }
+  for (const { v, build, label } of colds) {
+    const rs = pick(v, undefined, build);
+    const w = pick("warm", v, build);
     console.log(
-      `phases ${v} (median ms, KINDLING_TRACE): lazy daemon start ${ph(rs, (p) => p.daemonStartMs)}, run waits for the image ${ph(rs, (p) => p.imageWaitMs)} (warm ${ph(w, (p) => p.imageWaitMs)}), process to first output ${ph(rs, (p) => p.processMs)} (warm ${ph(w, (p) => p.processMs)})`,
+      `phases ${label} (median ms, KINDLING_TRACE): pull CLI start ${ph(rs, (p) => p.pullLoadMs)}, pull's last step to its exit ${ph(rs, (p) => p.pullTailMs)}, lazy daemon module load ${ph(rs, (p) => p.daemonLoadMs)}, lazy daemon start ${ph(rs, (p) => p.daemonStartMs)}, run CLI start to create sent ${ph(rs, (p) => p.runCliMs)} (warm ${ph(w, (p) => p.runCliMs)}), run waits for the image ${ph(rs, (p) => p.imageWaitMs)} (warm ${ph(w, (p) => p.imageWaitMs)}), process to first output ${ph(rs, (p) => p.processMs)} (warm ${ph(w, (p) => p.processMs)})`,
     );
   }
   console.log(
@@ -678,13 +757,13 @@ function report(rows: Row[], blockSize: number, loads: number[]): void {
   );
   if (COMPRESSIONS.length) {
     const seen = new Map<string, string>();
-    for (const v of colds) seen.set(compressionOf(v) ?? "default", mb(sizeOf(v)));
+    for (const { v } of colds) seen.set(compressionOf(v) ?? "default", mb(sizeOf(v)));
     console.log(
       `block images (import ms in the setup, one import each): ${[...seen].map(([c, size]) => `${c} ${size}, import ${(importMs.get(c) ?? Number.NaN).toFixed(0)}`).join("; ")}`,
     );
   }
   console.log(
-    `per round: ${rows.map((r) => `${r.variant}${r.of ? `(${r.of})` : ""}=${r.ms.toFixed(0)}`).join(" ")}`,
+    `per round: ${rows.map((r) => `${r.variant}${r.of ? `(${r.of})` : ""}${r.build === "base" ? "[base]" : ""}=${r.ms.toFixed(0)}`).join(" ")}`,
   );
 }
 
