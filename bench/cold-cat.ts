@@ -17,8 +17,12 @@
  * Variants: `dio` (KINDLING_LAZY_KERNEL_READAHEAD=0, the default: the loop device reads the lazy
  * file with direct I/O, one daemon round trip per SquashFS block), `raK` (K KiB of kernel
  * readahead on the lazy file, read by the loop device through the page cache; e.g. ra4096).
+ * --baseline DIR: each variant also as `VARIANT@baseline`, run with another build's CLI (a checkout
+ * of main, built, at DIR: DIR/dist/src/cli/main.js), interleaved with this build's, so a change is
+ * compared in one run (its own homes: the bench's shared registry and image).
  *   node dist/bench/cold-cat.js [--n 3] [--file /data/big/blob-07] [--variants dio,ra4096]
  *     [--ref HOST/REPO:TAG]   (the image pushed already, to a plain-HTTP registry: no import, no push)
+ *     [--baseline DIR]
  */
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
@@ -35,14 +39,18 @@ import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 
 const args = benchArgs(
-  "node dist/bench/cold-cat.js [--n 3] [--file /data/big/blob-07] [--variants dio,ra4096] [--ref REF]",
-  { options: ["n", "file", "variants", "ref"] },
+  "node dist/bench/cold-cat.js [--n 3] [--file /data/big/blob-07] [--variants dio,ra4096] [--ref REF] [--baseline DIR]",
+  { options: ["n", "file", "variants", "ref", "baseline"] },
 );
 const N = args.num("n", 3);
 const FILE = args.str("file", "/data/big/blob-07");
-const VARIANTS = args.list("variants") ?? ["dio", "ra4096"];
+const BASE_VARIANTS = args.list("variants") ?? ["dio", "ra4096"];
+const BASELINE = args.get("baseline");
+const BASELINE_CLI = BASELINE && path.resolve(BASELINE, "dist", "src", "cli", "main.js");
+const VARIANTS = BASELINE_CLI ? BASE_VARIANTS.flatMap((v) => [v, `${v}@baseline`]) : BASE_VARIANTS;
 /** `dio`: KINDLING_LAZY_KERNEL_READAHEAD=0 (the default); `raK`: K KiB of kernel readahead. */
-function variantEnv(v: string): Record<string, string> {
+function variantEnv(variant: string): Record<string, string> {
+  const v = variant.replace(/@baseline$/, "");
   if (v === "dio") return { KINDLING_LAZY_KERNEL_READAHEAD: "0" };
   const kib = /^ra(\d+)$/.exec(v)?.[1];
   if (!kib) throw new Error(`unknown variant ${v} (dio, or raKIB such as ra4096)`);
@@ -59,9 +67,10 @@ function kindling(
   args: string[],
   env: Record<string, string> = {},
   timeoutMs = 1_800_000,
+  cli = KINDLING,
 ): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [KINDLING, ...args], {
+    const child = spawn(process.execPath, [cli, ...args], {
       env: { ...process.env, ...env, KINDLING_HOME: home },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -89,11 +98,14 @@ async function catOnce(
   home: string,
   ref: string,
   env: Record<string, string>,
+  cli: string,
 ): Promise<{ bytes: number; us: number }> {
   const out = await kindling(
     home,
     ["run", "--runtime", "runc", "--network", "none", ref, "--", "sh", "-c", SCRIPT],
     env,
+    undefined,
+    cli,
   );
   const [bytes, us] = out.trim().split("\n").map(Number);
   if (!(bytes > 0 && us > 0)) throw new Error(`unexpected output ${JSON.stringify(out)}`);
@@ -151,17 +163,18 @@ async function main(): Promise<void> {
       for (const variant of VARIANTS) {
         const env = { ...HOME_ENV, ...VARIANT_ENV[variant] };
         const t = times.get(variant)!;
+        const cli = variant.endsWith("@baseline") ? BASELINE_CLI! : KINDLING;
         const root = path.join(tmp, `home-${round}-${variant}`);
         await mkdir(root);
         const home = new KindlingHome(root);
         try {
           loads.push(loadavg()[0]);
-          await kindling(root, ["image", "pull", "--insecure", ref], env);
-          const c = await catOnce(root, ref, env);
-          const w = await catOnce(root, ref, env);
+          await kindling(root, ["image", "pull", "--insecure", ref], env, undefined, cli);
+          const c = await catOnce(root, ref, env, cli);
+          const w = await catOnce(root, ref, env, cli);
           await daemonsGone(home, ref);
           await evictChunks(home);
-          const d = await catOnce(root, ref, env);
+          const d = await catOnce(root, ref, env, cli);
           bytes = c.bytes;
           t.cold.push(c.us);
           t.warm.push(w.us);
@@ -178,7 +191,9 @@ async function main(): Promise<void> {
   }
   const rate = (us: number) => bytes / us; // bytes/us = MB/s
   const ms = (us: number[]) => us.map((u) => (u / 1000).toFixed(0)).join(", ");
-  console.log(`# node dist/bench/cold-cat.js --n ${N} --file ${FILE} --variants ${VARIANTS.join(",")}`);
+  console.log(
+    `# node dist/bench/cold-cat.js --n ${N} --file ${FILE} --variants ${BASE_VARIANTS.join(",")}${BASELINE ? ` --baseline ${BASELINE}` : ""}`,
+  );
   console.log(
     `# load average ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}; ${N} rounds, medians; cat of ${(bytes / 2 ** 20).toFixed(0)} MiB timed inside the container`,
   );
@@ -197,9 +212,16 @@ async function main(): Promise<void> {
       `${variant}: per round cold ${ms(t.cold)} ms, warm ${ms(t.warm)} ms, dropped ${ms(t.dropped)} ms`,
     );
   }
+  for (const [variant, t] of times) {
+    const base = times.get(`${variant}@baseline`);
+    if (!base) continue;
+    console.log(
+      `${variant}/baseline speed: cold ${(median(base.cold) / median(t.cold)).toFixed(2)}x, dropped ${(median(base.dropped) / median(t.dropped)).toFixed(2)}x`,
+    );
+  }
   const dio = times.get("dio");
   for (const [variant, t] of times) {
-    if (!dio || variant === "dio") continue;
+    if (!dio || variant === "dio" || variant.endsWith("@baseline")) continue;
     console.log(
       `${variant}/dio speed: cold ${(median(dio.cold) / median(t.cold)).toFixed(2)}x, dropped ${(median(dio.dropped) / median(t.dropped)).toFixed(2)}x (target: cold >= 0.333 of warm)`,
     );

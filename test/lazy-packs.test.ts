@@ -2,11 +2,12 @@
 // through a real FUSE lazy file. A counting HTTP proxy in front of the registry tells requests apart.
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, open, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { after, before, test } from "node:test";
+import { fileReader, readSquashfsFiles } from "../src/blockimage/layout.js";
 import { cleanupStale, type LazyImage, openLazyImage } from "../src/lazy/index.js";
 import { writeProfile } from "../src/lazy/profile.js";
 import {
@@ -19,6 +20,7 @@ import {
   writePacks,
 } from "../src/store/packs.js";
 import type { BlockIndex, Digest } from "../src/store/types.js";
+import { exec } from "../src/util/exec.js";
 import { KindlingHome } from "../src/util/home.js";
 import { indexBytes } from "./helpers/blockindex.js";
 import { startRegistry, type TestRegistry } from "./helpers/registry.js";
@@ -59,7 +61,7 @@ after(async () => {
   await new Promise((r) => proxy.close(r));
   proxy.closeAllConnections();
   await registry.stop();
-  for (const h of ["a", "b", "c", "d", "e", "f", "g"])
+  for (const h of ["a", "b", "c", "d", "e", "f", "g", "h"])
     await cleanupStale(new KindlingHome(path.join(tmp, h))).catch(() => {});
   await rm(tmp, { recursive: true, force: true });
 });
@@ -157,6 +159,67 @@ test("a sequential reader of a lazy file with segments fetches them as ranged re
     );
   } finally {
     await lazy.close();
+  }
+});
+
+test("a stream stops at the end of the file read (the image's layout): the next file is not fetched; streamed chunks are stored", async () => {
+  // A SquashFS of two incompressible 8 MiB files, stored one after the other.
+  const src = path.join(tmp, "two-files");
+  await mkdir(src);
+  await writeFile(path.join(src, "a.bin"), randomBytes(8 << 20));
+  await writeFile(path.join(src, "b.bin"), randomBytes(8 << 20));
+  const file = path.join(tmp, "two-files.sqfs");
+  await exec("mksquashfs", [src, file, "-noappend", "-quiet", "-no-progress"]);
+  const data = await readFile(file);
+  const fh = await open(file, "r");
+  const { files } = await readSquashfsFiles(fileReader(fh), { names: true }).finally(() => fh.close());
+  const [a, b] = ["a.bin", "b.bin"].map((n) => files.find((f) => f.path === n)!);
+  assert.ok(a.end <= b.start, "a.bin's blocks lie before b.bin's");
+  const { home, index, record } = await pulledHome("h", data);
+  const segments = [];
+  for (const list of planSegments(index)) segments.push(await pack(index, list, data));
+  await writePacks(home, { image: record.digest, segments });
+  const lazy = await openLazyImage(home, record, "auto", { prefetch: false });
+  try {
+    // a.bin's blocks in order, 128 KiB at a time, as squashfs asks for them through a loop device.
+    // Once the first run starts the daemon reads the layout (from the image's tables): wait for it.
+    const lf = await open(lazy.path, "r");
+    try {
+      const got = Buffer.alloc(a.end - a.start);
+      for (let pos = a.start; pos < a.end; pos += 128 << 10) {
+        const len = Math.min(128 << 10, a.end - pos);
+        await lf.read(got, pos - a.start, len, pos);
+        if (pos - a.start === 3 << 19) {
+          const log = path.join(lazy.dir, "daemon.log");
+          await until("the daemon to read the layout", async () =>
+            (await readFile(log, "utf8").catch(() => "")).includes("file layout read: 2 files"),
+          );
+        }
+      }
+      assert.ok(got.equals(data.subarray(a.start, a.end)), "a.bin's blocks as pushed");
+    } finally {
+      await lf.close();
+    }
+    await until("the stream to end", async () => (await lazy.stats()).inFlight === 0);
+  } finally {
+    await lazy.close();
+  }
+  // Closed: every write has landed. a.bin's chunks are stored, verified; none wholly in b.bin's.
+  for (const c of index.chunks) {
+    const stored = await readFile(home.blobPath(c.digest)).catch(() => undefined);
+    if (c.offset + c.length <= a.end && c.offset >= a.start + (2 << 20)) {
+      assert.ok(stored?.equals(data.subarray(c.offset, c.offset + c.length)), `chunk at ${c.offset} stored`);
+    }
+    // (The kernel's own readahead on the lazy file, read through the page cache here, may cross
+    // a.bin's end by up to 128 KiB: those are reads, so their chunks are fetched.)
+    // The chunk holding b.bin's end also holds the tables (the layout), which the daemon read.
+    if (c.offset >= a.end + (512 << 10) && c.offset + c.length <= b.end) {
+      assert.equal(
+        stored,
+        undefined,
+        `chunk at ${c.offset}, ${c.offset - a.end} bytes past a.bin, was fetched`,
+      );
+    }
   }
 });
 

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { PackLoader } from "../src/chunks/packloader.js";
 import type { ChunkCache } from "../src/lazy/cache.js";
-import { Readahead } from "../src/lazy/readahead.js";
+import { type FileEndAt, Readahead } from "../src/lazy/readahead.js";
 import { newStats } from "../src/lazy/stats.js";
 import type { BlockIndex } from "../src/store/types.js";
 
@@ -13,7 +13,7 @@ const CHUNK = 128 << 10;
 const WINDOW = 4 << 20;
 
 /** A 64 MiB image of 128 KiB chunks, and pack segments that record which chunks were requested. */
-function setup(kernelReadahead: number) {
+function setup(kernelReadahead: number, layout?: () => Promise<FileEndAt>) {
   const n = 512;
   const index = {
     blockSize: n * CHUNK,
@@ -32,7 +32,7 @@ function setup(kernelReadahead: number) {
       return { chunks: b - a + 1, bytes: (b - a + 1) * CHUNK };
     },
   } as unknown as PackLoader;
-  const ra = new Readahead(cache, 4, () => {}, packs, kernelReadahead);
+  const ra = new Readahead(cache, 4, () => {}, packs, kernelReadahead, layout);
   return { ra, requested };
 }
 
@@ -69,4 +69,42 @@ test("without kernel readahead (direct I/O loop) the same shuffled requests do n
   const { ra, requested } = setup(0);
   readInShuffledWindows(ra, 32 << 20);
   assert.ok(requested.size < 64, `${requested.size} chunks requested ahead`);
+});
+
+/** Reads [from, to) in order, 128 KiB at a time (a loop device with direct I/O under squashfs). */
+async function readInOrder(ra: Readahead, from: number, to: number): Promise<void> {
+  for (let pos = from; pos < to; pos += CHUNK) {
+    ra.observe(pos, CHUNK);
+    await new Promise((r) => setImmediate(r)); // the layout arrives like any read of its tables
+  }
+}
+
+test("with the image's layout a stream doubles from the first MiB and stops at the end of the file read", async () => {
+  // Files [0, 24 MiB) and [24 MiB, 64 MiB).
+  const fileEnd: FileEndAt = (pos) => (pos < 24 << 20 ? 24 << 20 : pos < 64 << 20 ? 64 << 20 : undefined);
+  let asked = 0;
+  const { ra, requested } = setup(0, async () => {
+    asked++;
+    return fileEnd;
+  });
+  await readInOrder(ra, 0, 2 << 20);
+  assert.equal(asked, 1, "the layout is read once the first run starts");
+  // After a 2 MiB run, about 2 MiB are requested ahead (the old rule: 4 chunks until 4 MiB).
+  assert.ok(requested.has((3.5 * (1 << 20)) / CHUNK), "the window doubled with the run");
+  await readInOrder(ra, 2 << 20, 24 << 20);
+  const past = [...requested].filter((i) => i >= (24 << 20) / CHUNK);
+  assert.deepEqual(past, [], "nothing requested past the end of the file read");
+  await readInOrder(ra, 24 << 20, 40 << 20);
+  assert.ok(requested.has((52 << 20) / CHUNK), "reading on into the next file streams it");
+  assert.equal(asked, 1);
+});
+
+test("without a layout (not SquashFS) a stream keeps the old ramp: 4 chunks until the run covers 4 MiB", async () => {
+  const { ra, requested } = setup(0, async () => {
+    throw new Error("not a SquashFS image");
+  });
+  await readInOrder(ra, 0, 2 << 20);
+  assert.ok(!requested.has((3 << 20) / CHUNK), "no byte window before 4 MiB");
+  await readInOrder(ra, 2 << 20, 24 << 20);
+  assert.ok(requested.has((30 << 20) / CHUNK), "past 4 MiB the window grows, unbounded by files");
 });

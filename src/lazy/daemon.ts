@@ -20,7 +20,7 @@ import { BackgroundLoads } from "./background.js";
 import { ChunkCache } from "./cache.js";
 import { validateIndex } from "./chunkmap.js";
 import { DaemonDir } from "./daemondir.js";
-import { FileReadahead } from "./files.js";
+import { FileReadahead, fileEnds, readFileExtents } from "./files.js";
 import { mountBlockFile } from "./fusefs.js";
 import { LowerMounts } from "./lower.js";
 import { prefetchTables } from "./prefetch.js";
@@ -83,7 +83,23 @@ async function main(): Promise<void> {
           log,
         })
       : undefined;
-  const readahead = new Readahead(cache, cfg.readaheadChunks, log, packs, cfg.settings.lazyKernelReadahead);
+  // The image's file layout, read once from its tables when first wanted (a stream's bound, file-aware readahead).
+  let extents: ReturnType<typeof readFileExtents> | undefined;
+  const fileExtents = () => {
+    extents ??= readFileExtents(cache).then((files) => {
+      log(`file layout read: ${files.length} files`);
+      return files;
+    });
+    return extents;
+  };
+  const readahead = new Readahead(
+    cache,
+    cfg.readaheadChunks,
+    log,
+    packs,
+    cfg.settings.lazyKernelReadahead,
+    async () => fileEnds(await fileExtents()),
+  );
   const tracer = new ReadTracer(stats);
   // Set once the image's file extents are read (after the tables' prefetch).
   let files: FileReadahead | undefined;
@@ -285,8 +301,9 @@ async function main(): Promise<void> {
         if (fileBytes <= 0 || cache.stats.prefetch.state !== "done") return;
         // Leaves readers a slot or two: the limiter hands freed slots to readers first anyway.
         const loads = new BackgroundLoads(cache, Math.max(1, cfg.fetchConcurrency - 2), log);
-        await FileReadahead.load(cache, loads, fileBytes).then(
-          (f) => {
+        await fileExtents().then(
+          (extents) => {
+            const f = FileReadahead.from(cache, loads, extents, fileBytes);
             files = f;
             log(`file-aware readahead: ${f.files} files of at most ${fileBytes} bytes`);
           },

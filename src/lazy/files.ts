@@ -1,9 +1,41 @@
-import { readSquashfsFiles } from "../blockimage/layout.js";
+import { type FileExtent, readSquashfsFiles } from "../blockimage/layout.js";
 import type { BackgroundLoads } from "./background.js";
 import type { ChunkCache } from "./cache.js";
 import { chunkAt, chunksIn } from "./chunkmap.js";
+import type { FileEndAt } from "./readahead.js";
 
 const PAGE = 4096;
+
+/** The image's regular files and where their data lies, read through the cache (from its tables). */
+export async function readFileExtents(cache: ChunkCache): Promise<FileExtent[]> {
+  const read = async (pos: number, len: number) => {
+    const b = Buffer.alloc(Math.max(0, Math.min(len, cache.index.blockSize - pos)));
+    await cache.read(b, pos, b.length, true, false);
+    return b;
+  };
+  return (await readSquashfsFiles(read)).files;
+}
+
+/**
+ * Where the data blocks of the file holding an image offset end (undefined outside every file's
+ * blocks: metadata, fragments, another kind of image): a sequential stream stops there.
+ */
+export function fileEnds(files: FileExtent[]): FileEndAt {
+  const spans = files.filter((f) => f.end > f.start).sort((a, b) => a.start - b.start);
+  const starts = Float64Array.from(spans, (f) => f.start);
+  const ends = Float64Array.from(spans, (f) => f.end);
+  return (pos) => {
+    // The last extent starting at or before pos.
+    let lo = 0;
+    let hi = starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (starts[mid] <= pos) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo > 0 && pos < ends[lo - 1] ? ends[lo - 1] : undefined;
+  };
+}
 
 /**
  * File-aware readahead: squashfs reads a file one data block at a time, each a round trip when its
@@ -44,16 +76,15 @@ export class FileReadahead {
   }
 
   /**
-   * Reads the image's file extents through the cache (its tables are local by then). Files of more
-   * than `maxBytes` in the image, and files without data blocks (all in a fragment), are left out.
+   * From the image's file extents (readFileExtents). Files of more than `maxBytes` in the image, and
+   * files without data blocks (all in a fragment), are left out.
    */
-  static async load(cache: ChunkCache, loads: BackgroundLoads, maxBytes: number): Promise<FileReadahead> {
-    const read = async (pos: number, len: number) => {
-      const b = Buffer.alloc(Math.max(0, Math.min(len, cache.index.blockSize - pos)));
-      await cache.read(b, pos, b.length, true, false);
-      return b;
-    };
-    const { files } = await readSquashfsFiles(read);
+  static from(
+    cache: ChunkCache,
+    loads: BackgroundLoads,
+    files: FileExtent[],
+    maxBytes: number,
+  ): FileReadahead {
     const byStart = new Map<number, [number, number, number, number]>();
     for (const f of files) {
       if (f.end <= f.start || f.end - f.start > maxBytes) continue;
