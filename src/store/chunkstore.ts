@@ -3,7 +3,6 @@ import path from "node:path";
 import { writeFileAtomic } from "../util/atomic.js";
 import type { KindlingHome } from "../util/home.js";
 import { FetchLocks } from "./fetchlock.js";
-import { FileWriter } from "./filewriter.js";
 import type { ChunkRef } from "./types.js";
 import { isChunkSync } from "./verify.js";
 
@@ -38,8 +37,6 @@ export class ChunkStore {
   private readonly verified = new Set<string>();
   private readonly fds = new Map<string, FileHandle>();
   private readonly locks = new FetchLocks();
-  /** Writes of streamed chunks (unlockedWriter), off the event loop. */
-  private readonly files = new FileWriter();
 
   constructor(
     readonly home: KindlingHome,
@@ -148,7 +145,7 @@ export class ChunkStore {
     return null;
   }
 
-  private writer(digest: string, lock: string | undefined, offThread = false): ChunkWriter {
+  private writer(digest: string, lock: string | undefined): ChunkWriter {
     const file = this.home.blobPath(digest);
     const unlock = async () => {
       if (lock) await unlinkQuiet(lock);
@@ -157,8 +154,7 @@ export class ChunkStore {
       commit: async (data) => {
         try {
           // Only verified bytes reach the shared cache (the caller checked them).
-          if (offThread) await this.files.write(file, data);
-          else await writeFileAtomic(file, data);
+          await writeFileAtomic(file, data);
           this.verified.add(digest);
           this.counters.cacheFull = undefined;
           return true;
@@ -177,10 +173,9 @@ export class ChunkStore {
    * A writer without the cross-process fetch lock, for chunks fetched many per request (a pack
    * range): the lock costs ~6 file operations per chunk; without it, two daemons of one image may
    * both fetch a chunk (each publishes the same verified bytes atomically), never a wrong byte.
-   * Its writes run in a worker thread (filewriter.ts): a stream brings many chunks a second.
    */
   unlockedWriter(ref: Pick<ChunkRef, "digest">): ChunkWriter {
-    return this.writer(ref.digest, undefined, true);
+    return this.writer(ref.digest, undefined);
   }
 
   private noteWriteError(err: unknown): void {
@@ -193,7 +188,6 @@ export class ChunkStore {
   }
 
   async close(): Promise<void> {
-    await this.files.close();
     for (const fh of this.fds.values()) await fh.close().catch(() => {});
     this.fds.clear();
   }
