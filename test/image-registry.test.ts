@@ -1,14 +1,16 @@
 import assert from "node:assert/strict";
-import { readFile } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { liveDaemonPids } from "../src/lazy/index.js";
+import { isSameProcess } from "../src/host/process.js";
+import { cleanupStale, liveDaemonPids } from "../src/lazy/index.js";
 import { readBlockIndex } from "../src/store/blockindex.js";
 import { exec } from "../src/util/exec.js";
-import { until } from "./helpers/bounded.js";
+import { exited, firstLine, until } from "./helpers/bounded.js";
 import { runCli } from "./helpers/cli.js";
 import { fixture, tempHome } from "./helpers/fixtures.js";
-import { leftovers } from "./helpers/leftovers.js";
+import { leftovers, pidsNaming } from "./helpers/leftovers.js";
 import { loadOciLayout, startRegistry, type TestRegistry } from "./helpers/registry.js";
 
 describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
@@ -24,7 +26,7 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
 
   before(async () => {
     reg = await startRegistry();
-    homes = [await tempHome(), await tempHome(), await tempHome(), await tempHome()];
+    homes = [await tempHome(), await tempHome(), await tempHome(), await tempHome(), await tempHome()];
   });
   after(async () => {
     await reg?.stop();
@@ -109,6 +111,75 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     await kindling(c!, ["image", "rm", ref]);
     assert.deepEqual(await liveDaemonPids(c!, digest), []);
     assert.deepEqual(await leftovers(c!.root), []);
+  });
+
+  /** Directories of lazy daemons being made (mnt/.new-*): an early start's, until it has its image. */
+  const halfMade = async (home: { mounts: string }) =>
+    (await readdir(home.mounts).catch(() => [] as string[])).filter((n) => n.startsWith(".new-"));
+
+  test("the daemon a pull starts early: used for a lazy image, ended by a re-pull and by a failed pull", async () => {
+    const e = homes[4]!;
+    const ref = `${reg.host}/kindling/busybox:v1`; // pushed above
+    const pull = await kindling(e, ["image", "pull", ref, "--insecure"]);
+    const digest = pull.stdout.trim().split(" ").at(-1)!;
+    await until(
+      "the pull's daemon to serve",
+      async () => (await liveDaemonPids(e, digest)).length === 1,
+      20_000,
+    );
+    const [pid] = await liveDaemonPids(e, digest);
+    // Started before the image was known, it logs where a daemon started after the pull would.
+    const [dir] = (await readdir(e.mounts)).filter((n) => /^[0-9a-f]{16}$/.test(n));
+    const log = path.join(e.mounts, dir!, "daemon.log");
+    await until("its log to say it serves", async () => /serving /.test(await readFile(log, "utf8")), 10_000);
+    // Only the image's daemon names this home once a pull is done (an early start names its directory).
+    const onlyTheDaemon = async () => {
+      const pids = await pidsNaming(`${e.root}/`);
+      return pids.length === 1 && pids[0] === pid && (await halfMade(e)).length === 0;
+    };
+    assert.deepEqual(await halfMade(e), []);
+    // A re-pull: the image's daemon serves already; the one this pull started early is ended.
+    await kindling(e, ["image", "pull", ref, "--insecure"]);
+    await until("the re-pull's early daemon to end", onlyTheDaemon, 10_000);
+    // A failed pull (no such tag): one line, status 125, and its early daemon ended too.
+    const bad = await runCli(["image", "pull", `${reg.host}/kindling/busybox:nosuch`, "--insecure"], {
+      home: e,
+    });
+    assert.equal(bad.code, 125, bad.stderr);
+    assert.equal(bad.stderr.trim().split("\n").length, 1, bad.stderr);
+    await until("the failed pull's early daemon to end", onlyTheDaemon, 10_000);
+    await kindling(e, ["image", "rm", ref]);
+    assert.deepEqual(await leftovers(e.root), []);
+  });
+
+  test("an early daemon whose starter dies before it knows its image exits; a cleanup removes its directory", async () => {
+    const e = homes[4]!;
+    const client = new URL("../src/lazy/client.js", import.meta.url).href;
+    const homeJs = new URL("../src/util/home.js", import.meta.url).href;
+    // A starter that is killed while its early daemon waits for its directory.
+    const starter = spawn(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `import { startEarlyDaemon } from ${JSON.stringify(client)};
+         import { KindlingHome } from ${JSON.stringify(homeJs)};
+         const early = await startEarlyDaemon(new KindlingHome(process.argv[1]));
+         console.log(early.child.pid);
+         setInterval(() => {}, 1000);`,
+        e.root,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    const pid = Number(await firstLine(starter, 20_000, "the early daemon's pid"));
+    assert.ok(isSameProcess(pid), "the early daemon runs");
+    assert.equal((await halfMade(e)).length, 1);
+    starter.kill("SIGKILL");
+    await exited(starter, 10_000, "the starter");
+    await until("the early daemon to exit", async () => !isSameProcess(pid), 20_000);
+    await cleanupStale(e);
+    assert.deepEqual(await halfMade(e), []);
+    assert.deepEqual(await leftovers(e.root), []);
   });
 
   test("an image imported --compression lz4 runs under runc from another worker's lazy pull", async () => {

@@ -1,6 +1,7 @@
 import { constants } from "node:fs";
 import { access } from "node:fs/promises";
 import { config } from "../config/index.js";
+import type { EarlyDaemon } from "../lazy/client.js";
 import { checkProfile, readProfileFile, readProfileReads, writeProfile } from "../lazy/profile.js";
 import type { Platform } from "../registry/platform.js";
 import { pullFromRegistry } from "../registry/pull.js";
@@ -35,6 +36,22 @@ export async function pullImage(
   },
 ): Promise<ImageRecord> {
   home.ensure();
+  // The lazy daemon's process starts now, so its Node start overlaps our fetches; it learns its
+  // image (or is ended) below.
+  const early = opts.startDaemon ? await startEarly(home) : undefined;
+  try {
+    return await pull(home, ref, opts, early);
+  } finally {
+    await early?.cancel(); // unless it was handed its image
+  }
+}
+
+async function pull(
+  home: KindlingHome,
+  ref: string,
+  opts: Parameters<typeof pullImage>[2],
+  early: EarlyDaemon | undefined,
+): Promise<ImageRecord> {
   const res = await pullFromRegistry(ref, {
     insecure: opts.insecure,
     platform: opts.platform,
@@ -82,9 +99,21 @@ export async function pullImage(
   await keepStartupProfile(home, res.startupProfile, res.indexDigest, index.chunks.length);
   await keepPacks(home, res.packs, res.indexDigest, index);
   trace("pull: recorded");
-  if (opts.startDaemon) await startDaemonAfterPull(home, record);
+  if (opts.startDaemon) await startDaemonAfterPull(home, record, early);
   trace("pull: lazy daemon spawned");
   return record;
+}
+
+/** A lazy daemon started before the pull knows its image (lazy/client.ts startEarlyDaemon); none without FUSE. */
+async function startEarly(home: KindlingHome): Promise<EarlyDaemon | undefined> {
+  try {
+    await access("/dev/fuse", constants.R_OK | constants.W_OK); // else no lazy runs here anyway
+    const { startEarlyDaemon } = await import("../lazy/client.js");
+    return await startEarlyDaemon(home);
+  } catch (err) {
+    debug(`not starting a lazy daemon early: ${errorMessage(err)}`);
+    return undefined;
+  }
 }
 
 /**
@@ -92,11 +121,20 @@ export async function pullImage(
  * overlap the pull's exit and the run's start; docs/lazy.md). It mounts the SquashFS too, so it
  * serves runc/runsc and VM runs alike. Never fails the pull: a host without FUSE just runs cold.
  */
-async function startDaemonAfterPull(home: KindlingHome, record: ImageRecord): Promise<void> {
+async function startDaemonAfterPull(
+  home: KindlingHome,
+  record: ImageRecord,
+  early: EarlyDaemon | undefined,
+): Promise<void> {
   try {
     await access("/dev/fuse", constants.R_OK | constants.W_OK); // else no lazy runs here anyway
     const { startSharedInBackground } = await import("../lazy/client.js");
-    await startSharedInBackground(home, record, { shared: { idleMs: config().lazyIdleMs }, lower: true });
+    await startSharedInBackground(
+      home,
+      record,
+      { shared: { idleMs: config().lazyIdleMs }, lower: true },
+      early,
+    );
   } catch (err) {
     debug(`not starting the lazy daemon of ${record.name} after the pull: ${errorMessage(err)}`);
   }

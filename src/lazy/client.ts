@@ -27,13 +27,14 @@ import {
 } from "./shared.js";
 import { cleanupStaleDaemons, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
-import type {
-  DaemonMessage,
-  DaemonState,
-  FetchPolicy,
-  LazyOptions,
-  LazyStats,
-  ParentMessage,
+import {
+  AWAIT_DIR,
+  type DaemonMessage,
+  type DaemonState,
+  type FetchPolicy,
+  type LazyOptions,
+  type LazyStats,
+  type ParentMessage,
 } from "./types.js";
 
 export interface LazyImage {
@@ -57,6 +58,72 @@ export interface LazyImage {
 
 export const DAEMON_JS = fileURLToPath(new URL("./daemon.js", import.meta.url));
 const READY_TIMEOUT_MS = 20_000;
+
+/**
+ * A lazy daemon process started before its image is known: `image pull` starts one before its
+ * fetches, so the daemon's Node start and module load overlap them. It logs to
+ * mnt/.new-<pid>-<id>/daemon.log and waits for this process's IPC channel to close (we hand it
+ * over, exit or die); then it serves mnt/<id> if startSharedInBackground made it, else it exits.
+ * A cleanup removes the half-made directory of a dead starter.
+ */
+export interface EarlyDaemon {
+  readonly id: string;
+  readonly child: ChildProcess;
+  /** Ends it (it was not needed) and removes its directory. Safe to call twice, or after use. */
+  cancel(): Promise<void>;
+}
+
+export async function startEarlyDaemon(home: KindlingHome): Promise<EarlyDaemon> {
+  await mkdir(home.blobs, { recursive: true });
+  const reserved = await DaemonDir.reserve(home);
+  let child: ChildProcess;
+  try {
+    const logFd = await open(path.join(reserved.path, "daemon.log"), "a");
+    try {
+      // Its directory-to-be on its command line: `ps` (and a leak check) sees whose it is.
+      child = spawnDaemon([AWAIT_DIR, new DaemonDir(home, reserved.id).path], logFd.fd, true);
+    } finally {
+      await logFd.close();
+    }
+  } catch (err) {
+    await rm(reserved.path, { recursive: true, force: true });
+    throw err;
+  }
+  let used = false;
+  const early = {
+    id: reserved.id,
+    child,
+    /** Called once the directory is renamed into place: cancel then leaves the daemon alone. */
+    use: () => {
+      used = true;
+    },
+    async cancel(): Promise<void> {
+      if (used) return;
+      used = true;
+      child.kill("SIGKILL");
+      if (child.connected) child.disconnect();
+      await rm(reserved.path, { recursive: true, force: true });
+    },
+  };
+  earlyUses.set(early, early.use);
+  return early;
+}
+
+/** The `use` of each early daemon (not part of the interface its holder sees). */
+const earlyUses = new WeakMap<EarlyDaemon, () => void>();
+
+/** Spawns a daemon process (`args`: its directory, or AWAIT_DIR and it) with an IPC channel that keeps neither side alive. */
+function spawnDaemon(args: string[], logFd: number, detached: boolean): ChildProcess {
+  const child = spawn(process.execPath, [DAEMON_JS, ...args], {
+    stdio: ["ignore", logFd, logFd, "ipc"],
+    serialization: "advanced",
+    detached,
+  });
+  // Neither the daemon nor its channel keeps this process alive; an attached daemon exits with us.
+  child.unref();
+  child.channel?.unref();
+  return child;
+}
 
 /**
  * Starts a daemon that serves `record`'s block image as a read-only file. With source "auto" the
@@ -113,16 +180,22 @@ export async function startSharedInBackground(
   home: KindlingHome,
   record: ImageRecord,
   opts: Pick<LazyOptions, "shared" | "lower" | keyof FetchPolicy> & { shared: LazyOptions["shared"] },
+  early?: EarlyDaemon,
 ): Promise<boolean> {
   await mkdir(home.blobs, { recursive: true });
   await mkdir(home.mounts, { recursive: true });
   await cleanupStaleDaemons(home).catch(() => {});
   const policy = policyFrom(opts);
-  if (await findShared(home, record.digest, policy, Boolean(opts.lower))) return false;
   const lock = startLockPath(home, record, opts);
-  if (!(await startLocks.tryLock(lock))) return false;
+  if (
+    (await findShared(home, record.digest, policy, Boolean(opts.lower))) ||
+    !(await startLocks.tryLock(lock))
+  ) {
+    await early?.cancel();
+    return false;
+  }
   try {
-    await startDaemon(home, record, "auto", opts, policy, lock);
+    await startDaemon(home, record, "auto", opts, policy, { lock, early });
   } catch (err) {
     await rm(lock, { force: true });
     throw err;
@@ -147,43 +220,53 @@ async function startDaemon(
   source: "auto",
   opts: LazyOptions,
   policy: FetchPolicy,
-  handOff: string,
+  background: { lock: string; early?: EarlyDaemon },
 ): Promise<undefined>;
-/** `handOff`: a background start (startSharedInBackground) holding that start lock. */
+/**
+ * `background`: a background start (startSharedInBackground) holding that start lock, with the
+ * process an early start made (else a new one).
+ */
 async function startDaemon(
   home: KindlingHome,
   record: ImageRecord,
   source: ChunkSource | "auto",
   opts: LazyOptions,
   policy: FetchPolicy,
-  handOff?: string,
+  background?: { lock: string; early?: EarlyDaemon },
 ): Promise<LazyImage | undefined> {
+  const handOff = background?.lock;
+  const early = background?.early;
   const ownerStartTime = processStartTime(process.pid) ?? 0;
   const detached = Boolean(opts.detached || opts.shared);
-  const dir = await DaemonDir.create(home, (d) => ({
-    home: home.root,
-    id: d.id,
-    dir: d.path,
-    mountpoint: d.mountpoint,
-    fileName: "image.sqfs",
-    record,
-    source: source === "auto" ? "auto" : "ipc",
-    registry: source === "auto" && record.origin.kind === "registry" ? registrySettings() : undefined,
-    settings: config(),
-    policy,
-    memoryCacheBytes: opts.memoryCacheBytes ?? 64 << 20,
-    readaheadChunks: opts.readaheadChunks ?? 4,
-    prefetch: opts.prefetch ?? true,
-    fetchConcurrency: opts.fetchConcurrency ?? 8,
-    detached,
-    shared: opts.shared
-      ? { idleMs: (typeof opts.shared === "object" && opts.shared.idleMs) || config().lazyIdleMs }
-      : undefined,
-    lower: Boolean(opts.lower),
-    owner: process.pid,
-    ownerStartTime,
-    ...(handOff ? { startLock: handOff } : {}),
-  }));
+  const dir = await DaemonDir.create(
+    home,
+    (d) => ({
+      home: home.root,
+      id: d.id,
+      dir: d.path,
+      mountpoint: d.mountpoint,
+      fileName: "image.sqfs",
+      record,
+      source: source === "auto" ? "auto" : "ipc",
+      registry: source === "auto" && record.origin.kind === "registry" ? registrySettings() : undefined,
+      settings: config(),
+      policy,
+      memoryCacheBytes: opts.memoryCacheBytes ?? 64 << 20,
+      readaheadChunks: opts.readaheadChunks ?? 4,
+      prefetch: opts.prefetch ?? true,
+      fetchConcurrency: opts.fetchConcurrency ?? 8,
+      detached,
+      shared: opts.shared
+        ? { idleMs: (typeof opts.shared === "object" && opts.shared.idleMs) || config().lazyIdleMs }
+        : undefined,
+      lower: Boolean(opts.lower),
+      owner: process.pid,
+      ownerStartTime,
+      ...(handOff ? { startLock: handOff } : {}),
+    }),
+    early?.id,
+  );
+  if (early) earlyUses.get(early)?.();
   const id = dir.id;
   const mountpoint = dir.mountpoint;
   // A shared daemon counts users from its first look: be one before it starts (a background
@@ -191,20 +274,16 @@ async function startDaemon(
   const token = opts.shared && !handOff ? await addUser(dir) : undefined;
 
   const logFile = dir.logFile;
-  const logFd = await open(logFile, "a");
   let child: ChildProcess;
-  try {
-    child = spawn(process.execPath, [DAEMON_JS, dir.path], {
-      stdio: ["ignore", logFd.fd, logFd.fd, "ipc"],
-      serialization: "advanced",
-      detached,
-    });
-  } finally {
-    await logFd.close();
+  if (early) child = early.child;
+  else {
+    const logFd = await open(logFile, "a");
+    try {
+      child = spawnDaemon([dir.path], logFd.fd, detached);
+    } finally {
+      await logFd.close();
+    }
   }
-  // Neither the daemon nor its channel keeps this process alive; an attached daemon exits with us.
-  child.unref();
-  child.channel?.unref();
   if (source !== "auto") serveFetches(child, source);
   if (handOff) {
     await handOver(dir, child, handOff);
@@ -358,6 +437,7 @@ async function handOver(dir: DaemonDir, child: ChildProcess, lock: string): Prom
     await rm(dir.path, { recursive: true, force: true }).catch(() => {});
     throw err;
   } finally {
+    // An early start reads its config (with its ownership, above) once the channel closes.
     if (child.connected) child.disconnect();
   }
 }

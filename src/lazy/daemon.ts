@@ -1,7 +1,8 @@
 /**
  * The lazy image daemon: one process per LazyImage, serving its block image over FUSE. It runs
  * apart from the CLI so a CLI blocked in synchronous work never deadlocks on its own mount, and so
- * it can be killed. Usage: node daemon.js <dir>   (dir holds config.json; see types.ts)
+ * it can be killed. Usage: node daemon.js <dir>   (dir holds config.json; see types.ts), or
+ * node daemon.js --await-dir <dir>   (an early start, made before its directory: see daemonDir())
  */
 import { readFile, rm, stat } from "node:fs/promises";
 import path from "node:path";
@@ -15,7 +16,7 @@ import { readBlockIndex } from "../store/blockindex.js";
 import { checkPacks, readPacksFile } from "../store/packs.js";
 import { writeFileAtomic } from "../util/atomic.js";
 import { KindlingHome } from "../util/home.js";
-import { trace, traceAt, traceTo } from "../util/trace.js";
+import { trace, traceAt, traceNow, traceTo } from "../util/trace.js";
 import { BackgroundLoads } from "./background.js";
 import { ChunkCache } from "./cache.js";
 import { validateIndex } from "./chunkmap.js";
@@ -38,19 +39,37 @@ import { liveUsers, markStopping } from "./shared.js";
 import { IpcChunkSource, send } from "./sources.js";
 import { newStats, writeStats } from "./stats.js";
 import { ReadTracer } from "./trace.js";
-import type { DaemonConfig, DaemonState, ParentMessage } from "./types.js";
+import { AWAIT_DIR, type DaemonConfig, type DaemonState, type ParentMessage } from "./types.js";
 
-const dir = process.argv[2];
 const log = (msg: string) => process.stderr.write(`${new Date().toISOString()} ${msg}\n`);
 
+/**
+ * Our directory: the argument; with AWAIT_DIR (an early start by `image pull`, before its image was
+ * known: client.ts startEarlyDaemon) once the starter's IPC channel closes. The starter closes it
+ * after making the directory (renamed into place whole, config and all), or exits or dies without:
+ * then there is nothing to serve and we exit. No message is awaited: one sent just before the
+ * channel closes can be lost.
+ */
+async function daemonDir(): Promise<string> {
+  if (process.argv[2] !== AWAIT_DIR) return process.argv[2]!;
+  const dir = process.argv[3]!;
+  // A "disconnect" listener keeps the channel, and so this process, alive until then.
+  if (process.connected) await new Promise((resolve) => process.once("disconnect", resolve));
+  if (!(await stat(path.join(dir, "config.json")).catch(() => null))) process.exit(0);
+  return dir;
+}
+
 async function main(): Promise<void> {
+  const loadedAt = traceNow();
+  const dir = await daemonDir();
   const cfg = JSON.parse(await readFile(path.join(dir, "config.json"), "utf8")) as DaemonConfig;
   // Settings are the parent's, never our environment's: config() anywhere in this process gives these.
   useConfig(Object.freeze(cfg.settings));
   if (cfg.settings.trace) {
     traceTo(cfg.settings.trace, "lazy");
     traceAt(performance.timeOrigin, "lazy: process start");
-    trace("lazy: modules loaded, config read");
+    traceAt(loadedAt, "lazy: modules loaded");
+    trace("lazy: config read");
   }
   const home = new KindlingHome(cfg.home);
   // The index by digest from the store (verified there), not copied into our config.

@@ -53,12 +53,32 @@ export class DaemonDir {
   }
 
   /**
-   * A new daemon directory, complete with its config (made by `config(dir)`) and mountpoint
-   * before it appears under its name.
+   * An id for a daemon directory that is not made yet, and its directory being filled
+   * (mnt/.new-<pid>-<id>, made now): a daemon started before its image is known logs there.
    */
-  static async create(home: KindlingHome, config: (dir: DaemonDir) => DaemonConfig): Promise<DaemonDir> {
-    const dir = new DaemonDir(home, randomBytes(8).toString("hex"));
-    const tmp = path.join(home.mounts, `.new-${process.pid}-${dir.id}`);
+  static async reserve(home: KindlingHome): Promise<{ id: string; path: string }> {
+    const id = randomBytes(8).toString("hex");
+    const tmp = DaemonDir.newPath(home, id);
+    await mkdir(tmp, { recursive: true });
+    return { id, path: tmp };
+  }
+
+  /** mnt/.new-<pid>-<id>: where this process fills directory `id` before renaming it into place. */
+  static newPath(home: KindlingHome, id: string): string {
+    return path.join(home.mounts, `.new-${process.pid}-${id}`);
+  }
+
+  /**
+   * A new daemon directory, complete with its config (made by `config(dir)`) and mountpoint
+   * before it appears under its name. `reserved`: an id from reserve() (its directory is filled).
+   */
+  static async create(
+    home: KindlingHome,
+    config: (dir: DaemonDir) => DaemonConfig,
+    reserved?: string,
+  ): Promise<DaemonDir> {
+    const dir = new DaemonDir(home, reserved ?? randomBytes(8).toString("hex"));
+    const tmp = DaemonDir.newPath(home, dir.id);
     try {
       await mkdir(path.join(tmp, "fs"), { recursive: true });
       await mkdir(path.join(tmp, "users"));

@@ -134,6 +134,9 @@ export type DaemonMessage =
   | { t: "abort"; id: number }
   | { t: "stats"; id: number; stats: LazyStats };
 
+/** The daemon's argument before its directory: an early start, which waits for the directory to be made. */
+export const AWAIT_DIR = "--await-dir";
+
 export type ParentMessage =
   | { t: "chunk"; id: number; data: Uint8Array }
   | { t: "error"; id: number; message: string }
