@@ -446,7 +446,8 @@ async function main(): Promise<void> {
         loads.push(loadavg()[0]);
         if (v === "baseline") rows.push(await baselineRound(tmp, round, refs.baseline!));
         else {
-          const name = `${round}-${v.replaceAll("+", "-")}${build === "base" ? "-base" : ""}`;
+          // the round's name is a path (its home): no "+", "@" or ":" (overlayfs options)
+          const name = `${round}-${v.replace(/[^\w-]/g, "-")}${build === "base" ? "-base" : ""}`;
           rows.push(...(await kindlingRound(tmp, name, refs[v]!, v, build, regPid)));
         }
       }

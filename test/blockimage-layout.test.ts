@@ -4,6 +4,7 @@ import { link, mkdir, mkdtemp, open, readFile, rm, symlink, writeFile } from "no
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileReader, LayoutError, readSquashfsFiles } from "../src/blockimage/layout.js";
+import { lz4DecompressBlock } from "../src/blockimage/lz4.js";
 import { sortFileText, startupFiles } from "../src/blockimage/sortlist.js";
 import { buildSquashfs } from "../src/blockimage/squashfs.js";
 import { exec } from "../src/util/exec.js";
@@ -47,7 +48,7 @@ describe("block image layout (file extents from the SquashFS tables)", () => {
     }
   };
 
-  for (const comp of ["zstd", "gzip"] as const) {
+  for (const comp of ["zstd", "gzip", "lz4"] as const) {
     test(`${comp}: every regular file once, with its path and size, extents in order inside the image`, async () => {
       const img = path.join(work, `${comp}.sqfs`);
       await buildSquashfs(path.join(work, "src"), img, { compressor: comp, blockSize: 128 * 1024 });
@@ -95,6 +96,17 @@ describe("block image layout (file extents from the SquashFS tables)", () => {
       if (f.size === 0) continue;
       assert.ok(bytes.subarray(f.start, f.end).equals(files.get(f.path!)!), f.path);
     }
+  });
+
+  test("lz4 blocks: literals and overlapping matches; a bad offset or an oversized block is an error", () => {
+    const lit = Buffer.from([0x40, ...Buffer.from("abcd")]);
+    assert.equal(lz4DecompressBlock(lit, 8192).toString(), "abcd");
+    // "ab", then a match 2 back of 4 + 2 bytes (it overlaps what it writes), then literals "z".
+    const run = Buffer.from([0x22, 0x61, 0x62, 0x02, 0x00, 0x10, 0x7a]);
+    assert.equal(lz4DecompressBlock(run, 8192).toString(), "ababababz");
+    assert.throws(() => lz4DecompressBlock(Buffer.from([0x10, 0x61, 0x00, 0x00]), 8192), /match before/);
+    assert.throws(() => lz4DecompressBlock(run, 4), /larger than 4 bytes/);
+    assert.throws(() => lz4DecompressBlock(Buffer.from([0xf0, 0xff]), 8192), /truncated length/);
   });
 
   test("not SquashFS, or metadata in a compressor it cannot read: a LayoutError", async () => {

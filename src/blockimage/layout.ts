@@ -7,6 +7,7 @@
 import type { FileHandle } from "node:fs/promises";
 import { inflateSync } from "node:zlib";
 import { decompress as zstdDecompress } from "fzstd";
+import { lz4DecompressBlock } from "./lz4.js";
 
 /** Reads `len` bytes at `pos` of the image (fewer only at its end). */
 export type ReadAt = (pos: number, len: number) => Promise<Buffer>;
@@ -75,6 +76,15 @@ type Inflate = (data: Buffer, max: number) => Buffer;
 function decompressor(id: number): Inflate {
   if (id === 6) return (d) => Buffer.from(zstdDecompress(d));
   if (id === 1) return (d, max) => inflateSync(d, { maxOutputLength: max });
+  if (id === 5) {
+    return (d, max) => {
+      try {
+        return lz4DecompressBlock(d, max);
+      } catch (err) {
+        throw new LayoutError((err as Error).message);
+      }
+    };
+  }
   throw new LayoutError(`metadata compressed with ${COMPRESSORS[id] ?? `compressor ${id}`} is not supported`);
 }
 
