@@ -5,8 +5,10 @@
  * Firecracker-shaped profile, ACPI-only, is not covered yet; docs/vm-start.md). The rest of the VM suite boots Debian's kernel; this file is the small second-kernel set.
  */
 import assert from "node:assert/strict";
+import path from "node:path";
 import { after, before, test } from "node:test";
 import { withConfig } from "../src/config/index.js";
+import { importImage } from "../src/image/import.js";
 import type { RawRunFlags } from "../src/runtime/options.js";
 import { cleanupStaleRuns } from "../src/runtime/rundir.js";
 import { leftovers } from "./helpers/leftovers.js";
@@ -29,9 +31,9 @@ after(async () => {
 });
 
 /** One run with KINDLING_GUEST_KERNEL=built: a missing built kernel fails instead of falling back. */
-async function run(command: string[], flags: RawRunFlags) {
+async function run(command: string[], flags: RawRunFlags, image = "ml") {
   return withConfig({ guestKernel: "built" }, () =>
-    runPiped({ home: t.home, image: "ml", command, flags: { runtime: "qemu", ...flags }, notify: () => {} }),
+    runPiped({ home: t.home, image, command, flags: { runtime: "qemu", ...flags }, notify: () => {} }),
   );
 }
 
@@ -68,4 +70,20 @@ test("built kernel, virtio-net: eth0 on the home's CNI bridge", async () => {
   });
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /eth0\s+inet 10\.\d+\.\d+\.\d+\/24/);
+});
+
+test("built kernel reads an lz4 block image (KINDLING_BLOCK_COMPRESSION=lz4): --rootfs lazy and squashfs", async () => {
+  // The same layout as "ml" (vmTestHome leaves it in its tmp), built with lz4.
+  await withConfig({ blockCompression: "lz4" }, () =>
+    importImage(t.home, `${path.join(t.tmp, "layout")}:latest`, { name: "ml-lz4", progress: false }),
+  );
+  for (const rootfs of ["lazy", "squashfs"] as const) {
+    const r = await run(
+      ["/bin/sh", "-c", "cat /data/hello; wc -c < /data/big | tr -d ' '"],
+      { rootfs, network: "none" },
+      "ml-lz4",
+    );
+    assert.equal(r.status, 0, `${rootfs}: ${r.stderr}`);
+    assert.equal(r.stdout, `hello from layer 2\n${8 << 20}\n`, rootfs);
+  }
 });
