@@ -182,14 +182,14 @@ test("a stream stops at the end of the file read (the image's layout): the next 
   const lazy = await openLazyImage(home, record, "auto", { prefetch: false });
   try {
     // a.bin's blocks in order, 128 KiB at a time, as squashfs asks for them through a loop device.
-    // Once the first run starts the daemon reads the layout (from the image's tables): wait for it.
+    // Once the run covers 4 MiB the daemon reads the layout (from the image's tables): wait for it.
     const lf = await open(lazy.path, "r");
     try {
       const got = Buffer.alloc(a.end - a.start);
       for (let pos = a.start; pos < a.end; pos += 128 << 10) {
         const len = Math.min(128 << 10, a.end - pos);
         await lf.read(got, pos - a.start, len, pos);
-        if (pos - a.start === 3 << 19) {
+        if (pos - a.start === 5 << 20) {
           const log = path.join(lazy.dir, "daemon.log");
           await until("the daemon to read the layout", async () =>
             (await readFile(log, "utf8").catch(() => "")).includes("file layout read: 2 files"),

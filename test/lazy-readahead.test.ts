@@ -79,23 +79,28 @@ async function readInOrder(ra: Readahead, from: number, to: number): Promise<voi
   }
 }
 
-test("with the image's layout a stream doubles from the first MiB and stops at the end of the file read", async () => {
-  // Files [0, 24 MiB) and [24 MiB, 64 MiB).
-  const fileEnd: FileEndAt = (pos) => (pos < 24 << 20 ? 24 << 20 : pos < 64 << 20 ? 64 << 20 : undefined);
+test("with the image's layout (read once a run covers 4 MiB) a stream stops at the end of the file read, and doubles from the first MiB", async () => {
+  // Files [0, 24 MiB), [24, 44 MiB) and [44, 64 MiB).
+  const ends = [24 << 20, 44 << 20, 64 << 20];
+  const fileEnd: FileEndAt = (pos) => ends.find((e) => pos < e);
   let asked = 0;
   const { ra, requested } = setup(0, async () => {
     asked++;
     return fileEnd;
   });
-  await readInOrder(ra, 0, 2 << 20);
-  assert.equal(asked, 1, "the layout is read once the first run starts");
-  // After a 2 MiB run, about 2 MiB are requested ahead (the old rule: 4 chunks until 4 MiB).
-  assert.ok(requested.has((3.5 * (1 << 20)) / CHUNK), "the window doubled with the run");
-  await readInOrder(ra, 2 << 20, 24 << 20);
+  await readInOrder(ra, 0, 3 << 20);
+  assert.equal(asked, 0, "a run under 4 MiB does not ask for the layout");
+  await readInOrder(ra, 3 << 20, 24 << 20);
+  assert.equal(asked, 1, "the layout is read once a run covers 4 MiB");
   const past = [...requested].filter((i) => i >= (24 << 20) / CHUNK);
   assert.deepEqual(past, [], "nothing requested past the end of the file read");
-  await readInOrder(ra, 24 << 20, 40 << 20);
-  assert.ok(requested.has((52 << 20) / CHUNK), "reading on into the next file streams it");
+  await readInOrder(ra, 24 << 20, 30 << 20);
+  assert.ok(requested.has((36 << 20) / CHUNK), "reading on into the next file streams it");
+  assert.ok(!requested.has((44 << 20) / CHUNK), "...up to its end");
+  // A new run at the third file's start: with the layout known, a window as long as the run (topped
+  // up once half of it is free): past 47 MiB after 2 MiB read (without it: 4 chunks, to 46.5 MiB).
+  await readInOrder(ra, 44 << 20, 46 << 20);
+  assert.ok(requested.has((47 << 20) / CHUNK), "the window grew with the run");
   assert.equal(asked, 1);
 });
 

@@ -16,11 +16,11 @@ const TRIGGER = 1 << 20;
 /**
  * With packs: what is kept requested ahead of a sequential reader: as many bytes as its run has
  * covered (the window doubles, as the kernel's own readahead does), up to PACK_WINDOW, but never
- * past the end of the file being read (the image's layout: a run over many small files, a
- * program's start, then fetches no more than each file). Until the layout is known (it is read
- * when the first run starts), or in an image without one, the same `window` chunks as the path
- * without packs (one ranged request) until the run covers GROW_AFTER: a byte window growing from
- * the first MiB, not bounded by files, fetched 33 instead of 25 MB on a cold `import numpy`...
+ * past the end of the file being read (the image's layout: a run over many small files then
+ * fetches no more than each file). The layout is read when a first run covers GROW_AFTER; until
+ * then, or in an image without one, the same `window` chunks as the path without packs (one ranged
+ * request) until the run covers GROW_AFTER: a byte window growing from the first MiB, not bounded
+ * by files, fetched 33 instead of 25 MB on a cold `import numpy`...
  */
 const PACK_WINDOW = 16 << 20;
 const GROW_AFTER = 4 << 20;
@@ -64,8 +64,8 @@ export class Readahead {
     /** The kernel's readahead on the file (bytes): how far apart a window's requests may arrive. */
     kernelReadahead = 0,
     /**
-     * Reads the image's file layout; asked once, by the first run that streams (so a start made of
-     * short reads never pays for it). A failure just means streams are not stopped at file ends.
+     * Reads the image's file layout; asked once, by the first run that covers GROW_AFTER (so a start
+     * made of short reads never pays for it). A failure just means streams are not stopped at file ends.
      */
     private readonly layout?: () => Promise<FileEndAt>,
   ) {
@@ -89,7 +89,9 @@ export class Readahead {
     if (first < 0 || first === this.lastFrom) return;
     this.lastFrom = first;
     if (this.packs?.hasSegments) {
-      this.askLayout();
+      // The layout costs the event loop ~0.1-0.25 s of CPU (an image of 5-8 thousand files): only a
+      // long run asks for it; a program's start (numpy's runs stay under it) never pays.
+      if (this.runBytes >= GROW_AFTER) this.askLayout();
       const grown = !this.fileEnd && this.runBytes < GROW_AFTER ? 0 : Math.min(PACK_WINDOW, this.runBytes);
       // The kernel's window grows about as the run does, up to its readahead: stay a window ahead.
       // The file being read is the one `slack` behind the furthest read: a readahead (the kernel's,
