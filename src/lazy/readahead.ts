@@ -52,6 +52,7 @@ export class Readahead {
   private fileEnd?: FileEndAt;
   /** Asked once, when a run first gets long enough to stream: where files end. */
   private layoutAsked = false;
+  private layoutPending = false;
 
   private readonly slack: number;
   private readonly kernelReadahead: number;
@@ -92,7 +93,9 @@ export class Readahead {
       // The layout costs the event loop ~0.1-0.25 s of CPU (an image of 5-8 thousand files): only a
       // long run asks for it; a program's start (numpy's runs stay under it) never pays.
       if (this.runBytes >= GROW_AFTER) this.askLayout();
-      const grown = !this.fileEnd && this.runBytes < GROW_AFTER ? 0 : Math.min(PACK_WINDOW, this.runBytes);
+      // While it is being read, 4 chunks still: a byte window now could run past the file's end.
+      const unbounded = !this.fileEnd && (this.runBytes < GROW_AFTER || this.layoutPending);
+      const grown = unbounded ? 0 : Math.min(PACK_WINDOW, this.runBytes);
       // The kernel's window grows about as the run does, up to its readahead: stay a window ahead.
       // The file being read is the one `slack` behind the furthest read: a readahead (the kernel's,
       // on a page-cache reader) that crosses a file's end does not make the next file the stream's.
@@ -117,15 +120,20 @@ export class Readahead {
   private askLayout(): void {
     if (this.layoutAsked || !this.layout) return;
     this.layoutAsked = true;
-    this.layout().then(
-      (fileEnd) => {
-        this.fileEnd = fileEnd;
-      },
-      (err) =>
-        this.log(
-          `file ends unknown, streams not bounded by them: ${err instanceof Error ? err.message : err}`,
-        ),
-    );
+    this.layoutPending = true;
+    this.layout()
+      .then(
+        (fileEnd) => {
+          this.fileEnd = fileEnd;
+        },
+        (err) =>
+          this.log(
+            `file ends unknown, streams not bounded by them: ${err instanceof Error ? err.message : err}`,
+          ),
+      )
+      .finally(() => {
+        this.layoutPending = false;
+      });
   }
 
   /**
