@@ -305,10 +305,9 @@ async function phases(file: string, pullEnd = Number.NaN): Promise<Phases> {
     pullLoadMs: pull ? span("cli: process start", "cli: commands loaded, config resolved", pull) : Number.NaN,
     pullTailMs: pullEnd - (pull?.get("pull: lazy daemon spawned") ?? Number.NaN),
     // "lazy: modules loaded" since the daemon can start before its config exists (an early start)
-    daemonLoadMs: Math.min(
-      span("lazy: process start", "lazy: modules loaded"),
-      span("lazy: process start", "lazy: modules loaded, config read"),
-    ),
+    daemonLoadMs: steps.has("lazy: modules loaded")
+      ? span("lazy: process start", "lazy: modules loaded")
+      : span("lazy: process start", "lazy: modules loaded, config read"),
     runCliMs: runCli ? span("cli: process start", "client: create sent", runCli) : Number.NaN,
     daemonStartMs: span("lazy: process start", "lazy: serving"),
     // 0 when the image was open before the client attached (a warm run opens it meanwhile)

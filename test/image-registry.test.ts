@@ -117,7 +117,7 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
   const halfMade = async (home: { mounts: string }) =>
     (await readdir(home.mounts).catch(() => [] as string[])).filter((n) => n.startsWith(".new-"));
 
-  test("the daemon a pull starts early: used for a lazy image, ended by a re-pull and by a failed pull", async () => {
+  test("the daemon a pull starts early: used for a lazy image, ended by a re-pull, a failed pull and bad input", async () => {
     const e = homes[4]!;
     const ref = `${reg.host}/kindling/busybox:v1`; // pushed above
     const pull = await kindling(e, ["image", "pull", ref, "--insecure"]);
@@ -148,6 +148,10 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     assert.equal(bad.code, 125, bad.stderr);
     assert.equal(bad.stderr.trim().split("\n").length, 1, bad.stderr);
     await until("the failed pull's early daemon to end", onlyTheDaemon, 10_000);
+    // Bad input after the CLI started it (an unknown --platform): ended as well.
+    const badPlatform = await runCli(["image", "pull", "--platform", "nope", ref, "--insecure"], { home: e });
+    assert.equal(badPlatform.code, 125, badPlatform.stderr);
+    await until("the bad --platform pull's early daemon to end", onlyTheDaemon, 10_000);
     await kindling(e, ["image", "rm", ref]);
     assert.deepEqual(await leftovers(e.root), []);
   });

@@ -56,15 +56,21 @@ export function registerImageCommands(program: Command): void {
       "the image to pick from a multi-platform index (default: the host's)",
     )
     .action(async (ref: string, opts: { insecure: boolean; platform?: string }) => {
-      const { pullImage } = await import("../image/registry.js");
-      const { parsePlatform } = await import("../registry/platform.js");
-      const platform = opts.platform === undefined ? undefined : parsePlatform(opts.platform);
-      const rec = await pullImage(home(), ref, {
-        insecure: opts.insecure,
-        platform,
-        startDaemon: config().pullStartsDaemon,
-      });
-      process.stdout.write(`${rec.name} ${rec.digest}\n`);
+      const startDaemon = config().pullStartsDaemon;
+      // The lazy daemon's process first, so its start overlaps the loading of the pull's modules too;
+      // the pull uses or ends it (lazy/early.ts), and so does a bad --platform below.
+      const early = startDaemon
+        ? import("../lazy/early.js").then((m) => m.startEarlyIfLazy(home()))
+        : undefined;
+      try {
+        const { pullImage } = await import("../image/registry.js");
+        const { parsePlatform } = await import("../registry/platform.js");
+        const platform = opts.platform === undefined ? undefined : parsePlatform(opts.platform);
+        const rec = await pullImage(home(), ref, { insecure: opts.insecure, platform, startDaemon, early });
+        process.stdout.write(`${rec.name} ${rec.digest}\n`);
+      } finally {
+        await (await early)?.cancel();
+      }
     });
 
   image

@@ -1,7 +1,7 @@
 import { constants } from "node:fs";
 import { access } from "node:fs/promises";
 import { config } from "../config/index.js";
-import type { EarlyDaemon } from "../lazy/client.js";
+import type { EarlyDaemon } from "../lazy/early.js";
 import { checkProfile, readProfileFile, readProfileReads, writeProfile } from "../lazy/profile.js";
 import type { Platform } from "../registry/platform.js";
 import { pullFromRegistry } from "../registry/pull.js";
@@ -33,12 +33,18 @@ export async function pullImage(
     platform?: Platform;
     /** A lazily pulled image: start its lazy daemon in the background (the CLI: KINDLING_PULL_START_DAEMON). */
     startDaemon?: boolean;
+    /**
+     * The daemon's process, started early by the caller (lazy/early.ts; the CLI starts it before it
+     * loads this module); this pull uses or ends it. Else, with startDaemon, the pull starts it.
+     */
+    early?: Promise<EarlyDaemon | undefined>;
   },
 ): Promise<ImageRecord> {
   home.ensure();
-  // The lazy daemon's process starts now, so its Node start overlaps our fetches; it learns its
-  // image (or is ended) below.
-  const early = opts.startDaemon ? await startEarly(home) : undefined;
+  // The lazy daemon's process starts now (if the caller has not), so its Node start overlaps our
+  // fetches; it learns its image (or is ended) below.
+  const early = await (opts.early ??
+    (opts.startDaemon ? import("../lazy/early.js").then((m) => m.startEarlyIfLazy(home)) : undefined));
   try {
     return await pull(home, ref, opts, early);
   } finally {
@@ -102,18 +108,6 @@ async function pull(
   if (opts.startDaemon) await startDaemonAfterPull(home, record, early);
   trace("pull: lazy daemon spawned");
   return record;
-}
-
-/** A lazy daemon started before the pull knows its image (lazy/client.ts startEarlyDaemon); none without FUSE. */
-async function startEarly(home: KindlingHome): Promise<EarlyDaemon | undefined> {
-  try {
-    await access("/dev/fuse", constants.R_OK | constants.W_OK); // else no lazy runs here anyway
-    const { startEarlyDaemon } = await import("../lazy/client.js");
-    return await startEarlyDaemon(home);
-  } catch (err) {
-    debug(`not starting a lazy daemon early: ${errorMessage(err)}`);
-    return undefined;
-  }
 }
 
 /**

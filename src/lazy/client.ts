@@ -2,11 +2,9 @@
  * The lazy daemon's client: starts a daemon (or joins an image's shared one) and hands back the
  * lazy file, its stats and its close. See docs/lazy.md.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import type { ChildProcess } from "node:child_process";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { policyFrom } from "../chunks/policy.js";
 import { config } from "../config/index.js";
 import { releaseFuseMount } from "../host/mounts.js";
@@ -18,6 +16,7 @@ import { writeFileAtomic } from "../util/atomic.js";
 import { errorMessage, KindlingError } from "../util/errors.js";
 import type { KindlingHome } from "../util/home.js";
 import { DaemonDir } from "./daemondir.js";
+import { type EarlyDaemon, markEarlyUsed, spawnDaemon } from "./early.js";
 import {
   addUser,
   findShared,
@@ -28,15 +27,16 @@ import {
 } from "./shared.js";
 import { cleanupStaleDaemons, stopDaemon } from "./stale.js";
 import { readStatsFile } from "./stats.js";
-import {
-  AWAIT_DIR,
-  type DaemonMessage,
-  type DaemonState,
-  type FetchPolicy,
-  type LazyOptions,
-  type LazyStats,
-  type ParentMessage,
+import type {
+  DaemonMessage,
+  DaemonState,
+  FetchPolicy,
+  LazyOptions,
+  LazyStats,
+  ParentMessage,
 } from "./types.js";
+
+export { DAEMON_JS, type EarlyDaemon, startEarlyDaemon } from "./early.js";
 
 export interface LazyImage {
   /** The read-only block image file on the FUSE mount. */
@@ -57,81 +57,7 @@ export interface LazyImage {
   close(): Promise<void>;
 }
 
-/**
- * The daemon's entry: one esbuild bundle when the build made it (package.json `bundle-daemon`: one
- * file to load at each start instead of ~60 modules; bench/coldstart.ts), else as compiled.
- */
-const DAEMON_BUNDLE = fileURLToPath(new URL("./daemon.bundle.js", import.meta.url));
-export const DAEMON_JS = existsSync(DAEMON_BUNDLE)
-  ? DAEMON_BUNDLE
-  : fileURLToPath(new URL("./daemon.js", import.meta.url));
 const READY_TIMEOUT_MS = 20_000;
-
-/**
- * A lazy daemon process started before its image is known: `image pull` starts one before its
- * fetches, so the daemon's Node start and module load overlap them. It logs to
- * mnt/.new-<pid>-<id>/daemon.log and waits for this process's IPC channel to close (we hand it
- * over, exit or die); then it serves mnt/<id> if startSharedInBackground made it, else it exits.
- * A cleanup removes the half-made directory of a dead starter.
- */
-export interface EarlyDaemon {
-  readonly id: string;
-  readonly child: ChildProcess;
-  /** Ends it (it was not needed) and removes its directory. Safe to call twice, or after use. */
-  cancel(): Promise<void>;
-}
-
-export async function startEarlyDaemon(home: KindlingHome): Promise<EarlyDaemon> {
-  await mkdir(home.blobs, { recursive: true });
-  const reserved = await DaemonDir.reserve(home);
-  let child: ChildProcess;
-  try {
-    const logFd = await open(path.join(reserved.path, "daemon.log"), "a");
-    try {
-      // Its directory-to-be on its command line: `ps` (and a leak check) sees whose it is.
-      child = spawnDaemon([AWAIT_DIR, new DaemonDir(home, reserved.id).path], logFd.fd, true);
-    } finally {
-      await logFd.close();
-    }
-  } catch (err) {
-    await rm(reserved.path, { recursive: true, force: true });
-    throw err;
-  }
-  let used = false;
-  const early = {
-    id: reserved.id,
-    child,
-    /** Called once the directory is renamed into place: cancel then leaves the daemon alone. */
-    use: () => {
-      used = true;
-    },
-    async cancel(): Promise<void> {
-      if (used) return;
-      used = true;
-      child.kill("SIGKILL");
-      if (child.connected) child.disconnect();
-      await rm(reserved.path, { recursive: true, force: true });
-    },
-  };
-  earlyUses.set(early, early.use);
-  return early;
-}
-
-/** The `use` of each early daemon (not part of the interface its holder sees). */
-const earlyUses = new WeakMap<EarlyDaemon, () => void>();
-
-/** Spawns a daemon process (`args`: its directory, or AWAIT_DIR and it) with an IPC channel that keeps neither side alive. */
-function spawnDaemon(args: string[], logFd: number, detached: boolean): ChildProcess {
-  const child = spawn(process.execPath, [DAEMON_JS, ...args], {
-    stdio: ["ignore", logFd, logFd, "ipc"],
-    serialization: "advanced",
-    detached,
-  });
-  // Neither the daemon nor its channel keeps this process alive; an attached daemon exits with us.
-  child.unref();
-  child.channel?.unref();
-  return child;
-}
 
 /**
  * Starts a daemon that serves `record`'s block image as a read-only file. With source "auto" the
@@ -274,7 +200,7 @@ async function startDaemon(
     }),
     early?.id,
   );
-  if (early) earlyUses.get(early)?.();
+  if (early) markEarlyUsed(early);
   const id = dir.id;
   const mountpoint = dir.mountpoint;
   // A shared daemon counts users from its first look: be one before it starts (a background
