@@ -23,6 +23,9 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
   };
   const inspect = async (home: { root: string }, name: string) =>
     JSON.parse((await kindling(home, ["image", "inspect", name, "--json"])).stdout);
+  /** `cat /etc/passwd` in a runc container of `ref`, without a network. */
+  const catPasswd = (home: { root: string }, ref: string) =>
+    kindling(home, ["run", "--runtime", "runc", "--network", "none", ref, "--", "cat", "/etc/passwd"]);
 
   before(async () => {
     reg = await startRegistry();
@@ -93,17 +96,7 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
       20_000,
     );
     const [pid] = await liveDaemonPids(c!, digest);
-    const run = await kindling(c!, [
-      "run",
-      "--runtime",
-      "runc",
-      "--network",
-      "none",
-      ref,
-      "--",
-      "cat",
-      "/etc/passwd",
-    ]);
+    const run = await catPasswd(c!, ref);
     assert.match(run.stdout, /root:/);
     assert.deepEqual(await liveDaemonPids(c!, digest), [pid], "the run used the pull's daemon");
     assert.ok((await inspect(c!, ref)).localBytes > 0, "it fetched what the run read");
@@ -200,17 +193,7 @@ describe("image pull and push (CLI, real registry on 127.0.0.1)", () => {
     const ref = `${reg.host}/kindling/busybox:lz4`;
     await kindling(a!, ["image", "push", "bb-lz4", ref, "--insecure"]);
     await kindling(d!, ["image", "pull", ref, "--insecure"]);
-    const run = await kindling(d!, [
-      "run",
-      "--runtime",
-      "runc",
-      "--network",
-      "none",
-      ref,
-      "--",
-      "cat",
-      "/etc/passwd",
-    ]);
+    const run = await catPasswd(d!, ref);
     assert.match(run.stdout, /root:/);
     // The worker read an lz4 SquashFS: its superblock (fetched by the run) names lz4 (id 5).
     const index = await readBlockIndex(d!, lz4.digest);
